@@ -1,0 +1,4 @@
+//! ecluse: an edge reverse proxy, built on pingora, that keeps a school's digital
+//! workspace (ENT) alive through a surge. See `DESIGN.md` in the shared folder and the README.
+
+pub mod demo;
