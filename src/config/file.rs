@@ -1,0 +1,232 @@
+//! The configuration as ops write it: serde structs that mirror the YAML one to one.
+//!
+//! Nothing here is used on the request path: `runtime.rs` turns these into validated types.
+//! Doc comments become descriptions in the generated JSON Schema (`config/ecluse.schema.json`),
+//! which editors show on hover, so they are written for ops.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// An ecluse policy file.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Plain-HTTP listen addresses of the proxy (HTTP/1.1, and HTTP/2 cleartext by prior
+    /// knowledge). Port 0 picks a free port (tests). Changing it needs a restart.
+    pub listen: Vec<String>,
+    /// Optional TLS listener (rustls). HTTP/2 is negotiated by ALPN.
+    #[serde(default)]
+    pub tls: Option<TlsFile>,
+    /// The admin listener: metrics, health, state and the mutating `/admin/*` endpoints.
+    #[serde(default)]
+    pub admin: Option<AdminFile>,
+    /// Process-wide settings.
+    #[serde(default)]
+    pub server: Option<ServerFile>,
+    /// Where the one-JSON-line-per-request access log goes.
+    #[serde(default)]
+    pub access_log: Option<AccessLogFile>,
+    /// The upstream ENT servers, by name. Routes refer to these names.
+    pub origins: BTreeMap<String, OriginFile>,
+    /// Routes, tried in order: the first whose `match` fits the request wins.
+    pub routes: Vec<RouteFile>,
+}
+
+/// TLS termination.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// TLS listen addresses, e.g. `["0.0.0.0:443"]`.
+    pub listen: Vec<String>,
+    /// PEM certificate chain.
+    pub cert_file: String,
+    /// PEM private key.
+    pub key_file: String,
+    /// Offer HTTP/2 by ALPN (default true).
+    #[serde(default)]
+    pub http2: Option<bool>,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// Address of the admin HTTP listener. Keep it on loopback or a management network.
+    /// Default `127.0.0.1:9090`.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// File holding the bearer token required by mutating `/admin/*` endpoints. Without
+    /// it, mutating endpoints are open to whoever reaches the admin listener.
+    #[serde(default)]
+    pub token_file: Option<String>,
+}
+
+/// Process-wide settings. Changes to `threads` need a restart; the rest reloads live.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// Worker threads of the proxy (default: 1 per core).
+    #[serde(default)]
+    pub threads: Option<u32>,
+    /// Peers whose `X-Forwarded-For` is believed (your load balancer), as CIDRs. For any
+    /// other peer the client IP is the socket's address.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// On SIGTERM: how long to keep serving (while `/readyz` says 503 so that the load
+    /// balancer moves away) before closing the listeners. Default `5s`.
+    #[serde(default)]
+    pub grace_period: Option<String>,
+    /// On SIGTERM, after the grace period: how long in-flight requests may take to
+    /// finish. Default `30s`.
+    #[serde(default)]
+    pub shutdown_timeout: Option<String>,
+    /// Unix socket used to hand the listening sockets to a new ecluse process during a
+    /// zero-downtime upgrade (`ecluse run --upgrade`). Default `/tmp/ecluse_upgrade.sock`.
+    #[serde(default)]
+    pub upgrade_sock: Option<String>,
+    /// Idle upstream connections kept for reuse, in total. Default 1024.
+    #[serde(default)]
+    pub upstream_keepalive_pool: Option<u32>,
+    /// Watch the config file and reload when it changes (default true). SIGHUP and
+    /// `POST /admin/reload` always work.
+    #[serde(default)]
+    pub watch_config: Option<bool>,
+}
+
+/// Access log: one JSON object per line and per request.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogFile {
+    /// Write the access log (default true).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// `stdout` (default) or a file path (appended to).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// How the next server of an origin is chosen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceFile {
+    /// Each healthy server in turn.
+    #[default]
+    RoundRobin,
+    /// The healthy server with the fewest requests in flight (ties in turn).
+    LeastConnections,
+}
+
+/// A named group of upstream servers.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OriginFile {
+    /// `host:port` of each server (IP literals or names resolved at load).
+    pub servers: Vec<String>,
+    /// Hard maximum of requests in flight to this origin, all servers together: past it
+    /// ecluse answers 503 at once instead of piling more onto a saturated ENT.
+    #[serde(default)]
+    pub max_inflight: Option<u32>,
+    /// Server selection (default `round_robin`).
+    #[serde(default)]
+    pub balance: Option<BalanceFile>,
+    /// Time to establish a TCP (and TLS) connection. Default `2s`.
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+    /// Longest wait for each read from the server (headers or a body chunk). Default `30s`.
+    #[serde(default)]
+    pub read_timeout: Option<String>,
+    /// Longest time for the whole exchange with the origin. Default `60s`.
+    #[serde(default)]
+    pub total_timeout: Option<String>,
+    /// How long an idle pooled connection to this origin is kept. Default `60s`.
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// Connect to the servers over TLS.
+    #[serde(default)]
+    pub tls: Option<bool>,
+    /// SNI and certificate name when `tls` is on (default: the server's host).
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Attempts on another server after a failure that is safe to retry. Default 2.
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// Active health checks (default: a TCP connect every 5s).
+    #[serde(default)]
+    pub health_check: Option<HealthCheckFile>,
+    /// Passive ejection: a server failing this many times in a row is taken out of
+    /// rotation for `ejection_time`.
+    #[serde(default)]
+    pub passive: Option<PassiveFile>,
+}
+
+/// Active health check of each server of an origin.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    /// HTTP path to GET; without it the check is a TCP connect.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Expected status (default 200).
+    #[serde(default)]
+    pub expect_status: Option<u16>,
+    /// Time between checks. Default `5s`.
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Time limit of one check. Default `2s`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Consecutive successes to mark a server healthy again. Default 2.
+    #[serde(default)]
+    pub healthy_threshold: Option<u32>,
+    /// Consecutive failures to mark a server unhealthy. Default 3.
+    #[serde(default)]
+    pub unhealthy_threshold: Option<u32>,
+    /// Turn active checks off (default false).
+    #[serde(default)]
+    pub disabled: Option<bool>,
+}
+
+/// Passive ejection settings.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveFile {
+    /// Consecutive failures (connect errors, timeouts, 502/503/504) before ejection. Default 5.
+    #[serde(default)]
+    pub max_failures: Option<u32>,
+    /// How long an ejected server stays out. Default `30s`.
+    #[serde(default)]
+    pub ejection_time: Option<String>,
+}
+
+/// One route: which requests, and where they go.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// Name used in metrics, logs and the admin API. Unique.
+    pub name: String,
+    /// Which requests this route takes. An empty match takes everything.
+    #[serde(rename = "match", default)]
+    pub matcher: MatchFile,
+    /// The origin (a key of `origins`) that serves this route.
+    pub origin: String,
+}
+
+/// Request matching. All given conditions must hold.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatchFile {
+    /// Host names (the `Host` header without port). `*.example.fr` matches any subdomain.
+    /// Absent: any host.
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
+    /// One host name; shorthand for `hosts: [name]`.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path prefix, compared byte for byte (like nginx `location /prefix`). Default `/`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// HTTP methods, e.g. `[GET, HEAD]`. Absent: any method.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+}

@@ -1,0 +1,746 @@
+//! The validated, ready-to-serve configuration. Built from [`FileConfig`] off the request
+//! path; the hot path only sees these types (no strings to parse, no serde types).
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+use prometheus::{Histogram, IntCounter};
+
+use super::file::{BalanceFile, FileConfig, OriginFile, RouteFile};
+use super::tree::{SNode, Seg};
+use super::units::parse_duration;
+use super::Diagnostic;
+use crate::path;
+use crate::policy::route::{HostPattern, Matcher, Router};
+use crate::upstream::{self, Balance, OriginShared, ServerState};
+
+/// Most servers an origin may list (retries track tried servers in a 64-bit mask).
+pub const MAX_SERVERS_PER_ORIGIN: usize = 64;
+
+#[derive(Debug)]
+pub struct Config {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// First 16 hex digits of the SHA-256 of the file's bytes.
+    pub hash: String,
+    /// Bumped on every successful (re)load of this process.
+    pub version: u64,
+    pub loaded_at: SystemTime,
+    pub listen: Vec<SocketAddr>,
+    pub tls: Option<Tls>,
+    pub admin: Admin,
+    pub server: Server,
+    pub access_log: AccessLog,
+    pub origins: Vec<Arc<Origin>>,
+    pub router: Router,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    pub listen: Vec<SocketAddr>,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub http2: bool,
+}
+
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// The bearer token for mutating endpoints, read from `token_file`.
+    pub token: Option<Secret>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// A secret that never prints.
+#[derive(Clone)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    pub threads: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    pub grace_period: Duration,
+    pub shutdown_timeout: Duration,
+    pub upgrade_sock: PathBuf,
+    pub upstream_keepalive_pool: usize,
+    pub watch_config: bool,
+}
+
+impl Server {
+    /// Whether `ip` is one of our own load balancers, whose `X-Forwarded-For` we believe.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccessLogTarget {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLog {
+    pub target: AccessLogTarget,
+}
+
+#[derive(Debug)]
+pub struct HealthCheck {
+    pub enabled: bool,
+    /// `None`: TCP connect only.
+    pub path: Option<String>,
+    pub expect_status: u16,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug)]
+pub struct Origin {
+    pub name: String,
+    pub servers: Vec<Arc<ServerState>>,
+    pub shared: Arc<OriginShared>,
+    pub max_inflight: Option<u32>,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub total_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub tls: bool,
+    pub sni: String,
+    pub retries: u32,
+    pub health: HealthCheck,
+    pub passive_max_failures: u32,
+    pub passive_ejection: Duration,
+    pub metrics: OriginMetrics,
+}
+
+/// Per-origin metric handles, resolved once at load.
+#[derive(Debug)]
+pub struct OriginMetrics {
+    pub err_connect: IntCounter,
+    pub err_timeout: IntCounter,
+    pub err_read: IntCounter,
+    pub err_status_5xx: IntCounter,
+    pub err_other: IntCounter,
+    pub retries: IntCounter,
+    pub rejected_max_inflight: IntCounter,
+    pub rejected_no_server: IntCounter,
+}
+
+impl OriginMetrics {
+    fn new(origin: &str) -> OriginMetrics {
+        let m = crate::metrics::get();
+        let e = |k: &str| m.origin_errors.with_label_values(&[origin, k]);
+        OriginMetrics {
+            err_connect: e("connect"),
+            err_timeout: e("timeout"),
+            err_read: e("read"),
+            err_status_5xx: e("5xx"),
+            err_other: e("other"),
+            retries: m.origin_retries.with_label_values(&[origin]),
+            rejected_max_inflight: m
+                .origin_rejected
+                .with_label_values(&[origin, "max_inflight"]),
+            rejected_no_server: m
+                .origin_rejected
+                .with_label_values(&[origin, "no_server"]),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub index: usize,
+    pub matcher: Matcher,
+    pub origin: Arc<Origin>,
+    pub metrics: RouteMetrics,
+}
+
+/// Per-route metric handles, resolved once at load.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    /// Indexed by [`crate::metrics::status_class`].
+    pub by_class: [IntCounter; 6],
+    pub duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> RouteMetrics {
+        let m = crate::metrics::get();
+        let c = |i: usize| {
+            m.requests
+                .with_label_values(&[route, crate::metrics::STATUS_CLASSES[i]])
+        };
+        RouteMetrics {
+            by_class: [c(0), c(1), c(2), c(3), c(4), c(5)],
+            duration: m.request_duration.with_label_values(&[route]),
+        }
+    }
+}
+
+/// Collects problems with the path they concern; positions are resolved from the tree.
+pub struct Problems<'t> {
+    tree: &'t SNode,
+    pub list: Vec<Diagnostic>,
+}
+
+impl<'t> Problems<'t> {
+    pub fn new(tree: &'t SNode) -> Self {
+        Problems {
+            tree,
+            list: Vec::new(),
+        }
+    }
+    /// A problem with the value at `path`.
+    pub fn at(&mut self, path: Vec<Seg>, msg: impl Into<String>) {
+        let pos = self.tree.locate(&path);
+        self.list
+            .push(Diagnostic::at(pos, format!("{}: {}", show_path(&path), msg.into())));
+    }
+    /// A problem with the key at `path` (its name, not its value).
+    pub fn at_key(&mut self, path: Vec<Seg>, msg: impl Into<String>) {
+        let pos = self.tree.locate_key(&path);
+        self.list
+            .push(Diagnostic::at(pos, format!("{}: {}", show_path(&path), msg.into())));
+    }
+}
+
+pub fn show_path(path: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Seg::Idx(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+fn duration_or(p: &mut Problems, v: &Option<String>, default: Duration, path: Vec<Seg>) -> Duration {
+    match v {
+        None => default,
+        Some(s) => match parse_duration(s) {
+            Ok(d) if d.is_zero() => {
+                p.at(path, "must be longer than 0s");
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                p.at(path, e);
+                default
+            }
+        },
+    }
+}
+
+fn parse_listen(p: &mut Problems, s: &str, path: Vec<Seg>) -> Option<SocketAddr> {
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.at(
+                path,
+                format!("`{s}` is not a listen address: write `IP:PORT`, like `0.0.0.0:8080` or `[::]:8080`"),
+            );
+            None
+        }
+    }
+}
+
+/// Everything the builder needs besides the file.
+pub struct BuildContext<'a> {
+    pub registry: &'a upstream::Registry,
+    /// Directory relative paths (token files, certificates) are resolved against.
+    pub base_dir: PathBuf,
+    /// Resolve host names of servers (false in `ecluse check --offline`-like uses).
+    pub resolve: bool,
+}
+
+/// Validate `file` and build the runtime config. Every problem found is returned, each
+/// located in `tree`; nothing is half-applied.
+pub fn build(
+    file: &FileConfig,
+    tree: &SNode,
+    ctx: &BuildContext,
+    meta: (PathBuf, String, u64),
+) -> Result<Config, Vec<Diagnostic>> {
+    let mut p = Problems::new(tree);
+
+    let mut listen = Vec::new();
+    if file.listen.is_empty() {
+        p.at(path!["listen"], "needs at least one address, like `0.0.0.0:8080`");
+    }
+    for (i, l) in file.listen.iter().enumerate() {
+        if let Some(a) = parse_listen(&mut p, l, path!["listen", i]) {
+            listen.push(a);
+        }
+    }
+
+    let tls = file.tls.as_ref().map(|t| {
+        let mut addrs = Vec::new();
+        for (i, l) in t.listen.iter().enumerate() {
+            if let Some(a) = parse_listen(&mut p, l, path!["tls", "listen", i]) {
+                addrs.push(a);
+            }
+        }
+        let cert_file = ctx.base_dir.join(&t.cert_file);
+        let key_file = ctx.base_dir.join(&t.key_file);
+        for (f, key) in [(&cert_file, "cert_file"), (&key_file, "key_file")] {
+            if let Err(e) = std::fs::metadata(f) {
+                p.at(path!["tls", key], format!("cannot read `{}`: {e}", f.display()));
+            }
+        }
+        Tls {
+            listen: addrs,
+            cert_file,
+            key_file,
+            http2: t.http2.unwrap_or(true),
+        }
+    });
+
+    let admin_file = file.admin.clone().unwrap_or(super::file::AdminFile {
+        listen: None,
+        token_file: None,
+    });
+    let admin_listen = match &admin_file.listen {
+        Some(s) => parse_listen(&mut p, s, path!["admin", "listen"]),
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+    }
+    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090)));
+    let token = admin_file.token_file.as_ref().and_then(|f| {
+        let full = ctx.base_dir.join(f);
+        match std::fs::read(&full) {
+            Ok(bytes) => {
+                let t = String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec();
+                if t.len() < 16 {
+                    p.at(
+                        path!["admin", "token_file"],
+                        format!("the token in `{}` is shorter than 16 characters: use a long random token", full.display()),
+                    );
+                    None
+                } else {
+                    Some(Secret(t))
+                }
+            }
+            Err(e) => {
+                p.at(
+                    path!["admin", "token_file"],
+                    format!("cannot read `{}`: {e}", full.display()),
+                );
+                None
+            }
+        }
+    });
+
+    let sf = file.server.clone().unwrap_or_default();
+    let threads = match sf.threads {
+        Some(0) => {
+            p.at(path!["server", "threads"], "must be at least 1");
+            1
+        }
+        Some(n) => n as usize,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    };
+    let mut trusted_proxies = Vec::new();
+    for (i, c) in sf.trusted_proxies.iter().enumerate() {
+        let parsed = c
+            .parse::<IpNet>()
+            .or_else(|_| c.parse::<IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(n) => trusted_proxies.push(n.trunc()),
+            Err(_) => p.at(
+                path!["server", "trusted_proxies", i],
+                format!("`{c}` is not a CIDR: write it like `10.0.0.0/8`, `192.0.2.7` or `2001:db8::/32`"),
+            ),
+        }
+    }
+    let server = Server {
+        threads,
+        trusted_proxies,
+        grace_period: match &sf.grace_period {
+            Some(s) => match parse_duration(s) {
+                Ok(d) => d,
+                Err(e) => {
+                    p.at(path!["server", "grace_period"], e);
+                    Duration::from_secs(5)
+                }
+            },
+            None => Duration::from_secs(5),
+        },
+        shutdown_timeout: duration_or(
+            &mut p,
+            &sf.shutdown_timeout,
+            Duration::from_secs(30),
+            path!["server", "shutdown_timeout"],
+        ),
+        upgrade_sock: PathBuf::from(
+            sf.upgrade_sock
+                .clone()
+                .unwrap_or_else(|| "/tmp/ecluse_upgrade.sock".to_string()),
+        ),
+        upstream_keepalive_pool: sf.upstream_keepalive_pool.unwrap_or(1024) as usize,
+        watch_config: sf.watch_config.unwrap_or(true),
+    };
+
+    let access_log = match &file.access_log {
+        None => AccessLog {
+            target: AccessLogTarget::Stdout,
+        },
+        Some(a) if a.enabled == Some(false) => AccessLog {
+            target: AccessLogTarget::Off,
+        },
+        Some(a) => AccessLog {
+            target: match a.path.as_deref() {
+                None | Some("stdout") | Some("-") => AccessLogTarget::Stdout,
+                Some(f) => AccessLogTarget::File(ctx.base_dir.join(f)),
+            },
+        },
+    };
+
+    let mut origins: Vec<Arc<Origin>> = Vec::new();
+    if file.origins.is_empty() {
+        p.at(path!["origins"], "needs at least one origin");
+    }
+    for (name, of) in &file.origins {
+        if let Some(o) = build_origin(&mut p, name, of, ctx) {
+            origins.push(Arc::new(o));
+        }
+    }
+
+    let router = build_routes(&mut p, &file.routes, &origins, file);
+
+    if !p.list.is_empty() {
+        return Err(p.list);
+    }
+    let (path, hash, version) = meta;
+    Ok(Config {
+        path,
+        hash,
+        version,
+        loaded_at: SystemTime::now(),
+        listen,
+        tls,
+        admin: Admin {
+            listen: admin_listen,
+            token,
+        },
+        server,
+        access_log,
+        origins,
+        router,
+    })
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn build_origin(
+    p: &mut Problems,
+    name: &str,
+    of: &OriginFile,
+    ctx: &BuildContext,
+) -> Option<Origin> {
+    let base = path!["origins", name];
+    let at = |extra: Vec<Seg>| {
+        let mut v = base.clone();
+        v.extend(extra);
+        v
+    };
+    if !valid_name(name) {
+        p.at_key(
+            base.clone(),
+            "origin names use letters, digits, `_` and `-` (they become metric labels)",
+        );
+    }
+    if of.servers.is_empty() {
+        p.at(at(path!["servers"]), "needs at least one `host:port`");
+    }
+    if of.servers.len() > MAX_SERVERS_PER_ORIGIN {
+        p.at(
+            at(path!["servers"]),
+            format!("at most {MAX_SERVERS_PER_ORIGIN} servers per origin"),
+        );
+    }
+    let shared = ctx.registry.origin(name);
+    let mut servers = Vec::new();
+    for (i, s) in of.servers.iter().enumerate() {
+        let addr = match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) if ctx.resolve => match s.to_socket_addrs() {
+                Ok(mut it) => match it.next() {
+                    Some(a) => Some(a),
+                    None => {
+                        p.at(at(path!["servers", i]), format!("`{s}` resolves to no address"));
+                        None
+                    }
+                },
+                Err(e) => {
+                    p.at(
+                        at(path!["servers", i]),
+                        format!("`{s}` is not `host:port` or does not resolve: {e}"),
+                    );
+                    None
+                }
+            },
+            Err(_) => {
+                if s.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+                    p.at(at(path!["servers", i]), format!("`{s}` is not `host:port`"));
+                }
+                None
+            }
+        };
+        if let Some(a) = addr {
+            if servers.iter().any(|x: &Arc<ServerState>| x.addr == a) {
+                p.at(at(path!["servers", i]), format!("`{s}` is listed twice"));
+                continue;
+            }
+            servers.push(ctx.registry.server(name, s, a));
+        }
+    }
+    if of.max_inflight == Some(0) {
+        p.at(at(path!["max_inflight"]), "must be at least 1");
+    }
+    let hc = of.health_check.clone();
+    let health = HealthCheck {
+        enabled: !hc.as_ref().and_then(|h| h.disabled).unwrap_or(false),
+        path: hc.as_ref().and_then(|h| h.path.clone()),
+        expect_status: hc.as_ref().and_then(|h| h.expect_status).unwrap_or(200),
+        interval: duration_or(
+            p,
+            &hc.as_ref().and_then(|h| h.interval.clone()),
+            Duration::from_secs(5),
+            at(path!["health_check", "interval"]),
+        ),
+        timeout: duration_or(
+            p,
+            &hc.as_ref().and_then(|h| h.timeout.clone()),
+            Duration::from_secs(2),
+            at(path!["health_check", "timeout"]),
+        ),
+        healthy_threshold: hc
+            .as_ref()
+            .and_then(|h| h.healthy_threshold)
+            .unwrap_or(2)
+            .max(1),
+        unhealthy_threshold: hc
+            .as_ref()
+            .and_then(|h| h.unhealthy_threshold)
+            .unwrap_or(3)
+            .max(1),
+    };
+    if let Some(path) = &health.path {
+        if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            p.at(
+                at(path!["health_check", "path"]),
+                format!("`{path}` must be an absolute path like `/healthz`"),
+            );
+        }
+    }
+    if !(100..=599).contains(&health.expect_status) {
+        p.at(
+            at(path!["health_check", "expect_status"]),
+            "must be an HTTP status between 100 and 599",
+        );
+    }
+    let sni = of.sni.clone().unwrap_or_else(|| {
+        of.servers
+            .first()
+            .and_then(|s| s.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()))
+            .unwrap_or_default()
+    });
+    Some(Origin {
+        name: name.to_string(),
+        servers,
+        shared,
+        max_inflight: of.max_inflight,
+        balance: match of.balance.unwrap_or_default() {
+            BalanceFile::RoundRobin => Balance::RoundRobin,
+            BalanceFile::LeastConnections => Balance::LeastConnections,
+        },
+        connect_timeout: duration_or(
+            p,
+            &of.connect_timeout,
+            Duration::from_secs(2),
+            at(path!["connect_timeout"]),
+        ),
+        read_timeout: duration_or(
+            p,
+            &of.read_timeout,
+            Duration::from_secs(30),
+            at(path!["read_timeout"]),
+        ),
+        total_timeout: duration_or(
+            p,
+            &of.total_timeout,
+            Duration::from_secs(60),
+            at(path!["total_timeout"]),
+        ),
+        idle_timeout: duration_or(
+            p,
+            &of.idle_timeout,
+            Duration::from_secs(60),
+            at(path!["idle_timeout"]),
+        ),
+        tls: of.tls.unwrap_or(false),
+        sni,
+        retries: of.retries.unwrap_or(2),
+        health,
+        passive_max_failures: of
+            .passive
+            .as_ref()
+            .and_then(|x| x.max_failures)
+            .unwrap_or(5),
+        passive_ejection: duration_or(
+            p,
+            &of.passive.as_ref().and_then(|x| x.ejection_time.clone()),
+            Duration::from_secs(30),
+            at(path!["passive", "ejection_time"]),
+        ),
+        metrics: OriginMetrics::new(name),
+    })
+}
+
+fn build_routes(
+    p: &mut Problems,
+    routes: &[RouteFile],
+    origins: &[Arc<Origin>],
+    file: &FileConfig,
+) -> Router {
+    let mut built: Vec<Route> = Vec::new();
+    if routes.is_empty() {
+        p.at(path!["routes"], "needs at least one route");
+    }
+    for (i, r) in routes.iter().enumerate() {
+        let base = path!["routes", i];
+        let at = |extra: Vec<Seg>| {
+            let mut v = base.clone();
+            v.extend(extra);
+            v
+        };
+        if !valid_name(&r.name) {
+            p.at(
+                at(path!["name"]),
+                format!("`{}`: route names use letters, digits, `_` and `-` (they become metric labels)", r.name),
+            );
+        }
+        if let Some(j) = routes[..i].iter().position(|o| o.name == r.name) {
+            p.at(
+                at(path!["name"]),
+                format!("route name `{}` is already used by routes[{j}]", r.name),
+            );
+        }
+        let origin = origins.iter().find(|o| o.name == r.origin).cloned();
+        if origin.is_none() && !file.origins.contains_key(&r.origin) {
+            let hint = crate::config::schema_check::did_you_mean(
+                &r.origin,
+                file.origins.keys().map(String::as_str),
+            )
+            .map(|s| format!(" (did you mean `{s}`?)"))
+            .unwrap_or_default();
+            p.at(
+                at(path!["origin"]),
+                format!("origin `{}` is not defined under `origins`{hint}", r.origin),
+            );
+        }
+
+        let m = &r.matcher;
+        let mut hosts: Vec<HostPattern> = Vec::new();
+        let mut host_list: Vec<(String, Vec<Seg>)> = Vec::new();
+        if let Some(h) = &m.host {
+            host_list.push((h.clone(), at(path!["match", "host"])));
+        }
+        if let Some(hs) = &m.hosts {
+            if hs.is_empty() {
+                p.at(at(path!["match", "hosts"]), "is empty: remove it to match any host");
+            }
+            for (k, h) in hs.iter().enumerate() {
+                host_list.push((h.clone(), at(path!["match", "hosts", k])));
+            }
+        }
+        for (h, hp) in host_list {
+            match HostPattern::parse(&h) {
+                Ok(pat) => hosts.push(pat),
+                Err(e) => p.at(hp, e),
+            }
+        }
+        let prefix = m.path_prefix.clone().unwrap_or_else(|| "/".to_string());
+        if !prefix.starts_with('/') {
+            p.at(
+                at(path!["match", "path_prefix"]),
+                format!("`{prefix}` must start with `/`"),
+            );
+        }
+        let mut methods = Vec::new();
+        if let Some(ms) = &m.methods {
+            for (k, name) in ms.iter().enumerate() {
+                match http::Method::from_bytes(name.as_bytes()) {
+                    Ok(mm) if name.bytes().all(|b| b.is_ascii_uppercase()) => methods.push(mm),
+                    _ => p.at(
+                        at(path!["match", "methods", k]),
+                        format!("`{name}` is not an HTTP method: write it in capitals, like `GET`"),
+                    ),
+                }
+            }
+        }
+        let matcher = Matcher::new(
+            if hosts.is_empty() { None } else { Some(hosts) },
+            prefix,
+            if m.methods.is_some() { Some(methods) } else { None },
+        );
+        // A route that an earlier one always takes first can never match: it is a
+        // mistake (usually a `/` catch-all placed too early).
+        if let Some(shadow) = built.iter().find(|e| e.matcher.covers(&matcher)) {
+            p.at(
+                at(path!["match"]),
+                format!(
+                    "route `{}` can never match: routes[{}] (`{}`) comes first and takes every request it would; move it above",
+                    r.name, shadow.index, shadow.name
+                ),
+            );
+        }
+        if let Some(origin) = origin {
+            built.push(Route {
+                name: r.name.clone(),
+                index: i,
+                matcher,
+                origin,
+                metrics: RouteMetrics::new(&r.name),
+            });
+        }
+    }
+    Router::new(built)
+}

@@ -1,0 +1,331 @@
+//! The YAML document as a tree of spanned nodes.
+//!
+//! `ecluse check` must report *every* problem with its `LINE:COL`, but serde stops at the
+//! first error. So the file is first parsed into this generic tree (serde-saphyr keeps the
+//! location of every node), structural problems are collected by walking the tree against
+//! the JSON Schema of the file structs (`schema_check`), and semantic problems found later
+//! on the typed structs are located by looking their path up in the tree.
+
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
+use std::fmt;
+
+use super::Diagnostic;
+
+/// A position in the source file, 1-based.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    pub line: usize,
+    pub col: usize,
+}
+
+/// One YAML node with the place it was written.
+#[derive(Debug, Clone)]
+pub struct SNode {
+    pub pos: Pos,
+    pub node: Node,
+}
+
+#[derive(Debug, Clone)]
+pub enum Node {
+    Null,
+    Bool(bool),
+    Int(i128),
+    Float(f64),
+    Str(String),
+    Seq(Vec<SNode>),
+    /// Entries in file order; duplicates are kept so that they can be reported.
+    Map(Vec<(String, Pos, SNode)>),
+}
+
+impl Node {
+    /// The JSON Schema type name of this node, for "expected X, found Y" messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Node::Null => "null",
+            Node::Bool(_) => "boolean",
+            Node::Int(_) => "integer",
+            Node::Float(_) => "number",
+            Node::Str(_) => "string",
+            Node::Seq(_) => "list",
+            Node::Map(_) => "mapping",
+        }
+    }
+}
+
+/// One step of a path into the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seg {
+    Key(String),
+    Idx(usize),
+}
+
+impl From<&str> for Seg {
+    fn from(s: &str) -> Self {
+        Seg::Key(s.to_string())
+    }
+}
+impl From<String> for Seg {
+    fn from(s: String) -> Self {
+        Seg::Key(s)
+    }
+}
+impl From<usize> for Seg {
+    fn from(i: usize) -> Self {
+        Seg::Idx(i)
+    }
+}
+
+/// Build a path: `path!["routes", 2, "match"]`.
+#[macro_export]
+macro_rules! path {
+    ($($s:expr),* $(,)?) => { vec![$($crate::config::tree::Seg::from($s)),*] };
+}
+
+impl SNode {
+    /// The position of the node at `path`, or of the deepest existing ancestor (so a
+    /// diagnostic about a missing key points at the mapping that lacks it).
+    pub fn locate(&self, path: &[Seg]) -> Pos {
+        let mut cur = self;
+        for seg in path {
+            let next = match (seg, &cur.node) {
+                (Seg::Key(k), Node::Map(entries)) => {
+                    entries.iter().find(|(name, _, _)| name == k).map(|(_, _, v)| v)
+                }
+                (Seg::Idx(i), Node::Seq(items)) => items.get(*i),
+                _ => None,
+            };
+            match next {
+                Some(n) => cur = n,
+                None => return cur.pos,
+            }
+        }
+        cur.pos
+    }
+
+    /// The position of the *key* `path.last()` (rather than its value), when it exists.
+    pub fn locate_key(&self, path: &[Seg]) -> Pos {
+        if let Some((Seg::Key(k), parent)) = path.split_last() {
+            let mut cur = self;
+            for seg in parent {
+                let next = match (seg, &cur.node) {
+                    (Seg::Key(k), Node::Map(entries)) => {
+                        entries.iter().find(|(name, _, _)| name == k).map(|(_, _, v)| v)
+                    }
+                    (Seg::Idx(i), Node::Seq(items)) => items.get(*i),
+                    _ => None,
+                };
+                match next {
+                    Some(n) => cur = n,
+                    None => return cur.pos,
+                }
+            }
+            if let Node::Map(entries) = &cur.node {
+                if let Some((_, kpos, _)) = entries.iter().find(|(name, _, _)| name == k) {
+                    return *kpos;
+                }
+            }
+            return cur.pos;
+        }
+        self.locate(path)
+    }
+}
+
+/// A scalar key as text: YAML allows `8080:` or `true:` as keys; we compare them as text.
+struct KeyText(String);
+
+impl<'de> Deserialize<'de> for KeyText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeyText;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a scalar mapping key")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<KeyText, E> {
+                Ok(KeyText(v))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_unit<E>(self) -> Result<KeyText, E> {
+                Ok(KeyText("null".to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+struct RawNode(Node);
+
+impl<'de> Deserialize<'de> for RawNode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawNode;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any YAML value")
+            }
+            fn visit_unit<E>(self) -> Result<RawNode, E> {
+                Ok(RawNode(Node::Null))
+            }
+            fn visit_none<E>(self) -> Result<RawNode, E> {
+                Ok(RawNode(Node::Null))
+            }
+            fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<RawNode, D2::Error> {
+                RawNode::deserialize(d)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<RawNode, E> {
+                Ok(RawNode(Node::Bool(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<RawNode, E> {
+                Ok(RawNode(Node::Int(v.into())))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<RawNode, E> {
+                Ok(RawNode(Node::Int(v.into())))
+            }
+            fn visit_i128<E>(self, v: i128) -> Result<RawNode, E> {
+                Ok(RawNode(Node::Int(v)))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<RawNode, E> {
+                Ok(RawNode(Node::Float(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RawNode, E> {
+                Ok(RawNode(Node::Str(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<RawNode, E> {
+                Ok(RawNode(Node::Str(v)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<RawNode, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = a.next_element::<Spanned<RawNode>>()? {
+                    items.push(to_snode(item));
+                }
+                Ok(RawNode(Node::Seq(items)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<RawNode, A::Error> {
+                let mut entries = Vec::new();
+                while let Some((k, v)) = a.next_entry::<Spanned<KeyText>, Spanned<RawNode>>()? {
+                    let kpos = Pos {
+                        line: k.referenced.line() as usize,
+                        col: k.referenced.column() as usize,
+                    };
+                    entries.push((k.value.0, kpos, to_snode(v)));
+                }
+                Ok(RawNode(Node::Map(entries)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn to_snode(s: Spanned<RawNode>) -> SNode {
+    SNode {
+        pos: Pos {
+            line: s.referenced.line() as usize,
+            col: s.referenced.column() as usize,
+        },
+        node: s.value.0,
+    }
+}
+
+/// The options every YAML read in ecluse uses: YAML 1.2 booleans only (`yes`/`on` stay
+/// strings, so a country code `NO` never turns into `false`), duplicates kept so that the
+/// tree walk reports each of them, and small alias budgets (a config file has no business
+/// expanding a billion laughs).
+pub fn saphyr_options(keep_duplicates: bool) -> serde_saphyr::Options {
+    let dup = if keep_duplicates {
+        serde_saphyr::DuplicateKeyPolicy::PassThrough
+    } else {
+        serde_saphyr::DuplicateKeyPolicy::Error
+    };
+    serde_saphyr::options! {
+        duplicate_keys: dup,
+        strict_booleans: true,
+    }
+}
+
+/// Parse the YAML text into a spanned tree. Only syntax errors fail here.
+pub fn parse(src: &str) -> Result<SNode, Diagnostic> {
+    if src.trim().is_empty() {
+        return Err(Diagnostic::at(
+            Pos { line: 1, col: 1 },
+            "the file is empty: expected a mapping with at least `listen`, `origins` and `routes`",
+        ));
+    }
+    match serde_saphyr::from_str_with_options::<Spanned<RawNode>>(src, saphyr_options(true)) {
+        Ok(root) => Ok(to_snode(root)),
+        Err(e) => Err(saphyr_error(&e)),
+    }
+}
+
+/// Turn a serde-saphyr error into one diagnostic, keeping its location and only the first
+/// line of its message (the rest is a source snippet meant for a terminal).
+pub fn saphyr_error(e: &serde_saphyr::Error) -> Diagnostic {
+    let pos = e
+        .location()
+        .map(|l| Pos {
+            line: l.line() as usize,
+            col: l.column() as usize,
+        })
+        .unwrap_or(Pos { line: 1, col: 1 });
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("invalid YAML").trim();
+    // saphyr prefixes "error: line L column C: "; our own prefix already says where.
+    let msg = first.strip_prefix("error: ").unwrap_or(first);
+    let msg = match msg.find(": ") {
+        Some(i) if msg.starts_with("line ") => &msg[i + 2..],
+        _ => msg,
+    };
+    Diagnostic::at(pos, msg.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_positions_and_duplicates() {
+        let t = parse("a: 1\nb:\n  - x: yes\na: 2\n").expect("valid yaml");
+        let Node::Map(entries) = &t.node else {
+            panic!("root is a map")
+        };
+        assert_eq!(entries.len(), 3, "duplicate `a` kept for reporting");
+        assert_eq!(entries[2].1, Pos { line: 4, col: 1 });
+        assert_eq!(t.locate(&path!["b", 0, "x"]), Pos { line: 3, col: 8 });
+        // strict booleans: `yes` is a string
+        let Node::Map(b) = &t.node else { panic!() };
+        let Node::Seq(items) = &b[1].2.node else {
+            panic!()
+        };
+        let Node::Map(x) = &items[0].node else {
+            panic!()
+        };
+        assert!(matches!(x[0].2.node, Node::Str(ref s) if s == "yes"));
+    }
+
+    #[test]
+    fn syntax_error_has_location() {
+        let e = parse("a: [1, 2\nb: 3\n").unwrap_err();
+        assert_eq!(e.pos.line, 2);
+        assert!(!e.message.starts_with("error"), "{}", e.message);
+    }
+
+    #[test]
+    fn locate_missing_points_at_parent() {
+        let t = parse("routes:\n  - name: a\n").expect("valid");
+        assert_eq!(t.locate(&path!["routes", 0, "origin"]), Pos { line: 2, col: 5 });
+    }
+}

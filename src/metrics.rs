@@ -1,0 +1,183 @@
+//! Every metric ecluse exports. Handles are created once here (or once per route/origin at
+//! config load, see `config::runtime`), never looked up by label on the request path.
+//! All names start with `ecluse_`; labels are bounded: route, origin and server names come
+//! from the config, status is a class (`2xx`), never a raw path, IP or user id.
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+use std::sync::OnceLock;
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests answered, by route and status class.
+    pub requests: IntCounterVec,
+    /// Time from the request head to the end of the response, by route.
+    pub request_duration: HistogramVec,
+    /// Requests in flight to each origin.
+    pub origin_inflight: IntGaugeVec,
+    /// Failed exchanges with an origin, by kind (`connect`, `timeout`, `read`, `5xx`, …).
+    pub origin_errors: IntCounterVec,
+    /// Requests sent again to an origin after a safe-to-retry failure.
+    pub origin_retries: IntCounterVec,
+    /// Requests refused before reaching an origin, by reason.
+    pub origin_rejected: IntCounterVec,
+    /// 1 when a server is in rotation (healthy and not ejected), else 0.
+    pub origin_server_up: IntGaugeVec,
+    /// Always 1; the labels carry the running config's hash and version.
+    pub config_info: IntGaugeVec,
+    /// Reload attempts by result (`ok`, `error`).
+    pub config_reloads: IntCounterVec,
+    /// Unix time of the last successful config load.
+    pub config_last_reload_success: Gauge,
+    /// Access-log lines dropped because the writer could not keep up.
+    pub access_log_dropped: IntCounter,
+    /// Client requests currently being processed by the proxy.
+    pub inflight_requests: IntGauge,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(c.clone())).expect("unique metric name");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(g.clone())).expect("unique metric name");
+    g
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let requests = counter_vec(
+            &r,
+            "ecluse_requests_total",
+            "Requests answered by ecluse, by route and status class.",
+            &["route", "status_class"],
+        );
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "ecluse_request_duration_seconds",
+                "Time from the request head to the end of the response, by route.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["route"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(request_duration.clone()))
+            .expect("unique metric name");
+        let origin_inflight = gauge_vec(
+            &r,
+            "ecluse_origin_inflight",
+            "Requests in flight to each origin.",
+            &["origin"],
+        );
+        let origin_errors = counter_vec(
+            &r,
+            "ecluse_origin_errors_total",
+            "Failed exchanges with an origin, by kind.",
+            &["origin", "kind"],
+        );
+        let origin_retries = counter_vec(
+            &r,
+            "ecluse_origin_retries_total",
+            "Requests sent again after a failure that was safe to retry.",
+            &["origin"],
+        );
+        let origin_rejected = counter_vec(
+            &r,
+            "ecluse_origin_rejected_total",
+            "Requests answered by ecluse without reaching the origin, by reason.",
+            &["origin", "reason"],
+        );
+        let origin_server_up = gauge_vec(
+            &r,
+            "ecluse_origin_server_up",
+            "1 when the server is in rotation (healthy, not ejected), else 0.",
+            &["origin", "server"],
+        );
+        let config_info = gauge_vec(
+            &r,
+            "ecluse_config_info",
+            "Always 1; labels carry the running config's hash and version.",
+            &["hash", "version"],
+        );
+        let config_reloads = counter_vec(
+            &r,
+            "ecluse_config_reloads_total",
+            "Config load attempts after startup, by result.",
+            &["result"],
+        );
+        let config_last_reload_success = Gauge::new(
+            "ecluse_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(config_last_reload_success.clone()))
+            .expect("unique metric name");
+        let access_log_dropped = IntCounter::new(
+            "ecluse_access_log_dropped_total",
+            "Access-log lines dropped because the writer could not keep up.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(access_log_dropped.clone()))
+            .expect("unique metric name");
+        let inflight_requests = IntGauge::new(
+            "ecluse_inflight_requests",
+            "Client requests being processed by the proxy.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(inflight_requests.clone()))
+            .expect("unique metric name");
+        Metrics {
+            registry: r,
+            requests,
+            request_duration,
+            origin_inflight,
+            origin_errors,
+            origin_retries,
+            origin_rejected,
+            origin_server_up,
+            config_info,
+            config_reloads,
+            config_last_reload_success,
+            access_log_dropped,
+            inflight_requests,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let enc = TextEncoder::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = enc.encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}
+
+/// The process-wide metrics, created on first use.
+pub fn get() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+/// The status-class label value for a status code (`0` when no response was sent).
+pub fn status_class(code: u16) -> usize {
+    match code {
+        100..=199 => 1,
+        200..=299 => 2,
+        300..=399 => 3,
+        400..=499 => 4,
+        500..=599 => 5,
+        _ => 0,
+    }
+}
+
+/// Label values matching [`status_class`] indices.
+pub const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];

@@ -1,0 +1,3 @@
+//! Pure decisions over plain types: no pingora types, no I/O, testable without a socket.
+
+pub mod route;

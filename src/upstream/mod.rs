@@ -1,0 +1,324 @@
+//! Upstream servers: health, passive ejection, selection and in-flight accounting.
+//!
+//! The state of a server (is it healthy, how many requests it has in flight) outlives any
+//! one config: a reload that keeps `10.0.0.5:8000` in origin `ent` keeps its health and its
+//! counters. [`Registry`] hands out the same `Arc` for the same (origin, address) across
+//! reloads; runtime configs only hold references.
+
+pub mod health;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus::IntGauge;
+
+/// One upstream server of one origin.
+#[derive(Debug)]
+pub struct ServerState {
+    pub addr: SocketAddr,
+    /// What ops wrote (`ent-1.lan:8000`), for the admin API and the metric label.
+    pub name: String,
+    /// Verdict of active health checks. Starts healthy: a new server gets traffic at
+    /// once, and the first failed checks take it out.
+    healthy: AtomicBool,
+    /// Consecutive failures seen on live traffic.
+    passive_failures: AtomicU32,
+    /// Until when (ms since `epoch`) the server is ejected by passive checks; 0 = not.
+    ejected_until_ms: AtomicU64,
+    epoch: Instant,
+    /// Requests in flight to this server.
+    inflight: AtomicUsize,
+    /// Active check streaks, owned by the health checker.
+    pub(crate) check_ok_streak: AtomicU32,
+    pub(crate) check_fail_streak: AtomicU32,
+    up_gauge: IntGauge,
+}
+
+impl ServerState {
+    fn new(origin: &str, name: &str, addr: SocketAddr) -> ServerState {
+        let up_gauge = crate::metrics::get()
+            .origin_server_up
+            .with_label_values(&[origin, name]);
+        up_gauge.set(1);
+        ServerState {
+            addr,
+            name: name.to_string(),
+            healthy: AtomicBool::new(true),
+            passive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            inflight: AtomicUsize::new(0),
+            check_ok_streak: AtomicU32::new(0),
+            check_fail_streak: AtomicU32::new(0),
+            up_gauge,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Healthy by active checks and not currently ejected by passive ones.
+    pub fn in_rotation(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn ejected(&self) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > self.now_ms()
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_healthy(&self, healthy: bool) {
+        let was = self.healthy.swap(healthy, Ordering::Relaxed);
+        if was != healthy {
+            log::warn!(
+                "upstream {} ({}) is now {}",
+                self.name,
+                self.addr,
+                if healthy { "healthy" } else { "unhealthy" }
+            );
+        }
+        self.refresh_gauge();
+    }
+
+    fn refresh_gauge(&self) {
+        self.up_gauge.set(i64::from(self.in_rotation()));
+    }
+
+    /// Live traffic reached the server and got a usable answer.
+    pub fn record_success(&self) {
+        if self.passive_failures.load(Ordering::Relaxed) != 0 {
+            self.passive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Live traffic failed on this server. After `max_failures` in a row the server is
+    /// ejected for `ejection`; returns true when this call ejected it.
+    pub fn record_failure(&self, max_failures: u32, ejection: Duration) -> bool {
+        let n = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if max_failures > 0 && n >= max_failures {
+            self.passive_failures.store(0, Ordering::Relaxed);
+            let until = self.now_ms() + ejection.as_millis() as u64;
+            self.ejected_until_ms.store(until, Ordering::Relaxed);
+            log::warn!(
+                "upstream {} ({}) ejected for {:?} after {n} consecutive failures",
+                self.name,
+                self.addr,
+                ejection
+            );
+            self.refresh_gauge();
+            return true;
+        }
+        false
+    }
+
+    /// Called by the health checker each round so the gauge notices ejections ending.
+    pub(crate) fn tick(&self) {
+        self.refresh_gauge();
+    }
+}
+
+/// State shared by all servers of one origin, surviving reloads.
+#[derive(Debug)]
+pub struct OriginShared {
+    pub name: String,
+    /// Requests in flight to the origin, all servers together.
+    pub inflight: AtomicUsize,
+    cursor: AtomicUsize,
+    pub inflight_gauge: IntGauge,
+}
+
+/// Long-lived store of upstream state, keyed by origin name and server address.
+#[derive(Default)]
+pub struct Registry {
+    servers: Mutex<HashMap<(String, SocketAddr), Arc<ServerState>>>,
+    origins: Mutex<HashMap<String, Arc<OriginShared>>>,
+}
+
+impl Registry {
+    pub fn server(&self, origin: &str, name: &str, addr: SocketAddr) -> Arc<ServerState> {
+        let mut map = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((origin.to_string(), addr))
+            .or_insert_with(|| Arc::new(ServerState::new(origin, name, addr)))
+            .clone()
+    }
+
+    pub fn origin(&self, origin: &str) -> Arc<OriginShared> {
+        let mut map = self.origins.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(origin.to_string())
+            .or_insert_with(|| {
+                Arc::new(OriginShared {
+                    name: origin.to_string(),
+                    inflight: AtomicUsize::new(0),
+                    cursor: AtomicUsize::new(0),
+                    inflight_gauge: crate::metrics::get()
+                        .origin_inflight
+                        .with_label_values(&[origin]),
+                })
+            })
+            .clone()
+    }
+}
+
+/// How the next server is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConnections,
+}
+
+/// Pick a server in rotation, skipping those already tried for this request (`tried` is a
+/// bitmask over server indices; origins have at most 64 servers, checked at load).
+/// When every server is out of rotation, fall back to any untried one: an origin whose
+/// health checks all fail may still answer, and a 502 from it says more than ours.
+pub fn select(
+    shared: &OriginShared,
+    servers: &[Arc<ServerState>],
+    balance: Balance,
+    tried: u64,
+) -> Option<usize> {
+    let n = servers.len();
+    if n == 0 {
+        return None;
+    }
+    let start = shared.cursor.fetch_add(1, Ordering::Relaxed);
+    let untried = |i: usize| tried & (1u64 << i) == 0;
+    let pick = |require_rotation: bool| -> Option<usize> {
+        match balance {
+            Balance::RoundRobin => (0..n)
+                .map(|k| (start + k) % n)
+                .find(|&i| untried(i) && (!require_rotation || servers[i].in_rotation())),
+            Balance::LeastConnections => (0..n)
+                .map(|k| (start + k) % n)
+                .filter(|&i| untried(i) && (!require_rotation || servers[i].in_rotation()))
+                .min_by_key(|&i| servers[i].inflight()),
+        }
+    };
+    pick(true).or_else(|| pick(false))
+}
+
+/// Counts one request in flight to a server and its origin until dropped, so every exit
+/// path (response, error, client gone) gives the slot back.
+#[derive(Debug)]
+pub struct InflightGuard {
+    server: Arc<ServerState>,
+}
+
+impl InflightGuard {
+    pub fn new(server: Arc<ServerState>) -> InflightGuard {
+        server.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard { server }
+    }
+    pub fn server(&self) -> &Arc<ServerState> {
+        &self.server
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.server.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One admitted request against the origin's `max_inflight`, released on drop.
+#[derive(Debug)]
+pub struct OriginPermit {
+    shared: Arc<OriginShared>,
+}
+
+impl OriginPermit {
+    /// Take a slot unless `max` are already in use.
+    pub fn try_acquire(shared: &Arc<OriginShared>, max: Option<u32>) -> Option<OriginPermit> {
+        let prev = shared.inflight.fetch_add(1, Ordering::AcqRel);
+        if let Some(max) = max {
+            if prev >= max as usize {
+                shared.inflight.fetch_sub(1, Ordering::AcqRel);
+                return None;
+            }
+        }
+        shared.inflight_gauge.inc();
+        Some(OriginPermit {
+            shared: shared.clone(),
+        })
+    }
+}
+
+impl Drop for OriginPermit {
+    fn drop(&mut self) {
+        self.shared.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.shared.inflight_gauge.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn servers(reg: &Registry, n: u16) -> Vec<Arc<ServerState>> {
+        (0..n)
+            .map(|i| {
+                let a: SocketAddr = format!("127.0.0.1:{}", 10000 + i).parse().expect("addr");
+                reg.server("t", &a.to_string(), a)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_skips_unhealthy_and_tried() {
+        let reg = Registry::default();
+        let s = servers(&reg, 3);
+        let o = reg.origin("t");
+        s[1].set_healthy(false);
+        let picks: Vec<usize> = (0..4)
+            .filter_map(|_| select(&o, &s, Balance::RoundRobin, 0))
+            .collect();
+        assert!(picks.iter().all(|&i| i != 1), "{picks:?}");
+        assert!(picks.contains(&0) && picks.contains(&2));
+        // 0 and 2 tried: only the unhealthy one remains, used as a last resort.
+        assert_eq!(select(&o, &s, Balance::RoundRobin, 0b101), Some(1));
+        assert_eq!(select(&o, &s, Balance::RoundRobin, 0b111), None);
+    }
+
+    #[test]
+    fn least_connections_prefers_idle_server() {
+        let reg = Registry::default();
+        let s = servers(&reg, 3);
+        let o = reg.origin("t");
+        let _g1 = InflightGuard::new(s[0].clone());
+        let _g2 = InflightGuard::new(s[2].clone());
+        for _ in 0..5 {
+            assert_eq!(select(&o, &s, Balance::LeastConnections, 0), Some(1));
+        }
+    }
+
+    #[test]
+    fn passive_ejection_and_permits() {
+        let reg = Registry::default();
+        let s = servers(&reg, 1);
+        assert!(!s[0].record_failure(3, Duration::from_secs(30)));
+        s[0].record_success();
+        assert!(!s[0].record_failure(3, Duration::from_secs(30)));
+        assert!(!s[0].record_failure(3, Duration::from_secs(30)));
+        assert!(s[0].record_failure(3, Duration::from_secs(30)));
+        assert!(!s[0].in_rotation());
+
+        let o = reg.origin("t");
+        let a = OriginPermit::try_acquire(&o, Some(2)).expect("first");
+        let _b = OriginPermit::try_acquire(&o, Some(2)).expect("second");
+        assert!(OriginPermit::try_acquire(&o, Some(2)).is_none());
+        drop(a);
+        assert!(OriginPermit::try_acquire(&o, Some(2)).is_some());
+        assert_eq!(o.inflight.load(Ordering::Relaxed), 1);
+    }
+}
