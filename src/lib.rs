@@ -1,8 +1,15 @@
 //! ecluse: an edge reverse proxy, built on pingora, that keeps a school's digital
 //! workspace (ENT) alive through a surge. See `DESIGN.md` in the shared folder and the README.
 
+pub mod access_log;
+pub mod admin;
+pub mod app;
 pub mod config;
 pub mod demo;
+pub mod demo_run;
 pub mod metrics;
+pub mod pages;
 pub mod policy;
+pub mod proxy;
+pub mod server;
 pub mod upstream;

@@ -1,1 +1,169 @@
-fn main() {}
+//! The `ecluse` command line: `run`, `check`, `demo` (and `schema` for editors).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ecluse",
+    version,
+    about = "Edge reverse proxy that keeps a school's ENT alive through a surge"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve in production with the given policy file.
+    Run {
+        /// The YAML policy file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Take over the listening sockets of a running ecluse (zero-downtime upgrade:
+        /// start the new binary with --upgrade, then send SIGQUIT to the old one).
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Validate a policy file like `nginx -t`: exit 0 when valid, else print every problem
+    /// as FILE:LINE:COL: message and exit 1.
+    Check {
+        /// The YAML policy file.
+        file: PathBuf,
+    },
+    /// Run the simulated ENT and ecluse in front of it with the embedded demo policy.
+    Demo {
+        /// Proxy port (default 8080; 0 picks a free one).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Admin port (default 9090; 0 picks a free one).
+        #[arg(long, default_value_t = 9090)]
+        admin_port: u16,
+        /// Simulated ENT port (default: a free one).
+        #[arg(long, default_value_t = 0)]
+        origin_port: u16,
+    },
+    /// Print the JSON Schema of the policy file (for editors; see config/ecluse.schema.json).
+    Schema,
+}
+
+fn init_logging() {
+    let env = env_logger::Env::default()
+        .default_filter_or("info,pingora=warn,pingora_core=warn,pingora_proxy=warn");
+    let _ = env_logger::Builder::from_env(env)
+        .format_timestamp_millis()
+        .try_init();
+}
+
+fn check(file: PathBuf) -> ExitCode {
+    let registry = ecluse::upstream::Registry::default();
+    match ecluse::config::load_file(&file, &registry, 1) {
+        Ok(cfg) => {
+            eprintln!(
+                "{}: ok ({} routes, {} origins, hash {})",
+                file.display(),
+                cfg.router.routes().len(),
+                cfg.origins.len(),
+                cfg.hash
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let lines = e.lines();
+            for l in &lines {
+                eprintln!("{l}");
+            }
+            eprintln!(
+                "{}: {} problem{} found",
+                file.display(),
+                lines.len(),
+                if lines.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(
+    config: PathBuf,
+    opts: ecluse::server::RunOptions,
+    banner: &dyn Fn(&ecluse::server::Bound) -> Vec<String>,
+) -> ExitCode {
+    init_logging();
+    let app = match ecluse::app::App::new(&config) {
+        Ok(a) => a,
+        Err(e) => {
+            for l in e.lines() {
+                eprintln!("{l}");
+            }
+            eprintln!("ecluse: not starting: the config is invalid");
+            return ExitCode::from(1);
+        }
+    };
+    let (server, bound) = match ecluse::server::build(app, &opts) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("ecluse: not starting: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for l in banner(&bound) {
+        let _ = writeln!(out, "{l}");
+    }
+    for a in &bound.proxy {
+        let _ = writeln!(
+            out,
+            "listening proxy http://{}/",
+            ecluse::admin::connectable(*a)
+        );
+    }
+    for a in &bound.tls {
+        let _ = writeln!(
+            out,
+            "listening tls https://{}/",
+            ecluse::admin::connectable(*a)
+        );
+    }
+    let _ = writeln!(out, "listening admin http://{}/", bound.admin);
+    let _ = out.flush();
+    drop(out);
+    server.run(pingora::server::RunArgs::default());
+    ExitCode::SUCCESS
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A bug must never show ops a stack trace instead of a diagnostic.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("ecluse: internal error: {info}; please report it");
+    }));
+    match cli.cmd {
+        Cmd::Check { file } => check(file),
+        Cmd::Schema => {
+            let s =
+                serde_json::to_string_pretty(&ecluse::config::json_schema()).unwrap_or_default();
+            println!("{s}");
+            ExitCode::SUCCESS
+        }
+        Cmd::Run { config, upgrade } => run(
+            config,
+            ecluse::server::RunOptions {
+                upgrade,
+                ..Default::default()
+            },
+            &|_| Vec::new(),
+        ),
+        Cmd::Demo {
+            port,
+            admin_port,
+            origin_port,
+        } => ecluse::demo_run::demo(port, admin_port, origin_port, |path, opts, banner| {
+            run(path, opts, banner)
+        }),
+    }
+}

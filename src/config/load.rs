@@ -47,8 +47,8 @@ impl LoadError {
 
 /// The JSON Schema of the policy file, as editors consume it.
 pub fn json_schema() -> serde_json::Value {
-    let mut v = serde_json::to_value(schemars::schema_for!(FileConfig))
-        .unwrap_or(serde_json::Value::Null);
+    let mut v =
+        serde_json::to_value(schemars::schema_for!(FileConfig)).unwrap_or(serde_json::Value::Null);
     if let Some(o) = v.as_object_mut() {
         o.insert(
             "title".into(),
@@ -114,7 +114,10 @@ pub fn load_file(
         path: shown.clone(),
         diagnostics: vec![Diagnostic::at(
             Pos { line: 1, col: 1 },
-            format!("the file is not UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+            format!(
+                "the file is not UTF-8 (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
         )],
     })?;
     check_text(&src, path, registry, version).map_err(|diagnostics| LoadError::Invalid {

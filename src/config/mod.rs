@@ -31,6 +31,9 @@ impl Diagnostic {
 
     /// `FILE:LINE:COL: message`, the format editors and CI annotators understand.
     pub fn render(&self, file: &str) -> String {
-        format!("{}:{}:{}: {}", file, self.pos.line, self.pos.col, self.message)
+        format!(
+            "{}:{}:{}: {}",
+            file, self.pos.line, self.pos.col, self.message
+        )
     }
 }

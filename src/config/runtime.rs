@@ -164,9 +164,7 @@ impl OriginMetrics {
             rejected_max_inflight: m
                 .origin_rejected
                 .with_label_values(&[origin, "max_inflight"]),
-            rejected_no_server: m
-                .origin_rejected
-                .with_label_values(&[origin, "no_server"]),
+            rejected_no_server: m.origin_rejected.with_label_values(&[origin, "no_server"]),
         }
     }
 }
@@ -218,14 +216,18 @@ impl<'t> Problems<'t> {
     /// A problem with the value at `path`.
     pub fn at(&mut self, path: Vec<Seg>, msg: impl Into<String>) {
         let pos = self.tree.locate(&path);
-        self.list
-            .push(Diagnostic::at(pos, format!("{}: {}", show_path(&path), msg.into())));
+        self.list.push(Diagnostic::at(
+            pos,
+            format!("{}: {}", show_path(&path), msg.into()),
+        ));
     }
     /// A problem with the key at `path` (its name, not its value).
     pub fn at_key(&mut self, path: Vec<Seg>, msg: impl Into<String>) {
         let pos = self.tree.locate_key(&path);
-        self.list
-            .push(Diagnostic::at(pos, format!("{}: {}", show_path(&path), msg.into())));
+        self.list.push(Diagnostic::at(
+            pos,
+            format!("{}: {}", show_path(&path), msg.into()),
+        ));
     }
 }
 
@@ -245,7 +247,12 @@ pub fn show_path(path: &[Seg]) -> String {
     s
 }
 
-fn duration_or(p: &mut Problems, v: &Option<String>, default: Duration, path: Vec<Seg>) -> Duration {
+fn duration_or(
+    p: &mut Problems,
+    v: &Option<String>,
+    default: Duration,
+    path: Vec<Seg>,
+) -> Duration {
     match v {
         None => default,
         Some(s) => match parse_duration(s) {
@@ -296,7 +303,10 @@ pub fn build(
 
     let mut listen = Vec::new();
     if file.listen.is_empty() {
-        p.at(path!["listen"], "needs at least one address, like `0.0.0.0:8080`");
+        p.at(
+            path!["listen"],
+            "needs at least one address, like `0.0.0.0:8080`",
+        );
     }
     for (i, l) in file.listen.iter().enumerate() {
         if let Some(a) = parse_listen(&mut p, l, path!["listen", i]) {
@@ -315,7 +325,10 @@ pub fn build(
         let key_file = ctx.base_dir.join(&t.key_file);
         for (f, key) in [(&cert_file, "cert_file"), (&key_file, "key_file")] {
             if let Err(e) = std::fs::metadata(f) {
-                p.at(path!["tls", key], format!("cannot read `{}`: {e}", f.display()));
+                p.at(
+                    path!["tls", key],
+                    format!("cannot read `{}`: {e}", f.display()),
+                );
             }
         }
         Tls {
@@ -504,7 +517,10 @@ fn build_origin(
                 Ok(mut it) => match it.next() {
                     Some(a) => Some(a),
                     None => {
-                        p.at(at(path!["servers", i]), format!("`{s}` resolves to no address"));
+                        p.at(
+                            at(path!["servers", i]),
+                            format!("`{s}` resolves to no address"),
+                        );
                         None
                     }
                 },
@@ -517,7 +533,10 @@ fn build_origin(
                 }
             },
             Err(_) => {
-                if s.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+                if s.rsplit_once(':')
+                    .and_then(|(_, port)| port.parse::<u16>().ok())
+                    .is_none()
+                {
                     p.at(at(path!["servers", i]), format!("`{s}` is not `host:port`"));
                 }
                 None
@@ -579,7 +598,10 @@ fn build_origin(
     let sni = of.sni.clone().unwrap_or_else(|| {
         of.servers
             .first()
-            .and_then(|s| s.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()))
+            .and_then(|s| {
+                s.rsplit_once(':')
+                    .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+            })
             .unwrap_or_default()
     });
     Some(Origin {
@@ -685,7 +707,10 @@ fn build_routes(
         }
         if let Some(hs) = &m.hosts {
             if hs.is_empty() {
-                p.at(at(path!["match", "hosts"]), "is empty: remove it to match any host");
+                p.at(
+                    at(path!["match", "hosts"]),
+                    "is empty: remove it to match any host",
+                );
             }
             for (k, h) in hs.iter().enumerate() {
                 host_list.push((h.clone(), at(path!["match", "hosts", k])));
@@ -719,7 +744,11 @@ fn build_routes(
         let matcher = Matcher::new(
             if hosts.is_empty() { None } else { Some(hosts) },
             prefix,
-            if m.methods.is_some() { Some(methods) } else { None },
+            if m.methods.is_some() {
+                Some(methods)
+            } else {
+                None
+            },
         );
         // A route that an earlier one always takes first can never match: it is a
         // mistake (usually a `/` catch-all placed too early).

@@ -38,7 +38,10 @@ fn join(path: &str, key: &str) -> String {
 }
 
 /// The closest candidate by edit distance, when it is close enough to be a plausible typo.
-pub fn did_you_mean<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+pub fn did_you_mean<'c>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'c str>,
+) -> Option<&'c str> {
     let mut best: Option<(f64, &str)> = None;
     for c in candidates {
         let score = strsim::jaro_winkler(word, c);
@@ -282,7 +285,11 @@ impl<'a> Walker<'a> {
             self.err(
                 node.pos,
                 path,
-                format!("expected one of {}, found {}", quote_list(names), node.node.kind()),
+                format!(
+                    "expected one of {}, found {}",
+                    quote_list(names),
+                    node.node.kind()
+                ),
             );
             return;
         };
@@ -295,7 +302,10 @@ impl<'a> Walker<'a> {
         self.err(
             node.pos,
             path,
-            format!("unknown value `{text}`{hint}; expected one of {}", quote_list(names)),
+            format!(
+                "unknown value `{text}`{hint}; expected one of {}",
+                quote_list(names)
+            ),
         );
     }
 
@@ -414,13 +424,34 @@ mod tests {
             "name: x\nthreds: 2\nmode: round_robn\ninner:\n  path_prefx: /\nmap:\n  a: { path_prefix: 3, methods: GET }\nname: y\n",
         );
         let all = errs.join("\n");
-        assert!(all.contains("2:1: unknown key `threds` (did you mean `threads`?)"), "{all}");
-        assert!(all.contains("3:7: mode: unknown value `round_robn` (did you mean `round_robin`?)"), "{all}");
-        assert!(all.contains("5:3: inner: unknown key `path_prefx` (did you mean `path_prefix`?)"), "{all}");
-        assert!(all.contains("inner: missing required key `path_prefix`"), "{all}");
-        assert!(all.contains("map.a.path_prefix: expected a string, found integer"), "{all}");
-        assert!(all.contains("map.a.methods: expected a list, found string `GET`"), "{all}");
-        assert!(all.contains("8:1: duplicate key `name` (first set at line 1:1)"), "{all}");
+        assert!(
+            all.contains("2:1: unknown key `threds` (did you mean `threads`?)"),
+            "{all}"
+        );
+        assert!(
+            all.contains("3:7: mode: unknown value `round_robn` (did you mean `round_robin`?)"),
+            "{all}"
+        );
+        assert!(
+            all.contains("5:3: inner: unknown key `path_prefx` (did you mean `path_prefix`?)"),
+            "{all}"
+        );
+        assert!(
+            all.contains("inner: missing required key `path_prefix`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("map.a.path_prefix: expected a string, found integer"),
+            "{all}"
+        );
+        assert!(
+            all.contains("map.a.methods: expected a list, found string `GET`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("8:1: duplicate key `name` (first set at line 1:1)"),
+            "{all}"
+        );
     }
 
     #[test]

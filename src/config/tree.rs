@@ -89,9 +89,10 @@ impl SNode {
         let mut cur = self;
         for seg in path {
             let next = match (seg, &cur.node) {
-                (Seg::Key(k), Node::Map(entries)) => {
-                    entries.iter().find(|(name, _, _)| name == k).map(|(_, _, v)| v)
-                }
+                (Seg::Key(k), Node::Map(entries)) => entries
+                    .iter()
+                    .find(|(name, _, _)| name == k)
+                    .map(|(_, _, v)| v),
                 (Seg::Idx(i), Node::Seq(items)) => items.get(*i),
                 _ => None,
             };
@@ -109,9 +110,10 @@ impl SNode {
             let mut cur = self;
             for seg in parent {
                 let next = match (seg, &cur.node) {
-                    (Seg::Key(k), Node::Map(entries)) => {
-                        entries.iter().find(|(name, _, _)| name == k).map(|(_, _, v)| v)
-                    }
+                    (Seg::Key(k), Node::Map(entries)) => entries
+                        .iter()
+                        .find(|(name, _, _)| name == k)
+                        .map(|(_, _, v)| v),
                     (Seg::Idx(i), Node::Seq(items)) => items.get(*i),
                     _ => None,
                 };
@@ -326,6 +328,9 @@ mod tests {
     #[test]
     fn locate_missing_points_at_parent() {
         let t = parse("routes:\n  - name: a\n").expect("valid");
-        assert_eq!(t.locate(&path!["routes", 0, "origin"]), Pos { line: 2, col: 5 });
+        assert_eq!(
+            t.locate(&path!["routes", 0, "origin"]),
+            Pos { line: 2, col: 5 }
+        );
     }
 }

@@ -9,12 +9,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| {
-            format!("`{s}` has no unit: write it like `500ms`, `30s`, `10m` or `1h`")
-        })?;
+        .ok_or_else(|| format!("`{s}` has no unit: write it like `500ms`, `30s`, `10m` or `1h`"))?;
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("`{s}` is not a duration: write it like `500ms`, `30s`, `10m` or `1h`"));
+        return Err(format!(
+            "`{s}` is not a duration: write it like `500ms`, `30s`, `10m` or `1h`"
+        ));
     }
     let n: f64 = num
         .parse()
@@ -53,9 +53,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
-        other => return Err(format!("`{s}` has an unknown unit `{other}`: use KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "`{s}` has an unknown unit `{other}`: use KiB, MiB or GiB"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 #[cfg(test)]

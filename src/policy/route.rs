@@ -40,7 +40,8 @@ impl HostPattern {
             HostPattern::Exact(h) => host.eq_ignore_ascii_case(h),
             HostPattern::Suffix(sfx) => {
                 host.len() > sfx.len()
-                    && host.as_bytes()[host.len() - sfx.len()..].eq_ignore_ascii_case(sfx.as_bytes())
+                    && host.as_bytes()[host.len() - sfx.len()..]
+                        .eq_ignore_ascii_case(sfx.as_bytes())
             }
         }
     }
@@ -167,9 +168,17 @@ mod tests {
 
     fn m(hosts: Option<&[&str]>, prefix: &str, methods: Option<&[&str]>) -> Matcher {
         Matcher::new(
-            hosts.map(|hs| hs.iter().map(|h| HostPattern::parse(h).expect("host")).collect()),
+            hosts.map(|hs| {
+                hs.iter()
+                    .map(|h| HostPattern::parse(h).expect("host"))
+                    .collect()
+            }),
             prefix.to_string(),
-            methods.map(|ms| ms.iter().map(|x| Method::from_bytes(x.as_bytes()).expect("m")).collect()),
+            methods.map(|ms| {
+                ms.iter()
+                    .map(|x| Method::from_bytes(x.as_bytes()).expect("m"))
+                    .collect()
+            }),
         )
     }
 

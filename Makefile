@@ -1,0 +1,50 @@
+# ecluse — the two set-up commands are `make demo` and `make test`.
+# Each installs what cargo cannot (cmake for pingora; test servers) when missing.
+
+CARGO ?= cargo
+SHELL := /bin/bash
+
+.PHONY: demo test lint fmt schema bench deps check-configs build
+
+# System packages the build needs (pingora builds a C library with cmake).
+deps:
+	@scripts/need.sh cmake
+
+build: deps
+	$(CARGO) build --release --bin ecluse
+
+## Run the simulated ENT and ecluse in front of it; prints the URLs to open.
+demo: build
+	./target/release/ecluse demo
+
+## Everything CI checks: formatting, clippy, all tests, every file in config/.
+test: deps
+	@echo "== cargo fmt --check"
+	$(CARGO) fmt --all -- --check
+	@echo "== cargo clippy --all-targets -- -D warnings"
+	$(CARGO) clippy --all-targets -- -D warnings
+	@echo "== cargo test"
+	$(CARGO) test --all-targets
+	@$(MAKE) --no-print-directory check-configs
+
+check-configs:
+	@echo "== ecluse check config/*.yaml"
+	$(CARGO) build --bin ecluse
+	@for f in config/*.yaml; do ./target/debug/ecluse check "$$f" || exit 1; done
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Regenerate the JSON Schema editors use for config/*.yaml.
+schema:
+	$(CARGO) run --quiet --bin ecluse -- schema > config/ecluse.schema.json
+
+## Benchmarks (not timed tests): criterion benches and bench/proxy.sh against nginx.
+bench: deps
+	@scripts/need.sh nginx wrk taskset
+	$(CARGO) bench
+	bench/proxy.sh

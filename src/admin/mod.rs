@@ -1,0 +1,308 @@
+//! The admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/admin/state` and the
+//! mutating `/admin/*` endpoints (bearer token when `admin.token_file` is set).
+//!
+//! It runs on its own small server (hyper), apart from the proxy listeners, so that ops
+//! can still see and steer ecluse when the proxy side is saturated.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::app::App;
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_resp(status: StatusCode, v: serde_json::Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string() + "\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+fn text_resp(status: StatusCode, body: &'static str) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp {
+    json_resp(status, json!({ "error": code, "message": message.into() }))
+}
+
+/// Constant-time check of the `Authorization: Bearer …` header against the token.
+fn authorized(app: &App, req: &Request<Incoming>) -> bool {
+    let cfg = app.config();
+    let Some(token) = cfg.admin.token.as_ref() else {
+        return true;
+    };
+    let Some(given) = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    use subtle::ConstantTimeEq;
+    // Comparing lengths first leaks only the length, which the token file's owner chose.
+    given.len() == token.0.len() && bool::from(given.ct_eq(&token.0))
+}
+
+/// Serve the admin API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, _) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("admin accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(handle(app, req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, Resp> {
+    let body = Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|_| {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the body is limited to 64 KiB",
+            )
+        })?
+        .to_bytes();
+    if body.is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("the body is not JSON: {e}"),
+        )
+    })
+}
+
+async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    match (method.clone(), path.as_str()) {
+        (Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(crate::metrics::get().render())));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (Method::GET, "/healthz") => text_resp(StatusCode::OK, "ok\n"),
+        (Method::GET, "/readyz") => readyz(&app).await,
+        (Method::GET, "/admin/state") => json_resp(StatusCode::OK, state(&app)),
+        (Method::POST, p) if p.starts_with("/admin/") => {
+            if !authorized(&app, &req) {
+                let mut r = error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "this endpoint needs `Authorization: Bearer <token>` (admin.token_file)",
+                );
+                r.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"ecluse-admin\""),
+                );
+                return r;
+            }
+            match p {
+                "/admin/reload" => {
+                    if let Err(r) = read_json(req).await {
+                        return r;
+                    }
+                    let a = app.clone();
+                    match tokio::task::spawn_blocking(move || a.reload("admin API")).await {
+                        Ok(Ok(outcome)) => json_resp(
+                            StatusCode::OK,
+                            json!({ "result": if outcome.changed { "reloaded" } else { "unchanged" }, "version": outcome.version, "hash": outcome.hash, "restart_required": outcome.restart_required }),
+                        ),
+                        Ok(Err(e)) => json_resp(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            json!({ "error": "invalid_config", "message": "the new file was rejected; the running config is unchanged", "diagnostics": e.lines() }),
+                        ),
+                        Err(_) => error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal",
+                            "reload task failed",
+                        ),
+                    }
+                }
+                _ => error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no admin endpoint {p}"),
+                ),
+            }
+        }
+        (_, "/metrics" | "/healthz" | "/readyz" | "/admin/state") => {
+            let mut r = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed here"),
+            );
+            r.headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("GET"));
+            r
+        }
+        (_, p) if p.starts_with("/admin/") => {
+            let mut r = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "mutating admin endpoints take POST",
+            );
+            r.headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+            r
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no admin endpoint {path}"),
+        ),
+    }
+}
+
+/// Ready when the config is loaded, a proxy listener accepts connections, and we are not
+/// draining for shutdown.
+async fn readyz(app: &App) -> Resp {
+    if app.draining.load(Ordering::Relaxed) {
+        return text_resp(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
+    if !app.proxy_ready.load(Ordering::Relaxed) {
+        let cfg = app.config();
+        let mut ok = false;
+        for addr in cfg
+            .listen
+            .iter()
+            .chain(cfg.tls.iter().flat_map(|t| t.listen.iter()))
+        {
+            let target = connectable(*addr);
+            if tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(target),
+            )
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false)
+            {
+                ok = true;
+                break;
+            }
+        }
+        if !ok {
+            return text_resp(StatusCode::SERVICE_UNAVAILABLE, "starting\n");
+        }
+        app.proxy_ready.store(true, Ordering::Relaxed);
+    }
+    text_resp(StatusCode::OK, "ready\n")
+}
+
+/// A wildcard listen address is reached through loopback.
+pub fn connectable(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], a.port()))
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
+        }
+        a => a,
+    }
+}
+
+fn state(app: &App) -> serde_json::Value {
+    let cfg = app.config();
+    let loaded = cfg
+        .loaded_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let origins: Vec<_> = cfg
+        .origins
+        .iter()
+        .map(|o| {
+            json!({
+                "name": o.name,
+                "balance": format!("{:?}", o.balance).to_lowercase(),
+                "max_inflight": o.max_inflight,
+                "inflight": o.shared.inflight.load(Ordering::Relaxed),
+                "servers": o.servers.iter().map(|s| json!({
+                    "server": s.name,
+                    "address": s.addr.to_string(),
+                    "healthy": s.healthy(),
+                    "ejected": s.ejected(),
+                    "in_rotation": s.in_rotation(),
+                    "inflight": s.inflight(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let routes: Vec<_> = cfg
+        .router
+        .routes()
+        .iter()
+        .map(|r| json!({ "name": r.name, "origin": r.origin.name, "path_prefix": r.matcher.path_prefix() }))
+        .collect();
+    json!({
+        "config": {
+            "path": cfg.path.display().to_string(),
+            "hash": cfg.hash,
+            "version": cfg.version,
+            "loaded_at": crate::access_log::rfc3339(cfg.loaded_at),
+            "loaded_at_unix": loaded,
+        },
+        "uptime_seconds": app.started.elapsed().as_secs(),
+        "draining": app.draining.load(Ordering::Relaxed),
+        "listen": cfg.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "routes": routes,
+        "origins": origins,
+    })
+}

@@ -1,0 +1,157 @@
+//! Process-wide state shared by the proxy, the admin API and background tasks: the live
+//! config (one `ArcSwap`), upstream state, the access log, and the reload procedure.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+
+use crate::access_log::AccessLogger;
+use crate::config::{self, Config, LoadError};
+use crate::upstream;
+
+pub struct App {
+    config: ArcSwap<Config>,
+    pub registry: upstream::Registry,
+    pub access_log: AccessLogger,
+    pub config_path: PathBuf,
+    version: AtomicU64,
+    /// Serialises reloads: two triggers at once (file watch + SIGHUP) build one after the other.
+    reload_lock: Mutex<()>,
+    /// Set on SIGTERM: `/readyz` answers 503 so load balancers move away while we drain.
+    pub draining: AtomicBool,
+    pub started: Instant,
+    /// Set by the readiness probe once the proxy listener accepted a connection.
+    pub proxy_ready: AtomicBool,
+}
+
+/// What a successful reload changed that only a restart can apply.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ReloadOutcome {
+    pub version: u64,
+    pub hash: String,
+    pub changed: bool,
+    /// Settings that changed in the file but keep their old value until a restart.
+    pub restart_required: Vec<&'static str>,
+}
+
+impl App {
+    /// Load the config at startup. Errors here stop the process (there is nothing to keep).
+    pub fn new(path: &Path) -> Result<Arc<App>, LoadError> {
+        let registry = upstream::Registry::default();
+        let cfg = config::load_file(path, &registry, 1)?;
+        let access_log = AccessLogger::start(cfg.access_log.target.clone());
+        publish_metrics(&cfg, None);
+        Ok(Arc::new(App {
+            config: ArcSwap::from_pointee(cfg),
+            registry,
+            access_log,
+            config_path: path.to_path_buf(),
+            version: AtomicU64::new(1),
+            reload_lock: Mutex::new(()),
+            draining: AtomicBool::new(false),
+            started: Instant::now(),
+            proxy_ready: AtomicBool::new(false),
+        }))
+    }
+
+    /// The running config. One atomic load; hold the `Arc` for the whole request so that
+    /// a reload never changes the rules under an in-flight request.
+    #[inline]
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Re-read the file, validate it, and publish it with one `ArcSwap::store`. On error
+    /// the running config stays, the diagnostics are logged, and the failure is counted.
+    /// Blocking (file I/O, DNS): call it from a blocking context.
+    pub fn reload(&self, trigger: &str) -> Result<ReloadOutcome, LoadError> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let m = crate::metrics::get();
+        let next_version = self.version.load(Ordering::Relaxed) + 1;
+        match config::load_file(&self.config_path, &self.registry, next_version) {
+            Ok(new) => {
+                let old = self.config.load_full();
+                if new.hash == old.hash {
+                    m.config_reloads.with_label_values(&["unchanged"]).inc();
+                    log::info!("reload ({trigger}): file unchanged (hash {})", old.hash);
+                    return Ok(ReloadOutcome {
+                        version: old.version,
+                        hash: old.hash.clone(),
+                        changed: false,
+                        restart_required: vec![],
+                    });
+                }
+                let mut restart_required = Vec::new();
+                if new.listen != old.listen {
+                    restart_required.push("listen");
+                }
+                if new.tls != old.tls {
+                    restart_required.push("tls");
+                }
+                if new.admin.listen != old.admin.listen {
+                    restart_required.push("admin.listen");
+                }
+                if new.server.threads != old.server.threads {
+                    restart_required.push("server.threads");
+                }
+                if new.server.upgrade_sock != old.server.upgrade_sock {
+                    restart_required.push("server.upgrade_sock");
+                }
+                if new.server.upstream_keepalive_pool != old.server.upstream_keepalive_pool {
+                    restart_required.push("server.upstream_keepalive_pool");
+                }
+                if !restart_required.is_empty() {
+                    log::warn!(
+                        "reload ({trigger}): {} changed; the new values apply after a restart",
+                        restart_required.join(", ")
+                    );
+                }
+                self.access_log.set_target(&new.access_log.target);
+                let outcome = ReloadOutcome {
+                    version: new.version,
+                    hash: new.hash.clone(),
+                    changed: true,
+                    restart_required,
+                };
+                publish_metrics(&new, Some(&old));
+                self.version.store(next_version, Ordering::Relaxed);
+                self.config.store(Arc::new(new));
+                m.config_reloads.with_label_values(&["ok"]).inc();
+                log::info!(
+                    "reload ({trigger}): config version {} (hash {}) is live",
+                    outcome.version,
+                    outcome.hash
+                );
+                Ok(outcome)
+            }
+            Err(e) => {
+                m.config_reloads.with_label_values(&["error"]).inc();
+                log::error!(
+                    "reload ({trigger}) failed, keeping config version {}:\n{e}",
+                    self.version.load(Ordering::Relaxed)
+                );
+                Err(e)
+            }
+        }
+    }
+}
+
+fn publish_metrics(new: &Config, old: Option<&Config>) {
+    let m = crate::metrics::get();
+    if let Some(old) = old {
+        let _ = m
+            .config_info
+            .remove_label_values(&[&old.hash, &old.version.to_string()]);
+    }
+    m.config_info
+        .with_label_values(&[&new.hash, &new.version.to_string()])
+        .set(1);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    m.config_last_reload_success.set(now);
+}

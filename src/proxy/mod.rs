@@ -1,0 +1,562 @@
+//! The one `ProxyHttp` implementation. It arranges the phases and calls the policies; the
+//! decisions themselves live in `policy/*` and `upstream/*`.
+//!
+//! Request path, in order:
+//! 1. Match the route: one `ArcSwap` load per request, kept in the context (`Ctx::config`)
+//!    so every phase of this request sees the same config, even across a reload.
+//! 2. Rate limit (cheapest rejection first) — issue #3.
+//! 3. Degradation gate: a switched-off feature answers 503 now — issue #5.
+//! 4. Waiting room: queue requests without a valid admission — issue #4.
+//! 5. Cache lookup — issue #6.
+//! 6. Origin concurrency limit (`max_inflight`, a permit held until the response ends),
+//!    then pick a server in rotation (round robin or least connections).
+//! 7. `logging`: metrics, one JSON access-log line, release every slot (Drop guards).
+//!
+//! Retry safety: a failure to *connect* is retried on another server for any method
+//! (nothing was sent). A failure on a *reused* pooled connection is retried only for
+//! idempotent methods without a request body: a request whose body may have reached the
+//! origin is never replayed (an upload arrives once or fails visibly).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::prelude::*;
+use pingora::protocols::l4::socket::SocketAddr as PSocketAddr;
+use pingora::proxy::FailToProxy;
+use pingora_error::{ErrorSource, ErrorType};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+use crate::access_log::{rfc3339, Entry};
+use crate::app::App;
+use crate::config::runtime::{Origin, Route};
+use crate::config::Config;
+use crate::pages::{self, Problem};
+use crate::policy::route::host_without_port;
+use crate::upstream::{self, InflightGuard, OriginPermit};
+
+pub struct EcluseProxy {
+    pub app: Arc<App>,
+    /// Whether this listener terminates TLS (for `X-Forwarded-Proto`).
+    pub tls: bool,
+}
+
+/// Per-request state, alive for every phase of one request.
+pub struct Ctx {
+    start: Instant,
+    wall_start: SystemTime,
+    config: Option<Arc<Config>>,
+    route: Option<Arc<Route>>,
+    client_ip: Option<IpAddr>,
+    peer_ip: Option<IpAddr>,
+    /// Slot against the origin's `max_inflight`; released when the context drops.
+    permit: Option<OriginPermit>,
+    /// The server of the current attempt, counted in its in-flight until dropped.
+    server: Option<InflightGuard>,
+    /// Bitmask of the server indices already tried for this request.
+    tried: u64,
+    attempts: u32,
+    has_body: bool,
+    upstream_start: Option<Instant>,
+    /// What ecluse answered by itself, for the log.
+    decision: Option<&'static str>,
+    /// The failure already counted for passive health, so `logging` doesn't count it twice.
+    failure_recorded: bool,
+}
+
+impl Ctx {
+    fn origin(&self) -> Option<&Arc<Origin>> {
+        self.route.as_ref().map(|r| &r.origin)
+    }
+}
+
+fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
+    req.headers.get(name).map(|v| v.as_bytes())
+}
+
+fn socket_ip(addr: Option<&PSocketAddr>) -> Option<IpAddr> {
+    addr.and_then(|a| a.as_inet())
+        .map(|a: &SocketAddr| match a.ip() {
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        })
+}
+
+/// The client's address: the socket peer, or, when the peer is one of our trusted
+/// proxies, the right-most address in `X-Forwarded-For` that is not itself trusted
+/// (everything left of it could have been written by the client).
+fn client_ip(config: &Config, peer: Option<IpAddr>, xff: Option<&[u8]>) -> Option<IpAddr> {
+    let peer = peer?;
+    if !config.server.is_trusted(peer) {
+        return Some(peer);
+    }
+    let Some(xff) = xff.and_then(|v| std::str::from_utf8(v).ok()) else {
+        return Some(peer);
+    };
+    let mut leftmost = None;
+    for part in xff.rsplit(',').take(32) {
+        let Ok(ip) = part.trim().parse::<IpAddr>() else {
+            // Garbage in the chain: stop believing it here.
+            return Some(leftmost.unwrap_or(peer));
+        };
+        if !config.server.is_trusted(ip) {
+            return Some(ip);
+        }
+        leftmost = Some(ip);
+    }
+    Some(leftmost.unwrap_or(peer))
+}
+
+fn request_has_body(session: &mut Session) -> bool {
+    let req = session.req_header();
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return true;
+    }
+    if let Some(cl) = req.headers.get(http::header::CONTENT_LENGTH) {
+        return cl.as_bytes() != b"0";
+    }
+    if session.is_http2() {
+        return !session.as_mut().is_body_empty();
+    }
+    false
+}
+
+impl EcluseProxy {
+    /// Write a response made by ecluse itself (error pages). Keeps the client connection
+    /// only when no request body is left unread on it.
+    async fn respond_problem(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        problem: Problem,
+        retry_after: Option<u64>,
+    ) -> Result<()> {
+        let req = session.req_header();
+        let lang = pages::negotiate_lang(header(req, "accept-language"));
+        let json = pages::wants_json(header(req, "accept"));
+        let page = pages::problem_page(problem, lang, json, retry_after);
+        let mut resp = ResponseHeader::build(problem.status(), Some(5))?;
+        resp.insert_header("content-type", page.content_type)?;
+        resp.insert_header("content-length", page.body.len().to_string())?;
+        resp.insert_header("cache-control", "no-store")?;
+        if let Some(s) = retry_after {
+            resp.insert_header("retry-after", s.to_string())?;
+        }
+        if ctx.has_body {
+            // The body was never read: the connection cannot carry another request.
+            session.set_keepalive(None);
+        }
+        ctx.decision = Some(problem.code());
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(page.body), true).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EcluseProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            wall_start: SystemTime::now(),
+            config: None,
+            route: None,
+            client_ip: None,
+            peer_ip: None,
+            permit: None,
+            server: None,
+            tried: 0,
+            attempts: 0,
+            has_body: false,
+            upstream_start: None,
+            decision: None,
+            failure_recorded: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        crate::metrics::get().inflight_requests.inc();
+        ctx.start = Instant::now();
+        let config = self.app.config();
+        ctx.peer_ip = socket_ip(session.client_addr());
+        ctx.client_ip = client_ip(
+            &config,
+            ctx.peer_ip,
+            header(session.req_header(), "x-forwarded-for"),
+        );
+        ctx.has_body = request_has_body(session);
+
+        // 1. Route.
+        let route = {
+            let req = session.req_header();
+            let host = req
+                .uri
+                .host()
+                .or_else(|| {
+                    req.headers
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                })
+                .map(host_without_port)
+                .unwrap_or("");
+            config
+                .router
+                .find(host, req.uri.path().as_bytes(), &req.method)
+                .cloned()
+        };
+        ctx.config = Some(config);
+        let Some(route) = route else {
+            self.respond_problem(session, ctx, Problem::NoRoute, None)
+                .await?;
+            return Ok(true);
+        };
+        ctx.route = Some(route.clone());
+
+        // 6. Origin hard limit: refuse fast rather than queue on a saturated ENT. The body
+        // (if any) is not read: an upload is refused before a byte of it is accepted.
+        let origin = &route.origin;
+        match OriginPermit::try_acquire(&origin.shared, origin.max_inflight) {
+            Some(p) => ctx.permit = Some(p),
+            None => {
+                origin.metrics.rejected_max_inflight.inc();
+                self.respond_problem(session, ctx, Problem::OriginBusy, Some(1))
+                    .await?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(origin) = ctx.origin().cloned() else {
+            return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
+        };
+        let idx = upstream::select(&origin.shared, &origin.servers, origin.balance, ctx.tried);
+        let Some(idx) = idx else {
+            origin.metrics.rejected_no_server.inc();
+            ctx.decision = Some("no_server");
+            return Error::e_explain(
+                ErrorType::ConnectNoRoute,
+                format!("origin {}: no server left to try", origin.name),
+            );
+        };
+        ctx.tried |= 1u64 << idx;
+        ctx.attempts += 1;
+        if ctx.attempts > 1 {
+            origin.metrics.retries.inc();
+        }
+        let server = origin.servers[idx].clone();
+        let now = Instant::now();
+        let first_start = *ctx.upstream_start.get_or_insert(now);
+        // The total budget bounds every read: the origin can't keep us past it by
+        // trickling bytes just under `read_timeout`.
+        let spent = now.duration_since(first_start);
+        let remaining = origin
+            .total_timeout
+            .saturating_sub(spent)
+            .max(Duration::from_millis(1));
+        let mut peer = HttpPeer::new(server.addr, origin.tls, origin.sni.clone());
+        peer.options.connection_timeout = Some(origin.connect_timeout);
+        peer.options.total_connection_timeout = Some(origin.connect_timeout.min(remaining));
+        peer.options.read_timeout = Some(origin.read_timeout.min(remaining));
+        peer.options.write_timeout = Some(origin.read_timeout.min(remaining));
+        peer.options.idle_timeout = Some(origin.idle_timeout);
+        ctx.server = Some(InflightGuard::new(server));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let trusted_peer = match (ctx.peer_ip, ctx.config.as_ref()) {
+            (Some(ip), Some(c)) => c.server.is_trusted(ip),
+            _ => false,
+        };
+        let peer = ctx.peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        // From an untrusted peer, an incoming X-Forwarded-For is the client's own words:
+        // replace it. From our load balancer, extend the chain.
+        let xff = match (
+            trusted_peer,
+            header(session.req_header(), "x-forwarded-for"),
+        ) {
+            (true, Some(prev)) if !prev.is_empty() => {
+                format!("{}, {peer}", String::from_utf8_lossy(prev))
+            }
+            _ => peer,
+        };
+        upstream_request.insert_header("x-forwarded-for", xff)?;
+        let proto_in = header(session.req_header(), "x-forwarded-proto")
+            .filter(|_| trusted_peer)
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        let proto = proto_in.unwrap_or_else(|| if self.tls { "https" } else { "http" }.to_string());
+        upstream_request.insert_header("x-forwarded-proto", proto)?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if let (Some(origin), Some(g)) = (ctx.origin(), ctx.server.as_ref()) {
+            if matches!(status, 502..=504) {
+                origin.metrics.err_status_5xx.inc();
+                g.server()
+                    .record_failure(origin.passive_max_failures, origin.passive_ejection);
+                ctx.failure_recorded = true;
+            } else {
+                g.server().record_success();
+            }
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let (Some(origin), Some(t0)) = (ctx.origin(), ctx.upstream_start) {
+            if t0.elapsed() > origin.total_timeout {
+                origin.metrics.err_timeout.inc();
+                return Error::e_explain(
+                    ErrorType::ReadTimedout,
+                    format!(
+                        "origin {}: total_timeout {:?} exceeded",
+                        origin.name, origin.total_timeout
+                    ),
+                );
+            }
+        }
+        Ok(None)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(origin) = ctx.origin().cloned() {
+            origin.metrics.err_connect.inc();
+            if let Some(g) = ctx.server.take() {
+                g.server()
+                    .record_failure(origin.passive_max_failures, origin.passive_ejection);
+            }
+            // Nothing reached the origin: safe to try another server, whatever the method.
+            let more_servers = ctx.tried.count_ones() < origin.servers.len() as u32;
+            e.set_retry(ctx.attempts <= origin.retries && more_servers);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let idempotent = session.req_header().method.is_idempotent();
+        let budget_left = ctx
+            .origin()
+            .map(|o| ctx.attempts <= o.retries)
+            .unwrap_or(false);
+        // Only a stale pooled connection is worth retrying, and only when replaying is
+        // harmless: an idempotent method whose request carried no body at all.
+        let retry = e.retry() && client_reused && idempotent && !ctx.has_body && budget_left;
+        e.set_retry(retry);
+        if let Some(origin) = ctx.origin() {
+            if !retry {
+                match e.etype() {
+                    ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                        origin.metrics.err_timeout.inc()
+                    }
+                    ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        origin.metrics.err_read.inc()
+                    }
+                    _ => origin.metrics.err_other.inc(),
+                }
+            }
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let problem = match e.etype() {
+            ErrorType::HTTPStatus(code) if *code < 500 => {
+                // pingora's own 4xx (e.g. a malformed request): plain and short.
+                let code = *code;
+                if session.response_written().is_none() {
+                    let _ = session.respond_error(code).await;
+                }
+                return FailToProxy {
+                    error_code: code,
+                    can_reuse_downstream: false,
+                };
+            }
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream || ctx.server.is_some() =>
+            {
+                Problem::GatewayTimeout
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => Problem::BadGateway,
+                ErrorSource::Downstream => {
+                    if matches!(
+                        e.etype(),
+                        ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+                    ) {
+                        // The client is gone: nobody to answer.
+                        return FailToProxy {
+                            error_code: 0,
+                            can_reuse_downstream: false,
+                        };
+                    }
+                    Problem::BadRequest
+                }
+                _ => {
+                    if ctx.decision == Some("no_server") || ctx.server.is_some() {
+                        Problem::BadGateway
+                    } else {
+                        Problem::Internal
+                    }
+                }
+            },
+        };
+        // Passive health: a connection that broke mid-exchange counts against the server.
+        if let (Some(origin), Some(g)) = (ctx.origin().cloned(), ctx.server.as_ref()) {
+            if !ctx.failure_recorded && e.esource() == &ErrorSource::Upstream {
+                g.server()
+                    .record_failure(origin.passive_max_failures, origin.passive_ejection);
+                ctx.failure_recorded = true;
+            }
+        }
+        if session.response_written().is_some() {
+            // Headers already went out: the only honest signal left is to cut the
+            // connection, so the client sees a truncated response, never a clean one.
+            return FailToProxy {
+                error_code: problem.status(),
+                can_reuse_downstream: false,
+            };
+        }
+        if self
+            .respond_problem(session, ctx, problem, Some(2))
+            .await
+            .is_err()
+        {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        FailToProxy {
+            error_code: problem.status(),
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let m = crate::metrics::get();
+        // request_filter counts the request in; a request that failed before it (bad
+        // request head) never did.
+        if ctx.config.is_some() {
+            m.inflight_requests.dec();
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let elapsed = ctx.start.elapsed();
+        if let Some(route) = &ctx.route {
+            route.metrics.by_class[crate::metrics::status_class(status)].inc();
+            route.metrics.duration.observe(elapsed.as_secs_f64());
+        }
+        if self.app.access_log.enabled() {
+            let req = session.req_header();
+            let host = req
+                .uri
+                .host()
+                .or_else(|| {
+                    req.headers
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                })
+                .unwrap_or("");
+            let entry = Entry {
+                time: rfc3339(ctx.wall_start),
+                client_ip: ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                host,
+                status,
+                route: ctx.route.as_ref().map(|r| r.name.as_str()),
+                upstream: ctx.server.as_ref().map(|g| g.server().addr.to_string()),
+                duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+                bytes_sent: session.body_bytes_sent(),
+                attempts: ctx.attempts,
+                decision: ctx.decision,
+                error: e.map(|e| e.to_string()),
+            };
+            self.app.access_log.log(&entry);
+        }
+        // Release the server and origin slots now rather than whenever the ctx drops.
+        ctx.server = None;
+        ctx.permit = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::check_text;
+    use crate::upstream::Registry;
+    use std::path::Path;
+
+    fn cfg(trusted: &str) -> Config {
+        let y = format!(
+            "listen: [\"127.0.0.1:0\"]\nserver: {{ trusted_proxies: [{trusted}] }}\norigins:\n  o: {{ servers: [\"127.0.0.1:1\"] }}\nroutes:\n  - {{ name: r, origin: o }}\n"
+        );
+        check_text(&y, Path::new("t.yaml"), &Registry::default(), 1).expect("valid")
+    }
+
+    #[test]
+    fn client_ip_from_socket_unless_trusted() {
+        let c = cfg("\"10.0.0.0/8\"");
+        let lb: IpAddr = "10.1.2.3".parse().expect("ip");
+        let stranger: IpAddr = "198.51.100.7".parse().expect("ip");
+        // Untrusted peer: its XFF is ignored.
+        assert_eq!(
+            client_ip(&c, Some(stranger), Some(b"1.2.3.4")),
+            Some(stranger)
+        );
+        // Trusted peer: right-most untrusted hop is the client.
+        assert_eq!(
+            client_ip(&c, Some(lb), Some(b"6.6.6.6, 203.0.113.9, 10.9.9.9")),
+            Some("203.0.113.9".parse().expect("ip"))
+        );
+        // Garbage in the chain stops at the last good hop.
+        assert_eq!(
+            client_ip(&c, Some(lb), Some(b"nonsense, 10.9.9.9")),
+            Some("10.9.9.9".parse().expect("ip"))
+        );
+        assert_eq!(client_ip(&c, Some(lb), None), Some(lb));
+    }
+}

@@ -1,0 +1,250 @@
+//! Assembling the process: pingora server, proxy listeners, the admin listener and the
+//! background tasks (health checks, config file watch, SIGHUP), and running until a signal.
+//!
+//! Signals (pingora's): SIGTERM drains gracefully (readiness goes 503, listeners stay open
+//! for `grace_period`, then in-flight requests get `shutdown_timeout`), SIGINT stops fast,
+//! SIGQUIT hands the listening sockets to a new process started with `--upgrade`.
+//! SIGHUP (ours) reloads the config.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{ExecutionPhase, Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+
+use crate::app::App;
+use crate::proxy::EcluseProxy;
+
+/// What `run` needs besides the config file.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Take the listening sockets over from a running ecluse (zero-downtime upgrade).
+    pub upgrade: bool,
+    /// Replace the admin listen address (demo, tests).
+    pub admin_listen: Option<SocketAddr>,
+    /// Replace the proxy listen addresses (demo, tests).
+    pub listen: Option<Vec<SocketAddr>>,
+}
+
+/// Pingora binds its listeners inside its own runtime and does not report the port it
+/// got, so a configured port 0 is resolved here first: bind, note the port, release.
+/// The window between release and pingora's bind is tiny; tests read the printed port.
+fn resolve_port_zero(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    let l = StdListener::bind(addr)?;
+    l.local_addr()
+}
+
+struct Control {
+    app: Arc<App>,
+    admin: Mutex<Option<StdListener>>,
+    phases: Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
+}
+
+#[async_trait]
+impl BackgroundService for Control {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let app = self.app.clone();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+        // Admin listener.
+        if let Some(std_l) = self.admin.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            match tokio::net::TcpListener::from_std(std_l) {
+                Ok(l) => {
+                    tokio::spawn(crate::admin::serve(app.clone(), l, stop_rx.clone()));
+                }
+                Err(e) => log::error!("admin listener unusable: {e}"),
+            }
+        }
+        // Active health checks.
+        tokio::spawn(crate::upstream::health::run(app.clone(), stop_rx.clone()));
+        // Reload on SIGHUP.
+        tokio::spawn(sighup_reloader(app.clone(), stop_rx.clone()));
+        // Reload on file change.
+        tokio::spawn(watch_file(app.clone(), stop_rx.clone()));
+        // Draining: /readyz turns 503 as soon as a graceful stop begins.
+        if let Some(mut phases) = self.phases.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let app = app.clone();
+            tokio::spawn(async move {
+                while let Ok(phase) = phases.recv().await {
+                    if matches!(
+                        phase,
+                        ExecutionPhase::GracefulTerminate
+                            | ExecutionPhase::GracefulUpgradeTransferringFds
+                            | ExecutionPhase::ShutdownStarted
+                    ) {
+                        if !app.draining.swap(true, Ordering::Relaxed) {
+                            log::info!("draining: /readyz now answers 503");
+                        }
+                    }
+                }
+            });
+        }
+        let mut shutdown = shutdown;
+        let _ = shutdown.changed().await;
+        app.draining.store(true, Ordering::Relaxed);
+        let _ = stop_tx.send(true);
+    }
+}
+
+async fn sighup_reloader(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        log::error!("cannot listen for SIGHUP; use POST /admin/reload");
+        return;
+    };
+    loop {
+        tokio::select! {
+            r = hup.recv() => if r.is_none() { return },
+            _ = stop.changed() => return,
+        }
+        let a = app.clone();
+        let _ = tokio::task::spawn_blocking(move || a.reload("SIGHUP")).await;
+    }
+}
+
+/// Poll the config file's metadata (size, mtime, inode) every 500 ms. Editors save by
+/// writing a new file and renaming it, and Kubernetes swaps symlinked directories: a
+/// stat of the path sees all of these, where inotify watches on the old inode miss some.
+async fn watch_file(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    fn stamp(p: &Path) -> Option<(u64, std::time::SystemTime, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.len(), m.modified().ok()?, m.ino()))
+    }
+    let path: PathBuf = app.config_path.clone();
+    let mut last = stamp(&path);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if !app.config().server.watch_config {
+            last = stamp(&path);
+            continue;
+        }
+        let now = stamp(&path);
+        if now.is_some() && now != last {
+            last = now;
+            let a = app.clone();
+            let _ = tokio::task::spawn_blocking(move || a.reload("file changed")).await;
+        }
+    }
+}
+
+/// Addresses the process serves, once resolved (port 0 replaced by the real port).
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub proxy: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+/// Build the pingora server for `app` and bind what must be bound now.
+pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, Bound)> {
+    let cfg = app.config();
+    let mut conf = ServerConf {
+        threads: cfg.server.threads,
+        grace_period_seconds: Some(cfg.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(cfg.server.shutdown_timeout.as_secs().max(1)),
+        upgrade_sock: cfg.server.upgrade_sock.display().to_string(),
+        upstream_keepalive_pool_size: cfg.server.upstream_keepalive_pool,
+        ..ServerConf::default()
+    };
+    conf.pid_file = std::env::temp_dir()
+        .join(format!("ecluse-{}.pid", std::process::id()))
+        .display()
+        .to_string();
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    let phases = server.watch_execution_phase();
+    server.bootstrap();
+
+    let listen: Vec<SocketAddr> = opts.listen.clone().unwrap_or_else(|| cfg.listen.clone());
+    let mut proxy_addrs = Vec::new();
+    for a in &listen {
+        proxy_addrs.push(resolve_port_zero(*a).map_err(|e| format!("cannot bind {a}: {e}"))?);
+    }
+    let mut svc = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        EcluseProxy {
+            app: app.clone(),
+            tls: false,
+        },
+        "ecluse proxy",
+    );
+    if let Some(logic) = svc.app_logic_mut() {
+        let mut o = pingora::apps::HttpServerOptions::default();
+        o.h2c = true;
+        logic.server_options = Some(o);
+    }
+    for a in &proxy_addrs {
+        svc.add_tcp(&a.to_string());
+    }
+    server.add_service(svc);
+
+    let mut tls_addrs = Vec::new();
+    if let Some(t) = &cfg.tls {
+        let mut tsvc = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            EcluseProxy {
+                app: app.clone(),
+                tls: true,
+            },
+            "ecluse tls proxy",
+        );
+        for a in &t.listen {
+            let a = resolve_port_zero(*a).map_err(|e| format!("cannot bind {a}: {e}"))?;
+            let mut settings = pingora::listeners::tls::TlsSettings::intermediate(
+                &t.cert_file.display().to_string(),
+                &t.key_file.display().to_string(),
+            )
+            .map_err(|e| format!("TLS certificate or key unusable: {e}"))?;
+            if t.http2 {
+                settings.enable_h2();
+            }
+            tsvc.add_tls_with_settings(&a.to_string(), None, settings);
+            tls_addrs.push(a);
+        }
+        server.add_service(tsvc);
+    }
+
+    let admin_addr = opts.admin_listen.unwrap_or(cfg.admin.listen);
+    let admin = StdListener::bind(admin_addr)
+        .map_err(|e| format!("cannot bind the admin listener {admin_addr}: {e}"))?;
+    admin
+        .set_nonblocking(true)
+        .map_err(|e| format!("admin listener: {e}"))?;
+    let admin_bound = admin.local_addr().map_err(|e| e.to_string())?;
+    server.add_service(background_service(
+        "ecluse control",
+        Control {
+            app: app.clone(),
+            admin: Mutex::new(Some(admin)),
+            phases: Mutex::new(Some(phases)),
+        },
+    ));
+    Ok((
+        server,
+        Bound {
+            proxy: proxy_addrs,
+            tls: tls_addrs,
+            admin: admin_bound,
+        },
+    ))
+}
+
+/// Tiny string-error result, enough for startup failures shown to ops.
+pub mod anyhow_like {
+    pub type Result<T> = std::result::Result<T, String>;
+}

@@ -1,0 +1,388 @@
+//! Test harness: the real `ecluse` binary on port 0, real origins on port 0, a real HTTP
+//! client. Readiness is polled with a deadline; nothing sleeps to synchronise.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("ecluse-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `ecluse run` process.
+pub struct Ecluse {
+    pub child: Child,
+    pub proxy: SocketAddr,
+    pub tls: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+    _dir: TempDir,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ecluse")
+}
+
+fn parse_addr(line: &str, prefix: &str) -> Option<SocketAddr> {
+    let rest = line.strip_prefix(prefix)?;
+    let rest = rest
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    rest.parse().ok()
+}
+
+impl Ecluse {
+    /// Write `yaml` to a temp file and start ecluse on it; waits until `/readyz` is 200.
+    pub fn start(yaml: &str) -> Ecluse {
+        Self::start_with(yaml, &[], |_| {})
+    }
+
+    /// Same, with extra files written next to the config first (`(name, contents)`).
+    pub fn start_with(yaml: &str, files: &[(&str, &[u8])], prep: impl FnOnce(&Path)) -> Ecluse {
+        let dir = TempDir::new("ecluse");
+        for (name, contents) in files {
+            std::fs::write(dir.path().join(name), contents).expect("write file");
+        }
+        prep(dir.path());
+        let config = dir.path().join("ecluse.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let mut child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info,pingora=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ecluse");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        {
+            let out = child.stdout.take().expect("stdout");
+            let sink = stdout.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = tx.send(line.clone());
+                    sink.lock().expect("lock").push(line);
+                }
+            });
+            let err = child.stderr.take().expect("stderr");
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    sink.lock().expect("lock").push(line);
+                }
+            });
+        }
+        let deadline = Instant::now() + DEADLINE;
+        let (mut proxy, mut tls, mut admin) = (None, None, None);
+        while admin.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    proxy = proxy.or_else(|| parse_addr(&line, "listening proxy "));
+                    tls = tls.or_else(|| parse_addr(&line, "listening tls "));
+                    admin = admin.or_else(|| parse_addr(&line, "listening admin "));
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "ecluse did not print its addresses; stderr:\n{}",
+                        stderr.lock().expect("lock").join("\n")
+                    );
+                }
+            }
+        }
+        let e = Ecluse {
+            child,
+            proxy: proxy.expect("proxy address printed"),
+            tls,
+            admin: admin.expect("admin"),
+            config,
+            stdout,
+            stderr,
+            _dir: dir,
+        };
+        e.wait_ready();
+        e
+    }
+
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Ok((200, _)) = raw_get(self.admin, "/readyz") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ecluse never became ready; stderr:\n{}",
+                self.stderr.lock().expect("lock").join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Wait for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A metric's value from `/metrics` (sum over series matching all `labels`).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, body) = raw_get(self.admin, "/metrics").expect("metrics");
+        metric_value(&body, name, labels)
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().expect("lock").join("\n")
+    }
+
+    pub fn write_config(&self, yaml: &str) {
+        // Write then rename, like an editor does, so the watcher never sees half a file.
+        let tmp = self.config.with_extension("yaml.tmp");
+        std::fs::write(&tmp, yaml).expect("write");
+        std::fs::rename(&tmp, &self.config).expect("rename");
+    }
+}
+
+impl Drop for Ecluse {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGINT);
+            if self.wait_exit(Duration::from_secs(5)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        if labels
+            .iter()
+            .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        {
+            if let Some(v) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+                sum += v;
+            }
+        }
+    }
+    sum
+}
+
+/// A minimal blocking HTTP/1.1 GET (for readiness polling without a runtime).
+pub fn raw_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    raw_request(addr, "GET", path, &[], b"")
+}
+
+pub fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// An origin that answers every request with its own name and the request's headers as
+/// JSON (`{"server": name, "path": …, "headers": {…}}`), on 127.0.0.1 port 0.
+pub struct EchoOrigin {
+    pub addr: SocketAddr,
+    pub hits: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl EchoOrigin {
+    pub async fn start(name: &'static str) -> EchoOrigin {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let h = hits.clone();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = tokio::select! {
+                    a = l.accept() => match a { Ok(x) => x, Err(_) => continue },
+                    _ = &mut rx => return,
+                };
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let h = h.clone();
+                        async move {
+                            h.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let mut headers = serde_json::Map::new();
+                            for (k, v) in req.headers() {
+                                headers.insert(
+                                    k.as_str().to_string(),
+                                    serde_json::Value::String(
+                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                    ),
+                                );
+                            }
+                            let path = req.uri().path().to_string();
+                            let method = req.method().to_string();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let v = serde_json::json!({"server": name, "path": path, "method": method, "headers": headers, "body_len": body.len()});
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(v.to_string())))
+                                    .expect("response"),
+                            )
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        EchoOrigin {
+            addr,
+            hits,
+            stop: Some(tx),
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for EchoOrigin {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A port on 127.0.0.1 where nothing listens (bound then released).
+pub fn dead_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// A plain reqwest client that does not pool (each test controls its own connections).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client")
+}
+
+/// Poll `f` until it returns true, with a deadline.
+pub async fn eventually(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

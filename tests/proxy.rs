@@ -1,0 +1,328 @@
+//! Proxy core, end to end: real ecluse binary, real origins on port 0, real clients.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+fn yaml_two_servers(a: std::net::SocketAddr, b: std::net::SocketAddr, balance: &str) -> String {
+    format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+server: {{ threads: 1, grace_period: 0s, shutdown_timeout: 2s, trusted_proxies: ["10.0.0.0/8"] }}
+access_log: {{ enabled: false }}
+origins:
+  ent:
+    servers: ["{a}", "{b}"]
+    balance: {balance}
+    health_check: {{ path: /healthz, interval: 100ms, timeout: 500ms, unhealthy_threshold: 2, healthy_threshold: 1 }}
+routes:
+  - name: ent
+    match: {{ path_prefix: / }}
+    origin: ent
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_and_sets_forwarded_headers() {
+    let a = EchoOrigin::start("a").await;
+    let b = EchoOrigin::start("b").await;
+    let e = Ecluse::start(&yaml_two_servers(a.addr, b.addr, "round_robin"));
+    let c = client();
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..20 {
+        let r = c
+            .get(e.url("/pages/x"))
+            .header("x-forwarded-for", "6.6.6.6")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.expect("json");
+        *seen
+            .entry(v["server"].as_str().unwrap_or("").to_string())
+            .or_insert(0) += 1;
+        // 127.0.0.1 is not a trusted proxy: the client's XFF is replaced, not extended.
+        assert_eq!(v["headers"]["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(v["headers"]["x-forwarded-proto"], "http");
+        assert_eq!(v["path"], "/pages/x");
+    }
+    assert_eq!(seen.get("a"), Some(&10), "{seen:?}");
+    assert_eq!(seen.get("b"), Some(&10), "{seen:?}");
+    assert!(
+        e.metric(
+            "ecluse_requests_total",
+            &[("route", "ent"), ("status_class", "2xx")]
+        ) >= 20.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxy_xff_is_extended() {
+    let a = EchoOrigin::start("a").await;
+    let yaml = format!(
+        "listen: [\"127.0.0.1:0\"]\nadmin: {{ listen: \"127.0.0.1:0\" }}\nserver: {{ trusted_proxies: [\"127.0.0.0/8\"] }}\naccess_log: {{ enabled: false }}\norigins:\n  ent: {{ servers: [\"{}\"] }}\nroutes:\n  - {{ name: ent, origin: ent }}\n",
+        a.addr
+    );
+    let e = Ecluse::start(&yaml);
+    let v: serde_json::Value = client()
+        .get(e.url("/"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["headers"]["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(v["headers"]["x-forwarded-proto"], "https");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_server_leaves_rotation_without_client_errors() {
+    let a = EchoOrigin::start("a").await;
+    let dead = dead_port();
+    let e = Ecluse::start(&yaml_two_servers(a.addr, dead, "round_robin"));
+    let c = client();
+    // Connect failures are retried on the other server, for any method.
+    for i in 0..10 {
+        let r = if i % 2 == 0 {
+            c.get(e.url("/")).send().await
+        } else {
+            c.post(e.url("/files/upload")).body("x").send().await
+        }
+        .expect("request");
+        assert_eq!(r.status(), 200, "request {i}");
+    }
+    // Active checks take the dead server out of rotation.
+    eventually(
+        "dead server marked down",
+        Duration::from_secs(10),
+        async || {
+            e.metric(
+                "ecluse_origin_server_up",
+                &[("origin", "ent"), ("server", &dead.to_string())],
+            ) == 0.0
+        },
+    )
+    .await;
+    let state: serde_json::Value = c
+        .get(e.admin_url("/admin/state"))
+        .send()
+        .await
+        .expect("state")
+        .json()
+        .await
+        .expect("json");
+    let servers = state["origins"][0]["servers"]
+        .as_array()
+        .expect("servers")
+        .clone();
+    assert!(
+        servers
+            .iter()
+            .any(|s| s["address"] == dead.to_string() && s["healthy"] == false),
+        "{servers:?}"
+    );
+    let before = e.metric(
+        "ecluse_origin_errors_total",
+        &[("origin", "ent"), ("kind", "connect")],
+    );
+    for _ in 0..10 {
+        assert_eq!(c.get(e.url("/")).send().await.expect("req").status(), 200);
+    }
+    let after = e.metric(
+        "ecluse_origin_errors_total",
+        &[("origin", "ent"), ("kind", "connect")],
+    );
+    assert_eq!(
+        before, after,
+        "no traffic is sent to a server out of rotation"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_avoids_the_busy_server() {
+    use ecluse::demo::{DemoOrigin, OriginOptions};
+    // A slow origin (every request takes 300 ms) next to a fast one.
+    let slow = DemoOrigin::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        OriginOptions {
+            base_latency: Duration::from_millis(300),
+            ..OriginOptions::default()
+        },
+    )
+    .await
+    .expect("origin");
+    let fast = DemoOrigin::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        OriginOptions::default(),
+    )
+    .await
+    .expect("origin");
+    let e = Ecluse::start(&yaml_two_servers(
+        slow.addr(),
+        fast.addr(),
+        "least_connections",
+    ));
+    let c = client();
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let c = c.clone();
+        let u = e.url("/pages/a");
+        tasks.push(tokio::spawn(async move {
+            c.get(u).send().await.map(|r| r.status().as_u16())
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("join").expect("req"), 200);
+    }
+    let s = slow.stats().requests_total();
+    let f = fast.stats().requests_total();
+    assert!(
+        f > 2 * s,
+        "fast {f} vs slow {s}: least-connections should favour the fast server"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_and_origin_limit_answer_friendly_errors() {
+    let a = EchoOrigin::start("a").await;
+    let yaml = format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+access_log: {{ enabled: false }}
+origins:
+  ent: {{ servers: ["{}"], max_inflight: 1 }}
+routes:
+  - name: only_ent_host
+    match: {{ host: ent.example.fr, path_prefix: /, methods: [GET] }}
+    origin: ent
+"#,
+        a.addr
+    );
+    let e = Ecluse::start(&yaml);
+    let c = client();
+    let r = c
+        .get(e.url("/"))
+        .header("accept-language", "en")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.expect("body").contains("Page not found"));
+    let r = c
+        .get(e.url("/"))
+        .header("host", "ent.example.fr")
+        .header("accept", "application/json")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 200);
+    let r = c
+        .post(e.url("/"))
+        .header("host", "ent.example.fr")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 404, "method not matched");
+    let r = c
+        .get(e.url("/"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .expect("req");
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["error"], "no_route");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_origin_gets_504_on_time() {
+    // An origin that accepts and never answers.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    let yaml = format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+access_log: {{ enabled: false }}
+origins:
+  ent: {{ servers: ["{addr}"], read_timeout: 300ms, total_timeout: 1s, health_check: {{ disabled: true }} }}
+routes:
+  - {{ name: ent, origin: ent }}
+"#
+    );
+    let e = Ecluse::start(&yaml);
+    let t0 = std::time::Instant::now();
+    let r = client().get(e.url("/")).send().await.expect("req");
+    let took = t0.elapsed();
+    assert_eq!(r.status(), 504);
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(
+        e.metric(
+            "ecluse_origin_errors_total",
+            &[("origin", "ent"), ("kind", "timeout")]
+        ) >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge_is_served() {
+    let a = EchoOrigin::start("a").await;
+    let yaml = format!(
+        "listen: [\"127.0.0.1:0\"]\nadmin: {{ listen: \"127.0.0.1:0\" }}\naccess_log: {{ enabled: false }}\norigins:\n  ent: {{ servers: [\"{}\"] }}\nroutes:\n  - {{ name: ent, origin: ent }}\n",
+        a.addr
+    );
+    let e = Ecluse::start(&yaml);
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let r = c.get(e.url("/h2")).send().await.expect("h2 request");
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_with_h2_alpn() {
+    let a = EchoOrigin::start("a").await;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let cert_pem = cert.cert.pem();
+    let key_pem = cert.signing_key.serialize_pem();
+    let yaml = format!(
+        "listen: [\"127.0.0.1:0\"]\ntls: {{ listen: [\"127.0.0.1:0\"], cert_file: cert.pem, key_file: key.pem }}\nadmin: {{ listen: \"127.0.0.1:0\" }}\naccess_log: {{ enabled: false }}\norigins:\n  ent: {{ servers: [\"{}\"] }}\nroutes:\n  - {{ name: ent, origin: ent }}\n",
+        a.addr
+    );
+    let e = Ecluse::start_with(
+        &yaml,
+        &[
+            ("cert.pem", cert_pem.as_bytes()),
+            ("key.pem", key_pem.as_bytes()),
+        ],
+        |_| {},
+    );
+    let tls = e.tls.expect("tls address printed");
+    let c = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("pem"))
+        .resolve("localhost", tls)
+        .build()
+        .expect("client");
+    let r = c
+        .get(format!("https://localhost:{}/secure", tls.port()))
+        .send()
+        .await
+        .expect("https request");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["headers"]["x-forwarded-proto"], "https");
+}
