@@ -25,6 +25,8 @@ pub struct App {
     pub started: Instant,
     /// Set by the readiness probe once the proxy listener accepted a connection.
     pub proxy_ready: AtomicBool,
+    /// The proxy addresses actually bound (port 0 resolved), set once at startup.
+    pub bound: std::sync::OnceLock<Vec<std::net::SocketAddr>>,
 }
 
 /// What a successful reload changed that only a restart can apply.
@@ -54,6 +56,7 @@ impl App {
             draining: AtomicBool::new(false),
             started: Instant::now(),
             proxy_ready: AtomicBool::new(false),
+            bound: std::sync::OnceLock::new(),
         }))
     }
 

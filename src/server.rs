@@ -74,23 +74,27 @@ impl BackgroundService for Control {
             let app = app.clone();
             tokio::spawn(async move {
                 while let Ok(phase) = phases.recv().await {
-                    if matches!(
+                    let stopping = matches!(
                         phase,
                         ExecutionPhase::GracefulTerminate
                             | ExecutionPhase::GracefulUpgradeTransferringFds
                             | ExecutionPhase::ShutdownStarted
-                    ) {
-                        if !app.draining.swap(true, Ordering::Relaxed) {
-                            log::info!("draining: /readyz now answers 503");
-                        }
+                    );
+                    if stopping && !app.draining.swap(true, Ordering::Relaxed) {
+                        log::info!("draining: /readyz now answers 503");
                     }
                 }
             });
         }
         let mut shutdown = shutdown;
         let _ = shutdown.changed().await;
+        // Graceful stop: readiness turns 503 at once. The admin listener, health checks and
+        // reload triggers keep running until the runtime is torn down at exit, so ops can
+        // still watch the drain.
         app.draining.store(true, Ordering::Relaxed);
-        let _ = stop_tx.send(true);
+        drop(stop_rx);
+        std::future::pending::<()>().await;
+        drop(stop_tx);
     }
 }
 
@@ -234,6 +238,9 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
             phases: Mutex::new(Some(phases)),
         },
     ));
+    let mut all = proxy_addrs.clone();
+    all.extend(tls_addrs.iter().copied());
+    let _ = app.bound.set(all);
     Ok((
         server,
         Bound {

@@ -70,14 +70,17 @@ server:
     assert_eq!(code, 1, "{err}");
     // Structural problems come first (all of them), then the file is not built further.
     assert!(
-        err.contains("FILE:2:37: admin: unknown key `tokn_file` (did you mean `token_file`?)"),
+        err.contains("FILE:2:36: admin: unknown key `tokn_file` (did you mean `token_file`?)"),
         "{err}"
     );
-    assert!(err.contains("FILE:4:42: origins.ent: unknown key `conect_timeout` (did you mean `connect_timeout`?)"), "{err}");
+    assert!(err.contains("FILE:4:39: origins.ent: unknown key `conect_timeout` (did you mean `connect_timeout`?)"), "{err}");
     assert!(
-        err.contains("1 problem") || err.contains("2 problems"),
+        err.contains(
+            "FILE:4:73: origins.ent.read_timeout: expected a duration like `30s`, found integer"
+        ),
         "{err}"
     );
+    assert!(err.contains("3 problems found"), "{err}");
 
     // Fix the keys: semantic problems are all reported together.
     let fixed = String::from_utf8_lossy(yaml)
@@ -86,11 +89,12 @@ server:
             "admin: { listen: \"127.0.0.1:9090\", listen:",
             "admin: { listen:",
         )
-        .replace("conect_timeout", "connect_timeout");
+        .replace("conect_timeout", "connect_timeout")
+        .replace("read_timeout: 30 }", "read_timeout: \"30\" }");
     let (code, _, err) = check(fixed.as_bytes());
     assert_eq!(code, 1);
     assert!(
-        err.contains("FILE:4:73: origins.ent.read_timeout: `30` has no unit"),
+        err.contains("FILE:4:74: origins.ent.read_timeout: `30` has no unit"),
         "{err}"
     );
     assert!(
@@ -101,7 +105,7 @@ server:
     );
     assert!(err.contains("FILE:14:13: routes[2].origin: origin `entt` is not defined under `origins` (did you mean `ent`?)"), "{err}");
     assert!(
-        err.contains("FILE:16:22: server.trusted_proxies[0]: `10.0.0.0/33` is not a CIDR"),
+        err.contains("FILE:16:21: server.trusted_proxies[0]: `10.0.0.0/33` is not a CIDR"),
         "{err}"
     );
 }

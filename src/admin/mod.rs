@@ -217,13 +217,8 @@ async fn readyz(app: &App) -> Resp {
         return text_resp(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
     }
     if !app.proxy_ready.load(Ordering::Relaxed) {
-        let cfg = app.config();
         let mut ok = false;
-        for addr in cfg
-            .listen
-            .iter()
-            .chain(cfg.tls.iter().flat_map(|t| t.listen.iter()))
-        {
+        for addr in app.bound.get().map(|v| v.as_slice()).unwrap_or(&[]) {
             let target = connectable(*addr);
             if tokio::time::timeout(
                 Duration::from_millis(500),
@@ -301,7 +296,7 @@ fn state(app: &App) -> serde_json::Value {
         },
         "uptime_seconds": app.started.elapsed().as_secs(),
         "draining": app.draining.load(Ordering::Relaxed),
-        "listen": cfg.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "listen": app.bound.get().cloned().unwrap_or_default().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "routes": routes,
         "origins": origins,
     })

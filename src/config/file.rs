@@ -8,6 +8,26 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
+/// A duration written with its unit (`250ms`, `30s`, `10m`, `1h`, `1d`). Kept as text
+/// here; `runtime` parses it so that a bad value is reported with the others.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DurationText(pub String);
+
+impl JsonSchema for DurationText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9]+(\\.[0-9]+)?(ms|s|m|min|h|d)$",
+            "description": "A duration with its unit: 250ms, 30s, 10m, 1h, 1d.",
+            "x-ecluse-expected": "a duration like `30s`"
+        })
+    }
+}
+
 /// An ecluse policy file.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -76,11 +96,11 @@ pub struct ServerFile {
     /// On SIGTERM: how long to keep serving (while `/readyz` says 503 so that the load
     /// balancer moves away) before closing the listeners. Default `5s`.
     #[serde(default)]
-    pub grace_period: Option<String>,
+    pub grace_period: Option<DurationText>,
     /// On SIGTERM, after the grace period: how long in-flight requests may take to
     /// finish. Default `30s`.
     #[serde(default)]
-    pub shutdown_timeout: Option<String>,
+    pub shutdown_timeout: Option<DurationText>,
     /// Unix socket used to hand the listening sockets to a new ecluse process during a
     /// zero-downtime upgrade (`ecluse run --upgrade`). Default `/tmp/ecluse_upgrade.sock`.
     #[serde(default)]
@@ -132,16 +152,16 @@ pub struct OriginFile {
     pub balance: Option<BalanceFile>,
     /// Time to establish a TCP (and TLS) connection. Default `2s`.
     #[serde(default)]
-    pub connect_timeout: Option<String>,
+    pub connect_timeout: Option<DurationText>,
     /// Longest wait for each read from the server (headers or a body chunk). Default `30s`.
     #[serde(default)]
-    pub read_timeout: Option<String>,
+    pub read_timeout: Option<DurationText>,
     /// Longest time for the whole exchange with the origin. Default `60s`.
     #[serde(default)]
-    pub total_timeout: Option<String>,
+    pub total_timeout: Option<DurationText>,
     /// How long an idle pooled connection to this origin is kept. Default `60s`.
     #[serde(default)]
-    pub idle_timeout: Option<String>,
+    pub idle_timeout: Option<DurationText>,
     /// Connect to the servers over TLS.
     #[serde(default)]
     pub tls: Option<bool>,
@@ -172,10 +192,10 @@ pub struct HealthCheckFile {
     pub expect_status: Option<u16>,
     /// Time between checks. Default `5s`.
     #[serde(default)]
-    pub interval: Option<String>,
+    pub interval: Option<DurationText>,
     /// Time limit of one check. Default `2s`.
     #[serde(default)]
-    pub timeout: Option<String>,
+    pub timeout: Option<DurationText>,
     /// Consecutive successes to mark a server healthy again. Default 2.
     #[serde(default)]
     pub healthy_threshold: Option<u32>,
@@ -196,7 +216,7 @@ pub struct PassiveFile {
     pub max_failures: Option<u32>,
     /// How long an ejected server stays out. Default `30s`.
     #[serde(default)]
-    pub ejection_time: Option<String>,
+    pub ejection_time: Option<DurationText>,
 }
 
 /// One route: which requests, and where they go.

@@ -249,13 +249,13 @@ pub fn show_path(path: &[Seg]) -> String {
 
 fn duration_or(
     p: &mut Problems,
-    v: &Option<String>,
+    v: &Option<super::file::DurationText>,
     default: Duration,
     path: Vec<Seg>,
 ) -> Duration {
     match v {
         None => default,
-        Some(s) => match parse_duration(s) {
+        Some(s) => match parse_duration(&s.0) {
             Ok(d) if d.is_zero() => {
                 p.at(path, "must be longer than 0s");
                 default
@@ -401,7 +401,7 @@ pub fn build(
         threads,
         trusted_proxies,
         grace_period: match &sf.grace_period {
-            Some(s) => match parse_duration(s) {
+            Some(s) => match parse_duration(&s.0) {
                 Ok(d) => d,
                 Err(e) => {
                     p.at(path!["server", "grace_period"], e);

@@ -306,7 +306,8 @@ mod tests {
         };
         assert_eq!(entries.len(), 3, "duplicate `a` kept for reporting");
         assert_eq!(entries[2].1, Pos { line: 4, col: 1 });
-        assert_eq!(t.locate(&path!["b", 0, "x"]), Pos { line: 3, col: 8 });
+        let p = path!["b", 0, "x"];
+        assert_eq!(t.locate(&p), Pos { line: 3, col: 8 });
         // strict booleans: `yes` is a string
         let Node::Map(b) = &t.node else { panic!() };
         let Node::Seq(items) = &b[1].2.node else {
@@ -329,7 +330,10 @@ mod tests {
     fn locate_missing_points_at_parent() {
         let t = parse("routes:\n  - name: a\n").expect("valid");
         assert_eq!(
-            t.locate(&path!["routes", 0, "origin"]),
+            t.locate(&{
+                let p: Vec<Seg> = path!["routes", 0, "origin"];
+                p
+            }),
             Pos { line: 2, col: 5 }
         );
     }

@@ -57,6 +57,8 @@ pub struct Ctx {
     server: Option<InflightGuard>,
     /// Bitmask of the server indices already tried for this request.
     tried: u64,
+    /// Index of the server of the current attempt.
+    last_idx: Option<usize>,
     attempts: u32,
     has_body: bool,
     upstream_start: Option<Instant>,
@@ -173,6 +175,7 @@ impl ProxyHttp for EcluseProxy {
             permit: None,
             server: None,
             tried: 0,
+            last_idx: None,
             attempts: 0,
             has_body: false,
             upstream_start: None,
@@ -248,6 +251,7 @@ impl ProxyHttp for EcluseProxy {
             );
         };
         ctx.tried |= 1u64 << idx;
+        ctx.last_idx = Some(idx);
         ctx.attempts += 1;
         if ctx.attempts > 1 {
             origin.metrics.retries.inc();
@@ -381,8 +385,20 @@ impl ProxyHttp for EcluseProxy {
             .unwrap_or(false);
         // Only a stale pooled connection is worth retrying, and only when replaying is
         // harmless: an idempotent method whose request carried no body at all.
-        let retry = e.retry() && client_reused && idempotent && !ctx.has_body && budget_left;
+        // `ReusedOnly` means "retriable if the connection was a pooled one".
+        let retriable = match e.retry {
+            pingora_error::RetryType::Decided(b) => b,
+            pingora_error::RetryType::ReusedOnly => client_reused,
+        };
+        let retry = retriable && client_reused && idempotent && !ctx.has_body && budget_left;
         e.set_retry(retry);
+        if retry {
+            // The server is fine, the pooled connection was stale: the same server may
+            // be picked again, on a fresh connection.
+            if let Some(i) = ctx.last_idx {
+                ctx.tried &= !(1u64 << i);
+            }
+        }
         if let Some(origin) = ctx.origin() {
             if !retry {
                 match e.etype() {
