@@ -329,3 +329,59 @@ async fn tls_listener_with_h2_alpn() {
     let v: serde_json::Value = r.json().await.expect("json");
     assert_eq!(v["headers"]["x-forwarded-proto"], "https");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_writes_one_json_line_per_request() {
+    let a = EchoOrigin::start("a").await;
+    let yaml = format!(
+        "listen: [\"127.0.0.1:0\"]\nadmin: {{ listen: \"127.0.0.1:0\" }}\naccess_log: {{ path: access.log }}\norigins:\n  ent: {{ servers: [\"{}\"] }}\nroutes:\n  - {{ name: files, match: {{ path_prefix: /files/ }}, origin: ent }}\n",
+        a.addr
+    );
+    let e = Ecluse::start(&yaml);
+    let c = client();
+    assert_eq!(
+        c.get(e.url("/files/a.pdf?x=1"))
+            .send()
+            .await
+            .expect("req")
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(e.url("/elsewhere"))
+            .send()
+            .await
+            .expect("req")
+            .status(),
+        404
+    );
+    let log = e.config.with_file_name("access.log");
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    eventually(
+        "two access log lines",
+        Duration::from_secs(10),
+        async || {
+            lines = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            lines.len() >= 2
+        },
+    )
+    .await;
+    let ok = &lines[0];
+    assert_eq!(ok["route"], "files");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["path"], "/files/a.pdf", "the query string is not logged");
+    assert_eq!(ok["client_ip"], "127.0.0.1");
+    assert_eq!(ok["upstream"], a.addr.to_string());
+    assert_eq!(ok["attempts"], 1);
+    assert!(ok["duration_ms"].as_f64().is_some_and(|d| d >= 0.0));
+    assert!(ok["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+    let miss = &lines[1];
+    assert_eq!(miss["status"], 404);
+    assert_eq!(miss["decision"], "no_route");
+    assert!(miss["route"].is_null());
+}
