@@ -1,3 +1,4 @@
 //! Pure decisions over plain types: no pingora types, no I/O, testable without a socket.
 
+pub mod rate_limit;
 pub mod route;

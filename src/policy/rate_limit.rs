@@ -1,0 +1,609 @@
+//! Keyed rate limits: governor's GCRA over a bounded, sharded key store.
+//!
+//! Why a custom store under governor: governor decides (the GCRA maths, burst, wait
+//! times, clocks we can fake in tests) and calls its `StateStore` to read and replace a
+//! key's state. Our store adds two things governor's maps don't have:
+//! - **peek then charge**: a route's limits are all checked before any is charged, so a
+//!   request refused by the second limit does not burn a token of the first. The mode
+//!   travels in the key: in `Peek` mode the store answers the decision without writing.
+//! - **bounded memory**: at most `max_keys` keys per limit, whatever the number of
+//!   distinct clients (see [`BoundedStore`] for exactly what happens at the cap).
+//!
+//! Degradation levels tighten a limit by a factor (`check(.., factor)`): the same store
+//! backs one governor limiter per factor, so tightening keeps every key's history.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, QuantaClock, Reference};
+use governor::middleware::StateInformationMiddleware;
+use governor::nanos::Nanos;
+use governor::state::StateStore;
+use governor::{Quota, RateLimiter};
+
+/// A rate as ops write it: `count` per `per`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub count: f64,
+    pub per: Duration,
+}
+
+impl Rate {
+    /// Parse `20/s`, `1200/min`, `100/h`, `0.5/s`.
+    pub fn parse(s: &str) -> Result<Rate, String> {
+        let hint = "write it like `20/s`, `1200/min` or `100/h`";
+        let (n, unit) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not a rate: {hint}"))?;
+        let count: f64 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a rate: `{n}` is not a number; {hint}"))?;
+        if !count.is_finite() || count <= 0.0 {
+            return Err(format!("`{s}`: the rate must be more than 0"));
+        }
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            "d" | "day" => Duration::from_secs(86400),
+            other => return Err(format!("`{s}`: unknown unit `{other}`; {hint}")),
+        };
+        let r = Rate { count, per };
+        if r.interval() < Duration::from_nanos(1) {
+            return Err(format!("`{s}` is too fast to measure"));
+        }
+        if r.interval() > Duration::from_secs(86400 * 365) {
+            return Err(format!("`{s}` is too slow (less than one per year)"));
+        }
+        Ok(r)
+    }
+
+    /// Time between two cells at this rate.
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs_f64(self.per.as_secs_f64() / self.count)
+    }
+
+    /// Cells per second.
+    pub fn per_second(&self) -> f64 {
+        self.count / self.per.as_secs_f64()
+    }
+}
+
+/// Whether a store call may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Mode {
+    Peek,
+    Commit,
+}
+
+/// The key handed to governor: the hashed client key, the mode, and the offset of the
+/// calling limiter's time origin within the store's (limiters for several factors share
+/// one store but each counts time from its own creation).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct StoreKey {
+    hash: u64,
+    mode: Mode,
+    offset: u64,
+}
+
+#[derive(Default)]
+struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are used; fold anything else in for safety.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Shard = HashMap<u64, u64, BuildHasherDefault<IdentityHasher>>;
+
+const SHARDS: usize = 16;
+/// Keys looked at when one must be evicted to make room.
+const EVICTION_SAMPLE: usize = 8;
+
+/// Key state (a GCRA "theoretical arrival time", in ns since the store's epoch) for up to
+/// `max_keys` keys, in 16 mutex-guarded shards.
+///
+/// Memory bound: a key whose arrival time has passed is indistinguishable from a new key
+/// (its bucket is full again), so dropping it changes no decision; [`Self::sweep`] does
+/// that periodically. When a shard is full of keys that are still counting, a new key
+/// evicts the *least charged* of 8 keys taken from the shard (the one closest to a full
+/// bucket). An attacker spraying addresses can therefore, at worst, hand some other
+/// client a fresh bucket early; memory never grows past the cap, and every key that
+/// stays is limited exactly. Evictions are counted.
+pub struct BoundedStore {
+    shards: Box<[Mutex<Shard>]>,
+    cap_per_shard: usize,
+    len: AtomicUsize,
+    evictions: AtomicUsize,
+}
+
+impl BoundedStore {
+    pub fn new(max_keys: usize) -> BoundedStore {
+        let cap_per_shard = max_keys.div_ceil(SHARDS).max(1);
+        BoundedStore {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Shard::default()))
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+            cap_per_shard,
+            len: AtomicUsize::new(0),
+            evictions: AtomicUsize::new(0),
+        }
+    }
+
+    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
+        // The top bits pick the shard; the map uses the whole hash.
+        let i = (hash >> 60) as usize % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keys currently held.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cap_per_shard * SHARDS
+    }
+
+    /// Keys evicted at the cap since creation.
+    pub fn evictions(&self) -> usize {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Drop every key whose bucket is full again at `now_ns` (store time). Returns how
+    /// many were dropped.
+    pub fn sweep(&self, now_ns: u64) -> usize {
+        let mut dropped = 0;
+        for s in self.shards.iter() {
+            let mut m = s.lock().unwrap_or_else(|p| p.into_inner());
+            let before = m.len();
+            m.retain(|_, tat| *tat > now_ns);
+            dropped += before - m.len();
+            if m.capacity() > 4 * m.len().max(1024) {
+                m.shrink_to_fit();
+            }
+        }
+        self.len.fetch_sub(dropped, Ordering::Relaxed);
+        dropped
+    }
+}
+
+/// The handle governor owns; all handles of one limit share the store.
+struct StoreHandle(Arc<BoundedStore>);
+
+impl StateStore for StoreHandle {
+    type Key = StoreKey;
+
+    fn measure_and_replace<T, F, E>(&self, key: &StoreKey, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let store = &self.0;
+        let mut shard = store.shard(key.hash);
+        let prev = shard
+            .get(&key.hash)
+            .map(|abs| Nanos::new(abs.saturating_sub(key.offset)));
+        let (out, next) = f(prev)?;
+        if key.mode == Mode::Commit {
+            let abs = next.as_u64().saturating_add(key.offset);
+            if let Some(slot) = shard.get_mut(&key.hash) {
+                *slot = abs;
+            } else {
+                if shard.len() >= store.cap_per_shard {
+                    let victim = shard
+                        .iter()
+                        .take(EVICTION_SAMPLE)
+                        .min_by_key(|(_, tat)| **tat)
+                        .map(|(k, _)| *k);
+                    if let Some(v) = victim {
+                        shard.remove(&v);
+                        store.len.fetch_sub(1, Ordering::Relaxed);
+                        store.evictions.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                shard.insert(key.hash, abs);
+                store.len.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(out)
+    }
+}
+
+type Governor<C> = RateLimiter<StoreKey, StoreHandle, C, StateInformationMiddleware>;
+
+struct Scaled<C: Clock> {
+    /// Factor in thousandths (1000 = the limit as written).
+    milli: u32,
+    limiter: Governor<C>,
+    offset: u64,
+    /// For the headers.
+    burst: u32,
+    interval: Duration,
+}
+
+/// One configured limit's state: its store and a governor limiter per factor in use.
+pub struct KeyedLimiter<C: Clock = QuantaClock> {
+    rate: Rate,
+    burst: NonZeroU32,
+    clock: C,
+    epoch: C::Instant,
+    store: Arc<BoundedStore>,
+    scaled: Mutex<Vec<Arc<Scaled<C>>>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// The outcome of checking one limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    pub allowed: bool,
+    /// Requests left right now after this one (0 when refused).
+    pub remaining: u32,
+    /// Burst size of the (possibly tightened) limit: the `q` of `RateLimit-Policy`.
+    pub quota: u32,
+    /// Seconds for the whole burst to refill from empty: the `w` of `RateLimit-Policy`.
+    pub window: Duration,
+    /// When refused: how long until one request would pass.
+    pub retry_after: Duration,
+    /// Time until the bucket is full again.
+    pub reset: Duration,
+}
+
+impl<C: Clock + Clone> KeyedLimiter<C> {
+    pub fn new(rate: Rate, burst: NonZeroU32, max_keys: usize, clock: C) -> KeyedLimiter<C> {
+        let epoch = clock.now();
+        KeyedLimiter {
+            rate,
+            burst,
+            clock,
+            epoch,
+            store: Arc::new(BoundedStore::new(max_keys)),
+            scaled: Mutex::new(Vec::new()),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<BoundedStore> {
+        &self.store
+    }
+
+    /// Hash a client key (keyed SipHash, seeded per limiter: an attacker cannot aim at one
+    /// shard or collide with another client).
+    pub fn key_hash(&self, key: &[u8]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write(key);
+        h.finish()
+    }
+
+    fn now_ns(&self) -> u64 {
+        let d: Duration = self.clock.now().duration_since(self.epoch).into();
+        d.as_nanos() as u64
+    }
+
+    /// The governor limiter for a factor (created on first use, kept after).
+    fn for_factor(&self, factor: f64) -> Arc<Scaled<C>> {
+        let milli = (factor.clamp(0.001, 1.0) * 1000.0).round() as u32;
+        let mut v = self.scaled.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = v.iter().find(|s| s.milli == milli) {
+            return s.clone();
+        }
+        let f = f64::from(milli) / 1000.0;
+        let interval = Duration::from_secs_f64(self.rate.interval().as_secs_f64() / f)
+            .max(Duration::from_nanos(1));
+        let burst = ((f64::from(self.burst.get()) * f).floor() as u32).max(1);
+        let quota = Quota::with_period(interval)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        // The offset is read right after governor takes its own origin; the two reads are
+        // sub-microsecond apart, far below any rate's interval.
+        let limiter: Governor<C> = RateLimiter::<
+            StoreKey,
+            StoreHandle,
+            C,
+            governor::middleware::NoOpMiddleware<C::Instant>,
+        >::new(
+            quota, StoreHandle(self.store.clone()), self.clock.clone()
+        )
+        .with_middleware::<StateInformationMiddleware>();
+        let offset = self.now_ns();
+        let s = Arc::new(Scaled {
+            milli,
+            limiter,
+            offset,
+            burst,
+            interval,
+        });
+        v.push(s.clone());
+        s
+    }
+
+    fn decide(&self, hash: u64, factor: f64, mode: Mode) -> Verdict {
+        let s = self.for_factor(factor);
+        let key = StoreKey {
+            hash,
+            mode,
+            offset: s.offset,
+        };
+        let window = s.interval * s.burst;
+        match s.limiter.check_key(&key) {
+            Ok(snap) => {
+                let remaining = snap.remaining_burst_capacity();
+                let used = s.burst.saturating_sub(remaining);
+                Verdict {
+                    allowed: true,
+                    remaining,
+                    quota: s.burst,
+                    window,
+                    retry_after: Duration::ZERO,
+                    reset: s.interval * used,
+                }
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                Verdict {
+                    allowed: false,
+                    remaining: 0,
+                    quota: s.burst,
+                    window,
+                    retry_after: wait,
+                    reset: window.min(wait + s.interval * (s.burst - 1)),
+                }
+            }
+        }
+    }
+
+    /// What would happen to a request with this key, without charging it.
+    pub fn peek(&self, hash: u64, factor: f64) -> Verdict {
+        self.decide(hash, factor, Mode::Peek)
+    }
+
+    /// Charge one request to this key. Call only after every limit of the route said yes
+    /// in [`Self::peek`]. Under a race with another request of the same key the charge can
+    /// find the bucket empty; the request is then let through uncharged (overshoot of at
+    /// most one request per concurrent racer).
+    pub fn commit(&self, hash: u64, factor: f64) -> Verdict {
+        self.decide(hash, factor, Mode::Commit)
+    }
+
+    /// Peek and commit in one go (a route with a single limit).
+    pub fn check(&self, hash: u64, factor: f64) -> Verdict {
+        let v = self.peek(hash, factor);
+        if v.allowed {
+            self.commit(hash, factor)
+        } else {
+            v
+        }
+    }
+
+    /// Forget keys whose bucket is full again.
+    pub fn sweep(&self) -> usize {
+        self.store.sweep(self.now_ns())
+    }
+}
+
+/// The address a client is counted under: IPv4 as is (or to `v4_prefix`), IPv6
+/// aggregated to `v6_prefix` bits (a /64 is one home or phone; counting each of its 2^64
+/// addresses apart would let one device dodge any limit).
+pub fn aggregate_ip(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> [u8; 17] {
+    let mut out = [0u8; 17];
+    match ip {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            let p = u32::from(v4_prefix.min(32));
+            let masked = if p == 0 {
+                0
+            } else {
+                bits & (u32::MAX << (32 - p))
+            };
+            out[0] = 4;
+            out[1..5].copy_from_slice(&masked.to_be_bytes());
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return aggregate_ip(IpAddr::V4(v4), v4_prefix, v6_prefix);
+            }
+            let bits = u128::from(v6);
+            let p = u32::from(v6_prefix.min(128));
+            let masked = if p == 0 {
+                0
+            } else {
+                bits & (u128::MAX << (128 - p))
+            };
+            out[0] = 6;
+            out[1..17].copy_from_slice(&masked.to_be_bytes());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+    use proptest::prelude::*;
+
+    fn limiter(
+        rate: &str,
+        burst: u32,
+        max_keys: usize,
+    ) -> (KeyedLimiter<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        let l = KeyedLimiter::new(
+            Rate::parse(rate).expect("rate"),
+            NonZeroU32::new(burst).expect("burst"),
+            max_keys,
+            clock.clone(),
+        );
+        (l, clock)
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(
+            Rate::parse("20/s").expect("r").interval(),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            Rate::parse("1200/min").expect("r").interval(),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            Rate::parse("2/h").expect("r").interval(),
+            Duration::from_secs(1800)
+        );
+        assert!(Rate::parse("0/s").is_err());
+        assert!(Rate::parse("-1/s").is_err());
+        assert!(Rate::parse("20").is_err());
+        assert!(Rate::parse("20/fortnight").is_err());
+        assert!(Rate::parse("NaN/s").is_err());
+        assert!(Rate::parse("inf/s").is_err());
+    }
+
+    #[test]
+    fn burst_then_refill_with_headers() {
+        let (l, clock) = limiter("10/s", 3, 100);
+        let k = l.key_hash(b"a");
+        let v = l.check(k, 1.0);
+        assert!(v.allowed);
+        assert_eq!((v.remaining, v.quota), (2, 3));
+        assert!(l.check(k, 1.0).allowed);
+        assert!(l.check(k, 1.0).allowed);
+        let v = l.check(k, 1.0);
+        assert!(!v.allowed);
+        assert_eq!(v.retry_after, Duration::from_millis(100));
+        clock.advance(Duration::from_millis(100));
+        assert!(l.check(k, 1.0).allowed);
+        // Other keys are independent.
+        assert!(l.check(l.key_hash(b"b"), 1.0).allowed);
+    }
+
+    #[test]
+    fn peek_does_not_charge() {
+        let (l, _clock) = limiter("1/s", 1, 100);
+        let k = l.key_hash(b"a");
+        for _ in 0..10 {
+            assert!(l.peek(k, 1.0).allowed);
+        }
+        assert!(l.commit(k, 1.0).allowed);
+        assert!(!l.peek(k, 1.0).allowed);
+    }
+
+    #[test]
+    fn factor_tightens_and_keeps_history() {
+        let (l, clock) = limiter("10/s", 10, 100);
+        let k = l.key_hash(b"a");
+        // Halved: burst 5.
+        let admitted = (0..20).filter(|_| l.check(k, 0.5).allowed).count();
+        assert_eq!(admitted, 5);
+        // Back to normal: the key's history is kept (it is not a fresh burst of 10).
+        let more = (0..20).filter(|_| l.check(k, 1.0).allowed).count();
+        assert!(more < 10, "{more}");
+        clock.advance(Duration::from_secs(10));
+        assert_eq!((0..20).filter(|_| l.check(k, 1.0).allowed).count(), 10);
+    }
+
+    #[test]
+    fn memory_is_capped_and_swept() {
+        let (l, clock) = limiter("1/s", 1, 1600);
+        for i in 0..100_000u32 {
+            let v = l.check(l.key_hash(&i.to_be_bytes()), 1.0);
+            assert!(v.allowed, "fresh keys are always allowed");
+        }
+        assert!(l.store().len() <= 1600, "{}", l.store().len());
+        assert!(l.store().evictions() >= 100_000 - 1600);
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(l.sweep(), l.store().capacity().min(1600));
+        assert!(l.store().is_empty());
+    }
+
+    #[test]
+    fn ipv6_aggregates_to_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().expect("ip");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(aggregate_ip(a, 32, 64), aggregate_ip(b, 32, 64));
+        assert_ne!(aggregate_ip(a, 32, 64), aggregate_ip(c, 32, 64));
+        assert_ne!(aggregate_ip(a, 32, 128), aggregate_ip(b, 32, 128));
+        let m: IpAddr = "::ffff:192.0.2.1".parse().expect("ip");
+        let v4: IpAddr = "192.0.2.1".parse().expect("ip");
+        assert_eq!(aggregate_ip(m, 32, 64), aggregate_ip(v4, 32, 64));
+        let v4b: IpAddr = "192.0.2.200".parse().expect("ip");
+        assert_eq!(aggregate_ip(v4, 24, 64), aggregate_ip(v4b, 24, 64));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// Over any arrival pattern, admitted ≤ rate × elapsed + burst (+1 for rounding).
+        #[test]
+        fn never_admits_more_than_rate_times_time_plus_burst(
+            per_sec in 1u32..200,
+            burst in 1u32..50,
+            gaps_us in proptest::collection::vec(0u64..200_000, 1..400),
+        ) {
+            let (l, clock) = limiter(&format!("{per_sec}/s"), burst, 16);
+            let k = l.key_hash(b"k");
+            let mut admitted = 0u64;
+            let mut elapsed = Duration::ZERO;
+            for g in gaps_us {
+                clock.advance(Duration::from_micros(g));
+                elapsed += Duration::from_micros(g);
+                if l.check(k, 1.0).allowed {
+                    admitted += 1;
+                }
+            }
+            let bound = f64::from(per_sec) * elapsed.as_secs_f64() + f64::from(burst) + 1.0;
+            prop_assert!(admitted as f64 <= bound, "admitted {admitted} > bound {bound}");
+        }
+
+        /// A client that never goes faster than the rate is never refused.
+        #[test]
+        fn steady_client_under_the_rate_is_never_refused(
+            per_sec in 1u32..1000,
+            burst in 1u32..50,
+            slack_us in 0u64..10_000,
+            n in 1usize..300,
+        ) {
+            let (l, clock) = limiter(&format!("{per_sec}/s"), burst, 16);
+            let k = l.key_hash(b"k");
+            let gap = Duration::from_secs_f64(1.0 / f64::from(per_sec)) + Duration::from_micros(slack_us);
+            for i in 0..n {
+                prop_assert!(l.check(k, 1.0).allowed, "refused at request {i}");
+                clock.advance(gap);
+            }
+        }
+
+        /// Peeking never changes a later decision.
+        #[test]
+        fn peeks_are_free(peeks in 0usize..50, burst in 1u32..10) {
+            let (l, _clock) = limiter("1/h", burst, 16);
+            let k = l.key_hash(b"k");
+            for _ in 0..peeks {
+                let _ = l.peek(k, 1.0);
+            }
+            let admitted = (0..burst + 5).filter(|_| l.check(k, 1.0).allowed).count();
+            prop_assert_eq!(admitted, burst as usize);
+        }
+    }
+}
