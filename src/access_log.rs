@@ -44,6 +44,9 @@ pub struct Entry<'a> {
     pub attempts: u32,
     /// What ecluse decided when it answered itself (`no_route`, `origin_busy`, …).
     pub decision: Option<&'a str>,
+    /// Rate-limit result when a limit refused or would have refused (`limited`,
+    /// `dry_run_limited`), else null.
+    pub rate_limit: Option<&'a str>,
     /// Internal error summary, when the request failed.
     pub error: Option<String>,
 }
@@ -199,6 +202,7 @@ mod tests {
             bytes_sent: 10,
             attempts: 1,
             decision: None,
+            rate_limit: None,
             error: None,
         });
         // Switching target flushes and closes the file; poll for the line with a deadline.

@@ -10,11 +10,10 @@ use arc_swap::ArcSwap;
 
 use crate::access_log::AccessLogger;
 use crate::config::{self, Config, LoadError};
-use crate::upstream;
 
 pub struct App {
     config: ArcSwap<Config>,
-    pub registry: upstream::Registry,
+    pub registry: crate::config::runtime::Shared,
     pub access_log: AccessLogger,
     pub config_path: PathBuf,
     version: AtomicU64,
@@ -42,10 +41,11 @@ pub struct ReloadOutcome {
 impl App {
     /// Load the config at startup. Errors here stop the process (there is nothing to keep).
     pub fn new(path: &Path) -> Result<Arc<App>, LoadError> {
-        let registry = upstream::Registry::default();
+        let registry = crate::config::runtime::Shared::default();
         let cfg = config::load_file(path, &registry, 1)?;
         let access_log = AccessLogger::start(cfg.access_log.target.clone());
         publish_metrics(&cfg, None);
+        registry.limiters.publish(live_limiters(&cfg));
         Ok(Arc::new(App {
             config: ArcSwap::from_pointee(cfg),
             registry,
@@ -120,6 +120,7 @@ impl App {
                     restart_required,
                 };
                 publish_metrics(&new, Some(&old));
+                self.registry.limiters.publish(live_limiters(&new));
                 self.version.store(next_version, Ordering::Relaxed);
                 self.config.store(Arc::new(new));
                 m.config_reloads.with_label_values(&["ok"]).inc();
@@ -137,6 +138,39 @@ impl App {
                     self.version.load(Ordering::Relaxed)
                 );
                 Err(e)
+            }
+        }
+    }
+}
+
+/// Every rate limiter of a config, for the registry that keeps unchanged buckets.
+fn live_limiters(cfg: &Config) -> Vec<crate::policy::rate_limit::LiveLimiter> {
+    cfg.router
+        .routes()
+        .iter()
+        .flat_map(|r| {
+            r.limits.iter().map(move |l| {
+                (
+                    (r.name.clone(), l.name.clone()),
+                    l.fingerprint.clone(),
+                    l.limiter.clone(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Forget idle rate-limit keys and refresh the key-count gauges. Called every few seconds.
+pub fn sweep_limiters(cfg: &Config) {
+    for r in cfg.router.routes() {
+        for l in &r.limits {
+            l.limiter.sweep();
+            let store = l.limiter.store();
+            l.metrics.keys.set(store.len() as i64);
+            let ev = store.evictions() as u64;
+            let seen = l.metrics.evictions.get();
+            if ev > seen {
+                l.metrics.evictions.inc_by(ev - seen);
             }
         }
     }

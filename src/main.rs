@@ -60,7 +60,7 @@ fn init_logging() {
 }
 
 fn check(file: PathBuf) -> ExitCode {
-    let registry = ecluse::upstream::Registry::default();
+    let registry = ecluse::config::runtime::Shared::default();
     match ecluse::config::load_file(&file, &registry, 1) {
         Ok(cfg) => {
             eprintln!(

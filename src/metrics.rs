@@ -33,6 +33,12 @@ pub struct Metrics {
     pub config_last_reload_success: Gauge,
     /// Access-log lines dropped because the writer could not keep up.
     pub access_log_dropped: IntCounter,
+    /// Rate-limit decisions by route, limit and result.
+    pub ratelimit_decisions: IntCounterVec,
+    /// Keys currently remembered per limit.
+    pub ratelimit_keys: IntGaugeVec,
+    /// Keys forgotten at the `max_keys` cap to make room for new ones.
+    pub ratelimit_evictions: IntCounterVec,
     /// Client requests currently being processed by the proxy.
     pub inflight_requests: IntGauge,
 }
@@ -134,8 +140,29 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(inflight_requests.clone()))
             .expect("unique metric name");
+        let ratelimit_decisions = counter_vec(
+            &r,
+            "ecluse_ratelimit_decisions_total",
+            "Rate-limit decisions by route, limit and result (allowed, limited, dry_run_limited, exempt).",
+            &["route", "limit", "result"],
+        );
+        let ratelimit_keys = gauge_vec(
+            &r,
+            "ecluse_ratelimit_keys",
+            "Distinct keys currently remembered by a rate limit.",
+            &["route", "limit"],
+        );
+        let ratelimit_evictions = counter_vec(
+            &r,
+            "ecluse_ratelimit_evictions_total",
+            "Keys forgotten at the max_keys cap to make room for new ones.",
+            &["route", "limit"],
+        );
         Metrics {
             registry: r,
+            ratelimit_decisions,
+            ratelimit_keys,
+            ratelimit_evictions,
             requests,
             request_duration,
             origin_inflight,

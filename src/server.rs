@@ -65,6 +65,20 @@ impl BackgroundService for Control {
         }
         // Active health checks.
         tokio::spawn(crate::upstream::health::run(app.clone(), stop_rx.clone()));
+        // Forget idle rate-limit keys.
+        {
+            let app = app.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => crate::app::sweep_limiters(&app.config()),
+                        _ = stop.changed() => return,
+                    }
+                }
+            });
+        }
         // Reload on SIGHUP.
         tokio::spawn(sighup_reloader(app.clone(), stop_rx.clone()));
         // Reload on file change.

@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::file::FileConfig;
-use super::runtime::{build, BuildContext, Config};
+use super::runtime::{build, BuildContext, Config, Shared};
 use super::tree::{self, Pos};
 use super::{schema_check, Diagnostic};
-use crate::upstream;
 
 /// Why a config could not be loaded. `Display` gives every diagnostic, one per line.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +67,7 @@ fn schema() -> &'static serde_json::Value {
 pub fn check_text(
     src: &str,
     path: &Path,
-    registry: &upstream::Registry,
+    registry: &Shared,
     version: u64,
 ) -> Result<Config, Vec<Diagnostic>> {
     let root = tree::parse(src).map_err(|d| vec![d])?;
@@ -100,11 +99,7 @@ pub fn check_text(
 }
 
 /// Read and build the config at `path`.
-pub fn load_file(
-    path: &Path,
-    registry: &upstream::Registry,
-    version: u64,
-) -> Result<Config, LoadError> {
+pub fn load_file(path: &Path, registry: &Shared, version: u64) -> Result<Config, LoadError> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
         path: shown.clone(),

@@ -9,11 +9,16 @@ use std::time::{Duration, SystemTime};
 use ipnet::IpNet;
 use prometheus::{Histogram, IntCounter};
 
-use super::file::{BalanceFile, FileConfig, OriginFile, RouteFile};
+use super::file::{
+    BalanceFile, FileConfig, LimitKeyFile, LimitModeFile, OriginFile, PriorityClassFile,
+    RateLimitFile, RouteFile,
+};
 use super::tree::{SNode, Seg};
 use super::units::parse_duration;
 use super::Diagnostic;
 use crate::path;
+use crate::policy::classes::PriorityClass;
+use crate::policy::rate_limit::{KeyedLimiter, Rate};
 use crate::policy::route::{HostPattern, Matcher, Router};
 use crate::upstream::{self, Balance, OriginShared, ServerState};
 
@@ -36,6 +41,8 @@ pub struct Config {
     pub access_log: AccessLog,
     pub origins: Vec<Arc<Origin>>,
     pub router: Router,
+    /// Priority classes in file order (the first that matches wins).
+    pub classes: Vec<PriorityClass>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -176,6 +183,71 @@ pub struct Route {
     pub matcher: Matcher,
     pub origin: Arc<Origin>,
     pub metrics: RouteMetrics,
+    pub limits: Vec<RouteLimit>,
+    /// Send `RateLimit` headers on admitted responses too.
+    pub rate_limit_headers: bool,
+}
+
+/// What a limit counts by, resolved.
+#[derive(Debug, Clone)]
+pub enum LimitKey {
+    ClientIp,
+    Cookie(String),
+    Header(http::HeaderName),
+    /// Believed only from trusted proxies.
+    User(http::HeaderName),
+    Route,
+}
+
+/// One rate limit of a route, ready to decide.
+pub struct RouteLimit {
+    pub name: String,
+    pub key: LimitKey,
+    pub dry_run: bool,
+    pub exempt_cidrs: Vec<IpNet>,
+    /// Indices into `Config::classes`.
+    pub exempt_classes: Vec<usize>,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    pub limiter: Arc<KeyedLimiter>,
+    /// The definition, to keep buckets across reloads only when it is unchanged.
+    pub fingerprint: String,
+    pub metrics: LimitMetrics,
+}
+
+impl std::fmt::Debug for RouteLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteLimit")
+            .field("name", &self.name)
+            .field("key", &self.key)
+            .field("dry_run", &self.dry_run)
+            .finish()
+    }
+}
+
+/// Per-limit metric handles, resolved once at load.
+pub struct LimitMetrics {
+    pub allowed: IntCounter,
+    pub limited: IntCounter,
+    pub dry_run_limited: IntCounter,
+    pub exempt: IntCounter,
+    pub keys: prometheus::IntGauge,
+    pub evictions: IntCounter,
+}
+
+impl LimitMetrics {
+    fn new(route: &str, limit: &str) -> LimitMetrics {
+        let m = crate::metrics::get();
+        let d = |r: &str| m.ratelimit_decisions.with_label_values(&[route, limit, r]);
+        LimitMetrics {
+            allowed: d("allowed"),
+            limited: d("limited"),
+            dry_run_limited: d("dry_run_limited"),
+            exempt: d("exempt"),
+            keys: m.ratelimit_keys.with_label_values(&[route, limit]),
+            evictions: m.ratelimit_evictions.with_label_values(&[route, limit]),
+        }
+    }
 }
 
 /// Per-route metric handles, resolved once at load.
@@ -283,8 +355,15 @@ fn parse_listen(p: &mut Problems, s: &str, path: Vec<Seg>) -> Option<SocketAddr>
 }
 
 /// Everything the builder needs besides the file.
+/// State that outlives any one config: upstream health and counters, rate-limit buckets.
+#[derive(Default)]
+pub struct Shared {
+    pub upstream: upstream::Registry,
+    pub limiters: crate::policy::rate_limit::LimiterRegistry,
+}
+
 pub struct BuildContext<'a> {
-    pub registry: &'a upstream::Registry,
+    pub registry: &'a Shared,
     /// Directory relative paths (token files, certificates) are resolved against.
     pub base_dir: PathBuf,
     /// Resolve host names of servers (false in `ecluse check --offline`-like uses).
@@ -450,7 +529,8 @@ pub fn build(
         }
     }
 
-    let router = build_routes(&mut p, &file.routes, &origins, file);
+    let classes = build_classes(&mut p, &file.priority_classes);
+    let router = build_routes(&mut p, &file.routes, &origins, file, &classes, ctx);
 
     if !p.list.is_empty() {
         return Err(p.list);
@@ -471,6 +551,7 @@ pub fn build(
         access_log,
         origins,
         router,
+        classes,
     })
 }
 
@@ -508,7 +589,7 @@ fn build_origin(
             format!("at most {MAX_SERVERS_PER_ORIGIN} servers per origin"),
         );
     }
-    let shared = ctx.registry.origin(name);
+    let shared = ctx.registry.upstream.origin(name);
     let mut servers = Vec::new();
     for (i, s) in of.servers.iter().enumerate() {
         let addr = match s.parse::<SocketAddr>() {
@@ -547,7 +628,7 @@ fn build_origin(
                 p.at(at(path!["servers", i]), format!("`{s}` is listed twice"));
                 continue;
             }
-            servers.push(ctx.registry.server(name, s, a));
+            servers.push(ctx.registry.upstream.server(name, s, a));
         }
     }
     if of.max_inflight == Some(0) {
@@ -656,11 +737,272 @@ fn build_origin(
     })
 }
 
+fn parse_cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .ok()
+        .map(|n| n.trunc())
+}
+
+const CIDR_HINT: &str = "write it like `10.0.0.0/8`, `192.0.2.7` or `2001:db8::/32`";
+
+fn build_classes(p: &mut Problems, classes: &[PriorityClassFile]) -> Vec<PriorityClass> {
+    let mut out: Vec<PriorityClass> = Vec::new();
+    for (i, c) in classes.iter().enumerate() {
+        let at = |extra: Vec<Seg>| {
+            let mut v = path!["priority_classes", i];
+            v.extend(extra);
+            v
+        };
+        if !valid_name(&c.name) {
+            p.at(
+                at(path!["name"]),
+                format!("`{}`: class names use letters, digits, `_` and `-`", c.name),
+            );
+        }
+        if out.iter().any(|o| o.name == c.name) {
+            p.at(
+                at(path!["name"]),
+                format!("class `{}` is defined twice", c.name),
+            );
+        }
+        let mut cidrs = Vec::new();
+        for (k, s) in c.cidrs.iter().enumerate() {
+            match parse_cidr(s) {
+                Some(n) => cidrs.push(n),
+                None => p.at(
+                    at(path!["cidrs", k]),
+                    format!("`{s}` is not a CIDR: {CIDR_HINT}"),
+                ),
+            }
+        }
+        let mut headers = Vec::new();
+        for (name, values) in &c.headers {
+            match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => headers.push((h, values.iter().map(|v| v.to_ascii_lowercase()).collect())),
+                Err(_) => p.at_key(
+                    at(path!["headers", name.as_str()]),
+                    format!("`{name}` is not a header name"),
+                ),
+            }
+        }
+        for (k, pp) in c.path_prefixes.iter().enumerate() {
+            if !pp.starts_with('/') {
+                p.at(
+                    at(path!["path_prefixes", k]),
+                    format!("`{pp}` must start with `/`"),
+                );
+            }
+        }
+        if c.cidrs.is_empty()
+            && c.headers.is_empty()
+            && c.cookies.is_empty()
+            && c.path_prefixes.is_empty()
+        {
+            p.at(at(path!["name"]), format!("class `{}` has no condition (cidrs, headers, cookies or path_prefixes): nobody would belong to it", c.name));
+        }
+        out.push(PriorityClass {
+            name: c.name.clone(),
+            cidrs,
+            headers,
+            cookies: c
+                .cookies
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            path_prefixes: c.path_prefixes.clone(),
+        });
+    }
+    out
+}
+
+fn key_kind_name(k: LimitKeyFile) -> &'static str {
+    match k {
+        LimitKeyFile::ClientIp => "client_ip",
+        LimitKeyFile::Cookie => "cookie",
+        LimitKeyFile::Header => "header",
+        LimitKeyFile::User => "user",
+        LimitKeyFile::Route => "route",
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_limit(
+    p: &mut Problems,
+    route: &str,
+    at: &dyn Fn(Vec<Seg>) -> Vec<Seg>,
+    l: &RateLimitFile,
+    classes: &[PriorityClass],
+    ctx: &BuildContext,
+    taken: &mut Vec<String>,
+) -> Option<RouteLimit> {
+    let name = l
+        .name
+        .clone()
+        .unwrap_or_else(|| key_kind_name(l.key).to_string());
+    if !valid_name(&name) {
+        p.at(
+            at(path!["name"]),
+            format!("`{name}`: limit names use letters, digits, `_` and `-`"),
+        );
+    }
+    if taken.contains(&name) {
+        p.at(
+            at(path!["name"]),
+            format!("two limits of this route are named `{name}`: give them distinct `name`s"),
+        );
+    }
+    taken.push(name.clone());
+    let header_name = |p: &mut Problems, default: Option<&str>| -> Option<http::HeaderName> {
+        match l.header.as_deref().or(default) {
+            Some(h) => match http::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    p.at(at(path!["header"]), format!("`{h}` is not a header name"));
+                    None
+                }
+            },
+            None => {
+                p.at(at(path!["key"]), "`key: header` needs `header: NAME`");
+                None
+            }
+        }
+    };
+    let key = match l.key {
+        LimitKeyFile::ClientIp => LimitKey::ClientIp,
+        LimitKeyFile::Route => LimitKey::Route,
+        LimitKeyFile::Cookie => match &l.cookie {
+            Some(c)
+                if !c.is_empty()
+                    && c.bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'=' && b != b';') =>
+            {
+                LimitKey::Cookie(c.clone())
+            }
+            Some(c) => {
+                p.at(at(path!["cookie"]), format!("`{c}` is not a cookie name"));
+                LimitKey::ClientIp
+            }
+            None => {
+                p.at(at(path!["key"]), "`key: cookie` needs `cookie: NAME`");
+                LimitKey::ClientIp
+            }
+        },
+        LimitKeyFile::Header => header_name(p, None)
+            .map(LimitKey::Header)
+            .unwrap_or(LimitKey::ClientIp),
+        LimitKeyFile::User => header_name(p, Some("x-remote-user"))
+            .map(LimitKey::User)
+            .unwrap_or(LimitKey::ClientIp),
+    };
+    if l.cookie.is_some() && l.key != LimitKeyFile::Cookie {
+        p.at(
+            at(path!["cookie"]),
+            "`cookie` only applies to `key: cookie`",
+        );
+    }
+    if l.header.is_some() && !matches!(l.key, LimitKeyFile::Header | LimitKeyFile::User) {
+        p.at(
+            at(path!["header"]),
+            "`header` only applies to `key: header` or `key: user`",
+        );
+    }
+    let rate = match Rate::parse(&l.rate) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            p.at(at(path!["rate"]), e);
+            None
+        }
+    };
+    let burst = match l.burst {
+        Some(0) => {
+            p.at(
+                at(path!["burst"]),
+                "must be at least 1 (a burst of 0 would refuse everything)",
+            );
+            None
+        }
+        Some(b) => std::num::NonZeroU32::new(b),
+        None => rate.and_then(|r| std::num::NonZeroU32::new(r.per_second().ceil().max(1.0) as u32)),
+    };
+    let ipv6_prefix = l.ipv6_prefix.unwrap_or(64);
+    if ipv6_prefix > 128 {
+        p.at(at(path!["ipv6_prefix"]), "must be between 0 and 128");
+    }
+    let ipv4_prefix = l.ipv4_prefix.unwrap_or(32);
+    if ipv4_prefix > 32 {
+        p.at(at(path!["ipv4_prefix"]), "must be between 0 and 32");
+    }
+    let max_keys = l.max_keys.unwrap_or(100_000) as usize;
+    if max_keys < 16 {
+        p.at(at(path!["max_keys"]), "must be at least 16");
+    }
+    let ex = l.exempt.clone().unwrap_or_default();
+    let mut exempt_cidrs = Vec::new();
+    for (k, s) in ex.cidrs.iter().enumerate() {
+        match parse_cidr(s) {
+            Some(n) => exempt_cidrs.push(n),
+            None => p.at(
+                at(path!["exempt", "cidrs", k]),
+                format!("`{s}` is not a CIDR: {CIDR_HINT}"),
+            ),
+        }
+    }
+    let mut exempt_classes = Vec::new();
+    for (k, c) in ex.classes.iter().enumerate() {
+        match classes.iter().position(|x| &x.name == c) {
+            Some(i) => exempt_classes.push(i),
+            None => {
+                let hint = crate::config::schema_check::did_you_mean(
+                    c,
+                    classes.iter().map(|x| x.name.as_str()),
+                )
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+                p.at(
+                    at(path!["exempt", "classes", k]),
+                    format!("priority class `{c}` is not defined under `priority_classes`{hint}"),
+                );
+            }
+        }
+    }
+    let (rate, burst) = (rate?, burst?);
+    let fingerprint = format!(
+        "{:?}|{}|{}|{}|{}|{}",
+        key, l.rate, burst, ipv4_prefix, ipv6_prefix, max_keys
+    );
+    let limiter = ctx
+        .registry
+        .limiters
+        .get_or_new(route, &name, &fingerprint, || {
+            KeyedLimiter::new(
+                rate,
+                burst,
+                max_keys.max(16),
+                governor::clock::QuantaClock::default(),
+            )
+        });
+    Some(RouteLimit {
+        metrics: LimitMetrics::new(route, &name),
+        name,
+        key,
+        dry_run: l.mode.unwrap_or_default() == LimitModeFile::DryRun,
+        exempt_cidrs,
+        exempt_classes,
+        ipv4_prefix: ipv4_prefix.min(32),
+        ipv6_prefix: ipv6_prefix.min(128),
+        limiter,
+        fingerprint,
+    })
+}
+
 fn build_routes(
     p: &mut Problems,
     routes: &[RouteFile],
     origins: &[Arc<Origin>],
     file: &FileConfig,
+    classes: &[PriorityClass],
+    ctx: &BuildContext,
 ) -> Router {
     let mut built: Vec<Route> = Vec::new();
     if routes.is_empty() {
@@ -761,6 +1103,18 @@ fn build_routes(
                 ),
             );
         }
+        let mut limits = Vec::new();
+        let mut taken = Vec::new();
+        for (k, l) in r.rate_limits.iter().enumerate() {
+            let lat = |extra: Vec<Seg>| {
+                let mut v = at(path!["rate_limits", k]);
+                v.extend(extra);
+                v
+            };
+            if let Some(rl) = build_limit(p, &r.name, &lat, l, classes, ctx, &mut taken) {
+                limits.push(rl);
+            }
+        }
         if let Some(origin) = origin {
             built.push(Route {
                 name: r.name.clone(),
@@ -768,6 +1122,8 @@ fn build_routes(
                 matcher,
                 origin,
                 metrics: RouteMetrics::new(&r.name),
+                limits,
+                rate_limit_headers: r.rate_limit_headers.unwrap_or(false),
             });
         }
     }

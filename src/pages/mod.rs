@@ -99,6 +99,8 @@ pub enum Problem {
     GatewayTimeout,
     /// The request itself is malformed.
     BadRequest,
+    /// A rate limit refused the request.
+    RateLimited,
     /// Anything else on our side.
     Internal,
 }
@@ -111,6 +113,7 @@ impl Problem {
             Problem::BadGateway => 502,
             Problem::GatewayTimeout => 504,
             Problem::BadRequest => 400,
+            Problem::RateLimited => 429,
             Problem::Internal => 500,
         }
     }
@@ -122,6 +125,7 @@ impl Problem {
             Problem::BadGateway => "bad_gateway",
             Problem::GatewayTimeout => "gateway_timeout",
             Problem::BadRequest => "bad_request",
+            Problem::RateLimited => "rate_limited",
             Problem::Internal => "internal_error",
         }
     }
@@ -138,6 +142,8 @@ impl Problem {
             (Problem::GatewayTimeout, Lang::En) => ("The ENT is taking too long", "The ENT server is slow right now. Please try again in a moment."),
             (Problem::BadRequest, Lang::Fr) => ("Requête invalide", "Votre navigateur a envoyé une requête que nous ne comprenons pas."),
             (Problem::BadRequest, Lang::En) => ("Bad request", "Your browser sent a request we could not understand."),
+            (Problem::RateLimited, Lang::Fr) => ("Trop de requêtes", "Vous avez envoyé beaucoup de requêtes en peu de temps. Patientez quelques secondes, puis réessayez : votre travail n'est pas perdu."),
+            (Problem::RateLimited, Lang::En) => ("Too many requests", "You sent many requests in a short time. Wait a few seconds, then try again: your work is not lost."),
             (Problem::Internal, Lang::Fr) => ("Erreur interne", "Un problème est survenu de notre côté. Réessayez dans quelques instants."),
             (Problem::Internal, Lang::En) => ("Internal error", "Something went wrong on our side. Please try again in a moment."),
         }

@@ -1,4 +1,5 @@
 //! Pure decisions over plain types: no pingora types, no I/O, testable without a socket.
 
+pub mod classes;
 pub mod rate_limit;
 pub mod route;

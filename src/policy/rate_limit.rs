@@ -296,6 +296,14 @@ impl<C: Clock + Clone> KeyedLimiter<C> {
         h.finish()
     }
 
+    /// Hash a tagged key (`tag` keeps a cookie value from colliding with an address).
+    pub fn key_hash_tagged(&self, tag: u8, key: &[u8]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write_u8(tag);
+        h.write(key);
+        h.finish()
+    }
+
     fn now_ns(&self) -> u64 {
         let d: Duration = self.clock.now().duration_since(self.epoch).into();
         d.as_nanos() as u64
@@ -399,6 +407,46 @@ impl<C: Clock + Clone> KeyedLimiter<C> {
     /// Forget keys whose bucket is full again.
     pub fn sweep(&self) -> usize {
         self.store.sweep(self.now_ns())
+    }
+}
+
+/// Limiters by (route, limit name), kept across reloads: a limit whose definition did
+/// not change keeps its buckets; a changed one starts fresh.
+#[derive(Default)]
+pub struct LimiterRegistry {
+    live: Mutex<HashMap<LimitId, (String, Arc<KeyedLimiter>)>>,
+}
+
+/// (route name, limit name).
+pub type LimitId = (String, String);
+
+/// A live limiter with its definition fingerprint.
+pub type LiveLimiter = (LimitId, String, Arc<KeyedLimiter>);
+
+impl LimiterRegistry {
+    /// The live limiter for this definition, or a new one (not recorded until
+    /// [`Self::publish`], so a rejected config never disturbs the running buckets).
+    pub fn get_or_new(
+        &self,
+        route: &str,
+        name: &str,
+        fingerprint: &str,
+        make: impl FnOnce() -> KeyedLimiter,
+    ) -> Arc<KeyedLimiter> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        match live.get(&(route.to_string(), name.to_string())) {
+            Some((fp, l)) if fp == fingerprint => l.clone(),
+            _ => Arc::new(make()),
+        }
+    }
+
+    /// Record the limiters of the config that just went live, forgetting the others.
+    pub fn publish(&self, limiters: Vec<LiveLimiter>) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.clear();
+        for (k, fp, l) in limiters {
+            live.insert(k, (fp, l));
+        }
     }
 }
 

@@ -31,9 +31,11 @@ use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::access_log::{rfc3339, Entry};
 use crate::app::App;
-use crate::config::runtime::{Origin, Route};
+use crate::config::runtime::{LimitKey, Origin, Route, RouteLimit};
 use crate::config::Config;
 use crate::pages::{self, Problem};
+use crate::policy::classes::{classify, cookie, RequestFacts};
+use crate::policy::rate_limit::{aggregate_ip, Verdict};
 use crate::policy::route::host_without_port;
 use crate::upstream::{self, InflightGuard, OriginPermit};
 
@@ -66,6 +68,13 @@ pub struct Ctx {
     decision: Option<&'static str>,
     /// The failure already counted for passive health, so `logging` doesn't count it twice.
     failure_recorded: bool,
+    /// Priority class index, once computed (`None` = not computed yet).
+    class: Option<Option<usize>>,
+    /// `RateLimit-Policy` and `RateLimit` values for admitted responses, when the route
+    /// asks for them.
+    rl_headers: Option<(String, String)>,
+    /// The rate-limit result for the log: `limited`, `dry_run_limited`, or none.
+    rl_result: Option<&'static str>,
 }
 
 impl Ctx {
@@ -137,6 +146,7 @@ impl EcluseProxy {
         ctx: &mut Ctx,
         problem: Problem,
         retry_after: Option<u64>,
+        extra: &[(&'static str, String)],
     ) -> Result<()> {
         let req = session.req_header();
         let lang = pages::negotiate_lang(header(req, "accept-language"));
@@ -149,6 +159,9 @@ impl EcluseProxy {
         if let Some(s) = retry_after {
             resp.insert_header("retry-after", s.to_string())?;
         }
+        for (k, v) in extra {
+            resp.insert_header(*k, v.as_str())?;
+        }
         if ctx.has_body {
             // The body was never read: the connection cannot carry another request.
             session.set_keepalive(None);
@@ -157,6 +170,148 @@ impl EcluseProxy {
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(page.body), true).await?;
         Ok(())
+    }
+}
+
+/// `"name";q=Q;w=W` (a `RateLimit-Policy` item).
+fn policy_item(name: &str, v: &Verdict) -> String {
+    format!(
+        "\"{name}\";q={};w={}",
+        v.quota,
+        v.window.as_secs_f64().ceil().max(1.0) as u64
+    )
+}
+
+/// `"name";r=R;t=T` (a `RateLimit` item).
+fn limit_item(name: &str, v: &Verdict) -> String {
+    format!(
+        "\"{name}\";r={};t={}",
+        v.remaining,
+        v.reset.as_secs_f64().ceil() as u64
+    )
+}
+
+impl EcluseProxy {
+    /// The hash of the key this request is counted under for limit `l`.
+    fn limit_key(&self, l: &RouteLimit, req: &RequestHeader, ctx: &Ctx) -> u64 {
+        let ip_key = || {
+            let agg = ctx
+                .client_ip
+                .map(|ip| aggregate_ip(ip, l.ipv4_prefix, l.ipv6_prefix))
+                .unwrap_or([0u8; 17]);
+            l.limiter.key_hash_tagged(b'i', &agg)
+        };
+        match &l.key {
+            LimitKey::ClientIp => ip_key(),
+            LimitKey::Route => l.limiter.key_hash_tagged(b'r', b""),
+            LimitKey::Cookie(name) => match cookie(&req.headers, name) {
+                Some(v) if !v.is_empty() => l.limiter.key_hash_tagged(b'c', v.as_bytes()),
+                _ => ip_key(),
+            },
+            LimitKey::Header(h) => match req.headers.get(h) {
+                Some(v) if !v.is_empty() => l.limiter.key_hash_tagged(b'h', v.as_bytes()),
+                _ => ip_key(),
+            },
+            LimitKey::User(h) => {
+                let trusted = match (ctx.peer_ip, ctx.config.as_ref()) {
+                    (Some(ip), Some(c)) => c.server.is_trusted(ip),
+                    _ => false,
+                };
+                match req.headers.get(h) {
+                    Some(v) if trusted && !v.is_empty() => {
+                        l.limiter.key_hash_tagged(b'u', v.as_bytes())
+                    }
+                    _ => ip_key(),
+                }
+            }
+        }
+    }
+
+    fn class_of(&self, session: &Session, ctx: &mut Ctx) -> Option<usize> {
+        if let Some(c) = ctx.class {
+            return c;
+        }
+        let c = match ctx.config.as_ref() {
+            Some(cfg) if !cfg.classes.is_empty() => {
+                let req = session.req_header();
+                classify(
+                    &cfg.classes,
+                    &RequestFacts {
+                        client_ip: ctx.client_ip,
+                        path: req.uri.path(),
+                        headers: &req.headers,
+                    },
+                )
+            }
+            _ => None,
+        };
+        ctx.class = Some(c);
+        c
+    }
+
+    /// Check every limit of the route, then charge them all only if none refuses.
+    /// Returns true when the request was answered (429).
+    async fn rate_limit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &Arc<Route>,
+    ) -> Result<bool> {
+        // Degradation levels will tighten limits through this factor (issue #5).
+        let factor = 1.0;
+        let mut passed: Vec<(&RouteLimit, u64)> = Vec::with_capacity(route.limits.len());
+        let mut refused: Option<(&RouteLimit, Verdict)> = None;
+        for l in &route.limits {
+            let exempt_ip = ctx
+                .client_ip
+                .is_some_and(|ip| l.exempt_cidrs.iter().any(|n| n.contains(&ip)));
+            let exempt = exempt_ip
+                || (!l.exempt_classes.is_empty()
+                    && self
+                        .class_of(session, ctx)
+                        .is_some_and(|c| l.exempt_classes.contains(&c)));
+            if exempt {
+                l.metrics.exempt.inc();
+                continue;
+            }
+            let key = self.limit_key(l, session.req_header(), ctx);
+            let v = l.limiter.peek(key, factor);
+            if v.allowed {
+                passed.push((l, key));
+            } else if l.dry_run {
+                l.metrics.dry_run_limited.inc();
+                ctx.rl_result = Some("dry_run_limited");
+            } else {
+                refused = Some((l, v));
+                break;
+            }
+        }
+        if let Some((l, v)) = refused {
+            l.metrics.limited.inc();
+            ctx.rl_result = Some("limited");
+            let retry = v.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            let headers = [
+                ("ratelimit-policy", policy_item(&l.name, &v)),
+                ("ratelimit", limit_item(&l.name, &v)),
+            ];
+            self.respond_problem(session, ctx, Problem::RateLimited, Some(retry), &headers)
+                .await?;
+            return Ok(true);
+        }
+        let mut policies = Vec::new();
+        let mut limits = Vec::new();
+        for (l, key) in passed {
+            let v = l.limiter.commit(key, factor);
+            l.metrics.allowed.inc();
+            if route.rate_limit_headers && !l.dry_run {
+                policies.push(policy_item(&l.name, &v));
+                limits.push(limit_item(&l.name, &v));
+            }
+        }
+        if !policies.is_empty() {
+            ctx.rl_headers = Some((policies.join(", "), limits.join(", ")));
+        }
+        Ok(false)
     }
 }
 
@@ -181,6 +336,9 @@ impl ProxyHttp for EcluseProxy {
             upstream_start: None,
             decision: None,
             failure_recorded: false,
+            class: None,
+            rl_headers: None,
+            rl_result: None,
         }
     }
 
@@ -216,11 +374,16 @@ impl ProxyHttp for EcluseProxy {
         };
         ctx.config = Some(config);
         let Some(route) = route else {
-            self.respond_problem(session, ctx, Problem::NoRoute, None)
+            self.respond_problem(session, ctx, Problem::NoRoute, None, &[])
                 .await?;
             return Ok(true);
         };
         ctx.route = Some(route.clone());
+
+        // 2. Rate limits: cheapest rejection first, before any origin slot is taken.
+        if !route.limits.is_empty() && self.rate_limit(session, ctx, &route).await? {
+            return Ok(true);
+        }
 
         // 6. Origin hard limit: refuse fast rather than queue on a saturated ENT. The body
         // (if any) is not read: an upload is refused before a byte of it is accepted.
@@ -229,7 +392,7 @@ impl ProxyHttp for EcluseProxy {
             Some(p) => ctx.permit = Some(p),
             None => {
                 origin.metrics.rejected_max_inflight.inc();
-                self.respond_problem(session, ctx, Problem::OriginBusy, Some(1))
+                self.respond_problem(session, ctx, Problem::OriginBusy, Some(1), &[])
                     .await?;
                 return Ok(true);
             }
@@ -304,6 +467,19 @@ impl ProxyHttp for EcluseProxy {
             .map(|p| String::from_utf8_lossy(p).into_owned());
         let proto = proto_in.unwrap_or_else(|| if self.tls { "https" } else { "http" }.to_string());
         upstream_request.insert_header("x-forwarded-proto", proto)?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some((policy, limit)) = ctx.rl_headers.take() {
+            upstream_response.insert_header("ratelimit-policy", policy)?;
+            upstream_response.insert_header("ratelimit", limit)?;
+        }
         Ok(())
     }
 
@@ -474,7 +650,7 @@ impl ProxyHttp for EcluseProxy {
             };
         }
         if self
-            .respond_problem(session, ctx, problem, Some(2))
+            .respond_problem(session, ctx, problem, Some(2), &[])
             .await
             .is_err()
         {
@@ -529,6 +705,7 @@ impl ProxyHttp for EcluseProxy {
                 bytes_sent: session.body_bytes_sent(),
                 attempts: ctx.attempts,
                 decision: ctx.decision,
+                rate_limit: ctx.rl_result,
                 error: e.map(|e| e.to_string()),
             };
             self.app.access_log.log(&entry);
@@ -543,14 +720,14 @@ impl ProxyHttp for EcluseProxy {
 mod tests {
     use super::*;
     use crate::config::check_text;
-    use crate::upstream::Registry;
+    use crate::config::runtime::Shared;
     use std::path::Path;
 
     fn cfg(trusted: &str) -> Config {
         let y = format!(
             "listen: [\"127.0.0.1:0\"]\nserver: {{ trusted_proxies: [{trusted}] }}\norigins:\n  o: {{ servers: [\"127.0.0.1:1\"] }}\nroutes:\n  - {{ name: r, origin: o }}\n"
         );
-        check_text(&y, Path::new("t.yaml"), &Registry::default(), 1).expect("valid")
+        check_text(&y, Path::new("t.yaml"), &Shared::default(), 1).expect("valid")
     }
 
     #[test]
