@@ -319,8 +319,10 @@ pub struct RateLimitFile {
     /// IPv4 clients are counted per network of this many bits (default 32: each address).
     #[serde(default)]
     pub ipv4_prefix: Option<u8>,
-    /// Most distinct keys remembered (default 100000). Memory stays bounded (about 40
-    /// bytes a key); at the cap, the least-charged of a few sampled keys is forgotten.
+    /// Most distinct keys remembered (default 100000, rounded up to a multiple of 128).
+    /// The table takes 16 bytes a key, allocated at load, whatever the traffic. At the
+    /// cap, a new key takes the slot of the least-charged of the 8 keys sharing its slot
+    /// group (see the README).
     #[serde(default)]
     pub max_keys: Option<u32>,
 }

@@ -13,7 +13,7 @@
 //! backs one governor limiter per factor, so tightening keeps every key's history.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -93,65 +93,55 @@ struct StoreKey {
     offset: u64,
 }
 
-#[derive(Default)]
-struct IdentityHasher(u64);
+const SHARDS: usize = 16;
+/// Keys per slot group: a key lives in one group of 8 slots chosen by its hash.
+const WAYS: usize = 8;
 
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u64 keys are used; fold anything else in for safety.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
+/// One slot: a key hash (0 = empty) and its GCRA arrival time.
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    key: u64,
+    tat: u64,
 }
 
-type Shard = HashMap<u64, u64, BuildHasherDefault<IdentityHasher>>;
-
-const SHARDS: usize = 16;
-/// Keys looked at when one must be evicted to make room.
-const EVICTION_SAMPLE: usize = 8;
-
 /// Key state (a GCRA "theoretical arrival time", in ns since the store's epoch) for up to
-/// `max_keys` keys, in 16 mutex-guarded shards.
+/// `max_keys` keys, in a fixed table allocated once: 16 mutex-guarded shards of 8-way slot
+/// groups (like a CPU cache). Memory is `max_keys × 16 bytes`, whatever the traffic.
 ///
-/// Memory bound: a key whose arrival time has passed is indistinguishable from a new key
-/// (its bucket is full again), so dropping it changes no decision; [`Self::sweep`] does
-/// that periodically. When a shard is full of keys that are still counting, a new key
-/// evicts the *least charged* of 8 keys taken from the shard (the one closest to a full
-/// bucket). An attacker spraying addresses can therefore, at worst, hand some other
-/// client a fresh bucket early; memory never grows past the cap, and every key that
-/// stays is limited exactly. Evictions are counted.
+/// What happens at the cap: a key whose arrival time has passed is indistinguishable
+/// from a new key (its bucket is full again), so its slot is free to reuse and dropping it
+/// changes no decision; [`Self::sweep`] clears those periodically. When all 8 slots of a
+/// new key's group hold keys that are still counting, the new key takes the slot of the
+/// *least charged* of them (the one closest to a full bucket). An attacker spraying
+/// addresses can therefore, at worst, hand some other client a fresh bucket early; memory
+/// never grows, and every key that stays is limited exactly. Evictions are counted.
 pub struct BoundedStore {
-    shards: Box<[Mutex<Shard>]>,
-    cap_per_shard: usize,
+    shards: Box<[Mutex<Vec<[Slot; WAYS]>>]>,
+    groups_per_shard: usize,
     len: AtomicUsize,
     evictions: AtomicUsize,
 }
 
 impl BoundedStore {
     pub fn new(max_keys: usize) -> BoundedStore {
-        let cap_per_shard = max_keys.div_ceil(SHARDS).max(1);
+        let groups_per_shard = max_keys.div_ceil(SHARDS * WAYS).max(1);
         BoundedStore {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(Shard::default()))
+                .map(|_| Mutex::new(vec![[Slot::default(); WAYS]; groups_per_shard]))
                 .collect::<Vec<_>>()
                 .into_boxed_slice(),
-            cap_per_shard,
+            groups_per_shard,
             len: AtomicUsize::new(0),
             evictions: AtomicUsize::new(0),
         }
     }
 
-    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
-        // The top bits pick the shard; the map uses the whole hash.
-        let i = (hash >> 60) as usize % SHARDS;
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    /// Shard (top bits) and group (the rest) of a key hash; 0 is the empty marker.
+    fn place(&self, hash: u64) -> (usize, usize, u64) {
+        let key = hash.max(1);
+        let shard = (key >> 60) as usize % SHARDS;
+        let group = ((key & 0x0fff_ffff_ffff_ffff) % self.groups_per_shard as u64) as usize;
+        (shard, group, key)
     }
 
     /// Keys currently held.
@@ -163,8 +153,9 @@ impl BoundedStore {
         self.len() == 0
     }
 
+    /// Most keys held at once.
     pub fn capacity(&self) -> usize {
-        self.cap_per_shard * SHARDS
+        self.groups_per_shard * WAYS * SHARDS
     }
 
     /// Keys evicted at the cap since creation.
@@ -172,17 +163,19 @@ impl BoundedStore {
         self.evictions.load(Ordering::Relaxed)
     }
 
-    /// Drop every key whose bucket is full again at `now_ns` (store time). Returns how
-    /// many were dropped.
+    /// Clear every key whose bucket is full again at `now_ns` (store time). Returns how
+    /// many were cleared.
     pub fn sweep(&self, now_ns: u64) -> usize {
         let mut dropped = 0;
         for s in self.shards.iter() {
-            let mut m = s.lock().unwrap_or_else(|p| p.into_inner());
-            let before = m.len();
-            m.retain(|_, tat| *tat > now_ns);
-            dropped += before - m.len();
-            if m.capacity() > 4 * m.len().max(1024) {
-                m.shrink_to_fit();
+            let mut groups = s.lock().unwrap_or_else(|p| p.into_inner());
+            for g in groups.iter_mut() {
+                for slot in g.iter_mut() {
+                    if slot.key != 0 && slot.tat <= now_ns {
+                        *slot = Slot::default();
+                        dropped += 1;
+                    }
+                }
             }
         }
         self.len.fetch_sub(dropped, Ordering::Relaxed);
@@ -201,31 +194,38 @@ impl StateStore for StoreHandle {
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
         let store = &self.0;
-        let mut shard = store.shard(key.hash);
-        let prev = shard
-            .get(&key.hash)
-            .map(|abs| Nanos::new(abs.saturating_sub(key.offset)));
+        let (shard, group, k) = store.place(key.hash);
+        let mut groups = store.shards[shard]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let slots = &mut groups[group];
+        let found = slots.iter().position(|s| s.key == k);
+        let prev = found.map(|i| Nanos::new(slots[i].tat.saturating_sub(key.offset)));
         let (out, next) = f(prev)?;
         if key.mode == Mode::Commit {
             let abs = next.as_u64().saturating_add(key.offset);
-            if let Some(slot) = shard.get_mut(&key.hash) {
-                *slot = abs;
-            } else {
-                if shard.len() >= store.cap_per_shard {
-                    let victim = shard
-                        .iter()
-                        .take(EVICTION_SAMPLE)
-                        .min_by_key(|(_, tat)| **tat)
-                        .map(|(k, _)| *k);
-                    if let Some(v) = victim {
-                        shard.remove(&v);
-                        store.len.fetch_sub(1, Ordering::Relaxed);
-                        store.evictions.fetch_add(1, Ordering::Relaxed);
+            let i = match found {
+                Some(i) => i,
+                None => {
+                    // An empty slot, else the least charged key of the group.
+                    match slots.iter().position(|s| s.key == 0) {
+                        Some(i) => {
+                            store.len.fetch_add(1, Ordering::Relaxed);
+                            i
+                        }
+                        None => {
+                            store.evictions.fetch_add(1, Ordering::Relaxed);
+                            slots
+                                .iter()
+                                .enumerate()
+                                .min_by_key(|(_, s)| s.tat)
+                                .map(|(i, _)| i)
+                                .unwrap_or(0)
+                        }
                     }
                 }
-                shard.insert(key.hash, abs);
-                store.len.fetch_add(1, Ordering::Relaxed);
-            }
+            };
+            slots[i] = Slot { key: k, tat: abs };
         }
         Ok(out)
     }
@@ -578,10 +578,15 @@ mod tests {
             let v = l.check(l.key_hash(&i.to_be_bytes()), 1.0);
             assert!(v.allowed, "fresh keys are always allowed");
         }
-        assert!(l.store().len() <= 1600, "{}", l.store().len());
-        assert!(l.store().evictions() >= 100_000 - 1600);
+        let cap = l.store().capacity();
+        assert!(
+            (1600..1600 + 128).contains(&cap),
+            "cap {cap} is max_keys rounded up to 128"
+        );
+        assert_eq!(l.store().len(), cap, "{}", l.store().len());
+        assert_eq!(l.store().evictions(), 100_000 - cap);
         clock.advance(Duration::from_secs(2));
-        assert_eq!(l.sweep(), l.store().capacity().min(1600));
+        assert_eq!(l.sweep(), cap);
         assert!(l.store().is_empty());
     }
 
