@@ -3,3 +3,5 @@
 pub mod classes;
 pub mod rate_limit;
 pub mod route;
+pub mod ticket;
+pub mod waiting_room;

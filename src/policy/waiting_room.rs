@@ -1,0 +1,634 @@
+//! The waiting room's server side: O(1) state per room, whatever the number of students.
+//!
+//! Per priority class: a ticket counter (`next`: tickets issued) and an admission frontier
+//! (`frontier`: every ticket numbered at or below it may enter). Per room: admitted
+//! sessions counted in activity buckets (a session is counted once, in the bucket of its
+//! last activity, so the count is "sessions active within the idle timeout"), admissions
+//! granted but not yet claimed (`pending`, with a deadline), a token bucket for
+//! `new_users_per_minute`, and an estimate of the admission rate.
+//!
+//! Each tick the frontier advances by what capacity allows. Tickets whose owners left
+//! never claim their admission: their pending slot expires after a grace period and the
+//! next tick admits others. All times are unix milliseconds passed in by the caller, so
+//! tests drive a fake clock.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Pre-queue tickets carry this bit; the low 32 bits are a random draw.
+pub const PREQUEUE_BIT: u64 = 1 << 62;
+
+/// How a priority class is treated by a room.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ClassPolicy {
+    /// The default queue (class 0).
+    Default,
+    /// Never queued (still counted as active).
+    Bypass,
+    /// Own queue with this share of each tick's admissions reserved (0 < share < 1).
+    Share(f64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Fifo,
+    /// Pre-queue arrivals are shuffled at opening.
+    Random,
+}
+
+/// The room's settings, from the config (changeable live).
+#[derive(Debug, Clone)]
+pub struct RoomParams {
+    pub active_users: u32,
+    pub new_users_per_minute: u32,
+    pub idle_timeout: Duration,
+    pub abandon_timeout: Duration,
+    pub poll_interval: Duration,
+    /// Class policies, index = ticket class (0 = default).
+    pub classes: Vec<ClassPolicy>,
+    pub method: Method,
+    /// Scheduled opening (unix ms): nobody is admitted before it.
+    pub opens_at: Option<u64>,
+    /// How long before `opens_at` tickets are handed out.
+    pub prequeue: Duration,
+}
+
+impl RoomParams {
+    /// How long an admission waits to be claimed by its ticket holder's next poll.
+    pub fn claim_grace(&self) -> Duration {
+        self.poll_interval * 2 + Duration::from_secs(5)
+    }
+
+    fn bucket_ms(&self) -> u64 {
+        (self.idle_timeout.as_millis() as u64 / BUCKETS as u64).max(1000)
+    }
+
+    fn burst(&self) -> f64 {
+        // Five seconds' worth, at least one.
+        (f64::from(self.new_users_per_minute) / 12.0).max(1.0)
+    }
+}
+
+const BUCKETS: usize = 16;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Queue {
+    /// Tickets issued in this class.
+    pub next: u64,
+    /// Tickets admitted (every number <= frontier may enter).
+    pub frontier: u64,
+    /// Pre-queue tickets issued before the opening (fixed at opening).
+    pub prequeue: u64,
+}
+
+impl Queue {
+    pub fn waiting(&self) -> u64 {
+        self.next.saturating_sub(self.frontier)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Counters {
+    pub issued: u64,
+    pub admitted: u64,
+    pub direct: u64,
+    pub abandoned: u64,
+    pub ended: u64,
+}
+
+/// Everything a room remembers. Serializable: snapshotted to disk for restarts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomState {
+    pub queues: Vec<Queue>,
+    /// Activity buckets: (bucket index, sessions whose last activity fell in it).
+    active: VecDeque<(u64, u32)>,
+    /// Admissions granted, not yet claimed: (deadline ms, count).
+    pending: VecDeque<(u64, u32)>,
+    tokens: f64,
+    last_tick_ms: u64,
+    /// Frontier advances per second, smoothed.
+    pub rate: f64,
+    pub paused: bool,
+    pub opened: bool,
+    pub counters: Counters,
+}
+
+/// What to do with a request that holds no valid ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Let in now: a new admitted session numbered `number`, counted in `bucket`.
+    Admit { number: u64, bucket: u64 },
+    /// Queued with this ticket number.
+    Queue { number: u64 },
+    /// Not open yet and outside the pre-queue window: no ticket.
+    Closed,
+}
+
+/// Where a waiting ticket stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Standing {
+    /// Its turn has come: admitted now, counted in `bucket`.
+    Admitted { bucket: u64 },
+    /// Still waiting: `position` 1 = next; `None` before the opening shuffle.
+    Waiting { position: Option<u64> },
+}
+
+impl RoomState {
+    pub fn new(params: &RoomParams, now_ms: u64) -> RoomState {
+        RoomState {
+            queues: vec![Queue::default(); params.classes.len().max(1)],
+            active: VecDeque::new(),
+            pending: VecDeque::new(),
+            tokens: params.burst(),
+            last_tick_ms: now_ms,
+            rate: 0.0,
+            paused: false,
+            opened: params.opens_at.is_none(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Adapt to new params after a reload (classes added or removed at the end).
+    pub fn resize(&mut self, params: &RoomParams) {
+        let n = params.classes.len().max(1);
+        if self.queues.len() < n {
+            self.queues.resize(n, Queue::default());
+        }
+    }
+
+    fn bucket_of(params: &RoomParams, now_ms: u64) -> u64 {
+        now_ms / params.bucket_ms()
+    }
+
+    fn drop_old_buckets(&mut self, params: &RoomParams, now_ms: u64) {
+        let cur = Self::bucket_of(params, now_ms);
+        while let Some(&(b, _)) = self.active.front() {
+            if b + (BUCKETS as u64) <= cur {
+                self.active.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn count_in(&mut self, bucket: u64) {
+        match self.active.iter_mut().find(|(b, _)| *b == bucket) {
+            Some((_, n)) => *n += 1,
+            None => {
+                let pos = self.active.partition_point(|(b, _)| *b < bucket);
+                self.active.insert(pos, (bucket, 1));
+            }
+        }
+    }
+
+    fn uncount(&mut self, bucket: u64) {
+        if let Some((_, n)) = self.active.iter_mut().find(|(b, _)| *b == bucket) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Sessions active within the idle timeout.
+    pub fn active(&self) -> u64 {
+        self.active.iter().map(|(_, n)| u64::from(*n)).sum()
+    }
+
+    /// Admissions granted and not yet claimed.
+    pub fn pending(&self) -> u64 {
+        self.pending.iter().map(|(_, n)| u64::from(*n)).sum()
+    }
+
+    pub fn waiting(&self) -> u64 {
+        self.queues.iter().map(Queue::waiting).sum()
+    }
+
+    fn expire_pending(&mut self, now_ms: u64) {
+        while let Some(&(deadline, n)) = self.pending.front() {
+            if deadline <= now_ms {
+                self.counters.abandoned += u64::from(n);
+                self.pending.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn claim_pending(&mut self) -> bool {
+        while let Some(front) = self.pending.front_mut() {
+            if front.1 > 0 {
+                front.1 -= 1;
+                if front.1 == 0 {
+                    self.pending.pop_front();
+                }
+                return true;
+            }
+            self.pending.pop_front();
+        }
+        false
+    }
+
+    fn is_open(&self, params: &RoomParams, now_ms: u64) -> bool {
+        params.opens_at.is_none_or(|t| now_ms >= t)
+    }
+
+    /// Advance the frontiers by what capacity and the admission rate allow. Call it
+    /// about once a second. Returns the number of tickets admitted.
+    pub fn tick(&mut self, params: &RoomParams, now_ms: u64) -> u64 {
+        let dt_ms = now_ms.saturating_sub(self.last_tick_ms);
+        self.last_tick_ms = now_ms.max(self.last_tick_ms);
+        let per_ms = f64::from(params.new_users_per_minute) / 60_000.0;
+        self.tokens = (self.tokens + per_ms * dt_ms as f64).min(params.burst());
+        self.expire_pending(now_ms);
+        self.drop_old_buckets(params, now_ms);
+
+        if !self.opened && self.is_open(params, now_ms) {
+            // Opening: freeze the pre-queue; later tickets are numbered after it.
+            for q in &mut self.queues {
+                q.prequeue = q.next;
+            }
+            self.opened = true;
+        }
+        let mut total = 0u64;
+        if !self.paused && self.opened {
+            let used = self.active() + self.pending();
+            let free = u64::from(params.active_users).saturating_sub(used);
+            let budget = free.min(self.tokens.floor() as u64);
+            total = distribute(&mut self.queues, &params.classes, budget);
+            if total > 0 {
+                self.tokens -= total as f64;
+                let deadline = now_ms + params.claim_grace().as_millis() as u64;
+                self.pending.push_back((deadline, total.min(u64::from(u32::MAX)) as u32));
+                self.counters.admitted += total;
+            }
+        }
+        // Smoothed frontier speed (per second), over roughly the last 30 s.
+        if dt_ms > 0 {
+            let inst = total as f64 * 1000.0 / dt_ms as f64;
+            let alpha = (dt_ms as f64 / 30_000.0).min(1.0);
+            self.rate = alpha * inst + (1.0 - alpha) * self.rate;
+        }
+        total
+    }
+
+    /// A request without a valid ticket arrives in `class`.
+    pub fn arrive(&mut self, params: &RoomParams, class: usize, now_ms: u64, draw: u32) -> Arrival {
+        let class = class.min(self.queues.len() - 1);
+        let policy = params.classes.get(class).copied().unwrap_or(ClassPolicy::Default);
+        if policy == ClassPolicy::Bypass {
+            let bucket = Self::bucket_of(params, now_ms);
+            self.count_in(bucket);
+            self.counters.direct += 1;
+            let q = &mut self.queues[class];
+            q.next += 1;
+            q.frontier = q.next;
+            return Arrival::Admit { number: q.next, bucket };
+        }
+        if !self.opened {
+            let window_opens = params
+                .opens_at
+                .map(|t| t.saturating_sub(params.prequeue.as_millis() as u64))
+                .unwrap_or(0);
+            if now_ms < window_opens {
+                return Arrival::Closed;
+            }
+            let q = &mut self.queues[class];
+            q.next += 1;
+            self.counters.issued += 1;
+            let number = match params.method {
+                Method::Random => PREQUEUE_BIT | u64::from(draw),
+                Method::Fifo => q.next,
+            };
+            return Arrival::Queue { number };
+        }
+        self.drop_old_buckets(params, now_ms);
+        let used = self.active() + self.pending();
+        let q = &self.queues[class];
+        if !self.paused
+            && q.waiting() == 0
+            && used < u64::from(params.active_users)
+            && self.tokens >= 1.0
+        {
+            // Spare capacity and nobody waiting: no queue page at all.
+            self.tokens -= 1.0;
+            let bucket = Self::bucket_of(params, now_ms);
+            self.count_in(bucket);
+            self.counters.direct += 1;
+            self.counters.admitted += 1;
+            let q = &mut self.queues[class];
+            q.next += 1;
+            q.frontier = q.next;
+            return Arrival::Admit { number: q.next, bucket };
+        }
+        let q = &mut self.queues[class];
+        q.next += 1;
+        self.counters.issued += 1;
+        Arrival::Queue { number: q.next }
+    }
+
+    /// The number a ticket stands at in its queue (pre-queue tickets are shuffled at
+    /// the opening), or `None` before the opening.
+    pub fn effective_number(&self, class: usize, number: u64) -> Option<u64> {
+        if number & PREQUEUE_BIT == 0 {
+            return Some(number);
+        }
+        if !self.opened {
+            return None;
+        }
+        let p = self.queues.get(class).map(|q| q.prequeue).unwrap_or(0);
+        let draw = number & u64::from(u32::MAX);
+        Some(1 + (draw * p) / (u64::from(u32::MAX) + 1))
+    }
+
+    /// A waiting ticket polls (or reloads the page).
+    pub fn poll(&mut self, params: &RoomParams, class: usize, number: u64, now_ms: u64) -> Standing {
+        let class = class.min(self.queues.len() - 1);
+        let Some(n) = self.effective_number(class, number) else {
+            return Standing::Waiting { position: None };
+        };
+        let frontier = self.queues[class].frontier;
+        if n <= frontier && self.opened {
+            // Claim the admission granted to this ticket. A late holder whose grant
+            // expired is let in only if there is room, so capacity is never exceeded.
+            let claimed = self.claim_pending();
+            let room = self.active() + self.pending() < u64::from(params.active_users);
+            if claimed || room {
+                if !claimed {
+                    // Counted as abandoned when its grant expired; it came back after all.
+                    self.counters.abandoned = self.counters.abandoned.saturating_sub(1);
+                }
+                let bucket = Self::bucket_of(params, now_ms);
+                self.drop_old_buckets(params, now_ms);
+                self.count_in(bucket);
+                return Standing::Admitted { bucket };
+            }
+            return Standing::Waiting { position: Some(1) };
+        }
+        Standing::Waiting {
+            position: Some(n.saturating_sub(frontier).max(1)),
+        }
+    }
+
+    /// An admitted session makes a request. Returns the bucket it is now counted in (the
+    /// caller re-signs the cookie when it changed).
+    pub fn touch(&mut self, params: &RoomParams, old_bucket: u64, now_ms: u64) -> u64 {
+        let cur = Self::bucket_of(params, now_ms);
+        if cur != old_bucket {
+            self.drop_old_buckets(params, now_ms);
+            if old_bucket + (BUCKETS as u64) > cur {
+                self.uncount(old_bucket);
+            }
+            self.count_in(cur);
+        }
+        cur
+    }
+
+    /// The origin ended a session (logout): free its place now.
+    pub fn end(&mut self, params: &RoomParams, bucket: u64, now_ms: u64) {
+        let cur = Self::bucket_of(params, now_ms);
+        if bucket + (BUCKETS as u64) > cur {
+            self.uncount(bucket);
+            self.counters.ended += 1;
+        }
+    }
+
+    /// Estimated wait for `position`, from the measured frontier speed; `None` while the
+    /// speed is unknown (nothing admitted yet) or the room is paused.
+    pub fn eta(&self, position: u64) -> Option<Duration> {
+        if self.paused || self.rate < 0.01 {
+            return None;
+        }
+        Some(Duration::from_secs_f64(position as f64 / self.rate))
+    }
+}
+
+/// Split `budget` admissions over the class queues: classes with a share get their
+/// reserved part first, the default queue the rest, and what a queue cannot use goes to
+/// the others (nothing is wasted while anyone waits). Returns the total admitted.
+fn distribute(queues: &mut [Queue], classes: &[ClassPolicy], budget: u64) -> u64 {
+    let mut left = budget;
+    let policy = |i: usize| classes.get(i).copied().unwrap_or(ClassPolicy::Default);
+    // Reserved shares.
+    for (i, q) in queues.iter_mut().enumerate() {
+        if let ClassPolicy::Share(s) = policy(i) {
+            let want = ((budget as f64) * s).ceil() as u64;
+            let give = want.min(q.waiting()).min(left);
+            q.frontier += give;
+            left -= give;
+        }
+    }
+    // Then everyone in class order (default first), work-conserving.
+    for (i, q) in queues.iter_mut().enumerate() {
+        if policy(i) == ClassPolicy::Bypass {
+            continue;
+        }
+        let give = q.waiting().min(left);
+        q.frontier += give;
+        left -= give;
+    }
+    budget - left
+}
+
+/// Position as shown to a student: exact below 100, then rounded (never to 0).
+pub fn round_position(p: u64) -> u64 {
+    match p {
+        0..=99 => p.max(1),
+        100..=999 => p.div_ceil(10) * 10,
+        _ => p.div_ceil(100) * 100,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn params(active: u32, per_min: u32) -> RoomParams {
+        RoomParams {
+            active_users: active,
+            new_users_per_minute: per_min,
+            idle_timeout: Duration::from_secs(600),
+            abandon_timeout: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(5),
+            classes: vec![ClassPolicy::Default],
+            method: Method::Fifo,
+            opens_at: None,
+            prequeue: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn spare_capacity_means_no_queue() {
+        let p = params(10, 600);
+        let mut r = RoomState::new(&p, 0);
+        for i in 1..=10 {
+            assert!(matches!(r.arrive(&p, 0, 0, 0), Arrival::Admit { number, .. } if number == i));
+        }
+        assert_eq!(r.active(), 10);
+        assert_eq!(r.arrive(&p, 0, 0, 0), Arrival::Queue { number: 11 });
+        // The queue is not empty: newcomers queue behind, even once there is room.
+        r.end(&p, 0, 0);
+        assert_eq!(r.arrive(&p, 0, 0, 0), Arrival::Queue { number: 12 });
+        assert_eq!(r.tick(&p, 1000), 1);
+        assert_eq!(r.poll(&p, 0, 12, 1000), Standing::Waiting { position: Some(1) });
+        assert!(matches!(r.poll(&p, 0, 11, 1000), Standing::Admitted { .. }));
+    }
+
+    #[test]
+    fn abandoned_tickets_free_their_turn() {
+        let p = params(1, 6000);
+        let mut r = RoomState::new(&p, 0);
+        assert!(matches!(r.arrive(&p, 0, 0, 0), Arrival::Admit { .. }));
+        for _ in 0..3 {
+            r.arrive(&p, 0, 0, 0);
+        }
+        // The admitted student leaves; ticket 2's owner is gone too.
+        r.end(&p, 0, 0);
+        assert_eq!(r.tick(&p, 1000), 1, "ticket 2 admitted");
+        // Nobody claims it: after the grace period the next tick admits ticket 3.
+        let after = 1000 + p.claim_grace().as_millis() as u64;
+        assert_eq!(r.tick(&p, after), 1);
+        assert_eq!(r.counters.abandoned, 1);
+        assert!(matches!(r.poll(&p, 0, 3, after + 10), Standing::Admitted { .. }));
+    }
+
+    #[test]
+    fn paused_room_admits_nobody_and_has_no_eta() {
+        let p = params(5, 600);
+        let mut r = RoomState::new(&p, 0);
+        r.paused = true;
+        assert!(matches!(r.arrive(&p, 0, 0, 0), Arrival::Queue { .. }));
+        assert_eq!(r.tick(&p, 10_000), 0);
+        assert_eq!(r.eta(1), None);
+        r.paused = false;
+        assert_eq!(r.tick(&p, 11_000), 1);
+    }
+
+    #[test]
+    fn prequeue_is_shuffled_at_opening_then_fifo() {
+        let mut p = params(1000, 60_000);
+        p.method = Method::Random;
+        p.opens_at = Some(100_000);
+        p.prequeue = Duration::from_secs(60);
+        let mut r = RoomState::new(&p, 0);
+        assert_eq!(r.arrive(&p, 0, 10_000, 7), Arrival::Closed, "before the pre-queue window");
+        let draws = [u32::MAX, 0, u32::MAX / 2];
+        let tickets: Vec<u64> = draws
+            .iter()
+            .map(|d| match r.arrive(&p, 0, 50_000, *d) {
+                Arrival::Queue { number } => number,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(r.poll(&p, 0, tickets[0], 60_000), Standing::Waiting { position: None });
+        assert_eq!(r.tick(&p, 99_000), 0, "closed until the opening");
+        r.tick(&p, 100_000);
+        // Shuffled by draw: 0 → first, MAX/2 → second, MAX → third.
+        assert_eq!(r.effective_number(0, tickets[1]), Some(1));
+        assert_eq!(r.effective_number(0, tickets[2]), Some(2));
+        assert_eq!(r.effective_number(0, tickets[0]), Some(3));
+        // A later arrival is numbered after the pre-queue.
+        r.queues[0].frontier = 3;
+        r.paused = true;
+        assert_eq!(r.arrive(&p, 0, 100_500, 0), Arrival::Queue { number: 4 });
+    }
+
+    #[test]
+    fn shares_and_bypass() {
+        let mut p = params(1000, 600);
+        p.classes = vec![ClassPolicy::Default, ClassPolicy::Share(0.5), ClassPolicy::Bypass];
+        let mut r = RoomState::new(&p, 0);
+        r.paused = true;
+        for _ in 0..100 {
+            r.arrive(&p, 0, 0, 0);
+            r.arrive(&p, 1, 0, 0);
+        }
+        assert!(matches!(r.arrive(&p, 2, 0, 0), Arrival::Admit { .. }), "bypass even when paused");
+        r.paused = false;
+        r.tokens = 0.0;
+        // 10 tokens per second at 600/min: half reserved for class 1.
+        let n = r.tick(&p, 1000);
+        assert_eq!(n, 10);
+        assert_eq!(r.queues[1].frontier, 5);
+        assert_eq!(r.queues[0].frontier, 5);
+    }
+
+    #[test]
+    fn positions_round() {
+        assert_eq!(round_position(0), 1);
+        assert_eq!(round_position(42), 42);
+        assert_eq!(round_position(101), 110);
+        assert_eq!(round_position(1234), 1300);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+        /// Under any mix of arrivals, polls, departures and ticks:
+        /// active sessions never exceed capacity, no ticket of a class is admitted before
+        /// a smaller still-polling ticket of the same class, and abandoned tickets don't
+        /// stall admission (everyone still polling is eventually admitted).
+        #[test]
+        fn room_invariants(
+            capacity in 1u32..20,
+            per_min in 60u32..6000,
+            ops in proptest::collection::vec((0u8..4, 0u64..3000), 1..300),
+        ) {
+            let p = params(capacity, per_min);
+            let mut r = RoomState::new(&p, 0);
+            let mut now = 0u64;
+            // (number, still polling?)
+            let mut waiting: Vec<(u64, bool)> = Vec::new();
+            let mut admitted_order: Vec<u64> = Vec::new();
+            let mut sessions: Vec<u64> = Vec::new();
+            for (op, dt) in ops {
+                now += dt;
+                match op {
+                    0 => match r.arrive(&p, 0, now, 0) {
+                        Arrival::Admit { bucket, number } => { sessions.push(bucket); admitted_order.push(number); }
+                        Arrival::Queue { number } => waiting.push((number, true)),
+                        Arrival::Closed => {}
+                    },
+                    1 => {
+                        // Some waiting student gives up.
+                        if let Some(w) = waiting.iter_mut().find(|w| w.1) { w.1 = false; }
+                    }
+                    2 => {
+                        if let Some(b) = sessions.pop() { r.end(&p, b, now); }
+                    }
+                    _ => { r.tick(&p, now); }
+                }
+                // Everyone still polling polls, in ticket order.
+                waiting.sort();
+                for w in waiting.iter_mut().filter(|w| w.1) {
+                    if let Standing::Admitted { bucket } = r.poll(&p, 0, w.0, now) {
+                        sessions.push(bucket);
+                        admitted_order.push(w.0);
+                        w.1 = false;
+                    }
+                }
+                waiting.retain(|w| w.1);
+                prop_assert!(r.active() <= u64::from(capacity), "active {} > capacity {capacity}", r.active());
+            }
+            // FIFO among those who kept polling.
+            for pair in admitted_order.windows(2) {
+                prop_assert!(pair[0] < pair[1], "out of order: {admitted_order:?}");
+            }
+            // Drain: sessions leave, time passes; every remaining poller gets in.
+            for b in sessions.drain(..) { r.end(&p, b, now); }
+            for _ in 0..10_000 {
+                if waiting.is_empty() { break; }
+                now += 1000;
+                r.tick(&p, now);
+                for w in waiting.iter_mut() {
+                    if let Standing::Admitted { bucket } = r.poll(&p, 0, w.0, now) {
+                        r.end(&p, bucket, now);
+                        w.1 = false;
+                    }
+                }
+                waiting.retain(|w| w.1);
+            }
+            prop_assert!(waiting.is_empty(), "stalled: {waiting:?}, state {r:?}");
+        }
+    }
+}
