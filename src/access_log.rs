@@ -47,6 +47,9 @@ pub struct Entry<'a> {
     /// Rate-limit result when a limit refused or would have refused (`limited`,
     /// `dry_run_limited`), else null.
     pub rate_limit: Option<&'a str>,
+    /// What the waiting room did: `direct` (let in, spare capacity), `queued`,
+    /// `admitted` (turn came), `inside` (already admitted), `status` (queue poll), …
+    pub queue: Option<&'a str>,
     /// Internal error summary, when the request failed.
     pub error: Option<String>,
 }
@@ -203,6 +206,7 @@ mod tests {
             attempts: 1,
             decision: None,
             rate_limit: None,
+            queue: None,
             error: None,
         });
         // Switching target flushes and closes the file; poll for the line with a deadline.

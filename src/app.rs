@@ -120,6 +120,14 @@ impl App {
                     restart_required,
                 };
                 publish_metrics(&new, Some(&old));
+                // A reload sets capacity from the file again.
+                for room in &new.rooms {
+                    *room
+                        .shared
+                        .overrides
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = crate::rooms::Overrides::default();
+                }
                 self.registry.limiters.publish(live_limiters(&new));
                 self.version.store(next_version, Ordering::Relaxed);
                 self.config.store(Arc::new(new));
@@ -145,7 +153,8 @@ impl App {
 
 /// Every rate limiter of a config, for the registry that keeps unchanged buckets.
 fn live_limiters(cfg: &Config) -> Vec<crate::policy::rate_limit::LiveLimiter> {
-    cfg.router
+    let mut v: Vec<crate::policy::rate_limit::LiveLimiter> = cfg
+        .router
         .routes()
         .iter()
         .flat_map(|r| {
@@ -157,7 +166,15 @@ fn live_limiters(cfg: &Config) -> Vec<crate::policy::rate_limit::LiveLimiter> {
                 )
             })
         })
-        .collect()
+        .collect();
+    for room in &cfg.rooms {
+        v.push((
+            (format!("room:{}", room.name), "tickets".to_string()),
+            room.ticket_fingerprint.clone(),
+            room.ticket_limiter.clone(),
+        ));
+    }
+    v
 }
 
 /// Forget idle rate-limit keys and refresh the key-count gauges. Called every few seconds.

@@ -11,5 +11,6 @@ pub mod metrics;
 pub mod pages;
 pub mod policy;
 pub mod proxy;
+pub mod rooms;
 pub mod server;
 pub mod upstream;

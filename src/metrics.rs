@@ -39,6 +39,16 @@ pub struct Metrics {
     pub ratelimit_keys: IntGaugeVec,
     /// Keys forgotten at the `max_keys` cap to make room for new ones.
     pub ratelimit_evictions: IntCounterVec,
+    pub room_waiting: IntGaugeVec,
+    pub room_active: IntGaugeVec,
+    pub room_capacity: IntGaugeVec,
+    pub room_frontier: IntGaugeVec,
+    pub room_estimated_wait: prometheus::GaugeVec,
+    pub room_admitted: IntCounterVec,
+    pub room_abandoned: IntCounterVec,
+    pub room_issued: IntCounterVec,
+    pub room_direct: IntCounterVec,
+    pub room_rejected_tickets: IntCounterVec,
     /// Client requests currently being processed by the proxy.
     pub inflight_requests: IntGauge,
 }
@@ -158,8 +168,82 @@ impl Metrics {
             "Keys forgotten at the max_keys cap to make room for new ones.",
             &["route", "limit"],
         );
+        let room_waiting = gauge_vec(
+            &r,
+            "ecluse_room_waiting",
+            "Tickets waiting in the room (including holders who may have left).",
+            &["room"],
+        );
+        let room_active = gauge_vec(
+            &r,
+            "ecluse_room_active_users",
+            "Admitted sessions active within the idle timeout.",
+            &["room"],
+        );
+        let room_capacity = gauge_vec(
+            &r,
+            "ecluse_room_capacity_users",
+            "The room's active_users capacity in force.",
+            &["room"],
+        );
+        let room_frontier = gauge_vec(
+            &r,
+            "ecluse_room_frontier",
+            "Admission frontier of the default queue (tickets at or below it may enter).",
+            &["room"],
+        );
+        let room_estimated_wait = prometheus::GaugeVec::new(
+            Opts::new(
+                "ecluse_room_estimated_wait_seconds",
+                "Estimated wait of the last ticket in the room (-1 while unknown).",
+            ),
+            &["room"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(room_estimated_wait.clone()))
+            .expect("unique metric name");
+        let room_admitted = counter_vec(
+            &r,
+            "ecluse_room_admitted_total",
+            "Tickets admitted (frontier advances and direct admissions).",
+            &["room"],
+        );
+        let room_abandoned = counter_vec(
+            &r,
+            "ecluse_room_abandoned_total",
+            "Admissions never claimed: the ticket holder had left.",
+            &["room"],
+        );
+        let room_issued = counter_vec(
+            &r,
+            "ecluse_room_issued_total",
+            "Tickets handed out to queued students.",
+            &["room"],
+        );
+        let room_direct = counter_vec(
+            &r,
+            "ecluse_room_direct_total",
+            "Sessions let in without queueing (spare capacity or bypass class).",
+            &["room"],
+        );
+        let room_rejected_tickets = counter_vec(
+            &r,
+            "ecluse_room_rejected_tickets_total",
+            "Cookies refused (forged, altered, expired, other room, abandoned), by room.",
+            &["room", "reason"],
+        );
         Metrics {
             registry: r,
+            room_waiting,
+            room_active,
+            room_capacity,
+            room_frontier,
+            room_estimated_wait,
+            room_admitted,
+            room_abandoned,
+            room_issued,
+            room_direct,
+            room_rejected_tickets,
             ratelimit_decisions,
             ratelimit_keys,
             ratelimit_evictions,

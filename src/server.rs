@@ -65,6 +65,34 @@ impl BackgroundService for Control {
         }
         // Active health checks.
         tokio::spawn(crate::upstream::health::run(app.clone(), stop_rx.clone()));
+        // Waiting rooms: admission ticks every 250 ms, snapshots every 2 s.
+        {
+            let app = app.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                let mut n: u64 = 0;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.changed() => return,
+                    }
+                    let cfg = app.config();
+                    let now = crate::rooms::now_ms();
+                    for room in &cfg.rooms {
+                        room.tick(now);
+                    }
+                    n += 1;
+                    if n % 8 == 0 && !cfg.rooms.is_empty() {
+                        let a = app.clone();
+                        let dir = cfg.server.state_dir.clone();
+                        let _ =
+                            tokio::task::spawn_blocking(move || a.registry.rooms.snapshot(&dir))
+                                .await;
+                    }
+                }
+            });
+        }
         // Forget idle rate-limit keys.
         {
             let app = app.clone();
@@ -106,6 +134,9 @@ impl BackgroundService for Control {
         // reload triggers keep running until the runtime is torn down at exit, so ops can
         // still watch the drain.
         app.draining.store(true, Ordering::Relaxed);
+        // Save the rooms now: a restart must not send everyone to the back.
+        let dir = app.config().server.state_dir.clone();
+        app.registry.rooms.snapshot(&dir);
         drop(stop_rx);
         std::future::pending::<()>().await;
         drop(stop_tx);

@@ -175,6 +175,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
                         ),
                     }
                 }
+                p if p.starts_with("/admin/rooms/") => room_admin(&app, p, req).await,
                 _ => error(
                     StatusCode::NOT_FOUND,
                     "not_found",
@@ -206,6 +207,93 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no admin endpoint {path}"),
+        ),
+    }
+}
+
+/// `POST /admin/rooms/{name}/pause`, `.../resume`, and `POST /admin/rooms/{name}` with
+/// `{"active_users": N, "new_users_per_minute": M}` (in force until the next reload).
+async fn room_admin(app: &App, p: &str, req: Request<Incoming>) -> Resp {
+    let rest = &p["/admin/rooms/".len()..];
+    let (name, action) = rest.split_once('/').unwrap_or((rest, ""));
+    let cfg = app.config();
+    let Some(room) = cfg.rooms.iter().find(|r| r.name == name).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no_such_room",
+            format!("no waiting room `{name}`"),
+        );
+    };
+    match action {
+        "pause" | "resume" => {
+            let paused = action == "pause";
+            room.shared.lock().paused = paused;
+            log::warn!(
+                "room {name}: admission {} by the admin API",
+                if paused { "paused" } else { "resumed" }
+            );
+            json_resp(StatusCode::OK, json!({ "room": name, "paused": paused }))
+        }
+        "" => {
+            let v = match read_json(req).await {
+                Ok(v) => v,
+                Err(r) => return r,
+            };
+            let get = |k: &str| -> Result<Option<u32>, Resp> {
+                match v.get(k) {
+                    None | Some(serde_json::Value::Null) => Ok(None),
+                    Some(x) => x
+                        .as_u64()
+                        .filter(|n| *n >= 1 && *n <= u64::from(u32::MAX))
+                        .map(|n| Some(n as u32))
+                        .ok_or_else(|| {
+                            error(
+                                StatusCode::BAD_REQUEST,
+                                "bad_value",
+                                format!("`{k}` must be a whole number of at least 1"),
+                            )
+                        }),
+                }
+            };
+            let (a, n) = match (get("active_users"), get("new_users_per_minute")) {
+                (Ok(a), Ok(n)) => (a, n),
+                (Err(r), _) | (_, Err(r)) => return r,
+            };
+            if a.is_none() && n.is_none() {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_value",
+                    "give `active_users` and/or `new_users_per_minute`",
+                );
+            }
+            {
+                let mut o = room
+                    .shared
+                    .overrides
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if a.is_some() {
+                    o.active_users = a;
+                }
+                if n.is_some() {
+                    o.new_users_per_minute = n;
+                }
+            }
+            let p = room.effective();
+            log::warn!(
+                "room {name}: capacity set by the admin API to {} active, {}/min",
+                p.active_users,
+                p.new_users_per_minute
+            );
+            json_resp(
+                StatusCode::OK,
+                json!({ "room": name, "active_users": p.active_users, "new_users_per_minute": p.new_users_per_minute, "until": "next reload" }),
+            )
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no admin endpoint {p}"),
         ),
     }
 }
@@ -286,7 +374,35 @@ fn state(app: &App) -> serde_json::Value {
         .iter()
         .map(|r| json!({ "name": r.name, "origin": r.origin.name, "path_prefix": r.matcher.path_prefix() }))
         .collect();
+    let rooms: Vec<_> = cfg
+        .rooms
+        .iter()
+        .map(|r| {
+            let p = r.effective();
+            let s = r.shared.lock();
+            json!({
+                "name": r.name,
+                "paused": s.paused,
+                "opened": s.opened,
+                "active_users": s.active(),
+                "pending_admissions": s.pending(),
+                "waiting": s.waiting(),
+                "capacity": { "active_users": p.active_users, "new_users_per_minute": p.new_users_per_minute },
+                "admission_rate_per_second": (s.rate * 100.0).round() / 100.0,
+                "estimated_wait_seconds": s.eta(s.waiting().max(1)).map(|d| d.as_secs()),
+                "queues": s.queues.iter().map(|q| json!({ "issued": q.next, "frontier": q.frontier, "waiting": q.waiting() })).collect::<Vec<_>>(),
+                "counters": {
+                    "issued": s.counters.issued,
+                    "admitted": s.counters.admitted,
+                    "direct": s.counters.direct,
+                    "abandoned": s.counters.abandoned,
+                    "ended": s.counters.ended,
+                },
+            })
+        })
+        .collect();
     json!({
+        "rooms": rooms,
         "config": {
             "path": cfg.path.display().to_string(),
             "hash": cfg.hash,

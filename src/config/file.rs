@@ -49,6 +49,9 @@ pub struct FileConfig {
     pub access_log: Option<AccessLogFile>,
     /// The upstream ENT servers, by name. Routes refer to these names.
     pub origins: BTreeMap<String, OriginFile>,
+    /// Waiting rooms, by name. Routes join one with `waiting_room: NAME`.
+    #[serde(default)]
+    pub waiting_rooms: BTreeMap<String, WaitingRoomFile>,
     /// Groups of users treated apart (staff, exam candidates…), tried in order: a
     /// request belongs to the first class it matches. Rate limits can exempt a class.
     #[serde(default)]
@@ -112,6 +115,11 @@ pub struct ServerFile {
     /// Idle upstream connections kept for reuse, in total. Default 1024.
     #[serde(default)]
     pub upstream_keepalive_pool: Option<u32>,
+    /// Where waiting-room state is saved (every 2s and at shutdown) so that a restart
+    /// keeps everyone's place. Default: `ecluse-state` in the system temp directory; set
+    /// a persistent directory in production (e.g. `/var/lib/ecluse`).
+    #[serde(default)]
+    pub state_dir: Option<String>,
     /// Watch the config file and reload when it changes (default true). SIGHUP and
     /// `POST /admin/reload` always work.
     #[serde(default)]
@@ -242,6 +250,102 @@ pub struct RouteFile {
     /// are always on 429 responses). Default false.
     #[serde(default)]
     pub rate_limit_headers: Option<bool>,
+    /// The waiting room (a key of `waiting_rooms`) guarding this route.
+    #[serde(default)]
+    pub waiting_room: Option<String>,
+}
+
+/// Queue order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueMethodFile {
+    /// First come, first served.
+    #[default]
+    Fifo,
+    /// Students who arrive before a scheduled opening are shuffled at the opening (a
+    /// fair lottery, so refreshing at 07:59:59 gains nothing); later arrivals are FIFO.
+    Random,
+}
+
+/// How a priority class goes through a room.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoomClassFile {
+    /// Never queued (still counted as active users).
+    #[serde(default)]
+    pub bypass: Option<bool>,
+    /// Share of each admission round reserved for this class while it has people
+    /// waiting, between 0 and 1 (e.g. 0.2).
+    #[serde(default)]
+    pub share: Option<f64>,
+}
+
+/// A scheduled opening (a mock exam at 08:00).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventFile {
+    /// When admission starts, RFC 3339 (`2026-03-16T08:00:00+01:00`).
+    pub opens_at: String,
+    /// How long before the opening places are handed out (default `30m`). Earlier
+    /// visitors see when it opens, without a place.
+    #[serde(default)]
+    pub prequeue: Option<DurationText>,
+}
+
+/// A waiting room: students beyond capacity wait on a queue page, in order.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitingRoomFile {
+    /// Most sessions inside at once (active within `session_idle_timeout`).
+    pub active_users: u32,
+    /// Most new sessions let in per minute.
+    pub new_users_per_minute: u32,
+    /// File holding the ticket signing keys, one `KID:SECRET` per line, the first signs.
+    #[serde(default)]
+    pub secret_file: Option<String>,
+    /// Environment variable holding the keys, same format (instead of `secret_file`).
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// An admitted session without a request for this long is no longer counted and
+    /// must queue again. Default `20m`.
+    #[serde(default)]
+    pub session_idle_timeout: Option<DurationText>,
+    /// A waiting student who stops polling for this long loses the place. Default `2m`.
+    #[serde(default)]
+    pub abandon_timeout: Option<DurationText>,
+    /// How often the queue page asks for news. Default `10s`.
+    #[serde(default)]
+    pub poll_interval: Option<DurationText>,
+    /// `fifo` (default) or `random` (shuffle the pre-queue of an `event`).
+    #[serde(default)]
+    pub method: Option<QueueMethodFile>,
+    /// Path prefixes of the guarded routes that need admission (default: all). Leave the
+    /// queue page's own needs (CSS, images, `/healthz`…) outside.
+    #[serde(default)]
+    pub inside_paths: Option<Vec<String>>,
+    /// Priority classes (from `priority_classes`) and how they go through.
+    #[serde(default)]
+    pub classes: BTreeMap<String, RoomClassFile>,
+    /// Scheduled opening.
+    #[serde(default)]
+    pub event: Option<EventFile>,
+    /// New places handed out per client address (default `60/min`, burst 120: a school
+    /// behind one NAT still gets its class in; a bot dropping cookies does not fill the
+    /// queue).
+    #[serde(default)]
+    pub ticket_rate: Option<String>,
+    #[serde(default)]
+    pub ticket_burst: Option<u32>,
+    /// A minijinja template replacing the built-in queue page (reloaded with the config).
+    #[serde(default)]
+    pub template_file: Option<String>,
+    /// Name of the workspace shown on the queue page (default `ENT`).
+    #[serde(default)]
+    pub brand: Option<String>,
+    /// A response header by which the origin ends the session (logout), freeing its place
+    /// at once. Default `X-Ecluse-End-Session`.
+    #[serde(default)]
+    pub end_session_header: Option<String>,
 }
 
 /// What a rate limit counts requests by.

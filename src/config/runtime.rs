@@ -20,6 +20,9 @@ use crate::path;
 use crate::policy::classes::PriorityClass;
 use crate::policy::rate_limit::{KeyedLimiter, Rate};
 use crate::policy::route::{HostPattern, Matcher, Router};
+use crate::policy::ticket::Keyring;
+use crate::policy::waiting_room::{ClassPolicy, Method, RoomParams};
+use crate::rooms::{Room, RoomMetrics};
 use crate::upstream::{self, Balance, OriginShared, ServerState};
 
 /// Most servers an origin may list (retries track tried servers in a 64-bit mask).
@@ -43,6 +46,7 @@ pub struct Config {
     pub router: Router,
     /// Priority classes in file order (the first that matches wins).
     pub classes: Vec<PriorityClass>,
+    pub rooms: Vec<Arc<Room>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -87,6 +91,7 @@ pub struct Server {
     pub upgrade_sock: PathBuf,
     pub upstream_keepalive_pool: usize,
     pub watch_config: bool,
+    pub state_dir: PathBuf,
 }
 
 impl Server {
@@ -186,6 +191,7 @@ pub struct Route {
     pub limits: Vec<RouteLimit>,
     /// Send `RateLimit` headers on admitted responses too.
     pub rate_limit_headers: bool,
+    pub room: Option<Arc<Room>>,
 }
 
 /// What a limit counts by, resolved.
@@ -360,6 +366,7 @@ fn parse_listen(p: &mut Problems, s: &str, path: Vec<Seg>) -> Option<SocketAddr>
 pub struct Shared {
     pub upstream: upstream::Registry,
     pub limiters: crate::policy::rate_limit::LimiterRegistry,
+    pub rooms: crate::rooms::RoomRegistry,
 }
 
 pub struct BuildContext<'a> {
@@ -502,7 +509,14 @@ pub fn build(
         ),
         upstream_keepalive_pool: sf.upstream_keepalive_pool.unwrap_or(1024) as usize,
         watch_config: sf.watch_config.unwrap_or(true),
+        state_dir: sf
+            .state_dir
+            .as_ref()
+            .map(|d| ctx.base_dir.join(d))
+            .unwrap_or_else(|| std::env::temp_dir().join("ecluse-state")),
     };
+    // Rooms restore their snapshot on first use: tell the registry where they are.
+    ctx.registry.rooms.set_state_dir(server.state_dir.clone());
 
     let access_log = match &file.access_log {
         None => AccessLog {
@@ -530,7 +544,8 @@ pub fn build(
     }
 
     let classes = build_classes(&mut p, &file.priority_classes);
-    let router = build_routes(&mut p, &file.routes, &origins, file, &classes, ctx);
+    let rooms = build_rooms(&mut p, file, &classes, ctx);
+    let router = build_routes(&mut p, &file.routes, &origins, file, &classes, &rooms, ctx);
 
     if !p.list.is_empty() {
         return Err(p.list);
@@ -552,6 +567,7 @@ pub fn build(
         origins,
         router,
         classes,
+        rooms,
     })
 }
 
@@ -816,6 +832,284 @@ fn build_classes(p: &mut Problems, classes: &[PriorityClassFile]) -> Vec<Priorit
     out
 }
 
+fn build_rooms(
+    p: &mut Problems,
+    file: &FileConfig,
+    classes: &[PriorityClass],
+    ctx: &BuildContext,
+) -> Vec<Arc<Room>> {
+    let mut out = Vec::new();
+    for (name, w) in &file.waiting_rooms {
+        let at = |extra: Vec<Seg>| {
+            let mut v = path!["waiting_rooms", name.as_str()];
+            v.extend(extra);
+            v
+        };
+        let before = p.list.len();
+        if !valid_name(name) {
+            p.at_key(at(vec![]), "room names use letters, digits, `_` and `-`");
+        }
+        if w.active_users == 0 {
+            p.at(at(path!["active_users"]), "must be at least 1");
+        }
+        if w.new_users_per_minute == 0 {
+            p.at(at(path!["new_users_per_minute"]), "must be at least 1");
+        }
+        // Keys: from a file or an environment variable, never inline.
+        let keys_text = match (&w.secret_file, &w.secret_env) {
+            (Some(_), Some(_)) => {
+                p.at(
+                    at(path!["secret_env"]),
+                    "give `secret_file` or `secret_env`, not both",
+                );
+                None
+            }
+            (None, None) => {
+                p.at(
+                    at(vec![]),
+                    "needs `secret_file` (or `secret_env`): the keys that sign students' places",
+                );
+                None
+            }
+            (Some(f), None) => {
+                let full = ctx.base_dir.join(f);
+                match std::fs::read_to_string(&full) {
+                    Ok(t) => Some((t, path!["secret_file"], full.display().to_string())),
+                    Err(e) => {
+                        p.at(
+                            at(path!["secret_file"]),
+                            format!("cannot read `{}`: {e}", full.display()),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(t) => Some((t, path!["secret_env"], format!("${var}"))),
+                Err(_) => {
+                    p.at(
+                        at(path!["secret_env"]),
+                        format!("environment variable `{var}` is not set"),
+                    );
+                    None
+                }
+            },
+        };
+        let keys = keys_text.and_then(|(text, kpath, from)| match Keyring::parse(&text) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                p.at(at(kpath), format!("keys in {from}: {e}"));
+                None
+            }
+        });
+        let d = |p: &mut Problems, v: &Option<super::file::DurationText>, def: u64, key: &str| {
+            duration_or(p, v, Duration::from_secs(def), at(path![key]))
+        };
+        let idle = d(p, &w.session_idle_timeout, 1200, "session_idle_timeout");
+        let abandon = d(p, &w.abandon_timeout, 120, "abandon_timeout");
+        let poll = d(p, &w.poll_interval, 10, "poll_interval");
+        if poll * 2 > abandon {
+            p.at(
+                at(path!["abandon_timeout"]),
+                format!("must be at least twice `poll_interval` ({poll:?}), or students lose their place between two polls"),
+            );
+        }
+        let mut room_classes = vec![ClassPolicy::Default];
+        let mut class_map = vec![0u8; classes.len()];
+        for (cname, c) in &w.classes {
+            let cat = at(path!["classes", cname.as_str()]);
+            let policy = match (c.bypass, c.share) {
+                (Some(true), None) => Some(ClassPolicy::Bypass),
+                (None | Some(false), Some(s)) if s > 0.0 && s < 1.0 => Some(ClassPolicy::Share(s)),
+                (None | Some(false), Some(s)) => {
+                    p.at(
+                        cat.clone(),
+                        format!("share {s} must be between 0 and 1 (e.g. 0.2)"),
+                    );
+                    None
+                }
+                _ => {
+                    p.at(cat.clone(), "give either `bypass: true` or `share: 0.2`");
+                    None
+                }
+            };
+            match classes.iter().position(|x| &x.name == cname) {
+                Some(i) => {
+                    if let Some(pol) = policy {
+                        room_classes.push(pol);
+                        class_map[i] = (room_classes.len() - 1) as u8;
+                    }
+                }
+                None => {
+                    let hint = crate::config::schema_check::did_you_mean(
+                        cname,
+                        classes.iter().map(|x| x.name.as_str()),
+                    )
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                    p.at_key(cat, format!("priority class `{cname}` is not defined under `priority_classes`{hint}"));
+                }
+            }
+        }
+        let total_share: f64 = room_classes
+            .iter()
+            .map(|c| {
+                if let ClassPolicy::Share(s) = c {
+                    *s
+                } else {
+                    0.0
+                }
+            })
+            .sum();
+        if total_share >= 1.0 {
+            p.at(
+                at(path!["classes"]),
+                "the shares add up to 1 or more: the default queue would never move",
+            );
+        }
+        let (opens_at, prequeue) = match &w.event {
+            None => (None, Duration::ZERO),
+            Some(ev) => {
+                let t = match humantime::parse_rfc3339_weak(&ev.opens_at)
+                    .or_else(|_| humantime::parse_rfc3339(&ev.opens_at))
+                {
+                    Ok(t) => t
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .ok()
+                        .map(|d| d.as_millis() as u64),
+                    Err(e) => {
+                        p.at(
+                            at(path!["event", "opens_at"]),
+                            format!(
+                                "`{}` is not an RFC 3339 time like `2026-03-16T07:00:00Z`: {e}",
+                                ev.opens_at
+                            ),
+                        );
+                        None
+                    }
+                };
+                let pq = duration_or(
+                    p,
+                    &ev.prequeue,
+                    Duration::from_secs(1800),
+                    at(path!["event", "prequeue"]),
+                );
+                (t, pq)
+            }
+        };
+        let mut inside = Vec::new();
+        for (k, ip) in w.inside_paths.iter().flatten().enumerate() {
+            if ip.starts_with('/') {
+                inside.push(ip.clone());
+            } else {
+                p.at(
+                    at(path!["inside_paths", k]),
+                    format!("`{ip}` must start with `/`"),
+                );
+            }
+        }
+        let ticket_rate = match Rate::parse(w.ticket_rate.as_deref().unwrap_or("60/min")) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                p.at(at(path!["ticket_rate"]), e);
+                None
+            }
+        };
+        let ticket_burst = std::num::NonZeroU32::new(w.ticket_burst.unwrap_or(120));
+        if ticket_burst.is_none() {
+            p.at(at(path!["ticket_burst"]), "must be at least 1");
+        }
+        let template = match &w.template_file {
+            None => Some(crate::pages::queue::QueueTemplate::builtin()),
+            Some(f) => {
+                let full = ctx.base_dir.join(f);
+                match std::fs::read_to_string(&full) {
+                    Ok(t) => match crate::pages::queue::QueueTemplate::compile(&t) {
+                        Ok(q) => Some(Arc::new(q)),
+                        Err(e) => {
+                            p.at(
+                                at(path!["template_file"]),
+                                format!("template `{}`: {e}", full.display()),
+                            );
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        p.at(
+                            at(path!["template_file"]),
+                            format!("cannot read `{}`: {e}", full.display()),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let end_header = match http::HeaderName::from_bytes(
+            w.end_session_header
+                .as_deref()
+                .unwrap_or("x-ecluse-end-session")
+                .as_bytes(),
+        ) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                p.at(at(path!["end_session_header"]), "is not a header name");
+                None
+            }
+        };
+        if p.list.len() > before {
+            continue;
+        }
+        let (Some(keys), Some(ticket_rate), Some(ticket_burst), Some(end_header), Some(template)) =
+            (keys, ticket_rate, ticket_burst, end_header, template)
+        else {
+            continue;
+        };
+        let params = RoomParams {
+            active_users: w.active_users,
+            new_users_per_minute: w.new_users_per_minute,
+            idle_timeout: idle,
+            abandon_timeout: abandon,
+            poll_interval: poll,
+            classes: room_classes,
+            method: match w.method.unwrap_or_default() {
+                super::file::QueueMethodFile::Fifo => Method::Fifo,
+                super::file::QueueMethodFile::Random => Method::Random,
+            },
+            opens_at,
+            prequeue,
+        };
+        let shared = ctx.registry.rooms.get(name, &params);
+        let fp = format!("{ticket_rate:?}|{ticket_burst}");
+        let ticket_limiter =
+            ctx.registry
+                .limiters
+                .get_or_new(&format!("room:{name}"), "tickets", &fp, || {
+                    KeyedLimiter::new(
+                        ticket_rate,
+                        ticket_burst,
+                        100_000,
+                        governor::clock::QuantaClock::default(),
+                    )
+                });
+        out.push(Arc::new(Room {
+            name: name.clone(),
+            cookie_name: format!("ecluse_{name}"),
+            params,
+            keys,
+            shared,
+            inside,
+            class_map,
+            ticket_limiter,
+            ticket_fingerprint: fp,
+            template,
+            brand: w.brand.clone().unwrap_or_else(|| "ENT".to_string()),
+            end_header,
+            metrics: RoomMetrics::new(name),
+        }));
+    }
+    out
+}
+
 fn key_kind_name(k: LimitKeyFile) -> &'static str {
     match k {
         LimitKeyFile::ClientIp => "client_ip",
@@ -1002,6 +1296,7 @@ fn build_routes(
     origins: &[Arc<Origin>],
     file: &FileConfig,
     classes: &[PriorityClass],
+    rooms: &[Arc<Room>],
     ctx: &BuildContext,
 ) -> Router {
     let mut built: Vec<Route> = Vec::new();
@@ -1103,6 +1398,29 @@ fn build_routes(
                 ),
             );
         }
+        let room = match &r.waiting_room {
+            None => None,
+            Some(name) => {
+                match rooms.iter().find(|x| &x.name == name) {
+                    Some(x) => Some(x.clone()),
+                    None => {
+                        if !file.waiting_rooms.contains_key(name) {
+                            let hint = crate::config::schema_check::did_you_mean(
+                                name,
+                                file.waiting_rooms.keys().map(String::as_str),
+                            )
+                            .map(|s| format!(" (did you mean `{s}`?)"))
+                            .unwrap_or_default();
+                            p.at(
+                            at(path!["waiting_room"]),
+                            format!("waiting room `{name}` is not defined under `waiting_rooms`{hint}"),
+                        );
+                        }
+                        None
+                    }
+                }
+            }
+        };
         let mut limits = Vec::new();
         let mut taken = Vec::new();
         for (k, l) in r.rate_limits.iter().enumerate() {
@@ -1124,6 +1442,7 @@ fn build_routes(
                 metrics: RouteMetrics::new(&r.name),
                 limits,
                 rate_limit_headers: r.rate_limit_headers.unwrap_or(false),
+                room: room.clone(),
             });
         }
     }

@@ -3,6 +3,8 @@
 
 use bytes::Bytes;
 
+pub mod queue;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lang {
     Fr,

@@ -89,8 +89,15 @@ impl Keyring {
                 return Err(format!("line {}: expected `KID:SECRET`", n + 1));
             };
             let id = id.trim();
-            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                return Err(format!("line {}: key id must be letters, digits, `-` or `_`", n + 1));
+            if id.is_empty()
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(format!(
+                    "line {}: key id must be letters, digits, `-` or `_`",
+                    n + 1
+                ));
             }
             let secret = secret.trim();
             if secret.len() < 32 {
@@ -238,16 +245,33 @@ mod tests {
     fn forged_altered_other_room() {
         let r = ring();
         let c = r.seal(&ticket());
-        assert_eq!(r.open(&c, "autre"), Err(TicketError::OtherRoom("ent".into())));
+        assert_eq!(
+            r.open(&c, "autre"),
+            Err(TicketError::OtherRoom("ent".into()))
+        );
         // Move oneself to the front: change the number, keep the old MAC.
         let (p, m) = c.split_once('.').expect("dot");
         let text = String::from_utf8(B64.decode(p).expect("b64")).expect("utf8");
         let forged = B64.encode(text.replace("|42|", "|1|"));
-        assert_eq!(r.open(&format!("{forged}.{m}"), "ent"), Err(TicketError::BadSignature));
+        assert_eq!(
+            r.open(&format!("{forged}.{m}"), "ent"),
+            Err(TicketError::BadSignature)
+        );
         // Signed with a key we don't know under a known id.
         let evil = Keyring::parse("k2:this-is-not-the-real-secret-0000000").expect("k");
-        assert_eq!(r.open(&evil.seal(&ticket()), "ent"), Err(TicketError::BadSignature));
-        for bad in ["", ".", "abc", "a.b.c", &"x".repeat(10_000), "djE.", "%%%.%%%"] {
+        assert_eq!(
+            r.open(&evil.seal(&ticket()), "ent"),
+            Err(TicketError::BadSignature)
+        );
+        for bad in [
+            "",
+            ".",
+            "abc",
+            "a.b.c",
+            &"x".repeat(10_000),
+            "djE.",
+            "%%%.%%%",
+        ] {
             assert!(r.open(bad, "ent").is_err(), "{bad:?}");
         }
     }
@@ -258,7 +282,10 @@ mod tests {
         assert!(Keyring::parse("k1:short").is_err());
         assert!(Keyring::parse("nocolon").is_err());
         assert!(Keyring::parse("k 1:0123456789abcdef0123456789abcdef").is_err());
-        assert!(Keyring::parse("k1:0123456789abcdef0123456789abcdef\nk1:0123456789abcdef0123456789abcdef").is_err());
+        assert!(Keyring::parse(
+            "k1:0123456789abcdef0123456789abcdef\nk1:0123456789abcdef0123456789abcdef"
+        )
+        .is_err());
     }
 
     proptest! {

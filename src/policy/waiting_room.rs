@@ -258,7 +258,8 @@ impl RoomState {
             if total > 0 {
                 self.tokens -= total as f64;
                 let deadline = now_ms + params.claim_grace().as_millis() as u64;
-                self.pending.push_back((deadline, total.min(u64::from(u32::MAX)) as u32));
+                self.pending
+                    .push_back((deadline, total.min(u64::from(u32::MAX)) as u32));
                 self.counters.admitted += total;
             }
         }
@@ -271,10 +272,33 @@ impl RoomState {
         total
     }
 
+    /// Whether a newcomer in `class` would get a ticket (rather than be let in at once):
+    /// the caller then applies the per-address ticket rate first.
+    pub fn would_queue(&self, params: &RoomParams, class: usize, now_ms: u64) -> bool {
+        let class = class.min(self.queues.len() - 1);
+        if params.classes.get(class) == Some(&ClassPolicy::Bypass) {
+            return false;
+        }
+        if !self.opened {
+            return !params
+                .opens_at
+                .is_some_and(|t| now_ms < t.saturating_sub(params.prequeue.as_millis() as u64));
+        }
+        let used = self.active() + self.pending();
+        self.paused
+            || self.queues[class].waiting() > 0
+            || used >= u64::from(params.active_users)
+            || self.tokens < 1.0
+    }
+
     /// A request without a valid ticket arrives in `class`.
     pub fn arrive(&mut self, params: &RoomParams, class: usize, now_ms: u64, draw: u32) -> Arrival {
         let class = class.min(self.queues.len() - 1);
-        let policy = params.classes.get(class).copied().unwrap_or(ClassPolicy::Default);
+        let policy = params
+            .classes
+            .get(class)
+            .copied()
+            .unwrap_or(ClassPolicy::Default);
         if policy == ClassPolicy::Bypass {
             let bucket = Self::bucket_of(params, now_ms);
             self.count_in(bucket);
@@ -282,7 +306,10 @@ impl RoomState {
             let q = &mut self.queues[class];
             q.next += 1;
             q.frontier = q.next;
-            return Arrival::Admit { number: q.next, bucket };
+            return Arrival::Admit {
+                number: q.next,
+                bucket,
+            };
         }
         if !self.opened {
             let window_opens = params
@@ -318,7 +345,10 @@ impl RoomState {
             let q = &mut self.queues[class];
             q.next += 1;
             q.frontier = q.next;
-            return Arrival::Admit { number: q.next, bucket };
+            return Arrival::Admit {
+                number: q.next,
+                bucket,
+            };
         }
         let q = &mut self.queues[class];
         q.next += 1;
@@ -341,7 +371,13 @@ impl RoomState {
     }
 
     /// A waiting ticket polls (or reloads the page).
-    pub fn poll(&mut self, params: &RoomParams, class: usize, number: u64, now_ms: u64) -> Standing {
+    pub fn poll(
+        &mut self,
+        params: &RoomParams,
+        class: usize,
+        number: u64,
+        now_ms: u64,
+    ) -> Standing {
         let class = class.min(self.queues.len() - 1);
         let Some(n) = self.effective_number(class, number) else {
             return Standing::Waiting { position: None };
@@ -470,7 +506,10 @@ mod tests {
         r.end(&p, 0, 0);
         assert_eq!(r.arrive(&p, 0, 0, 0), Arrival::Queue { number: 12 });
         assert_eq!(r.tick(&p, 1000), 1);
-        assert_eq!(r.poll(&p, 0, 12, 1000), Standing::Waiting { position: Some(1) });
+        assert_eq!(
+            r.poll(&p, 0, 12, 1000),
+            Standing::Waiting { position: Some(1) }
+        );
         assert!(matches!(r.poll(&p, 0, 11, 1000), Standing::Admitted { .. }));
     }
 
@@ -489,7 +528,10 @@ mod tests {
         let after = 1000 + p.claim_grace().as_millis() as u64;
         assert_eq!(r.tick(&p, after), 1);
         assert_eq!(r.counters.abandoned, 1);
-        assert!(matches!(r.poll(&p, 0, 3, after + 10), Standing::Admitted { .. }));
+        assert!(matches!(
+            r.poll(&p, 0, 3, after + 10),
+            Standing::Admitted { .. }
+        ));
     }
 
     #[test]
@@ -511,7 +553,11 @@ mod tests {
         p.opens_at = Some(100_000);
         p.prequeue = Duration::from_secs(60);
         let mut r = RoomState::new(&p, 0);
-        assert_eq!(r.arrive(&p, 0, 10_000, 7), Arrival::Closed, "before the pre-queue window");
+        assert_eq!(
+            r.arrive(&p, 0, 10_000, 7),
+            Arrival::Closed,
+            "before the pre-queue window"
+        );
         let draws = [u32::MAX, 0, u32::MAX / 2];
         let tickets: Vec<u64> = draws
             .iter()
@@ -520,7 +566,10 @@ mod tests {
                 other => panic!("{other:?}"),
             })
             .collect();
-        assert_eq!(r.poll(&p, 0, tickets[0], 60_000), Standing::Waiting { position: None });
+        assert_eq!(
+            r.poll(&p, 0, tickets[0], 60_000),
+            Standing::Waiting { position: None }
+        );
         assert_eq!(r.tick(&p, 99_000), 0, "closed until the opening");
         r.tick(&p, 100_000);
         // Shuffled by draw: 0 → first, MAX/2 → second, MAX → third.
@@ -536,14 +585,21 @@ mod tests {
     #[test]
     fn shares_and_bypass() {
         let mut p = params(1000, 600);
-        p.classes = vec![ClassPolicy::Default, ClassPolicy::Share(0.5), ClassPolicy::Bypass];
+        p.classes = vec![
+            ClassPolicy::Default,
+            ClassPolicy::Share(0.5),
+            ClassPolicy::Bypass,
+        ];
         let mut r = RoomState::new(&p, 0);
         r.paused = true;
         for _ in 0..100 {
             r.arrive(&p, 0, 0, 0);
             r.arrive(&p, 1, 0, 0);
         }
-        assert!(matches!(r.arrive(&p, 2, 0, 0), Arrival::Admit { .. }), "bypass even when paused");
+        assert!(
+            matches!(r.arrive(&p, 2, 0, 0), Arrival::Admit { .. }),
+            "bypass even when paused"
+        );
         r.paused = false;
         r.tokens = 0.0;
         // 10 tokens per second at 600/min: half reserved for class 1.

@@ -33,10 +33,14 @@ use crate::access_log::{rfc3339, Entry};
 use crate::app::App;
 use crate::config::runtime::{LimitKey, Origin, Route, RouteLimit};
 use crate::config::Config;
+use crate::pages::queue;
 use crate::pages::{self, Problem};
 use crate::policy::classes::{classify, cookie, RequestFacts};
 use crate::policy::rate_limit::{aggregate_ip, Verdict};
 use crate::policy::route::host_without_port;
+use crate::policy::ticket::{Ticket, TicketError, TicketState};
+use crate::policy::waiting_room::{Arrival, Standing};
+use crate::rooms::{now_ms, Room};
 use crate::upstream::{self, InflightGuard, OriginPermit};
 
 pub struct EcluseProxy {
@@ -75,6 +79,13 @@ pub struct Ctx {
     rl_headers: Option<(String, String)>,
     /// The rate-limit result for the log: `limited`, `dry_run_limited`, or none.
     rl_result: Option<&'static str>,
+    /// A waiting-room cookie to set on the response.
+    set_cookie: Option<String>,
+    /// The admitted session this request belongs to (room, activity bucket), so the
+    /// origin can end it with a response header.
+    room_session: Option<(Arc<Room>, u64, Ticket)>,
+    /// What the waiting room did, for the log: `inside`, `admitted`, `direct`, `queued`.
+    room_decision: Option<&'static str>,
 }
 
 impl Ctx {
@@ -315,6 +326,399 @@ impl EcluseProxy {
     }
 }
 
+/// The JSON status URL polled by the queue page.
+pub const STATUS_PATH: &str = "/.ecluse/queue/status";
+
+fn cookie_header(room: &Room, value: &str, secure: bool) -> String {
+    format!(
+        "{}={value}; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax{}",
+        room.cookie_name,
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+impl EcluseProxy {
+    fn secure(&self, session: &Session, ctx: &Ctx) -> bool {
+        if self.tls {
+            return true;
+        }
+        let trusted = match (ctx.peer_ip, ctx.config.as_ref()) {
+            (Some(ip), Some(c)) => c.server.is_trusted(ip),
+            _ => false,
+        };
+        trusted
+            && header(session.req_header(), "x-forwarded-proto")
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"https"))
+    }
+
+    /// Queue or admit a request on a route guarded by `room`. Returns true when the
+    /// request was answered here (queue page or status).
+    async fn waiting_room(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        room: &Arc<Room>,
+    ) -> Result<bool> {
+        if !room.is_inside(session.req_header().uri.path()) {
+            return Ok(false);
+        }
+        let now = now_ms();
+        let now_s = now / 1000;
+        let params = room.effective();
+        let secure = self.secure(session, ctx);
+        let ticket = match cookie(&session.req_header().headers, &room.cookie_name) {
+            None => None,
+            Some(v) => match room.keys.open(v, &room.name) {
+                Ok(t) => Some(t),
+                Err(TicketError::OtherRoom(_)) => {
+                    room.metrics.rejected_other_room.inc();
+                    None
+                }
+                Err(_) => {
+                    room.metrics.rejected_forged.inc();
+                    None
+                }
+            },
+        };
+        if let Some(t) = ticket {
+            match t.state {
+                TicketState::Admitted
+                    if now_s.saturating_sub(t.seen) <= params.idle_timeout.as_secs() =>
+                {
+                    let bucket = room.shared.lock().touch(&params, t.bucket, now);
+                    let t2 = Ticket {
+                        seen: if bucket != t.bucket { now_s } else { t.seen },
+                        bucket,
+                        ..t
+                    };
+                    if bucket != t.bucket {
+                        ctx.set_cookie = Some(cookie_header(room, &room.keys.seal(&t2), secure));
+                    }
+                    ctx.room_session = Some((room.clone(), bucket, t2));
+                    ctx.room_decision = Some("inside");
+                    return Ok(false);
+                }
+                TicketState::Waiting
+                    if now_s.saturating_sub(t.seen) <= params.abandon_timeout.as_secs() =>
+                {
+                    let standing =
+                        room.shared
+                            .lock()
+                            .poll(&params, usize::from(t.class), t.number, now);
+                    match standing {
+                        Standing::Admitted { bucket } => {
+                            let t2 = Ticket {
+                                state: TicketState::Admitted,
+                                seen: now_s,
+                                bucket,
+                                ..t
+                            };
+                            ctx.set_cookie =
+                                Some(cookie_header(room, &room.keys.seal(&t2), secure));
+                            ctx.room_session = Some((room.clone(), bucket, t2));
+                            ctx.room_decision = Some("admitted");
+                            return Ok(false);
+                        }
+                        Standing::Waiting { position } => {
+                            let t2 = Ticket { seen: now_s, ..t };
+                            let c = cookie_header(room, &room.keys.seal(&t2), secure);
+                            ctx.room_decision = Some("queued");
+                            self.respond_queue(session, ctx, room, "waiting", position, Some(c))
+                                .await?;
+                            return Ok(true);
+                        }
+                    }
+                }
+                _ => room.metrics.rejected_expired.inc(),
+            }
+        }
+        // A newcomer (or a ticket that was refused): admit at once or hand out a place.
+        let class = self
+            .class_of(session, ctx)
+            .and_then(|c| room.class_map.get(c).copied())
+            .unwrap_or(0);
+        let would_queue = room
+            .shared
+            .lock()
+            .would_queue(&params, usize::from(class), now);
+        if would_queue {
+            // Bots that drop cookies get a new ticket on every request: cap the tickets
+            // handed to one address (NAT-friendly default), without one the page
+            // just reloads until a place can be given.
+            let agg = ctx
+                .client_ip
+                .map(|ip| aggregate_ip(ip, 32, 64))
+                .unwrap_or([0u8; 17]);
+            let key = room.ticket_limiter.key_hash_tagged(b't', &agg);
+            if !room.ticket_limiter.check(key, 1.0).allowed {
+                ctx.room_decision = Some("ticket_refused");
+                self.respond_queue(session, ctx, room, "waiting", None, None)
+                    .await?;
+                return Ok(true);
+            }
+        }
+        let draw: u32 = rand::random();
+        let arrival = room
+            .shared
+            .lock()
+            .arrive(&params, usize::from(class), now, draw);
+        match arrival {
+            Arrival::Admit { number, bucket } => {
+                let t = Ticket {
+                    room: room.name.clone(),
+                    class,
+                    state: TicketState::Admitted,
+                    number,
+                    issued: now_s,
+                    seen: now_s,
+                    bucket,
+                };
+                ctx.set_cookie = Some(cookie_header(room, &room.keys.seal(&t), secure));
+                ctx.room_session = Some((room.clone(), bucket, t));
+                ctx.room_decision = Some("direct");
+                Ok(false)
+            }
+            Arrival::Queue { number } => {
+                let t = Ticket {
+                    room: room.name.clone(),
+                    class,
+                    state: TicketState::Waiting,
+                    number,
+                    issued: now_s,
+                    seen: now_s,
+                    bucket: 0,
+                };
+                let position = {
+                    let s = room.shared.lock();
+                    s.effective_number(usize::from(class), number).map(|n| {
+                        n.saturating_sub(
+                            s.queues
+                                .get(usize::from(class))
+                                .map(|q| q.frontier)
+                                .unwrap_or(0),
+                        )
+                        .max(1)
+                    })
+                };
+                let c = cookie_header(room, &room.keys.seal(&t), secure);
+                ctx.room_decision = Some("queued");
+                self.respond_queue(session, ctx, room, "waiting", position, Some(c))
+                    .await?;
+                Ok(true)
+            }
+            Arrival::Closed => {
+                ctx.room_decision = Some("closed");
+                self.respond_queue(session, ctx, room, "waiting", None, None)
+                    .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// The status of this client's ticket, as JSON (polled by the queue page).
+    async fn queue_status(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        config: &Config,
+    ) -> Result<()> {
+        let q = session.req_header().uri.query().unwrap_or("");
+        let name = q
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("room="))
+            .unwrap_or("");
+        let Some(room) = config.rooms.iter().find(|r| r.name == name).cloned() else {
+            self.respond_problem(session, ctx, Problem::NoRoute, None, &[])
+                .await?;
+            return Ok(());
+        };
+        let now = now_ms();
+        let now_s = now / 1000;
+        let params = room.effective();
+        let secure = self.secure(session, ctx);
+        let ticket = cookie(&session.req_header().headers, &room.cookie_name)
+            .and_then(|v| room.keys.open(v, &room.name).ok());
+        let (state, position, set) = match ticket {
+            Some(t)
+                if t.state == TicketState::Admitted
+                    && now_s.saturating_sub(t.seen) <= params.idle_timeout.as_secs() =>
+            {
+                ("admitted", None, None)
+            }
+            Some(t)
+                if t.state == TicketState::Waiting
+                    && now_s.saturating_sub(t.seen) <= params.abandon_timeout.as_secs() =>
+            {
+                let standing =
+                    room.shared
+                        .lock()
+                        .poll(&params, usize::from(t.class), t.number, now);
+                match standing {
+                    Standing::Admitted { bucket } => {
+                        let t2 = Ticket {
+                            state: TicketState::Admitted,
+                            seen: now_s,
+                            bucket,
+                            ..t
+                        };
+                        (
+                            "admitted",
+                            None,
+                            Some(cookie_header(&room, &room.keys.seal(&t2), secure)),
+                        )
+                    }
+                    Standing::Waiting { position } => {
+                        let t2 = Ticket { seen: now_s, ..t };
+                        (
+                            "waiting",
+                            position,
+                            Some(cookie_header(&room, &room.keys.seal(&t2), secure)),
+                        )
+                    }
+                }
+            }
+            _ => ("lost", None, None),
+        };
+        ctx.room_decision = Some("status");
+        let mut json_ctx = ctx;
+        self.respond_queue_json(session, &mut json_ctx, &room, state, position, set)
+            .await
+    }
+
+    fn status_of(
+        &self,
+        req: &RequestHeader,
+        room: &Room,
+        state: &'static str,
+        position: Option<u64>,
+    ) -> (pages::Lang, queue::Status<'static>, u64) {
+        let lang = pages::negotiate_lang(header(req, "accept-language"));
+        let params = room.effective();
+        let s = room.shared.lock();
+        let eta = position.and_then(|p| s.eta(p));
+        let paused = s.paused;
+        drop(s);
+        // ±20% jitter so that a crowd that arrived together does not poll together.
+        let base = params.poll_interval.as_millis() as u64;
+        let jitter = (base / 5).max(1);
+        let poll_after = base - jitter + rand::random::<u64>() % (2 * jitter);
+        let opens_at = params
+            .opens_at
+            .filter(|t| *t > now_ms())
+            .map(|t| queue::clock_text(t));
+        let status = queue::Status {
+            room: "",
+            state,
+            position,
+            position_text: queue::position_text(lang, position),
+            eta_seconds: eta.map(|d| d.as_secs()),
+            eta_text: queue::eta_text(lang, eta),
+            updated_at: queue::clock_text(now_ms()),
+            poll_after_ms: poll_after,
+            paused,
+            opens_at,
+        };
+        (lang, status, base)
+    }
+
+    async fn respond_queue_json(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        room: &Room,
+        state: &'static str,
+        position: Option<u64>,
+        set_cookie: Option<String>,
+    ) -> Result<()> {
+        let (_, mut status, _) = self.status_of(session.req_header(), room, state, position);
+        status.room = "";
+        let mut v = serde_json::to_value(&status).unwrap_or_default();
+        v["room"] = serde_json::Value::String(room.name.clone());
+        let body = Bytes::from(v.to_string());
+        self.respond_raw(session, ctx, 200, "application/json", body, set_cookie)
+            .await
+    }
+
+    async fn respond_queue(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        room: &Room,
+        state: &'static str,
+        position: Option<u64>,
+        set_cookie: Option<String>,
+    ) -> Result<()> {
+        if pages::wants_json(header(session.req_header(), "accept")) {
+            return self
+                .respond_queue_json(session, ctx, room, state, position, set_cookie)
+                .await;
+        }
+        let (lang, status, poll_ms) = self.status_of(session.req_header(), room, state, position);
+        let view = queue::QueueView {
+            lang,
+            position,
+            position_text: status.position_text,
+            eta_text: status.eta_text,
+            updated_at: status.updated_at,
+            poll_ms,
+            refresh_s: (poll_ms / 1000).max(5),
+            status_url: format!("{STATUS_PATH}?room={}", room.name),
+            room: room.name.clone(),
+            paused: status.paused,
+            opens_at: status.opens_at.unwrap_or_default(),
+            brand: room.brand.clone(),
+        };
+        let body = match room.template.render(&view) {
+            Ok(html) => Bytes::from(html),
+            Err(e) => {
+                log::error!(
+                    "room {}: queue template failed: {e}; using the built-in page",
+                    room.name
+                );
+                Bytes::from(
+                    queue::QueueTemplate::builtin()
+                        .render(&view)
+                        .unwrap_or_default(),
+                )
+            }
+        };
+        self.respond_raw(
+            session,
+            ctx,
+            200,
+            "text/html; charset=utf-8",
+            body,
+            set_cookie,
+        )
+        .await
+    }
+
+    /// A 200 made by ecluse (queue pages): never cached, never kept by intermediaries.
+    async fn respond_raw(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        content_type: &'static str,
+        body: Bytes,
+        set_cookie: Option<String>,
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(status, Some(5))?;
+        resp.insert_header("content-type", content_type)?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("cache-control", "no-store")?;
+        if let Some(c) = set_cookie {
+            resp.insert_header("set-cookie", c)?;
+        }
+        if ctx.has_body {
+            session.set_keepalive(None);
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for EcluseProxy {
     type CTX = Ctx;
@@ -339,6 +743,9 @@ impl ProxyHttp for EcluseProxy {
             class: None,
             rl_headers: None,
             rl_result: None,
+            set_cookie: None,
+            room_session: None,
+            room_decision: None,
         }
     }
 
@@ -353,6 +760,13 @@ impl ProxyHttp for EcluseProxy {
             header(session.req_header(), "x-forwarded-for"),
         );
         ctx.has_body = request_has_body(session);
+
+        // The queue page's status URL belongs to ecluse, whatever the routes say.
+        if session.req_header().uri.path() == STATUS_PATH {
+            ctx.config = Some(config.clone());
+            self.queue_status(session, ctx, &config).await?;
+            return Ok(true);
+        }
 
         // 1. Route.
         let route = {
@@ -383,6 +797,13 @@ impl ProxyHttp for EcluseProxy {
         // 2. Rate limits: cheapest rejection first, before any origin slot is taken.
         if !route.limits.is_empty() && self.rate_limit(session, ctx, &route).await? {
             return Ok(true);
+        }
+
+        // 4. Waiting room: a request without a valid admission is queued.
+        if let Some(room) = route.room.clone() {
+            if self.waiting_room(session, ctx, &room).await? {
+                return Ok(true);
+            }
         }
 
         // 6. Origin hard limit: refuse fast rather than queue on a saturated ENT. The body
@@ -479,6 +900,21 @@ impl ProxyHttp for EcluseProxy {
         if let Some((policy, limit)) = ctx.rl_headers.take() {
             upstream_response.insert_header("ratelimit-policy", policy)?;
             upstream_response.insert_header("ratelimit", limit)?;
+        }
+        // The origin ends the session (logout): free its place and drop the cookie.
+        if let Some((room, bucket, _)) = &ctx.room_session {
+            if upstream_response.headers.contains_key(&room.end_header) {
+                upstream_response.remove_header(&room.end_header);
+                let params = room.effective();
+                room.shared.lock().end(&params, *bucket, now_ms());
+                ctx.set_cookie = Some(format!(
+                    "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax",
+                    room.cookie_name
+                ));
+            }
+        }
+        if let Some(c) = ctx.set_cookie.take() {
+            upstream_response.append_header("set-cookie", c)?;
         }
         Ok(())
     }
@@ -706,6 +1142,7 @@ impl ProxyHttp for EcluseProxy {
                 attempts: ctx.attempts,
                 decision: ctx.decision,
                 rate_limit: ctx.rl_result,
+                queue: ctx.room_decision,
                 error: e.map(|e| e.to_string()),
             };
             self.app.access_log.log(&entry);

@@ -1,0 +1,353 @@
+#!/usr/bin/env bash
+# bench/proxy.sh: the same origin reached three ways, measured in one run.
+#
+#   origin : nginx, `return 200` with a 1 KB body, 1 worker          (cpu $ORIGIN_CPU)
+#   direct : load generator -> origin
+#   nginx  : load generator -> nginx (proxy_pass, upstream keepalive 64,
+#            HTTP/1.1, 1 worker, access_log off)  -> origin           (cpu $PROXY_CPU)
+#   ecluse : load generator -> ecluse (server.threads: 1, access_log disabled,
+#            default health checks, one origin, one route) -> origin   (cpu $PROXY_CPU)
+#
+# Pinning (taskset). This machine has 2 cores: every server (origin, nginx proxy, ecluse)
+# runs on cpu 1 and the load generator on cpu 0. On a bigger machine set e.g.
+# ORIGIN_CPU=2 PROXY_CPU=1 LOAD_CPU=0. The two proxies are pinned to the same core, so the
+# comparison is "one core of proxy" against "one core of proxy".
+#
+# Tools: wrk (closed loop, max throughput: -t1 -c$CONNS, warm-up run first) gives req/s;
+# oha at fixed rates ($RATES req/s, --latency-correction, so no coordinated omission)
+# gives p50/p99. Each target is measured $ROUNDS times, interleaved (direct, nginx,
+# ecluse, direct, …) so drift hits all three alike; the table shows the median.
+# Raw outputs go to bench/out/<timestamp>/.
+#
+# Knobs (environment): DURATION=10s CONNS=50 RATES="2000 5000" ROUNDS=3 WARMUP=3s
+#   OHA_CONNS=50 ORIGIN_CPU=1 PROXY_CPU=1 LOAD_CPU=0 ECLUSE_BIN=target/release/ecluse
+#   NO_BUILD=1 (use ECLUSE_BIN as is).
+# Needs: nginx, wrk, taskset (installed through scripts/need.sh), oha (cargo install).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-3s}
+CONNS=${CONNS:-50}
+OHA_CONNS=${OHA_CONNS:-50}
+RATES=${RATES:-"2000 5000"}
+ROUNDS=${ROUNDS:-3}
+ORIGIN_CPU=${ORIGIN_CPU:-1}
+PROXY_CPU=${PROXY_CPU:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+ECLUSE_BIN=${ECLUSE_BIN:-target/release/ecluse}
+
+log() { printf '== %s\n' "$*" >&2; }
+die() { printf 'bench/proxy.sh: %s\n' "$*" >&2; exit 1; }
+
+scripts/need.sh nginx wrk taskset python3 curl
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+if ! command -v oha >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/oha" ]; then
+    PATH="$HOME/.cargo/bin:$PATH"
+  else
+    log "oha (fixed-rate load generator) is missing: installing it with"
+    log "'cargo install oha --locked'. This compiles it from source and takes a few minutes."
+    cargo install oha --locked
+    PATH="$HOME/.cargo/bin:$PATH"
+  fi
+fi
+
+if [ -z "${NO_BUILD:-}" ]; then
+  log "cargo build --release --bin ecluse"
+  cargo build --release --bin ecluse
+fi
+[ -x "$ECLUSE_BIN" ] || die "no ecluse binary at $ECLUSE_BIN"
+
+STAMP=$(date +%Y%m%d-%H%M%S)
+OUT="$ROOT/bench/out/$STAMP"
+mkdir -p "$OUT"
+TMP=$(mktemp -d /tmp/ecluse-bench.XXXXXX)
+
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do
+    kill -INT "$p" 2>/dev/null || true
+  done
+  for p in "${PIDS[@]}"; do
+    # Give each a moment, then insist.
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Poll URL until it answers 200, or fail after 20 s.
+wait_200() {
+  local url=$1 deadline=$((SECONDS + 20))
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' "$url" || true)" = 200 ]; do
+    [ $SECONDS -lt $deadline ] || die "$url never answered 200"
+    sleep 0.1
+  done
+}
+
+ORIGIN_PORT=$(free_port)
+NGINX_PORT=$(free_port)
+STATUS_PORT=$(free_port)
+BODY=$(head -c 1024 /dev/zero | tr '\0' 'x')
+
+# Common nginx preamble: everything in $TMP, nothing in /var.
+nginx_common() {
+  local name=$1
+  cat <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+pid $TMP/$name.pid;
+error_log $TMP/$name-error.log warn;
+events { worker_connections 8192; multi_accept on; }
+http {
+  access_log off;
+  client_body_temp_path $TMP/$name-body;
+  proxy_temp_path $TMP/$name-proxy;
+  fastcgi_temp_path $TMP/$name-fastcgi;
+  uwsgi_temp_path $TMP/$name-uwsgi;
+  scgi_temp_path $TMP/$name-scgi;
+  # Neither side closes a busy keep-alive connection every 1000 requests (the default),
+  # so connection reuse is the proxies' doing, not the origin's.
+  keepalive_requests 100000000;
+  keepalive_timeout 75s;
+EOF
+}
+
+{
+  nginx_common origin
+  cat <<EOF
+  server {
+    listen 127.0.0.1:$ORIGIN_PORT backlog=4096;
+    location / { default_type text/plain; return 200 "$BODY"; }
+  }
+  # Connection counter, so we can see whether the proxies reuse upstream connections.
+  server {
+    listen 127.0.0.1:$STATUS_PORT;
+    location / { stub_status; }
+  }
+}
+EOF
+} >"$TMP/origin.conf"
+
+{
+  nginx_common nginx
+  cat <<EOF
+  upstream origin {
+    server 127.0.0.1:$ORIGIN_PORT;
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT backlog=4096;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      # ecluse sets these two; make nginx do the same work.
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }
+}
+EOF
+} >"$TMP/nginx.conf"
+
+cat >"$TMP/ecluse.yaml" <<EOF
+listen: ["127.0.0.1:0"]
+admin: { listen: "127.0.0.1:0" }
+server: { threads: 1, watch_config: false }
+access_log: { enabled: false }
+origins:
+  origin: { servers: ["127.0.0.1:$ORIGIN_PORT"] }
+routes:
+  - { name: all, origin: origin }
+EOF
+cp "$TMP"/origin.conf "$TMP"/nginx.conf "$TMP"/ecluse.yaml "$OUT/"
+
+log "origin nginx on 127.0.0.1:$ORIGIN_PORT (cpu $ORIGIN_CPU)"
+taskset -c "$ORIGIN_CPU" "$NGINX" -p "$TMP" -e "$TMP/origin-error.log" -c "$TMP/origin.conf" \
+  >"$OUT/origin.stdout" 2>&1 &
+PIDS+=($!)
+log "proxy nginx on 127.0.0.1:$NGINX_PORT (cpu $PROXY_CPU)"
+taskset -c "$PROXY_CPU" "$NGINX" -p "$TMP" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" \
+  >"$OUT/nginx.stdout" 2>&1 &
+PIDS+=($!)
+
+log "ecluse $("$ECLUSE_BIN" --version 2>/dev/null || true) (cpu $PROXY_CPU)"
+RUST_LOG=${RUST_LOG:-warn} taskset -c "$PROXY_CPU" "$ECLUSE_BIN" run --config "$TMP/ecluse.yaml" \
+  >"$OUT/ecluse.stdout" 2>"$OUT/ecluse.stderr" &
+ECLUSE_PID=$!
+PIDS+=($ECLUSE_PID)
+
+deadline=$((SECONDS + 20))
+until grep -q '^listening admin ' "$OUT/ecluse.stdout" 2>/dev/null; do
+  kill -0 "$ECLUSE_PID" 2>/dev/null || { cat "$OUT/ecluse.stderr" >&2; die "ecluse exited"; }
+  [ $SECONDS -lt $deadline ] || die "ecluse printed no listening lines"
+  sleep 0.1
+done
+ECLUSE_URL=$(sed -n 's/^listening proxy \(http:[^ ]*\)$/\1/p' "$OUT/ecluse.stdout" | head -1)
+ADMIN_URL=$(sed -n 's/^listening admin \(http:[^ ]*\)$/\1/p' "$OUT/ecluse.stdout" | head -1)
+[ -n "$ECLUSE_URL" ] && [ -n "$ADMIN_URL" ] || die "cannot read ecluse addresses"
+
+declare -A URL=(
+  [direct]="http://127.0.0.1:$ORIGIN_PORT/"
+  [nginx]="http://127.0.0.1:$NGINX_PORT/"
+  [ecluse]="$ECLUSE_URL"
+)
+TARGETS=(direct nginx ecluse)
+wait_200 "${URL[direct]}"
+wait_200 "${URL[nginx]}"
+wait_200 "${ADMIN_URL}readyz"
+wait_200 "${URL[ecluse]}"
+log "ecluse proxy $ECLUSE_URL admin $ADMIN_URL: ready"
+
+origin_accepts() {
+  curl -s "http://127.0.0.1:$STATUS_PORT/" | awk 'NR==3 {print $1}'
+}
+
+run_wrk() { # target round
+  local t=$1 r=$2 a0 a1
+  a0=$(origin_accepts)
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${URL[$t]}" \
+    >"$OUT/wrk-$t-$r.txt" 2>&1
+  a1=$(origin_accepts)
+  # -1: the stub_status request itself.
+  echo "$((a1 - a0 - 1))" >"$OUT/origin-conns-$t-$r.txt"
+}
+
+log "warm-up: wrk $WARMUP on each target"
+for t in "${TARGETS[@]}"; do
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$WARMUP" "${URL[$t]}" >"$OUT/warmup-$t.txt" 2>&1
+done
+
+for r in $(seq "$ROUNDS"); do
+  for t in "${TARGETS[@]}"; do
+    log "round $r/$ROUNDS: wrk -t1 -c$CONNS -d$DURATION $t"
+    run_wrk "$t" "$r"
+  done
+done
+for q in $RATES; do
+  for r in $(seq "$ROUNDS"); do
+    for t in "${TARGETS[@]}"; do
+      log "round $r/$ROUNDS: oha -q $q -c $OHA_CONNS -z $DURATION $t"
+      taskset -c "$LOAD_CPU" oha --no-tui --latency-correction \
+        -q "$q" -c "$OHA_CONNS" -z "$DURATION" --output-format json "${URL[$t]}" \
+        >"$OUT/oha-$t-$q-$r.json" 2>"$OUT/oha-$t-$q-$r.err" || true
+    done
+  done
+done
+
+cp "$TMP"/*-error.log "$OUT/" 2>/dev/null || true
+
+python3 - "$OUT" "$ROUNDS" "$RATES" "$CONNS" "$DURATION" "$OHA_CONNS" <<'PY' | tee "$OUT/table.txt"
+import json, re, statistics, sys, os
+out, rounds, rates, conns, dur, oha_conns = sys.argv[1:]
+rounds = int(rounds); rates = rates.split()
+targets = ["direct", "nginx", "ecluse"]
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+def wrk(t, r):
+    try:
+        s = open(f"{out}/wrk-{t}-{r}.txt").read()
+    except OSError:
+        return None, None
+    m = re.search(r"Requests/sec:\s+([\d.]+)", s)
+    errs = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", s)
+    sock = re.search(r"Socket errors:.*", s)
+    return (float(m.group(1)) if m else None), (errs.group(1) if errs else None) or (sock.group(0) if sock else None)
+
+def oha(t, q, r):
+    try:
+        j = json.load(open(f"{out}/oha-{t}-{q}-{r}.json"))
+    except (OSError, ValueError):
+        return None, None, None, None
+    lp = j.get("latencyPercentiles", {})
+    s = j.get("summary", {})
+    codes = j.get("statusCodeDistribution", {})
+    bad = sum(v for k, v in codes.items() if k != "200") + sum(j.get("errorDistribution", {}).values())
+    ms = lambda v: v * 1000 if v is not None else None
+    return s.get("requestsPerSec"), ms(lp.get("p50")), ms(lp.get("p99")), bad
+
+rps = {t: med([wrk(t, r)[0] for r in range(1, rounds + 1)]) for t in targets}
+rps_all = {t: [wrk(t, r)[0] for r in range(1, rounds + 1)] for t in targets}
+notes = {t: [wrk(t, r)[1] for r in range(1, rounds + 1) if wrk(t, r)[1]] for t in targets}
+conns_open = {}
+for t in targets:
+    v = []
+    for r in range(1, rounds + 1):
+        try: v.append(int(open(f"{out}/origin-conns-{t}-{r}.txt").read()))
+        except (OSError, ValueError): pass
+    conns_open[t] = med(v)
+lat = {}
+for q in rates:
+    for t in targets:
+        rs = [oha(t, q, r) for r in range(1, rounds + 1)]
+        lat[(t, q)] = (med([x[0] for x in rs]), med([x[1] for x in rs]), med([x[2] for x in rs]),
+                       sum(x[3] or 0 for x in rs))
+
+def f(v, fmt="{:.0f}"):
+    return "-" if v is None else fmt.format(v)
+
+print()
+print(f"ecluse bench: origin nginx `return 200` 1 KB body; median of {rounds} rounds")
+print(f"throughput: wrk -t1 -c{conns} -d{dur}; latency: oha -c{oha_conns} -z{dur} fixed rate, --latency-correction")
+print("nginx proxy and ecluse both have their access log OFF; both pinned to the same core")
+print()
+hdr = f"{'':8} {'req/s':>9}"
+for q in rates:
+    hdr += f" {'p50@'+q:>10} {'p99@'+q:>10}"
+hdr += f" {'origin conns':>13}"
+print(hdr + "   (latencies in ms; origin conns = new origin connections during the wrk run)")
+for t in targets:
+    line = f"{t:8} {f(rps[t]):>9}"
+    for q in rates:
+        _, p50, p99, bad = lat[(t, q)]
+        line += f" {f(p50, '{:.3f}'):>10} {f(p99, '{:.3f}'):>10}"
+    line += f" {f(conns_open[t]):>13}"
+    print(line)
+print()
+def ratio(a, b):
+    return None if a is None or b in (None, 0) else a / b
+print("ratios                        req/s" + "".join(f"   p99@{q:<6}" for q in rates))
+for name, a, b in [("ecluse / nginx", "ecluse", "nginx"),
+                   ("ecluse / direct", "ecluse", "direct"),
+                   ("nginx  / direct", "nginx", "direct")]:
+    line = f"{name:28} {f(ratio(rps[a], rps[b]), '{:.2f}x'):>6}"
+    for q in rates:
+        line += f"   {f(ratio(lat[(a, q)][2], lat[(b, q)][2]), '{:.2f}x'):>9}"
+    print(line)
+print()
+print("per-round wrk req/s: " + "; ".join(
+    f"{t} " + " ".join(f(v) for v in rps_all[t]) for t in targets))
+for q in rates:
+    for t in targets:
+        achieved, _, _, bad = lat[(t, q)]
+        if achieved is not None and achieved < 0.95 * float(q):
+            print(f"warning: {t} reached only {achieved:.0f} req/s of the {q} asked: its latencies are queueing")
+        if bad:
+            print(f"warning: {t} @ {q} req/s: {bad} non-200 responses or errors")
+for t in targets:
+    if notes[t]:
+        print(f"warning: wrk {t}: {'; '.join(notes[t])}")
+verdict_rps = ratio(rps["ecluse"], rps["nginx"])
+verdict_p99 = [ratio(lat[("ecluse", q)][2], lat[("nginx", q)][2]) for q in rates]
+ok = verdict_rps is not None and verdict_rps >= 1.0 and all(v is not None and v <= 1.0 for v in verdict_p99)
+print(f"target (ecluse >= 1.0x nginx req/s and p99 <= nginx): {'MET' if ok else 'NOT MET'}")
+print(f"raw outputs: {os.path.relpath(out)}")
+PY
+
+log "stopping ecluse (SIGINT)"
+kill -INT "$ECLUSE_PID" 2>/dev/null || true

@@ -1,0 +1,276 @@
+//! Waiting rooms at run time: the state that outlives configs (one `RoomState` per room
+//! name, behind a mutex), the keys and settings of the running config, snapshots to disk,
+//! and the metrics. The decisions themselves are in `policy::waiting_room`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus::{IntCounter, IntGauge};
+
+use crate::policy::rate_limit::KeyedLimiter;
+use crate::policy::ticket::Keyring;
+use crate::policy::waiting_room::{RoomParams, RoomState};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Ops overrides from the admin API, cleared by the next successful reload.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides {
+    pub active_users: Option<u32>,
+    pub new_users_per_minute: Option<u32>,
+}
+
+/// A room's state, shared by every config that names the room.
+pub struct RoomShared {
+    pub name: String,
+    state: Mutex<RoomState>,
+    pub overrides: Mutex<Overrides>,
+    /// Counter values already exported (counters are derived from the state's totals).
+    exported: Mutex<[u64; 4]>,
+}
+
+impl RoomShared {
+    pub fn lock(&self) -> MutexGuard<'_, RoomState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Default)]
+pub struct RoomRegistry {
+    rooms: Mutex<HashMap<String, Arc<RoomShared>>>,
+    /// Where snapshots are read from at first use (set once, before the first load).
+    state_dir: Mutex<Option<PathBuf>>,
+}
+
+fn snapshot_path(dir: &Path, room: &str) -> PathBuf {
+    dir.join(format!("room-{room}.json"))
+}
+
+impl RoomRegistry {
+    pub fn set_state_dir(&self, dir: PathBuf) {
+        *self.state_dir.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir);
+    }
+
+    /// The room's shared state; created (from a snapshot when one exists) on first use.
+    pub fn get(&self, name: &str, params: &RoomParams) -> Arc<RoomShared> {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = rooms.get(name) {
+            r.lock().resize(params);
+            return r.clone();
+        }
+        let dir = self
+            .state_dir
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let restored = dir.as_ref().and_then(|d| {
+            let p = snapshot_path(d, name);
+            let text = std::fs::read_to_string(&p).ok()?;
+            match serde_json::from_str::<RoomState>(&text) {
+                Ok(mut s) => {
+                    s.resize(params);
+                    log::info!(
+                        "room {name}: restored from {} ({} waiting, {} active)",
+                        p.display(),
+                        s.waiting(),
+                        s.active()
+                    );
+                    Some(s)
+                }
+                Err(e) => {
+                    log::warn!(
+                        "room {name}: ignoring unreadable snapshot {}: {e}",
+                        p.display()
+                    );
+                    None
+                }
+            }
+        });
+        let state = restored.unwrap_or_else(|| RoomState::new(params, now_ms()));
+        let shared = Arc::new(RoomShared {
+            name: name.to_string(),
+            state: Mutex::new(state),
+            overrides: Mutex::new(Overrides::default()),
+            exported: Mutex::new([0; 4]),
+        });
+        rooms.insert(name.to_string(), shared.clone());
+        shared
+    }
+
+    /// Write every room's state to `dir` (atomically: temp file + rename).
+    pub fn snapshot(&self, dir: &Path) {
+        let rooms: Vec<Arc<RoomShared>> = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        if rooms.is_empty() {
+            return;
+        }
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            log::warn!("cannot create state dir {}: {e}", dir.display());
+            return;
+        }
+        for r in rooms {
+            let text = match serde_json::to_string(&*r.lock()) {
+                Ok(t) => t,
+                Err(_) => continue,
+            };
+            let path = snapshot_path(dir, &r.name);
+            let tmp = path.with_extension("json.tmp");
+            if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
+                log::warn!(
+                    "room {}: cannot save state to {}: {e}",
+                    r.name,
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+/// Per-room metric handles.
+pub struct RoomMetrics {
+    pub waiting: IntGauge,
+    pub active: IntGauge,
+    pub capacity: IntGauge,
+    pub frontier: IntGauge,
+    pub estimated_wait: prometheus::Gauge,
+    pub admitted: IntCounter,
+    pub abandoned: IntCounter,
+    pub issued: IntCounter,
+    pub direct: IntCounter,
+    /// Refused cookies: forged or altered (bad signature, unknown key, malformed).
+    pub rejected_forged: IntCounter,
+    pub rejected_other_room: IntCounter,
+    /// Waiting tickets past the abandon timeout, sessions past the idle timeout.
+    pub rejected_expired: IntCounter,
+}
+
+impl RoomMetrics {
+    pub fn new(room: &str) -> RoomMetrics {
+        let m = crate::metrics::get();
+        RoomMetrics {
+            waiting: m.room_waiting.with_label_values(&[room]),
+            active: m.room_active.with_label_values(&[room]),
+            capacity: m.room_capacity.with_label_values(&[room]),
+            frontier: m.room_frontier.with_label_values(&[room]),
+            estimated_wait: m.room_estimated_wait.with_label_values(&[room]),
+            admitted: m.room_admitted.with_label_values(&[room]),
+            abandoned: m.room_abandoned.with_label_values(&[room]),
+            issued: m.room_issued.with_label_values(&[room]),
+            direct: m.room_direct.with_label_values(&[room]),
+            rejected_forged: m.room_rejected_tickets.with_label_values(&[room, "forged"]),
+            rejected_other_room: m
+                .room_rejected_tickets
+                .with_label_values(&[room, "other_room"]),
+            rejected_expired: m
+                .room_rejected_tickets
+                .with_label_values(&[room, "expired"]),
+        }
+    }
+}
+
+/// One room of the running config.
+pub struct Room {
+    pub name: String,
+    pub params: RoomParams,
+    pub keys: Keyring,
+    pub shared: Arc<RoomShared>,
+    /// Cookie holding the ticket: `ecluse_<room>`.
+    pub cookie_name: String,
+    /// Path prefixes needing admission (empty: all paths of the guarded routes).
+    pub inside: Vec<String>,
+    /// Config class index → room class index (0 = default queue).
+    pub class_map: Vec<u8>,
+    /// New tickets per client address.
+    pub ticket_limiter: Arc<KeyedLimiter>,
+    pub ticket_fingerprint: String,
+    pub template: Arc<crate::pages::queue::QueueTemplate>,
+    pub brand: String,
+    pub end_header: http::HeaderName,
+    pub metrics: RoomMetrics,
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room")
+            .field("name", &self.name)
+            .field("params", &self.params)
+            .finish()
+    }
+}
+
+impl Room {
+    /// The params with ops overrides applied.
+    pub fn effective(&self) -> RoomParams {
+        let o = *self
+            .shared
+            .overrides
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut p = self.params.clone();
+        if let Some(a) = o.active_users {
+            p.active_users = a;
+        }
+        if let Some(n) = o.new_users_per_minute {
+            p.new_users_per_minute = n;
+        }
+        p
+    }
+
+    pub fn is_inside(&self, path: &str) -> bool {
+        self.inside.is_empty() || self.inside.iter().any(|p| path.starts_with(p.as_str()))
+    }
+
+    /// Advance admission and refresh the gauges. Called about once a second.
+    pub fn tick(&self, now: u64) {
+        let p = self.effective();
+        let mut s = self.shared.lock();
+        s.tick(&p, now);
+        self.metrics.waiting.set(s.waiting() as i64);
+        self.metrics.active.set(s.active() as i64);
+        self.metrics.capacity.set(i64::from(p.active_users));
+        self.metrics
+            .frontier
+            .set(s.queues.first().map(|q| q.frontier).unwrap_or(0) as i64);
+        self.metrics.estimated_wait.set(
+            s.eta(s.waiting().max(1))
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(-1.0),
+        );
+        let totals = [
+            s.counters.admitted,
+            s.counters.abandoned,
+            s.counters.issued,
+            s.counters.direct,
+        ];
+        drop(s);
+        let mut seen = self
+            .shared
+            .exported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let counters = [
+            &self.metrics.admitted,
+            &self.metrics.abandoned,
+            &self.metrics.issued,
+            &self.metrics.direct,
+        ];
+        for i in 0..4 {
+            if totals[i] > seen[i] {
+                counters[i].inc_by(totals[i] - seen[i]);
+                seen[i] = totals[i];
+            }
+        }
+    }
+}
