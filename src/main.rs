@@ -104,7 +104,7 @@ fn run(
             return ExitCode::from(1);
         }
     };
-    let (server, bound) = match ecluse::server::build(app, &opts) {
+    let (server, bound) = match ecluse::server::build(app.clone(), &opts) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("ecluse: not starting: {e}");
@@ -133,6 +133,10 @@ fn run(
     let _ = out.flush();
     drop(out);
     server.run(pingora::server::RunArgs::default());
+    // Every service has stopped: save the waiting rooms one last time, so a restart
+    // keeps everyone's place (the periodic snapshot may be up to 2 s old).
+    let dir = app.config().server.state_dir.clone();
+    app.registry.rooms.snapshot(&dir);
     ExitCode::SUCCESS
 }
 

@@ -239,7 +239,7 @@ async fn room_admin(app: &App, p: &str, req: Request<Incoming>) -> Resp {
                 Ok(v) => v,
                 Err(r) => return r,
             };
-            let get = |k: &str| -> Result<Option<u32>, Resp> {
+            let get = |k: &str| -> Result<Option<u32>, Box<Resp>> {
                 match v.get(k) {
                     None | Some(serde_json::Value::Null) => Ok(None),
                     Some(x) => x
@@ -247,17 +247,17 @@ async fn room_admin(app: &App, p: &str, req: Request<Incoming>) -> Resp {
                         .filter(|n| *n >= 1 && *n <= u64::from(u32::MAX))
                         .map(|n| Some(n as u32))
                         .ok_or_else(|| {
-                            error(
+                            Box::new(error(
                                 StatusCode::BAD_REQUEST,
                                 "bad_value",
                                 format!("`{k}` must be a whole number of at least 1"),
-                            )
+                            ))
                         }),
                 }
             };
             let (a, n) = match (get("active_users"), get("new_users_per_minute")) {
                 (Ok(a), Ok(n)) => (a, n),
-                (Err(r), _) | (_, Err(r)) => return r,
+                (Err(r), _) | (_, Err(r)) => return *r,
             };
             if a.is_none() && n.is_none() {
                 return error(

@@ -193,7 +193,7 @@ pub fn eta_text(lang: Lang, eta: Option<std::time::Duration>) -> String {
     let Some(d) = eta else {
         return String::new();
     };
-    let mins = (d.as_secs() + 59) / 60;
+    let mins = d.as_secs().div_ceil(60);
     match (lang, mins) {
         (Lang::Fr, 0..=1) => "moins d'une minute".into(),
         (Lang::En, 0..=1) => "less than a minute".into(),

@@ -280,9 +280,12 @@ impl RoomState {
             return false;
         }
         if !self.opened {
-            return !params
+            // Closed before the pre-queue window: no ticket, so nothing to limit.
+            let window_opens = params
                 .opens_at
-                .is_some_and(|t| now_ms < t.saturating_sub(params.prequeue.as_millis() as u64));
+                .map(|t| t.saturating_sub(params.prequeue.as_millis() as u64))
+                .unwrap_or(0);
+            return now_ms >= window_opens;
         }
         let used = self.active() + self.pending();
         self.paused

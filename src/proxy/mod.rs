@@ -580,8 +580,7 @@ impl EcluseProxy {
             _ => ("lost", None, None),
         };
         ctx.room_decision = Some("status");
-        let mut json_ctx = ctx;
-        self.respond_queue_json(session, &mut json_ctx, &room, state, position, set)
+        self.respond_queue_json(session, ctx, &room, state, position, set)
             .await
     }
 
@@ -605,7 +604,7 @@ impl EcluseProxy {
         let opens_at = params
             .opens_at
             .filter(|t| *t > now_ms())
-            .map(|t| queue::clock_text(t));
+            .map(queue::clock_text);
         let status = queue::Status {
             room: "",
             state,

@@ -323,9 +323,14 @@ impl EchoOrigin {
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
                             let v = serde_json::json!({"server": name, "path": path, "method": method, "headers": headers, "body_len": body.len()});
+                            // `/logout` ends the waiting-room session, like an ENT would.
+                            let end = if path == "/logout" { "1" } else { "" };
+                            let mut b = hyper::Response::builder();
+                            if !end.is_empty() {
+                                b = b.header("x-ecluse-end-session", end);
+                            }
                             Ok::<_, std::convert::Infallible>(
-                                hyper::Response::builder()
-                                    .header("content-type", "application/json")
+                                b.header("content-type", "application/json")
                                     .body(Full::new(Bytes::from(v.to_string())))
                                     .expect("response"),
                             )

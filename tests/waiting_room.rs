@@ -1,0 +1,358 @@
+//! The waiting room through the real proxy: queueing, order, rate, forgery, restarts,
+//! priority classes, ops control.
+
+mod common;
+
+use common::*;
+use ecluse::policy::ticket::{Keyring, TicketState};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "k1:0123456789abcdef0123456789abcdef0123\n";
+
+fn yaml(origin: std::net::SocketAddr, room: &str) -> String {
+    format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+server: {{ state_dir: state, grace_period: 0s, shutdown_timeout: 2s }}
+access_log: {{ enabled: false }}
+priority_classes:
+  - {{ name: staff, headers: {{ X-ENT-Role: [enseignant] }} }}
+waiting_rooms:
+  ent: {{ {room}, secret_file: keys, classes: {{ staff: {{ bypass: true }} }} }}
+origins:
+  ent: {{ servers: ["{origin}"], health_check: {{ disabled: true }} }}
+routes:
+  - {{ name: ent, origin: ent, waiting_room: ent }}
+"#
+    )
+}
+
+fn start(origin: std::net::SocketAddr, room: &str) -> Ecluse {
+    Ecluse::start_with(&yaml(origin, room), &[("keys", KEY.as_bytes())], |_| {})
+}
+
+fn cookie_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client")
+}
+
+fn keyring() -> Keyring {
+    Keyring::parse(KEY).expect("key")
+}
+
+/// The ticket number a response's Set-Cookie carries (the test knows the key).
+fn ticket_of(r: &reqwest::Response) -> Option<(u64, TicketState)> {
+    r.headers().get_all("set-cookie").iter().find_map(|v| {
+        let s = v.to_str().ok()?;
+        let val = s.strip_prefix("ecluse_ent=")?.split(';').next()?;
+        let t = keyring().open(val, "ent").ok()?;
+        Some((t.number, t.state))
+    })
+}
+
+async fn status(c: &reqwest::Client, e: &Ecluse) -> serde_json::Value {
+    c.get(e.url("/.ecluse/queue/status?room=ent"))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spare_capacity_means_no_queue_page() {
+    let o = EchoOrigin::start("o").await;
+    let e = start(o.addr, "active_users: 100, new_users_per_minute: 6000");
+    for _ in 0..20 {
+        let c = cookie_client();
+        let r = c.get(e.url("/")).send().await.expect("req");
+        assert_eq!(r.status(), 200);
+        assert_eq!(ticket_of(&r).map(|t| t.1), Some(TicketState::Admitted));
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/json",
+            "the origin answered"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_students_are_admitted_in_order_at_the_rate() {
+    let o = EchoOrigin::start("o").await;
+    // 20 inside at once, 600 new per minute (10/s, burst 50), polls every 200 ms.
+    let e = Arc::new(start(
+        o.addr,
+        "active_users: 20, new_users_per_minute: 600, poll_interval: 200ms, abandon_timeout: 5s",
+    ));
+    let n = 150;
+    let admitted: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (e, admitted) = (e.clone(), admitted.clone());
+        tasks.push(tokio::spawn(async move {
+            // Arrivals spread over 300 ms, like a bell ringing.
+            tokio::time::sleep(Duration::from_millis((i * 2) as u64)).await;
+            let c = cookie_client();
+            let r = c.get(e.url("/cahier")).send().await.expect("first");
+            let (number, state) = ticket_of(&r).expect("a ticket cookie");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            if state == TicketState::Waiting {
+                assert_eq!(r.status(), 200);
+                let html = r.text().await.expect("queue page");
+                assert!(html.contains("aria-live"), "the queue page");
+                loop {
+                    assert!(Instant::now() < deadline, "ticket {number} never admitted");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let s = status(&c, &e).await;
+                    match s["state"].as_str() {
+                        Some("admitted") => break,
+                        Some("waiting") => {}
+                        other => panic!("ticket {number}: unexpected state {other:?}"),
+                    }
+                }
+                // The page reloads and lands where the student wanted to go.
+                let r = c
+                    .get(e.url("/cahier"))
+                    .send()
+                    .await
+                    .expect("after admission");
+                assert_eq!(r.status(), 200);
+                let v: serde_json::Value = r.json().await.expect("origin json");
+                assert_eq!(v["path"], "/cahier");
+            }
+            admitted
+                .lock()
+                .expect("lock")
+                .push((number, Instant::now()));
+            // Work a little, then log out: the place is freed at once.
+            let r = c.get(e.url("/logout")).send().await.expect("logout");
+            assert_eq!(r.status(), 200);
+        }));
+    }
+    for t in tasks {
+        t.await.expect("student task");
+    }
+    let took = t0.elapsed();
+    let mut adm = admitted.lock().expect("lock").clone();
+    assert_eq!(adm.len(), n, "everyone got in");
+    adm.sort_by_key(|a| a.1);
+    // FIFO: nobody gets in more than a poll round (+ a tick) before a smaller ticket.
+    let slack = Duration::from_millis(700);
+    let mut inversions = 0;
+    for (i, a) in adm.iter().enumerate() {
+        for b in &adm[i + 1..] {
+            if b.0 < a.0 && b.1 > a.1 + slack {
+                inversions += 1;
+            }
+        }
+    }
+    assert_eq!(inversions, 0, "admission order is FIFO: {adm:?}");
+    // Rate: at most 10/s sustained plus the burst of 50 (and the first 20 direct).
+    let max = 50.0 + 10.0 * took.as_secs_f64() + 20.0;
+    assert!(
+        (n as f64) <= max,
+        "{n} admitted in {took:?}: faster than the rate allows"
+    );
+    assert!(
+        took >= Duration::from_secs_f64((n as f64 - 70.0) / 10.0 * 0.9),
+        "admitted {n} in {took:?}: the rate was not applied"
+    );
+    let state: serde_json::Value = client()
+        .get(e.admin_url("/admin/state"))
+        .send()
+        .await
+        .expect("s")
+        .json()
+        .await
+        .expect("j");
+    assert_eq!(state["rooms"][0]["waiting"], 0);
+    assert!(e.metric("ecluse_room_admitted_total", &[("room", "ent")]) >= n as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_tampered_cookies_are_queued_fresh() {
+    let o = EchoOrigin::start("o").await;
+    let e = start(o.addr, "active_users: 1, new_users_per_minute: 60");
+    let inside = cookie_client();
+    assert_eq!(
+        ticket_of(&inside.get(e.url("/")).send().await.expect("r")).map(|t| t.1),
+        Some(TicketState::Admitted)
+    );
+    let c = client();
+    let r = c.get(e.url("/")).send().await.expect("r");
+    let (n1, st) = ticket_of(&r).expect("ticket");
+    assert_eq!(st, TicketState::Waiting);
+    // Forge an admitted ticket with another key, and tamper with a real one.
+    let evil = Keyring::parse("k1:not-the-real-secret-0000000000000000").expect("k");
+    let forged = evil.seal(&ecluse::policy::ticket::Ticket {
+        room: "ent".into(),
+        class: 0,
+        state: TicketState::Admitted,
+        number: 1,
+        issued: 0,
+        seen: u64::MAX / 2,
+        bucket: 0,
+    });
+    let r = c
+        .get(e.url("/"))
+        .header("cookie", format!("ecluse_ent={forged}"))
+        .send()
+        .await
+        .expect("r");
+    assert_eq!(r.status(), 200);
+    let (n2, st) = ticket_of(&r).expect("fresh ticket");
+    assert_eq!(
+        st,
+        TicketState::Waiting,
+        "a forged admission is not honoured"
+    );
+    assert!(n2 > n1, "queued at the back");
+    for bad in ["garbage", "a.b", &"x".repeat(5000), "djF8azF8ZW50.AAAA"] {
+        let r = c
+            .get(e.url("/"))
+            .header("cookie", format!("ecluse_ent={bad}"))
+            .send()
+            .await
+            .expect("r");
+        assert_eq!(r.status(), 200);
+        assert_eq!(ticket_of(&r).map(|t| t.1), Some(TicketState::Waiting));
+    }
+    assert!(
+        e.metric(
+            "ecluse_room_rejected_tickets_total",
+            &[("room", "ent"), ("reason", "forged")]
+        ) >= 5.0
+    );
+    assert_eq!(o.hits(), 1, "only the admitted student reached the ENT");
+    // Tabs of one browser share one place: the same cookie keeps the same number.
+    let tab = cookie_client();
+    let first = ticket_of(&tab.get(e.url("/")).send().await.expect("r"))
+        .expect("t")
+        .0;
+    for _ in 0..3 {
+        let r = tab.get(e.url("/other-tab")).send().await.expect("r");
+        assert_eq!(
+            ticket_of(&r).expect("t").0,
+            first,
+            "same place in every tab"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_bypass_and_ops_pause_resume_capacity() {
+    let o = EchoOrigin::start("o").await;
+    let e = start(
+        o.addr,
+        "active_users: 1, new_users_per_minute: 600, poll_interval: 200ms, abandon_timeout: 5s",
+    );
+    let inside = cookie_client();
+    inside.get(e.url("/")).send().await.expect("r");
+    let r = client()
+        .get(e.url("/"))
+        .header("x-ent-role", "enseignant")
+        .send()
+        .await
+        .expect("r");
+    assert_eq!(
+        ticket_of(&r).map(|t| t.1),
+        Some(TicketState::Admitted),
+        "staff bypass the queue"
+    );
+    assert_eq!(r.headers()["content-type"], "application/json");
+
+    let waiting = cookie_client();
+    waiting.get(e.url("/")).send().await.expect("r");
+    assert_eq!(status(&waiting, &e).await["state"], "waiting");
+    let admin = client();
+    let r = admin
+        .post(e.admin_url("/admin/rooms/ent/pause"))
+        .send()
+        .await
+        .expect("r");
+    assert_eq!(r.status(), 200);
+    // Capacity raised live, but the room is paused: nobody moves.
+    let r = admin
+        .post(e.admin_url("/admin/rooms/ent"))
+        .json(&serde_json::json!({"active_users": 50}))
+        .send()
+        .await
+        .expect("r");
+    assert_eq!(r.status(), 200);
+    let s = status(&waiting, &e).await;
+    assert_eq!(s["state"], "waiting");
+    assert_eq!(s["paused"], true);
+    let r = admin
+        .post(e.admin_url("/admin/rooms/ent"))
+        .json(&serde_json::json!({"active_users": 0}))
+        .send()
+        .await
+        .expect("r");
+    assert_eq!(r.status(), 400);
+    let r = admin
+        .post(e.admin_url("/admin/rooms/nope/pause"))
+        .send()
+        .await
+        .expect("r");
+    assert_eq!(r.status(), 404);
+    admin
+        .post(e.admin_url("/admin/rooms/ent/resume"))
+        .send()
+        .await
+        .expect("r");
+    eventually(
+        "admitted after resume",
+        Duration::from_secs(10),
+        async || status(&waiting, &e).await["state"] == "admitted",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_everyones_place() {
+    let o = EchoOrigin::start("o").await;
+    let room = "active_users: 1, new_users_per_minute: 60, abandon_timeout: 1m";
+    let dir = TempDir::new("restart");
+    std::fs::write(dir.path().join("keys"), KEY).expect("keys");
+    let cfg = yaml(o.addr, room);
+    let run = |d: &std::path::Path| {
+        let d = d.to_path_buf();
+        Ecluse::start_with(&cfg, &[("keys", KEY.as_bytes())], move |tmp| {
+            // Share one state dir across both runs.
+            std::os::unix::fs::symlink(d.join("state"), tmp.join("state")).expect("symlink");
+        })
+    };
+    std::fs::create_dir_all(dir.path().join("state")).expect("state dir");
+    let mut e = run(dir.path());
+    let inside = cookie_client();
+    inside.get(e.url("/")).send().await.expect("r");
+    let students: Vec<reqwest::Client> = (0..5).map(|_| cookie_client()).collect();
+    let mut before = Vec::new();
+    for c in &students {
+        c.get(e.url("/")).send().await.expect("r");
+        before.push(status(c, &e).await["position"].as_u64().expect("position"));
+    }
+    assert_eq!(before, vec![1, 2, 3, 4, 5]);
+    e.signal(libc::SIGTERM);
+    e.wait_exit(Duration::from_secs(10)).expect("graceful exit");
+    let e2 = run(dir.path());
+    for (c, want) in students.iter().zip(&before) {
+        let s = status(c, &e2).await;
+        assert_eq!(s["state"], "waiting");
+        assert_eq!(
+            s["position"].as_u64(),
+            Some(*want),
+            "same place after the restart"
+        );
+    }
+    // A newcomer after the restart is behind them.
+    let late = cookie_client();
+    late.get(e2.url("/")).send().await.expect("r");
+    assert_eq!(status(&late, &e2).await["position"], 6);
+}
