@@ -20,6 +20,15 @@ pub fn demo(
     origin_port: u16,
     run: impl FnOnce(PathBuf, RunOptions, &dyn Fn(&Bound) -> Vec<String>) -> ExitCode,
 ) -> ExitCode {
+    // A fresh ticket key for this demo run (never a key from the repository). Set before
+    // any thread starts: the environment is process-wide.
+    if std::env::var_os("ECLUSE_TICKET_KEYS").is_none() {
+        let secret: [u8; 32] = rand::random();
+        std::env::set_var(
+            "ECLUSE_TICKET_KEYS",
+            format!("demo:{}", hex::encode(secret)),
+        );
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     let origin_listen = SocketAddr::from(([127, 0, 0, 1], origin_port));
     let spawned = std::thread::Builder::new()
