@@ -1,6 +1,7 @@
 //! Pure decisions over plain types: no pingora types, no I/O, testable without a socket.
 
 pub mod classes;
+pub mod degrade;
 pub mod rate_limit;
 pub mod route;
 pub mod ticket;

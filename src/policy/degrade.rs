@@ -1,0 +1,515 @@
+//! Degradation levels: signals → level (with hysteresis) → features switched off.
+//!
+//! Levels are declared in order (`normal`, `busy`, `critical`…). Level `i ≥ 1` has enter
+//! thresholds (any one exceeded is enough to go up to it) and exit thresholds (all must be
+//! back under to come down from it), and the level must have been held for `min_hold`
+//! before any move. The level moves one step at a time, so a spike cannot jump from normal
+//! to survival and an oscillating signal cannot make it flap. Ops may force a level, or a
+//! feature on or off, with an optional expiry. Times are unix ms passed by the caller.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// What ecluse measures, worst origin first (see `Signals::worst`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Signals {
+    /// In-flight requests over the origin's hard maximum (0..1+).
+    pub inflight_ratio: f64,
+    /// 95th percentile latency of the origin's answers over the sliding window, ms.
+    pub p95_ms: f64,
+    /// Share of exchanges that failed (5xx from the origin, errors, time-outs), 0..1.
+    pub error_rate: f64,
+    /// Students waiting in waiting rooms.
+    pub queue_depth: f64,
+}
+
+impl Signals {
+    /// The element-wise worst of several origins' signals.
+    pub fn worst(a: Signals, b: Signals) -> Signals {
+        Signals {
+            inflight_ratio: a.inflight_ratio.max(b.inflight_ratio),
+            p95_ms: a.p95_ms.max(b.p95_ms),
+            error_rate: a.error_rate.max(b.error_rate),
+            queue_depth: a.queue_depth.max(b.queue_depth),
+        }
+    }
+}
+
+/// Thresholds on each signal; `None` ignores the signal.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Thresholds {
+    pub inflight_ratio: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub error_rate: Option<f64>,
+    pub queue_depth: Option<f64>,
+}
+
+impl Thresholds {
+    fn pairs(&self, s: &Signals) -> [(Option<f64>, f64, &'static str); 4] {
+        [
+            (self.inflight_ratio, s.inflight_ratio, "inflight_ratio"),
+            (self.p95_ms, s.p95_ms, "p95_ms"),
+            (self.error_rate, s.error_rate, "error_rate"),
+            (self.queue_depth, s.queue_depth, "queue_depth"),
+        ]
+    }
+
+    /// The first signal at or above its threshold, as a reason.
+    pub fn exceeded(&self, s: &Signals) -> Option<String> {
+        self.pairs(s).into_iter().find_map(|(t, v, name)| match t {
+            Some(t) if v >= t => Some(format!("{name} {v:.3} >= {t}")),
+            _ => None,
+        })
+    }
+
+    /// Every signal with a threshold is under it.
+    pub fn all_below(&self, s: &Signals) -> bool {
+        self.pairs(s)
+            .into_iter()
+            .all(|(t, v, _)| t.is_none_or(|t| v < t))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs(&Signals::default())
+            .iter()
+            .all(|(t, _, _)| t.is_none())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Level {
+    pub name: String,
+    /// Feature names switched off at this level.
+    pub disable: Vec<String>,
+    /// Factor on waiting-room capacity (active users and pace), 0 < f <= 1.
+    pub room_factor: f64,
+    /// Factor on rate limits, 0 < f <= 1.
+    pub rate_factor: f64,
+    /// Serve stale cache entries whatever their age.
+    pub serve_stale: bool,
+    pub enter: Thresholds,
+    pub exit: Thresholds,
+}
+
+/// A level change, for the log and the counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub from: usize,
+    pub to: usize,
+    pub reason: String,
+}
+
+/// The level state machine.
+#[derive(Debug, Clone)]
+pub struct Degrader {
+    /// The level the signals put us at.
+    auto: usize,
+    since_ms: u64,
+    /// Forced by ops: (level, expiry).
+    forced: Option<(usize, Option<u64>)>,
+    /// Feature forced on (true) or off (false), with expiry.
+    features: HashMap<String, (bool, Option<u64>)>,
+    /// The level in force at the last step or force, to report changes (a forced level
+    /// that expires between two steps is reported at the next one).
+    in_force: usize,
+}
+
+impl Degrader {
+    pub fn new(now_ms: u64) -> Degrader {
+        Degrader {
+            auto: 0,
+            since_ms: now_ms,
+            forced: None,
+            features: HashMap::new(),
+            in_force: 0,
+        }
+    }
+
+    /// The level in force (forced, else automatic).
+    pub fn level(&self, now_ms: u64) -> usize {
+        match self.forced {
+            Some((l, exp)) if exp.is_none_or(|e| now_ms < e) => l,
+            _ => self.auto,
+        }
+    }
+
+    pub fn auto_level(&self) -> usize {
+        self.auto
+    }
+
+    pub fn forced(&self, now_ms: u64) -> Option<(usize, Option<u64>)> {
+        self.forced
+            .filter(|(_, exp)| exp.is_none_or(|e| now_ms < e))
+    }
+
+    /// Force a level (None: back to automatic). Returns the change, if the level in
+    /// force changed.
+    pub fn force(
+        &mut self,
+        level: Option<usize>,
+        until_ms: Option<u64>,
+        now_ms: u64,
+        who: &str,
+    ) -> Option<Change> {
+        let before = self.in_force;
+        self.forced = level.map(|l| (l, until_ms));
+        let after = self.level(now_ms);
+        self.in_force = after;
+        (before != after).then(|| Change {
+            from: before,
+            to: after,
+            reason: match level {
+                Some(_) => format!("forced by {who}"),
+                None => format!("back to automatic ({who})"),
+            },
+        })
+    }
+
+    /// Force a feature on or off (None: follow the level).
+    pub fn force_feature(&mut self, feature: &str, on: Option<bool>, until_ms: Option<u64>) {
+        match on {
+            Some(v) => {
+                self.features.insert(feature.to_string(), (v, until_ms));
+            }
+            None => {
+                self.features.remove(feature);
+            }
+        }
+    }
+
+    /// Forced features still in force.
+    pub fn feature_overrides(&self, now_ms: u64) -> Vec<(String, bool, Option<u64>)> {
+        let mut v: Vec<_> = self
+            .features
+            .iter()
+            .filter(|(_, (_, exp))| exp.is_none_or(|e| now_ms < e))
+            .map(|(k, (on, exp))| (k.clone(), *on, *exp))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Whether a feature is on at `now_ms`.
+    pub fn feature_on(&self, levels: &[Level], feature: &str, now_ms: u64) -> bool {
+        if let Some((on, exp)) = self.features.get(feature) {
+            if exp.is_none_or(|e| now_ms < e) {
+                return *on;
+            }
+        }
+        let l = self.level(now_ms).min(levels.len().saturating_sub(1));
+        !levels
+            .get(l)
+            .is_some_and(|lv| lv.disable.iter().any(|f| f == feature))
+    }
+
+    /// One evaluation of the signals. Moves the automatic level at most one step, after
+    /// `min_hold` at the current one. Returns the change of the level *in force*, if any
+    /// (a forced level hides automatic moves, which still happen underneath).
+    pub fn step(
+        &mut self,
+        levels: &[Level],
+        s: &Signals,
+        now_ms: u64,
+        min_hold: Duration,
+    ) -> Option<Change> {
+        let before = self.in_force;
+        if self
+            .forced
+            .is_some_and(|(_, exp)| exp.is_some_and(|e| now_ms >= e))
+        {
+            self.forced = None;
+        }
+        self.features
+            .retain(|_, (_, exp)| exp.is_none_or(|e| now_ms < e));
+        let held = now_ms.saturating_sub(self.since_ms) >= min_hold.as_millis() as u64;
+        let mut reason = None;
+        if held {
+            if let Some(next) = levels.get(self.auto + 1) {
+                if let Some(why) = next.enter.exceeded(s) {
+                    self.auto += 1;
+                    self.since_ms = now_ms;
+                    reason = Some(why);
+                }
+            }
+            if reason.is_none() && self.auto > 0 {
+                if let Some(cur) = levels.get(self.auto) {
+                    if cur.exit.all_below(s) {
+                        self.auto -= 1;
+                        self.since_ms = now_ms;
+                        reason = Some("signals back under the exit thresholds".to_string());
+                    }
+                }
+            }
+        }
+        if self.auto >= levels.len() && !levels.is_empty() {
+            self.auto = levels.len() - 1;
+        }
+        let after = self.level(now_ms);
+        self.in_force = after;
+        (before != after).then(|| Change {
+            from: before,
+            to: after,
+            reason: reason.unwrap_or_else(|| "forced level expired".to_string()),
+        })
+    }
+}
+
+/// Latencies and outcomes of one origin over a sliding window of `SLOTS` × 1 s.
+///
+/// Latencies go into log-spaced buckets (10% apart), so a percentile is exact to
+/// within one bucket's width.
+#[derive(Debug, Clone)]
+pub struct Window {
+    slots: Vec<Slot>,
+    /// Second of the first slot's data (unix s).
+    head_sec: u64,
+}
+
+const SLOTS: usize = 10;
+const LAT_BUCKETS: usize = 168;
+
+#[derive(Debug, Clone)]
+struct Slot {
+    sec: u64,
+    lat: [u32; LAT_BUCKETS],
+    total: u32,
+    errors: u32,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            sec: 0,
+            lat: [0; LAT_BUCKETS],
+            total: 0,
+            errors: 0,
+        }
+    }
+}
+
+fn bucket_of(ms: f64) -> usize {
+    // 0.1 ms → bucket 0, ×1.1 per bucket: bucket 167 ≈ 15 min.
+    if ms <= 0.1 {
+        return 0;
+    }
+    (((ms / 0.1).ln() / 1.1f64.ln()) as usize).min(LAT_BUCKETS - 1)
+}
+
+fn bucket_upper_ms(b: usize) -> f64 {
+    0.1 * 1.1f64.powi(b as i32 + 1)
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            slots: vec![Slot::default(); SLOTS],
+            head_sec: 0,
+        }
+    }
+}
+
+impl Window {
+    fn slot(&mut self, now_ms: u64) -> &mut Slot {
+        let sec = now_ms / 1000;
+        self.head_sec = self.head_sec.max(sec);
+        let s = &mut self.slots[(sec % SLOTS as u64) as usize];
+        if s.sec != sec {
+            *s = Slot {
+                sec,
+                ..Slot::default()
+            };
+        }
+        s
+    }
+
+    /// Record one exchange with the origin.
+    pub fn record(&mut self, now_ms: u64, latency: Duration, error: bool) {
+        let b = bucket_of(latency.as_secs_f64() * 1000.0);
+        let s = self.slot(now_ms);
+        s.lat[b] = s.lat[b].saturating_add(1);
+        s.total = s.total.saturating_add(1);
+        if error {
+            s.errors = s.errors.saturating_add(1);
+        }
+    }
+
+    fn live(&self, now_ms: u64) -> impl Iterator<Item = &Slot> {
+        let sec = now_ms / 1000;
+        self.slots
+            .iter()
+            .filter(move |s| s.total > 0 && s.sec + SLOTS as u64 > sec && s.sec <= sec)
+    }
+
+    /// Exchanges in the window.
+    pub fn count(&self, now_ms: u64) -> u64 {
+        self.live(now_ms).map(|s| u64::from(s.total)).sum()
+    }
+
+    /// Share of failed exchanges in the window (0 when none).
+    pub fn error_rate(&self, now_ms: u64) -> f64 {
+        let (t, e) = self.live(now_ms).fold((0u64, 0u64), |(t, e), s| {
+            (t + u64::from(s.total), e + u64::from(s.errors))
+        });
+        if t == 0 {
+            0.0
+        } else {
+            e as f64 / t as f64
+        }
+    }
+
+    /// The `q` quantile of latency in ms (upper bound of its bucket), 0 when empty.
+    pub fn quantile_ms(&self, now_ms: u64, q: f64) -> f64 {
+        let mut merged = [0u64; LAT_BUCKETS];
+        let mut total = 0u64;
+        for s in self.live(now_ms) {
+            for (m, c) in merged.iter_mut().zip(s.lat.iter()) {
+                *m += u64::from(*c);
+            }
+            total += u64::from(s.total);
+        }
+        if total == 0 {
+            return 0.0;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (b, c) in merged.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return bucket_upper_ms(b);
+            }
+        }
+        bucket_upper_ms(LAT_BUCKETS - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn levels() -> Vec<Level> {
+        let l = |name: &str, disable: &[&str], enter: f64, exit: f64| Level {
+            name: name.into(),
+            disable: disable.iter().map(|s| s.to_string()).collect(),
+            room_factor: 1.0,
+            rate_factor: 1.0,
+            serve_stale: false,
+            enter: Thresholds {
+                inflight_ratio: Some(enter),
+                ..Thresholds::default()
+            },
+            exit: Thresholds {
+                inflight_ratio: Some(exit),
+                ..Thresholds::default()
+            },
+        };
+        vec![
+            l("normal", &[], 0.0, 0.0),
+            l("busy", &["visio"], 0.8, 0.6),
+            l("critical", &["visio", "chat"], 0.95, 0.8),
+        ]
+    }
+
+    fn sig(r: f64) -> Signals {
+        Signals {
+            inflight_ratio: r,
+            ..Signals::default()
+        }
+    }
+
+    const HOLD: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn one_step_at_a_time_with_hold() {
+        let lv = levels();
+        let mut d = Degrader::new(0);
+        // Held long enough at normal; a huge spike moves one step only.
+        let c = d.step(&lv, &sig(1.0), 10_000, HOLD).expect("change");
+        assert_eq!((c.from, c.to), (0, 1));
+        assert!(c.reason.contains("inflight_ratio"));
+        // Not held yet at busy: stays.
+        assert_eq!(d.step(&lv, &sig(1.0), 15_000, HOLD), None);
+        assert_eq!(d.step(&lv, &sig(1.0), 20_000, HOLD).map(|c| c.to), Some(2));
+        assert!(!d.feature_on(&lv, "chat", 20_000));
+        // Recovery: under critical's exit (0.8) → down to busy, then under busy's (0.6).
+        assert_eq!(d.step(&lv, &sig(0.7), 30_000, HOLD).map(|c| c.to), Some(1));
+        assert!(d.feature_on(&lv, "chat", 30_000));
+        assert!(!d.feature_on(&lv, "visio", 30_000));
+        assert_eq!(
+            d.step(&lv, &sig(0.7), 40_000, HOLD),
+            None,
+            "0.7 is above busy's exit"
+        );
+        assert_eq!(d.step(&lv, &sig(0.5), 40_000, HOLD).map(|c| c.to), Some(0));
+        assert!(d.feature_on(&lv, "visio", 40_000));
+    }
+
+    #[test]
+    fn no_flapping_around_a_threshold() {
+        let lv = levels();
+        let mut d = Degrader::new(0);
+        let mut changes = 0;
+        // A signal oscillating around busy's enter threshold every 100 ms for 10 min.
+        for i in 0..6000u64 {
+            let r = if i % 2 == 0 { 0.79 } else { 0.81 };
+            if d.step(&lv, &sig(r), i * 100, HOLD).is_some() {
+                changes += 1;
+            }
+        }
+        assert_eq!(
+            changes, 1,
+            "enters busy once and stays: 0.79 is above the exit (0.6)"
+        );
+        assert_eq!(d.level(600_000), 1);
+    }
+
+    #[test]
+    fn forced_levels_and_expiry() {
+        let lv = levels();
+        let mut d = Degrader::new(0);
+        let c = d
+            .force(Some(2), Some(60_000), 1_000, "admin")
+            .expect("change");
+        assert_eq!((c.from, c.to), (0, 2));
+        // Automatic steps go on underneath but the forced level holds.
+        assert_eq!(d.step(&lv, &sig(0.0), 30_000, HOLD), None);
+        assert_eq!(d.level(30_000), 2);
+        let c = d.step(&lv, &sig(0.0), 60_000, HOLD).expect("expired");
+        assert_eq!((c.from, c.to), (2, 0));
+        assert_eq!(c.reason, "forced level expired");
+        d.force(Some(1), None, 70_000, "admin");
+        assert_eq!(d.force(None, None, 80_000, "admin").map(|c| c.to), Some(0));
+    }
+
+    #[test]
+    fn forced_features() {
+        let lv = levels();
+        let mut d = Degrader::new(0);
+        d.force_feature("visio", Some(false), Some(5_000));
+        assert!(!d.feature_on(&lv, "visio", 1_000));
+        assert!(d.feature_on(&lv, "visio", 5_000), "expired");
+        d.force(Some(1), None, 0, "t");
+        d.force_feature("visio", Some(true), None);
+        assert!(d.feature_on(&lv, "visio", 6_000), "forced on even at busy");
+        d.force_feature("visio", None, None);
+        assert!(!d.feature_on(&lv, "visio", 6_000));
+    }
+
+    #[test]
+    fn window_percentiles_and_errors() {
+        let mut w = Window::default();
+        for i in 0..100u64 {
+            w.record(1_000 + i, Duration::from_millis(10), false);
+        }
+        for i in 0..10u64 {
+            w.record(1_500 + i, Duration::from_millis(500), true);
+        }
+        let p50 = w.quantile_ms(2_000, 0.5);
+        let p95 = w.quantile_ms(2_000, 0.95);
+        assert!((10.0..=11.0).contains(&p50), "{p50}");
+        assert!((500.0..=550.0).contains(&p95), "{p95}");
+        assert!((w.error_rate(2_000) - 10.0 / 110.0).abs() < 1e-9);
+        // Ten seconds later the window has slid past it all.
+        assert_eq!(w.count(12_000), 0);
+        assert_eq!(w.quantile_ms(12_000, 0.95), 0.0);
+    }
+}
