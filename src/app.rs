@@ -46,6 +46,7 @@ impl App {
         let access_log = AccessLogger::start(cfg.access_log.target.clone());
         publish_metrics(&cfg, None);
         registry.limiters.publish(live_limiters(&cfg));
+        apply_degradation(&registry.degrade, &cfg);
         Ok(Arc::new(App {
             config: ArcSwap::from_pointee(cfg),
             registry,
@@ -129,6 +130,7 @@ impl App {
                         .unwrap_or_else(|p| p.into_inner()) = crate::rooms::Overrides::default();
                 }
                 self.registry.limiters.publish(live_limiters(&new));
+                apply_degradation(&self.registry.degrade, &new);
                 self.version.store(next_version, Ordering::Relaxed);
                 self.config.store(Arc::new(new));
                 m.config_reloads.with_label_values(&["ok"]).inc();
@@ -148,6 +150,22 @@ impl App {
                 Err(e)
             }
         }
+    }
+}
+
+fn apply_degradation(state: &crate::degrade::DegradeState, cfg: &Config) {
+    match &cfg.degradation {
+        Some(d) => state.apply_config(d),
+        None => state.publish(
+            &crate::degrade::Degradation {
+                levels: Vec::new(),
+                hold: std::time::Duration::from_secs(30),
+                force_level: None,
+                messages: Default::default(),
+                features: Vec::new(),
+            },
+            crate::rooms::now_ms(),
+        ),
     }
 }
 

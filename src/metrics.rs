@@ -49,6 +49,16 @@ pub struct Metrics {
     pub room_issued: IntCounterVec,
     pub room_direct: IntCounterVec,
     pub room_rejected_tickets: IntCounterVec,
+    pub degradation_level: IntGauge,
+    pub degradation_level_info: IntGaugeVec,
+    pub feature_enabled: IntGaugeVec,
+    pub degradation_changes: IntCounterVec,
+    pub feature_changes: IntCounterVec,
+    pub shed: IntCounterVec,
+    pub origin_concurrency_limit: IntGaugeVec,
+    pub origin_latency_p95: prometheus::GaugeVec,
+    pub origin_error_ratio: prometheus::GaugeVec,
+    pub origin_inflight_ratio: prometheus::GaugeVec,
     /// Client requests currently being processed by the proxy.
     pub inflight_requests: IntGauge,
 }
@@ -232,8 +242,74 @@ impl Metrics {
             "Cookies refused (forged, altered, expired, other room, abandoned), by room.",
             &["room", "reason"],
         );
+        let degradation_level = IntGauge::new(
+            "ecluse_degradation_level",
+            "Index of the degradation level in force (0 = the first, normal).",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(degradation_level.clone()))
+            .expect("unique metric name");
+        let degradation_level_info = gauge_vec(
+            &r,
+            "ecluse_degradation_level_info",
+            "1 for the level in force, 0 for the others.",
+            &["level"],
+        );
+        let feature_enabled = gauge_vec(
+            &r,
+            "ecluse_feature_enabled",
+            "1 when the feature is on, 0 when switched off.",
+            &["feature"],
+        );
+        let degradation_changes = counter_vec(
+            &r,
+            "ecluse_degradation_changes_total",
+            "Level changes, automatic or forced.",
+            &["from", "to", "cause"],
+        );
+        let feature_changes = counter_vec(
+            &r,
+            "ecluse_feature_changes_total",
+            "Features forced on or off by ops.",
+            &["feature", "cause"],
+        );
+        let shed = counter_vec(&r, "ecluse_shed_requests_total", "Requests refused to protect an origin, by reason (feature_off, concurrency) and priority class.", &["origin", "reason", "class"]);
+        let origin_concurrency_limit = gauge_vec(
+            &r,
+            "ecluse_origin_concurrency_limit",
+            "Adaptive concurrency limit of the origin.",
+            &["origin"],
+        );
+        let gv = |name: &str, help: &str| {
+            let g = prometheus::GaugeVec::new(Opts::new(name, help), &["origin"])
+                .expect("static metric definition");
+            r.register(Box::new(g.clone())).expect("unique metric name");
+            g
+        };
+        let origin_latency_p95 = gv(
+            "ecluse_origin_latency_p95_seconds",
+            "95th percentile latency of the origin over the last 10 s (degradation signal).",
+        );
+        let origin_error_ratio = gv(
+            "ecluse_origin_error_ratio",
+            "Share of failed exchanges with the origin over the last 10 s (degradation signal).",
+        );
+        let origin_inflight_ratio = gv(
+            "ecluse_origin_inflight_ratio",
+            "In-flight requests over max_inflight (degradation signal).",
+        );
         Metrics {
             registry: r,
+            degradation_level,
+            degradation_level_info,
+            feature_enabled,
+            degradation_changes,
+            feature_changes,
+            shed,
+            origin_concurrency_limit,
+            origin_latency_p95,
+            origin_error_ratio,
+            origin_inflight_ratio,
             room_waiting,
             room_active,
             room_capacity,
@@ -270,6 +346,23 @@ impl Metrics {
         let _ = enc.encode(&self.registry.gather(), &mut buf);
         buf
     }
+}
+
+/// A `'static` copy of a label value from the config (class names), leaked once per
+/// distinct value: bounded by the names ops write.
+pub fn intern(s: &str) -> &'static str {
+    static SEEN: OnceLock<std::sync::Mutex<std::collections::HashSet<&'static str>>> =
+        OnceLock::new();
+    let mut set = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(v) = set.get(s) {
+        return v;
+    }
+    let v: &'static str = Box::leak(s.to_string().into_boxed_str());
+    set.insert(v);
+    v
 }
 
 /// The process-wide metrics, created on first use.

@@ -34,9 +34,21 @@ pub struct RoomShared {
     pub overrides: Mutex<Overrides>,
     /// Counter values already exported (counters are derived from the state's totals).
     exported: Mutex<[u64; 4]>,
+    /// Capacity factor of the degradation level in force (f64 bits).
+    factor: std::sync::atomic::AtomicU64,
 }
 
 impl RoomShared {
+    /// Set the degradation level's capacity factor.
+    pub fn set_factor(&self, f: f64) {
+        self.factor
+            .store(f.to_bits(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn factor(&self) -> f64 {
+        f64::from_bits(self.factor.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, RoomState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -99,6 +111,7 @@ impl RoomRegistry {
             state: Mutex::new(state),
             overrides: Mutex::new(Overrides::default()),
             exported: Mutex::new([0; 4]),
+            factor: std::sync::atomic::AtomicU64::new(1f64.to_bits()),
         });
         rooms.insert(name.to_string(), shared.clone());
         shared
@@ -224,6 +237,12 @@ impl Room {
         }
         if let Some(n) = o.new_users_per_minute {
             p.new_users_per_minute = n;
+        }
+        // A degradation level may shrink the room.
+        let f = self.shared.factor();
+        if f < 1.0 {
+            p.active_users = ((f64::from(p.active_users) * f) as u32).max(1);
+            p.new_users_per_minute = ((f64::from(p.new_users_per_minute) * f) as u32).max(1);
         }
         p
     }

@@ -32,14 +32,40 @@ pub struct RunOptions {
 }
 
 /// Pingora binds its listeners inside its own runtime and does not report the port it
-/// got, so a configured port 0 is resolved here first: bind, note the port, release.
-/// The window between release and pingora's bind is tiny; tests read the printed port.
-fn resolve_port_zero(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+/// got, so a configured port 0 is resolved here first. Releasing a probe socket and
+/// letting pingora bind later would leave a window in which another process (a test's
+/// origin…) could take the port. Instead the probe socket stays bound, never listening,
+/// with SO_REUSEPORT, and pingora binds the same port with SO_REUSEPORT too: nobody else
+/// can get it, and only pingora's socket accepts. Explicit ports are bound by pingora
+/// alone, without SO_REUSEPORT, so two ecluse started on one port fail loudly.
+fn resolve_port_zero(addr: SocketAddr) -> std::io::Result<(SocketAddr, Option<socket2::Socket>)> {
     if addr.port() != 0 {
-        return Ok(addr);
+        return Ok((addr, None));
     }
-    let l = StdListener::bind(addr)?;
-    l.local_addr()
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    let bound = s
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("not an IP socket"))?;
+    Ok((bound, Some(s)))
+}
+
+/// Sockets held to reserve resolved port-0 addresses for the life of the process.
+static HELD: Mutex<Vec<socket2::Socket>> = Mutex::new(Vec::new());
+
+fn tcp_options(held: bool) -> pingora::listeners::TcpSocketOptions {
+    let mut o = pingora::listeners::TcpSocketOptions::default();
+    if held {
+        o.so_reuseport = Some(true);
+    }
+    o
 }
 
 struct Control {
@@ -89,6 +115,20 @@ impl BackgroundService for Control {
                         let _ =
                             tokio::task::spawn_blocking(move || a.registry.rooms.snapshot(&dir))
                                 .await;
+                    }
+                }
+            });
+        }
+        // Degradation: measure, step the level, adapt concurrency limits, every 500 ms.
+        {
+            let app = app.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => crate::degrade::evaluate(&app.config(), &app.registry.degrade),
+                        _ = stop.changed() => return,
                     }
                 }
             });
@@ -221,8 +261,14 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
 
     let listen: Vec<SocketAddr> = opts.listen.clone().unwrap_or_else(|| cfg.listen.clone());
     let mut proxy_addrs = Vec::new();
+    let mut proxy_held = Vec::new();
     for a in &listen {
-        proxy_addrs.push(resolve_port_zero(*a).map_err(|e| format!("cannot bind {a}: {e}"))?);
+        let (addr, held) = resolve_port_zero(*a).map_err(|e| format!("cannot bind {a}: {e}"))?;
+        proxy_addrs.push(addr);
+        proxy_held.push(held.is_some());
+        if let Some(h) = held {
+            HELD.lock().unwrap_or_else(|p| p.into_inner()).push(h);
+        }
     }
     let mut svc = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -237,8 +283,8 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
         o.h2c = true;
         logic.server_options = Some(o);
     }
-    for a in &proxy_addrs {
-        svc.add_tcp(&a.to_string());
+    for (a, held) in proxy_addrs.iter().zip(&proxy_held) {
+        svc.add_tcp_with_settings(&a.to_string(), tcp_options(*held));
     }
     server.add_service(svc);
 
@@ -253,7 +299,11 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
             "ecluse tls proxy",
         );
         for a in &t.listen {
-            let a = resolve_port_zero(*a).map_err(|e| format!("cannot bind {a}: {e}"))?;
+            let (a, held) = resolve_port_zero(*a).map_err(|e| format!("cannot bind {a}: {e}"))?;
+            let opts = tcp_options(held.is_some());
+            if let Some(h) = held {
+                HELD.lock().unwrap_or_else(|p| p.into_inner()).push(h);
+            }
             let mut settings = pingora::listeners::tls::TlsSettings::intermediate(
                 &t.cert_file.display().to_string(),
                 &t.key_file.display().to_string(),
@@ -262,7 +312,7 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
             if t.http2 {
                 settings.enable_h2();
             }
-            tsvc.add_tls_with_settings(&a.to_string(), None, settings);
+            tsvc.add_tls_with_settings(&a.to_string(), Some(opts), settings);
             tls_addrs.push(a);
         }
         server.add_service(tsvc);

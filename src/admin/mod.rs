@@ -176,6 +176,8 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
                     }
                 }
                 p if p.starts_with("/admin/rooms/") => room_admin(&app, p, req).await,
+                "/admin/level" => level_admin(&app, req).await,
+                p if p.starts_with("/admin/features/") => feature_admin(&app, p, req).await,
                 _ => error(
                     StatusCode::NOT_FOUND,
                     "not_found",
@@ -209,6 +211,122 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
             format!("no admin endpoint {path}"),
         ),
     }
+}
+
+fn parse_for(v: &serde_json::Value) -> Result<Option<Duration>, Box<Resp>> {
+    match v.get("for") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => crate::config::units::parse_duration(s)
+            .map(Some)
+            .map_err(|e| {
+                Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_value",
+                    format!("`for`: {e}"),
+                ))
+            }),
+        Some(_) => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "bad_value",
+            "`for` is a duration like \"30m\"",
+        ))),
+    }
+}
+
+/// `POST /admin/level` with `{"level": "busy", "for": "30m"}`; `{"level": null}` returns
+/// to automatic.
+async fn level_admin(app: &App, req: Request<Incoming>) -> Resp {
+    let v = match read_json(req).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let cfg = app.config();
+    let Some(d) = &cfg.degradation else {
+        return error(
+            StatusCode::CONFLICT,
+            "no_degradation",
+            "the config declares no `degradation` levels",
+        );
+    };
+    let for_ = match parse_for(&v) {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    let level = match v.get("level") {
+        Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(name)) => {
+            match d.levels.iter().position(|l| &l.name == name) {
+                Some(i) => Some(i),
+                None => {
+                    let names: Vec<&str> = d.levels.iter().map(|l| l.name.as_str()).collect();
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "no_such_level",
+                        format!("no level `{name}`; levels: {}", names.join(", ")),
+                    );
+                }
+            }
+        }
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_value",
+                "give `{\"level\": \"NAME\"}` or `{\"level\": null}`",
+            )
+        }
+    };
+    app.registry.degrade.force(d, level, for_);
+    let now = crate::rooms::now_ms();
+    let l = app.registry.degrade.lock().level(now);
+    json_resp(
+        StatusCode::OK,
+        json!({ "level": d.levels.get(l).map(|x| x.name.clone()), "forced": level.is_some(), "for_seconds": for_.map(|f| f.as_secs()) }),
+    )
+}
+
+/// `POST /admin/features/{name}` with `{"on": false, "for": "1h"}`; `{"on": null}`
+/// follows the level again.
+async fn feature_admin(app: &App, p: &str, req: Request<Incoming>) -> Resp {
+    let name = &p["/admin/features/".len()..];
+    let v = match read_json(req).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let cfg = app.config();
+    let Some(d) = &cfg.degradation else {
+        return error(
+            StatusCode::CONFLICT,
+            "no_degradation",
+            "the config declares no `degradation`",
+        );
+    };
+    if !d.features.iter().any(|f| f == name) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no_such_feature",
+            format!("no route carries feature `{name}`"),
+        );
+    }
+    let on = match v.get("on") {
+        Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Bool(b)) => Some(*b),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_value",
+                "give `{\"on\": true|false|null}`",
+            )
+        }
+    };
+    let for_ = match parse_for(&v) {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    app.registry.degrade.force_feature(d, name, on, for_);
+    json_resp(
+        StatusCode::OK,
+        json!({ "feature": name, "on": !app.registry.degrade.is_disabled(name) }),
+    )
 }
 
 /// `POST /admin/rooms/{name}/pause`, `.../resume`, and `POST /admin/rooms/{name}` with
@@ -401,7 +519,37 @@ fn state(app: &App) -> serde_json::Value {
             })
         })
         .collect();
+    let now = crate::rooms::now_ms();
+    let degradation = cfg.degradation.as_ref().map(|d| {
+        let g = app.registry.degrade.lock();
+        let level = g.level(now);
+        let name = |i: usize| d.levels.get(i).map(|l| l.name.clone());
+        json!({
+            "level": name(level),
+            "level_index": level,
+            "automatic_level": name(g.auto_level()),
+            "forced": g.forced(now).map(|(l, until)| json!({ "level": name(l), "until_unix_ms": until })),
+            "features": d.features.iter().map(|f| (f.clone(), json!(g.feature_on(&d.levels, f, now)))).collect::<serde_json::Map<_, _>>(),
+            "forced_features": g.feature_overrides(now).into_iter().map(|(f, on, until)| json!({ "feature": f, "on": on, "until_unix_ms": until })).collect::<Vec<_>>(),
+        })
+    });
+    let signals: Vec<_> = cfg
+        .origins
+        .iter()
+        .map(|o| {
+            let s = o.shared.signals(now, o.max_inflight);
+            json!({
+                "origin": o.name,
+                "inflight_ratio": s.inflight_ratio,
+                "p95_latency_ms": s.p95_ms,
+                "error_rate": s.error_rate,
+                "concurrency_limit": o.shared.current_limit(o.max_inflight),
+            })
+        })
+        .collect();
     json!({
+        "degradation": degradation,
+        "signals": signals,
         "rooms": rooms,
         "config": {
             "path": cfg.path.display().to_string(),

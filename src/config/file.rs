@@ -52,6 +52,9 @@ pub struct FileConfig {
     /// Waiting rooms, by name. Routes join one with `waiting_room: NAME`.
     #[serde(default)]
     pub waiting_rooms: BTreeMap<String, WaitingRoomFile>,
+    /// Load levels that switch heavy features off, automatically or by hand.
+    #[serde(default)]
+    pub degradation: Option<DegradationFile>,
     /// Groups of users treated apart (staff, exam candidates…), tried in order: a
     /// request belongs to the first class it matches. Rate limits can exempt a class.
     #[serde(default)]
@@ -190,6 +193,23 @@ pub struct OriginFile {
     /// rotation for `ejection_time`.
     #[serde(default)]
     pub passive: Option<PassiveFile>,
+    /// Adaptive concurrency: keep the origin near its best throughput under
+    /// `max_inflight` (which it needs), refusing the excess at once with a 503.
+    #[serde(default)]
+    pub adaptive_concurrency: Option<AdaptiveFile>,
+}
+
+/// Adaptive concurrency limit (AIMD on latency).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveFile {
+    /// Lowest limit (default 4).
+    #[serde(default)]
+    pub min: Option<u32>,
+    /// Congestion when the recent p50 latency exceeds this many times the unloaded one
+    /// (default 2.0).
+    #[serde(default)]
+    pub tolerance: Option<f64>,
 }
 
 /// Active health check of each server of an origin.
@@ -253,6 +273,84 @@ pub struct RouteFile {
     /// The waiting room (a key of `waiting_rooms`) guarding this route.
     #[serde(default)]
     pub waiting_room: Option<String>,
+    /// The feature this route belongs to (`visio`, `chat`…): degradation levels switch
+    /// features off.
+    #[serde(default)]
+    pub feature: Option<String>,
+}
+
+/// Thresholds on the signals ecluse measures (worst origin). Any given one counts.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdsFile {
+    /// Requests in flight to an origin over its limit (`max_inflight`), 0 to 1.
+    #[serde(default)]
+    pub inflight_ratio: Option<f64>,
+    /// 95th percentile latency of an origin over the last 10 s.
+    #[serde(default)]
+    pub p95_latency: Option<DurationText>,
+    /// Share of failed exchanges with an origin over the last 10 s (5xx, errors,
+    /// time-outs), 0 to 1.
+    #[serde(default)]
+    pub error_rate: Option<f64>,
+    /// Students waiting in the waiting rooms, all together.
+    #[serde(default)]
+    pub queue_depth: Option<u64>,
+}
+
+/// One load level.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LevelFile {
+    pub name: String,
+    /// Features switched off at this level.
+    #[serde(default)]
+    pub disable: Vec<String>,
+    /// Go up to this level when any of these is reached (not for the first level).
+    #[serde(default)]
+    pub enter: Option<ThresholdsFile>,
+    /// Come back down from this level when all of these are back under (defaults to the
+    /// enter thresholds; set them lower so that the level does not flap).
+    #[serde(default)]
+    pub exit: Option<ThresholdsFile>,
+    /// Factor on waiting-room capacity at this level (0 to 1, default 1).
+    #[serde(default)]
+    pub room_capacity_factor: Option<f64>,
+    /// Factor on rate limits at this level (0 to 1, default 1).
+    #[serde(default)]
+    pub rate_limit_factor: Option<f64>,
+}
+
+/// The message shown when a feature is switched off.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureFile {
+    /// Message in French.
+    #[serde(default)]
+    pub message_fr: Option<String>,
+    /// Message in English.
+    #[serde(default)]
+    pub message_en: Option<String>,
+    /// `Retry-After` of the 503 (default `5m`).
+    #[serde(default)]
+    pub retry_after: Option<DurationText>,
+}
+
+/// Degradation: levels, hold time, feature messages.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DegradationFile {
+    /// Levels in order, lightest first (the first is the normal state).
+    pub levels: Vec<LevelFile>,
+    /// Least time at a level before moving again (default `30s`).
+    #[serde(default)]
+    pub hold: Option<DurationText>,
+    /// Force this level from the file (ops can also force from the admin API).
+    #[serde(default)]
+    pub force_level: Option<String>,
+    /// Messages per feature.
+    #[serde(default)]
+    pub features: BTreeMap<String, FeatureFile>,
 }
 
 /// Queue order.

@@ -1,6 +1,7 @@
 //! The validated, ready-to-serve configuration. Built from [`FileConfig`] off the request
 //! path; the hot path only sees these types (no strings to parse, no serde types).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub struct Config {
     /// Priority classes in file order (the first that matches wins).
     pub classes: Vec<PriorityClass>,
     pub rooms: Vec<Arc<Room>>,
+    pub degradation: Option<crate::degrade::Degradation>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -147,6 +149,15 @@ pub struct Origin {
     pub passive_max_failures: u32,
     pub passive_ejection: Duration,
     pub metrics: OriginMetrics,
+    pub adaptive: Option<Adaptive>,
+}
+
+/// Adaptive concurrency settings of an origin.
+#[derive(Debug, Clone)]
+pub struct Adaptive {
+    pub min: usize,
+    pub max: usize,
+    pub tolerance: f64,
 }
 
 /// Per-origin metric handles, resolved once at load.
@@ -192,6 +203,7 @@ pub struct Route {
     /// Send `RateLimit` headers on admitted responses too.
     pub rate_limit_headers: bool,
     pub room: Option<Arc<Room>>,
+    pub feature: Option<String>,
 }
 
 /// What a limit counts by, resolved.
@@ -367,6 +379,7 @@ pub struct Shared {
     pub upstream: upstream::Registry,
     pub limiters: crate::policy::rate_limit::LimiterRegistry,
     pub rooms: crate::rooms::RoomRegistry,
+    pub degrade: crate::degrade::DegradeState,
 }
 
 pub struct BuildContext<'a> {
@@ -546,6 +559,7 @@ pub fn build(
     let classes = build_classes(&mut p, &file.priority_classes);
     let rooms = build_rooms(&mut p, file, &classes, ctx);
     let router = build_routes(&mut p, &file.routes, &origins, file, &classes, &rooms, ctx);
+    let degradation = build_degradation(&mut p, file);
 
     if !p.list.is_empty() {
         return Err(p.list);
@@ -568,6 +582,7 @@ pub fn build(
         router,
         classes,
         rooms,
+        degradation,
     })
 }
 
@@ -750,6 +765,29 @@ fn build_origin(
             at(path!["passive", "ejection_time"]),
         ),
         metrics: OriginMetrics::new(name),
+        adaptive: match &of.adaptive_concurrency {
+            None => None,
+            Some(a) => {
+                if of.max_inflight.is_none() {
+                    p.at(
+                        at(path!["adaptive_concurrency"]),
+                        "needs `max_inflight`: the hard maximum the adaptive limit stays under",
+                    );
+                }
+                let tolerance = a.tolerance.unwrap_or(2.0);
+                if !(tolerance > 1.0 && tolerance < 100.0) {
+                    p.at(
+                        at(path!["adaptive_concurrency", "tolerance"]),
+                        "must be more than 1 (e.g. 2.0)",
+                    );
+                }
+                Some(Adaptive {
+                    min: a.min.unwrap_or(4).max(1) as usize,
+                    max: of.max_inflight.unwrap_or(1) as usize,
+                    tolerance,
+                })
+            }
+        },
     })
 }
 
@@ -1110,6 +1148,175 @@ fn build_rooms(
     out
 }
 
+fn thresholds(
+    p: &mut Problems,
+    t: &super::file::ThresholdsFile,
+    at: Vec<Seg>,
+) -> crate::policy::degrade::Thresholds {
+    let ratio = |p: &mut Problems, v: Option<f64>, key: &str| {
+        if let Some(x) = v {
+            if !(0.0..=10.0).contains(&x) {
+                let mut a = at.clone();
+                a.push(Seg::from(key));
+                p.at(a, format!("{x} is out of range: a ratio between 0 and 1"));
+            }
+        }
+        v
+    };
+    crate::policy::degrade::Thresholds {
+        inflight_ratio: ratio(p, t.inflight_ratio, "inflight_ratio"),
+        error_rate: ratio(p, t.error_rate, "error_rate"),
+        p95_ms: t.p95_latency.as_ref().map(|d| {
+            let mut a = at.clone();
+            a.push(Seg::from("p95_latency"));
+            duration_or(p, &Some(d.clone()), Duration::from_secs(1), a).as_secs_f64() * 1000.0
+        }),
+        queue_depth: t.queue_depth.map(|q| q as f64),
+    }
+}
+
+fn build_degradation(p: &mut Problems, file: &FileConfig) -> Option<crate::degrade::Degradation> {
+    let route_features: Vec<&String> = file
+        .routes
+        .iter()
+        .filter_map(|r| r.feature.as_ref())
+        .collect();
+    for (i, r) in file.routes.iter().enumerate() {
+        if let Some(f) = &r.feature {
+            if !valid_name(f) {
+                p.at(
+                    path!["routes", i, "feature"],
+                    format!("`{f}`: feature names use letters, digits, `_` and `-`"),
+                );
+            }
+        }
+    }
+    let d = file.degradation.as_ref()?;
+    let mut levels = Vec::new();
+    if d.levels.is_empty() {
+        p.at(
+            path!["degradation", "levels"],
+            "needs at least the normal level, e.g. `- { name: normal }`",
+        );
+    }
+    let mut features: Vec<String> = route_features.iter().map(|s| s.to_string()).collect();
+    for (i, l) in d.levels.iter().enumerate() {
+        let at = |extra: Vec<Seg>| {
+            let mut v = path!["degradation", "levels", i];
+            v.extend(extra);
+            v
+        };
+        if d.levels[..i].iter().any(|o| o.name == l.name) {
+            p.at(
+                at(path!["name"]),
+                format!("level `{}` is declared twice", l.name),
+            );
+        }
+        for (k, f) in l.disable.iter().enumerate() {
+            if !route_features.contains(&f) {
+                let hint = crate::config::schema_check::did_you_mean(
+                    f,
+                    route_features.iter().map(|s| s.as_str()),
+                )
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+                p.at(
+                    at(path!["disable", k]),
+                    format!("feature `{f}` is carried by no route{hint}"),
+                );
+            }
+            if !features.contains(f) {
+                features.push(f.clone());
+            }
+        }
+        if i == 0 && l.enter.is_some() {
+            p.at(
+                at(path!["enter"]),
+                "the first level is the normal state: it has no enter thresholds",
+            );
+        }
+        let enter = l
+            .enter
+            .as_ref()
+            .map(|t| thresholds(p, t, at(path!["enter"])))
+            .unwrap_or_default();
+        let exit = l
+            .exit
+            .as_ref()
+            .map(|t| thresholds(p, t, at(path!["exit"])))
+            .unwrap_or(enter);
+        if i > 0 && enter.is_empty() && d.force_level.as_deref() != Some(l.name.as_str()) {
+            // A level without enter thresholds can only be forced: allowed, and said.
+            log::debug!(
+                "level {} has no enter thresholds: it is reached only when forced",
+                l.name
+            );
+        }
+        let factor = |p: &mut Problems, v: Option<f64>, key: &str| match v {
+            None => 1.0,
+            Some(x) if x > 0.0 && x <= 1.0 => x,
+            Some(x) => {
+                p.at(
+                    at(path![key]),
+                    format!("{x} must be more than 0 and at most 1"),
+                );
+                1.0
+            }
+        };
+        levels.push(crate::policy::degrade::Level {
+            name: l.name.clone(),
+            disable: l.disable.clone(),
+            room_factor: factor(p, l.room_capacity_factor, "room_capacity_factor"),
+            rate_factor: factor(p, l.rate_limit_factor, "rate_limit_factor"),
+            serve_stale: false,
+            enter,
+            exit,
+        });
+    }
+    let force_level =
+        d.force_level
+            .as_ref()
+            .and_then(|name| match levels.iter().position(|l| &l.name == name) {
+                Some(i) => Some(i),
+                None => {
+                    p.at(
+                        path!["degradation", "force_level"],
+                        format!("level `{name}` is not declared under `levels`"),
+                    );
+                    None
+                }
+            });
+    let mut messages = HashMap::new();
+    for (f, m) in &d.features {
+        if !features.contains(f) {
+            p.at_key(
+                path!["degradation", "features", f.as_str()],
+                format!("feature `{f}` is carried by no route"),
+            );
+        }
+        messages.insert(
+            f.clone(),
+            crate::degrade::FeatureMessage {
+                fr: m.message_fr.clone().unwrap_or_else(|| format!("« {f} » est suspendu pendant la forte affluence ; vos cours et devoirs restent accessibles.")),
+                en: m.message_en.clone().unwrap_or_else(|| format!("“{f}” is paused while the ENT is very busy; your lessons and homework stay available.")),
+                retry_after: duration_or(p, &m.retry_after, Duration::from_secs(300), path!["degradation", "features", f.as_str(), "retry_after"]),
+            },
+        );
+    }
+    Some(crate::degrade::Degradation {
+        levels,
+        hold: duration_or(
+            p,
+            &d.hold,
+            Duration::from_secs(30),
+            path!["degradation", "hold"],
+        ),
+        force_level,
+        messages,
+        features,
+    })
+}
+
 fn key_kind_name(k: LimitKeyFile) -> &'static str {
     match k {
         LimitKeyFile::ClientIp => "client_ip",
@@ -1443,6 +1650,7 @@ fn build_routes(
                 limits,
                 rate_limit_headers: r.rate_limit_headers.unwrap_or(false),
                 room: room.clone(),
+                feature: r.feature.clone(),
             });
         }
     }

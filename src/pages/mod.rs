@@ -152,6 +152,51 @@ impl Problem {
     }
 }
 
+/// The 503 page of a feature switched off under load: the ops-written message, and a
+/// link home (the rest of the ENT stays up).
+pub fn feature_off_page(
+    lang: Lang,
+    json: bool,
+    feature: &str,
+    message: &str,
+    retry_after: u64,
+) -> Page {
+    if json {
+        let v = serde_json::json!({
+            "error": "feature_off",
+            "status": 503,
+            "feature": feature,
+            "message": message,
+            "retry_after": retry_after,
+        });
+        return Page {
+            content_type: "application/json",
+            body: Bytes::from(v.to_string()),
+        };
+    }
+    let (title, home) = match lang {
+        Lang::Fr => (
+            "Service momentanément suspendu",
+            "Retour à l'accueil de l'ENT",
+        ),
+        Lang::En => ("Service paused for now", "Back to the ENT home page"),
+    };
+    let html = format!(
+        "<!doctype html>\n<html lang=\"{lang}\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>{title}</title><style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;line-height:1.5;color:#1b1b1b}}h1{{font-size:1.4rem}}</style>\
+</head><body><main><h1>{title}</h1><p>{text}</p><p><a href=\"/\">{home}</a></p></main></body></html>\n",
+        lang = lang.code(),
+        title = escape(title),
+        text = escape(message),
+        home = escape(home),
+    );
+    Page {
+        content_type: "text/html; charset=utf-8",
+        body: Bytes::from(html),
+    }
+}
+
 /// The page for a problem, HTML or JSON.
 pub fn problem_page(problem: Problem, lang: Lang, json: bool, retry_after: Option<u64>) -> Page {
     let (title, text) = problem.words(lang);

@@ -238,6 +238,24 @@ impl EcluseProxy {
         }
     }
 
+    /// The priority label for shed metrics: the class name, `admitted` for an admitted
+    /// waiting-room session, else `none` (bounded: names come from the config).
+    fn class_label(&self, session: &Session, ctx: &mut Ctx) -> &'static str {
+        if let Some(i) = self.class_of(session, ctx) {
+            if let Some(cfg) = &ctx.config {
+                if let Some(c) = cfg.classes.get(i) {
+                    // Class names live as long as the config; intern them for the label.
+                    return crate::metrics::intern(&c.name);
+                }
+            }
+        }
+        if ctx.room_session.is_some() {
+            "admitted"
+        } else {
+            "none"
+        }
+    }
+
     fn class_of(&self, session: &Session, ctx: &mut Ctx) -> Option<usize> {
         if let Some(c) = ctx.class {
             return c;
@@ -268,8 +286,8 @@ impl EcluseProxy {
         ctx: &mut Ctx,
         route: &Arc<Route>,
     ) -> Result<bool> {
-        // Degradation levels will tighten limits through this factor (issue #5).
-        let factor = 1.0;
+        // The degradation level in force may tighten every limit.
+        let factor = self.app.registry.degrade.rate_factor();
         let mut passed: Vec<(&RouteLimit, u64)> = Vec::with_capacity(route.limits.len());
         let mut refused: Option<(&RouteLimit, Verdict)> = None;
         for l in &route.limits {
@@ -798,6 +816,51 @@ impl ProxyHttp for EcluseProxy {
             return Ok(true);
         }
 
+        // 3. Degradation gate: a switched-off feature answers 503 now, before any other
+        // work (and before a byte of an upload is read).
+        if let Some(feature) = &route.feature {
+            let state = &self.app.registry.degrade;
+            if state.is_disabled(feature) {
+                let class = self.class_label(session, ctx);
+                crate::metrics::get()
+                    .shed
+                    .with_label_values(&[&route.origin.name, "feature_off", class])
+                    .inc();
+                let cfg = ctx.config.clone();
+                let msg = cfg
+                    .as_ref()
+                    .and_then(|c| c.degradation.as_ref())
+                    .map(|d| d.message(feature));
+                let req = session.req_header();
+                let lang = pages::negotiate_lang(header(req, "accept-language"));
+                let json = pages::wants_json(header(req, "accept"));
+                let (text, retry) = match &msg {
+                    Some(m) => (
+                        if lang == pages::Lang::Fr {
+                            m.fr.clone()
+                        } else {
+                            m.en.clone()
+                        },
+                        m.retry_after.as_secs().max(1),
+                    ),
+                    None => (String::new(), 300),
+                };
+                let page = pages::feature_off_page(lang, json, feature, &text, retry);
+                ctx.decision = Some("feature_off");
+                let mut resp = ResponseHeader::build(503, Some(5))?;
+                resp.insert_header("content-type", page.content_type)?;
+                resp.insert_header("content-length", page.body.len().to_string())?;
+                resp.insert_header("cache-control", "no-store")?;
+                resp.insert_header("retry-after", retry.to_string())?;
+                if ctx.has_body {
+                    session.set_keepalive(None);
+                }
+                session.write_response_header(Box::new(resp), false).await?;
+                session.write_response_body(Some(page.body), true).await?;
+                return Ok(true);
+            }
+        }
+
         // 4. Waiting room: a request without a valid admission is queued.
         if let Some(room) = route.room.clone() {
             if self.waiting_room(session, ctx, &room).await? {
@@ -807,10 +870,30 @@ impl ProxyHttp for EcluseProxy {
 
         // 6. Origin hard limit: refuse fast rather than queue on a saturated ENT. The body
         // (if any) is not read: an upload is refused before a byte of it is accepted.
+        // The adaptive limit applies to everyone; admitted sessions and priority classes
+        // may use a 10% reserve above it (never above the hard maximum), so when the origin
+        // is saturated the lowest priority is refused first.
         let origin = &route.origin;
-        match OriginPermit::try_acquire(&origin.shared, origin.max_inflight) {
+        let limit = origin.shared.current_limit(origin.max_inflight).map(|l| {
+            let privileged = ctx.room_session.is_some() || self.class_of(session, ctx).is_some();
+            let hard = origin
+                .max_inflight
+                .map(|m| m as usize)
+                .unwrap_or(usize::MAX);
+            if privileged {
+                (l + (l / 10).max(1)).min(hard)
+            } else {
+                l
+            }
+        });
+        match OriginPermit::try_acquire(&origin.shared, limit) {
             Some(p) => ctx.permit = Some(p),
             None => {
+                let class = self.class_label(session, ctx);
+                crate::metrics::get()
+                    .shed
+                    .with_label_values(&[&origin.name, "concurrency", class])
+                    .inc();
                 origin.metrics.rejected_max_inflight.inc();
                 self.respond_problem(session, ctx, Problem::OriginBusy, Some(1), &[])
                     .await?;
@@ -1112,6 +1195,11 @@ impl ProxyHttp for EcluseProxy {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let elapsed = ctx.start.elapsed();
+        // Signals for degradation and adaptive concurrency: how the origin answered.
+        if let (Some(route), Some(t0)) = (&ctx.route, ctx.upstream_start) {
+            let failed = e.is_some() || status >= 500 || status == 0;
+            route.origin.shared.record(now_ms(), t0.elapsed(), failed);
+        }
         if let Some(route) = &ctx.route {
             route.metrics.by_class[crate::metrics::status_class(status)].inc();
             route.metrics.duration.observe(elapsed.as_secs_f64());

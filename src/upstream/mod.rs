@@ -137,6 +137,106 @@ pub struct OriginShared {
     pub inflight: AtomicUsize,
     cursor: AtomicUsize,
     pub inflight_gauge: IntGauge,
+    /// Latencies and failures over the last 10 s (degradation signals, adaptive limit).
+    pub window: Mutex<crate::policy::degrade::Window>,
+    /// Adaptive concurrency limit (0 until the first evaluation).
+    pub limit: AtomicUsize,
+    /// Lowest recent p50 latency, ms: the origin's unloaded speed.
+    baseline_ms: Mutex<(f64, u64)>,
+}
+
+impl OriginShared {
+    /// Record one finished exchange.
+    pub fn record(&self, now_ms: u64, latency: Duration, error: bool) {
+        self.window
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(now_ms, latency, error);
+    }
+
+    /// This origin's degradation signals.
+    pub fn signals(
+        &self,
+        now_ms: u64,
+        max_inflight: Option<u32>,
+    ) -> crate::policy::degrade::Signals {
+        let w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let inflight = self.inflight.load(Ordering::Relaxed) as f64;
+        let cap = max_inflight.map(f64::from).unwrap_or(0.0);
+        crate::policy::degrade::Signals {
+            inflight_ratio: if cap > 0.0 { inflight / cap } else { 0.0 },
+            p95_ms: w.quantile_ms(now_ms, 0.95),
+            error_rate: w.error_rate(now_ms),
+            queue_depth: 0.0,
+        }
+    }
+
+    /// The concurrency limit in force: the adaptive one when adaptive concurrency is on,
+    /// never above the hard maximum.
+    pub fn current_limit(&self, max_inflight: Option<u32>) -> Option<usize> {
+        let adaptive = self.limit.load(Ordering::Relaxed);
+        match (max_inflight, adaptive) {
+            (Some(m), 0) => Some(m as usize),
+            (Some(m), a) => Some(a.min(m as usize)),
+            (None, _) => None,
+        }
+    }
+
+    /// Adaptive concurrency (AIMD on latency, evaluated every 500 ms):
+    /// - the origin's unloaded speed is the lowest p50 seen over the last minute;
+    /// - when the recent p50 exceeds `tolerance ×` that, or more than 5% of exchanges
+    ///   fail, the limit shrinks by 20% (multiplicative decrease: queueing at the origin
+    ///   only adds latency, not throughput);
+    /// - otherwise, when the limit is nearly used, it grows by 5% (at least 1);
+    /// - it stays between `min` and the hard `max_inflight`.
+    ///
+    /// So the origin is kept near the knee of its latency curve, where throughput is
+    /// highest, and excess requests are refused at once instead of waiting in a queue
+    /// they would time out in.
+    pub fn adapt(&self, o: &crate::config::runtime::Origin, now_ms: u64) {
+        let Some(ac) = &o.adaptive else {
+            self.limit.store(0, Ordering::Relaxed);
+            return;
+        };
+        let max = o.max_inflight.map(|m| m as usize).unwrap_or(ac.max);
+        let (p50, err, n) = {
+            let w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                w.quantile_ms(now_ms, 0.5),
+                w.error_rate(now_ms),
+                w.count(now_ms),
+            )
+        };
+        let mut base = self.baseline_ms.lock().unwrap_or_else(|p| p.into_inner());
+        if n >= 10 && (base.0 == 0.0 || p50 < base.0 || now_ms.saturating_sub(base.1) > 60_000) {
+            *base = (p50, now_ms);
+        }
+        let baseline = base.0;
+        drop(base);
+        let cur = match self.limit.load(Ordering::Relaxed) {
+            0 => max,
+            l => l,
+        };
+        let inflight = self.inflight.load(Ordering::Relaxed);
+        let congested =
+            n >= 10 && (err > 0.05 || (baseline > 0.0 && p50 > ac.tolerance * baseline));
+        let next = if congested {
+            ((cur as f64) * 0.8) as usize
+        } else if inflight * 10 >= cur * 8 {
+            cur + ((cur as f64) * 0.05).max(1.0) as usize
+        } else {
+            cur
+        };
+        let next = next.clamp(ac.min.min(max), max);
+        self.limit.store(next, Ordering::Relaxed);
+        self.limit_gauge().set(next as i64);
+    }
+
+    fn limit_gauge(&self) -> IntGauge {
+        crate::metrics::get()
+            .origin_concurrency_limit
+            .with_label_values(&[&self.name])
+    }
 }
 
 /// Long-lived store of upstream state, keyed by origin name and server address.
@@ -165,6 +265,9 @@ impl Registry {
                     inflight_gauge: crate::metrics::get()
                         .origin_inflight
                         .with_label_values(&[origin]),
+                    window: Mutex::new(crate::policy::degrade::Window::default()),
+                    limit: AtomicUsize::new(0),
+                    baseline_ms: Mutex::new((0.0, 0)),
                 })
             })
             .clone()
@@ -239,10 +342,10 @@ pub struct OriginPermit {
 
 impl OriginPermit {
     /// Take a slot unless `max` are already in use.
-    pub fn try_acquire(shared: &Arc<OriginShared>, max: Option<u32>) -> Option<OriginPermit> {
+    pub fn try_acquire(shared: &Arc<OriginShared>, max: Option<usize>) -> Option<OriginPermit> {
         let prev = shared.inflight.fetch_add(1, Ordering::AcqRel);
         if let Some(max) = max {
-            if prev >= max as usize {
+            if prev >= max {
                 shared.inflight.fetch_sub(1, Ordering::AcqRel);
                 return None;
             }

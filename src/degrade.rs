@@ -1,0 +1,250 @@
+//! Degradation at run time: the level state that outlives configs, the evaluation loop
+//! that turns measured signals into a level every 500 ms, the adaptive concurrency limit
+//! of each origin, and the metrics. Decisions are in `policy::degrade`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
+use crate::policy::degrade::{Change, Degrader, Level, Signals};
+use crate::rooms::now_ms;
+
+/// The message of a switched-off feature.
+#[derive(Debug, Clone)]
+pub struct FeatureMessage {
+    pub fr: String,
+    pub en: String,
+    pub retry_after: Duration,
+}
+
+/// Degradation settings of a config.
+#[derive(Debug, Clone)]
+pub struct Degradation {
+    pub levels: Vec<Level>,
+    pub hold: Duration,
+    pub force_level: Option<usize>,
+    pub messages: HashMap<String, FeatureMessage>,
+    /// Every feature named by a route or a level.
+    pub features: Vec<String>,
+}
+
+impl Degradation {
+    pub fn message(&self, feature: &str) -> FeatureMessage {
+        self.messages.get(feature).cloned().unwrap_or_else(|| FeatureMessage {
+            fr: format!("« {feature} » est suspendu pendant la forte affluence ; vos cours et devoirs restent accessibles."),
+            en: format!("“{feature}” is paused while the ENT is very busy; your lessons and homework stay available."),
+            retry_after: Duration::from_secs(300),
+        })
+    }
+}
+
+/// State shared by every config: the level machine and what the hot path reads.
+pub struct DegradeState {
+    degrader: Mutex<Degrader>,
+    /// Features off right now (read per request on feature routes).
+    pub disabled: ArcSwap<Vec<String>>,
+    pub level: AtomicUsize,
+    rate_factor: AtomicU64,
+    room_factor: AtomicU64,
+    /// The forced level came from the file (`force_level`), not the admin API.
+    forced_by_config: AtomicBool,
+}
+
+impl Default for DegradeState {
+    fn default() -> Self {
+        DegradeState {
+            degrader: Mutex::new(Degrader::new(now_ms())),
+            disabled: ArcSwap::from_pointee(Vec::new()),
+            level: AtomicUsize::new(0),
+            rate_factor: AtomicU64::new(1f64.to_bits()),
+            room_factor: AtomicU64::new(1f64.to_bits()),
+            forced_by_config: AtomicBool::new(false),
+        }
+    }
+}
+
+impl DegradeState {
+    pub fn lock(&self) -> MutexGuard<'_, Degrader> {
+        self.degrader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Factor on rate limits at the current level (1.0 = as written).
+    #[inline]
+    pub fn rate_factor(&self) -> f64 {
+        f64::from_bits(self.rate_factor.load(Ordering::Relaxed))
+    }
+
+    /// Factor on waiting-room capacity at the current level.
+    #[inline]
+    pub fn room_factor(&self) -> f64 {
+        f64::from_bits(self.room_factor.load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    pub fn is_disabled(&self, feature: &str) -> bool {
+        self.disabled.load().iter().any(|f| f == feature)
+    }
+
+    /// Recompute what the hot path reads from the level machine, and the metrics.
+    pub fn publish(&self, d: &Degradation, now: u64) {
+        let g = self.lock();
+        let level = g.level(now).min(d.levels.len().saturating_sub(1));
+        let off: Vec<String> = d
+            .features
+            .iter()
+            .filter(|f| !g.feature_on(&d.levels, f, now))
+            .cloned()
+            .collect();
+        drop(g);
+        let lv = d.levels.get(level);
+        self.level.store(level, Ordering::Relaxed);
+        self.rate_factor.store(
+            lv.map(|l| l.rate_factor).unwrap_or(1.0).to_bits(),
+            Ordering::Relaxed,
+        );
+        self.room_factor.store(
+            lv.map(|l| l.room_factor).unwrap_or(1.0).to_bits(),
+            Ordering::Relaxed,
+        );
+        let m = crate::metrics::get();
+        m.degradation_level.set(level as i64);
+        for (i, l) in d.levels.iter().enumerate() {
+            m.degradation_level_info
+                .with_label_values(&[&l.name])
+                .set(i64::from(i == level));
+        }
+        for f in &d.features {
+            m.feature_enabled
+                .with_label_values(&[f])
+                .set(i64::from(!off.contains(f)));
+        }
+        self.disabled.store(Arc::new(off));
+    }
+
+    /// Apply the file's `force_level` after a load.
+    pub fn apply_config(&self, d: &Degradation) {
+        let now = now_ms();
+        let change = {
+            let mut g = self.lock();
+            match d.force_level {
+                Some(l) => {
+                    self.forced_by_config.store(true, Ordering::Relaxed);
+                    g.force(Some(l), None, now, "the config file")
+                }
+                None if self.forced_by_config.swap(false, Ordering::Relaxed) => {
+                    g.force(None, None, now, "the config file")
+                }
+                None => None,
+            }
+        };
+        if let Some(c) = change {
+            record_change(d, &c, "forced");
+        }
+        self.publish(d, now);
+    }
+
+    /// Force a level from the admin API (`None`: back to automatic).
+    pub fn force(
+        &self,
+        d: &Degradation,
+        level: Option<usize>,
+        for_: Option<Duration>,
+    ) -> Option<Change> {
+        let now = now_ms();
+        let until = for_.map(|f| now + f.as_millis() as u64);
+        self.forced_by_config.store(false, Ordering::Relaxed);
+        let c = self.lock().force(level, until, now, "the admin API");
+        if let Some(c) = &c {
+            record_change(d, c, "forced");
+        }
+        self.publish(d, now);
+        c
+    }
+
+    /// Force a feature on/off from the admin API (`None`: follow the level).
+    pub fn force_feature(
+        &self,
+        d: &Degradation,
+        feature: &str,
+        on: Option<bool>,
+        for_: Option<Duration>,
+    ) {
+        let now = now_ms();
+        let until = for_.map(|f| now + f.as_millis() as u64);
+        self.lock().force_feature(feature, on, until);
+        log::warn!(
+            "feature {feature} {} by the admin API{}",
+            match on {
+                Some(true) => "forced on",
+                Some(false) => "forced off",
+                None => "back to automatic",
+            },
+            for_.map(|f| format!(" for {f:?}")).unwrap_or_default()
+        );
+        crate::metrics::get()
+            .feature_changes
+            .with_label_values(&[feature, "forced"])
+            .inc();
+        self.publish(d, now);
+    }
+}
+
+fn record_change(d: &Degradation, c: &Change, cause: &str) {
+    let name = |i: usize| d.levels.get(i).map(|l| l.name.as_str()).unwrap_or("?");
+    log::warn!(
+        "degradation level {} -> {} ({cause}): {}",
+        name(c.from),
+        name(c.to),
+        c.reason
+    );
+    crate::metrics::get()
+        .degradation_changes
+        .with_label_values(&[name(c.from), name(c.to), cause])
+        .inc();
+}
+
+/// One evaluation: measure every origin, step the level, adapt concurrency limits.
+pub fn evaluate(cfg: &Config, state: &DegradeState) {
+    let now = now_ms();
+    let mut worst = Signals::default();
+    for o in &cfg.origins {
+        let s = o.shared.signals(now, o.max_inflight);
+        let m = crate::metrics::get();
+        m.origin_latency_p95
+            .with_label_values(&[&o.name])
+            .set(s.p95_ms / 1000.0);
+        m.origin_error_ratio
+            .with_label_values(&[&o.name])
+            .set(s.error_rate);
+        m.origin_inflight_ratio
+            .with_label_values(&[&o.name])
+            .set(s.inflight_ratio);
+        worst = Signals::worst(worst, s);
+        o.shared.adapt(o, now);
+    }
+    worst.queue_depth = cfg
+        .rooms
+        .iter()
+        .map(|r| r.shared.lock().waiting() as f64)
+        .sum();
+    let Some(d) = &cfg.degradation else {
+        return;
+    };
+    let change = state.lock().step(&d.levels, &worst, now, d.hold);
+    if let Some(c) = &change {
+        let cause = if c.reason == "forced level expired" {
+            "forced"
+        } else {
+            "auto"
+        };
+        record_change(d, c, cause);
+    }
+    state.publish(d, now);
+    for r in &cfg.rooms {
+        r.shared.set_factor(state.room_factor());
+    }
+}
