@@ -10,13 +10,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn yaml(origin: std::net::SocketAddr, max_inflight: u32, hold: &str) -> String {
+    yaml_with(origin, max_inflight, hold, "")
+}
+
+fn yaml_with(
+    origin: std::net::SocketAddr,
+    max_inflight: u32,
+    hold: &str,
+    origin_extra: &str,
+) -> String {
     format!(
         r#"listen: ["127.0.0.1:0"]
 admin: {{ listen: "127.0.0.1:0" }}
 server: {{ threads: 2 }}
 access_log: {{ enabled: false }}
 origins:
-  ent: {{ servers: ["{origin}"], max_inflight: {max_inflight}, health_check: {{ disabled: true }}, passive: {{ max_failures: 0 }} }}
+  ent: {{ servers: ["{origin}"], max_inflight: {max_inflight}, health_check: {{ disabled: true }}, passive: {{ max_failures: 0 }}{origin_extra} }}
 degradation:
   hold: {hold}
   levels:
@@ -184,7 +193,12 @@ async fn overload_switches_visio_off_then_back_and_uploads_arrive_once() {
     .await
     .expect("origin");
     let max_inflight = 12;
-    let e = Arc::new(Ecluse::start(&yaml(origin.addr(), max_inflight, "1s")));
+    let e = Arc::new(Ecluse::start(&yaml_with(
+        origin.addr(),
+        max_inflight,
+        "1s",
+        ", adaptive_concurrency: { min: 4, tolerance: 2.0 }",
+    )));
     assert_eq!(level(&e).await, "normal");
 
     // Surge: 48 clients hammering pages, and uploads with distinct bodies.
