@@ -19,6 +19,8 @@ demo: build
 
 ## Everything CI checks: formatting, clippy, all tests, every file in config/.
 test: deps
+	@# Tests start real servers and a real browser: nginx (benchmarks only), Chromium.
+	@scripts/need.sh chromium chromedriver
 	@echo "== cargo fmt --check"
 	$(CARGO) fmt --all -- --check
 	@echo "== cargo clippy --all-targets -- -D warnings"

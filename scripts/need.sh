@@ -12,6 +12,7 @@ pkg_for() {
     redis-server) echo redis-server ;;
     prometheus|promtool) echo prometheus ;;
     chromium) echo chromium ;;
+    chromedriver) echo chromium-driver ;;
     hyperfine) echo hyperfine ;;
     taskset) echo util-linux ;;
     *) echo "$1" ;;

@@ -247,7 +247,13 @@ impl Room {
         p
     }
 
+    /// Whether a path needs admission. A browser fetches `/favicon.ico` and
+    /// `/robots.txt` by itself (even right after a logout, without the cookie): they never
+    /// take a place.
     pub fn is_inside(&self, path: &str) -> bool {
+        if path == "/favicon.ico" || path == "/robots.txt" {
+            return false;
+        }
         self.inside.is_empty() || self.inside.iter().any(|p| path.starts_with(p.as_str()))
     }
 

@@ -1,0 +1,440 @@
+//! The waiting room in a real browser (headless Chromium driven through chromedriver):
+//! a French student who hits a full ENT sees the queue page, and is taken to the page
+//! they asked for by the page itself once a place frees up — by the JavaScript poll, and
+//! with JavaScript disabled by the `<noscript><meta refresh>` fallback.
+//!
+//! Chromium and chromedriver are system packages (`make test` installs them). When they
+//! are missing this test fails, it never skips.
+
+mod common;
+
+use common::*;
+use ecluse::policy::ticket::{Keyring, TicketState};
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "k1:0123456789abcdef0123456789abcdef0123\n";
+const PAGE: &str = "/cahier-de-textes";
+const TITLE_FR: &str = "Vous êtes dans la file d'attente";
+
+// ---------------------------------------------------------------------------------------
+// Tools: chromium + chromedriver, found or the test fails with a way out.
+
+/// `name` in $PATH (or `/usr/bin/name`), or an explanation of how to get it.
+fn tool(env: &str, name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "{env}={} does not exist; unset it or run `make test` (it installs chromium and chromedriver)",
+            p.display()
+        );
+        return p;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` was not found in $PATH nor /usr/bin: the browser test needs Chromium \
+                 and chromedriver. Run `make test` (it installs them), or \
+                 `apt-get install -y chromium chromium-driver`, or point {env} at the binary."
+            )
+        })
+}
+
+/// A chromedriver on a free 127.0.0.1 port, in its own process group so that the
+/// browsers it launches are killed with it (on drop, even when an assertion failed).
+struct Driver {
+    child: Child,
+    url: String,
+    chromium: PathBuf,
+    dir: TempDir,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        let chromium = tool("CHROMIUM", "chromium");
+        let chromedriver = tool("CHROMEDRIVER", "chromedriver");
+        let mut dir = TempDir::new("chromedriver");
+        // The port is picked by binding :0 then released; if someone grabs it in
+        // between, chromedriver exits at once and we try another one.
+        let mut attempt = 0;
+        loop {
+            let port = dead_port().port();
+            let log = dir.path().join(format!("chromedriver-{attempt}.log"));
+            let child = Command::new(&chromedriver)
+                .arg(format!("--port={port}"))
+                .arg(format!("--log-path={}", log.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {}: {e}", chromedriver.display()));
+            // The guard exists from now on: any panic below kills the process group.
+            let mut d = Driver {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+                chromium: chromium.clone(),
+                dir,
+            };
+            match d.wait_ready().await {
+                Ok(()) => return d,
+                Err(why) if attempt < 2 => {
+                    eprintln!("chromedriver on port {port}: {why}; retrying");
+                    attempt += 1;
+                    // Keep the directory; drop (kill) the failed driver.
+                    dir = std::mem::replace(&mut d.dir, TempDir::new("chromedriver-retry"));
+                }
+                Err(why) => panic!(
+                    "chromedriver never became ready: {why}\nlog:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    /// Poll `/status` until it says ready, with a deadline.
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let http = client();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Err(format!("chromedriver exited: {st}"));
+            }
+            if let Ok(r) = http.get(format!("{}/status", self.url)).send().await {
+                if let Ok(v) = r.json::<serde_json::Value>().await {
+                    if v["value"]["ready"] == true {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("/status not ready after {DEADLINE:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A new browser session with a fresh profile; French is the preferred language.
+    async fn browser(&self, javascript: bool) -> Client {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let profile = self.dir.path().join(format!("profile-{n}"));
+        std::fs::create_dir_all(&profile).expect("profile dir");
+        let mut args = vec![
+            "--headless=new".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-quic".into(),
+            "--no-first-run".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--disable-dev-shm-usage".into(),
+            "--window-size=900,1000".into(),
+            "--lang=fr-FR".into(),
+            format!("--user-data-dir={}", profile.display()),
+        ];
+        let mut prefs = serde_json::json!({ "intl.accept_languages": "fr-FR,fr" });
+        if !javascript {
+            args.push("--blink-settings=scriptEnabled=false".into());
+            prefs["profile.managed_default_content_settings.javascript"] = 2.into();
+        }
+        let caps = serde_json::json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": self.chromium,
+                "args": args,
+                "prefs": prefs,
+            },
+        });
+        let serde_json::Value::Object(caps) = caps else {
+            unreachable!()
+        };
+        // chromedriver speaks plain HTTP on 127.0.0.1: no TLS connector (and so no
+        // rustls crypto provider to choose).
+        ClientBuilder::new(HttpConnector::new())
+            .capabilities(caps)
+            .connect(&self.url)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "could not open a Chromium session ({}): {e}",
+                    self.chromium.display()
+                )
+            })
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // The whole group: chromedriver and the Chromium processes it started.
+        let pgid = self.child.id() as i32;
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// ecluse + an origin, and what a test needs to look at them.
+
+fn start_ecluse(origin: SocketAddr) -> Ecluse {
+    let yaml = format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+server: {{ state_dir: state, grace_period: 0s, shutdown_timeout: 2s }}
+access_log: {{ enabled: false }}
+waiting_rooms:
+  ent: {{ active_users: 1, new_users_per_minute: 600, poll_interval: 1s, abandon_timeout: 30s, secret_file: keys }}
+origins:
+  ent: {{ servers: ["{origin}"], health_check: {{ disabled: true }} }}
+routes:
+  - {{ name: ent, origin: ent, waiting_room: ent }}
+"#
+    );
+    Ecluse::start_with(&yaml, &[("keys", KEY.as_bytes())], |_| {})
+}
+
+fn cookie_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client")
+}
+
+/// The ticket state a response's Set-Cookie carries (the test knows the key).
+fn ticket_state(r: &reqwest::Response) -> Option<TicketState> {
+    let keys = Keyring::parse(KEY).expect("key");
+    r.headers().get_all("set-cookie").iter().find_map(|v| {
+        let val = v
+            .to_str()
+            .ok()?
+            .strip_prefix("ecluse_ent=")?
+            .split(';')
+            .next()?;
+        Some(keys.open(val, "ent").ok()?.state)
+    })
+}
+
+/// A student who takes the only place: GET / is admitted at once.
+async fn fill_the_room(e: &Ecluse) -> reqwest::Client {
+    let c = cookie_client();
+    let r = c.get(e.url("/")).send().await.expect("GET /");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        ticket_state(&r),
+        Some(TicketState::Admitted),
+        "the first student is admitted directly"
+    );
+    let v: serde_json::Value = r.json().await.expect("the origin's JSON");
+    assert_eq!(v["server"], "ent");
+    c
+}
+
+/// That student logs out: the ENT's answer ends the session and frees the place.
+async fn log_out(c: &reqwest::Client, e: &Ecluse) {
+    let r = c.get(e.url("/logout")).send().await.expect("GET /logout");
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.expect("the origin's JSON");
+    assert_eq!(v["path"], "/logout", "the logout reached the ENT");
+}
+
+fn shot_dir() -> PathBuf {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-output/browser");
+    std::fs::create_dir_all(&d).expect("create screenshot dir");
+    d
+}
+
+async fn screenshot(b: &Client, name: &str) -> PathBuf {
+    let png = b.screenshot().await.expect("screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000,
+        "a real PNG"
+    );
+    let p = shot_dir().join(name);
+    std::fs::write(&p, png).expect("write screenshot");
+    p
+}
+
+async fn text_of(b: &Client, css: &str) -> String {
+    b.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
+        .text()
+        .await
+        .expect("element text")
+}
+
+/// The browser shows the French queue page, at the address the student asked for,
+/// with position 1 announced in the aria-live region.
+async fn assert_queue_page(b: &Client, e: &Ecluse) {
+    let url = b.current_url().await.expect("url");
+    assert_eq!(
+        url.as_str(),
+        e.url(PAGE),
+        "the queue page stands at the asked URL"
+    );
+    let src = b.source().await.expect("source");
+    assert!(
+        !src.contains("\"server\":\"ent\""),
+        "the ENT must not be reached while the room is full:\n{src}"
+    );
+    let lang = b
+        .find(Locator::Css("html"))
+        .await
+        .expect("html")
+        .attr("lang")
+        .await
+        .expect("lang attr");
+    assert_eq!(lang.as_deref(), Some("fr"), "a French queue page:\n{src}");
+    let title = b.title().await.expect("title");
+    assert!(title.starts_with(TITLE_FR), "title: {title:?}");
+    assert_eq!(text_of(b, "h1").await, TITLE_FR);
+    assert_eq!(
+        text_of(b, "[aria-live] #q-pos-v").await,
+        "1",
+        "position 1, inside the aria-live region"
+    );
+    assert_eq!(
+        b.find_all(Locator::Css("[aria-live] #q-pos-v"))
+            .await
+            .expect("find")
+            .len(),
+        1
+    );
+}
+
+/// Poll the page (never touching it) until it is the ENT's JSON for `path`.
+async fn wait_landed(b: &Client, path: &str, limit: Duration) -> (serde_json::Value, Duration) {
+    let t0 = Instant::now();
+    let mut last = String::new();
+    loop {
+        let url = b.current_url().await.map(|u| u.path().to_string());
+        if let (Ok(u), Ok(src)) = (url, b.source().await) {
+            if u == path && src.contains(&format!("\"path\":\"{path}\"")) {
+                // Chromium shows JSON in a <pre>.
+                let text = match b.find(Locator::Css("body > pre")).await {
+                    Ok(pre) => pre.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(text.trim()) {
+                    assert_eq!(v["path"], path);
+                    return (v, t0.elapsed());
+                }
+            }
+            last = src;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "the browser did not land on {path} by itself within {limit:?}; last page:\n{last}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What the ENT saw of the browser's request.
+fn assert_ent_saw_the_browser(v: &serde_json::Value) {
+    assert_eq!(v["server"], "ent");
+    assert_eq!(v["method"], "GET");
+    let al = v["headers"]["accept-language"].as_str().unwrap_or("");
+    assert!(al.starts_with("fr"), "the browser asked for French: {al:?}");
+    let cookie = v["headers"]["cookie"].as_str().unwrap_or("");
+    assert!(
+        cookie.contains("ecluse_ent="),
+        "the browser came with its ticket: {cookie:?}"
+    );
+}
+
+/// One student's visit: the ENT is full (a reqwest student holds the only place), the
+/// browser opens `PAGE` and gets the French queue page; the other student logs out and
+/// the page, left alone, takes the browser to `PAGE`. Each visit has its own ecluse (a
+/// browser cannot leave cleanly: after `/logout` it fetches `/favicon.ico` without a
+/// cookie, which is admitted and takes the place again).
+async fn visit(driver: &Driver, javascript: bool, limit: Duration, shots: [&str; 2]) {
+    let origin = EchoOrigin::start("ent").await;
+    let e = start_ecluse(origin.addr);
+    let inside = fill_the_room(&e).await;
+    let b = driver.browser(javascript).await;
+    b.goto(&e.url(PAGE)).await.expect("open the ENT page");
+    assert_queue_page(&b, &e).await;
+    if javascript {
+        // With scripting on, <noscript> is raw text: no fallback paragraph is rendered.
+        assert!(
+            b.find(Locator::Css("noscript p")).await.is_err(),
+            "JavaScript is enabled in this session"
+        );
+    } else {
+        let noscript = text_of(&b, "noscript p").await;
+        assert!(
+            noscript.contains("toutes les 5 secondes"),
+            "JavaScript is disabled, so the fallback text is shown: {noscript:?}"
+        );
+        let refresh = b
+            .find(Locator::Css(r#"meta[http-equiv="refresh"]"#))
+            .await
+            .expect("meta refresh")
+            .attr("content")
+            .await
+            .expect("content");
+        assert_eq!(refresh.as_deref(), Some("5"), "max(poll_interval, 5 s)");
+    }
+    // The student inside, plus at most the browser's own /favicon.ico (never inside a
+    // room); the queued page itself never reached the ENT (its HTML is ours, checked
+    // above).
+    assert!(
+        origin.hits() <= 2,
+        "only the student inside reached the ENT ({} hits)",
+        origin.hits()
+    );
+    screenshot(&b, shots[0]).await;
+    log_out(&inside, &e).await;
+    let (v, took) = wait_landed(&b, PAGE, limit).await;
+    assert_ent_saw_the_browser(&v);
+    let mode = if javascript {
+        "JS poll"
+    } else {
+        "meta refresh"
+    };
+    eprintln!("{mode}: landed on {PAGE} {took:?} after the logout");
+    screenshot(&b, shots[1]).await;
+    b.close().await.expect("close the browser session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_french_student_waits_then_lands_on_the_ent_with_and_without_javascript() {
+    let t0 = Instant::now();
+    let driver = Driver::start().await;
+    // JavaScript on: the page polls the status URL (every ~1 s) and reloads itself.
+    visit(
+        &driver,
+        true,
+        Duration::from_secs(20),
+        ["queue-fr.png", "landed-fr.png"],
+    )
+    .await;
+    // JavaScript off: `<noscript><meta http-equiv=refresh content=5>` does it.
+    visit(
+        &driver,
+        false,
+        Duration::from_secs(25),
+        ["queue-nojs-fr.png", "landed-nojs-fr.png"],
+    )
+    .await;
+    eprintln!(
+        "screenshots in {}; total {:?}",
+        shot_dir().display(),
+        t0.elapsed()
+    );
+}
