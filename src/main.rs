@@ -49,6 +49,25 @@ enum Cmd {
     },
     /// Print the JSON Schema of the policy file (for editors; see config/ecluse.schema.json).
     Schema,
+    /// Run only the simulated ENT (for benchmarks and experiments): prints
+    /// `listening origin http://ADDR/` and serves until Ctrl-C.
+    Origin {
+        /// Port (0 picks a free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Concurrent requests the simulated ENT handles well.
+        #[arg(long, default_value_t = 64)]
+        capacity: usize,
+        /// Past this many in flight it answers 503 or hangs (default 2 × capacity).
+        #[arg(long)]
+        hard_limit: Option<usize>,
+        /// Latency of a page at rest, in ms.
+        #[arg(long, default_value_t = 5)]
+        base_latency_ms: u64,
+        /// Latency added per request in flight above capacity/2, in ms.
+        #[arg(long, default_value_t = 1)]
+        latency_per_inflight_ms: u64,
+    },
 }
 
 fn init_logging() {
@@ -148,6 +167,46 @@ fn main() -> ExitCode {
     }));
     match cli.cmd {
         Cmd::Check { file } => check(file),
+        Cmd::Origin {
+            port,
+            capacity,
+            hard_limit,
+            base_latency_ms,
+            latency_per_inflight_ms,
+        } => {
+            let opts = ecluse::demo::OriginOptions {
+                capacity,
+                hard_limit: hard_limit.unwrap_or(2 * capacity),
+                base_latency: std::time::Duration::from_millis(base_latency_ms),
+                latency_per_inflight: std::time::Duration::from_millis(latency_per_inflight_ms),
+                ..ecluse::demo::OriginOptions::default()
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("ecluse origin: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            rt.block_on(async move {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                match ecluse::demo::DemoOrigin::start(addr, opts).await {
+                    Ok(o) => {
+                        println!("listening origin http://{}/", o.addr());
+                        let _ = tokio::signal::ctrl_c().await;
+                        o.shutdown().await;
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("ecluse origin: cannot listen on {addr}: {e}");
+                        ExitCode::from(1)
+                    }
+                }
+            })
+        }
         Cmd::Schema => {
             let s =
                 serde_json::to_string_pretty(&ecluse::config::json_schema()).unwrap_or_default();
