@@ -15,7 +15,7 @@ build: deps
 
 ## Run the simulated ENT and ecluse in front of it; prints the URLs to open.
 demo: build
-	./target/release/ecluse demo
+	$(CARGO) run --release --quiet --bin ecluse -- demo
 
 ## Everything CI checks: formatting, clippy, all tests, every file in config/.
 test: deps
@@ -34,7 +34,7 @@ check-configs:
 	$(CARGO) build --bin ecluse
 	@# The reference policies read their ticket keys from the environment: check them
 	@# with a throwaway key.
-	@for f in config/*.yaml; do ECLUSE_TICKET_KEYS="check:$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" ./target/debug/ecluse check "$$f" || exit 1; done
+	@for f in config/*.yaml; do ECLUSE_TICKET_KEYS="check:$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" $(CARGO) run --quiet --bin ecluse -- check "$$f" || exit 1; done
 
 lint: deps
 	$(CARGO) fmt --all -- --check
