@@ -167,6 +167,8 @@ pub struct RoomMetrics {
     pub rejected_other_room: IntCounter,
     /// Waiting tickets past the abandon timeout, sessions past the idle timeout.
     pub rejected_expired: IntCounter,
+    /// Copies of a waiting ticket that was already used to get in.
+    pub rejected_reused: IntCounter,
 }
 
 impl RoomMetrics {
@@ -189,6 +191,7 @@ impl RoomMetrics {
             rejected_expired: m
                 .room_rejected_tickets
                 .with_label_values(&[room, "expired"]),
+            rejected_reused: m.room_rejected_tickets.with_label_values(&[room, "reused"]),
         }
     }
 }

@@ -14,7 +14,7 @@ fn yaml(origin: std::net::SocketAddr, room: &str) -> String {
     format!(
         r#"listen: ["127.0.0.1:0"]
 admin: {{ listen: "127.0.0.1:0" }}
-server: {{ state_dir: state, grace_period: 0s, shutdown_timeout: 2s }}
+server: {{ state_dir: state, grace_period: 0s, shutdown_timeout: 2s, trusted_proxies: ["127.0.0.1"] }}
 access_log: {{ enabled: false }}
 priority_classes:
   - {{ name: staff, headers: {{ X-ENT-Role: [enseignant] }} }}

@@ -531,8 +531,9 @@ pub struct RateLimitFile {
 
 /// A priority class: a request belongs to it when any of its conditions holds.
 ///
-/// Header and cookie conditions are only as trustworthy as their source: use them for
-/// values a front you control sets (an SSO gateway that strips them from client requests).
+/// Header conditions are believed only from `server.trusted_proxies` (the SSO gateway in
+/// front of ecluse, which must strip them from client requests). Cookie and path
+/// conditions are the client's to send: never give them `bypass`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PriorityClassFile {

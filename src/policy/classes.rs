@@ -18,6 +18,9 @@ pub struct PriorityClass {
 /// The request facts a class is decided on.
 pub struct RequestFacts<'a> {
     pub client_ip: Option<IpAddr>,
+    /// The peer is one of our trusted proxies: only then are header conditions believed
+    /// (anyone can send `X-ENT-Role: enseignant`).
+    pub trusted: bool,
     pub path: &'a str,
     pub headers: &'a http::HeaderMap,
 }
@@ -36,7 +39,7 @@ impl PriorityClass {
         {
             return true;
         }
-        for (name, values) in &self.headers {
+        for (name, values) in self.headers.iter().filter(|_| r.trusted) {
             for v in r.headers.get_all(name) {
                 if let Ok(v) = v.to_str() {
                     if values
@@ -137,13 +140,26 @@ mod tests {
         let h = headers(&[("x-ent-role", "Enseignant")]);
         let f = RequestFacts {
             client_ip: None,
+            trusted: true,
             path: "/",
             headers: &h,
         };
         assert_eq!(classify(&classes, &f), Some(0));
+        let f = RequestFacts {
+            client_ip: None,
+            trusted: false,
+            path: "/",
+            headers: &h,
+        };
+        assert_eq!(
+            classify(&classes, &f),
+            None,
+            "headers only from trusted proxies"
+        );
         let h = headers(&[("cookie", "exam=bac2026")]);
         let f = RequestFacts {
             client_ip: None,
+            trusted: false,
             path: "/",
             headers: &h,
         };
@@ -151,12 +167,14 @@ mod tests {
         let h = headers(&[]);
         let f = RequestFacts {
             client_ip: Some("10.1.2.3".parse().expect("ip")),
+            trusted: false,
             path: "/examens/x",
             headers: &h,
         };
         assert_eq!(classify(&classes, &f), Some(0), "first class wins");
         let f = RequestFacts {
             client_ip: Some("192.0.2.1".parse().expect("ip")),
+            trusted: false,
             path: "/",
             headers: &h,
         };

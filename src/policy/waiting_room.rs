@@ -12,7 +12,7 @@
 //! next tick admits others. All times are unix milliseconds passed in by the caller, so
 //! tests drive a fake clock.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -113,6 +113,50 @@ pub struct RoomState {
     pub paused: bool,
     pub opened: bool,
     pub counters: Counters,
+    /// Waiting tickets already admitted: a copy of a ticket gets in once, not once per
+    /// copy. Not snapshotted (after a restart the window starts empty).
+    #[serde(skip)]
+    claimed: Recent,
+    /// Sessions the origin ended: the (still signed) cookie is not honoured again.
+    #[serde(skip)]
+    ended: Recent,
+}
+
+/// Ticket numbers seen recently, each for a while, at most `CAP` of them (the oldest are
+/// forgotten first): bounded replay protection.
+#[derive(Debug, Clone, Default)]
+struct Recent {
+    order: VecDeque<(u64, u8, u64)>,
+    set: HashSet<(u8, u64)>,
+}
+
+impl Recent {
+    const CAP: usize = 1_000_000;
+
+    fn contains(&self, class: u8, number: u64) -> bool {
+        self.set.contains(&(class, number))
+    }
+
+    fn insert(&mut self, class: u8, number: u64, until_ms: u64) {
+        if self.set.insert((class, number)) {
+            self.order.push_back((until_ms, class, number));
+            if self.order.len() > Self::CAP {
+                if let Some((_, c, n)) = self.order.pop_front() {
+                    self.set.remove(&(c, n));
+                }
+            }
+        }
+    }
+
+    fn prune(&mut self, now_ms: u64) {
+        while let Some(&(until, c, n)) = self.order.front() {
+            if until > now_ms {
+                break;
+            }
+            self.order.pop_front();
+            self.set.remove(&(c, n));
+        }
+    }
 }
 
 /// What to do with a request that holds no valid ticket.
@@ -133,6 +177,8 @@ pub enum Standing {
     Admitted { bucket: u64 },
     /// Still waiting: `position` 1 = next; `None` before the opening shuffle.
     Waiting { position: Option<u64> },
+    /// This ticket was already used to get in (a copy): it gives no place.
+    Used,
 }
 
 impl RoomState {
@@ -147,6 +193,8 @@ impl RoomState {
             paused: false,
             opened: params.opens_at.is_none(),
             counters: Counters::default(),
+            claimed: Recent::default(),
+            ended: Recent::default(),
         }
     }
 
@@ -183,9 +231,15 @@ impl RoomState {
         }
     }
 
-    fn uncount(&mut self, bucket: u64) {
-        if let Some((_, n)) = self.active.iter_mut().find(|(b, _)| *b == bucket) {
-            *n = n.saturating_sub(1);
+    /// Take one session out of `bucket`; false when there was none to take (a replayed
+    /// cookie whose move was already counted).
+    fn uncount(&mut self, bucket: u64) -> bool {
+        match self.active.iter_mut().find(|(b, _)| *b == bucket) {
+            Some((_, n)) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -241,6 +295,8 @@ impl RoomState {
         self.tokens = (self.tokens + per_ms * dt_ms as f64).min(params.burst());
         self.expire_pending(now_ms);
         self.drop_old_buckets(params, now_ms);
+        self.claimed.prune(now_ms);
+        self.ended.prune(now_ms);
 
         if !self.opened && self.is_open(params, now_ms) {
             // Opening: freeze the pre-queue; later tickets are numbered after it.
@@ -382,6 +438,10 @@ impl RoomState {
         now_ms: u64,
     ) -> Standing {
         let class = class.min(self.queues.len() - 1);
+        let tag = class.min(255) as u8;
+        if self.claimed.contains(tag, number) {
+            return Standing::Used;
+        }
         let Some(n) = self.effective_number(class, number) else {
             return Standing::Waiting { position: None };
         };
@@ -399,6 +459,9 @@ impl RoomState {
                 let bucket = Self::bucket_of(params, now_ms);
                 self.drop_old_buckets(params, now_ms);
                 self.count_in(bucket);
+                // Its waiting cookie stays signed until abandon_timeout: remember it.
+                let until = now_ms + params.abandon_timeout.as_millis() as u64;
+                self.claimed.insert(tag, number, until);
                 return Standing::Admitted { bucket };
             }
             return Standing::Waiting { position: Some(1) };
@@ -408,25 +471,46 @@ impl RoomState {
         }
     }
 
-    /// An admitted session makes a request. Returns the bucket it is now counted in (the
-    /// caller re-signs the cookie when it changed).
-    pub fn touch(&mut self, params: &RoomParams, old_bucket: u64, now_ms: u64) -> u64 {
+    /// An admitted session (class, number, counted in `old_bucket`) makes a request.
+    /// Returns the bucket it is now counted in (the caller re-signs the cookie when it
+    /// changed), or `None` when the cookie must not be honoured: the session was ended, or
+    /// its old bucket has nothing left to move (a stale copy replayed after the real
+    /// cookie moved on, or a session idle past the window). A session is moved, never
+    /// added: replaying a cookie cannot raise the active count.
+    pub fn touch(
+        &mut self,
+        params: &RoomParams,
+        class: u8,
+        number: u64,
+        old_bucket: u64,
+        now_ms: u64,
+    ) -> Option<u64> {
+        if self.ended.contains(class, number) {
+            return None;
+        }
         let cur = Self::bucket_of(params, now_ms);
         if cur != old_bucket {
             self.drop_old_buckets(params, now_ms);
-            if old_bucket + (BUCKETS as u64) > cur {
-                self.uncount(old_bucket);
+            if old_bucket + (BUCKETS as u64) <= cur || !self.uncount(old_bucket) {
+                return None;
             }
             self.count_in(cur);
         }
-        cur
+        Some(cur)
     }
 
-    /// The origin ended a session (logout): free its place now.
-    pub fn end(&mut self, params: &RoomParams, bucket: u64, now_ms: u64) {
+    /// The origin ended a session (logout): free its place now, once.
+    pub fn end(&mut self, params: &RoomParams, class: u8, number: u64, bucket: u64, now_ms: u64) {
+        if self.ended.contains(class, number) {
+            return;
+        }
+        self.ended.insert(
+            class,
+            number,
+            now_ms + params.idle_timeout.as_millis() as u64,
+        );
         let cur = Self::bucket_of(params, now_ms);
-        if bucket + (BUCKETS as u64) > cur {
-            self.uncount(bucket);
+        if bucket + (BUCKETS as u64) > cur && self.uncount(bucket) {
             self.counters.ended += 1;
         }
     }
@@ -506,7 +590,7 @@ mod tests {
         assert_eq!(r.active(), 10);
         assert_eq!(r.arrive(&p, 0, 0, 0), Arrival::Queue { number: 11 });
         // The queue is not empty: newcomers queue behind, even once there is room.
-        r.end(&p, 0, 0);
+        r.end(&p, 0, 1, 0, 0);
         assert_eq!(r.arrive(&p, 0, 0, 0), Arrival::Queue { number: 12 });
         assert_eq!(r.tick(&p, 1000), 1);
         assert_eq!(
@@ -525,7 +609,7 @@ mod tests {
             r.arrive(&p, 0, 0, 0);
         }
         // The admitted student leaves; ticket 2's owner is gone too.
-        r.end(&p, 0, 0);
+        r.end(&p, 0, 1, 0, 0);
         assert_eq!(r.tick(&p, 1000), 1, "ticket 2 admitted");
         // Nobody claims it: after the grace period the next tick admits ticket 3.
         let after = 1000 + p.claim_grace().as_millis() as u64;
@@ -613,6 +697,53 @@ mod tests {
     }
 
     #[test]
+    fn replays_gain_nothing() {
+        let p = params(2, 6000);
+        let mut r = RoomState::new(&p, 0);
+        let Arrival::Admit { number, bucket } = r.arrive(&p, 0, 0, 0) else {
+            panic!("admitted")
+        };
+        // A copy of the admitted cookie replayed later: the session moves, never adds.
+        let later = p.bucket_ms() * 2;
+        let moved = r.touch(&p, 0, number, bucket, later).expect("first move");
+        assert_eq!(r.active(), 1);
+        for _ in 0..100 {
+            assert_eq!(
+                r.touch(&p, 0, number, bucket, later),
+                None,
+                "stale copy refused"
+            );
+        }
+        assert_eq!(r.active(), 1);
+        // Logout replayed: frees one place once.
+        r.arrive(&p, 0, later, 0);
+        assert_eq!(r.active(), 2);
+        for _ in 0..10 {
+            r.end(&p, 0, number, moved, later);
+        }
+        assert_eq!(r.active(), 1, "ended once, not ten times");
+        assert_eq!(
+            r.touch(&p, 0, number, moved, later),
+            None,
+            "an ended session is not honoured"
+        );
+        // A waiting ticket copied to many clients gets in once.
+        let mut r = RoomState::new(&p, 0);
+        r.arrive(&p, 0, 0, 0);
+        r.arrive(&p, 0, 0, 0);
+        let Arrival::Queue { number } = r.arrive(&p, 0, 0, 0) else {
+            panic!("queued")
+        };
+        r.end(&p, 0, 1, 0, 0);
+        r.tick(&p, 1000);
+        assert!(matches!(
+            r.poll(&p, 0, number, 1000),
+            Standing::Admitted { .. }
+        ));
+        assert_eq!(r.poll(&p, 0, number, 1001), Standing::Used);
+    }
+
+    #[test]
     fn positions_round() {
         assert_eq!(round_position(0), 1);
         assert_eq!(round_position(42), 42);
@@ -639,12 +770,12 @@ mod tests {
             // (number, still polling?)
             let mut waiting: Vec<(u64, bool)> = Vec::new();
             let mut admitted_order: Vec<u64> = Vec::new();
-            let mut sessions: Vec<u64> = Vec::new();
+            let mut sessions: Vec<(u64, u64)> = Vec::new();
             for (op, dt) in ops {
                 now += dt;
                 match op {
                     0 => match r.arrive(&p, 0, now, 0) {
-                        Arrival::Admit { bucket, number } => { sessions.push(bucket); admitted_order.push(number); }
+                        Arrival::Admit { bucket, number } => { sessions.push((number, bucket)); admitted_order.push(number); }
                         Arrival::Queue { number } => waiting.push((number, true)),
                         Arrival::Closed => {}
                     },
@@ -653,7 +784,7 @@ mod tests {
                         if let Some(w) = waiting.iter_mut().find(|w| w.1) { w.1 = false; }
                     }
                     2 => {
-                        if let Some(b) = sessions.pop() { r.end(&p, b, now); }
+                        if let Some((n, b)) = sessions.pop() { r.end(&p, 0, n, b, now); }
                     }
                     _ => { r.tick(&p, now); }
                 }
@@ -661,7 +792,7 @@ mod tests {
                 waiting.sort();
                 for w in waiting.iter_mut().filter(|w| w.1) {
                     if let Standing::Admitted { bucket } = r.poll(&p, 0, w.0, now) {
-                        sessions.push(bucket);
+                        sessions.push((w.0, bucket));
                         admitted_order.push(w.0);
                         w.1 = false;
                     }
@@ -674,14 +805,14 @@ mod tests {
                 prop_assert!(pair[0] < pair[1], "out of order: {admitted_order:?}");
             }
             // Drain: sessions leave, time passes; every remaining poller gets in.
-            for b in sessions.drain(..) { r.end(&p, b, now); }
+            for (n, b) in sessions.drain(..) { r.end(&p, 0, n, b, now); }
             for _ in 0..10_000 {
                 if waiting.is_empty() { break; }
                 now += 1000;
                 r.tick(&p, now);
                 for w in waiting.iter_mut() {
                     if let Standing::Admitted { bucket } = r.poll(&p, 0, w.0, now) {
-                        r.end(&p, bucket, now);
+                        r.end(&p, 0, w.0, bucket, now);
                         w.1 = false;
                     }
                 }

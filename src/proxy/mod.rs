@@ -86,6 +86,8 @@ pub struct Ctx {
     room_session: Option<(Arc<Room>, u64, Ticket)>,
     /// What the waiting room did, for the log: `inside`, `admitted`, `direct`, `queued`.
     room_decision: Option<&'static str>,
+    /// Whether cookies set for this request carry `Secure`.
+    room_secure: bool,
 }
 
 impl Ctx {
@@ -172,6 +174,11 @@ impl EcluseProxy {
         }
         for (k, v) in extra {
             resp.insert_header(*k, v.as_str())?;
+        }
+        // A session admitted or moved by this request keeps its cookie even when the
+        // answer is ours (origin busy, 502…): otherwise its next request counts it twice.
+        if let Some(c) = ctx.set_cookie.take() {
+            resp.append_header("set-cookie", c)?;
         }
         if ctx.has_body {
             // The body was never read: the connection cannot carry another request.
@@ -267,6 +274,7 @@ impl EcluseProxy {
                     &cfg.classes,
                     &RequestFacts {
                         client_ip: ctx.client_ip,
+                        trusted: ctx.peer_ip.is_some_and(|ip| cfg.server.is_trusted(ip)),
                         path: req.uri.path(),
                         headers: &req.headers,
                     },
@@ -384,6 +392,7 @@ impl EcluseProxy {
         let now_s = now / 1000;
         let params = room.effective();
         let secure = self.secure(session, ctx);
+        ctx.room_secure = secure;
         let ticket = match cookie(&session.req_header().headers, &room.cookie_name) {
             None => None,
             Some(v) => match room.keys.open(v, &room.name) {
@@ -403,7 +412,17 @@ impl EcluseProxy {
                 TicketState::Admitted
                     if now_s.saturating_sub(t.seen) <= params.idle_timeout.as_secs() =>
                 {
-                    let bucket = room.shared.lock().touch(&params, t.bucket, now);
+                    let touched = room
+                        .shared
+                        .lock()
+                        .touch(&params, t.class, t.number, t.bucket, now);
+                    let Some(bucket) = touched else {
+                        // Ended, or a stale copy: queue fresh like any newcomer.
+                        room.metrics.rejected_expired.inc();
+                        return self
+                            .newcomer(session, ctx, room, &params, now, secure)
+                            .await;
+                    };
                     let t2 = Ticket {
                         seen: if bucket != t.bucket { now_s } else { t.seen },
                         bucket,
@@ -445,12 +464,29 @@ impl EcluseProxy {
                                 .await?;
                             return Ok(true);
                         }
+                        Standing::Used => room.metrics.rejected_reused.inc(),
                     }
                 }
                 _ => room.metrics.rejected_expired.inc(),
             }
         }
-        // A newcomer (or a ticket that was refused): admit at once or hand out a place.
+        self.newcomer(session, ctx, room, &params, now, secure)
+            .await
+    }
+
+    /// A request without a usable ticket: admit at once when there is room and nobody
+    /// waits, else hand out a place at the back of the queue.
+    async fn newcomer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        room: &Arc<Room>,
+        params: &crate::policy::waiting_room::RoomParams,
+        now: u64,
+        secure: bool,
+    ) -> Result<bool> {
+        let now_s = now / 1000;
+        let params = params.clone();
         let class = self
             .class_of(session, ctx)
             .and_then(|c| room.class_map.get(c).copied())
@@ -585,13 +621,14 @@ impl EcluseProxy {
                             Some(cookie_header(&room, &room.keys.seal(&t2), secure)),
                         )
                     }
+                    Standing::Used => ("lost", None, None),
                     Standing::Waiting { position } => {
-                        let t2 = Ticket { seen: now_s, ..t };
-                        (
-                            "waiting",
-                            position,
-                            Some(cookie_header(&room, &room.keys.seal(&t2), secure)),
-                        )
+                        // Polled again within the same second: the cookie would not change.
+                        let set = (t.seen != now_s).then(|| {
+                            let t2 = Ticket { seen: now_s, ..t };
+                            cookie_header(&room, &room.keys.seal(&t2), secure)
+                        });
+                        ("waiting", position, set)
                     }
                 }
             }
@@ -602,13 +639,13 @@ impl EcluseProxy {
             .await
     }
 
-    fn status_of(
+    fn status_of<'r>(
         &self,
         req: &RequestHeader,
-        room: &Room,
+        room: &'r Room,
         state: &'static str,
         position: Option<u64>,
-    ) -> (pages::Lang, queue::Status<'static>, u64) {
+    ) -> (pages::Lang, queue::Status<'r>, u64) {
         let lang = pages::negotiate_lang(header(req, "accept-language"));
         let params = room.effective();
         let s = room.shared.lock();
@@ -624,7 +661,7 @@ impl EcluseProxy {
             .filter(|t| *t > now_ms())
             .map(queue::clock_text);
         let status = queue::Status {
-            room: "",
+            room: &room.name,
             state,
             position,
             position_text: queue::position_text(lang, position),
@@ -647,11 +684,8 @@ impl EcluseProxy {
         position: Option<u64>,
         set_cookie: Option<String>,
     ) -> Result<()> {
-        let (_, mut status, _) = self.status_of(session.req_header(), room, state, position);
-        status.room = "";
-        let mut v = serde_json::to_value(&status).unwrap_or_default();
-        v["room"] = serde_json::Value::String(room.name.clone());
-        let body = Bytes::from(v.to_string());
+        let (_, status, _) = self.status_of(session.req_header(), room, state, position);
+        let body = Bytes::from(serde_json::to_vec(&status).unwrap_or_default());
         self.respond_raw(session, ctx, 200, "application/json", body, set_cookie)
             .await
     }
@@ -763,6 +797,7 @@ impl ProxyHttp for EcluseProxy {
             set_cookie: None,
             room_session: None,
             room_decision: None,
+            room_secure: false,
         }
     }
 
@@ -988,10 +1023,16 @@ impl ProxyHttp for EcluseProxy {
             if upstream_response.headers.contains_key(&room.end_header) {
                 upstream_response.remove_header(&room.end_header);
                 let params = room.effective();
-                room.shared.lock().end(&params, *bucket, now_ms());
+                if let Some((_, _, t)) = &ctx.room_session {
+                    room.shared
+                        .lock()
+                        .end(&params, t.class, t.number, *bucket, now_ms());
+                }
+                let secure = ctx.room_secure;
                 ctx.set_cookie = Some(format!(
-                    "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax",
-                    room.cookie_name
+                    "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{}",
+                    room.cookie_name,
+                    if secure { "; Secure" } else { "" }
                 ));
             }
         }
