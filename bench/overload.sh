@@ -32,6 +32,7 @@
 # GET /__origin/stats after the run.
 #
 # Knobs (environment): CAP=16 LIMIT=$CAP FACTOR=5 DURATION=15s STEP_DUR=5s
+#   TARGET_P50=40ms (ecluse's adaptive_concurrency.target_p50; unset by default)
 #   STEPS="40 45 50 55 60 65 75 100" OHA_CONNS=400 SERVER_CPU=1 LOAD_CPU=0
 #   ECLUSE_BIN=target/release/ecluse (the proxy)  ORIGIN_BIN=$ECLUSE_BIN (needs the
 #   `origin` subcommand). Never builds: run `cargo build --release` first.
@@ -237,7 +238,7 @@ origins:
   origin:
     servers: ["$1"]
     max_inflight: $LIMIT
-    adaptive_concurrency: { min: 4, tolerance: 2.0 }
+    adaptive_concurrency: { min: 4, tolerance: 2.0${TARGET_P50:+, target_p50: $TARGET_P50} }
 routes:
   - { name: all, origin: origin }
 EOF

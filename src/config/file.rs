@@ -210,6 +210,11 @@ pub struct AdaptiveFile {
     /// (default 2.0).
     #[serde(default)]
     pub tolerance: Option<f64>,
+    /// Congestion as well when the recent p50 latency exceeds this (e.g. `300ms`): the
+    /// unloaded speed is learnt from what ecluse has seen, and a surge that starts at
+    /// full load never shows it; a declared target works from the first second.
+    #[serde(default)]
+    pub target_p50: Option<DurationText>,
 }
 
 /// Active health check of each server of an origin.

@@ -158,6 +158,8 @@ pub struct Adaptive {
     pub min: usize,
     pub max: usize,
     pub tolerance: f64,
+    /// Declared p50 latency target, ms.
+    pub target_p50_ms: Option<f64>,
 }
 
 /// Per-origin metric handles, resolved once at load.
@@ -781,10 +783,21 @@ fn build_origin(
                         "must be more than 1 (e.g. 2.0)",
                     );
                 }
+                let target_p50_ms = a.target_p50.as_ref().map(|t| {
+                    duration_or(
+                        p,
+                        &Some(t.clone()),
+                        Duration::from_millis(300),
+                        at(path!["adaptive_concurrency", "target_p50"]),
+                    )
+                    .as_secs_f64()
+                        * 1000.0
+                });
                 Some(Adaptive {
                     min: a.min.unwrap_or(4).max(1) as usize,
                     max: of.max_inflight.unwrap_or(1) as usize,
                     tolerance,
+                    target_p50_ms,
                 })
             }
         },

@@ -334,10 +334,39 @@ impl Window {
     }
 
     fn live(&self, now_ms: u64) -> impl Iterator<Item = &Slot> {
+        self.recent(now_ms, SLOTS as u64)
+    }
+
+    fn recent(&self, now_ms: u64, secs: u64) -> impl Iterator<Item = &Slot> {
         let sec = now_ms / 1000;
         self.slots
             .iter()
-            .filter(move |s| s.total > 0 && s.sec + SLOTS as u64 > sec && s.sec <= sec)
+            .filter(move |s| s.total > 0 && s.sec + secs > sec && s.sec <= sec)
+    }
+
+    /// The `q` quantile over the last `secs` seconds only (a control loop must not
+    /// react to what the 10 s window still remembers).
+    pub fn recent_quantile_ms(&self, now_ms: u64, q: f64, secs: u64) -> (f64, u64) {
+        let mut merged = [0u64; LAT_BUCKETS];
+        let mut total = 0u64;
+        for s in self.recent(now_ms, secs) {
+            for (m, c) in merged.iter_mut().zip(s.lat.iter()) {
+                *m += u64::from(*c);
+            }
+            total += u64::from(s.total);
+        }
+        if total == 0 {
+            return (0.0, 0);
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (b, c) in merged.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return (bucket_upper_ms(b), total);
+            }
+        }
+        (bucket_upper_ms(LAT_BUCKETS - 1), total)
     }
 
     /// Exchanges in the window.

@@ -184,9 +184,9 @@ impl OriginShared {
 
     /// Adaptive concurrency (AIMD on latency, evaluated every 500 ms):
     /// - the origin's unloaded speed is the lowest p50 seen over the last minute;
-    /// - when the recent p50 exceeds `tolerance ×` that, or more than 5% of exchanges
-    ///   fail, the limit shrinks by 20% (multiplicative decrease: queueing at the origin
-    ///   only adds latency, not throughput);
+    /// - when the recent p50 exceeds `tolerance ×` that, or the declared `target_p50`,
+    ///   or more than 5% of exchanges fail, the limit shrinks by 20% (multiplicative
+    ///   decrease: queueing at the origin only adds latency, not throughput);
     /// - otherwise, when the limit is nearly used, it grows by 5% (at least 1);
     /// - it stays between `min` and the hard `max_inflight`.
     ///
@@ -201,11 +201,10 @@ impl OriginShared {
         let max = o.max_inflight.map(|m| m as usize).unwrap_or(ac.max);
         let (p50, err, n) = {
             let w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-            (
-                w.quantile_ms(now_ms, 0.5),
-                w.error_rate(now_ms),
-                w.count(now_ms),
-            )
+            // The last 2 s only: the limit changes every 500 ms, and older samples
+            // describe a limit that is gone.
+            let (p50, n) = w.recent_quantile_ms(now_ms, 0.5, 2);
+            (p50, w.error_rate(now_ms), n)
         };
         let mut base = self.baseline_ms.lock().unwrap_or_else(|p| p.into_inner());
         if n >= 10 && (base.0 == 0.0 || p50 < base.0 || now_ms.saturating_sub(base.1) > 60_000) {
@@ -218,8 +217,9 @@ impl OriginShared {
             l => l,
         };
         let inflight = self.inflight.load(Ordering::Relaxed);
-        let congested =
-            n >= 10 && (err > 0.05 || (baseline > 0.0 && p50 > ac.tolerance * baseline));
+        let over_target = ac.target_p50_ms.is_some_and(|t| p50 > t);
+        let congested = n >= 10
+            && (err > 0.05 || over_target || (baseline > 0.0 && p50 > ac.tolerance * baseline));
         let next = if congested {
             ((cur as f64) * 0.8) as usize
         } else if inflight * 10 >= cur * 8 {
