@@ -83,9 +83,8 @@ macro_rules! path {
 }
 
 impl SNode {
-    /// The position of the node at `path`, or of the deepest existing ancestor (so a
-    /// diagnostic about a missing key points at the mapping that lacks it).
-    pub fn locate(&self, path: &[Seg]) -> Pos {
+    /// The node at `path`, or `Err` with the deepest existing ancestor.
+    fn walk(&self, path: &[Seg]) -> Result<&SNode, &SNode> {
         let mut cur = self;
         for seg in path {
             let next = match (seg, &cur.node) {
@@ -98,30 +97,27 @@ impl SNode {
             };
             match next {
                 Some(n) => cur = n,
-                None => return cur.pos,
+                None => return Err(cur),
             }
         }
-        cur.pos
+        Ok(cur)
+    }
+
+    /// The position of the node at `path`, or of the deepest existing ancestor (so a
+    /// diagnostic about a missing key points at the mapping that lacks it).
+    pub fn locate(&self, path: &[Seg]) -> Pos {
+        match self.walk(path) {
+            Ok(n) | Err(n) => n.pos,
+        }
     }
 
     /// The position of the *key* `path.last()` (rather than its value), when it exists.
     pub fn locate_key(&self, path: &[Seg]) -> Pos {
         if let Some((Seg::Key(k), parent)) = path.split_last() {
-            let mut cur = self;
-            for seg in parent {
-                let next = match (seg, &cur.node) {
-                    (Seg::Key(k), Node::Map(entries)) => entries
-                        .iter()
-                        .find(|(name, _, _)| name == k)
-                        .map(|(_, _, v)| v),
-                    (Seg::Idx(i), Node::Seq(items)) => items.get(*i),
-                    _ => None,
-                };
-                match next {
-                    Some(n) => cur = n,
-                    None => return cur.pos,
-                }
-            }
+            let cur = match self.walk(parent) {
+                Ok(n) => n,
+                Err(n) => return n.pos,
+            };
             if let Node::Map(entries) = &cur.node {
                 if let Some((_, kpos, _)) = entries.iter().find(|(name, _, _)| name == k) {
                     return *kpos;
