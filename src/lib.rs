@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod cache;
 pub mod config;
 pub mod degrade;
 pub mod demo;
