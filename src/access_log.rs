@@ -50,6 +50,10 @@ pub struct Entry<'a> {
     /// What the waiting room did: `direct` (let in, spare capacity), `queued`,
     /// `admitted` (turn came), `inside` (already admitted), `status` (queue poll), …
     pub queue: Option<&'a str>,
+    /// What the cache did (cacheable routes only): `hit`, `stale`, `revalidated`,
+    /// `expired`, `miss`, `bypass`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'a str>,
     /// Internal error summary, when the request failed.
     pub error: Option<String>,
 }
@@ -207,6 +211,7 @@ mod tests {
             decision: None,
             rate_limit: None,
             queue: None,
+            cache: None,
             error: None,
         });
         // Switching target flushes and closes the file; poll for the line with a deadline.

@@ -26,6 +26,12 @@ pub struct App {
     pub proxy_ready: AtomicBool,
     /// The proxy addresses actually bound (port 0 resolved), set once at startup.
     pub bound: std::sync::OnceLock<Vec<std::net::SocketAddr>>,
+    /// The cache store and lock, opened once by `server::build` (storage settings need a
+    /// restart to change).
+    pub cache: std::sync::OnceLock<crate::cache::Cache>,
+    /// Random per-process secret marking the admin API's cache-warming requests to the
+    /// proxy (they skip rate limits and the waiting room). Never printed.
+    pub warm_token: String,
 }
 
 /// What a successful reload changed that only a restart can apply.
@@ -58,6 +64,8 @@ impl App {
             started: Instant::now(),
             proxy_ready: AtomicBool::new(false),
             bound: std::sync::OnceLock::new(),
+            cache: std::sync::OnceLock::new(),
+            warm_token: hex::encode(rand::random::<[u8; 16]>()),
         }))
     }
 
@@ -106,6 +114,9 @@ impl App {
                 }
                 if new.server.upstream_keepalive_pool != old.server.upstream_keepalive_pool {
                     restart_required.push("server.upstream_keepalive_pool");
+                }
+                if new.cache != old.cache {
+                    restart_required.push("cache");
                 }
                 if !restart_required.is_empty() {
                     log::warn!(

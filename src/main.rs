@@ -156,6 +156,10 @@ fn run(
     // keeps everyone's place (the periodic snapshot may be up to 2 s old).
     let dir = app.config().server.state_dir.clone();
     app.registry.rooms.snapshot(&dir);
+    // Flush the cache's disk tier so a restart finds what was stored.
+    if let Some(cache) = app.cache.get() {
+        cache.store.close();
+    }
     ExitCode::SUCCESS
 }
 

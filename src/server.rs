@@ -239,6 +239,10 @@ pub struct Bound {
 /// Build the pingora server for `app` and bind what must be bound now.
 pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, Bound)> {
     let cfg = app.config();
+    if app.cache.get().is_none() {
+        let cache = crate::cache::Cache::open(&cfg.cache)?;
+        let _ = app.cache.set(cache);
+    }
     let mut conf = ServerConf {
         threads: cfg.server.threads,
         grace_period_seconds: Some(cfg.server.grace_period.as_secs()),

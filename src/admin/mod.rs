@@ -4,6 +4,10 @@
 //! It runs on its own small server (hyper), apart from the proxy listeners, so that ops
 //! can still see and steer ecluse when the proxy side is saturated.
 
+mod cache;
+
+pub use cache::WARM_HEADER;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -130,6 +134,9 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
     let method = req.method().clone();
     match (method.clone(), path.as_str()) {
         (Method::GET, "/metrics") => {
+            if let Some(c) = app.cache.get() {
+                c.refresh_metrics();
+            }
             let mut r = Response::new(Full::new(Bytes::from(crate::metrics::get().render())));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -177,6 +184,8 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
                 }
                 p if p.starts_with("/admin/rooms/") => room_admin(&app, p, req).await,
                 "/admin/level" => level_admin(&app, req).await,
+                "/admin/cache/purge" => cache::purge(&app, req).await,
+                "/admin/cache/warm" => cache::warm(&app, req).await,
                 p if p.starts_with("/admin/features/") => feature_admin(&app, p, req).await,
                 _ => error(
                     StatusCode::NOT_FOUND,

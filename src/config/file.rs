@@ -28,6 +28,26 @@ impl JsonSchema for DurationText {
     }
 }
 
+/// A byte size with its unit (`512KiB`, `64MiB`, `2GiB`; `KB`/`MB`/`GB` are powers of
+/// ten). Kept as text here; `runtime` parses it so that a bad value is reported with the others.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SizeText(pub String);
+
+impl JsonSchema for SizeText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Size".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9]+ *(B|KB|kB|MB|GB|KiB|MiB|GiB)?$",
+            "description": "A byte size: 512KiB, 64MiB, 2GiB (KB/MB/GB are powers of ten).",
+            "x-ecluse-expected": "a size like `64MiB`"
+        })
+    }
+}
+
 /// An ecluse policy file.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -59,8 +79,103 @@ pub struct FileConfig {
     /// request belongs to the first class it matches. Rate limits can exempt a class.
     #[serde(default)]
     pub priority_classes: Vec<PriorityClassFile>,
+    /// Cache storage shared by every route with a `cache:` policy: a bounded memory tier
+    /// and an optional disk tier that survives restarts. Changing it needs a restart.
+    #[serde(default)]
+    pub cache: Option<CacheStorageFile>,
     /// Routes, tried in order: the first whose `match` fits the request wins.
     pub routes: Vec<RouteFile>,
+}
+
+/// Cache storage (pingora-cache over a foyer memory + disk store).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheStorageFile {
+    /// Memory tier size. Past it, the least useful objects are evicted. Default `256MiB`.
+    #[serde(default)]
+    pub memory: Option<SizeText>,
+    /// Optional disk tier: objects are written there as they are stored, and found again
+    /// after a restart.
+    #[serde(default)]
+    pub disk: Option<CacheDiskFile>,
+    /// Largest response stored, for every route (a route may lower it). Bigger
+    /// responses pass through uncached. Default `64MiB`.
+    #[serde(default)]
+    pub max_object_size: Option<SizeText>,
+    /// How long concurrent misses for one object wait for the single origin fetch
+    /// before going to the origin themselves. Default `10s`.
+    #[serde(default)]
+    pub lock_timeout: Option<DurationText>,
+}
+
+/// The disk tier of the cache.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheDiskFile {
+    /// Directory of the cache files (created if missing; relative to the config file).
+    pub path: String,
+    /// Disk space the tier may use, e.g. `10GiB`. At least 4 × the largest object.
+    pub size: SizeText,
+}
+
+/// Who may be served a stored response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheModeFile {
+    /// Requests without credentials (no `Authorization`, no cookie but ecluse's own)
+    /// share the cache; credentialed requests bypass it.
+    Public,
+    /// Like `public`, and a credentialed request may be served from (and fill) the cache
+    /// when the origin marks the response `Cache-Control: public`.
+    Shared,
+    /// Authorize-then-serve: every request goes to the origin as a conditional request
+    /// with its own credentials; `304` serves the stored body, `401`/`403` pass through,
+    /// `200` replaces the stored copy. For files behind the ENT login.
+    Revalidate,
+}
+
+/// How the query string enters the cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheQueryFile {
+    /// Parameters sorted, so `?a=1&b=2` and `?b=2&a=1` are one object (default).
+    Sort,
+    /// The query exactly as sent.
+    Keep,
+    /// The query is left out of the key (the origin must ignore it too).
+    Ignore,
+}
+
+/// A route's cache policy. Only `GET` and `HEAD` are served from the cache.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheFile {
+    /// `public` (default), `shared` or `revalidate`: who may be served a stored copy.
+    #[serde(default)]
+    pub mode: Option<CacheModeFile>,
+    /// Freshness when the origin gives none (no `Cache-Control: max-age`, no `Expires`).
+    /// Absent: such responses are not stored (except in `revalidate` mode, where they are
+    /// stored and always revalidated).
+    #[serde(default)]
+    pub ttl: Option<DurationText>,
+    /// Upper bound on the freshness the origin asks for: a re-uploaded file reaches
+    /// students at most this late.
+    #[serde(default)]
+    pub max_ttl: Option<DurationText>,
+    /// Once stale, keep serving the old copy this long while one request refreshes it in
+    /// the background (unless the origin's `stale-while-revalidate` says otherwise).
+    #[serde(default)]
+    pub stale_while_revalidate: Option<DurationText>,
+    /// Once stale, serve the old copy this long when the origin fails (error, timeout,
+    /// 5xx) (unless the origin's `stale-if-error` says otherwise).
+    #[serde(default)]
+    pub stale_if_error: Option<DurationText>,
+    /// Largest response stored for this route (at most the storage's).
+    #[serde(default)]
+    pub max_object_size: Option<SizeText>,
+    /// `sort` (default), `keep` or `ignore`: how the query string enters the key.
+    #[serde(default)]
+    pub query: Option<CacheQueryFile>,
 }
 
 /// TLS termination.
@@ -282,6 +397,10 @@ pub struct RouteFile {
     /// features off.
     #[serde(default)]
     pub feature: Option<String>,
+    /// Cache responses of this route (`GET`/`HEAD`), following the origin's
+    /// `Cache-Control`, `Expires`, `ETag` and `Last-Modified`.
+    #[serde(default)]
+    pub cache: Option<RouteCacheFile>,
 }
 
 /// Thresholds on the signals ecluse measures (worst origin). Any given one counts.

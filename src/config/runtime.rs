@@ -15,9 +15,10 @@ use super::file::{
     RateLimitFile, RouteFile,
 };
 use super::tree::{SNode, Seg};
-use super::units::parse_duration;
+use super::units::{parse_duration, parse_size};
 use super::Diagnostic;
 use crate::path;
+use crate::policy::cache::{CacheMode, CacheStorage, QueryMode, RouteCache};
 use crate::policy::classes::PriorityClass;
 use crate::policy::rate_limit::{KeyedLimiter, Rate};
 use crate::policy::route::{HostPattern, Matcher, Router};
@@ -49,6 +50,9 @@ pub struct Config {
     pub classes: Vec<PriorityClass>,
     pub rooms: Vec<Arc<Room>>,
     pub degradation: Option<crate::degrade::Degradation>,
+    /// Cache storage settings (applied at start; a reload that changes them is refused
+    /// to take effect until restart, and says so).
+    pub cache: CacheStorage,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -206,6 +210,7 @@ pub struct Route {
     pub rate_limit_headers: bool,
     pub room: Option<Arc<Room>>,
     pub feature: Option<String>,
+    pub cache: Option<RouteCache>,
 }
 
 /// What a limit counts by, resolved.
@@ -558,9 +563,19 @@ pub fn build(
         }
     }
 
+    let cache = build_cache_storage(&mut p, file, ctx);
     let classes = build_classes(&mut p, &file.priority_classes);
     let rooms = build_rooms(&mut p, file, &classes, ctx);
-    let router = build_routes(&mut p, &file.routes, &origins, file, &classes, &rooms, ctx);
+    let router = build_routes(
+        &mut p,
+        &file.routes,
+        &origins,
+        file,
+        &classes,
+        &rooms,
+        &cache,
+        ctx,
+    );
     let degradation = build_degradation(&mut p, file);
 
     if !p.list.is_empty() {
@@ -585,7 +600,139 @@ pub fn build(
         classes,
         rooms,
         degradation,
+        cache,
     })
+}
+
+fn size_or(
+    p: &mut Problems,
+    v: &Option<super::file::SizeText>,
+    default: u64,
+    path: Vec<Seg>,
+) -> u64 {
+    match v {
+        None => default,
+        Some(s) => match parse_size(&s.0) {
+            Ok(0) => {
+                p.at(path, "must be larger than 0");
+                default
+            }
+            Ok(n) => n,
+            Err(e) => {
+                p.at(path, e);
+                default
+            }
+        },
+    }
+}
+
+fn build_cache_storage(p: &mut Problems, file: &FileConfig, ctx: &BuildContext) -> CacheStorage {
+    let d = CacheStorage::default();
+    let Some(c) = &file.cache else {
+        return d;
+    };
+    let memory_bytes = size_or(p, &c.memory, d.memory_bytes, path!["cache", "memory"]);
+    if memory_bytes < 1 << 20 {
+        p.at(path!["cache", "memory"], "must be at least 1MiB");
+    }
+    let max_object_bytes = size_or(
+        p,
+        &c.max_object_size,
+        d.max_object_bytes,
+        path!["cache", "max_object_size"],
+    );
+    if max_object_bytes > memory_bytes {
+        p.at(
+            path!["cache", "max_object_size"],
+            "is larger than the memory tier (`cache.memory`): such an object could never be stored",
+        );
+    }
+    let disk = c.disk.as_ref().map(|disk| {
+        let bytes = size_or(
+            p,
+            &Some(disk.size.clone()),
+            0,
+            path!["cache", "disk", "size"],
+        );
+        let floor = (4 * max_object_bytes).max(64 << 20);
+        if bytes < floor {
+            p.at(
+                path!["cache", "disk", "size"],
+                format!(
+                    "must be at least {} MiB (4 × max_object_size, and 64MiB)",
+                    floor >> 20
+                ),
+            );
+        }
+        (ctx.base_dir.join(&disk.path), bytes)
+    });
+    CacheStorage {
+        memory_bytes,
+        disk,
+        max_object_bytes,
+        lock_timeout: duration_or(
+            p,
+            &c.lock_timeout,
+            d.lock_timeout,
+            path!["cache", "lock_timeout"],
+        ),
+    }
+}
+
+fn build_route_cache(
+    p: &mut Problems,
+    c: &super::file::RouteCacheFile,
+    storage: &CacheStorage,
+    at: &dyn Fn(Vec<Seg>) -> Vec<Seg>,
+) -> RouteCache {
+    use super::file::{CacheModeFile, CacheQueryFile};
+    let opt = |p: &mut Problems, v: &Option<super::file::DurationText>, key: &str| {
+        v.as_ref()
+            .map(|_| duration_or(p, v, Duration::ZERO, at(path!["cache", key])))
+    };
+    let ttl = opt(p, &c.ttl, "ttl");
+    let max_ttl = opt(p, &c.max_ttl, "max_ttl");
+    if let (Some(t), Some(m)) = (ttl, max_ttl) {
+        if t > m {
+            p.at(
+                at(path!["cache", "ttl"]),
+                "is longer than `max_ttl`, which caps every freshness",
+            );
+        }
+    }
+    let max_object_bytes = size_or(
+        p,
+        &c.max_object_size,
+        storage.max_object_bytes,
+        at(path!["cache", "max_object_size"]),
+    );
+    if max_object_bytes > storage.max_object_bytes {
+        p.at(
+            at(path!["cache", "max_object_size"]),
+            format!(
+                "is larger than the storage's `cache.max_object_size` ({} bytes)",
+                storage.max_object_bytes
+            ),
+        );
+    }
+    RouteCache {
+        mode: match c.mode {
+            None | Some(CacheModeFile::Public) => CacheMode::Public,
+            Some(CacheModeFile::Shared) => CacheMode::Shared,
+            Some(CacheModeFile::Revalidate) => CacheMode::Revalidate,
+        },
+        ttl,
+        max_ttl,
+        stale_while_revalidate: opt(p, &c.stale_while_revalidate, "stale_while_revalidate")
+            .unwrap_or(Duration::ZERO),
+        stale_if_error: opt(p, &c.stale_if_error, "stale_if_error").unwrap_or(Duration::ZERO),
+        max_object_bytes,
+        query: match c.query {
+            None | Some(CacheQueryFile::Sort) => QueryMode::Sort,
+            Some(CacheQueryFile::Keep) => QueryMode::Keep,
+            Some(CacheQueryFile::Ignore) => QueryMode::Ignore,
+        },
+    }
 }
 
 fn valid_name(s: &str) -> bool {
@@ -1510,6 +1657,7 @@ fn build_limit(
     })
 }
 
+#[allow(clippy::too_many_arguments)] // one call site; each input is a distinct part of the file
 fn build_routes(
     p: &mut Problems,
     routes: &[RouteFile],
@@ -1517,6 +1665,7 @@ fn build_routes(
     file: &FileConfig,
     classes: &[PriorityClass],
     rooms: &[Arc<Room>],
+    cache: &CacheStorage,
     ctx: &BuildContext,
 ) -> Router {
     let mut built: Vec<Route> = Vec::new();
@@ -1653,6 +1802,10 @@ fn build_routes(
                 limits.push(rl);
             }
         }
+        let route_cache = r
+            .cache
+            .as_ref()
+            .map(|c| build_route_cache(p, c, cache, &at));
         if let Some(origin) = origin {
             built.push(Route {
                 name: r.name.clone(),
@@ -1664,6 +1817,7 @@ fn build_routes(
                 rate_limit_headers: r.rate_limit_headers.unwrap_or(false),
                 room: room.clone(),
                 feature: r.feature.clone(),
+                cache: route_cache,
             });
         }
     }

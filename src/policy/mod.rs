@@ -1,5 +1,6 @@
 //! Pure decisions over plain types: no pingora types, no I/O, testable without a socket.
 
+pub mod cache;
 pub mod classes;
 pub mod degrade;
 pub mod rate_limit;

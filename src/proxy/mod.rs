@@ -26,6 +26,9 @@ use bytes::Bytes;
 use pingora::prelude::*;
 use pingora::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora::proxy::FailToProxy;
+use pingora_cache::{
+    CacheKey, CacheMeta, CachePhase, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
+};
 use pingora_error::{ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 
@@ -35,6 +38,7 @@ use crate::config::runtime::{LimitKey, Origin, Route, RouteLimit};
 use crate::config::Config;
 use crate::pages::queue;
 use crate::pages::{self, Problem};
+use crate::policy::cache::CacheMode;
 use crate::policy::classes::{classify, cookie, RequestFacts};
 use crate::policy::rate_limit::{aggregate_ip, Verdict};
 use crate::policy::route::host_without_port;
@@ -42,6 +46,8 @@ use crate::policy::ticket::{Ticket, TicketError, TicketState};
 use crate::policy::waiting_room::{Arrival, Standing};
 use crate::rooms::{now_ms, Room};
 use crate::upstream::{self, InflightGuard, OriginPermit};
+
+mod cache;
 
 pub struct EcluseProxy {
     pub app: Arc<App>,
@@ -88,6 +94,17 @@ pub struct Ctx {
     room_decision: Option<&'static str>,
     /// Whether cookies set for this request carry `Secure`.
     room_secure: bool,
+    /// The request carries credentials (`Authorization`, a cookie other than ecluse's).
+    credentialed: bool,
+    /// Why a cacheable route did not use the cache for this request (`Cache-Status`).
+    cache_bypass: Option<&'static str>,
+    /// The origin's response was admitted to the cache.
+    cache_storable: bool,
+    /// `Set-Cookie` values of this request's own origin response (a 304 during
+    /// revalidation): a response built from the cache carries these and no other.
+    upstream_set_cookies: Vec<http::HeaderValue>,
+    /// A cache-warming request from our own admin API (`admin::cache::warm`).
+    warming: bool,
 }
 
 impl Ctx {
@@ -798,6 +815,11 @@ impl ProxyHttp for EcluseProxy {
             room_session: None,
             room_decision: None,
             room_secure: false,
+            credentialed: false,
+            cache_bypass: None,
+            cache_storable: false,
+            upstream_set_cookies: Vec::new(),
+            warming: false,
         }
     }
 
@@ -845,9 +867,11 @@ impl ProxyHttp for EcluseProxy {
             return Ok(true);
         };
         ctx.route = Some(route.clone());
+        ctx.warming = self.is_warm_request(session, ctx);
 
         // 2. Rate limits: cheapest rejection first, before any origin slot is taken.
-        if !route.limits.is_empty() && self.rate_limit(session, ctx, &route).await? {
+        if !route.limits.is_empty() && !ctx.warming && self.rate_limit(session, ctx, &route).await?
+        {
             return Ok(true);
         }
 
@@ -897,17 +921,116 @@ impl ProxyHttp for EcluseProxy {
         }
 
         // 4. Waiting room: a request without a valid admission is queued.
-        if let Some(room) = route.room.clone() {
+        if let Some(room) = route.room.clone().filter(|_| !ctx.warming) {
             if self.waiting_room(session, ctx, &room).await? {
                 return Ok(true);
             }
         }
 
+        // 5. Cache lookup happens next (pingora's `request_cache_filter` and friends);
+        // 6. the origin permit is taken in `proxy_upstream_filter`, on a miss only.
+        Ok(false)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        self.enable_cache(session, ctx);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        Ok(self.cache_key(session, ctx))
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        let revalidate = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.cache.as_ref())
+            .is_some_and(|c| c.mode == CacheMode::Revalidate);
+        if !revalidate {
+            return Ok(None);
+        }
+        // Authorize-then-serve: every request asks the origin with its own credentials.
+        // No cache lock: one student's revalidation must not stand in for another's.
+        session.cache.set_cache_lock(None, None);
+        if is_fresh {
+            Ok(Some(ForcedFreshness::ForceExpiredServeStale {
+                expired_at: None,
+            }))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.as_ref()) else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        let c = crate::policy::cache::response_cacheable(
+            policy,
+            resp,
+            ctx.credentialed,
+            SystemTime::now(),
+        );
+        ctx.cache_storable = c.is_cacheable();
+        Ok(c)
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<pingora_cache::key::HashBinary> {
+        crate::policy::cache::variance(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        let mode = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.cache.as_ref())
+            .map(|c| c.mode);
+        match error {
+            // stale-while-revalidate: never in revalidate mode (no copy without the
+            // origin's say-so for this user).
+            None => mode != Some(CacheMode::Revalidate),
+            Some(e) => {
+                let origin_failed = e.esource() == &ErrorSource::Upstream
+                    || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500);
+                // In revalidate mode the origin cannot say yes or no: the stored copy
+                // goes only to requests that carry credentials.
+                origin_failed && (mode != Some(CacheMode::Revalidate) || ctx.credentialed)
+            }
+        }
+    }
+
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // 6. Origin hard limit: refuse fast rather than queue on a saturated ENT. The body
         // (if any) is not read: an upload is refused before a byte of it is accepted.
         // The adaptive limit applies to everyone; admitted sessions and priority classes
         // may use a 10% reserve above it (never above the hard maximum), so when the origin
         // is saturated the lowest priority is refused first.
+        let Some(route) = ctx.route.clone() else {
+            return Ok(true);
+        };
         let origin = &route.origin;
         let limit = origin.shared.current_limit(origin.max_inflight).map(|l| {
             let privileged = ctx.room_session.is_some() || self.class_of(session, ctx).is_some();
@@ -932,10 +1055,10 @@ impl ProxyHttp for EcluseProxy {
                 origin.metrics.rejected_max_inflight.inc();
                 self.respond_problem(session, ctx, Problem::OriginBusy, Some(1), &[])
                     .await?;
-                return Ok(true);
+                return Ok(false);
             }
         }
-        Ok(false)
+        Ok(true)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -1005,15 +1128,46 @@ impl ProxyHttp for EcluseProxy {
             .map(|p| String::from_utf8_lossy(p).into_owned());
         let proto = proto_in.unwrap_or_else(|| if self.tls { "https" } else { "http" }.to_string());
         upstream_request.insert_header("x-forwarded-proto", proto)?;
+        upstream_request.remove_header(crate::admin::WARM_HEADER);
+        if session.cache.enabled() {
+            // Fetch the whole object (HEAD becomes GET, client ranges and conditions are
+            // ours to answer) and, when a stored copy exists, ask with its validators.
+            pingora_cache::filters::upstream::request_filter(
+                upstream_request,
+                session.cache.maybe_cache_meta(),
+            );
+        }
         Ok(())
     }
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if ctx.route.as_ref().is_some_and(|r| r.cache.is_some()) {
+            let status = upstream_response.status.as_u16();
+            let from_cache = matches!(
+                session.cache.phase(),
+                CachePhase::Hit
+                    | CachePhase::Stale
+                    | CachePhase::StaleUpdating
+                    | CachePhase::Revalidated
+                    | CachePhase::RevalidatedNoCache(_)
+            );
+            if from_cache {
+                // A cookie belongs to the one user it was sent to: a response built from
+                // the cache carries only this request's own.
+                upstream_response.remove_header(&http::header::SET_COOKIE);
+                for c in std::mem::take(&mut ctx.upstream_set_cookies) {
+                    upstream_response.append_header(http::header::SET_COOKIE, c)?;
+                }
+            }
+            let cs = self.cache_status(session, ctx, status);
+            upstream_response.insert_header("cache-status", cs)?;
+            self.invalidate_after_write(session, ctx, upstream_response);
+        }
         if let Some((policy, limit)) = ctx.rl_headers.take() {
             upstream_response.insert_header("ratelimit-policy", policy)?;
             upstream_response.insert_header("ratelimit", limit)?;
@@ -1044,11 +1198,19 @@ impl ProxyHttp for EcluseProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
+        if session.cache.enabled() {
+            ctx.upstream_set_cookies = upstream_response
+                .headers
+                .get_all(http::header::SET_COOKIE)
+                .iter()
+                .cloned()
+                .collect();
+        }
         if let (Some(origin), Some(g)) = (ctx.origin(), ctx.server.as_ref()) {
             if matches!(status, 502..=504) {
                 origin.metrics.err_status_5xx.inc();
@@ -1241,6 +1403,23 @@ impl ProxyHttp for EcluseProxy {
             let failed = e.is_some() || status >= 500 || status == 0;
             route.origin.shared.record(now_ms(), t0.elapsed(), failed);
         }
+        let cache_result = match (&ctx.route, self.app.cache.get()) {
+            (Some(route), Some(c)) if route.cache.is_some() => {
+                let word = cache::result_word(session.cache.phase());
+                c.metrics
+                    .requests
+                    .with_label_values(&[&route.name, word])
+                    .inc();
+                if matches!(word, "hit" | "stale") {
+                    c.metrics
+                        .fetches_saved
+                        .with_label_values(&[&route.name])
+                        .inc();
+                }
+                Some(word)
+            }
+            _ => None,
+        };
         if let Some(route) = &ctx.route {
             route.metrics.by_class[crate::metrics::status_class(status)].inc();
             route.metrics.duration.observe(elapsed.as_secs_f64());
@@ -1271,6 +1450,7 @@ impl ProxyHttp for EcluseProxy {
                 decision: ctx.decision,
                 rate_limit: ctx.rl_result,
                 queue: ctx.room_decision,
+                cache: cache_result,
                 error: e.map(|e| e.to_string()),
             };
             self.app.access_log.log(&entry);

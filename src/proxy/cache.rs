@@ -1,0 +1,235 @@
+//! The cache phases of the proxy (step 5 of the request path): which requests use the
+//! cache, their key, the `Cache-Status` header, and invalidation after a successful
+//! unsafe request. The rules themselves are in `policy::cache`.
+
+use std::time::SystemTime;
+
+use pingora::prelude::*;
+use pingora_cache::{CacheKey, CachePhase, NoCacheReason};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+use super::{header, Ctx, EcluseProxy};
+use crate::cache::{store, PurgeScope};
+use crate::policy::cache::{has_credentials, normalize_query, CacheMode};
+use crate::policy::route::host_without_port;
+
+/// The request's host, lowercased, without port.
+pub(super) fn request_host(req: &RequestHeader) -> String {
+    req.uri
+        .host()
+        .or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .map(host_without_port)
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+/// What the cache did for this request, as one word for metrics and the log.
+pub(super) fn result_word(phase: CachePhase) -> &'static str {
+    match phase {
+        CachePhase::Hit => "hit",
+        CachePhase::Stale | CachePhase::StaleUpdating => "stale",
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "revalidated",
+        CachePhase::Expired => "expired",
+        CachePhase::Miss => "miss",
+        _ => "bypass",
+    }
+}
+
+fn reason_word(r: NoCacheReason) -> &'static str {
+    match r {
+        NoCacheReason::NeverEnabled => "not-enabled",
+        NoCacheReason::OriginNotCache => "origin-not-cacheable",
+        NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge => "too-large",
+        NoCacheReason::StorageError | NoCacheReason::InternalError => "cache-error",
+        NoCacheReason::UpstreamError => "upstream-error",
+        NoCacheReason::CacheLockTimeout | NoCacheReason::CacheLockRetryLimit => "lock-timeout",
+        NoCacheReason::Custom(s) => s,
+        _ => "other",
+    }
+}
+
+impl EcluseProxy {
+    /// A request from our own admin API warming the cache: from loopback, with this
+    /// process's secret token (compared in constant time).
+    pub(super) fn is_warm_request(&self, session: &Session, ctx: &Ctx) -> bool {
+        use subtle::ConstantTimeEq;
+        if !ctx.peer_ip.is_some_and(|ip| ip.is_loopback()) {
+            return false;
+        }
+        header(session.req_header(), crate::admin::WARM_HEADER)
+            .is_some_and(|v| bool::from(v.ct_eq(self.app.warm_token.as_bytes())))
+    }
+
+    /// Scheme of the request as the client sent it (for the key): the listener's, or the
+    /// `X-Forwarded-Proto` of a trusted proxy.
+    fn scheme(&self, session: &Session, ctx: &Ctx) -> &'static str {
+        if self.tls {
+            return "https";
+        }
+        let trusted = match (ctx.peer_ip, ctx.config.as_ref()) {
+            (Some(ip), Some(c)) => c.server.is_trusted(ip),
+            _ => false,
+        };
+        match header(session.req_header(), "x-forwarded-proto") {
+            Some(p) if trusted && p.eq_ignore_ascii_case(b"https") => "https",
+            _ => "http",
+        }
+    }
+
+    /// Turn the cache on for this request when its route caches and the request may use
+    /// it. Called by pingora after `request_filter`.
+    pub(super) fn enable_cache(&self, session: &mut Session, ctx: &mut Ctx) {
+        let Some(route) = ctx.route.clone() else {
+            return;
+        };
+        let Some(policy) = route.cache.as_ref() else {
+            return;
+        };
+        let Some(cache) = self.app.cache.get() else {
+            return;
+        };
+        let method = &session.req_header().method;
+        if method != http::Method::GET && method != http::Method::HEAD {
+            ctx.cache_bypass = Some("method");
+            return;
+        }
+        let own: Vec<&str> = ctx
+            .config
+            .as_ref()
+            .map(|c| c.rooms.iter().map(|r| r.cookie_name.as_str()).collect())
+            .unwrap_or_default();
+        ctx.credentialed = has_credentials(session.req_header(), &own);
+        if ctx.credentialed && policy.mode == CacheMode::Public {
+            ctx.cache_bypass = Some("credentials");
+            return;
+        }
+        session.cache.enable(
+            cache.store.storage(),
+            None,
+            None,
+            Some(cache.lock),
+            Some(cache.lock_options()),
+        );
+        session
+            .cache
+            .set_max_file_size_bytes(policy.max_object_bytes.min(usize::MAX as u64) as usize);
+        if ctx.has_body {
+            // A GET with a body: on a hit the body is never read, so the connection
+            // closes after the response rather than read it as the next request.
+            session.set_keepalive(None);
+        }
+    }
+
+    pub(super) fn cache_key(&self, session: &Session, ctx: &Ctx) -> CacheKey {
+        let req = session.req_header();
+        let query_mode = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.cache.as_ref())
+            .map(|c| c.query)
+            .unwrap_or(crate::policy::cache::QueryMode::Sort);
+        let q = normalize_query(req.uri.query(), query_mode);
+        let path_and_query = if q.is_empty() {
+            req.uri.path().to_string()
+        } else {
+            format!("{}?{q}", req.uri.path())
+        };
+        let primary = store::primary_key(
+            self.scheme(session, ctx),
+            &request_host(req),
+            &path_and_query,
+        );
+        CacheKey::new(primary, "")
+    }
+
+    /// RFC 9211 `Cache-Status` for a response of a cacheable route.
+    pub(super) fn cache_status(&self, session: &Session, ctx: &Ctx, status: u16) -> String {
+        let phase = session.cache.phase();
+        let stored = if ctx.cache_storable { "; stored" } else { "" };
+        match phase {
+            CachePhase::Hit => {
+                let ttl = session
+                    .cache
+                    .maybe_cache_meta()
+                    .and_then(|m| m.fresh_until().duration_since(SystemTime::now()).ok())
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                format!("ecluse; hit; ttl={ttl}")
+            }
+            CachePhase::Stale | CachePhase::StaleUpdating => "ecluse; hit; detail=stale".into(),
+            CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
+                "ecluse; hit; fwd=stale; fwd-status=304".into()
+            }
+            CachePhase::Expired => format!("ecluse; fwd=stale; fwd-status={status}{stored}"),
+            CachePhase::Miss => format!("ecluse; fwd=uri-miss; fwd-status={status}{stored}"),
+            CachePhase::Disabled(r) if ctx.cache_bypass.is_none() => {
+                format!("ecluse; fwd=bypass; detail={}", reason_word(r))
+            }
+            _ => format!(
+                "ecluse; fwd=bypass; detail={}",
+                ctx.cache_bypass.unwrap_or("bypass")
+            ),
+        }
+    }
+
+    /// After an unsafe request (`POST`, `PUT`, `DELETE`…) succeeded on a cacheable route,
+    /// drop the stored copies of its URL and of the `Location` / `Content-Location` it
+    /// names on the same host (RFC 9111 §4.4): a teacher's re-upload is seen at once by
+    /// the next student.
+    pub(super) fn invalidate_after_write(
+        &self,
+        session: &Session,
+        ctx: &Ctx,
+        resp: &ResponseHeader,
+    ) {
+        let method = &session.req_header().method;
+        if method.is_safe() || !(200..400).contains(&resp.status.as_u16()) {
+            return;
+        }
+        let (Some(cache), Some(route)) = (self.app.cache.get(), ctx.route.as_ref()) else {
+            return;
+        };
+        let Some(policy) = route.cache.as_ref() else {
+            return;
+        };
+        let req = session.req_header();
+        let host = request_host(req);
+        let mut targets = vec![{
+            let q = normalize_query(req.uri.query(), policy.query);
+            if q.is_empty() {
+                req.uri.path().to_string()
+            } else {
+                format!("{}?{q}", req.uri.path())
+            }
+        }];
+        for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+            let Some(v) = resp.headers.get(&name).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            let Ok(uri) = v.parse::<http::Uri>() else {
+                continue;
+            };
+            let same_host = uri.host().is_none_or(|h| h.eq_ignore_ascii_case(&host));
+            if same_host && uri.path().starts_with('/') {
+                targets.push(
+                    uri.path_and_query()
+                        .map(|p| p.as_str().to_string())
+                        .unwrap_or_else(|| uri.path().to_string()),
+                );
+            }
+        }
+        for t in targets {
+            cache.purge(
+                &PurgeScope::Url {
+                    host: Some(host.clone()),
+                    path_and_query: t,
+                },
+                "invalidation",
+            );
+        }
+    }
+}

@@ -1,0 +1,738 @@
+//! Assignment-file cache, end to end: real ecluse binary, a real file origin on port 0 that
+//! counts every fetch, real clients.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+#[derive(Clone)]
+struct File {
+    body: Bytes,
+    version: u64,
+    cache_control: &'static str,
+}
+
+/// Counts per path: full responses (200) and revalidations answered 304.
+#[derive(Default, Clone, Copy, Debug, PartialEq)]
+struct Counts {
+    full: u64,
+    not_modified: u64,
+    denied: u64,
+}
+
+/// A simulated ENT file server. `/files/*` are plain files; `/private/*` need the cookie
+/// `user=alice` (bob gets 403, nobody 401); `/host/*` answer with the Host they were asked
+/// for. ETags follow the version; `PUT` replaces a file (a teacher's re-upload).
+#[derive(Clone)]
+struct FileOrigin {
+    addr: SocketAddr,
+    files: Arc<Mutex<HashMap<String, File>>>,
+    counts: Arc<Mutex<HashMap<String, Counts>>>,
+    down: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
+    seen_inm: Arc<Mutex<Vec<String>>>,
+}
+
+impl FileOrigin {
+    async fn start() -> FileOrigin {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let o = FileOrigin {
+            addr: l.local_addr().expect("addr"),
+            files: Default::default(),
+            counts: Default::default(),
+            down: Default::default(),
+            delay_ms: Default::default(),
+            seen_inm: Default::default(),
+        };
+        let me = o.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else {
+                    continue;
+                };
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let me = me.clone();
+                        async move { Ok::<_, std::convert::Infallible>(me.answer(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        o
+    }
+
+    fn put(&self, path: &str, body: impl Into<Bytes>, cache_control: &'static str) {
+        let mut files = self.files.lock().unwrap();
+        let version = files.get(path).map(|f| f.version + 1).unwrap_or(1);
+        files.insert(
+            path.to_string(),
+            File {
+                body: body.into(),
+                version,
+                cache_control,
+            },
+        );
+    }
+
+    fn counts(&self, path: &str) -> Counts {
+        self.counts
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn count(&self, path: &str, f: impl FnOnce(&mut Counts)) {
+        f(self
+            .counts
+            .lock()
+            .unwrap()
+            .entry(path.to_string())
+            .or_default());
+    }
+
+    async fn answer(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> hyper::Response<Full<Bytes>> {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        let hdr = |n: &str| {
+            req.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (cookie, inm, host) = (hdr("cookie"), hdr("if-none-match"), hdr("host"));
+        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+        let resp = |status: u16, b: Bytes| {
+            hyper::Response::builder()
+                .status(status)
+                .body(Full::new(b))
+                .expect("response")
+        };
+        if self.down.load(Ordering::Relaxed) {
+            return resp(503, Bytes::from_static(b"down"));
+        }
+        let d = self.delay_ms.load(Ordering::Relaxed);
+        if d > 0 {
+            tokio::time::sleep(Duration::from_millis(d)).await;
+        }
+        if method == hyper::Method::PUT {
+            let b = body.unwrap_or_default();
+            self.put(&path, b, "max-age=3600");
+            return resp(204, Bytes::new());
+        }
+        if path.starts_with("/private/") {
+            let user = cookie
+                .as_deref()
+                .and_then(|c| c.split(';').find_map(|p| p.trim().strip_prefix("user=")))
+                .map(str::to_string);
+            let status = match user.as_deref() {
+                Some("alice") => 0,
+                Some(_) => 403,
+                None => 401,
+            };
+            if status != 0 {
+                self.count(&path, |c| c.denied += 1);
+                return resp(status, Bytes::from_static(b"denied"));
+            }
+        }
+        if path.starts_with("/host/") {
+            self.count(&path, |c| c.full += 1);
+            return hyper::Response::builder()
+                .header("cache-control", "max-age=600")
+                .body(Full::new(Bytes::from(format!(
+                    "host={}",
+                    host.unwrap_or_default()
+                ))))
+                .expect("response");
+        }
+        let Some(f) = self.files.lock().unwrap().get(&path).cloned() else {
+            return resp(404, Bytes::from_static(b"no such file"));
+        };
+        let etag = format!("\"v{}\"", f.version);
+        if let Some(inm) = inm {
+            self.seen_inm.lock().unwrap().push(inm.clone());
+            if inm == etag {
+                self.count(&path, |c| c.not_modified += 1);
+                return hyper::Response::builder()
+                    .status(304)
+                    .header("etag", etag)
+                    .header("cache-control", f.cache_control)
+                    .body(Full::new(Bytes::new()))
+                    .expect("response");
+            }
+        }
+        self.count(&path, |c| c.full += 1);
+        let mut b = hyper::Response::builder()
+            .header("etag", etag)
+            .header("last-modified", "Mon, 30 Nov 2026 07:00:00 GMT")
+            .header("content-type", "application/pdf");
+        if !f.cache_control.is_empty() {
+            b = b.header("cache-control", f.cache_control);
+        }
+        if path.starts_with("/private/") {
+            b = b.header("set-cookie", "session=alice-refreshed; Path=/");
+        }
+        b.body(Full::new(f.body)).expect("response")
+    }
+}
+
+fn yaml(origin: SocketAddr, storage: &str, routes: &str) -> String {
+    format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+server: {{ threads: 2, grace_period: 0s, shutdown_timeout: 2s }}
+access_log: {{ enabled: false }}
+origins:
+  ent: {{ servers: ["{origin}"], max_inflight: 2000, health_check: {{ disabled: true }} }}
+{storage}
+routes:
+{routes}
+  - name: ent
+    match: {{ path_prefix: / }}
+    origin: ent
+"#
+    )
+}
+
+const FILES_ROUTE: &str = r#"  - name: files
+    match: { path_prefix: /files/ }
+    origin: ent
+    cache: { ttl: 10m, stale_if_error: 2s }
+  - name: hosts
+    match: { path_prefix: /host/ }
+    origin: ent
+    cache: {}
+"#;
+
+fn cache_status(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_concurrent_misses_make_one_origin_fetch() {
+    let o = FileOrigin::start().await;
+    let body: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    o.put("/files/exam.pdf", body.clone(), "max-age=600");
+    // The fetch takes long enough for every request to arrive while it is in flight.
+    o.delay_ms.store(500, Ordering::Relaxed);
+    let e = Ecluse::start(&yaml(o.addr, "", FILES_ROUTE));
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(1000)
+        .build()
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let (c, url) = (c.clone(), e.url("/files/exam.pdf"));
+        tasks.push(tokio::spawn(async move {
+            let r = c.get(url).send().await.expect("request");
+            let status = r.status().as_u16();
+            let cs = cache_status(&r);
+            (status, cs, r.bytes().await.expect("body"))
+        }));
+    }
+    let mut hits = 0;
+    for t in tasks {
+        let (status, cs, b) = t.await.unwrap();
+        assert_eq!(status, 200, "{cs}");
+        assert_eq!(b.len(), body.len());
+        assert!(b[..] == body[..], "body differs");
+        if cs.starts_with("ecluse; hit") {
+            hits += 1;
+        }
+    }
+    assert_eq!(
+        o.counts("/files/exam.pdf").full,
+        1,
+        "exactly one origin fetch"
+    );
+    assert_eq!(hits, 999, "every other request was served from the cache");
+    assert_eq!(
+        e.metric(
+            "ecluse_cache_origin_fetches_saved_total",
+            &[("route", "files")]
+        ),
+        999.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_down_serves_stale_within_stale_if_error_then_an_error() {
+    let o = FileOrigin::start().await;
+    o.put("/files/a.pdf", "version one", "max-age=1");
+    let e = Ecluse::start(&yaml(o.addr, "", FILES_ROUTE));
+    let c = client();
+    let r = c.get(e.url("/files/a.pdf")).send().await.unwrap();
+    assert_eq!(
+        cache_status(&r),
+        "ecluse; fwd=uri-miss; fwd-status=200; stored"
+    );
+    assert_eq!(r.text().await.unwrap(), "version one");
+    o.down.store(true, Ordering::Relaxed);
+    // Fresh for 1 s: a hit, the origin is not asked.
+    let r = c.get(e.url("/files/a.pdf")).send().await.unwrap();
+    assert!(
+        cache_status(&r).starts_with("ecluse; hit; ttl="),
+        "{}",
+        cache_status(&r)
+    );
+    // Once stale, the origin fails: the stored copy is served for stale_if_error (2 s)…
+    let mut saw_stale = false;
+    eventually(
+        "a stale copy is served",
+        Duration::from_secs(5),
+        async || {
+            let r = c.get(e.url("/files/a.pdf")).send().await.unwrap();
+            let cs = cache_status(&r);
+            if cs == "ecluse; hit; detail=stale" {
+                assert_eq!(r.status(), 200);
+                assert_eq!(r.text().await.unwrap(), "version one");
+                saw_stale = true;
+            }
+            saw_stale
+        },
+    )
+    .await;
+    // …and after it, the origin's failure shows.
+    eventually(
+        "the error shows after stale_if_error",
+        Duration::from_secs(6),
+        async || {
+            let r = c.get(e.url("/files/a.pdf")).send().await.unwrap();
+            r.status() == 503
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_files_never_reach_another_user() {
+    let o = FileOrigin::start().await;
+    // Even a file the origin wrongly marks cacheable stays with its user by default.
+    o.put("/private/alice.pdf", "alice's marks", "max-age=600");
+    let routes = r#"  - name: default
+    match: { path_prefix: /private/ }
+    origin: ent
+    cache: { ttl: 10m }
+"#;
+    let e = Ecluse::start(&yaml(o.addr, "", routes));
+    let c = client();
+    let get = |cookie: Option<&'static str>| {
+        let mut rb = c.get(e.url("/private/alice.pdf"));
+        if let Some(ck) = cookie {
+            rb = rb.header("cookie", ck);
+        }
+        rb.send()
+    };
+    let a = get(Some("user=alice")).await.unwrap();
+    assert_eq!(a.status(), 200);
+    assert_eq!(cache_status(&a), "ecluse; fwd=bypass; detail=credentials");
+    assert_eq!(a.text().await.unwrap(), "alice's marks");
+    let b = get(Some("user=bob")).await.unwrap();
+    assert_eq!(b.status(), 403);
+    assert_eq!(b.text().await.unwrap(), "denied");
+    let anon = get(None).await.unwrap();
+    assert_eq!(anon.status(), 401, "nothing was stored for anonymous users");
+    assert_eq!(o.counts("/private/alice.pdf").full, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revalidate_mode_authorizes_every_request_and_serves_the_body_from_cache() {
+    let o = FileOrigin::start().await;
+    o.put(
+        "/private/exam.pdf",
+        "the exam paper",
+        "private, max-age=600",
+    );
+    let routes = r#"  - name: private
+    match: { path_prefix: /private/ }
+    origin: ent
+    cache: { mode: revalidate, stale_if_error: 1h }
+"#;
+    let e = Ecluse::start(&yaml(o.addr, "", routes));
+    let c = client();
+    let get = |cookie: Option<&'static str>| {
+        let mut rb = c.get(e.url("/private/exam.pdf"));
+        if let Some(ck) = cookie {
+            rb = rb.header("cookie", ck);
+        }
+        rb.send()
+    };
+    let a = get(Some("user=alice")).await.unwrap();
+    assert_eq!(a.status(), 200);
+    assert!(
+        a.headers().get("set-cookie").is_some(),
+        "alice keeps her own cookie"
+    );
+    assert_eq!(a.text().await.unwrap(), "the exam paper");
+    // Bob asks: the origin is asked with bob's cookie, and its refusal passes through.
+    let b = get(Some("user=bob")).await.unwrap();
+    assert_eq!(b.status(), 403);
+    assert_eq!(b.text().await.unwrap(), "denied");
+    let anon = get(None).await.unwrap();
+    assert_eq!(anon.status(), 401);
+    // Alice again: a conditional request, 304, the body from the cache.
+    let a2 = get(Some("user=alice")).await.unwrap();
+    assert_eq!(a2.status(), 200);
+    assert_eq!(cache_status(&a2), "ecluse; hit; fwd=stale; fwd-status=304");
+    assert!(
+        a2.headers().get("set-cookie").is_none(),
+        "no other user's cookie in a response built from the cache"
+    );
+    assert_eq!(a2.text().await.unwrap(), "the exam paper");
+    let n = o.counts("/private/exam.pdf");
+    assert_eq!((n.full, n.not_modified, n.denied), (1, 1, 2), "{n:?}");
+    assert!(o.seen_inm.lock().unwrap().iter().all(|v| v == "\"v1\""));
+    // A re-upload is seen at once: the origin answers 200 with the new version.
+    o.put(
+        "/private/exam.pdf",
+        "the corrected exam paper",
+        "private, max-age=600",
+    );
+    let a3 = get(Some("user=alice")).await.unwrap();
+    assert_eq!(a3.text().await.unwrap(), "the corrected exam paper");
+    // Origin down: credentialed requests get the stored copy, anonymous ones do not.
+    o.down.store(true, Ordering::Relaxed);
+    let b2 = get(Some("user=bob")).await.unwrap();
+    assert_eq!(cache_status(&b2), "ecluse; hit; detail=stale");
+    let anon2 = get(None).await.unwrap();
+    assert_eq!(anon2.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_mode_one_fetch_serves_every_user_when_the_origin_says_public() {
+    let o = FileOrigin::start().await;
+    o.put("/private/timetable.pdf", "timetable", "public, max-age=600");
+    let routes = r#"  - name: shared
+    match: { path_prefix: /private/ }
+    origin: ent
+    cache: { mode: shared }
+"#;
+    let e = Ecluse::start(&yaml(o.addr, "", routes));
+    let c = client();
+    let a = c
+        .get(e.url("/private/timetable.pdf"))
+        .header("cookie", "user=alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.text().await.unwrap(), "timetable");
+    let b = c
+        .get(e.url("/private/timetable.pdf"))
+        .header("cookie", "user=bob")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(b.status(), 200);
+    assert!(cache_status(&b).starts_with("ecluse; hit"));
+    assert!(
+        b.headers().get("set-cookie").is_none(),
+        "alice's cookie is not replayed"
+    );
+    assert_eq!(b.text().await.unwrap(), "timetable");
+    assert_eq!(o.counts("/private/timetable.pdf").full, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_tier_serves_after_a_restart_without_the_origin() {
+    let o = FileOrigin::start().await;
+    o.put("/files/exam.pdf", vec![7u8; 300_000], "max-age=600");
+    let dir = TempDir::new("cache-disk");
+    let storage = format!(
+        "cache: {{ memory: 8MiB, max_object_size: 1MiB, disk: {{ path: \"{}\", size: 64MiB }} }}",
+        dir.path().display()
+    );
+    let cfg = yaml(o.addr, &storage, FILES_ROUTE);
+    let mut e = Ecluse::start(&cfg);
+    let r = client().get(e.url("/files/exam.pdf")).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().len(), 300_000);
+    e.signal(libc::SIGTERM);
+    assert!(
+        e.wait_exit(Duration::from_secs(15)).is_some(),
+        "ecluse stopped"
+    );
+    drop(e);
+    o.down.store(true, Ordering::Relaxed);
+    let e2 = Ecluse::start(&cfg);
+    let r = client()
+        .get(e2.url("/files/exam.pdf"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        cache_status(&r).starts_with("ecluse; hit"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(r.bytes().await.unwrap(), vec![7u8; 300_000]);
+    assert_eq!(o.counts("/files/exam.pdf").full, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_tier_stays_within_its_size() {
+    let o = FileOrigin::start().await;
+    for i in 0..200 {
+        o.put(
+            &format!("/files/f{i}.bin"),
+            vec![i as u8; 64 * 1024],
+            "max-age=600",
+        );
+    }
+    let storage = "cache: { memory: 2MiB, max_object_size: 256KiB }";
+    let e = Ecluse::start(&yaml(o.addr, storage, FILES_ROUTE));
+    let c = client();
+    for i in 0..200 {
+        let r = c
+            .get(e.url(&format!("/files/f{i}.bin")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.bytes().await.unwrap().len(), 64 * 1024);
+        let used = e.metric("ecluse_cache_bytes", &[("tier", "memory")]);
+        assert!(
+            used <= 2.0 * 1024.0 * 1024.0,
+            "memory tier holds {used} bytes"
+        );
+    }
+    assert!(e.metric("ecluse_cache_evictions_total", &[("tier", "memory")]) > 0.0);
+    assert_eq!(
+        e.metric("ecluse_cache_capacity_bytes", &[("tier", "memory")]),
+        2.0 * 1024.0 * 1024.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_conditionals_head_and_hosts_from_cache() {
+    let o = FileOrigin::start().await;
+    o.put("/files/r.txt", "0123456789abcdef", "max-age=600");
+    let e = Ecluse::start(&yaml(o.addr, "", FILES_ROUTE));
+    let c = client();
+    let url = e.url("/files/r.txt");
+    assert_eq!(
+        c.get(&url).send().await.unwrap().text().await.unwrap(),
+        "0123456789abcdef"
+    );
+    // Single range.
+    let r = c
+        .get(&url)
+        .header("range", "bytes=2-5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 2-5/16");
+    assert_eq!(r.text().await.unwrap(), "2345");
+    // Multiple ranges: multipart/byteranges with both parts.
+    let r = c
+        .get(&url)
+        .header("range", "bytes=0-1,10-11")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("multipart/byteranges"), "{ct}");
+    let t = r.text().await.unwrap();
+    assert!(
+        t.contains("Content-Range: bytes 0-1/16") && t.contains("\r\n01\r\n"),
+        "{t}"
+    );
+    assert!(
+        t.contains("Content-Range: bytes 10-11/16") && t.contains("\r\nab\r\n"),
+        "{t}"
+    );
+    // Conditional requests answered by the cache.
+    let r = c
+        .get(&url)
+        .header("if-none-match", "\"v1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    let r = c
+        .get(&url)
+        .header("if-modified-since", "Mon, 30 Nov 2026 08:00:00 GMT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    let r = c
+        .get(&url)
+        .header("if-none-match", "\"v0\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // HEAD from the cache: headers, no body.
+    let r = c.head(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "16");
+    assert!(cache_status(&r).starts_with("ecluse; hit"));
+    assert_eq!(o.counts("/files/r.txt").full, 1, "all of it from one fetch");
+    // The Host is part of the key.
+    for host in ["a.test", "b.test", "a.test"] {
+        let r = c
+            .get(e.url("/host/x"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), format!("host={host}"));
+    }
+    assert_eq!(o.counts("/host/x").full, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_on_a_hit_is_never_read_as_the_next_request() {
+    use std::io::{Read, Write};
+    let o = FileOrigin::start().await;
+    o.put("/files/s.txt", "public file", "max-age=600");
+    o.put("/files/secret", "smuggled", "max-age=600");
+    let e = Ecluse::start(&yaml(o.addr, "", FILES_ROUTE));
+    let c = client();
+    assert_eq!(
+        c.get(e.url("/files/s.txt")).send().await.unwrap().status(),
+        200
+    );
+    let addr = e.proxy;
+    let text = tokio::task::spawn_blocking(move || {
+        let inner = "GET /files/secret HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET /files/s.txt HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{inner}",
+            inner.len()
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert!(text.contains("public file"));
+    assert_eq!(o.counts("/files/secret").full, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_warm_and_purge_and_reupload_invalidation() {
+    let o = FileOrigin::start().await;
+    o.put("/files/exam.pdf", "exam v1", "max-age=3600");
+    o.put("/files/other.pdf", "other", "max-age=3600");
+    let e = Ecluse::start(&yaml(o.addr, "", FILES_ROUTE));
+    let c = client();
+    // Warm before 08:00.
+    let r = c
+        .post(e.admin_url("/admin/cache/warm"))
+        .body(r#"{"host": "127.0.0.1", "urls": ["/files/exam.pdf", "/files/other.pdf", "/files/missing.pdf"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["warmed"], 2, "{v}");
+    assert!(
+        v["results"][0]["cache_status"]
+            .as_str()
+            .unwrap()
+            .contains("stored"),
+        "{v}"
+    );
+    assert_eq!(v["failed"], 1, "{v}");
+    assert_eq!(v["results"][0]["status"], 200, "{v}");
+    assert_eq!(o.counts("/files/exam.pdf").full, 1);
+    let r = c.get(e.url("/files/exam.pdf")).send().await.unwrap();
+    assert!(cache_status(&r).starts_with("ecluse; hit"));
+    // A teacher re-uploads through ecluse: the next student gets the new version.
+    let r = c
+        .put(e.url("/files/exam.pdf"))
+        .body("exam v2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(
+        cache_status(&r).contains("detail=method"),
+        "{}",
+        cache_status(&r)
+    );
+    let r = c.get(e.url("/files/exam.pdf")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "exam v2");
+    // Purge by prefix: both files are fetched again.
+    let r = c
+        .post(e.admin_url("/admin/cache/purge"))
+        .body(r#"{"prefix": "/files/"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let before = o.counts("/files/other.pdf").full;
+    let r = c.get(e.url("/files/other.pdf")).send().await.unwrap();
+    assert!(
+        cache_status(&r).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(o.counts("/files/other.pdf").full, before + 1);
+    // Purge one URL.
+    let r = c
+        .post(e.admin_url("/admin/cache/purge"))
+        .body(r#"{"url": "/files/other.pdf"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.get(e.url("/files/other.pdf")).send().await.unwrap();
+    assert!(cache_status(&r).contains("fwd=uri-miss"));
+    // Bad admin input: a clear 400, nothing purged.
+    let r = c
+        .post(e.admin_url("/admin/cache/warm"))
+        .body(r#"{"urls": ["/files/exam.pdf"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "warming needs the host students use");
+    for bad in [
+        r#"{"prefix": "files"}"#,
+        r#"{}"#,
+        r#"{"url": 3}"#,
+        "not json",
+    ] {
+        let r = c
+            .post(e.admin_url("/admin/cache/purge"))
+            .body(bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    let r = c.get(e.url("/files/other.pdf")).send().await.unwrap();
+    assert!(cache_status(&r).starts_with("ecluse; hit"));
+}
