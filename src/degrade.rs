@@ -50,6 +50,8 @@ pub struct DegradeState {
     pub level: AtomicUsize,
     rate_factor: AtomicU64,
     room_factor: AtomicU64,
+    /// The current level serves stored copies whatever their age (`serve_stale`).
+    serve_stale: AtomicBool,
     /// The forced level came from the file (`force_level`), not the admin API.
     forced_by_config: AtomicBool,
 }
@@ -62,6 +64,7 @@ impl Default for DegradeState {
             level: AtomicUsize::new(0),
             rate_factor: AtomicU64::new(1f64.to_bits()),
             room_factor: AtomicU64::new(1f64.to_bits()),
+            serve_stale: AtomicBool::new(false),
             forced_by_config: AtomicBool::new(false),
         }
     }
@@ -84,6 +87,12 @@ impl DegradeState {
         f64::from_bits(self.room_factor.load(Ordering::Relaxed))
     }
 
+    /// Whether the current level serves stored copies whatever their age.
+    #[inline]
+    pub fn serve_stale(&self) -> bool {
+        self.serve_stale.load(Ordering::Relaxed)
+    }
+
     #[inline]
     pub fn is_disabled(&self, feature: &str) -> bool {
         self.disabled.load().iter().any(|f| f == feature)
@@ -102,6 +111,8 @@ impl DegradeState {
         drop(g);
         let lv = d.levels.get(level);
         self.level.store(level, Ordering::Relaxed);
+        self.serve_stale
+            .store(lv.is_some_and(|l| l.serve_stale), Ordering::Relaxed);
         self.rate_factor.store(
             lv.map(|l| l.rate_factor).unwrap_or(1.0).to_bits(),
             Ordering::Relaxed,

@@ -736,3 +736,44 @@ async fn admin_warm_and_purge_and_reupload_invalidation() {
     let r = c.get(e.url("/files/other.pdf")).send().await.unwrap();
     assert!(cache_status(&r).starts_with("ecluse; hit"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serve_stale_level_serves_stored_copies_whatever_their_age() {
+    let o = FileOrigin::start().await;
+    o.put("/files/a.pdf", "stored copy", "max-age=1");
+    let storage = "degradation:\n  levels:\n    - { name: normal }\n    - { name: survival, serve_stale: true }";
+    let routes = r#"  - name: files
+    match: { path_prefix: /files/ }
+    origin: ent
+    cache: {}
+"#;
+    let e = Ecluse::start(&yaml(o.addr, storage, routes));
+    let c = client();
+    let r = c.get(e.url("/files/a.pdf")).send().await.unwrap();
+    assert!(cache_status(&r).contains("stored"), "{}", cache_status(&r));
+    o.down.store(true, Ordering::Relaxed);
+    // No stale_if_error: once stale, the origin's failure shows.
+    eventually("the copy goes stale", Duration::from_secs(5), async || {
+        c.get(e.url("/files/a.pdf")).send().await.unwrap().status() == 503
+    })
+    .await;
+    let level = |body: &'static str| c.post(e.admin_url("/admin/level")).body(body).send();
+    assert_eq!(
+        level(r#"{"level": "survival"}"#).await.unwrap().status(),
+        200
+    );
+    let r = c.get(e.url("/files/a.pdf")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(cache_status(&r), "ecluse; hit; detail=stale");
+    assert_eq!(r.text().await.unwrap(), "stored copy");
+    assert_eq!(
+        e.metric(
+            "ecluse_cache_requests_total",
+            &[("route", "files"), ("result", "stale")]
+        ),
+        1.0
+    );
+    assert_eq!(level(r#"{"level": null}"#).await.unwrap().status(), 200);
+    let r = c.get(e.url("/files/a.pdf")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+}

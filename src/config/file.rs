@@ -443,6 +443,10 @@ pub struct LevelFile {
     /// Factor on rate limits at this level (0 to 1, default 1).
     #[serde(default)]
     pub rate_limit_factor: Option<f64>,
+    /// Serve stored cache copies whatever their age, without asking the origin, while
+    /// this level is on (routes in `revalidate` mode excepted: they always ask).
+    #[serde(default)]
+    pub serve_stale: Option<bool>,
 }
 
 /// The message shown when a feature is switched off.

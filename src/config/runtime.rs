@@ -1428,7 +1428,7 @@ fn build_degradation(p: &mut Problems, file: &FileConfig) -> Option<crate::degra
             disable: l.disable.clone(),
             room_factor: factor(p, l.room_capacity_factor, "room_capacity_factor"),
             rate_factor: factor(p, l.rate_limit_factor, "rate_limit_factor"),
-            serve_stale: false,
+            serve_stale: l.serve_stale.unwrap_or(false),
             enter,
             exit,
         });

@@ -151,6 +151,7 @@ impl EcluseProxy {
         let phase = session.cache.phase();
         let stored = if ctx.cache_storable { "; stored" } else { "" };
         match phase {
+            CachePhase::Hit if ctx.forced_stale => "ecluse; hit; detail=stale".into(),
             CachePhase::Hit => {
                 let ttl = session
                     .cache

@@ -105,6 +105,8 @@ pub struct Ctx {
     upstream_set_cookies: Vec<http::HeaderValue>,
     /// A cache-warming request from our own admin API (`admin::cache::warm`).
     warming: bool,
+    /// A stale copy served as fresh because the level says `serve_stale`.
+    forced_stale: bool,
 }
 
 impl Ctx {
@@ -820,6 +822,7 @@ impl ProxyHttp for EcluseProxy {
             cache_storable: false,
             upstream_set_cookies: Vec::new(),
             warming: false,
+            forced_stale: false,
         }
     }
 
@@ -955,6 +958,12 @@ impl ProxyHttp for EcluseProxy {
             .and_then(|r| r.cache.as_ref())
             .is_some_and(|c| c.mode == CacheMode::Revalidate);
         if !revalidate {
+            // A survival level keeps serving what is stored, however old, and spares the
+            // origin the refetch.
+            if !is_fresh && self.app.registry.degrade.serve_stale() {
+                ctx.forced_stale = true;
+                return Ok(Some(ForcedFreshness::ForceFresh));
+            }
             return Ok(None);
         }
         // Authorize-then-serve: every request asks the origin with its own credentials.
@@ -1405,7 +1414,11 @@ impl ProxyHttp for EcluseProxy {
         }
         let cache_result = match (&ctx.route, self.app.cache.get()) {
             (Some(route), Some(c)) if route.cache.is_some() => {
-                let word = cache::result_word(session.cache.phase());
+                let word = if ctx.forced_stale {
+                    "stale"
+                } else {
+                    cache::result_word(session.cache.phase())
+                };
                 c.metrics
                     .requests
                     .with_label_values(&[&route.name, word])
