@@ -777,3 +777,35 @@ async fn a_serve_stale_level_serves_stored_copies_whatever_their_age() {
     let r = c.get(e.url("/files/a.pdf")).send().await.unwrap();
     assert_eq!(r.status(), 503);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_ecluse_makes_on_a_cacheable_route_carry_cache_status() {
+    let o = FileOrigin::start().await;
+    o.put("/files/a.pdf", "a", "max-age=600");
+    let routes = r#"  - name: files
+    match: { path_prefix: /files/ }
+    origin: ent
+    cache: {}
+    rate_limits: [{ key: client_ip, rate: 1/min, burst: 1 }]
+"#;
+    let e = Ecluse::start(&yaml(o.addr, "", routes));
+    let c = client();
+    let r = c.get(e.url("/files/a.pdf")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.get(e.url("/files/a.pdf")).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        cache_status(&r),
+        "ecluse; fwd=bypass; detail=answered-by-ecluse"
+    );
+    // Origin unreachable on a miss: the gateway error says what the cache did.
+    let dead = dead_port();
+    let e2 = Ecluse::start(&yaml(dead, "", FILES_ROUTE));
+    let r = c.get(e2.url("/files/b.pdf")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(
+        cache_status(&r) == "ecluse; fwd=miss; detail=origin-error",
+        "{}",
+        cache_status(&r)
+    );
+}

@@ -167,6 +167,10 @@ impl EcluseProxy {
             }
             CachePhase::Expired => format!("ecluse; fwd=stale; fwd-status={status}{stored}"),
             CachePhase::Miss => format!("ecluse; fwd=uri-miss; fwd-status={status}{stored}"),
+            // The lookup found nothing usable and the origin failed.
+            CachePhase::Disabled(NoCacheReason::UpstreamError) => {
+                "ecluse; fwd=miss; detail=origin-error".into()
+            }
             CachePhase::Disabled(r) if ctx.cache_bypass.is_none() => {
                 format!("ecluse; fwd=bypass; detail={}", reason_word(r))
             }
@@ -175,6 +179,27 @@ impl EcluseProxy {
                 ctx.cache_bypass.unwrap_or("bypass")
             ),
         }
+    }
+
+    /// `Cache-Status` for a response ecluse writes itself (rate limited, queued, feature
+    /// off, origin busy, gateway errors) on a cacheable route.
+    pub(super) fn local_cache_status(
+        &self,
+        session: &Session,
+        ctx: &Ctx,
+        status: u16,
+    ) -> Option<String> {
+        ctx.route.as_ref()?.cache.as_ref()?;
+        Some(match session.cache.phase() {
+            CachePhase::Disabled(NoCacheReason::NeverEnabled)
+            | CachePhase::Uninit
+            | CachePhase::CacheKey
+                if ctx.cache_bypass.is_none() =>
+            {
+                "ecluse; fwd=bypass; detail=answered-by-ecluse".to_string()
+            }
+            _ => self.cache_status(session, ctx, status),
+        })
     }
 
     /// After an unsafe request (`POST`, `PUT`, `DELETE`…) succeeded on a cacheable route,

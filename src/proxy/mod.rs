@@ -188,6 +188,9 @@ impl EcluseProxy {
         resp.insert_header("content-type", page.content_type)?;
         resp.insert_header("content-length", page.body.len().to_string())?;
         resp.insert_header("cache-control", "no-store")?;
+        if let Some(cs) = self.local_cache_status(session, ctx, problem.status()) {
+            resp.insert_header("cache-status", cs)?;
+        }
         if let Some(s) = retry_after {
             resp.insert_header("retry-after", s.to_string())?;
         }
@@ -777,6 +780,9 @@ impl EcluseProxy {
         resp.insert_header("content-type", content_type)?;
         resp.insert_header("content-length", body.len().to_string())?;
         resp.insert_header("cache-control", "no-store")?;
+        if let Some(cs) = self.local_cache_status(session, ctx, status) {
+            resp.insert_header("cache-status", cs)?;
+        }
         if let Some(c) = set_cookie {
             resp.insert_header("set-cookie", c)?;
         }
@@ -914,6 +920,9 @@ impl ProxyHttp for EcluseProxy {
                 resp.insert_header("content-length", page.body.len().to_string())?;
                 resp.insert_header("cache-control", "no-store")?;
                 resp.insert_header("retry-after", retry.to_string())?;
+                if let Some(cs) = self.local_cache_status(session, ctx, 503) {
+                    resp.insert_header("cache-status", cs)?;
+                }
                 if ctx.has_body {
                     session.set_keepalive(None);
                 }
