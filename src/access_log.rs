@@ -54,6 +54,9 @@ pub struct Entry<'a> {
     /// `expired`, `miss`, `bypass`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<&'a str>,
+    /// The degradation level in force when the request ended (when levels are declared).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<&'a str>,
     /// Internal error summary, when the request failed.
     pub error: Option<String>,
 }
@@ -212,6 +215,7 @@ mod tests {
             rate_limit: None,
             queue: None,
             cache: None,
+            level: None,
             error: None,
         });
         // Switching target flushes and closes the file; poll for the line with a deadline.

@@ -334,7 +334,7 @@ async fn tls_listener_with_h2_alpn() {
 async fn access_log_writes_one_json_line_per_request() {
     let a = EchoOrigin::start("a").await;
     let yaml = format!(
-        "listen: [\"127.0.0.1:0\"]\nadmin: {{ listen: \"127.0.0.1:0\" }}\naccess_log: {{ path: access.log }}\norigins:\n  ent: {{ servers: [\"{}\"] }}\nroutes:\n  - {{ name: files, match: {{ path_prefix: /files/ }}, origin: ent }}\n",
+        "listen: [\"127.0.0.1:0\"]\nadmin: {{ listen: \"127.0.0.1:0\" }}\naccess_log: {{ path: access.log }}\ndegradation: {{ levels: [{{ name: normal }}] }}\norigins:\n  ent: {{ servers: [\"{}\"] }}\nroutes:\n  - {{ name: files, match: {{ path_prefix: /files/ }}, origin: ent, cache: {{ ttl: 1m }} }}\n",
         a.addr
     );
     let e = Ecluse::start(&yaml);
@@ -378,6 +378,8 @@ async fn access_log_writes_one_json_line_per_request() {
     assert_eq!(ok["client_ip"], "127.0.0.1");
     assert_eq!(ok["upstream"], a.addr.to_string());
     assert_eq!(ok["attempts"], 1);
+    assert_eq!(ok["cache"], "miss");
+    assert_eq!(ok["level"], "normal");
     assert!(ok["duration_ms"].as_f64().is_some_and(|d| d >= 0.0));
     assert!(ok["time"].as_str().is_some_and(|t| t.ends_with('Z')));
     let miss = &lines[1];

@@ -1473,6 +1473,20 @@ impl ProxyHttp for EcluseProxy {
                 rate_limit: ctx.rl_result,
                 queue: ctx.room_decision,
                 cache: cache_result,
+                level: ctx
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.degradation.as_ref())
+                    .and_then(|d| {
+                        let i = self
+                            .app
+                            .registry
+                            .degrade
+                            .level
+                            .load(std::sync::atomic::Ordering::Relaxed);
+                        d.levels.get(i)
+                    })
+                    .map(|l| l.name.as_str()),
                 error: e.map(|e| e.to_string()),
             };
             self.app.access_log.log(&entry);
