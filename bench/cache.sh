@@ -85,6 +85,8 @@ STAMP=$(date +%Y%m%d-%H%M%S)
 OUT="$ROOT/bench/out/cache-$STAMP"
 mkdir -p "$OUT"
 TMP=$(mktemp -d /tmp/ecluse-cache-bench.XXXXXX)
+# nginx workers run as `nobody` when started as root: they must be able to read the files.
+chmod 755 "$TMP"
 
 PIDS=()
 cleanup() {
@@ -123,6 +125,7 @@ mkdir -p "$TMP/www/students"
 head -c 1024 /dev/urandom >"$TMP/www/1k.bin"
 head -c $((1024 * 1024)) /dev/urandom >"$TMP/www/1m.bin"
 head -c $((2 * 1024 * 1024)) /dev/urandom >"$TMP/www/students/2m.bin"
+chmod -R a+rX "$TMP/www"
 declare -A SIZE_PATH=([1K]=/1k.bin [1M]=/1m.bin)
 declare -A SIZE_BYTES=([1K]=1024 [1M]=$((1024 * 1024)))
 SIZES=(1K 1M)
@@ -224,7 +227,8 @@ PIDS+=($!)
 log "proxy_cache nginx on 127.0.0.1:$NGINX_PORT (cpu $PROXY_CPU)"
 taskset -c "$PROXY_CPU" "$NGINX" -p "$TMP" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" \
   >"$OUT/nginx.stdout" 2>&1 &
-PIDS+=($!)
+NGINX_PID=$!
+PIDS+=($NGINX_PID)
 
 log "ecluse $("$ECLUSE_BIN" --version 2>/dev/null || true) (cpu $PROXY_CPU)"
 RUST_LOG=${RUST_LOG:-warn} taskset -c "$PROXY_CPU" "$ECLUSE_BIN" run --config "$TMP/ecluse.yaml" \
@@ -249,8 +253,46 @@ declare -A BASE=(
 ARMS=(nginx ecluse)
 
 wait_200 "http://127.0.0.1:$ORIGIN_PORT/1k.bin"
+wait_200 "http://127.0.0.1:$NGINX_PORT/1k.bin"
 wait_200 "${ADMIN_URL}readyz"
 log "ecluse proxy $ECLUSE_URL admin $ADMIN_URL: ready"
+
+# CPU accounting, to tell whether a figure is the proxy's limit or the load generator's:
+# the proxy's own CPU time (utime + stime of all its processes and threads; nginx = master
+# + worker + cache manager) and how busy the load generator's core was.
+declare -A ARM_PIDS=(
+  [nginx]="$NGINX_PID $(cat /proc/"$NGINX_PID"/task/*/children)"
+  [ecluse]="$ECLUSE_PID"
+)
+proc_ticks() { # pid...: CPU time in clock ticks
+  local t=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] || continue
+    # Fields after "pid (comm) ": utime and stime are the 12th and 13th.
+    t=$((t + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }')))
+  done
+  echo "$t"
+}
+cpu_line() { # cpu number: "total idle" ticks from /proc/stat
+  awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $5 + $6 }' /proc/stat
+}
+# Busy ticks of all the cores in use (load generator, proxies, origin), whoever is billed.
+BENCH_CPUS=$(printf '%s\n' "$LOAD_CPU" "$PROXY_CPU" "$ORIGIN_CPU" | sort -u)
+cpus_busy() {
+  local c t i b=0
+  for c in $BENCH_CPUS; do read -r t i < <(cpu_line "$c"); b=$((b + t - i)); done
+  echo "$b"
+}
+measure_start() { # arm
+  M_PROXY=$(proc_ticks ${ARM_PIDS[$1]}); M_LOAD=$(cpu_line "$LOAD_CPU"); M_ALL=$(cpus_busy)
+}
+measure_end() { # arm file: writes "proxy_ticks load_total load_idle all_busy"
+  local p l0t l0i l1t l1i
+  p=$(proc_ticks ${ARM_PIDS[$1]})
+  read -r l0t l0i <<<"$M_LOAD"
+  read -r l1t l1i < <(cpu_line "$LOAD_CPU")
+  echo "$((p - M_PROXY)) $((l1t - l0t)) $((l1i - l0i)) $(($(cpus_busy) - M_ALL))" >"$2"
+}
 
 # Requests the origin served for a path (exact request URI), from its access log.
 origin_fetches() {
@@ -301,8 +343,10 @@ for r in $(seq "$ROUNDS"); do
     for a in "${ARMS[@]}"; do
       log "round $r/$ROUNDS: wrk -t1 -c$CONNS -d$DURATION $a $s"
       f0=$(origin_fetches "${SIZE_PATH[$s]}")
+      measure_start "$a"
       taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${BASE[$a]}${SIZE_PATH[$s]}" \
         >"$OUT/wrk-$a-$s-$r.txt" 2>&1
+      measure_end "$a" "$OUT/cpu-wrk-$a-$s-$r.txt"
       f1=$(origin_fetches "${SIZE_PATH[$s]}")
       echo "$((f1 - f0))" >"$OUT/origin-fetches-wrk-$a-$s-$r.txt"
     done
@@ -319,9 +363,11 @@ for r in $(seq "$STUDENT_ROUNDS"); do
     log "round $r/$STUDENT_ROUNDS: $STUDENTS students on $a$uri: oha -n $STUDENTS -c $STUDENT_CONNS ${KA_FLAG[*]}"
     f0=$(origin_fetches "$uri")
     [ "$a" = ecluse ] && metrics >"$OUT/metrics-students-$r-before.txt"
+    measure_start "$a"
     taskset -c "$LOAD_CPU" oha --no-tui -n "$STUDENTS" -c "$STUDENT_CONNS" "${KA_FLAG[@]}" \
       --output-format json "${BASE[$a]}$uri" \
       >"$OUT/oha-students-$a-$r.json" 2>"$OUT/oha-students-$a-$r.err" || true
+    measure_end "$a" "$OUT/cpu-students-$a-$r.txt"
     f1=$(origin_fetches "$uri")
     [ "$a" = ecluse ] && metrics >"$OUT/metrics-students-$r-after.txt"
     echo "$((f1 - f0))" >"$OUT/origin-fetches-students-$a-$r.txt"
@@ -331,9 +377,10 @@ done
 cp "$TMP"/*-error.log "$TMP/origin-access.log" "$OUT/" 2>/dev/null || true
 
 python3 - "$OUT" "$ROUNDS" "$CONNS" "$DURATION" "$STUDENT_ROUNDS" "$STUDENTS" "$STUDENT_CONNS" \
-  "$STUDENT_KEEPALIVE" "$ORIGIN_RATE" "$STUDENT_BYTES" <<'PY' | tee "$OUT/table.txt"
+  "$STUDENT_KEEPALIVE" "$ORIGIN_RATE" "$STUDENT_BYTES" "$(getconf CLK_TCK)" <<'PY' | tee "$OUT/table.txt"
 import json, os, re, statistics, sys
-(out, rounds, conns, dur, srounds, students, sconns, ska, orate, sbytes) = sys.argv[1:]
+(out, rounds, conns, dur, srounds, students, sconns, ska, orate, sbytes, hz) = sys.argv[1:]
+hz = float(hz)
 rounds, srounds, students, sbytes = int(rounds), int(srounds), int(students), int(sbytes)
 arms = ["nginx", "ecluse"]
 sizes = [("1K", "1 KB", 1024), ("1M", "1 MB", 1024 * 1024)]
@@ -345,24 +392,52 @@ def med(xs):
 def f(v, fmt="{:.0f}"):
     return "-" if v is None else fmt.format(v)
 
+def ratio(a, b):
+    return None if a is None or not b else a / b
+
 def read_int(p):
     try: return int(open(p).read())
     except (OSError, ValueError): return None
 
+def cpu(p):
+    """(proxy CPU seconds, load-generator core busy fraction, busy seconds of all the
+    cores in use) over one measured run."""
+    try: proxy, lt, li, allb = map(int, open(p).read().split())
+    except (OSError, ValueError): return None, None, None
+    return proxy / hz, ((1 - li / lt) if lt else None), allb / hz
+
 def wrk(a, s, r):
+    """req/s, requests, seconds, note"""
     try: t = open(f"{out}/wrk-{a}-{s}-{r}.txt").read()
-    except OSError: return None, None
+    except OSError: return None, None, None, None
     m = re.search(r"Requests/sec:\s+([\d.]+)", t)
+    n = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)\b", t)
+    secs = None
+    if n:
+        secs = float(n.group(2)) * {"ms": 1e-3, "s": 1, "m": 60}[n.group(3)]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t)
     sock = re.search(r"Socket errors:.*", t)
     note = (f"{bad.group(1)} non-2xx" if bad else None) or (sock.group(0) if sock else None)
-    return (float(m.group(1)) if m else None), note
+    return (float(m.group(1)) if m else None), (int(n.group(1)) if n else None), secs, note
 
-rps = {(a, s): [wrk(a, s, r)[0] for r in range(1, rounds + 1)] for a in arms for s, _, _ in sizes}
-notes = [f"{a} {s} round {r}: {wrk(a, s, r)[1]}" for a in arms for s, _, _ in sizes
-         for r in range(1, rounds + 1) if wrk(a, s, r)[1]]
-wrk_fetch = {(a, s): sum(read_int(f"{out}/origin-fetches-wrk-{a}-{s}-{r}.txt") or 0
-                         for r in range(1, rounds + 1)) for a in arms for s, _, _ in sizes}
+R = range(1, rounds + 1)
+rps, us_req, busy, load, all_us = {}, {}, {}, {}, {}
+for a in arms:
+    for s, _, _ in sizes:
+        k = (a, s)
+        runs = [wrk(a, s, r) for r in R]
+        cpus = [cpu(f"{out}/cpu-wrk-{a}-{s}-{r}.txt") for r in R]
+        rps[k] = [x[0] for x in runs]
+        us_req[k] = med([c[0] * 1e6 / x[1] if c[0] is not None and x[1] else None
+                         for x, c in zip(runs, cpus)])
+        busy[k] = med([c[0] / x[2] if c[0] is not None and x[2] else None for x, c in zip(runs, cpus)])
+        load[k] = med([c[1] for c in cpus])
+        all_us[k] = med([c[2] * 1e6 / x[1] if c[2] is not None and x[1] else None
+                         for x, c in zip(runs, cpus)])
+notes = [f"{a} {s} round {r}: {wrk(a, s, r)[3]}" for a in arms for s, _, _ in sizes
+         for r in R if wrk(a, s, r)[3]]
+wrk_fetch = {(a, s): sum(read_int(f"{out}/origin-fetches-wrk-{a}-{s}-{r}.txt") or 0 for r in R)
+             for a in arms for s, _, _ in sizes}
 
 print()
 print(f"1. cache hits: wrk -t1 -c{conns} -d{dur}, median of {rounds} interleaved rounds")
@@ -370,20 +445,40 @@ print("   nginx proxy_cache vs ecluse cache (memory tier), 1 worker / 1 thread, 
 print()
 print(f"{'size':6} {'nginx req/s':>12} {'ecluse req/s':>13} {'ecluse/nginx':>13} "
       f"{'nginx MB/s':>11} {'ecluse MB/s':>12} {'origin fetches':>15}")
-verdicts = []
+verdicts, bound = [], []
 for s, label, nbytes in sizes:
     n, e = med(rps[("nginx", s)]), med(rps[("ecluse", s)])
-    ratio = e / n if n and e is not None else None
     mbs = lambda v: None if v is None else v * nbytes / 1e6
     fetches = wrk_fetch[("nginx", s)] + wrk_fetch[("ecluse", s)]
-    print(f"{label:6} {f(n):>12} {f(e):>13} {f(ratio, '{:.2f}x'):>13} "
+    print(f"{label:6} {f(n):>12} {f(e):>13} {f(ratio(e, n), '{:.2f}x'):>13} "
           f"{f(mbs(n)):>11} {f(mbs(e)):>12} {fetches:>15}")
-    verdicts.append(f"{label} {'MET' if ratio is not None and ratio >= 1.0 else 'NOT MET'} "
-                    f"({f(ratio, '{:.2f}x')})")
-print("   (MB/s = req/s x body size, 10^6 bytes; origin fetches = requests that reached the"
+    verdicts.append(f"{label} {'MET' if (ratio(e, n) or 0) >= 1.0 else 'NOT MET'} "
+                    f"({f(ratio(e, n), '{:.2f}x')})")
+print("   (MB/s = req/s x body size in 10^6 bytes; origin fetches = requests that reached the"
       " origin during the wrk runs, both arms: must be 0)")
+print()
+print("   where the time went: proxy CPU time (utime+stime of its processes) per request, how busy"
+      " that kept the proxy, how busy the")
+print("   load generator's core was, and the busy time of all the cores used per request (wrk,"
+      " proxy, kernel, whoever is billed)")
+print(f"{'size':6} {'nginx us/req':>13} {'ecluse us/req':>14} {'ecluse/nginx':>13} "
+      f"{'nginx busy':>11} {'ecluse busy':>12} {'wrk core n/e':>13} {'all cores us/req n/e':>21}")
+pct = lambda v: f(None if v is None else 100 * v, "{:.0f}%")
+for s, label, _ in sizes:
+    n, e = us_req[("nginx", s)], us_req[("ecluse", s)]
+    print(f"{label:6} {f(n, '{:.1f}'):>13} {f(e, '{:.1f}'):>14} {f(ratio(e, n), '{:.2f}x'):>13} "
+          f"{pct(busy[('nginx', s)]):>11} {pct(busy[('ecluse', s)]):>12} "
+          f"{pct(load[('nginx', s)]) + '/' + pct(load[('ecluse', s)]):>13} "
+          f"{f(all_us[('nginx', s)], '{:.1f}') + '/' + f(all_us[('ecluse', s)], '{:.1f}'):>21}")
+    for a in arms:
+        if (load[(a, s)] or 0) > 0.95 and (busy[(a, s)] or 1) < 0.9:
+            bound.append(f"{label} {a}")
 print("per-round req/s: " + "; ".join(
     f"{a} {s} " + " ".join(f(v) for v in rps[(a, s)]) for s, _, _ in sizes for a in arms))
+if bound:
+    print("note: the load generator's core was saturated while the proxy's was not for: "
+          + ", ".join(bound) + ". There req/s is wrk's limit, not the proxy's; and on loopback part of the server's TCP"
+          " sending is billed to wrk's core: compare 'all cores us/req' (bench/README.md).")
 print("target (cache hits >= 1.0x nginx proxy_cache req/s): " + ", ".join(verdicts))
 for n in notes:
     print(f"warning: wrk {n}")
@@ -392,15 +487,21 @@ def oha(a, r):
     try: j = json.load(open(f"{out}/oha-students-{a}-{r}.json"))
     except (OSError, ValueError): return None
     lp, sm = j.get("latencyPercentiles", {}), j.get("summary", {})
+    fb = j.get("firstBytePercentiles", {})
     codes = j.get("statusCodeDistribution", {})
     ms = lambda v: None if v is None else v * 1000
+    c = cpu(f"{out}/cpu-students-{a}-{r}.txt")
     return {
         "ok": codes.get("200", 0),
         "other": sum(v for k, v in codes.items() if k != "200"),
         "errors": sum(j.get("errorDistribution", {}).values()),
         "p50": ms(lp.get("p50")), "p99": ms(lp.get("p99")), "max": ms(sm.get("slowest")),
+        "ttfb99": ms(fb.get("p99")),
         "wall": sm.get("total"),
         "mbs": (sm.get("sizePerSec") or 0) / 1e6 or None,
+        "us": None if c[0] is None else c[0] * 1e6 / students,
+        "load": c[1],
+        "all": None if c[2] is None else c[2] * 1e6 / students,
     }
 
 def cache_results(r):
@@ -418,31 +519,40 @@ def cache_results(r):
     return {k: int(a[k] - b.get(k, 0)) for k in a if a[k] - b.get(k, 0) > 0}
 
 print()
-mode = "new connection per student (--disable-keepalive)" if ska != "1" else "connections reused"
-print(f"2. {students} students, one 2 MB file, cold cache: oha -n {students} -c {sconns}, {mode}")
-print(f"   origin: nginx static file at limit_rate {orate} (one fetch ~{sbytes / 1e6:.1f} MB / {orate}B/s);"
-      f" median of {srounds} round(s)")
+mode = "a new connection per student (--disable-keepalive)" if ska != "1" else "connections reused"
+print(f"2. {students} students, the same 2 MB file, cold cache: oha -n {students} -c {sconns}, {mode}")
+print(f"   origin: nginx static file at limit_rate {orate} (one fetch = {sbytes / 1e6:.1f} MB at"
+      f" {orate}B/s); median of {srounds} round(s)")
 print()
-print(f"{'arm':7} {'origin fetches':>15} {'200s':>13} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8} "
-      f"{'max ms':>8} {'wall s':>7} {'MB/s':>6}")
-s_verdict = []
+print(f"{'arm':7} {'origin fetches':>15} {'200s':>12} {'errors':>7} {'p50 ms':>7} {'p99 ms':>7} "
+      f"{'ttfb p99':>9} {'max ms':>7} {'wall s':>7} {'MB/s':>5} {'us/req':>7} {'oha core':>9} {'all us/req':>11}")
+s_verdict, sbound = [], []
+SR = range(1, srounds + 1)
 for a in arms:
-    rs = [oha(a, r) for r in range(1, srounds + 1)]
-    fetch = [read_int(f"{out}/origin-fetches-students-{a}-{r}.txt") for r in range(1, srounds + 1)]
-    ok = [x["ok"] for x in rs if x]
+    rs = [oha(a, r) for r in SR]
+    fetch = [read_int(f"{out}/origin-fetches-students-{a}-{r}.txt") for r in SR]
     bad = sum(x["other"] + x["errors"] for x in rs if x)
     g = lambda k: med([x[k] for x in rs if x])
     print(f"{a:7} {' '.join(f(v) for v in fetch):>15} "
-          f"{f(med(ok)) + '/' + str(students):>13} {bad:>7} {f(g('p50')):>8} {f(g('p99')):>8} "
-          f"{f(g('max')):>8} {f(g('wall'), '{:.1f}'):>7} {f(g('mbs')):>6}")
+          f"{f(g('ok')) + '/' + str(students):>12} {bad:>7} {f(g('p50')):>7} {f(g('p99')):>7} "
+          f"{f(g('ttfb99')):>9} {f(g('max')):>7} {f(g('wall'), '{:.1f}'):>7} {f(g('mbs')):>5} "
+          f"{f(g('us')):>7} {pct(g('load')):>9} {f(g('all')):>11}")
     s_verdict.append(f"{a} {'MET' if fetch and all(v == 1 for v in fetch) else 'NOT MET'}")
+    if (g("load") or 0) > 0.95:
+        sbound.append(a)
 print("   (origin fetches: one figure per round; 200s: median per round; errors: non-200 +"
-      " connection errors, all rounds)")
-for r in range(1, srounds + 1):
+      " connection errors, all rounds;")
+print("    ttfb = time to first byte; us/req = proxy CPU time per student; oha core = how busy"
+      " the load generator's core was;")
+print("    all us/req = busy time of all the cores used, per student)")
+for r in SR:
     c = cache_results(r)
     if c:
         print(f"ecluse cache results, round {r}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
-print("target (origin fetches = 1 per round): " + ", ".join(s_verdict))
+if sbound:
+    print("note: oha's core was saturated (" + ", ".join(sbound) + "): the wall time is how fast"
+          " one core can take in the bytes, not the proxy's limit.")
+print("target (one origin fetch per round): " + ", ".join(s_verdict))
 print(f"raw outputs: {os.path.relpath(out)}")
 PY
 

@@ -132,6 +132,9 @@ impl App {
                     restart_required,
                 };
                 publish_metrics(&new, Some(&old));
+                if let Some(c) = self.cache.get() {
+                    c.init_series(&new);
+                }
                 // A reload sets capacity from the file again.
                 for room in &new.rooms {
                     *room
@@ -237,4 +240,42 @@ fn publish_metrics(new: &Config, old: Option<&Config>) {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     m.config_last_reload_success.set(now);
+    init_series(new);
+}
+
+/// Create every bounded series the config implies at 0, so dashboards and alerts see a
+/// value (and `rate`/`increase` see the first event) before anything happened.
+fn init_series(cfg: &Config) {
+    let m = crate::metrics::get();
+    for r in ["ok", "error", "unchanged"] {
+        m.config_reloads.with_label_values(&[r]);
+    }
+    for o in &cfg.origins {
+        if let Some(max) = o.max_inflight {
+            m.origin_max_inflight
+                .with_label_values(&[&o.name])
+                .set(max as i64);
+            if o.adaptive.is_none() {
+                // Without an adaptive limit, the limit in force is the hard maximum.
+                m.origin_concurrency_limit
+                    .with_label_values(&[&o.name])
+                    .set(max as i64);
+            }
+        }
+        for reason in ["feature_off", "concurrency"] {
+            m.shed.with_label_values(&[&o.name, reason, "none"]);
+        }
+    }
+    if let Some(d) = &cfg.degradation {
+        // Automatic moves go one step at a time.
+        for w in d.levels.windows(2) {
+            m.degradation_changes
+                .with_label_values(&[&w[0].name, &w[1].name, "auto"]);
+            m.degradation_changes
+                .with_label_values(&[&w[1].name, &w[0].name, "auto"]);
+        }
+        for f in &d.features {
+            m.feature_changes.with_label_values(&[f, "forced"]);
+        }
+    }
 }

@@ -80,7 +80,18 @@ pub fn demo(
         return ExitCode::from(1);
     }
     let path = dir.join("demo.yaml");
-    let yaml = DEMO_YAML.replace("127.0.0.1:8000", &origin.to_string());
+    // Each demo keeps its waiting-room snapshot to itself: a demo started after another
+    // must not inherit its queue.
+    let yaml = DEMO_YAML
+        .replace("127.0.0.1:8000", &origin.to_string())
+        .replacen(
+            "server:\n",
+            &format!(
+                "server:\n  state_dir: \"{}\"\n",
+                dir.join("state").display()
+            ),
+            1,
+        );
     if let Err(e) = std::fs::write(&path, yaml) {
         eprintln!("ecluse demo: cannot write {}: {e}", path.display());
         return ExitCode::from(1);

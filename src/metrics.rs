@@ -56,6 +56,8 @@ pub struct Metrics {
     pub feature_changes: IntCounterVec,
     pub shed: IntCounterVec,
     pub origin_concurrency_limit: IntGaugeVec,
+    /// The configured hard maximum of requests in flight (`max_inflight`).
+    pub origin_max_inflight: IntGaugeVec,
     pub origin_latency_p95: prometheus::GaugeVec,
     pub origin_error_ratio: prometheus::GaugeVec,
     pub origin_inflight_ratio: prometheus::GaugeVec,
@@ -280,6 +282,12 @@ impl Metrics {
             "Adaptive concurrency limit of the origin.",
             &["origin"],
         );
+        let origin_max_inflight = gauge_vec(
+            &r,
+            "ecluse_origin_max_inflight",
+            "Configured hard maximum of requests in flight to the origin (max_inflight).",
+            &["origin"],
+        );
         let gv = |name: &str, help: &str| {
             let g = prometheus::GaugeVec::new(Opts::new(name, help), &["origin"])
                 .expect("static metric definition");
@@ -307,6 +315,7 @@ impl Metrics {
             feature_changes,
             shed,
             origin_concurrency_limit,
+            origin_max_inflight,
             origin_latency_p95,
             origin_error_ratio,
             origin_inflight_ratio,

@@ -241,6 +241,7 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
     let cfg = app.config();
     if app.cache.get().is_none() {
         let cache = crate::cache::Cache::open(&cfg.cache)?;
+        cache.init_series(&cfg);
         let _ = app.cache.set(cache);
     }
     let mut conf = ServerConf {

@@ -60,6 +60,23 @@ impl Cache {
         n
     }
 
+    /// Create the config's cache series at 0 (see `app::init_series`).
+    pub fn init_series(&self, cfg: &crate::config::Config) {
+        let m = &self.metrics;
+        for kind in ["url", "prefix", "invalidation"] {
+            m.purges.with_label_values(&[kind]);
+        }
+        for r in cfg.router.routes() {
+            if r.cache.is_some() {
+                for result in ["hit", "stale", "revalidated", "expired", "miss", "bypass"] {
+                    m.requests.with_label_values(&[&r.name, result]);
+                }
+                m.fetches_saved.with_label_values(&[&r.name]);
+            }
+        }
+        self.refresh_metrics();
+    }
+
     /// Copy the store's figures into the gauges (called before each `/metrics` render).
     pub fn refresh_metrics(&self) {
         let s = self.store.stats();
