@@ -20,8 +20,9 @@ demo: build
 ## Everything CI checks: formatting, clippy, all tests, every file in config/.
 test: deps
 	@# Tests start real servers and a real browser: Chromium, and Prometheus (the
-	@# dashboard test scrapes a running demo; promtool checks the alert rules).
-	@scripts/need.sh chromium chromedriver prometheus promtool
+	@# dashboard test scrapes a running demo; promtool checks the alert rules) and Redis
+	@# (fleet mode: three nodes share state through it).
+	@scripts/need.sh chromium chromedriver prometheus promtool redis-server
 	@echo "== cargo fmt --check"
 	$(CARGO) fmt --all -- --check
 	@echo "== cargo clippy --all-targets -- -D warnings"

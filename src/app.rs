@@ -32,6 +32,8 @@ pub struct App {
     /// Random per-process secret marking the admin API's cache-warming requests to the
     /// proxy (they skip rate limits and the waiting room). Never printed.
     pub warm_token: String,
+    /// Fleet mode (`cluster:` in the file), fixed at start.
+    pub fleet: Option<Arc<crate::cluster::Fleet>>,
 }
 
 /// What a successful reload changed that only a restart can apply.
@@ -53,6 +55,10 @@ impl App {
         publish_metrics(&cfg, None);
         registry.limiters.publish(live_limiters(&cfg));
         apply_degradation(&registry.degrade, &cfg);
+        let fleet = cfg
+            .cluster
+            .clone()
+            .map(|s| Arc::new(crate::cluster::Fleet::new(s)));
         Ok(Arc::new(App {
             config: ArcSwap::from_pointee(cfg),
             registry,
@@ -66,7 +72,20 @@ impl App {
             bound: std::sync::OnceLock::new(),
             cache: std::sync::OnceLock::new(),
             warm_token: hex::encode(rand::random::<[u8; 16]>()),
+            fleet,
         }))
+    }
+
+    /// Purge the cache here and, in fleet mode, on every node.
+    pub fn purge(&self, scope: &crate::cache::PurgeScope, kind: &str) -> usize {
+        let Some(cache) = self.cache.get() else {
+            return 0;
+        };
+        let n = cache.purge(scope, kind);
+        if let Some(f) = &self.fleet {
+            f.broadcast_purge(scope, kind);
+        }
+        n
     }
 
     /// The running config. One atomic load; hold the `Arc` for the whole request so that
@@ -117,6 +136,9 @@ impl App {
                 }
                 if new.cache != old.cache {
                     restart_required.push("cache");
+                }
+                if new.cluster != old.cluster {
+                    restart_required.push("cluster");
                 }
                 if !restart_required.is_empty() {
                     log::warn!(

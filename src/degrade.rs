@@ -136,6 +136,17 @@ impl DegradeState {
         self.disabled.store(Arc::new(off));
     }
 
+    /// Fleet mode: follow the other nodes' highest automatic level.
+    pub fn set_fleet_floor(&self, d: &Degradation, floor: usize) {
+        let now = now_ms();
+        let floor = floor.min(d.levels.len().saturating_sub(1));
+        let change = self.lock().set_fleet_floor(floor, now);
+        if let Some(c) = change {
+            record_change(d, &c, "fleet");
+        }
+        self.publish(d, now);
+    }
+
     /// Apply the file's `force_level` after a load.
     pub fn apply_config(&self, d: &Degradation) {
         let now = now_ms();

@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod degrade;
 pub mod demo;

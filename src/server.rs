@@ -91,6 +91,9 @@ impl BackgroundService for Control {
         }
         // Active health checks.
         tokio::spawn(crate::upstream::health::run(app.clone(), stop_rx.clone()));
+        if app.fleet.is_some() {
+            tokio::spawn(crate::cluster::run(app.clone(), stop_rx.clone()));
+        }
         // Waiting rooms: admission ticks every 250 ms, snapshots every 2 s.
         {
             let app = app.clone();

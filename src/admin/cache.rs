@@ -100,7 +100,8 @@ pub async fn purge(app: &App, req: Request<Incoming>) -> Resp {
             )
         }
     };
-    let removed = cache.purge(&scope, kind);
+    let _ = cache;
+    let removed = app.purge(&scope, kind);
     let (host, target) = match &scope {
         PurgeScope::Url {
             host,

@@ -285,6 +285,13 @@ async fn level_admin(app: &App, req: Request<Incoming>) -> Resp {
         }
     };
     app.registry.degrade.force(d, level, for_);
+    if let Some(f) = &app.fleet {
+        let until = for_.map(|x| crate::rooms::now_ms() + x.as_millis() as u64);
+        f.publish_level(
+            level.and_then(|i| d.levels.get(i)).map(|l| l.name.clone()),
+            until,
+        );
+    }
     let now = crate::rooms::now_ms();
     let l = app.registry.degrade.lock().level(now);
     json_resp(
@@ -332,6 +339,10 @@ async fn feature_admin(app: &App, p: &str, req: Request<Incoming>) -> Resp {
         Err(r) => return *r,
     };
     app.registry.degrade.force_feature(d, name, on, for_);
+    if let Some(f) = &app.fleet {
+        let until = for_.map(|x| crate::rooms::now_ms() + x.as_millis() as u64);
+        f.publish_feature(name, on, until);
+    }
     json_resp(
         StatusCode::OK,
         json!({ "feature": name, "on": !app.registry.degrade.is_disabled(name) }),
@@ -558,6 +569,7 @@ fn state(app: &App) -> serde_json::Value {
         .collect();
     json!({
         "degradation": degradation,
+        "cluster": app.fleet.as_ref().map(|f| f.state()),
         "signals": signals,
         "rooms": rooms,
         "config": {

@@ -85,6 +85,47 @@ pub struct FileConfig {
     pub cache: Option<CacheStorageFile>,
     /// Routes, tried in order: the first whose `match` fits the request wins.
     pub routes: Vec<RouteFile>,
+    /// Fleet mode: several ecluse nodes share state through Redis. Absent: one node, all
+    /// state in process. Changing it needs a restart.
+    #[serde(default)]
+    pub cluster: Option<ClusterFile>,
+}
+
+/// What a node does with shared limits while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailModeFile {
+    /// Each node enforces its share of every global limit (limit ÷ nodes last seen
+    /// alive): the fleet never admits more than configured (default).
+    LocalShare,
+    /// Each node enforces the whole limit: nothing is refused that one node would have
+    /// let through, at the price of up to N × the limit fleet-wide.
+    LocalFull,
+}
+
+/// Fleet mode settings.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Redis URL: `redis://[:password@]host:6379/db` (or `rediss://` for TLS).
+    pub redis: String,
+    /// Prefix of every key. Keys are written `{PREFIX}:…`: the braces are a Redis Cluster
+    /// hash tag, so all of a fleet's keys live in one slot. Default `ecluse`.
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+    /// This node's name in the fleet (default: host name and process id).
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// Longest wait for one Redis exchange before the node falls back. Default `200ms`.
+    #[serde(default)]
+    pub timeout: Option<DurationText>,
+    /// How often a node exchanges its counts and learns the fleet's state. Default
+    /// `250ms`. A node unheard of for 8 intervals (at least 2 s) counts as gone.
+    #[serde(default)]
+    pub sync_interval: Option<DurationText>,
+    /// `local_share` (default) or `local_full`: limits while Redis is unreachable.
+    #[serde(default)]
+    pub fail_mode: Option<FailModeFile>,
 }
 
 /// Cache storage (pingora-cache over a foyer memory + disk store).

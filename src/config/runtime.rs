@@ -53,6 +53,8 @@ pub struct Config {
     /// Cache storage settings (applied at start; a reload that changes them is refused
     /// to take effect until restart, and says so).
     pub cache: CacheStorage,
+    /// Fleet mode (Redis), when configured.
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -564,6 +566,7 @@ pub fn build(
     }
 
     let cache = build_cache_storage(&mut p, file, ctx);
+    let cluster = build_cluster(&mut p, file);
     let classes = build_classes(&mut p, &file.priority_classes);
     let rooms = build_rooms(&mut p, file, &classes, ctx);
     let router = build_routes(
@@ -601,6 +604,83 @@ pub fn build(
         rooms,
         degradation,
         cache,
+        cluster,
+    })
+}
+
+fn build_cluster(p: &mut Problems, file: &FileConfig) -> Option<crate::cluster::ClusterSettings> {
+    use super::file::FailModeFile;
+    let c = file.cluster.as_ref()?;
+    if let Err(e) = redis::Client::open(c.redis.as_str()) {
+        p.at(
+            path!["cluster", "redis"],
+            format!(
+                "`{}` is not a Redis URL ({e}): write it like `redis://10.0.0.9:6379/`",
+                c.redis
+            ),
+        );
+    }
+    let prefix = c.key_prefix.clone().unwrap_or_else(|| "ecluse".to_string());
+    if prefix.is_empty()
+        || prefix.len() > 64
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.'))
+    {
+        p.at(
+            path!["cluster", "key_prefix"],
+            format!("`{prefix}`: use letters, digits, `_`, `-`, `:` and `.` (no braces: ecluse adds the hash tag)"),
+        );
+    }
+    let node_id = c.node_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        format!(
+            "{}-{}",
+            if host.is_empty() {
+                "node"
+            } else {
+                host.as_str()
+            },
+            std::process::id()
+        )
+    });
+    if !valid_name(&node_id.replace('.', "_")) {
+        p.at(
+            path!["cluster", "node_id"],
+            format!(
+                "`{node_id}`: use letters, digits, `_`, `-` and `.` (it becomes a metric label)"
+            ),
+        );
+    }
+    let sync_interval = duration_or(
+        p,
+        &c.sync_interval,
+        Duration::from_millis(250),
+        path!["cluster", "sync_interval"],
+    );
+    if sync_interval < Duration::from_millis(50) || sync_interval > Duration::from_secs(10) {
+        p.at(
+            path!["cluster", "sync_interval"],
+            "must be between 50ms and 10s",
+        );
+    }
+    Some(crate::cluster::ClusterSettings {
+        redis_url: c.redis.clone(),
+        prefix,
+        node_id,
+        timeout: duration_or(
+            p,
+            &c.timeout,
+            Duration::from_millis(200),
+            path!["cluster", "timeout"],
+        ),
+        sync_interval,
+        fail_mode: match c.fail_mode {
+            None | Some(FailModeFile::LocalShare) => crate::cluster::FailMode::LocalShare,
+            Some(FailModeFile::LocalFull) => crate::cluster::FailMode::LocalFull,
+        },
     })
 }
 

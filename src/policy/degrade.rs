@@ -112,6 +112,9 @@ pub struct Degrader {
     /// The level in force at the last step or force, to report changes (a forced level
     /// that expires between two steps is reported at the next one).
     in_force: usize,
+    /// Fleet mode: the highest automatic level of the other nodes. The level in force is
+    /// at least this, so every node of a fleet switches the same features off.
+    fleet_floor: usize,
 }
 
 impl Degrader {
@@ -122,6 +125,7 @@ impl Degrader {
             forced: None,
             features: HashMap::new(),
             in_force: 0,
+            fleet_floor: 0,
         }
     }
 
@@ -129,8 +133,22 @@ impl Degrader {
     pub fn level(&self, now_ms: u64) -> usize {
         match self.forced {
             Some((l, exp)) if exp.is_none_or(|e| now_ms < e) => l,
-            _ => self.auto,
+            _ => self.auto.max(self.fleet_floor),
         }
+    }
+
+    /// Fleet mode: raise (or lower) the floor set by the other nodes' automatic levels.
+    /// Returns the change of the level in force, if any.
+    pub fn set_fleet_floor(&mut self, floor: usize, now_ms: u64) -> Option<Change> {
+        self.fleet_floor = floor;
+        let before = self.in_force;
+        let after = self.level(now_ms);
+        self.in_force = after;
+        (before != after).then(|| Change {
+            from: before,
+            to: after,
+            reason: format!("another node of the fleet is at level {floor}"),
+        })
     }
 
     pub fn auto_level(&self) -> usize {

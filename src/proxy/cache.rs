@@ -216,7 +216,7 @@ impl EcluseProxy {
         if method.is_safe() || !(200..400).contains(&resp.status.as_u16()) {
             return;
         }
-        let (Some(cache), Some(route)) = (self.app.cache.get(), ctx.route.as_ref()) else {
+        let Some(route) = ctx.route.as_ref() else {
             return;
         };
         let Some(policy) = route.cache.as_ref() else {
@@ -249,7 +249,7 @@ impl EcluseProxy {
             }
         }
         for t in targets {
-            cache.purge(
+            self.app.purge(
                 &PurgeScope::Url {
                     host: Some(host.clone()),
                     path_and_query: t,

@@ -317,7 +317,13 @@ impl EcluseProxy {
         route: &Arc<Route>,
     ) -> Result<bool> {
         // The degradation level in force may tighten every limit.
-        let factor = self.app.registry.degrade.rate_factor();
+        // In fleet mode, this node enforces its share of the fleet-wide limit.
+        let factor = self.app.registry.degrade.rate_factor()
+            * self
+                .app
+                .fleet
+                .as_ref()
+                .map_or(1.0, |f| f.share(&route.name));
         let mut passed: Vec<(&RouteLimit, u64)> = Vec::with_capacity(route.limits.len());
         let mut refused: Option<(&RouteLimit, Verdict)> = None;
         for l in &route.limits {
