@@ -218,7 +218,27 @@ async fn every_panel_returns_data_from_a_real_prometheus_scraping_the_demo() {
     })
     .await;
 
-    // 2. Prometheus scraping it every second, with the alert rules loaded.
+    // A fleet-mode node too (Redis), so the fleet panels have something to show.
+    let redis = Redis::start();
+    let fleet_origin = EchoOrigin::start("ent").await;
+    let fleet_node = Ecluse::start(&format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+access_log: {{ enabled: false }}
+cluster: {{ redis: "redis://127.0.0.1:{}/", node_id: dash, sync_interval: 100ms }}
+origins:
+  ent: {{ servers: ["{}"], health_check: {{ disabled: true }} }}
+routes:
+  - {{ name: fleet, match: {{ path_prefix: / }}, origin: ent, rate_limits: [{{ key: route, rate: 100/s, burst: 100 }}] }}
+"#,
+        redis.port, fleet_origin.addr
+    ));
+    eventually("the fleet node reaches Redis", DEADLINE, async || {
+        fleet_node.metric("ecluse_cluster_redis_up", &[]) == 1.0
+    })
+    .await;
+
+    // 2. Prometheus scraping them every second, with the alert rules loaded.
     let dir = TempDir::new("prometheus");
     let admin_hostport = admin
         .trim_start_matches("http://")
@@ -227,8 +247,9 @@ async fn every_panel_returns_data_from_a_real_prometheus_scraping_the_demo() {
     std::fs::write(
         dir.path().join("prometheus.yml"),
         format!(
-            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nrule_files: [\"{}\"]\nscrape_configs:\n  - job_name: ecluse\n    static_configs: [{{ targets: [\"{admin_hostport}\"] }}]\n",
-            root().join(ALERTS).display()
+            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nrule_files: [\"{}\"]\nscrape_configs:\n  - job_name: ecluse\n    static_configs: [{{ targets: [\"{admin_hostport}\", \"{}\"] }}]\n",
+            root().join(ALERTS).display(),
+            fleet_node.admin
         ),
     )
     .unwrap();
@@ -281,10 +302,11 @@ async fn every_panel_returns_data_from_a_real_prometheus_scraping_the_demo() {
             .send()
             .await;
         match r {
-            Ok(r) => r
-                .json::<serde_json::Value>()
-                .await
-                .is_ok_and(|v| v["data"]["result"][0]["value"][1] == "1"),
+            Ok(r) => r.json::<serde_json::Value>().await.is_ok_and(|v| {
+                v["data"]["result"]
+                    .as_array()
+                    .is_some_and(|r| r.len() == 2 && r.iter().all(|x| x["value"][1] == "1"))
+            }),
             Err(_) => false,
         }
     })
@@ -380,6 +402,7 @@ async fn every_panel_returns_data_from_a_real_prometheus_scraping_the_demo() {
             *statuses.entry(r.status().as_u16()).or_default() += 1;
             let _ = r.bytes().await;
         }
+        let _ = plain.get(fleet_node.url("/x")).send().await;
         if let Ok(r) = student.get(format!("{ent}visio")).send().await {
             *statuses.entry(r.status().as_u16()).or_default() += 1;
         }
@@ -409,8 +432,17 @@ async fn every_panel_returns_data_from_a_real_prometheus_scraping_the_demo() {
 
     // Every metric the dashboard or the alerts name is one ecluse exports (after this load,
     // every family has been used at least once).
+    let fleet_metrics = plain
+        .get(format!("http://{}/metrics", fleet_node.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let exported: BTreeSet<String> = metrics
         .lines()
+        .chain(fleet_metrics.lines())
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)

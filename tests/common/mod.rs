@@ -391,3 +391,98 @@ pub async fn eventually(what: &str, limit: Duration, mut f: impl AsyncFnMut() ->
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A real `redis-server` on a free loopback port, nothing saved to disk.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+}
+
+fn redis_bin() -> &'static str {
+    for p in ["/usr/bin/redis-server", "/usr/local/bin/redis-server"] {
+        if std::path::Path::new(p).exists() {
+            return p;
+        }
+    }
+    panic!("`redis-server` is missing: install Debian's `redis-server` (`scripts/need.sh redis-server`, which `make test` runs)");
+}
+
+fn ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    ) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let dir = TempDir::new("redis");
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("free port");
+            let mut r = Redis {
+                child: None,
+                port,
+                dir: TempDir(dir.path().to_path_buf()),
+            };
+            if r.spawn() {
+                std::mem::forget(dir);
+                return r;
+            }
+            r.child.take().map(|mut c| c.kill());
+        }
+        panic!("redis-server did not start on a free loopback port");
+    }
+
+    /// Start (or restart) on the same port; true once it answers PING.
+    pub fn spawn(&mut self) -> bool {
+        let child = Command::new(redis_bin())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + DEADLINE;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return false;
+                }
+            }
+            if ping(self.port) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
