@@ -809,3 +809,55 @@ async fn responses_ecluse_makes_on_a_cacheable_route_carry_cache_status() {
         cache_status(&r)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_and_objects_too_large() {
+    let o = FileOrigin::start().await;
+    o.put("/files/a.pdf", "v1", "max-age=1");
+    o.put("/files/big.bin", vec![1u8; 300 * 1024], "max-age=600");
+    let routes = r#"  - name: files
+    match: { path_prefix: /files/ }
+    origin: ent
+    cache: { stale_while_revalidate: 1m, max_object_size: 256KiB }
+"#;
+    let e = Ecluse::start(&yaml(o.addr, "", routes));
+    let c = client();
+    assert_eq!(
+        c.get(e.url("/files/a.pdf")).send().await.unwrap().status(),
+        200
+    );
+    o.put("/files/a.pdf", "v2", "max-age=600");
+    // Once stale: the old copy is served at once while one request refreshes it.
+    let mut served_stale = false;
+    eventually(
+        "a stale copy is served while refreshing",
+        Duration::from_secs(5),
+        async || {
+            let r = c.get(e.url("/files/a.pdf")).send().await.unwrap();
+            if cache_status(&r) == "ecluse; hit; detail=stale" {
+                assert_eq!(r.text().await.unwrap(), "v1");
+                served_stale = true;
+            }
+            served_stale
+        },
+    )
+    .await;
+    eventually(
+        "the background refresh stored v2",
+        Duration::from_secs(5),
+        async || {
+            let r = c.get(e.url("/files/a.pdf")).send().await.unwrap();
+            let fresh = cache_status(&r).starts_with("ecluse; hit; ttl=");
+            fresh && r.text().await.unwrap() == "v2"
+        },
+    )
+    .await;
+    assert_eq!(o.counts("/files/a.pdf").full, 2);
+    // Bigger than max_object_size: served whole, never stored.
+    for _ in 0..2 {
+        let r = c.get(e.url("/files/big.bin")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap().len(), 300 * 1024);
+    }
+    assert_eq!(o.counts("/files/big.bin").full, 2);
+}
