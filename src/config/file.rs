@@ -140,7 +140,8 @@ pub struct CacheStorageFile {
     #[serde(default)]
     pub disk: Option<CacheDiskFile>,
     /// Largest response stored, for every route (a route may lower it). Bigger
-    /// responses pass through uncached. Default `64MiB`.
+    /// responses pass through uncached. Default `64MiB` (without a disk tier, at most a
+    /// quarter of `memory`).
     #[serde(default)]
     pub max_object_size: Option<SizeText>,
     /// How long concurrent misses for one object wait for the single origin fetch

@@ -715,16 +715,23 @@ fn build_cache_storage(p: &mut Problems, file: &FileConfig, ctx: &BuildContext) 
     if memory_bytes < 1 << 20 {
         p.at(path!["cache", "memory"], "must be at least 1MiB");
     }
+    // Without a disk tier an object must fit in memory (a quarter of it by default, so
+    // one file cannot flush everything else).
+    let default_max = if c.disk.is_some() {
+        d.max_object_bytes
+    } else {
+        d.max_object_bytes.min(memory_bytes / 4)
+    };
     let max_object_bytes = size_or(
         p,
         &c.max_object_size,
-        d.max_object_bytes,
+        default_max,
         path!["cache", "max_object_size"],
     );
-    if max_object_bytes > memory_bytes {
+    if c.disk.is_none() && max_object_bytes > memory_bytes {
         p.at(
             path!["cache", "max_object_size"],
-            "is larger than the memory tier (`cache.memory`): such an object could never be stored",
+            "is larger than the memory tier (`cache.memory`) and there is no disk tier: such an object could never be stored",
         );
     }
     let disk = c.disk.as_ref().map(|disk| {
