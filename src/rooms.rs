@@ -260,9 +260,59 @@ impl Room {
         self.inside.is_empty() || self.inside.iter().any(|p| path.starts_with(p.as_str()))
     }
 
+    /// Fleet mode: the gauges from the shared room's view.
+    pub fn publish_fleet_view(&self, v: &crate::cluster::room::View) {
+        let p = self.effective();
+        self.metrics.waiting.set(v.waiting() as i64);
+        self.metrics.active.set(v.active as i64);
+        self.metrics.capacity.set(i64::from(p.active_users));
+        self.metrics
+            .frontier
+            .set(v.queues.first().map(|q| q.0).unwrap_or(0) as i64);
+        self.metrics.estimated_wait.set(
+            v.eta(v.waiting().max(1))
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(-1.0),
+        );
+        let mut seen = self
+            .shared
+            .exported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let counters = [
+            &self.metrics.admitted,
+            &self.metrics.abandoned,
+            &self.metrics.issued,
+            &self.metrics.direct,
+        ];
+        for i in 0..4 {
+            if v.counters[i] > seen[i] {
+                counters[i].inc_by(v.counters[i] - seen[i]);
+                seen[i] = v.counters[i];
+            }
+        }
+    }
+
+    /// Params for this node: in fleet fallback (Redis unreachable), its share of the
+    /// room's capacity and pace (÷ nodes last seen), so the fleet never admits more than
+    /// configured.
+    pub fn effective_divided(&self, divisor: u32) -> RoomParams {
+        let mut p = self.effective();
+        if divisor > 1 {
+            p.active_users = (p.active_users / divisor).max(1);
+            p.new_users_per_minute = (p.new_users_per_minute / divisor).max(1);
+        }
+        p
+    }
+
     /// Advance admission and refresh the gauges. Called about once a second.
     pub fn tick(&self, now: u64) {
-        let p = self.effective();
+        self.tick_divided(now, 1)
+    }
+
+    /// `tick` with capacities divided (fleet fallback).
+    pub fn tick_divided(&self, now: u64, divisor: u32) {
+        let p = self.effective_divided(divisor);
         let mut s = self.shared.lock();
         s.tick(&p, now);
         self.metrics.waiting.set(s.waiting() as i64);

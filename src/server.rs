@@ -108,8 +108,21 @@ impl BackgroundService for Control {
                     }
                     let cfg = app.config();
                     let now = crate::rooms::now_ms();
-                    for room in &cfg.rooms {
-                        room.tick(now);
+                    // Fleet mode: the shared rooms tick in the fleet sync; the local room
+                    // takes over (with its share of capacity) only while Redis is away.
+                    match &app.fleet {
+                        Some(f) if f.conn().is_some() => {}
+                        Some(f) => {
+                            let d = f.fallback_divisor();
+                            for room in &cfg.rooms {
+                                room.tick_divided(now, d);
+                            }
+                        }
+                        None => {
+                            for room in &cfg.rooms {
+                                room.tick(now);
+                            }
+                        }
                     }
                     n += 1;
                     if n % 8 == 0 && !cfg.rooms.is_empty() {

@@ -271,13 +271,17 @@ async fn a_thousand_concurrent_misses_make_one_origin_fetch() {
         "exactly one origin fetch"
     );
     assert_eq!(hits, 999, "every other request was served from the cache");
-    assert_eq!(
-        e.metric(
-            "ecluse_cache_origin_fetches_saved_total",
-            &[("route", "files")]
-        ),
-        999.0
-    );
+    eventually(
+        "999 fetches saved are counted",
+        Duration::from_secs(5),
+        async || {
+            e.metric(
+                "ecluse_cache_origin_fetches_saved_total",
+                &[("route", "files")],
+            ) == 999.0
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -766,13 +770,18 @@ async fn a_serve_stale_level_serves_stored_copies_whatever_their_age() {
     assert_eq!(r.status(), 200);
     assert_eq!(cache_status(&r), "ecluse; hit; detail=stale");
     assert_eq!(r.text().await.unwrap(), "stored copy");
-    assert_eq!(
-        e.metric(
-            "ecluse_cache_requests_total",
-            &[("route", "files"), ("result", "stale")]
-        ),
-        1.0
-    );
+    // Counted when the request's log line is written, just after the response.
+    eventually(
+        "the stale answer is counted",
+        Duration::from_secs(5),
+        async || {
+            e.metric(
+                "ecluse_cache_requests_total",
+                &[("route", "files"), ("result", "stale")],
+            ) == 1.0
+        },
+    )
+    .await;
     assert_eq!(level(r#"{"level": null}"#).await.unwrap().status(), 200);
     let r = c.get(e.url("/files/a.pdf")).send().await.unwrap();
     assert_eq!(r.status(), 503);

@@ -176,17 +176,19 @@ async fn three_nodes_share_config_view_levels_and_purges() {
     // Redis killed: every node keeps serving and says it fell back; Redis back: in sync.
     redis.kill();
     for e in &nodes {
+        // It says so, and enforces its share of the global limit: a third, as last seen.
         eventually(
-            "the node notices Redis is gone",
+            "the node falls back to its local share",
             Duration::from_secs(5),
-            async || state(&c, e).await["cluster"]["redis_up"] == false,
+            async || {
+                let share = e.metric("ecluse_cluster_limit_share_permille", &[("route", "api")]);
+                state(&c, e).await["cluster"]["redis_up"] == false
+                    && e.metric("ecluse_cluster_fallback", &[]) == 1.0
+                    && (330.0..=340.0).contains(&share)
+            },
         )
         .await;
-        assert_eq!(e.metric("ecluse_cluster_fallback", &[]), 1.0);
         assert_eq!(c.get(e.url("/hello")).send().await.unwrap().status(), 200);
-        // Its share of the global limit: a third, as last seen.
-        let share = e.metric("ecluse_cluster_limit_share_permille", &[("route", "api")]);
-        assert!((330.0..=340.0).contains(&share), "share {share}");
     }
     assert!(redis.spawn(), "redis-server restarted on its port");
     for e in &nodes {
@@ -285,4 +287,151 @@ async fn a_global_rate_limit_holds_fleet_wide() {
         commands / requests
     );
     assert!(commands / requests < 0.1, "Redis commands per request");
+}
+
+fn room_node_yaml(origin: SocketAddr, redis: u16, id: &str) -> String {
+    format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+server: {{ threads: 1, grace_period: 0s, shutdown_timeout: 2s }}
+access_log: {{ enabled: false }}
+cluster: {{ redis: "redis://127.0.0.1:{redis}/", node_id: {id}, sync_interval: 100ms, timeout: 200ms }}
+waiting_rooms:
+  ent: {{ active_users: 5, new_users_per_minute: 600, secret_env: ECLUSE_FLEET_TEST_KEYS, poll_interval: 1s, abandon_timeout: 1m, session_idle_timeout: 5m }}
+origins:
+  ent: {{ servers: ["{origin}"], health_check: {{ disabled: true }} }}
+routes:
+  - name: ent
+    match: {{ path_prefix: / }}
+    origin: ent
+    waiting_room: ent
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_waiting_room_across_three_nodes_fifo_and_capacity() {
+    std::env::set_var(
+        "ECLUSE_FLEET_TEST_KEYS",
+        "k1:8f3a5e0c9b1d2f4a6c8e0b2d4f6a8c0e1f3b5d7a9c1e3f5b7d9a1c3e5f7b9d1a",
+    );
+    let redis = Redis::start();
+    let origin = EchoOrigin::start("ent").await;
+    let nodes: Vec<Ecluse> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|id| Ecluse::start(&room_node_yaml(origin.addr, redis.port, id)))
+        .collect();
+    let admin = client();
+    for e in &nodes {
+        eventually("every node sees three live nodes", DEADLINE, async || {
+            state(&admin, e).await["cluster"]["live_nodes"] == 3
+        })
+        .await;
+    }
+    // 20 students arrive one after the other, spread round robin over the nodes.
+    let students: Vec<reqwest::Client> = (0..20)
+        .map(|_| {
+            reqwest::Client::builder()
+                .cookie_store(true)
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let mut admitted_at: Vec<Option<usize>> = vec![None; students.len()];
+    let mut order = 0usize;
+    for (i, s) in students.iter().enumerate() {
+        let r = s
+            .get(nodes[i % 3].url("/home"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        let v: serde_json::Value = r.json().await.unwrap();
+        if v["server"] == "ent" {
+            admitted_at[i] = Some(order);
+            order += 1;
+        } else {
+            assert_eq!(v["state"], "waiting", "{v}");
+        }
+    }
+    assert_eq!(
+        admitted_at.iter().flatten().count(),
+        5,
+        "the first five get in at once, fleet-wide: {admitted_at:?}"
+    );
+    assert!(admitted_at[..5].iter().all(Option::is_some));
+
+    // Waiting students poll, each time through the next node.
+    let mut round = 0usize;
+    let mut poll_all = async |admitted_at: &mut Vec<Option<usize>>, order: &mut usize| {
+        round += 1;
+        for (i, s) in students.iter().enumerate() {
+            if admitted_at[i].is_some() {
+                continue;
+            }
+            let node = &nodes[(i + round) % 3];
+            let r = s
+                .get(node.url("/.ecluse/queue/status?room=ent"))
+                .send()
+                .await
+                .unwrap();
+            let v: serde_json::Value = r.json().await.unwrap();
+            if v["state"] == "admitted" {
+                admitted_at[i] = Some(*order);
+                *order += 1;
+            } else {
+                assert_eq!(v["state"], "waiting", "student {i}: {v}");
+            }
+        }
+    };
+    // The room is full: for a while, nobody else gets in.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(1500) {
+        poll_all(&mut admitted_at, &mut order).await;
+    }
+    assert_eq!(
+        admitted_at.iter().flatten().count(),
+        5,
+        "total active sessions stay within capacity across nodes"
+    );
+    // The first five log out (each through another node): the next five get in, in
+    // arrival order, whichever node they poll.
+    for (i, s) in students.iter().enumerate().take(5) {
+        let r = s
+            .get(nodes[(i + 1) % 3].url("/logout"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admitted_at.iter().flatten().count() < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "admissions after logouts: {admitted_at:?}"
+        );
+        poll_all(&mut admitted_at, &mut order).await;
+    }
+    let newly: Vec<usize> = (0..students.len())
+        .filter(|&i| admitted_at[i].is_some_and(|o| o >= 5))
+        .collect();
+    assert_eq!(
+        newly,
+        vec![5, 6, 7, 8, 9],
+        "one FIFO order across nodes: {admitted_at:?}"
+    );
+    // Admitted students keep their session on every node.
+    for (i, s) in students.iter().enumerate().skip(5).take(5) {
+        for n in &nodes {
+            let r = s.get(n.url(&format!("/page{i}"))).send().await.unwrap();
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["server"], "ent", "student {i} inside on every node: {v}");
+        }
+    }
+    assert_eq!(
+        admitted_at.iter().flatten().count(),
+        10,
+        "nobody else was let in"
+    );
 }

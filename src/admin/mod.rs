@@ -366,6 +366,23 @@ async fn room_admin(app: &App, p: &str, req: Request<Incoming>) -> Resp {
         "pause" | "resume" => {
             let paused = action == "pause";
             room.shared.lock().paused = paused;
+            if let Some(f) = &app.fleet {
+                let Some(mut conn) = f.conn() else {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "redis_unreachable",
+                        "fleet mode: Redis is unreachable, the shared room cannot be paused or resumed (this node's local room was)",
+                    );
+                };
+                if let Err(e) = f.room(name).set_paused(&mut conn, paused).await {
+                    f.call_failed(&e);
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "redis_unreachable",
+                        format!("fleet mode: cannot reach Redis: {e}"),
+                    );
+                }
+            }
             log::warn!(
                 "room {name}: admission {} by the admin API",
                 if paused { "paused" } else { "resumed" }

@@ -30,6 +30,8 @@ use arc_swap::ArcSwap;
 use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts};
 use serde::{Deserialize, Serialize};
 
+pub mod room;
+
 use crate::app::App;
 use crate::cache::PurgeScope;
 use crate::rooms::now_ms;
@@ -114,6 +116,10 @@ pub struct Fleet {
     nodes: ArcSwap<Vec<NodeInfo>>,
     shares: ArcSwap<HashMap<String, f64>>,
     outgoing: Mutex<Vec<Outgoing>>,
+    /// The Redis connection, once the sync loop made it (shared by the rooms' calls).
+    conn: std::sync::OnceLock<redis::aio::ConnectionManager>,
+    /// Shared waiting rooms, by name.
+    rooms: Mutex<HashMap<String, Arc<room::FleetRoom>>>,
     /// Last change applied, per forced item (`level`, `feature:NAME`): (at_ms, seq).
     applied: Mutex<HashMap<String, (u64, u64)>>,
     metrics: FleetMetrics,
@@ -197,7 +203,48 @@ impl Fleet {
             shares: ArcSwap::from_pointee(HashMap::new()),
             outgoing: Mutex::new(Vec::new()),
             applied: Mutex::new(HashMap::new()),
+            conn: std::sync::OnceLock::new(),
+            rooms: Mutex::new(HashMap::new()),
             metrics,
+        }
+    }
+
+    /// The shared room `name` (created on first use).
+    pub fn room(&self, name: &str) -> Arc<room::FleetRoom> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(room::FleetRoom::new(&self.settings.prefix, name)))
+            .clone()
+    }
+
+    /// A handle on the Redis connection while Redis answers; `None` in fallback.
+    pub fn conn(&self) -> Option<redis::aio::ConnectionManager> {
+        if !self.redis_up.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.conn.get().cloned()
+    }
+
+    /// Count a failed call made on the request path (a room operation): the node falls
+    /// back until the next successful sync.
+    pub fn call_failed(&self, e: &redis::RedisError) {
+        self.metrics.failures.inc();
+        log::warn!("cluster: Redis call failed on the request path: {e}");
+        self.set_up(false);
+    }
+
+    pub fn count_commands(&self, n: u64) {
+        self.metrics.commands.inc_by(n);
+    }
+
+    /// Divisor of local capacities while Redis is unreachable: the nodes last seen.
+    pub fn fallback_divisor(&self) -> u32 {
+        if self.redis_up.load(Ordering::Relaxed) {
+            1
+        } else {
+            self.live.load(Ordering::Relaxed).clamp(1, 1000) as u32
         }
     }
 
@@ -337,7 +384,10 @@ pub async fn run(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_secs(1));
     let mut conn = match redis::aio::ConnectionManager::new_lazy_with_config(client, cfg) {
-        Ok(c) => c,
+        Ok(c) => {
+            let _ = fleet.conn.set(c.clone());
+            c
+        }
         Err(e) => {
             log::error!("cluster: cannot set up the Redis connection: {e}");
             return;
@@ -687,6 +737,14 @@ async fn sync_once(
         }
     }
     fleet.nodes.store(Arc::new(nodes));
+
+    // 4. The shared waiting rooms: this node's moves, one admission tick, a fresh view.
+    for r in &config.rooms {
+        let fr = fleet.room(&r.name);
+        let sent = fr.sync(conn, &r.effective(), now).await?;
+        fleet.metrics.commands.inc_by(sent);
+        r.publish_fleet_view(&fr.view.lock().unwrap_or_else(|p| p.into_inner()));
+    }
     Ok(())
 }
 

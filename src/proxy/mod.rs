@@ -407,6 +407,60 @@ impl EcluseProxy {
 
     /// Queue or admit a request on a route guarded by `room`. Returns true when the
     /// request was answered here (queue page or status).
+    /// Fleet mode with Redis answering: the shared room and a connection to reach it.
+    fn fleet_room(
+        &self,
+        room: &Room,
+    ) -> Option<(
+        Arc<crate::cluster::room::FleetRoom>,
+        redis::aio::ConnectionManager,
+    )> {
+        let f = self.app.fleet.as_ref()?;
+        let conn = f.conn()?;
+        Some((f.room(&room.name), conn))
+    }
+
+    /// The room's params for this node (its share while fleet mode is in fallback).
+    fn room_params(&self, room: &Room) -> crate::policy::waiting_room::RoomParams {
+        let d = self.app.fleet.as_ref().map_or(1, |f| f.fallback_divisor());
+        room.effective_divided(d)
+    }
+
+    /// A waiting ticket polls: through the shared room in fleet mode (falling back to
+    /// the local one if Redis fails now), else the local room.
+    async fn poll_room(
+        &self,
+        room: &Room,
+        params: &crate::policy::waiting_room::RoomParams,
+        class: u8,
+        number: u64,
+        now: u64,
+    ) -> Standing {
+        if let Some((fr, mut conn)) = self.fleet_room(room) {
+            match fr
+                .poll(&mut conn, params, usize::from(class), number, now)
+                .await
+            {
+                Ok(s) => {
+                    if !matches!(s, Standing::Waiting { .. }) {
+                        if let Some(f) = &self.app.fleet {
+                            f.count_commands(1);
+                        }
+                    }
+                    return s;
+                }
+                Err(e) => {
+                    if let Some(f) = &self.app.fleet {
+                        f.call_failed(&e);
+                    }
+                }
+            }
+        }
+        room.shared
+            .lock()
+            .poll(params, usize::from(class), number, now)
+    }
+
     async fn waiting_room(
         &self,
         session: &mut Session,
@@ -418,7 +472,7 @@ impl EcluseProxy {
         }
         let now = now_ms();
         let now_s = now / 1000;
-        let params = room.effective();
+        let params = self.room_params(room);
         let secure = self.secure(session, ctx);
         ctx.room_secure = secure;
         let ticket = match cookie(&session.req_header().headers, &room.cookie_name) {
@@ -440,10 +494,13 @@ impl EcluseProxy {
                 TicketState::Admitted
                     if now_s.saturating_sub(t.seen) <= params.idle_timeout.as_secs() =>
                 {
-                    let touched = room
-                        .shared
-                        .lock()
-                        .touch(&params, t.class, t.number, t.bucket, now);
+                    let touched = match self.fleet_room(room) {
+                        Some((fr, _)) => fr.touch(&params, t.class, t.number, t.bucket, now),
+                        None => room
+                            .shared
+                            .lock()
+                            .touch(&params, t.class, t.number, t.bucket, now),
+                    };
                     let Some(bucket) = touched else {
                         // Ended, or a stale copy: queue fresh like any newcomer.
                         room.metrics.rejected_expired.inc();
@@ -466,10 +523,7 @@ impl EcluseProxy {
                 TicketState::Waiting
                     if now_s.saturating_sub(t.seen) <= params.abandon_timeout.as_secs() =>
                 {
-                    let standing =
-                        room.shared
-                            .lock()
-                            .poll(&params, usize::from(t.class), t.number, now);
+                    let standing = self.poll_room(room, &params, t.class, t.number, now).await;
                     match standing {
                         Standing::Admitted { bucket } => {
                             let t2 = Ticket {
@@ -519,10 +573,14 @@ impl EcluseProxy {
             .class_of(session, ctx)
             .and_then(|c| room.class_map.get(c).copied())
             .unwrap_or(0);
-        let would_queue = room
-            .shared
-            .lock()
-            .would_queue(&params, usize::from(class), now);
+        let fleet = self.fleet_room(room);
+        let would_queue = match &fleet {
+            Some((fr, _)) => fr.would_queue(&params, usize::from(class)),
+            None => room
+                .shared
+                .lock()
+                .would_queue(&params, usize::from(class), now),
+        };
         if would_queue {
             // Bots that drop cookies get a new ticket on every request: cap the tickets
             // handed to one address (NAT-friendly default), without one the page
@@ -540,10 +598,34 @@ impl EcluseProxy {
             }
         }
         let draw: u32 = rand::random();
-        let arrival = room
-            .shared
-            .lock()
-            .arrive(&params, usize::from(class), now, draw);
+        let mut fleet_position = None;
+        let mut arrival = None;
+        if let Some((fr, mut conn)) = fleet {
+            if let Some(f) = &self.app.fleet {
+                f.count_commands(1);
+            }
+            match fr.arrive(&mut conn, &params, usize::from(class), now).await {
+                Ok(crate::cluster::room::Arrived::Admit { number, bucket }) => {
+                    arrival = Some(Arrival::Admit { number, bucket })
+                }
+                Ok(crate::cluster::room::Arrived::Queue { number, position }) => {
+                    fleet_position = Some(position);
+                    arrival = Some(Arrival::Queue { number });
+                }
+                Err(e) => {
+                    if let Some(f) = &self.app.fleet {
+                        f.call_failed(&e);
+                    }
+                }
+            }
+        }
+        let arrival = match arrival {
+            Some(a) => a,
+            None => room
+                .shared
+                .lock()
+                .arrive(&params, usize::from(class), now, draw),
+        };
         match arrival {
             Arrival::Admit { number, bucket } => {
                 let t = Ticket {
@@ -570,7 +652,7 @@ impl EcluseProxy {
                     seen: now_s,
                     bucket: 0,
                 };
-                let position = {
+                let position = fleet_position.or_else(|| {
                     let s = room.shared.lock();
                     s.effective_number(usize::from(class), number).map(|n| {
                         n.saturating_sub(
@@ -581,7 +663,7 @@ impl EcluseProxy {
                         )
                         .max(1)
                     })
-                };
+                });
                 let c = cookie_header(room, &room.keys.seal(&t), secure);
                 ctx.room_decision = Some("queued");
                 self.respond_queue(session, ctx, room, "waiting", position, Some(c))
@@ -616,7 +698,7 @@ impl EcluseProxy {
         };
         let now = now_ms();
         let now_s = now / 1000;
-        let params = room.effective();
+        let params = self.room_params(&room);
         let secure = self.secure(session, ctx);
         let ticket = cookie(&session.req_header().headers, &room.cookie_name)
             .and_then(|v| room.keys.open(v, &room.name).ok());
@@ -631,10 +713,7 @@ impl EcluseProxy {
                 if t.state == TicketState::Waiting
                     && now_s.saturating_sub(t.seen) <= params.abandon_timeout.as_secs() =>
             {
-                let standing =
-                    room.shared
-                        .lock()
-                        .poll(&params, usize::from(t.class), t.number, now);
+                let standing = self.poll_room(&room, &params, t.class, t.number, now).await;
                 match standing {
                     Standing::Admitted { bucket } => {
                         let t2 = Ticket {
@@ -676,10 +755,13 @@ impl EcluseProxy {
     ) -> (pages::Lang, queue::Status<'r>, u64) {
         let lang = pages::negotiate_lang(header(req, "accept-language"));
         let params = room.effective();
-        let s = room.shared.lock();
-        let eta = position.and_then(|p| s.eta(p));
-        let paused = s.paused;
-        drop(s);
+        let (eta, paused) = match self.fleet_room(room) {
+            Some((fr, _)) => (position.and_then(|p| fr.eta(p)), fr.paused()),
+            None => {
+                let s = room.shared.lock();
+                (position.and_then(|p| s.eta(p)), s.paused)
+            }
+        };
         // ±20% jitter so that a crowd that arrived together does not poll together.
         let base = params.poll_interval.as_millis() as u64;
         let jitter = (base / 5).max(1);
@@ -1202,9 +1284,14 @@ impl ProxyHttp for EcluseProxy {
                 upstream_response.remove_header(&room.end_header);
                 let params = room.effective();
                 if let Some((_, _, t)) = &ctx.room_session {
-                    room.shared
-                        .lock()
-                        .end(&params, t.class, t.number, *bucket, now_ms());
+                    match self.fleet_room(room) {
+                        Some((fr, _)) => fr.end(&params, t.class, t.number, *bucket, now_ms()),
+                        None => {
+                            room.shared
+                                .lock()
+                                .end(&params, t.class, t.number, *bucket, now_ms())
+                        }
+                    }
                 }
                 let secure = ctx.room_secure;
                 ctx.set_cookie = Some(format!(

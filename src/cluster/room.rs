@@ -1,0 +1,551 @@
+//! A waiting room shared by every node of a fleet: one ticket counter, one admission
+//! frontier, one capacity, held in Redis and changed only by Lua scripts (atomic, so two
+//! nodes never hand out the same number or overrun the capacity).
+//!
+//! Redis round trips happen once per student, not per request: a newcomer takes a number
+//! (`ARRIVE`), a waiting ticket whose turn has come claims its admission (`CLAIM`). Polls
+//! of tickets still behind the frontier, and every request of an admitted session, are
+//! answered from this node's copy of the room (refreshed at each sync). Sessions moving
+//! between activity buckets are counted locally and flushed in one batch per sync
+//! (`MOVES`); admissions advance in `TICK`, run by whichever node syncs (the script
+//! ignores ticks closer than 200 ms, so N nodes tick no faster than one).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::Script;
+
+use crate::policy::waiting_room::{ClassPolicy, RoomParams, Standing};
+
+/// Activity buckets per idle timeout (as the local room).
+const BUCKETS: u64 = 16;
+
+/// Common Lua helpers: sum of active buckets in the window (dropping old ones), sum of
+/// pending grants (dropping expired ones, counted as abandoned).
+const LUA_COMMON: &str = r#"
+local function active_sum(akey, cur)
+  local t = redis.call('HGETALL', akey)
+  local sum = 0
+  for i = 1, #t, 2 do
+    local b = tonumber(t[i])
+    if b + 16 <= cur then
+      redis.call('HDEL', akey, t[i])
+    else
+      sum = sum + tonumber(t[i + 1])
+    end
+  end
+  return sum
+end
+local function pending_sum(pkey, rkey, now)
+  local sum = 0
+  while true do
+    local head = redis.call('LINDEX', pkey, 0)
+    if not head then break end
+    local d, c = string.match(head, '(%d+):(%d+)')
+    d = tonumber(d); c = tonumber(c)
+    if d <= now then
+      redis.call('LPOP', pkey)
+      redis.call('HINCRBY', rkey, 'abandoned', c)
+    else
+      break
+    end
+  end
+  for _, e in ipairs(redis.call('LRANGE', pkey, 0, -1)) do
+    local _, c = string.match(e, '(%d+):(%d+)')
+    sum = sum + tonumber(c)
+  end
+  return sum
+end
+local function num(v, d) if v then return tonumber(v) else return d end end
+"#;
+
+/// KEYS: room, active, pending. ARGV: now, cap, per_min, burst, grace_ms, bucket_ms,
+/// policies ("d", "b", "s0.25", one per class, comma-separated).
+/// Returns {frontier_0, next_0, frontier_1, next_1, …, rate*1000, paused, active, pending, tokens*1000}.
+const LUA_TICK: &str = r#"
+local now = tonumber(ARGV[1]); local cap = tonumber(ARGV[2]); local per_ms = tonumber(ARGV[3]) / 60000
+local burst = tonumber(ARGV[4]); local grace = tonumber(ARGV[5]); local bucket_ms = tonumber(ARGV[6])
+local pol = {}
+for p in string.gmatch(ARGV[7], '[^,]+') do table.insert(pol, p) end
+local r = KEYS[1]
+local last = num(redis.call('HGET', r, 'last_tick'), nil)
+local tokens = num(redis.call('HGET', r, 'tokens'), burst)
+local rate = num(redis.call('HGET', r, 'rate'), 0)
+local paused = num(redis.call('HGET', r, 'paused'), 0)
+local cur = math.floor(now / bucket_ms)
+local active = active_sum(KEYS[2], cur)
+local pending = pending_sum(KEYS[3], r, now)
+if last == nil or now - last >= 200 then
+  local dt = 0
+  if last ~= nil then dt = math.max(0, now - last) end
+  tokens = math.min(tokens + per_ms * dt, burst)
+  local total = 0
+  if paused == 0 then
+    local free = math.max(cap - active - pending, 0)
+    local budget = math.min(free, math.floor(tokens))
+    local left = budget
+    -- Reserved shares first, then every class in order (work-conserving).
+    for i, p in ipairs(pol) do
+      if string.sub(p, 1, 1) == 's' then
+        local share = tonumber(string.sub(p, 2))
+        local f = num(redis.call('HGET', r, 'frontier:' .. (i - 1)), 0)
+        local n = num(redis.call('HGET', r, 'next:' .. (i - 1)), 0)
+        local give = math.min(math.ceil(budget * share), n - f, left)
+        if give > 0 then
+          redis.call('HINCRBY', r, 'frontier:' .. (i - 1), give)
+          left = left - give
+        end
+      end
+    end
+    for i, p in ipairs(pol) do
+      if p ~= 'b' then
+        local f = num(redis.call('HGET', r, 'frontier:' .. (i - 1)), 0)
+        local n = num(redis.call('HGET', r, 'next:' .. (i - 1)), 0)
+        local give = math.min(n - f, left)
+        if give > 0 then
+          redis.call('HINCRBY', r, 'frontier:' .. (i - 1), give)
+          left = left - give
+        end
+      end
+    end
+    total = budget - left
+    if total > 0 then
+      tokens = tokens - total
+      redis.call('RPUSH', KEYS[3], (now + grace) .. ':' .. total)
+      redis.call('HINCRBY', r, 'admitted', total)
+      pending = pending + total
+    end
+  end
+  if dt > 0 then
+    local inst = total * 1000 / dt
+    local alpha = math.min(dt / 30000, 1)
+    rate = alpha * inst + (1 - alpha) * rate
+  end
+  redis.call('HSET', r, 'last_tick', now, 'tokens', tostring(tokens), 'rate', tostring(rate))
+end
+local out = {}
+for i = 1, #pol do
+  table.insert(out, num(redis.call('HGET', r, 'frontier:' .. (i - 1)), 0))
+  table.insert(out, num(redis.call('HGET', r, 'next:' .. (i - 1)), 0))
+end
+table.insert(out, math.floor(rate * 1000))
+table.insert(out, paused)
+table.insert(out, active)
+table.insert(out, pending)
+table.insert(out, math.floor(tokens * 1000))
+for _, k in ipairs({'admitted', 'abandoned', 'issued', 'direct'}) do
+  table.insert(out, num(redis.call('HGET', r, k), 0))
+end
+return out
+"#;
+
+/// KEYS: room, active, pending. ARGV: now, class, policy, cap, bucket_ms.
+/// Returns {1, number, bucket} (let in) or {0, number, frontier} (queued).
+const LUA_ARRIVE: &str = r#"
+local now = tonumber(ARGV[1]); local c = ARGV[2]; local policy = ARGV[3]
+local cap = tonumber(ARGV[4]); local bucket_ms = tonumber(ARGV[5])
+local r = KEYS[1]
+local cur = math.floor(now / bucket_ms)
+if policy == 'b' then
+  local n = redis.call('HINCRBY', r, 'next:' .. c, 1)
+  redis.call('HSET', r, 'frontier:' .. c, n)
+  redis.call('HINCRBY', KEYS[2], cur, 1)
+  redis.call('HINCRBY', r, 'direct', 1)
+  return {1, n, cur}
+end
+local active = active_sum(KEYS[2], cur)
+local pending = pending_sum(KEYS[3], r, now)
+local f = num(redis.call('HGET', r, 'frontier:' .. c), 0)
+local nx = num(redis.call('HGET', r, 'next:' .. c), 0)
+local tokens = num(redis.call('HGET', r, 'tokens'), 1)
+local paused = num(redis.call('HGET', r, 'paused'), 0)
+if paused == 0 and nx - f == 0 and active + pending < cap and tokens >= 1 then
+  local n = redis.call('HINCRBY', r, 'next:' .. c, 1)
+  redis.call('HSET', r, 'frontier:' .. c, n, 'tokens', tostring(tokens - 1))
+  redis.call('HINCRBY', KEYS[2], cur, 1)
+  redis.call('HINCRBY', r, 'direct', 1)
+  redis.call('HINCRBY', r, 'admitted', 1)
+  return {1, n, cur}
+end
+local n = redis.call('HINCRBY', r, 'next:' .. c, 1)
+redis.call('HINCRBY', r, 'issued', 1)
+return {0, n, f}
+"#;
+
+/// KEYS: room, active, pending, claimed-marker. ARGV: now, class, number, cap,
+/// bucket_ms, abandon_ms. Returns {1, bucket} (admitted), {0, position} (waiting),
+/// {2} (this ticket was already used).
+const LUA_CLAIM: &str = r#"
+local now = tonumber(ARGV[1]); local c = ARGV[2]; local number = tonumber(ARGV[3])
+local cap = tonumber(ARGV[4]); local bucket_ms = tonumber(ARGV[5]); local abandon = tonumber(ARGV[6])
+local r = KEYS[1]
+if redis.call('EXISTS', KEYS[4]) == 1 then return {2} end
+local f = num(redis.call('HGET', r, 'frontier:' .. c), 0)
+if number > f then return {0, number - f} end
+local cur = math.floor(now / bucket_ms)
+local active = active_sum(KEYS[2], cur)
+local pending = pending_sum(KEYS[3], r, now)
+local claimed = false
+local head = redis.call('LINDEX', KEYS[3], 0)
+if head then
+  local d, k = string.match(head, '(%d+):(%d+)')
+  k = tonumber(k)
+  if k > 1 then redis.call('LSET', KEYS[3], 0, d .. ':' .. (k - 1)) else redis.call('LPOP', KEYS[3]) end
+  claimed = true
+end
+if claimed or active + pending < cap then
+  if not claimed then
+    local a = num(redis.call('HGET', r, 'abandoned'), 0)
+    if a > 0 then redis.call('HINCRBY', r, 'abandoned', -1) end
+  end
+  redis.call('HINCRBY', KEYS[2], cur, 1)
+  redis.call('SET', KEYS[4], 1, 'PX', abandon)
+  return {1, cur}
+end
+return {0, 1}
+"#;
+
+/// KEYS: active. ARGV: pairs old, new (a move), or old, -1 (an end).
+const LUA_MOVES: &str = r#"
+for i = 1, #ARGV, 2 do
+  local old = ARGV[i]; local new = ARGV[i + 1]
+  local v = tonumber(redis.call('HGET', KEYS[1], old) or '0')
+  if v > 0 then redis.call('HINCRBY', KEYS[1], old, -1) end
+  if new ~= '-1' then redis.call('HINCRBY', KEYS[1], new, 1) end
+end
+return 1
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{LUA_COMMON}\n{body}"))
+}
+
+/// This node's copy of the shared room, refreshed at each sync.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// (frontier, next) per class.
+    pub queues: Vec<(u64, u64)>,
+    /// Frontier advances per second.
+    pub rate: f64,
+    pub paused: bool,
+    pub active: u64,
+    pub pending: u64,
+    pub tokens: f64,
+    /// admitted, abandoned, issued, direct (fleet-wide totals).
+    pub counters: [u64; 4],
+}
+
+impl View {
+    pub fn waiting(&self) -> u64 {
+        self.queues.iter().map(|(f, n)| n.saturating_sub(*f)).sum()
+    }
+
+    /// Estimated wait for `position`, from the measured admission rate.
+    pub fn eta(&self, position: u64) -> Option<Duration> {
+        if self.paused || self.rate <= 0.01 {
+            return None;
+        }
+        Some(Duration::from_secs_f64(position as f64 / self.rate))
+    }
+}
+
+pub enum Arrived {
+    Admit { number: u64, bucket: u64 },
+    Queue { number: u64, position: u64 },
+}
+
+pub struct FleetRoom {
+    pub name: String,
+    room_key: String,
+    active_key: String,
+    pending_key: String,
+    claimed_prefix: String,
+    tick: Script,
+    arrive: Script,
+    claim: Script,
+    moves_script: Script,
+    pub view: Mutex<View>,
+    /// Bucket moves and ends not yet flushed: (old, new or -1).
+    moves: Mutex<Vec<(u64, i64)>>,
+    /// Sessions ended on this node (logout): their cookie is not honoured again here.
+    ended: Mutex<HashMap<(u8, u64), u64>>,
+}
+
+fn bucket_ms(p: &RoomParams) -> u64 {
+    (p.idle_timeout.as_millis() as u64 / BUCKETS).max(1000)
+}
+
+fn policies(p: &RoomParams) -> String {
+    let v: Vec<String> = if p.classes.is_empty() {
+        vec!["d".into()]
+    } else {
+        p.classes
+            .iter()
+            .map(|c| match c {
+                ClassPolicy::Default => "d".to_string(),
+                ClassPolicy::Bypass => "b".to_string(),
+                ClassPolicy::Share(s) => format!("s{s}"),
+            })
+            .collect()
+    };
+    v.join(",")
+}
+
+fn burst(p: &RoomParams) -> f64 {
+    (f64::from(p.new_users_per_minute) / 12.0).max(1.0)
+}
+
+impl FleetRoom {
+    pub fn new(prefix: &str, name: &str) -> FleetRoom {
+        let base = format!("{{{prefix}}}:room:{name}");
+        FleetRoom {
+            name: name.to_string(),
+            room_key: base.clone(),
+            active_key: format!("{base}:active"),
+            pending_key: format!("{base}:pending"),
+            claimed_prefix: format!("{base}:claimed:"),
+            tick: script(LUA_TICK),
+            arrive: script(LUA_ARRIVE),
+            claim: script(LUA_CLAIM),
+            moves_script: script(LUA_MOVES),
+            view: Mutex::new(View::default()),
+            moves: Mutex::new(Vec::new()),
+            ended: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One admission tick and a fresh view; flushes this node's bucket moves first.
+    pub async fn sync(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        p: &RoomParams,
+        now: u64,
+    ) -> redis::RedisResult<u64> {
+        let moves: Vec<(u64, i64)> =
+            std::mem::take(&mut *self.moves.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut sent = 0;
+        if !moves.is_empty() {
+            let mut inv = self.moves_script.key(&self.active_key);
+            for (old, new) in &moves {
+                inv.arg(*old).arg(*new);
+            }
+            if let Err(e) = inv.invoke_async::<i64>(conn).await {
+                // Put them back: they are flushed at the next sync.
+                self.moves
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(moves);
+                return Err(e);
+            }
+            sent += 1;
+        }
+        let out: Vec<i64> = self
+            .tick
+            .key(&self.room_key)
+            .key(&self.active_key)
+            .key(&self.pending_key)
+            .arg(now)
+            .arg(p.active_users)
+            .arg(p.new_users_per_minute)
+            .arg(burst(p))
+            .arg(p.claim_grace().as_millis() as u64)
+            .arg(bucket_ms(p))
+            .arg(policies(p))
+            .invoke_async(conn)
+            .await?;
+        sent += 1;
+        let classes = p.classes.len().max(1);
+        if out.len() == classes * 2 + 9 {
+            let mut v = self.view();
+            v.queues = (0..classes)
+                .map(|i| (out[2 * i].max(0) as u64, out[2 * i + 1].max(0) as u64))
+                .collect();
+            let b = classes * 2;
+            v.rate = out[b] as f64 / 1000.0;
+            v.paused = out[b + 1] != 0;
+            v.active = out[b + 2].max(0) as u64;
+            v.pending = out[b + 3].max(0) as u64;
+            v.tokens = out[b + 4] as f64 / 1000.0;
+            for i in 0..4 {
+                v.counters[i] = out[b + 5 + i].max(0) as u64;
+            }
+        }
+        let now_ended = now;
+        self.ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, until| *until > now_ended);
+        Ok(sent)
+    }
+
+    /// Whether a newcomer would be queued (from this node's view; the exact decision is
+    /// `arrive`'s).
+    pub fn would_queue(&self, p: &RoomParams, class: usize) -> bool {
+        if p.classes.get(class) == Some(&ClassPolicy::Bypass) {
+            return false;
+        }
+        let v = self.view();
+        let waiting = v
+            .queues
+            .get(class)
+            .map(|(f, n)| n.saturating_sub(*f))
+            .unwrap_or(0);
+        v.paused || waiting > 0 || v.active + v.pending >= u64::from(p.active_users)
+    }
+
+    pub async fn arrive(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        p: &RoomParams,
+        class: usize,
+        now: u64,
+    ) -> redis::RedisResult<Arrived> {
+        let policy = match p.classes.get(class) {
+            Some(ClassPolicy::Bypass) => "b",
+            _ => "d",
+        };
+        let out: Vec<i64> = self
+            .arrive
+            .key(&self.room_key)
+            .key(&self.active_key)
+            .key(&self.pending_key)
+            .arg(now)
+            .arg(class)
+            .arg(policy)
+            .arg(p.active_users)
+            .arg(bucket_ms(p))
+            .invoke_async(conn)
+            .await?;
+        let g = |i: usize| out.get(i).copied().unwrap_or(0).max(0) as u64;
+        Ok(if out.first() == Some(&1) {
+            Arrived::Admit {
+                number: g(1),
+                bucket: g(2),
+            }
+        } else {
+            let (number, frontier) = (g(1), g(2));
+            let mut v = self.view();
+            if let Some(q) = v.queues.get_mut(class) {
+                q.1 = q.1.max(number);
+            }
+            Arrived::Queue {
+                number,
+                position: number.saturating_sub(frontier).max(1),
+            }
+        })
+    }
+
+    /// A waiting ticket polls. Behind the frontier as last seen: answered locally.
+    pub async fn poll(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        p: &RoomParams,
+        class: usize,
+        number: u64,
+        now: u64,
+    ) -> redis::RedisResult<Standing> {
+        let frontier = self.view().queues.get(class).map(|q| q.0).unwrap_or(0);
+        if number > frontier {
+            return Ok(Standing::Waiting {
+                position: Some(number - frontier),
+            });
+        }
+        let out: Vec<i64> = self
+            .claim
+            .key(&self.room_key)
+            .key(&self.active_key)
+            .key(&self.pending_key)
+            .key(format!("{}{class}:{number}", self.claimed_prefix))
+            .arg(now)
+            .arg(class)
+            .arg(number)
+            .arg(p.active_users)
+            .arg(bucket_ms(p))
+            .arg(p.abandon_timeout.as_millis() as u64)
+            .invoke_async(conn)
+            .await?;
+        let g = |i: usize| out.get(i).copied().unwrap_or(0).max(0) as u64;
+        Ok(match out.first() {
+            Some(1) => Standing::Admitted { bucket: g(1) },
+            Some(2) => Standing::Used,
+            _ => Standing::Waiting {
+                position: Some(g(1).max(1)),
+            },
+        })
+    }
+
+    /// An admitted session makes a request: decided here, the move counted at the next
+    /// sync. `None`: ended on this node, or idle past the window.
+    pub fn touch(&self, p: &RoomParams, class: u8, number: u64, old: u64, now: u64) -> Option<u64> {
+        if self
+            .ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&(class, number))
+        {
+            return None;
+        }
+        let cur = now / bucket_ms(p);
+        if cur != old {
+            if old + BUCKETS <= cur {
+                return None;
+            }
+            self.moves
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((old, cur as i64));
+        }
+        Some(cur)
+    }
+
+    /// The origin ended a session: free its place (at the next sync), once.
+    pub fn end(&self, p: &RoomParams, class: u8, number: u64, bucket: u64, now: u64) {
+        let until = now + p.idle_timeout.as_millis() as u64;
+        let fresh = self
+            .ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((class, number), until)
+            .is_none();
+        if fresh {
+            self.moves
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((bucket, -1));
+        }
+    }
+
+    pub fn eta(&self, position: u64) -> Option<Duration> {
+        self.view().eta(position)
+    }
+
+    /// Pause or resume admissions fleet-wide.
+    pub async fn set_paused(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        paused: bool,
+    ) -> redis::RedisResult<()> {
+        let _: () = redis::cmd("HSET")
+            .arg(&self.room_key)
+            .arg("paused")
+            .arg(i32::from(paused))
+            .query_async(conn)
+            .await?;
+        self.view().paused = paused;
+        Ok(())
+    }
+
+    pub fn paused(&self) -> bool {
+        self.view().paused
+    }
+
+    pub fn position_of(&self, class: usize, number: u64) -> u64 {
+        let f = self.view().queues.get(class).map(|q| q.0).unwrap_or(0);
+        number.saturating_sub(f).max(1)
+    }
+}
