@@ -611,6 +611,14 @@ pub fn build(
 fn build_cluster(p: &mut Problems, file: &FileConfig) -> Option<crate::cluster::ClusterSettings> {
     use super::file::FailModeFile;
     let c = file.cluster.as_ref()?;
+    for (name, w) in &file.waiting_rooms {
+        if w.event.is_some() {
+            p.at(
+                path!["waiting_rooms", name.as_str(), "event"],
+                "scheduled openings (`event`) are not shared across a fleet yet: remove `cluster`, or the event",
+            );
+        }
+    }
     if let Err(e) = redis::Client::open(c.redis.as_str()) {
         p.at(
             path!["cluster", "redis"],
