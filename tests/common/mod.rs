@@ -72,6 +72,16 @@ impl Ecluse {
 
     /// Same, with extra files written next to the config first (`(name, contents)`).
     pub fn start_with(yaml: &str, files: &[(&str, &[u8])], prep: impl FnOnce(&Path)) -> Ecluse {
+        Self::start_full(yaml, files, prep, &[])
+    }
+
+    /// Same, with extra arguments after `run --config FILE` (e.g. `--upgrade`).
+    pub fn start_full(
+        yaml: &str,
+        files: &[(&str, &[u8])],
+        prep: impl FnOnce(&Path),
+        args: &[&str],
+    ) -> Ecluse {
         let dir = TempDir::new("ecluse");
         for (name, contents) in files {
             std::fs::write(dir.path().join(name), contents).expect("write file");
@@ -82,6 +92,7 @@ impl Ecluse {
         let mut child = Command::new(bin())
             .args(["run", "--config"])
             .arg(&config)
+            .args(args)
             .env("RUST_LOG", "info,pingora=warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
