@@ -319,3 +319,66 @@ async fn garbage_from_the_origin_is_a_502() {
     let r = client().get(e2.url("/files/y")).send().await.unwrap();
     assert_eq!(r.status(), 502, "a header section cut short");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_origin_times_out_on_time_and_other_routes_stay_fast() {
+    // Accepts, reads the request, never answers.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            held.push(s);
+        }
+    });
+    let fast = EchoOrigin::start("fast").await;
+    let yaml = format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+server: {{ threads: 1, grace_period: 0s, shutdown_timeout: 2s }}
+access_log: {{ enabled: false }}
+origins:
+  slow: {{ servers: ["{slow}"], read_timeout: 500ms, total_timeout: 1s, retries: 0, health_check: {{ disabled: true }} }}
+  fast: {{ servers: ["{}"], health_check: {{ disabled: true }} }}
+routes:
+  - {{ name: slow, match: {{ path_prefix: /slow }}, origin: slow }}
+  - {{ name: fast, match: {{ path_prefix: / }}, origin: fast }}
+"#,
+        fast.addr
+    );
+    let e = Ecluse::start(&yaml);
+    let c = client();
+    // Fifty requests hang on the slow origin meanwhile.
+    let mut hung = Vec::new();
+    for _ in 0..50 {
+        let (c, url) = (c.clone(), e.url("/slow"));
+        hung.push(tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            let r = c.get(url).send().await.unwrap();
+            (r.status().as_u16(), t0.elapsed())
+        }));
+    }
+    let mut worst = std::time::Duration::ZERO;
+    for _ in 0..50 {
+        let t0 = std::time::Instant::now();
+        let r = c.get(e.url("/page")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        worst = worst.max(t0.elapsed());
+    }
+    assert!(
+        worst < std::time::Duration::from_millis(300),
+        "fast route slowed to {worst:?}"
+    );
+    for h in hung {
+        let (status, took) = h.await.unwrap();
+        assert_eq!(status, 504);
+        assert!(
+            took >= std::time::Duration::from_millis(450)
+                && took < std::time::Duration::from_secs(3),
+            "504 after {took:?}"
+        );
+    }
+}
