@@ -25,6 +25,11 @@
 #   LIMIT_ARM=0 drops the "ratelim" arm (ecluse with a never-triggering rate limit).
 #   EXTRA_ECLUSE="label=/path/to/ecluse[@config.yaml] ..." also measures other ecluse builds in the same
 #   run (same config, same core, interleaved): an A/B for a change, against one nginx.
+#   FLEET=1 adds a "fleet" arm: the "ratelim" config plus `cluster:` (sync_interval
+#   $FLEET_SYNC, default 250ms) on a redis-server this script starts on a free loopback
+#   port (cpu $ORIGIN_CPU, no persistence). One fleet node: per-node throughput, with the
+#   fleet share applied to the limit on every request. Reports fleet / ratelim and the Redis
+#   commands per proxied request (ecluse_cluster_redis_commands_total around each of its runs).
 # Needs: nginx, wrk, taskset (installed through scripts/need.sh), oha (cargo install).
 set -euo pipefail
 
@@ -46,6 +51,9 @@ log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'bench/proxy.sh: %s\n' "$*" >&2; exit 1; }
 
 scripts/need.sh nginx wrk taskset python3 curl
+FLEET=${FLEET:-0}
+FLEET_SYNC=${FLEET_SYNC:-250ms}
+[ "$FLEET" = 0 ] || scripts/need.sh redis-server
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 if ! command -v oha >/dev/null 2>&1; then
   if [ -x "$HOME/.cargo/bin/oha" ]; then
@@ -202,6 +210,7 @@ ECLUSE_URL=$(sed -n 's/^listening proxy \(http:[^ ]*\)$/\1/p' "$OUT/ecluse.stdou
 ADMIN_URL=$(sed -n 's/^listening admin \(http:[^ ]*\)$/\1/p' "$OUT/ecluse.stdout" | head -1)
 [ -n "$ECLUSE_URL" ] && [ -n "$ADMIN_URL" ] || die "cannot read ecluse addresses"
 
+declare -A ADMIN=()
 declare -A URL=(
   [direct]="http://127.0.0.1:$ORIGIN_PORT/"
   [nginx]="http://127.0.0.1:$NGINX_PORT/"
@@ -226,6 +235,25 @@ routes:
 EOF
 cp "$TMP/ecluse-ratelim.yaml" "$OUT/"
 EXTRAS="${EXTRA_ECLUSE:-}"
+# Fleet mode (issue: per-node throughput >= 0.9x single node; Redis commands per proxied
+# request << 0.1): the ratelim config plus `cluster:`, against a local redis-server.
+if [ "$FLEET" != 0 ]; then
+  REDIS_PORT=$(free_port)
+  log "redis-server on 127.0.0.1:$REDIS_PORT (cpu $ORIGIN_CPU)"
+  taskset -c "$ORIGIN_CPU" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
+    --save "" --appendonly no >"$OUT/redis.log" 2>&1 &
+  PIDS+=($!)
+  deadline=$((SECONDS + 20))
+  until grep -q 'Ready to accept connections' "$OUT/redis.log" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || { cat "$OUT/redis.log" >&2; die "redis-server never got ready"; }
+    sleep 0.1
+  done
+  { cat "$TMP/ecluse-ratelim.yaml"
+    echo "cluster: { redis: \"redis://127.0.0.1:$REDIS_PORT/\", node_id: bench-fleet, sync_interval: $FLEET_SYNC }"
+  } >"$TMP/ecluse-fleet.yaml"
+  cp "$TMP/ecluse-fleet.yaml" "$OUT/"
+  EXTRAS="fleet=$ECLUSE_BIN@$TMP/ecluse-fleet.yaml $EXTRAS"
+fi
 if [ "${LIMIT_ARM:-1}" != 0 ]; then
   EXTRAS="ratelim=$ECLUSE_BIN@$TMP/ecluse-ratelim.yaml $EXTRAS"
 fi
@@ -244,7 +272,8 @@ for spec in $EXTRAS; do
     sleep 0.1
   done
   URL[$label]=$(sed -n 's/^listening proxy \(http:[^ ]*\)$/\1/p' "$OUT/$label.stdout" | head -1)
-  wait_200 "$(sed -n 's/^listening admin \(http:[^ ]*\)$/\1/p' "$OUT/$label.stdout" | head -1)readyz"
+  ADMIN[$label]=$(sed -n 's/^listening admin \(http:[^ ]*\)$/\1/p' "$OUT/$label.stdout" | head -1)
+  wait_200 "${ADMIN[$label]}readyz"
   wait_200 "${URL[$label]}"
   TARGETS+=("$label")
   log "$label ($bin) on ${URL[$label]}: ready"
@@ -259,15 +288,39 @@ origin_accepts() {
   curl -s "http://127.0.0.1:$STATUS_PORT/" | awk 'NR==3 {print $1}'
 }
 
+# Redis commands sent so far by an ecluse arm in fleet mode (empty otherwise).
+redis_cmds() {
+  [ -n "${ADMIN[$1]:-}" ] || return 0
+  curl -s "${ADMIN[$1]}metrics" | awk '$1 == "ecluse_cluster_redis_commands_total" {print $2}'
+}
+# Calls Redis has served (all commands but INFO), when redis-cli is there.
+redis_calls() {
+  [ -n "${REDIS_PORT:-}" ] && command -v redis-cli >/dev/null 2>&1 || return 0
+  redis-cli -p "$REDIS_PORT" info commandstats |
+    awk -F'[:=,]' '/^cmdstat_/ && $1 != "cmdstat_info" {n += $3} END {print n + 0}'
+}
+# Requests ecluse answered so far (all routes, all status classes).
+ecluse_requests() {
+  curl -s "${ADMIN[$1]}metrics" | awk '/^ecluse_requests_total[{ ]/ {n += $2} END {print n + 0}'
+}
+
 run_wrk() { # target round
-  local t=$1 r=$2 a0 a1
+  local t=$1 r=$2 a0 a1 c0 c1
   a0=$(origin_accepts)
+  c0=$(redis_cmds "$t")
   taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${URL[$t]}" \
     >"$OUT/wrk-$t-$r.txt" 2>&1
+  c1=$(redis_cmds "$t")
   a1=$(origin_accepts)
   # -1: the stub_status request itself.
   echo "$((a1 - a0 - 1))" >"$OUT/origin-conns-$t-$r.txt"
+  [ -z "$c0" ] || echo "$c0 $c1" >"$OUT/redis-cmds-wrk-$t-$r.txt"
 }
+
+# Whole measured phase, for the fleet arm: Redis' own count against the node's.
+if [ -n "${ADMIN[fleet]:-}" ]; then
+  echo "$(redis_calls) $(redis_cmds fleet) $(ecluse_requests fleet)" >"$OUT/redis-phase-before.txt"
+fi
 
 log "warm-up: wrk $WARMUP on each target"
 for t in "${TARGETS[@]}"; do
@@ -284,13 +337,19 @@ for q in $RATES; do
   for r in $(seq "$ROUNDS"); do
     for t in "${TARGETS[@]}"; do
       log "round $r/$ROUNDS: oha -q $q -c $OHA_CONNS -z $DURATION $t"
+      c0=$(redis_cmds "$t")
       taskset -c "$LOAD_CPU" oha --no-tui --latency-correction \
         -q "$q" -c "$OHA_CONNS" -z "$DURATION" --output-format json "${URL[$t]}" \
         >"$OUT/oha-$t-$q-$r.json" 2>"$OUT/oha-$t-$q-$r.err" || true
+      c1=$(redis_cmds "$t")
+      [ -z "$c0" ] || echo "$c0 $c1" >"$OUT/redis-cmds-oha-$t-$q-$r.txt"
     done
   done
 done
 
+if [ -n "${ADMIN[fleet]:-}" ]; then
+  echo "$(redis_calls) $(redis_cmds fleet) $(ecluse_requests fleet)" >"$OUT/redis-phase-after.txt"
+fi
 cp "$TMP"/*-error.log "$OUT/" 2>/dev/null || true
 
 python3 - "$OUT" "$ROUNDS" "$RATES" "$CONNS" "$DURATION" "$OHA_CONNS" "${TARGETS[*]}" <<'PY' | tee "$OUT/table.txt"
@@ -372,6 +431,8 @@ print("ratios                        req/s" + "".join(f"   p99@{q:<6}" for q in 
 pairs = [("ecluse / nginx", "ecluse", "nginx")]
 pairs += [(f"{x} / nginx", x, "nginx") for x in extras]
 pairs += [(f"{x} / ecluse", x, "ecluse") for x in extras]
+if "fleet" in targets and "ratelim" in targets:
+    pairs += [("fleet / ratelim", "fleet", "ratelim")]
 pairs += [("ecluse / direct", "ecluse", "direct"), ("nginx  / direct", "nginx", "direct")]
 for name, a, b in pairs:
     line = f"{name:28} {f(ratio(rps[a], rps[b]), '{:.2f}x'):>6}"
@@ -396,6 +457,51 @@ for x in ["ecluse"] + extras:
     vp = [ratio(lat[(x, q)][2], lat[("nginx", q)][2]) for q in rates]
     ok = vr is not None and vr >= 1.0 and all(v is not None and v <= 1.0 for v in vp)
     print(f"target for {x} (>= 1.0x nginx req/s and p99 <= nginx): {'MET' if ok else 'NOT MET'}")
+if "fleet" in targets and "ratelim" in targets:
+    v = ratio(rps["fleet"], rps["ratelim"])
+    print(f"target for fleet (>= 0.9x ratelim req/s, per node): {'MET' if v is not None and v >= 0.9 else 'NOT MET'}")
+
+# Redis commands per proxied request (fleet-mode arms): the node's
+# ecluse_cluster_redis_commands_total around each of its runs, over the requests sent.
+def cmds(name):
+    try:
+        a, b = open(f"{out}/{name}").read().split()
+        return float(b) - float(a)
+    except (OSError, ValueError):
+        return None
+def sent_wrk(t, r):
+    try:
+        m = re.search(r"(\d+) requests in", open(f"{out}/wrk-{t}-{r}.txt").read())
+        return int(m.group(1)) if m else None
+    except OSError:
+        return None
+def sent_oha(t, q, r):
+    try:
+        return sum(json.load(open(f"{out}/oha-{t}-{q}-{r}.json")).get("statusCodeDistribution", {}).values())
+    except (OSError, ValueError):
+        return None
+for t in targets:
+    runs = [(f"wrk", cmds(f"redis-cmds-wrk-{t}-{r}.txt"), sent_wrk(t, r)) for r in range(1, rounds + 1)]
+    runs += [(f"oha@{q}", cmds(f"redis-cmds-oha-{t}-{q}-{r}.txt"), sent_oha(t, q, r))
+             for q in rates for r in range(1, rounds + 1)]
+    if all(c is None for _, c, _ in runs):
+        continue
+    parts = []
+    for kind in ["wrk"] + [f"oha@{q}" for q in rates]:
+        c = sum(x[1] or 0 for x in runs if x[0] == kind)
+        n = sum(x[2] or 0 for x in runs if x[0] == kind)
+        parts.append(f"{kind} {c:.0f} cmds / {n} req = {c / n:.5f}" if n else f"{kind} -")
+    print(f"redis commands per proxied request, {t} (target << 0.1): " + "; ".join(parts))
+try:
+    b = [float(x) for x in open(f"{out}/redis-phase-before.txt").read().split()]
+    a = [float(x) for x in open(f"{out}/redis-phase-after.txt").read().split()]
+    d = [y - x for x, y in zip(b, a)]
+    line = f"whole measured phase (idle time between its runs included): fleet node {d[-2]:.0f} cmds / {d[-1]:.0f} req = {d[-2] / max(d[-1], 1):.5f}"
+    if len(d) == 3:
+        line += f"; Redis INFO commandstats: {d[0]:.0f} calls"
+    print(line)
+except (OSError, ValueError, IndexError):
+    pass
 print(f"raw outputs: {os.path.relpath(out)}")
 PY
 
