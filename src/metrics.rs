@@ -63,6 +63,12 @@ pub struct Metrics {
     pub origin_inflight_ratio: prometheus::GaugeVec,
     /// Client requests currently being processed by the proxy.
     pub inflight_requests: IntGauge,
+    /// Client connections open on the proxy listeners.
+    pub client_connections: IntGauge,
+    /// Client connections refused at the connection caps, by reason.
+    pub client_connections_refused: IntCounterVec,
+    /// Client connections closed for being too slow, by phase (`header`, `body`).
+    pub client_timeouts: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -162,6 +168,25 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(inflight_requests.clone()))
             .expect("unique metric name");
+        let client_connections = IntGauge::new(
+            "ecluse_client_connections",
+            "Client connections open on the proxy listeners.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(client_connections.clone()))
+            .expect("unique metric name");
+        let client_connections_refused = counter_vec(
+            &r,
+            "ecluse_client_connections_refused_total",
+            "Client connections refused at a connection cap (max_connections, max_connections_per_ip).",
+            &["reason"],
+        );
+        let client_timeouts = counter_vec(
+            &r,
+            "ecluse_client_timeouts_total",
+            "Client connections closed for sending too slowly, by phase (header: head deadline; body: minimum body rate).",
+            &["phase"],
+        );
         let ratelimit_decisions = counter_vec(
             &r,
             "ecluse_ratelimit_decisions_total",
@@ -344,6 +369,9 @@ impl Metrics {
             config_last_reload_success,
             access_log_dropped,
             inflight_requests,
+            client_connections,
+            client_connections_refused,
+            client_timeouts,
         }
     }
 

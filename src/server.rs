@@ -291,19 +291,23 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
             HELD.lock().unwrap_or_else(|p| p.into_inner()).push(h);
         }
     }
-    let mut svc = pingora::proxy::http_proxy_service_with_name(
+    // pingora's HTTP service behind the connection guards (proxy::conn): head deadline,
+    // body rate, connection caps.
+    let mut proxy = pingora::proxy::http_proxy(
         &server.configuration,
         EcluseProxy {
             app: app.clone(),
             tls: false,
         },
-        "ecluse proxy",
     );
-    if let Some(logic) = svc.app_logic_mut() {
-        let mut o = pingora::apps::HttpServerOptions::default();
-        o.h2c = true;
-        logic.server_options = Some(o);
-    }
+    let mut o = pingora::apps::HttpServerOptions::default();
+    o.h2c = true;
+    o.h2_idle_timeout = Some(cfg.server.clients.keepalive_timeout);
+    proxy.server_options = Some(o);
+    let mut svc = pingora::services::listening::Service::new(
+        "ecluse proxy".to_string(),
+        crate::proxy::conn::Edge::new(proxy, app.clone()),
+    );
     for (a, held) in proxy_addrs.iter().zip(&proxy_held) {
         svc.add_tcp_with_settings(&a.to_string(), tcp_options(*held));
     }
@@ -311,13 +315,19 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
 
     let mut tls_addrs = Vec::new();
     if let Some(t) = &cfg.tls {
-        let mut tsvc = pingora::proxy::http_proxy_service_with_name(
+        let mut proxy = pingora::proxy::http_proxy(
             &server.configuration,
             EcluseProxy {
                 app: app.clone(),
                 tls: true,
             },
-            "ecluse tls proxy",
+        );
+        let mut o = pingora::apps::HttpServerOptions::default();
+        o.h2_idle_timeout = Some(cfg.server.clients.keepalive_timeout);
+        proxy.server_options = Some(o);
+        let mut tsvc = pingora::services::listening::Service::new(
+            "ecluse tls proxy".to_string(),
+            crate::proxy::conn::Edge::new(proxy, app.clone()),
         );
         for a in &t.listen {
             let (a, held) = resolve_port_zero(*a).map_err(|e| format!("cannot bind {a}: {e}"))?;

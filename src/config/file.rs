@@ -284,6 +284,58 @@ pub struct ServerFile {
     /// `POST /admin/reload` always work.
     #[serde(default)]
     pub watch_config: Option<bool>,
+    /// Protections against slow, greedy or oversized clients on the proxy listeners
+    /// (slowloris, trickled uploads, connection floods, huge heads).
+    #[serde(default)]
+    pub clients: Option<ClientsFile>,
+}
+
+/// Limits on what one client may hold or send. A new value applies to connections
+/// opened after the reload (sizes: to every request after it).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientsFile {
+    /// Total time a client has to send a whole request head, counted from the
+    /// connection's opening or from the first byte of the next request on a kept-alive
+    /// connection. Trickling a head byte by byte (slowloris) does not extend it. Default
+    /// `10s`.
+    #[serde(default)]
+    pub header_timeout: Option<DurationText>,
+    /// Lowest average upload speed accepted for a request body, in bytes per second
+    /// (`1KiB` = 1024 bytes/s), measured over the time ecluse waits for the client, after
+    /// `body_grace`. `0` switches the check off. Default `500` (a very poor mobile link
+    /// still passes).
+    #[serde(default)]
+    pub body_min_rate: Option<SizeText>,
+    /// Waiting time a body may take before `body_min_rate` applies. Default `20s`.
+    #[serde(default)]
+    pub body_grace: Option<DurationText>,
+    /// How long an idle kept-alive connection stays open waiting for the next request.
+    /// Default `60s`.
+    #[serde(default)]
+    pub keepalive_timeout: Option<DurationText>,
+    /// Open client connections accepted at once, over all proxy listeners; one more is
+    /// answered `503` and closed. `0`: no cap. Default `20000` (keep the process's open
+    /// file limit above it).
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// Open connections accepted at once from one client IP address (the socket's: behind
+    /// a load balancer this is the balancer, so leave it off there). A whole school can sit
+    /// behind one NAT address, so size it for that. `0`: no cap (default).
+    #[serde(default)]
+    pub max_connections_per_ip: Option<u32>,
+    /// Longest request line (`GET /path?query HTTP/1.1`); a longer one is answered `414`.
+    /// Default `8KiB`.
+    #[serde(default)]
+    pub max_request_line: Option<SizeText>,
+    /// Largest header section (all field lines); a larger one is answered `431`. At most
+    /// `1MiB`. Default `64KiB`.
+    #[serde(default)]
+    pub max_header_bytes: Option<SizeText>,
+    /// Most header fields in one request; more are answered `431`. At most 256.
+    /// Default 100.
+    #[serde(default)]
+    pub max_headers: Option<u32>,
 }
 
 /// Access log: one JSON object per line and per request.

@@ -100,6 +100,41 @@ pub struct Server {
     pub upstream_keepalive_pool: usize,
     pub watch_config: bool,
     pub state_dir: PathBuf,
+    pub clients: Clients,
+}
+
+/// Limits on one client (`server.clients`), read by `proxy::conn` when a connection opens
+/// and by `proxy::hygiene` on every request head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clients {
+    pub header_timeout: Duration,
+    /// Bytes per second; 0 = off.
+    pub body_min_rate: u64,
+    pub body_grace: Duration,
+    pub keepalive_timeout: Duration,
+    /// 0 = no cap.
+    pub max_connections: u32,
+    /// 0 = no cap.
+    pub max_connections_per_ip: u32,
+    pub max_request_line: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+impl Default for Clients {
+    fn default() -> Clients {
+        Clients {
+            header_timeout: Duration::from_secs(10),
+            body_min_rate: 500,
+            body_grace: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(60),
+            max_connections: 20_000,
+            max_connections_per_ip: 0,
+            max_request_line: 8 << 10,
+            max_header_bytes: 64 << 10,
+            max_headers: 100,
+        }
+    }
 }
 
 impl Server {
@@ -536,6 +571,7 @@ pub fn build(
             .as_ref()
             .map(|d| ctx.base_dir.join(d))
             .unwrap_or_else(|| std::env::temp_dir().join("ecluse-state")),
+        clients: build_clients(&mut p, sf.clients.as_ref()),
     };
     // Rooms restore their snapshot on first use: tell the registry where they are.
     ctx.registry.rooms.set_state_dir(server.state_dir.clone());
@@ -690,6 +726,88 @@ fn build_cluster(p: &mut Problems, file: &FileConfig) -> Option<crate::cluster::
             Some(FailModeFile::LocalFull) => crate::cluster::FailMode::LocalFull,
         },
     })
+}
+
+fn build_clients(p: &mut Problems, f: Option<&super::file::ClientsFile>) -> Clients {
+    let d = Clients::default();
+    let Some(f) = f else {
+        return d;
+    };
+    let at = |k: &'static str| path!["server", "clients", k];
+    let body_min_rate = match &f.body_min_rate {
+        None => d.body_min_rate,
+        Some(s) => parse_size(&s.0).unwrap_or_else(|e| {
+            p.at(at("body_min_rate"), e);
+            d.body_min_rate
+        }),
+    };
+    let bounded = |p: &mut Problems, v: u64, max: u64, k: &'static str, what: &str| -> usize {
+        if v > max {
+            p.at(
+                at(k),
+                format!("{what} is at most {max}: pingora refuses larger requests with a bare 400 first"),
+            );
+            max as usize
+        } else {
+            v as usize
+        }
+    };
+    let max_header_bytes = size_or(
+        p,
+        &f.max_header_bytes,
+        d.max_header_bytes as u64,
+        at("max_header_bytes"),
+    );
+    let max_header_bytes = bounded(
+        p,
+        max_header_bytes,
+        1 << 20,
+        "max_header_bytes",
+        "the header section (1048576 bytes)",
+    );
+    let max_headers = match f.max_headers {
+        Some(0) => {
+            p.at(at("max_headers"), "must be at least 1");
+            d.max_headers as u64
+        }
+        Some(n) => n as u64,
+        None => d.max_headers as u64,
+    };
+    let max_headers = bounded(
+        p,
+        max_headers,
+        256,
+        "max_headers",
+        "the number of header fields",
+    );
+    let max_request_line = size_or(
+        p,
+        &f.max_request_line,
+        d.max_request_line as u64,
+        at("max_request_line"),
+    );
+    let max_request_line = if max_request_line < 64 {
+        p.at(at("max_request_line"), "must be at least 64 bytes");
+        d.max_request_line
+    } else {
+        max_request_line as usize
+    };
+    Clients {
+        header_timeout: duration_or(p, &f.header_timeout, d.header_timeout, at("header_timeout")),
+        body_min_rate,
+        body_grace: duration_or(p, &f.body_grace, d.body_grace, at("body_grace")),
+        keepalive_timeout: duration_or(
+            p,
+            &f.keepalive_timeout,
+            d.keepalive_timeout,
+            at("keepalive_timeout"),
+        ),
+        max_connections: f.max_connections.unwrap_or(d.max_connections),
+        max_connections_per_ip: f.max_connections_per_ip.unwrap_or(d.max_connections_per_ip),
+        max_request_line,
+        max_header_bytes,
+        max_headers,
+    }
 }
 
 fn size_or(

@@ -48,6 +48,8 @@ use crate::rooms::{now_ms, Room};
 use crate::upstream::{self, InflightGuard, OriginPermit};
 
 mod cache;
+pub mod conn;
+mod hygiene;
 
 pub struct EcluseProxy {
     pub app: Arc<App>,
@@ -921,16 +923,48 @@ impl ProxyHttp for EcluseProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // 0. Framing and syntax a downstream parser could read differently from ours:
+        // refused before anything else, and the connection closed (what follows the head
+        // is unframed).
+        let config = self.app.config();
+        let clients = &config.server.clients;
+        let limits = hygiene::Limits {
+            max_request_line: clients.max_request_line,
+            max_header_bytes: clients.max_header_bytes,
+            max_headers: clients.max_headers,
+        };
+        let raw = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
+        if let Err(r) = hygiene::check_request(session.req_header(), raw.as_deref(), &limits) {
+            ctx.start = Instant::now();
+            ctx.decision = Some(r.reason);
+            session.set_keepalive(None);
+            let mut resp = ResponseHeader::build(r.status, Some(3))?;
+            resp.insert_header("content-length", "0")?;
+            resp.insert_header("cache-control", "no-store")?;
+            resp.insert_header("connection", "close")?;
+            session.write_response_header(Box::new(resp), true).await?;
+            return Ok(true);
+        }
+        // RFC 9112 §9.3.2: pipelined requests are answered in order.
+        session.as_mut().set_pipelining_enabled(true);
+        ctx.has_body = request_has_body(session);
+        // The head is in: from here the client is held to the body rate (if any), and
+        // after the response to the keep-alive timeout.
+        if let Some(guard) = conn::guard_of(session) {
+            guard.head_done(ctx.has_body);
+        }
+        // Only where the request allows keep-alive (not HTTP/1.0 without it, not `close`).
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(clients.keepalive_timeout.as_secs().max(1)));
+        }
         crate::metrics::get().inflight_requests.inc();
         ctx.start = Instant::now();
-        let config = self.app.config();
         ctx.peer_ip = socket_ip(session.client_addr());
         ctx.client_ip = client_ip(
             &config,
             ctx.peer_ip,
             header(session.req_header(), "x-forwarded-for"),
         );
-        ctx.has_body = request_has_body(session);
 
         // The queue page's status URL belongs to ecluse, whatever the routes say.
         if session.req_header().uri.path() == STATUS_PATH {
@@ -1497,7 +1531,25 @@ impl ProxyHttp for EcluseProxy {
         }
     }
 
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        if end_of_stream {
+            if let Some(guard) = conn::guard_of(session) {
+                guard.body_done();
+            }
+        }
+        Ok(())
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(guard) = conn::guard_of(session) {
+            guard.request_done();
+        }
         let m = crate::metrics::get();
         // request_filter counts the request in; a request that failed before it (bad
         // request head) never did.

@@ -94,6 +94,9 @@ impl Ecluse {
             .arg(&config)
             .args(args)
             .env("RUST_LOG", "info,pingora=warn")
+            // Each process gets its own temp dir, so the default `state_dir` (waiting-room
+            // snapshots) is never shared between tests running in parallel.
+            .env("TMPDIR", dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

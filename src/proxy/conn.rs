@@ -1,0 +1,701 @@
+//! Connection-level protections, below HTTP: slow and greedy clients.
+//!
+//! pingora applies one read timeout per `read()` (60 s), so a client that trickles its
+//! request head one byte at a time (slowloris), or an upload at a few bytes per second,
+//! holds a connection forever; and it has no cap on connections. [`Edge`] wraps pingora's
+//! HTTP service and every accepted stream in a [`Guarded`] stream that enforces:
+//!
+//! - **a total deadline for the request head** (`server.clients.header_timeout`), counted
+//!   from the connection's opening, or from the first byte of the next request on a
+//!   kept-alive connection. This includes pingora's HTTP/2 prior-knowledge sniff, which
+//!   otherwise waits without any timeout for 24 bytes (a request head shorter than that,
+//!   `GET / HTTP/1.0` + CRLFs, is answered instead of hanging: the sniff stops at the first
+//!   byte that differs from the HTTP/2 preface);
+//! - **a minimum average body rate** (`body_min_rate` after `body_grace`), measured only
+//!   over the time ecluse is actually waiting for the client's bytes: time spent waiting
+//!   for the origin or for a concurrency permit is not the client's fault;
+//! - **a cap on open connections**, overall and per client IP (the socket's). One over the
+//!   cap is answered a bare `503` with `Retry-After` and closed before anything is read.
+//!
+//! The proxy phases tell the stream where the request is through [`phase`]:
+//! `request_filter` calls [`Guarded::head_done`], the end of the request body
+//! [`Guarded::body_done`], `logging` [`Guarded::request_done`]. HTTP/2 connections are left
+//! to the HTTP/2 layer after the preface (streams multiplex; h2 flow control paces them).
+//! TLS handshakes happen in pingora's listener, before this layer sees the stream.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, TlsRef};
+use pingora::protocols::Stream;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Sleep;
+
+use super::EcluseProxy;
+use crate::app::App;
+use crate::config::runtime::Clients;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
+Content-Length: 0\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n";
+
+/// pingora's HTTP service behind the connection guards.
+pub struct Edge {
+    proxy: Arc<HttpProxy<EcluseProxy>>,
+    app: Arc<App>,
+    conns: Arc<ConnCount>,
+}
+
+impl Edge {
+    pub fn new(proxy: HttpProxy<EcluseProxy>, app: Arc<App>) -> Edge {
+        Edge {
+            proxy: Arc::new(proxy),
+            app,
+            conns: conn_count(),
+        }
+    }
+}
+
+/// One count for every proxy listener (plain and TLS services share the cap).
+fn conn_count() -> Arc<ConnCount> {
+    static C: std::sync::OnceLock<Arc<ConnCount>> = std::sync::OnceLock::new();
+    C.get_or_init(|| Arc::new(ConnCount::default())).clone()
+}
+
+#[async_trait]
+impl ServerApp for Edge {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let limits = self.app.config().server.clients.clone();
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+            .map(canonical);
+        let slot =
+            match self
+                .conns
+                .acquire(ip, limits.max_connections, limits.max_connections_per_ip)
+            {
+                Ok(slot) => slot,
+                Err(reason) => {
+                    crate::metrics::get()
+                        .client_connections_refused
+                        .with_label_values(&[reason])
+                        .inc();
+                    // Best effort, never waiting on a client that does not read.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        stream.write_all(REFUSED).await?;
+                        stream.flush().await
+                    })
+                    .await;
+                    Shutdown::shutdown(&mut *stream).await;
+                    return None;
+                }
+            };
+        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        let guarded: Stream = Box::new(Guarded::new(stream, limits, h2));
+        // pingora's HTTP app loops over kept-alive requests itself and always answers None.
+        let _ = self.proxy.process_new(guarded, shutdown).await;
+        drop(slot);
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.cleanup().await
+    }
+}
+
+/// Open connections, overall and per client IP.
+#[derive(Default)]
+struct ConnCount {
+    total: AtomicU32,
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// A connection's place in [`ConnCount`], given back on drop.
+struct Slot {
+    count: Arc<ConnCount>,
+    ip: Option<IpAddr>,
+}
+
+impl ConnCount {
+    fn acquire(
+        self: &Arc<Self>,
+        ip: Option<IpAddr>,
+        max: u32,
+        max_per_ip: u32,
+    ) -> Result<Slot, &'static str> {
+        let total = self.total.fetch_add(1, Ordering::AcqRel) + 1;
+        if max > 0 && total > max {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err("max_connections");
+        }
+        if let Some(ip) = ip {
+            let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(ip).or_insert(0);
+            if max_per_ip > 0 && *n >= max_per_ip {
+                drop(map);
+                self.total.fetch_sub(1, Ordering::AcqRel);
+                return Err("max_connections_per_ip");
+            }
+            *n += 1;
+        }
+        crate::metrics::get().client_connections.inc();
+        Ok(Slot {
+            count: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.count.total.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.ip {
+            let mut map = self.count.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+        crate::metrics::get().client_connections.dec();
+    }
+}
+
+/// IPv4-mapped IPv6 addresses count as their IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// Where the connection's current request is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// Between requests: pingora's keep-alive timeout applies; the first byte starts a head.
+    Idle,
+    /// Reading a request head, which must be complete by `deadline`.
+    Head { deadline: Instant },
+    /// Reading a request body: at least `min_rate` bytes/s over the waiting time.
+    Body,
+    /// Nothing to enforce here (body done, no body, HTTP/2).
+    Free,
+}
+
+#[derive(Debug)]
+struct PhaseState {
+    phase: Phase,
+    /// Body bytes read in this phase.
+    body_bytes: u64,
+    /// Time spent waiting for body bytes, excluding the wait in progress.
+    body_waited: Duration,
+    /// When the wait in progress started (a read returned `Pending`).
+    pending_since: Option<Instant>,
+}
+
+/// A client stream that enforces the head deadline and the body rate. Every other trait
+/// is the inner stream's.
+pub struct Guarded {
+    inner: Stream,
+    limits: Clients,
+    state: Mutex<PhaseState>,
+    /// Bytes read ahead by the HTTP/2 preface sniff, served before the inner stream.
+    peeked: Vec<u8>,
+    peeked_pos: usize,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl std::fmt::Debug for Guarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The guard of the connection a request came on (HTTP/1 only).
+pub fn guard_of(session: &pingora::proxy::Session) -> Option<&Guarded> {
+    let h1 = session.as_http1()?;
+    let io: &dyn pingora::protocols::IO = &**h1.stream();
+    io.as_any().downcast_ref::<Guarded>()
+}
+
+impl Guarded {
+    fn new(inner: Stream, limits: Clients, h2: bool) -> Guarded {
+        let phase = if h2 {
+            Phase::Free
+        } else {
+            Phase::Head {
+                deadline: Instant::now() + limits.header_timeout,
+            }
+        };
+        Guarded {
+            inner,
+            limits,
+            state: Mutex::new(PhaseState {
+                phase,
+                body_bytes: 0,
+                body_waited: Duration::ZERO,
+                pending_since: None,
+            }),
+            peeked: Vec::new(),
+            peeked_pos: 0,
+            sleep: None,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PhaseState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The request head has been parsed; `body` when a request body follows.
+    pub fn head_done(&self, body: bool) {
+        let mut s = self.lock();
+        s.phase = if body && self.limits.body_min_rate > 0 {
+            Phase::Body
+        } else {
+            Phase::Free
+        };
+        s.body_bytes = 0;
+        s.body_waited = Duration::ZERO;
+        s.pending_since = None;
+    }
+
+    /// The request body has been read to its end.
+    pub fn body_done(&self) {
+        self.lock().phase = Phase::Free;
+    }
+
+    /// The response is finished: the next byte starts the next request head.
+    pub fn request_done(&self) {
+        self.lock().phase = Phase::Idle;
+    }
+
+    /// The body waiting time allowed so far: the grace, plus what the bytes received
+    /// would have taken at the minimum rate.
+    fn body_allowance(&self, s: &PhaseState) -> Duration {
+        self.limits.body_grace
+            + Duration::from_secs_f64(s.body_bytes as f64 / self.limits.body_min_rate as f64)
+    }
+
+    /// After a read that returned `n` bytes: move the phase on and check the limits.
+    fn after_read(&self, n: usize) -> io::Result<()> {
+        let mut s = self.lock();
+        let now = Instant::now();
+        match s.phase {
+            Phase::Idle if n > 0 => {
+                s.phase = Phase::Head {
+                    deadline: now + self.limits.header_timeout,
+                };
+                Ok(())
+            }
+            Phase::Head { deadline } if now >= deadline => Err(timed_out("header")),
+            Phase::Body => {
+                if let Some(since) = s.pending_since.take() {
+                    s.body_waited += now - since;
+                }
+                s.body_bytes += n as u64;
+                if s.body_waited > self.body_allowance(&s) {
+                    Err(timed_out("body"))
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The read is pending: when must it give up?
+    fn pending_deadline(&self) -> Option<Instant> {
+        let mut s = self.lock();
+        match s.phase {
+            Phase::Head { deadline } => Some(deadline),
+            Phase::Body => {
+                let now = Instant::now();
+                let since = *s.pending_since.get_or_insert(now);
+                let left = self.body_allowance(&s).saturating_sub(s.body_waited);
+                Some(since + left)
+            }
+            _ => None,
+        }
+    }
+}
+
+fn timed_out(phase: &'static str) -> io::Error {
+    crate::metrics::get()
+        .client_timeouts
+        .with_label_values(&[phase])
+        .inc();
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("client too slow sending the request {phase}"),
+    )
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.peeked_pos < this.peeked.len() {
+            let rest = &this.peeked[this.peeked_pos..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.peeked_pos += n;
+            if this.peeked_pos == this.peeked.len() {
+                this.peeked = Vec::new();
+                this.peeked_pos = 0;
+            }
+            return Poll::Ready(this.after_read(n));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                this.sleep = None;
+                Poll::Ready(this.after_read(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let Some(deadline) = this.pending_deadline() else {
+                    this.sleep = None;
+                    return Poll::Pending;
+                };
+                let deadline = tokio::time::Instant::from_std(deadline);
+                match &mut this.sleep {
+                    Some(s) if s.deadline() == deadline => {}
+                    Some(s) => s.as_mut().reset(deadline),
+                    None => this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+                let sleep = this.sleep.as_mut().expect("just set");
+                if sleep.as_mut().poll(cx).is_ready() {
+                    this.sleep = None;
+                    let phase = match this.lock().phase {
+                        Phase::Body => "body",
+                        _ => "header",
+                    };
+                    return Poll::Ready(Err(timed_out(phase)));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Guarded {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await
+    }
+}
+
+impl UniqueID for Guarded {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Guarded {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Guarded {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Guarded {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Guarded {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
+        self.inner.set_socket_digest(socket_digest)
+    }
+}
+
+#[async_trait]
+impl Peek for Guarded {
+    /// pingora's HTTP/2 prior-knowledge sniff. Reads only as far as the bytes agree with
+    /// the preface (so a short HTTP/1 head is not held back waiting for 24 bytes), within
+    /// the head deadline; what was read is replayed to the HTTP/1 parser.
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        let deadline = match self.lock().phase {
+            Phase::Head { deadline } => deadline,
+            _ => Instant::now() + self.limits.header_timeout,
+        };
+        let want = buf.len().min(H2_PREFACE.len());
+        let mut chunk = [0u8; 24];
+        while self.peeked.len() < want && H2_PREFACE.starts_with(&self.peeked) {
+            let need = want - self.peeked.len();
+            let read = tokio::time::timeout_at(
+                tokio::time::Instant::from_std(deadline),
+                self.inner.read(&mut chunk[..need]),
+            )
+            .await;
+            match read {
+                Err(_) => return Err(timed_out("header")),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => self.peeked.extend_from_slice(&chunk[..n]),
+            }
+        }
+        if self.peeked.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before sending anything",
+            ));
+        }
+        let n = self.peeked.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.peeked[..n]);
+        buf[n..].fill(0);
+        if self.peeked.as_slice() == H2_PREFACE {
+            // HTTP/2: streams multiplex on this connection; the h2 layer paces them.
+            self.lock().phase = Phase::Free;
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_caps_count_overall_and_per_ip_and_give_back_on_drop() {
+        let c = Arc::new(ConnCount::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let s1 = c.acquire(Some(a), 3, 2).unwrap();
+        let s2 = c.acquire(Some(a), 3, 2).unwrap();
+        assert_eq!(
+            c.acquire(Some(a), 3, 2).err(),
+            Some("max_connections_per_ip")
+        );
+        let s3 = c.acquire(Some(b), 3, 2).unwrap();
+        assert_eq!(c.acquire(Some(b), 3, 2).err(), Some("max_connections"));
+        assert_eq!(c.total.load(Ordering::Relaxed), 3);
+        drop(s1);
+        let s4 = c.acquire(Some(a), 3, 2).unwrap();
+        drop((s2, s3, s4));
+        assert_eq!(c.total.load(Ordering::Relaxed), 0);
+        assert!(c.per_ip.lock().unwrap().is_empty(), "no entry left behind");
+        // 0 means no cap.
+        let many: Vec<_> = (0..100)
+            .map(|_| c.acquire(Some(a), 0, 0).unwrap())
+            .collect();
+        assert_eq!(c.total.load(Ordering::Relaxed), 100);
+        drop(many);
+        assert!(c.per_ip.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_count_as_ipv4() {
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(canonical(mapped), v4);
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
+    }
+
+    #[test]
+    fn body_allowance_grows_with_the_bytes_received() {
+        let limits = Clients {
+            body_min_rate: 1000,
+            body_grace: Duration::from_secs(2),
+            ..Clients::default()
+        };
+        let g = Guarded::new(Box::new(tokio::io::duplex(64).0), limits, false);
+        let mut s = g.lock();
+        s.body_bytes = 0;
+        assert_eq!(g.body_allowance(&s), Duration::from_secs(2));
+        s.body_bytes = 5000;
+        assert_eq!(g.body_allowance(&s), Duration::from_secs(7));
+    }
+
+    fn short(header_ms: u64) -> Clients {
+        Clients {
+            header_timeout: Duration::from_millis(header_ms),
+            body_min_rate: 1000,
+            body_grace: Duration::from_millis(200),
+            ..Clients::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_trickled_head_fails_at_the_deadline_and_a_quick_one_passes() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut g = Guarded::new(Box::new(server), short(150), false);
+        let writer = tokio::spawn(async move {
+            for b in b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" {
+                if client.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        let err = loop {
+            match g.read(&mut buf).await {
+                Ok(0) => panic!("EOF before the deadline"),
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(start.elapsed() >= Duration::from_millis(140));
+        writer.abort();
+
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut g = Guarded::new(Box::new(server), short(150), false);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(g.read(&mut buf).await.unwrap(), 18);
+        // Head parsed, no body: nothing is enforced until the next request starts.
+        g.head_done(false);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        g.request_done();
+        client.write_all(b"G").await.unwrap();
+        assert_eq!(g.read(&mut buf).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_fails_and_time_not_spent_waiting_for_it_is_not_counted() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut g = Guarded::new(Box::new(server), short(1000), false);
+        g.head_done(true);
+        // ecluse is busy elsewhere (waiting for the origin) for longer than the grace:
+        // the client is not blamed, its bytes are already there.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        client.write_all(&[b'x'; 500]).await.unwrap();
+        let mut buf = [0u8; 1024];
+        assert_eq!(g.read(&mut buf).await.unwrap(), 500);
+        // Now the client stalls: the allowance is 200 ms + 500 B / 1000 B/s = 700 ms of
+        // waiting, and the next read fails once it is used up.
+        let start = Instant::now();
+        let err = g.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(650) && waited < Duration::from_millis(1500),
+            "{waited:?}"
+        );
+        // With the body done, a stall is no longer the body's.
+        let (_client, server) = tokio::io::duplex(64);
+        let mut g = Guarded::new(Box::new(server), short(1000), false);
+        g.head_done(true);
+        g.body_done();
+        let r = tokio::time::timeout(Duration::from_millis(500), g.read(&mut buf)).await;
+        assert!(
+            r.is_err(),
+            "a read after the body may wait as long as it likes"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_h2_sniff_stops_at_the_first_differing_byte_and_replays_it() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut g = Guarded::new(Box::new(server), short(5000), false);
+        client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut sniff = [0u8; 24];
+        assert!(g.try_peek(&mut sniff).await.unwrap());
+        assert_ne!(&sniff[..], H2_PREFACE);
+        let mut buf = [0u8; 64];
+        let mut got = Vec::new();
+        while got.len() < 18 {
+            let n = g.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(&got, b"GET / HTTP/1.0\r\n\r\n");
+
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut g = Guarded::new(Box::new(server), short(5000), false);
+        client.write_all(H2_PREFACE).await.unwrap();
+        assert!(g.try_peek(&mut sniff).await.unwrap());
+        assert_eq!(&sniff[..], H2_PREFACE);
+        assert_eq!(g.lock().phase, Phase::Free);
+
+        let (_client, server) = tokio::io::duplex(1024);
+        let mut g = Guarded::new(Box::new(server), short(100), false);
+        let err = g.try_peek(&mut sniff).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}

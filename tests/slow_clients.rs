@@ -1,0 +1,434 @@
+//! Slow and greedy clients, end to end against the real binary: a request head trickled
+//! byte by byte (slowloris), a silent connection, a trickled upload, connection caps, the
+//! keep-alive timeout, and normal students served at their usual speed while hundreds of
+//! slowloris connections are open.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn yaml(origin: SocketAddr, clients: &str) -> String {
+    format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+server:
+  threads: 2
+  grace_period: 0s
+  shutdown_timeout: 2s
+  clients: {{ {clients} }}
+access_log: {{ enabled: false }}
+origins:
+  ent: {{ servers: ["{origin}"], health_check: {{ disabled: true }} }}
+routes:
+  - {{ name: ent, match: {{ path_prefix: / }}, origin: ent }}
+"#
+    )
+}
+
+/// Read until the server closes (EOF or reset) or `limit` passes; what came back, and
+/// when the connection closed (None: still open at `limit`).
+async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Option<Instant>) {
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => return (got, None),
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, Some(Instant::now())),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Send `bytes` one at a time, `every` apart, until the server closes the connection or
+/// everything is sent. Returns when the server closed it (None: never did).
+async fn trickle(s: &mut TcpStream, bytes: &[u8], every: Duration) -> Option<Instant> {
+    for b in bytes {
+        if s.write_all(&[*b]).await.is_err() {
+            return Some(Instant::now());
+        }
+        // A closed connection shows as EOF on read before the next write fails.
+        let mut probe = [0u8; 1024];
+        match tokio::time::timeout(every, s.read(&mut probe)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(Instant::now()),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn status_of(raw: &[u8]) -> Option<u16> {
+    let t = String::from_utf8_lossy(raw);
+    t.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// A head trickled one byte every 200 ms never completes within the 1 s head deadline:
+/// the connection is closed at about 1 s (pingora alone would wait 60 s per byte), and the
+/// origin sees nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_head_is_cut_at_the_header_deadline() {
+    let origin = EchoOrigin::start("ent").await;
+    let e = Ecluse::start(&yaml(origin.addr, "header_timeout: 1s"));
+    let mut s = TcpStream::connect(e.proxy).await.expect("connect");
+    let start = Instant::now();
+    let head =
+        b"GET /slow HTTP/1.1\r\nHost: ent\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let closed = trickle(&mut s, head, Duration::from_millis(200)).await;
+    let closed = closed.expect("the connection stayed open for the whole trickled head");
+    let after = closed - start;
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(4),
+        "closed after {after:?}, expected about 1 s"
+    );
+    assert_eq!(origin.hits(), 0);
+    eventually(
+        "the header timeout counted",
+        Duration::from_secs(5),
+        async || e.metric("ecluse_client_timeouts_total", &[("phase", "header")]) >= 1.0,
+    )
+    .await;
+}
+
+/// A connection that sends nothing at all is closed at the head deadline (this includes
+/// the HTTP/2 prior-knowledge sniff, which has no timeout of its own in pingora).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_at_the_header_deadline() {
+    let origin = EchoOrigin::start("ent").await;
+    let e = Ecluse::start(&yaml(origin.addr, "header_timeout: 1s"));
+    let mut s = TcpStream::connect(e.proxy).await.expect("connect");
+    let start = Instant::now();
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    let after = closed.expect("a silent connection stayed open 5 s") - start;
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after {after:?}"
+    );
+}
+
+/// HTTP/2 with prior knowledge still works through the sniff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge_still_works() {
+    let origin = EchoOrigin::start("ent").await;
+    let e = Ecluse::start(&yaml(origin.addr, "header_timeout: 2s"));
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let r = c.get(e.url("/h2")).send().await.expect("h2 request");
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    // The head deadline does not apply to a kept h2 connection: it serves again later.
+    tokio::time::sleep(Duration::from_millis(2500)).await; // the scenario itself: idle > header_timeout
+    let r = c.get(e.url("/h2-again")).send().await.expect("h2 request");
+    assert_eq!(r.status(), 200);
+}
+
+/// Idle time between requests on a kept-alive connection is not counted in the next head's
+/// deadline; past the keep-alive timeout the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_idle_is_not_head_time_and_ends_at_the_keepalive_timeout() {
+    let origin = EchoOrigin::start("ent").await;
+    let e = Ecluse::start(&yaml(
+        origin.addr,
+        "header_timeout: 1s, keepalive_timeout: 3s",
+    ));
+    let mut s = TcpStream::connect(e.proxy).await.expect("connect");
+    let req = b"GET /one HTTP/1.1\r\nHost: ent\r\nContent-Length: 0\r\n\r\n";
+    s.write_all(req).await.expect("write");
+    let mut buf = vec![0u8; 8192];
+    let n = s.read(&mut buf).await.expect("read");
+    assert_eq!(status_of(&buf[..n]), Some(200));
+    // Idle 1.5 s: longer than the head deadline, shorter than the keep-alive timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the scenario itself: idle time
+    s.write_all(req).await.expect("write");
+    let n = s.read(&mut buf).await.expect("read");
+    assert_eq!(
+        status_of(&buf[..n]),
+        Some(200),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let idle_from = Instant::now();
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(8)).await;
+    let after = closed.expect("an idle kept-alive connection stayed open 8 s") - idle_from;
+    assert!(
+        after >= Duration::from_millis(2500) && after < Duration::from_secs(6),
+        "closed after {after:?}, expected about 3 s"
+    );
+    assert_eq!(origin.hits(), 2);
+}
+
+/// An upload trickled far below `body_min_rate` is cut after the grace period and never
+/// answered 2xx; the same upload at full speed goes through whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_upload_is_cut_and_a_normal_one_passes() {
+    let origin = EchoOrigin::start("ent").await;
+    let e = Ecluse::start(&yaml(
+        origin.addr,
+        "header_timeout: 2s, body_min_rate: 2KiB, body_grace: 1s",
+    ));
+    let mut s = TcpStream::connect(e.proxy).await.expect("connect");
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: ent\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .expect("write head");
+    let start = Instant::now();
+    // 50 bytes every 100 ms = 500 B/s, a quarter of the minimum rate.
+    let mut closed = None;
+    let mut raw = Vec::new();
+    for _ in 0..100 {
+        if s.write_all(&[b'x'; 50]).await.is_err() {
+            closed = Some(Instant::now());
+            break;
+        }
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = Some(Instant::now());
+                break;
+            }
+            Ok(Ok(n)) => raw.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    let after = closed.expect("a 500 B/s upload was never cut") - start;
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(5),
+        "cut after {after:?}, expected a little over the 1 s grace"
+    );
+    assert!(
+        status_of(&raw).is_none_or(|c| c >= 400),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    eventually(
+        "the body timeout counted",
+        Duration::from_secs(5),
+        async || e.metric("ecluse_client_timeouts_total", &[("phase", "body")]) >= 1.0,
+    )
+    .await;
+
+    let body = vec![b'y'; 1_000_000];
+    let r = client()
+        .post(e.url("/upload"))
+        .body(body)
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["body_len"], 1_000_000);
+}
+
+/// One connection over `max_connections_per_ip` gets a bare 503 with `Retry-After` and is
+/// closed; once one closes, the next is accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_per_ip_cap_are_refused_then_accepted_again() {
+    let origin = EchoOrigin::start("ent").await;
+    let e = Ecluse::start(&yaml(
+        origin.addr,
+        "header_timeout: 30s, max_connections_per_ip: 3",
+    ));
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let s = TcpStream::connect(e.proxy).await.expect("connect");
+        held.push(s);
+    }
+    eventually("3 connections open", Duration::from_secs(5), async || {
+        e.metric("ecluse_client_connections", &[]) >= 3.0
+    })
+    .await;
+    let mut extra = TcpStream::connect(e.proxy).await.expect("connect");
+    let (raw, closed) = read_until_closed(&mut extra, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    assert_eq!(status_of(&raw), Some(503), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 1"),
+        "{text}"
+    );
+    assert!(closed.is_some(), "a refused connection must be closed");
+    assert_eq!(
+        e.metric(
+            "ecluse_client_connections_refused_total",
+            &[("reason", "max_connections_per_ip")]
+        ),
+        1.0
+    );
+    // The held connections are still usable.
+    let s = &mut held[0];
+    s.write_all(b"GET /held HTTP/1.1\r\nHost: ent\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 8192];
+    let n = s.read(&mut buf).await.expect("read");
+    assert_eq!(status_of(&buf[..n]), Some(200));
+    // One closes: a new connection is accepted.
+    held.pop();
+    eventually("a slot is free again", Duration::from_secs(5), async || {
+        let Ok(mut s) = TcpStream::connect(e.proxy).await else {
+            return false;
+        };
+        if s.write_all(b"GET /again HTTP/1.1\r\nHost: ent\r\nConnection: close\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let (raw, _) = read_until_closed(&mut s, Duration::from_secs(3)).await;
+        status_of(&raw) == Some(200)
+    })
+    .await;
+}
+
+/// The overall cap counts every client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_overall_cap_are_refused() {
+    let origin = EchoOrigin::start("ent").await;
+    let e = Ecluse::start(&yaml(
+        origin.addr,
+        "header_timeout: 30s, max_connections: 5",
+    ));
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(TcpStream::connect(e.proxy).await.expect("connect"));
+    }
+    eventually("5 connections open", Duration::from_secs(5), async || {
+        e.metric("ecluse_client_connections", &[]) >= 5.0
+    })
+    .await;
+    let mut extra = TcpStream::connect(e.proxy).await.expect("connect");
+    let (raw, closed) = read_until_closed(&mut extra, Duration::from_secs(5)).await;
+    assert_eq!(
+        status_of(&raw),
+        Some(503),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert!(closed.is_some());
+    assert_eq!(
+        e.metric(
+            "ecluse_client_connections_refused_total",
+            &[("reason", "max_connections")]
+        ),
+        1.0
+    );
+    drop(held);
+    eventually(
+        "the gauge is back to 0",
+        Duration::from_secs(5),
+        async || e.metric("ecluse_client_connections", &[]) == 0.0,
+    )
+    .await;
+}
+
+/// Latency percentiles (ms) of sequential GETs, each on a new connection, from each of
+/// `workers` tasks during `time`; and how many were sent and failed.
+async fn measure(proxy: SocketAddr, workers: usize, time: Duration) -> (f64, f64, usize, usize) {
+    let end = Instant::now() + time;
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut failed = 0;
+            while Instant::now() < end {
+                let t = Instant::now();
+                let ok = async {
+                    let mut s = TcpStream::connect(proxy).await.ok()?;
+                    s.write_all(b"GET /page HTTP/1.1\r\nHost: ent\r\nConnection: close\r\n\r\n")
+                        .await
+                        .ok()?;
+                    let (raw, _) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+                    (status_of(&raw) == Some(200)).then_some(())
+                }
+                .await;
+                if ok.is_some() {
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                } else {
+                    failed += 1;
+                }
+            }
+            (lat, failed)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut failed = 0;
+    for t in tasks {
+        let (l, f) = t.await.expect("worker");
+        all.extend(l);
+        failed += f;
+    }
+    all.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    (pct(0.5), pct(0.99), all.len() + failed, failed)
+}
+
+/// 400 slowloris connections trickling their heads (and coming back when cut) while
+/// students keep loading pages: nobody fails and the p99 stays close to the quiet one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slowloris_leaves_normal_clients_unharmed() {
+    let origin = EchoOrigin::start("ent").await;
+    let e = Ecluse::start(&yaml(origin.addr, "header_timeout: 2s"));
+    let proxy = e.proxy;
+    // Warm up, then the quiet baseline.
+    let (_, _, warm, _) = measure(proxy, 4, Duration::from_millis(500)).await;
+    let (q50, q99, quiet, qfail) = measure(proxy, 4, Duration::from_secs(2)).await;
+    assert_eq!(qfail, 0);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    for i in 0..400u32 {
+        let stop = stop.clone();
+        attackers.push(tokio::spawn(async move {
+            let head = format!(
+                "GET /loris/{i} HTTP/1.1\r\nHost: ent\r\nX-Loris: {}\r\n\r\n",
+                "z".repeat(200)
+            );
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(mut s) = TcpStream::connect(proxy).await else {
+                    continue;
+                };
+                for b in head.as_bytes() {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed)
+                        || s.write_all(&[*b]).await.is_err()
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await; // the attack's pace
+                }
+            }
+        }));
+    }
+    eventually(
+        "400 slowloris connections open",
+        Duration::from_secs(15),
+        async || e.metric("ecluse_client_connections", &[]) >= 400.0,
+    )
+    .await;
+    // Measure through at least one round of cuts (2 s head deadline).
+    let (l50, l99, loaded, lfail) = measure(proxy, 4, Duration::from_secs(3)).await;
+    let cut = e.metric("ecluse_client_timeouts_total", &[("phase", "header")]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for a in attackers {
+        let _ = a.await;
+    }
+    eprintln!(
+        "quiet: {quiet} requests, p50 {q50:.2} ms p99 {q99:.2} ms; under 400 slowloris: {loaded} requests, p50 {l50:.2} ms p99 {l99:.2} ms; {cut} slowloris connections cut"
+    );
+    assert_eq!(lfail, 0, "normal clients failed under slowloris");
+    // Not one slowloris head reached the origin: it saw the students' requests only.
+    assert_eq!(origin.hits(), warm + quiet + loaded);
+    assert!(
+        l99 <= q99 * 3.0 + 10.0,
+        "p99 under slowloris {l99:.2} ms vs quiet {q99:.2} ms"
+    );
+    assert!(
+        cut >= 1.0,
+        "no slowloris connection was cut by the head deadline"
+    );
+}
