@@ -382,3 +382,86 @@ routes:
         );
     }
 }
+
+/// An origin that keeps its connections open and answers, per request, with what
+/// `answer(n)` gives for the n-th request overall (0-based). Counts connections accepted.
+async fn keepalive_origin(
+    answer: fn(usize) -> Vec<u8>,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = std::sync::Arc::new(AtomicUsize::new(0));
+    let requests = std::sync::Arc::new(AtomicUsize::new(0));
+    let c = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::Relaxed);
+            let requests = requests.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                loop {
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    got.drain(..end);
+                    let n = requests.fetch_add(1, Ordering::Relaxed);
+                    if s.write_all(&answer(n)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+/// Oversized or malformed response heads are a 502, and the connection they came on is
+/// never reused for the next request (it is in an unknown state): the next request opens
+/// a new connection and is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_or_garbage_origin_heads_are_502_and_the_connection_is_not_reused() {
+    fn oversized(n: usize) -> Vec<u8> {
+        if n == 0 {
+            // 2 MiB of header fields: over pingora's 1 MiB response head limit.
+            let mut h = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
+            for i in 0..512 {
+                h.extend_from_slice(format!("X-Big-{i}: {}\r\n", "v".repeat(4096)).as_bytes());
+            }
+            h.extend_from_slice(b"\r\nok");
+            h
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+        }
+    }
+    fn garbage(n: usize) -> Vec<u8> {
+        if n == 0 {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nBad Header Line\r\n\r\nok".to_vec()
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+        }
+    }
+    for (what, answer) in [
+        ("oversized", oversized as fn(usize) -> Vec<u8>),
+        ("garbage", garbage),
+    ] {
+        let (addr, conns) = keepalive_origin(answer).await;
+        let e = start(addr);
+        let c = client();
+        let r = c.get(e.url("/files/first")).send().await.unwrap();
+        assert_eq!(r.status(), 502, "{what}");
+        let r = c.get(e.url("/files/second")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{what}");
+        assert_eq!(r.text().await.unwrap(), "ok");
+        assert_eq!(
+            conns.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "{what}: the connection that carried the bad head was reused"
+        );
+    }
+}

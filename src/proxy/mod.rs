@@ -1515,6 +1515,9 @@ impl ProxyHttp for EcluseProxy {
                 can_reuse_downstream: false,
             };
         }
+        // The connection is not reused after a failure: say so (`Connection: close`), or a
+        // client that sends its next request on it meets a reset.
+        session.set_keepalive(None);
         if self
             .respond_problem(session, ctx, problem, Some(2), &[])
             .await
