@@ -129,6 +129,28 @@ fn duplicates_and_types() {
 }
 
 #[test]
+fn client_limits_are_checked_with_positions() {
+    let (code, _, err) = check(
+        b"listen: [\"0.0.0.0:8080\"]\nserver:\n  clients: { max_header_bytes: 4MiB, max_headers: 300, max_request_line: 10, body_min_rate: fast, header_timeout: 0s }\norigins:\n  ent: { servers: [\"127.0.0.1:1\"] }\nroutes: [{ name: ent, origin: ent }]\n",
+    );
+    assert_eq!(code, 1, "{err}");
+    for want in [
+        "FILE:3:32: server.clients.max_header_bytes: must be at most 1MiB",
+        "FILE:3:51: server.clients.max_headers: must be at most 256",
+        "FILE:3:74: server.clients.max_request_line: must be at least 64 bytes",
+        "FILE:3:93: server.clients.body_min_rate: `fast` is not a size",
+        "FILE:3:115: server.clients.header_timeout: must be longer than 0s",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    // Sizes may be written as plain numbers of bytes.
+    let (code, _, err) = check(
+        b"listen: [\"0.0.0.0:8080\"]\nserver:\n  clients: { body_min_rate: 500, max_request_line: 4096 }\norigins:\n  ent: { servers: [\"127.0.0.1:1\"] }\nroutes: [{ name: ent, origin: ent }]\n",
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
 fn garbage_never_panics() {
     let cases: Vec<Vec<u8>> = vec![
         b"".to_vec(),
@@ -191,5 +213,27 @@ fn committed_schema_is_up_to_date() {
     assert_eq!(
         generated, committed,
         "run `make schema` and commit config/ecluse.schema.json"
+    );
+}
+
+/// What a policy gets without saying: the admin listener on loopback only, and the
+/// client protections on (head deadline, body rate, connection cap, head size limits).
+#[test]
+fn safe_defaults_admin_on_loopback_and_client_limits_on() {
+    let cfg = ecluse::config::check_text(
+        "listen: [\"0.0.0.0:8080\"]\norigins:\n  ent: { servers: [\"127.0.0.1:1\"] }\nroutes: [{ name: ent, origin: ent }]\n",
+        std::path::Path::new("/tmp/defaults.yaml"),
+        &ecluse::config::runtime::Shared::default(),
+        1,
+    )
+    .expect("valid");
+    assert!(cfg.admin.listen.ip().is_loopback(), "{}", cfg.admin.listen);
+    let c = &cfg.server.clients;
+    assert_eq!(c.header_timeout, std::time::Duration::from_secs(10));
+    assert!(c.body_min_rate > 0);
+    assert!(c.max_connections > 0);
+    assert_eq!(
+        (c.max_request_line, c.max_header_bytes, c.max_headers),
+        (8192, 65536, 100)
     );
 }

@@ -30,9 +30,31 @@ impl JsonSchema for DurationText {
 
 /// A byte size with its unit (`512KiB`, `64MiB`, `2GiB`; `KB`/`MB`/`GB` are powers of
 /// ten). Kept as text here; `runtime` parses it so that a bad value is reported with the others.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+/// A bare number of bytes (`500`) is accepted too.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SizeText(pub String);
+
+impl<'de> Deserialize<'de> for SizeText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = SizeText;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a size like `64MiB`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SizeText, E> {
+                Ok(SizeText(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SizeText, E> {
+                Ok(SizeText(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SizeText, E> {
+                Ok(SizeText(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 
 impl JsonSchema for SizeText {
     fn schema_name() -> std::borrow::Cow<'static, str> {
@@ -40,7 +62,8 @@ impl JsonSchema for SizeText {
     }
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
-            "type": "string",
+            "type": ["string", "integer"],
+            "minimum": 0,
             "pattern": "^[0-9]+ *(B|KB|kB|MB|GB|KiB|MiB|GiB)?$",
             "description": "A byte size: 512KiB, 64MiB, 2GiB (KB/MB/GB are powers of ten).",
             "x-ecluse-expected": "a size like `64MiB`"

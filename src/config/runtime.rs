@@ -741,11 +741,11 @@ fn build_clients(p: &mut Problems, f: Option<&super::file::ClientsFile>) -> Clie
             d.body_min_rate
         }),
     };
-    let bounded = |p: &mut Problems, v: u64, max: u64, k: &'static str, what: &str| -> usize {
+    let bounded = |p: &mut Problems, v: u64, max: u64, k: &'static str, max_text: &str| -> usize {
         if v > max {
             p.at(
                 at(k),
-                format!("{what} is at most {max}: pingora refuses larger requests with a bare 400 first"),
+                format!("must be at most {max_text}: pingora answers a bare 400 to larger request heads before ecluse sees them"),
             );
             max as usize
         } else {
@@ -758,13 +758,7 @@ fn build_clients(p: &mut Problems, f: Option<&super::file::ClientsFile>) -> Clie
         d.max_header_bytes as u64,
         at("max_header_bytes"),
     );
-    let max_header_bytes = bounded(
-        p,
-        max_header_bytes,
-        1 << 20,
-        "max_header_bytes",
-        "the header section (1048576 bytes)",
-    );
+    let max_header_bytes = bounded(p, max_header_bytes, 1 << 20, "max_header_bytes", "1MiB");
     let max_headers = match f.max_headers {
         Some(0) => {
             p.at(at("max_headers"), "must be at least 1");
@@ -773,13 +767,7 @@ fn build_clients(p: &mut Problems, f: Option<&super::file::ClientsFile>) -> Clie
         Some(n) => n as u64,
         None => d.max_headers as u64,
     };
-    let max_headers = bounded(
-        p,
-        max_headers,
-        256,
-        "max_headers",
-        "the number of header fields",
-    );
+    let max_headers = bounded(p, max_headers, 256, "max_headers", "256");
     let max_request_line = size_or(
         p,
         &f.max_request_line,
