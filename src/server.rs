@@ -135,7 +135,7 @@ impl BackgroundService for Control {
                 }
             });
         }
-        // Degradation: measure, step the level, adapt concurrency limits, every 500 ms.
+        // Degradation: measure, step the level, every 500 ms.
         {
             let app = app.clone();
             let mut stop = stop_rx.clone();
@@ -144,6 +144,21 @@ impl BackgroundService for Control {
                 loop {
                     tokio::select! {
                         _ = tick.tick() => crate::degrade::evaluate(&app.config(), &app.registry.degrade),
+                        _ = stop.changed() => return,
+                    }
+                }
+            });
+        }
+        // Adaptive concurrency limits, every 100 ms.
+        {
+            let app = app.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => crate::degrade::adapt_limits(&app.config()),
                         _ = stop.changed() => return,
                     }
                 }

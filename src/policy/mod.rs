@@ -2,6 +2,7 @@
 
 pub mod cache;
 pub mod classes;
+pub mod concurrency;
 pub mod degrade;
 pub mod rate_limit;
 pub mod route;

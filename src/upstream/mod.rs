@@ -141,9 +141,21 @@ pub struct OriginShared {
     pub window: Mutex<crate::policy::degrade::Window>,
     /// Adaptive concurrency limit (0 until the first evaluation).
     pub limit: AtomicUsize,
-    /// Lowest recent p50 latency, ms: the origin's unloaded speed.
-    baseline_ms: Mutex<(f64, u64)>,
+    /// The adaptive controller and the exchanges since its last update.
+    adaptive: Mutex<AdaptiveState>,
+    /// Most requests in flight at once since the controller's last update.
+    pub peak_inflight: AtomicUsize,
 }
+
+#[derive(Debug, Default)]
+struct AdaptiveState {
+    ctl: Option<crate::policy::concurrency::Controller>,
+    /// Latencies (ms) since the last judged window, at most `MAX_SAMPLES`.
+    samples: Vec<f32>,
+    errors: usize,
+}
+
+const MAX_SAMPLES: usize = 4096;
 
 impl OriginShared {
     /// Record one finished exchange.
@@ -152,6 +164,11 @@ impl OriginShared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .record(now_ms, latency, error);
+        let mut a = self.adaptive.lock().unwrap_or_else(|p| p.into_inner());
+        if a.samples.len() < MAX_SAMPLES {
+            a.samples.push(latency.as_secs_f32() * 1000.0);
+            a.errors += usize::from(error);
+        }
     }
 
     /// This origin's degradation signals.
@@ -182,52 +199,51 @@ impl OriginShared {
         }
     }
 
-    /// Adaptive concurrency (AIMD on latency, evaluated every 500 ms):
-    /// - the origin's unloaded speed is the lowest p50 seen over the last minute;
-    /// - when the recent p50 exceeds `tolerance ×` that, or the declared `target_p50`,
-    ///   or more than 5% of exchanges fail, the limit shrinks by 20% (multiplicative
-    ///   decrease: queueing at the origin only adds latency, not throughput);
-    /// - otherwise, when the limit is nearly used, it grows by 5% (at least 1);
-    /// - it stays between `min` and the hard `max_inflight`.
-    ///
-    /// So the origin is kept near the knee of its latency curve, where throughput is
-    /// highest, and excess requests are refused at once instead of waiting in a queue
-    /// they would time out in.
+    /// Adaptive concurrency, every 100 ms: the exchanges since the last update go to the
+    /// origin's [`Controller`](crate::policy::concurrency::Controller) (Vegas with a slow
+    /// start and a latency probe; see `policy::concurrency`), whose limit is stored.
     pub fn adapt(&self, o: &crate::config::runtime::Origin, now_ms: u64) {
+        use crate::policy::concurrency::{Controller, Params, Window, MIN_SAMPLES};
         let Some(ac) = &o.adaptive else {
             self.limit.store(0, Ordering::Relaxed);
             return;
         };
-        let max = o.max_inflight.map(|m| m as usize).unwrap_or(ac.max);
-        let (p50, err, n) = {
-            let w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-            // The last 2 s only: the limit changes every 500 ms, and older samples
-            // describe a limit that is gone.
-            let (p50, n) = w.recent_quantile_ms(now_ms, 0.5, 2);
-            (p50, w.error_rate(now_ms), n)
+        let p = Params {
+            min: ac.min,
+            max: o.max_inflight.map(|m| m as usize).unwrap_or(ac.max),
+            tolerance: ac.tolerance,
+            target_p50_ms: ac.target_p50_ms,
         };
-        let mut base = self.baseline_ms.lock().unwrap_or_else(|p| p.into_inner());
-        if n >= 10 && (base.0 == 0.0 || p50 < base.0 || now_ms.saturating_sub(base.1) > 60_000) {
-            *base = (p50, now_ms);
-        }
-        let baseline = base.0;
-        drop(base);
-        let cur = match self.limit.load(Ordering::Relaxed) {
-            0 => max,
-            l => l,
-        };
-        let inflight = self.inflight.load(Ordering::Relaxed);
-        let over_target = ac.target_p50_ms.is_some_and(|t| p50 > t);
-        let congested = n >= 10
-            && (err > 0.05 || over_target || (baseline > 0.0 && p50 > ac.tolerance * baseline));
-        let next = if congested {
-            ((cur as f64) * 0.8) as usize
-        } else if inflight * 10 >= cur * 8 {
-            cur + ((cur as f64) * 0.05).max(1.0) as usize
+        let mut a = self.adaptive.lock().unwrap_or_else(|p| p.into_inner());
+        let n = a.samples.len();
+        let judged = n >= MIN_SAMPLES;
+        let peak_inflight = if judged {
+            // The next window starts from what is in flight now.
+            self.peak_inflight
+                .swap(self.inflight.load(Ordering::Relaxed), Ordering::Relaxed)
         } else {
-            cur
+            self.peak_inflight.load(Ordering::Relaxed)
         };
-        let next = next.clamp(ac.min.min(max), max);
+        let p50_ms = if judged {
+            let mid = n / 2;
+            let (_, m, _) = a.samples.select_nth_unstable_by(mid, |x, y| x.total_cmp(y));
+            f64::from(*m)
+        } else {
+            0.0
+        };
+        let w = Window {
+            n,
+            errors: a.errors,
+            p50_ms,
+            peak_inflight,
+        };
+        let ctl = a.ctl.get_or_insert_with(|| Controller::new(&p));
+        let next = ctl.update(&p, now_ms, &w);
+        if judged {
+            a.samples.clear();
+            a.errors = 0;
+        }
+        drop(a);
         self.limit.store(next, Ordering::Relaxed);
         self.limit_gauge().set(next as i64);
     }
@@ -267,7 +283,8 @@ impl Registry {
                         .with_label_values(&[origin]),
                     window: Mutex::new(crate::policy::degrade::Window::default()),
                     limit: AtomicUsize::new(0),
-                    baseline_ms: Mutex::new((0.0, 0)),
+                    adaptive: Mutex::new(AdaptiveState::default()),
+                    peak_inflight: AtomicUsize::new(0),
                 })
             })
             .clone()
@@ -350,6 +367,7 @@ impl OriginPermit {
                 return None;
             }
         }
+        shared.peak_inflight.fetch_max(prev + 1, Ordering::Relaxed);
         shared.inflight_gauge.inc();
         Some(OriginPermit {
             shared: shared.clone(),
