@@ -431,7 +431,8 @@ pub struct OriginFile {
     pub adaptive_concurrency: Option<AdaptiveFile>,
 }
 
-/// Adaptive concurrency limit (AIMD on latency).
+/// Adaptive concurrency limit (TCP Vegas on latency, with a slow start and a probe of the
+/// unloaded latency; see the README).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdaptiveFile {
@@ -442,9 +443,8 @@ pub struct AdaptiveFile {
     /// (default 2.0).
     #[serde(default)]
     pub tolerance: Option<f64>,
-    /// Congestion as well when the recent p50 latency exceeds this (e.g. `300ms`): the
-    /// unloaded speed is learnt from what ecluse has seen, and a surge that starts at
-    /// full load never shows it; a declared target works from the first second.
+    /// Congestion as well when the recent p50 latency exceeds this (e.g. `300ms`), for
+    /// an ENT whose acceptable latency is known better than its unloaded one.
     #[serde(default)]
     pub target_p50: Option<DurationText>,
 }
