@@ -38,9 +38,13 @@ check-configs:
 	@# with a throwaway key.
 	@for f in config/*.yaml; do ECLUSE_TICKET_KEYS="check:$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" $(CARGO) run --quiet --bin ecluse -- check "$$f" || exit 1; done
 
+## Formatting, clippy, and the supply chain (cargo deny: advisories, licences, duplicate
+## versions, sources; cargo audit). Installs cargo-deny / cargo-audit when missing.
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	@echo "== supply chain: cargo deny + cargo audit"
+	CARGO=$(CARGO) scripts/supply-chain.sh
 
 fmt:
 	$(CARGO) fmt --all
