@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: demo test lint fmt schema bench deps check-configs build
+.PHONY: demo test lint fmt schema bench deps check-configs build fuzz
 
 # System packages the build needs (pingora builds a C library with cmake).
 deps:
@@ -45,6 +45,11 @@ lint: deps
 	$(CARGO) clippy --all-targets -- -D warnings
 	@echo "== supply chain: cargo deny + cargo audit"
 	CARGO=$(CARGO) scripts/supply-chain.sh
+
+## Fuzz every parser facing hostile input, FUZZ_SECONDS per target (default 60).
+## Installs cargo-fuzz and the nightly toolchain when missing.
+fuzz:
+	scripts/fuzz.sh $(or $(FUZZ_SECONDS),60)
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,0 +1,46 @@
+//! The config loader (`ecluse check`, reload): whatever the bytes, `check_text` answers
+//! without panicking, and every problem it reports carries a position inside the file.
+//!
+//! Seeds: the policies in `config/*.yaml` and the one in `tests/fuzz_props.rs`.
+#![no_main]
+
+use std::path::Path;
+use std::sync::Once;
+
+use ecluse::config::check_text;
+use ecluse::config::runtime::Shared;
+use libfuzzer_sys::fuzz_target;
+
+static ENV: Once = Once::new();
+
+fuzz_target!(|data: &[u8]| {
+    // The reference policies read their ticket keys from these variables.
+    ENV.call_once(|| {
+        let keys = "k1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+        std::env::set_var("ECLUSE_TICKET_KEYS", keys);
+        std::env::set_var("ECLUSE_FUZZ_KEYS", keys);
+    });
+    let Ok(text) = std::str::from_utf8(data) else {
+        // load_file turns non-UTF-8 into a diagnostic before check_text is reached.
+        return;
+    };
+    // A fresh registry per input, as `ecluse check` uses: nothing carries over.
+    let registry = Shared::default();
+    if let Err(problems) = check_text(text, Path::new("/nonexistent/fuzz.yaml"), &registry, 1) {
+        assert!(!problems.is_empty(), "an error without a problem");
+        // YAML line breaks: CRLF, LF, and a lone CR too (YAML 1.2 §5.4), as the parser
+        // counts them.
+        let lines = text.replace("\r\n", "\n").split(['\n', '\r']).count();
+        for p in &problems {
+            assert!(
+                p.pos.line >= 1 && p.pos.col >= 1,
+                "a problem without a position: {p:?}"
+            );
+            assert!(
+                p.pos.line <= lines + 1,
+                "a problem past the end of the file ({lines} lines): {p:?}"
+            );
+            let _ = p.render("fuzz.yaml");
+        }
+    }
+});
