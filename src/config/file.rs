@@ -394,6 +394,12 @@ pub struct OriginFile {
     /// ecluse answers 503 at once instead of piling more onto a saturated ENT.
     #[serde(default)]
     pub max_inflight: Option<u32>,
+    /// How long a request of an admitted waiting-room session or of a priority class
+    /// waits for a free slot under the limit before its 503 (a short wait at a saturated
+    /// ENT beats an error page for someone who already queued). Anonymous requests never
+    /// wait. Default `2s`; `0s` refuses at once.
+    #[serde(default)]
+    pub queue_timeout: Option<DurationText>,
     /// Server selection (default `round_robin`).
     #[serde(default)]
     pub balance: Option<BalanceFile>,

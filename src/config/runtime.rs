@@ -178,6 +178,8 @@ pub struct Origin {
     pub servers: Vec<Arc<ServerState>>,
     pub shared: Arc<OriginShared>,
     pub max_inflight: Option<u32>,
+    /// Wait for a slot allowed to admitted sessions and priority classes.
+    pub queue_timeout: Duration,
     pub balance: Balance,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -1071,6 +1073,13 @@ fn build_origin(
         servers,
         shared,
         max_inflight: of.max_inflight,
+        queue_timeout: match &of.queue_timeout {
+            None => Duration::from_secs(2),
+            Some(t) => parse_duration(&t.0).unwrap_or_else(|e| {
+                p.at(at(path!["queue_timeout"]), e);
+                Duration::from_secs(2)
+            }),
+        },
         balance: match of.balance.unwrap_or_default() {
             BalanceFile::RoundRobin => Balance::RoundRobin,
             BalanceFile::LeastConnections => Balance::LeastConnections,

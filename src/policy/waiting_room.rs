@@ -292,11 +292,22 @@ impl RoomState {
         let dt_ms = now_ms.saturating_sub(self.last_tick_ms);
         self.last_tick_ms = now_ms.max(self.last_tick_ms);
         let per_ms = f64::from(params.new_users_per_minute) / 60_000.0;
-        self.tokens = (self.tokens + per_ms * dt_ms as f64).min(params.burst());
         self.expire_pending(now_ms);
         self.drop_old_buckets(params, now_ms);
         self.claimed.prune(now_ms);
         self.ended.prune(now_ms);
+        // The pace's burst only builds up while there is room to use it: a full room
+        // that empties all at once (a class logging out) lets newcomers in at the pace,
+        // not as a burst saved up while nobody could enter.
+        let full = self.active() + self.pending() >= u64::from(params.active_users);
+        let cap = if full {
+            self.tokens
+                .max((per_ms * 1000.0).max(1.0))
+                .min(params.burst())
+        } else {
+            params.burst()
+        };
+        self.tokens = (self.tokens + per_ms * dt_ms as f64).min(cap);
 
         if !self.opened && self.is_open(params, now_ms) {
             // Opening: freeze the pre-queue; later tickets are numbered after it.

@@ -767,7 +767,13 @@ impl EcluseProxy {
         // ±20% jitter so that a crowd that arrived together does not poll together.
         let base = params.poll_interval.as_millis() as u64;
         let jitter = (base / 5).max(1);
-        let poll_after = base - jitter + rand::random::<u64>() % (2 * jitter);
+        let mut poll_after = base - jitter + rand::random::<u64>() % (2 * jitter);
+        // Near the front: ask again about when the turn should come (at least 1 s apart),
+        // so an admission is not left unclaimed for most of a poll interval while it
+        // holds a place in the room.
+        if let Some(eta) = eta.filter(|e| (e.as_millis() as u64) < poll_after) {
+            poll_after = (eta.as_millis() as u64 + 250).clamp(1000, poll_after);
+        }
         let opens_at = params
             .opens_at
             .filter(|t| *t > now_ms())
@@ -1172,8 +1178,8 @@ impl ProxyHttp for EcluseProxy {
             return Ok(true);
         };
         let origin = &route.origin;
+        let privileged = ctx.room_session.is_some() || self.class_of(session, ctx).is_some();
         let limit = origin.shared.current_limit(origin.max_inflight).map(|l| {
-            let privileged = ctx.room_session.is_some() || self.class_of(session, ctx).is_some();
             let hard = origin
                 .max_inflight
                 .map(|m| m as usize)
@@ -1184,7 +1190,14 @@ impl ProxyHttp for EcluseProxy {
                 l
             }
         });
-        match OriginPermit::try_acquire(&origin.shared, limit) {
+        // Someone who already queued (or staff) waits a moment for a slot rather than
+        // meeting an error page; anonymous requests are refused at once.
+        let wait = if privileged {
+            origin.queue_timeout
+        } else {
+            Duration::ZERO
+        };
+        match OriginPermit::acquire_within(&origin.shared, limit, wait).await {
             Some(p) => ctx.permit = Some(p),
             None => {
                 let class = self.class_label(session, ctx);

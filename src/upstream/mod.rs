@@ -145,6 +145,8 @@ pub struct OriginShared {
     adaptive: Mutex<AdaptiveState>,
     /// Most requests in flight at once since the controller's last update.
     pub peak_inflight: AtomicUsize,
+    /// Woken when a permit is given back (requests allowed to wait for a slot).
+    pub freed: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -285,6 +287,7 @@ impl Registry {
                     limit: AtomicUsize::new(0),
                     adaptive: Mutex::new(AdaptiveState::default()),
                     peak_inflight: AtomicUsize::new(0),
+                    freed: tokio::sync::Notify::new(),
                 })
             })
             .clone()
@@ -373,12 +376,39 @@ impl OriginPermit {
             shared: shared.clone(),
         })
     }
+
+    /// Like [`Self::try_acquire`], waiting up to `wait` for a permit to be given back.
+    pub async fn acquire_within(
+        shared: &Arc<OriginShared>,
+        max: Option<usize>,
+        wait: Duration,
+    ) -> Option<OriginPermit> {
+        if let Some(p) = Self::try_acquire(shared, max) {
+            return Some(p);
+        }
+        if wait.is_zero() {
+            return None;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = shared.freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(p) = Self::try_acquire(shared, max) {
+                return Some(p);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Self::try_acquire(shared, max);
+            }
+        }
+    }
 }
 
 impl Drop for OriginPermit {
     fn drop(&mut self) {
         self.shared.inflight.fetch_sub(1, Ordering::AcqRel);
         self.shared.inflight_gauge.dec();
+        self.shared.freed.notify_one();
     }
 }
 
