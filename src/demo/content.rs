@@ -96,6 +96,8 @@ impl FileSnapshot {
 
 #[derive(Debug)]
 struct FileSlot {
+    /// False for an exam slot no teacher has uploaded to yet: it answers 404.
+    published: bool,
     version: u64,
     last_modified: SystemTime,
     /// Generated on first full fetch of this version and kept: later fetches clone the
@@ -118,13 +120,21 @@ fn whole_seconds(t: SystemTime) -> SystemTime {
 
 impl FileCatalog {
     /// `n` files at version 1, last modified one day before `now`.
+    #[cfg(test)]
     pub fn new(n: usize, now: SystemTime) -> FileCatalog {
+        FileCatalog::with_exam_slots(n, 0, now)
+    }
+
+    /// `n` files at version 1, then `exams` unpublished slots (ids `n + 1 ..= n + exams`)
+    /// that answer 404 until a teacher uploads a paper into them ([`publish`](Self::publish)).
+    pub fn with_exam_slots(n: usize, exams: usize, now: SystemTime) -> FileCatalog {
         let initial = whole_seconds(now - Duration::from_secs(86_400));
         FileCatalog {
-            slots: (0..n)
-                .map(|_| {
+            slots: (0..n + exams)
+                .map(|i| {
                     Mutex::new(FileSlot {
-                        version: 1,
+                        published: i < n,
+                        version: if i < n { 1 } else { 0 },
                         last_modified: initial,
                         body: None,
                     })
@@ -148,6 +158,9 @@ impl FileCatalog {
     /// and returned consistently with the validators.
     pub fn get(&self, id: usize, with_body: bool) -> Option<FileSnapshot> {
         let mut slot = self.slot(id)?;
+        if !slot.published {
+            return None;
+        }
         let body = if with_body {
             let version = slot.version;
             Some(
@@ -172,8 +185,21 @@ impl FileCatalog {
     pub fn bump(&self, id: usize, now: SystemTime) -> Option<u64> {
         let mut slot = self.slot(id)?;
         slot.version += 1;
+        slot.published = true;
         slot.last_modified = whole_seconds(now).max(slot.last_modified + Duration::from_secs(1));
         slot.body = None;
+        Some(slot.version)
+    }
+
+    /// A teacher uploads `body` as the new content of file `id` (an exam slot or an
+    /// existing file): new version, these exact bytes, a later `Last-Modified`. Returns
+    /// the new version, or None for an unknown id.
+    pub fn publish(&self, id: usize, body: Bytes, now: SystemTime) -> Option<u64> {
+        let mut slot = self.slot(id)?;
+        slot.version += 1;
+        slot.published = true;
+        slot.last_modified = whole_seconds(now).max(slot.last_modified + Duration::from_secs(1));
+        slot.body = Some(body);
         Some(slot.version)
     }
 }
@@ -339,6 +365,22 @@ mod tests {
         assert!(c.get(0, false).is_none());
         assert!(c.get(4, false).is_none());
         assert_eq!(c.bump(4, now), None);
+    }
+
+    #[test]
+    fn exam_slots_are_404_until_a_paper_is_published() {
+        let now = SystemTime::now();
+        let c = FileCatalog::with_exam_slots(2, 2, now);
+        assert_eq!(c.len(), 4);
+        assert!(c.get(2, false).is_some());
+        assert!(c.get(3, false).is_none());
+        let paper = Bytes::from_static(b"%PDF-1.4 examen blanc");
+        assert_eq!(c.publish(3, paper.clone(), now), Some(1));
+        let s = c.get(3, true).expect("published");
+        assert_eq!(s.etag(), "\"a3-v1\"");
+        assert_eq!(s.body, Some(paper));
+        assert!(c.get(4, false).is_none());
+        assert_eq!(c.publish(5, Bytes::new(), now), None);
     }
 
     #[test]

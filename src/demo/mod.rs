@@ -14,8 +14,14 @@
 //!   cookie, 403 with an unknown one), honours `If-None-Match` / `If-Modified-Since`.
 //! - `GET /visio`, `/visio/...`: burns `visio_cpu` of CPU.
 //! - `POST /files/upload`: records the body's SHA-256, answers 201 JSON (413 past 50 MB).
+//!   With `?assignment=ID` the body also becomes the new version of that file (a
+//!   teacher's exam paper; exam slots, see [`DemoOrigin::start_with_exam_slots`], are
+//!   404 until then).
+//! - `GET`/`POST /logout`: 303 to `/login` with `X-Ecluse-End-Session: 1`, which frees the
+//!   student's place in ecluse's waiting room.
 //! - `GET /__origin/stats`: [`OriginStats::to_json`]; `POST /__origin/fault` with body
-//!   `none` or `drop_reused`: switch [`Fault`] from another process.
+//!   `none` or `drop_reused`: switch [`Fault`] from another process; `POST
+//!   /__origin/reset_peak`: restart peak in-flight tracking (between bench phases).
 //! - anything else: 404.
 //!
 //! ```no_run
@@ -34,6 +40,6 @@ mod sessions;
 mod stats;
 
 pub use content::{file_body, file_len, FILE_MAX_LEN, FILE_MIN_LEN};
-pub use origin::{DemoOrigin, Fault, OriginError, OriginOptions, UPLOAD_LIMIT};
+pub use origin::{DemoOrigin, Fault, OriginError, OriginOptions, END_SESSION_HEADER, UPLOAD_LIMIT};
 pub use sessions::{DEFAULT_MAX_SESSIONS, SESSION_COOKIE};
 pub use stats::{OriginStats, UploadRecord};

@@ -33,6 +33,10 @@ use super::stats::OriginStats;
 /// Largest accepted upload (`POST /files/upload`); bigger bodies get 413.
 pub const UPLOAD_LIMIT: usize = 50 * 1024 * 1024;
 
+/// Response header of `/logout` that frees the student's place in ecluse's waiting room
+/// (its default `end_session_header`).
+pub const END_SESSION_HEADER: &str = "x-ecluse-end-session";
+
 /// Largest accepted login form or control request body.
 const SMALL_BODY_LIMIT: usize = 64 * 1024;
 
@@ -166,6 +170,8 @@ struct Shared {
     stats: Arc<OriginStats>,
     sessions: SessionStore,
     files: FileCatalog,
+    /// Exam slots after the assignment files (see [`DemoOrigin::start_with_exam_slots`]).
+    exam_slots: usize,
     fault: AtomicU8,
     /// Number of requests refused over `hard_limit`, to pick every 4th for a hang.
     over_limit: AtomicU64,
@@ -192,12 +198,24 @@ impl DemoOrigin {
     /// tokio runtime and returns once the socket is listening, so requests sent right
     /// after cannot be refused.
     pub async fn start(listen: SocketAddr, opts: OriginOptions) -> std::io::Result<DemoOrigin> {
+        DemoOrigin::start_with_exam_slots(listen, opts, 0).await
+    }
+
+    /// [`start`](Self::start), plus `exam_slots` slots after the assignment files (ids
+    /// `files + 1 ..= files + exam_slots`) that answer 404 until a teacher uploads a
+    /// paper into one with `POST /files/upload?assignment=ID` (the surge replay).
+    pub async fn start_with_exam_slots(
+        listen: SocketAddr,
+        opts: OriginOptions,
+        exam_slots: usize,
+    ) -> std::io::Result<DemoOrigin> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            stats: Arc::new(OriginStats::new(opts.files)),
+            stats: Arc::new(OriginStats::new(opts.files + exam_slots)),
             sessions: SessionStore::new(DEFAULT_MAX_SESSIONS),
-            files: FileCatalog::new(opts.files, SystemTime::now()),
+            files: FileCatalog::with_exam_slots(opts.files, exam_slots, SystemTime::now()),
+            exam_slots,
             fault: AtomicU8::new(Fault::None.to_u8()),
             over_limit: AtomicU64::new(0),
             opts,
@@ -358,6 +376,11 @@ async fn route(shared: &Shared, req: Request<Incoming>, path: &str) -> Result<Re
         "/healthz" if get => Ok(text(StatusCode::OK, "ok")),
         "/__origin/stats" if get => Ok(stats_json(shared)),
         "/__origin/fault" if post => set_fault(shared, req).await,
+        "/__origin/reset_peak" if post => {
+            shared.stats.reset_peak();
+            Ok(text(StatusCode::OK, "ok"))
+        }
+        "/logout" if get || post => modelled(shared, async { Ok(logout()) }).await,
         "/" if get => modelled(shared, async { Ok(page(path, shared)) }).await,
         p if get && p.starts_with("/pages/") => {
             modelled(shared, async { Ok(page(path, shared)) }).await
@@ -418,12 +441,15 @@ where
     }
     tokio::time::sleep(opts.service_time(inflight)).await;
     let resp = work.await;
+    if resp.as_ref().is_ok_and(|r| r.status().as_u16() < 500) {
+        shared.stats.record_served_ok();
+    }
     drop(guard);
     resp
 }
 
 fn page(path: &str, shared: &Shared) -> Resp {
-    html(StatusCode::OK, content::page_html(path, shared.files.len()))
+    html(StatusCode::OK, content::page_html(path, shared.opts.files))
 }
 
 /// `POST /login`: any credentials are accepted (this is a load simulator, not an identity
@@ -444,6 +470,26 @@ async fn login(shared: &Shared, req: Request<Incoming>) -> Result<Resp, OriginEr
         h.insert(SET_COOKIE, v);
     }
     Ok(resp)
+}
+
+/// `GET` or `POST /logout`: the student leaves. Redirects to the login form and tells a
+/// waiting room in front (ecluse's `end_session_header`) that the place is free now.
+fn logout() -> Resp {
+    let mut resp = html(
+        StatusCode::SEE_OTHER,
+        content::error_html(303, "Vous êtes déconnecté."),
+    );
+    let h = resp.headers_mut();
+    h.insert(LOCATION, HeaderValue::from_static("/login"));
+    h.insert(
+        http::header::HeaderName::from_static(END_SESSION_HEADER),
+        HeaderValue::from_static("1"),
+    );
+    h.insert(
+        SET_COOKIE,
+        HeaderValue::from_static("ENTSESSION=; Path=/; Max-Age=0; HttpOnly"),
+    );
+    resp
 }
 
 /// Parses `/files/assignments/{id}.pdf` where `id` is a canonical decimal number.
@@ -504,7 +550,7 @@ fn file(shared: &Shared, req: &Request<Incoming>, path: &str) -> Resp {
         return not_found();
     };
     if req.method() == Method::GET {
-        shared.stats.record_file_fetch(id);
+        shared.stats.record_file_fetch(id, snap.version);
     }
     let mut resp = Response::new(Full::new(snap.body.clone().unwrap_or_default()));
     file_validators(resp.headers_mut(), &snap);
@@ -577,6 +623,44 @@ fn burn_cpu(d: Duration) {
 async fn upload(shared: &Shared, req: Request<Incoming>) -> Result<Resp, OriginError> {
     if declared_len(req.headers()).is_some_and(|n| n > UPLOAD_LIMIT as u64) {
         return Ok(too_large(UPLOAD_LIMIT));
+    }
+    let publish_to = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("assignment="))
+            .map(str::to_owned)
+    });
+    if let Some(id) = publish_to {
+        // An exam paper: keep the bytes, they become the file's new version.
+        let Some(id) = id
+            .parse::<usize>()
+            .ok()
+            .filter(|&i| i >= 1 && i <= shared.files.len())
+        else {
+            return Ok(html(
+                StatusCode::NOT_FOUND,
+                content::error_html(404, "Devoir introuvable."),
+            ));
+        };
+        let body = match http_body_util::Limited::new(req.into_body(), UPLOAD_LIMIT)
+            .collect()
+            .await
+        {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                return match e.downcast::<hyper::Error>() {
+                    Ok(hyper_err) => Err(OriginError::Body(*hyper_err)),
+                    Err(_) => Ok(too_large(UPLOAD_LIMIT)),
+                }
+            }
+        };
+        let sha = hex::encode(Sha256::digest(&body));
+        let len = body.len();
+        shared.stats.record_upload(sha.clone(), len);
+        let version = shared.files.publish(id, body, SystemTime::now());
+        let body =
+            serde_json::json!({ "sha256": sha, "len": len, "assignment": id, "version": version })
+                .to_string();
+        return Ok(json(StatusCode::CREATED, body));
     }
     match read_body_hashed(req.into_body(), UPLOAD_LIMIT).await {
         Ok((sha, len)) => {
@@ -681,6 +765,7 @@ fn stats_json(shared: &Shared) -> Resp {
                 "latency_per_inflight_ms": o.latency_per_inflight.as_secs_f64() * 1e3,
                 "timeout_ms": o.timeout.as_secs_f64() * 1e3,
                 "files": o.files,
+                "exam_slots": shared.exam_slots,
                 "visio_cpu_ms": o.visio_cpu.as_secs_f64() * 1e3,
             }),
         );

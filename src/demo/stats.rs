@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -44,6 +45,15 @@ pub struct OriginStats {
     sessions_issued: AtomicU64,
     /// Index `id - 1` holds the full-body fetch count of assignment file `id`.
     file_fetches: Box<[AtomicU64]>,
+    /// Full-body fetches per (file id, version): a cache in front should make each 1.
+    file_versions: Mutex<BTreeMap<(usize, u64), u64>>,
+    /// Sum of the time every request spent inside the capacity model, in nanoseconds:
+    /// the integral of [`inflight`](Self::inflight) over time (Little's law), so a
+    /// reader can compute the mean in-flight over any interval from two readings.
+    busy_ns: AtomicU64,
+    /// Requests that went through the capacity model and were answered below 500 (the
+    /// origin's goodput; refusals past `hard_limit` and hangs are not counted).
+    served_ok: AtomicU64,
     uploads: Mutex<HashMap<String, UploadRecord>>,
     /// Woken on every in-flight change so tests can wait for a load level without
     /// sleeping on the wall clock.
@@ -62,6 +72,9 @@ impl OriginStats {
             dropped: AtomicU64::new(0),
             sessions_issued: AtomicU64::new(0),
             file_fetches: (0..files).map(|_| AtomicU64::new(0)).collect(),
+            file_versions: Mutex::new(BTreeMap::new()),
+            busy_ns: AtomicU64::new(0),
+            served_ok: AtomicU64::new(0),
             uploads: Mutex::new(HashMap::new()),
             inflight_changed: Notify::new(),
         }
@@ -164,6 +177,34 @@ impl OriginStats {
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
+    /// Full-body fetches of one version of file `id` (0 when never fetched).
+    pub fn file_version_fetches(&self, id: usize, version: u64) -> u64 {
+        lock(&self.file_versions)
+            .get(&(id, version))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every (file id, version, full-body fetches) fetched at least once, sorted.
+    pub fn file_versions(&self) -> Vec<(usize, u64, u64)> {
+        lock(&self.file_versions)
+            .iter()
+            .map(|(&(id, v), &n)| (id, v, n))
+            .collect()
+    }
+
+    /// Total time spent by requests inside the capacity model, in seconds: its growth
+    /// over an interval divided by the interval's length is the mean in-flight count
+    /// (requests still in progress are counted when they finish).
+    pub fn busy_seconds(&self) -> f64 {
+        self.busy_ns.load(Ordering::Relaxed) as f64 / 1e9
+    }
+
+    /// Requests served by the capacity model with a status below 500.
+    pub fn served_ok(&self) -> u64 {
+        self.served_ok.load(Ordering::Relaxed)
+    }
+
     /// Sum of [`file_fetches`](Self::file_fetches) over all files.
     pub fn file_fetches_total(&self) -> u64 {
         self.file_fetches
@@ -229,6 +270,13 @@ impl OriginStats {
             "sessions_issued": self.sessions_issued(),
             "file_fetches": files,
             "file_fetches_total": self.file_fetches_total(),
+            "file_versions": self
+                .file_versions()
+                .into_iter()
+                .map(|(id, version, fetches)| json!({"id": id, "version": version, "fetches": fetches}))
+                .collect::<Vec<_>>(),
+            "busy_seconds": self.busy_seconds(),
+            "served_ok": self.served_ok(),
             "uploads": self.uploads(),
         })
     }
@@ -253,10 +301,15 @@ impl OriginStats {
         self.sessions_issued.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn record_file_fetch(&self, id: usize) {
+    pub(crate) fn record_file_fetch(&self, id: usize, version: u64) {
         if let Some(c) = id.checked_sub(1).and_then(|i| self.file_fetches.get(i)) {
             c.fetch_add(1, Ordering::Relaxed);
+            *lock(&self.file_versions).entry((id, version)).or_insert(0) += 1;
         }
+    }
+
+    pub(crate) fn record_served_ok(&self) {
+        self.served_ok.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn record_upload(&self, sha256_hex: String, len: usize) {
@@ -276,7 +329,11 @@ impl OriginStats {
         let now = self.inflight.fetch_add(1, Ordering::AcqRel) + 1;
         self.peak_inflight.fetch_max(now, Ordering::AcqRel);
         self.inflight_changed.notify_waiters();
-        InflightGuard { stats: self, now }
+        InflightGuard {
+            stats: self,
+            now,
+            start: Instant::now(),
+        }
     }
 }
 
@@ -284,6 +341,7 @@ impl OriginStats {
 pub(crate) struct InflightGuard<'a> {
     stats: &'a OriginStats,
     now: usize,
+    start: Instant,
 }
 
 impl InflightGuard<'_> {
@@ -295,6 +353,8 @@ impl InflightGuard<'_> {
 
 impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
+        let ns = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.stats.busy_ns.fetch_add(ns, Ordering::Relaxed);
         self.stats.inflight.fetch_sub(1, Ordering::AcqRel);
         self.stats.inflight_changed.notify_waiters();
     }
@@ -326,6 +386,7 @@ mod tests {
         }
         assert_eq!(s.inflight(), 0);
         assert_eq!(s.peak_inflight(), 2);
+        assert!(s.busy_seconds() >= 0.0);
         s.reset_peak();
         assert_eq!(s.peak_inflight(), 0);
     }
@@ -347,13 +408,17 @@ mod tests {
     #[test]
     fn file_fetches_ignore_unknown_ids() {
         let s = OriginStats::new(2);
-        s.record_file_fetch(0);
-        s.record_file_fetch(3);
-        s.record_file_fetch(2);
-        assert_eq!(s.file_fetches(2), 1);
+        s.record_file_fetch(0, 1);
+        s.record_file_fetch(3, 1);
+        s.record_file_fetch(2, 1);
+        s.record_file_fetch(2, 2);
+        s.record_file_fetch(2, 2);
+        assert_eq!(s.file_fetches(2), 3);
+        assert_eq!(s.file_version_fetches(2, 2), 2);
+        assert_eq!(s.file_versions(), vec![(2, 1, 1), (2, 2, 2)]);
         assert_eq!(s.file_fetches(0), 0);
         assert_eq!(s.file_fetches(3), 0);
-        assert_eq!(s.file_fetches_total(), 1);
+        assert_eq!(s.file_fetches_total(), 3);
     }
 
     #[test]

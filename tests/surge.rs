@@ -1,0 +1,232 @@
+//! The surge replay at quick scale (issue #9): the ecluse arm of `bench/surge.sh`, with
+//! the real binaries: the simulated ENT (`ecluse-surge origin`, port 0), ecluse on the
+//! committed bench policy (`bench/surge-ecluse.yaml`, port 0), and the load tool
+//! (`ecluse-surge run`): students arriving open-loop on a ramp, queueing, logging in,
+//! downloading the day's file and their teacher's exam paper, opening pages, some trying
+//! the visio; teachers uploading their papers early on. Every number asserted below is
+//! measured by the load tool at the real clients and the real origin.
+//!
+//! Targets (issue #9): 100% of students eventually served; 0 student-visible errors
+//! besides queue pages and switched-off features; 0 uploads lost or duplicated; origin
+//! never above its capacity; 0 FIFO inversions (one node); admission efficiency >= 90%;
+//! 1 origin fetch per assignment-file version.
+//!
+//! The whole run takes about a minute; the tool's own deadline bounds it.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Ecluse;
+
+fn surge_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ecluse-surge")
+}
+
+/// The simulated ENT in its own process, killed on drop.
+struct Origin {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Quick scale: a small ENT (capacity 100 in flight, throughput saturating at 250 req/s)
+/// so that the debug build of ecluse that `cargo test` runs is never the bottleneck.
+const CAPACITY: &str = "100";
+const PER_US: &str = "4000";
+const STUDENTS: &str = "600";
+const RAMP: &str = "10s";
+const TEACHERS: &str = "4";
+const POLL: &str = "2s";
+
+fn start_origin() -> Origin {
+    let child = Command::new(surge_bin())
+        .args(["origin", "--port", "0", "--capacity", CAPACITY])
+        .args([
+            "--latency-per-inflight-us",
+            PER_US,
+            "--exam-slots",
+            TEACHERS,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ecluse-surge origin");
+    // Owned (killed and waited for on drop) before anything can fail.
+    let mut origin = Origin {
+        child,
+        addr: String::new(),
+    };
+    let out = origin.child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + common::DEADLINE;
+    while origin.addr.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("origin prints its address");
+        if let Some(a) = line.strip_prefix("listening origin http://") {
+            origin.addr = a.trim_end_matches('/').to_string();
+        }
+    }
+    origin
+}
+
+fn output(cmd: &mut Command) -> String {
+    let o = cmd.output().expect("run ecluse-surge");
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn field(text: &str, name: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no `{name}` in:\n{text}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn surge_through_ecluse_meets_the_targets() {
+    let origin = start_origin();
+
+    // Ops size the room from a load test of their ENT (see bench/surge.sh).
+    let cal = output(Command::new(surge_bin()).args([
+        "calibrate",
+        "--origin",
+        &origin.addr,
+        "--poll",
+        POLL,
+        "--teachers",
+        TEACHERS,
+    ]));
+    let best = field(&cal, "best_rps");
+    let template = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/surge-ecluse.yaml"),
+    )
+    .expect("bench/surge-ecluse.yaml");
+    let yaml = template
+        .replace("@ORIGIN@", &origin.addr)
+        .replace("@CAPACITY@", CAPACITY)
+        .replace("@PACE@", &field(&cal, "new_users_per_minute"))
+        .replace("@ACTIVE@", &field(&cal, "active_users"))
+        .replace("@POLL@", POLL)
+        // Two worker threads: `cargo test` runs a debug build of the proxy.
+        .replace("threads: 1 ", "threads: 2 ");
+    let key = format!("k1:{}", "5eb0".repeat(16));
+    let ecluse = Ecluse::start_with(&yaml, &[("ticket.key", key.as_bytes())], |_| {});
+
+    // Kept after the test (CSV per second, summary, each person, plot) for a look.
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("surge");
+    let _ = std::fs::remove_dir_all(&out);
+    let started = Instant::now();
+    let summary = output(
+        Command::new(surge_bin())
+            .args(["run", "--arm", "ecluse"])
+            .args(["--target", &ecluse.proxy.to_string()])
+            .args(["--origin", &origin.addr])
+            .args(["--admin", &ecluse.admin.to_string()])
+            .args([
+                "--students",
+                STUDENTS,
+                "--ramp",
+                RAMP,
+                "--teachers",
+                TEACHERS,
+            ])
+            .args(["--best-rps", &best, "--max-duration", "90s"])
+            .arg("--out")
+            .arg(&out),
+    );
+    let s: serde_json::Value = serde_json::from_str(summary.trim()).expect("summary JSON");
+    let took = started.elapsed();
+    eprintln!("surge replay (quick scale) in {took:?}:\n{s:#}");
+
+    let n = s["students"].as_u64().expect("students");
+    let mut failed = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        if !ok {
+            failed.push(what);
+        }
+    };
+    check(
+        s["served"].as_u64() == Some(n),
+        format!("100% of students served: {} of {n}", s["served"]),
+    );
+    check(
+        s["student_errors"].as_u64() == Some(0),
+        format!(
+            "0 student-visible errors: {} ({} students; kinds {})",
+            s["student_errors"], s["students_with_errors"], s["error_kinds"]
+        ),
+    );
+    check(
+        s["uploads_lost"].as_u64() == Some(0) && s["uploads_duplicated"].as_u64() == Some(0),
+        format!(
+            "0 uploads lost / duplicated: {} / {} of {} (accepted {})",
+            s["uploads_lost"], s["uploads_duplicated"], s["teachers"], s["uploads_accepted"]
+        ),
+    );
+    check(
+        s["origin_peak_inflight"].as_u64() <= s["origin_capacity"].as_u64(),
+        format!(
+            "origin never above its capacity: peak {} vs {}",
+            s["origin_peak_inflight"], s["origin_capacity"]
+        ),
+    );
+    check(
+        s["fifo_inversions"].as_u64() == Some(0),
+        format!("0 FIFO inversions: {}", s["fifo_inversions"]),
+    );
+    check(
+        s["admission_efficiency"]
+            .as_f64()
+            .is_some_and(|e| e >= 0.90),
+        format!(
+            "admission efficiency >= 90%: {} over {} s with students waiting",
+            s["admission_efficiency"], s["held_seconds"]
+        ),
+    );
+    let fetches: Vec<u64> = s["file_fetches_per_version"]
+        .as_array()
+        .expect("fetches per version")
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .collect();
+    check(
+        !fetches.is_empty() && fetches.iter().all(|&f| f == 1),
+        format!("1 origin fetch per assignment-file version: {fetches:?}"),
+    );
+    // The scenario really happened: a queue formed, papers were uploaded and read.
+    check(
+        s["queued"].as_u64().is_some_and(|q| q > 0),
+        format!("students queued: {}", s["queued"]),
+    );
+    check(
+        s["uploads_accepted"] == s["teachers"],
+        format!("every paper accepted: {}", s["uploads_accepted"]),
+    );
+    assert!(
+        failed.is_empty(),
+        "surge targets not met (details above, CSV and people in {}):\n  {}",
+        out.display(),
+        failed.join("\n  ")
+    );
+    assert!(took < Duration::from_secs(100), "quick scale took {took:?}");
+    drop(ecluse);
+}
