@@ -79,15 +79,19 @@ async fn demo_prints_working_urls_and_serves_the_ent() {
     let body = r.bytes().await.expect("pdf");
     assert!(body.starts_with(b"%PDF-"));
 
-    let text = c
-        .get(&metrics)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    assert!(metric_value(&text, "ecluse_requests_total", &[("route", "assignments")]) >= 2.0);
+    // Requests are counted in the logging phase, just after the response: poll.
+    eventually(
+        "the assignments requests counted",
+        Duration::from_secs(10),
+        async || {
+            let Ok(r) = c.get(&metrics).send().await else {
+                return false;
+            };
+            let text = r.text().await.unwrap_or_default();
+            metric_value(&text, "ecluse_requests_total", &[("route", "assignments")]) >= 2.0
+        },
+    )
+    .await;
 
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);

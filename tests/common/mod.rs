@@ -500,3 +500,28 @@ impl Drop for Redis {
         self.kill();
     }
 }
+
+/// Read until the server closes (EOF or reset) or `limit` passes; what came back, and
+/// when the connection closed (None: still open at `limit`).
+pub async fn read_until_closed(
+    s: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> (Vec<u8>, Option<Instant>) {
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, tokio::io::AsyncReadExt::read(s, &mut buf)).await {
+            Err(_) => return (got, None),
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, Some(Instant::now())),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// The status code of a raw HTTP/1.1 response.
+pub fn status_of(raw: &[u8]) -> Option<u16> {
+    let t = String::from_utf8_lossy(raw);
+    t.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
