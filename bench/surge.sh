@@ -27,10 +27,10 @@
 #
 # The ecluse policy is sized like ops would after a load test: `ecluse-surge calibrate`
 # measures the fresh origin's best goodput ($CAP clients in a closed loop); active_users
-# is the students who, clicking every 300-900 ms, make $TARGET of it (plus
-# $PENDING_SHARE x the admissions waiting for their holder's next poll: 1 by default, since
-# admitted students wait a moment for an ENT slot (queue_timeout) rather than meet a 503), the pace the turnover that
-# implies.
+# is the students who, clicking every 300-900 ms, make $TARGET (default 1.0) of it, plus
+# $PENDING_SHARE (default 1) x the admissions waiting for their holder's next poll: all of
+# the ENT, since admitted students wait a moment for an ENT slot (queue_timeout) rather
+# than meet a 503. The pace is the turnover that implies.
 #
 # Pinning (2-core machine): origin and proxy on cpu $SERVER_CPU, the load generator on
 # cpu $LOAD_CPU, as in bench/overload.sh.
@@ -74,7 +74,7 @@ else
   MAX_DURATION=${MAX_DURATION:-3m}
 fi
 PAGES=${PAGES:-3}
-TARGET=${TARGET:-0.95}
+TARGET=${TARGET:-1.0}
 PENDING_SHARE=${PENDING_SHARE:-1}
 SEED=${SEED:-20200316}
 ARMS=${ARMS:-"direct nginx ecluse"}
