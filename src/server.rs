@@ -48,8 +48,12 @@ fn resolve_port_zero(addr: SocketAddr) -> std::io::Result<(SocketAddr, Option<so
         Some(socket2::Protocol::TCP),
     )?;
     s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
+    // SO_REUSEPORT only after the bind: with it set before, Linux may pick for port 0 a
+    // port another process already listens on with SO_REUSEPORT (same user), and the
+    // two would then share its connections. Set afterwards, the port is a free one and
+    // pingora's listener can still join this socket on it.
     s.bind(&addr.into())?;
+    s.set_reuse_port(true)?;
     let bound = s
         .local_addr()?
         .as_socket()
