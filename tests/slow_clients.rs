@@ -5,30 +5,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn yaml(origin: SocketAddr, clients: &str) -> String {
-    format!(
-        r#"listen: ["127.0.0.1:0"]
-admin: {{ listen: "127.0.0.1:0" }}
-server:
-  threads: 2
-  grace_period: 0s
-  shutdown_timeout: 2s
-  clients: {{ {clients} }}
-access_log: {{ enabled: false }}
-origins:
-  ent: {{ servers: ["{origin}"], health_check: {{ disabled: true }} }}
-routes:
-  - {{ name: ent, match: {{ path_prefix: / }}, origin: ent }}
-"#
-    )
-}
 
 /// Send `bytes` one at a time, `every` apart, until the server closes the connection or
 /// everything is sent. Returns when the server closed it (None: never did).
@@ -53,7 +34,7 @@ async fn trickle(s: &mut TcpStream, bytes: &[u8], every: Duration) -> Option<Ins
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_head_is_cut_at_the_header_deadline() {
     let origin = EchoOrigin::start("ent").await;
-    let e = Ecluse::start(&yaml(origin.addr, "header_timeout: 1s"));
+    let e = Ecluse::start(&clients_yaml(origin.addr, "header_timeout: 1s"));
     let mut s = TcpStream::connect(e.proxy).await.expect("connect");
     let start = Instant::now();
     let head =
@@ -79,7 +60,7 @@ async fn a_trickled_head_is_cut_at_the_header_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_is_closed_at_the_header_deadline() {
     let origin = EchoOrigin::start("ent").await;
-    let e = Ecluse::start(&yaml(origin.addr, "header_timeout: 1s"));
+    let e = Ecluse::start(&clients_yaml(origin.addr, "header_timeout: 1s"));
     let mut s = TcpStream::connect(e.proxy).await.expect("connect");
     let start = Instant::now();
     let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
@@ -94,7 +75,7 @@ async fn a_silent_connection_is_closed_at_the_header_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_prior_knowledge_still_works() {
     let origin = EchoOrigin::start("ent").await;
-    let e = Ecluse::start(&yaml(origin.addr, "header_timeout: 2s"));
+    let e = Ecluse::start(&clients_yaml(origin.addr, "header_timeout: 2s"));
     let c = reqwest::Client::builder()
         .http2_prior_knowledge()
         .timeout(Duration::from_secs(10))
@@ -114,7 +95,7 @@ async fn http2_prior_knowledge_still_works() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalive_idle_is_not_head_time_and_ends_at_the_keepalive_timeout() {
     let origin = EchoOrigin::start("ent").await;
-    let e = Ecluse::start(&yaml(
+    let e = Ecluse::start(&clients_yaml(
         origin.addr,
         "header_timeout: 1s, keepalive_timeout: 3s",
     ));
@@ -149,7 +130,7 @@ async fn keepalive_idle_is_not_head_time_and_ends_at_the_keepalive_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_upload_is_cut_and_a_normal_one_passes() {
     let origin = EchoOrigin::start("ent").await;
-    let e = Ecluse::start(&yaml(
+    let e = Ecluse::start(&clients_yaml(
         origin.addr,
         "header_timeout: 2s, body_min_rate: 2KiB, body_grace: 1s",
     ));
@@ -210,7 +191,7 @@ async fn a_trickled_upload_is_cut_and_a_normal_one_passes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_per_ip_cap_are_refused_then_accepted_again() {
     let origin = EchoOrigin::start("ent").await;
-    let e = Ecluse::start(&yaml(
+    let e = Ecluse::start(&clients_yaml(
         origin.addr,
         "header_timeout: 30s, max_connections_per_ip: 3",
     ));
@@ -269,7 +250,7 @@ async fn connections_over_the_per_ip_cap_are_refused_then_accepted_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_overall_cap_are_refused() {
     let origin = EchoOrigin::start("ent").await;
-    let e = Ecluse::start(&yaml(
+    let e = Ecluse::start(&clients_yaml(
         origin.addr,
         "header_timeout: 30s, max_connections: 5",
     ));

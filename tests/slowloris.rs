@@ -11,24 +11,6 @@ use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-fn yaml(origin: SocketAddr, clients: &str) -> String {
-    format!(
-        r#"listen: ["127.0.0.1:0"]
-admin: {{ listen: "127.0.0.1:0" }}
-server:
-  threads: 2
-  grace_period: 0s
-  shutdown_timeout: 2s
-  clients: {{ {clients} }}
-access_log: {{ enabled: false }}
-origins:
-  ent: {{ servers: ["{origin}"], health_check: {{ disabled: true }} }}
-routes:
-  - {{ name: ent, match: {{ path_prefix: / }}, origin: ent }}
-"#
-    )
-}
-
 /// Latency percentiles (ms) of sequential GETs, each on a new connection, from each of
 /// `workers` tasks during `time`; and how many were sent and failed.
 async fn measure(proxy: SocketAddr, workers: usize, time: Duration) -> (f64, f64, usize, usize) {
@@ -75,7 +57,7 @@ async fn measure(proxy: SocketAddr, workers: usize, time: Duration) -> (f64, f64
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slowloris_leaves_normal_clients_unharmed() {
     let origin = EchoOrigin::start("ent").await;
-    let e = Ecluse::start(&yaml(origin.addr, "header_timeout: 2s"));
+    let e = Ecluse::start(&clients_yaml(origin.addr, "header_timeout: 2s"));
     let proxy = e.proxy;
     // Warm up, then the quiet baseline.
     let (_, _, warm, _) = measure(proxy, 4, Duration::from_millis(500)).await;

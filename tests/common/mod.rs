@@ -525,3 +525,22 @@ pub fn status_of(raw: &[u8]) -> Option<u16> {
     let t = String::from_utf8_lossy(raw);
     t.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
+
+/// A policy with one route to `origin` and `clients` as `server.clients` (flow YAML).
+pub fn clients_yaml(origin: SocketAddr, clients: &str) -> String {
+    format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+server:
+  threads: 2
+  grace_period: 0s
+  shutdown_timeout: 2s
+  clients: {{ {clients} }}
+access_log: {{ enabled: false }}
+origins:
+  ent: {{ servers: ["{origin}"], health_check: {{ disabled: true }} }}
+routes:
+  - {{ name: ent, match: {{ path_prefix: / }}, origin: ent }}
+"#
+    )
+}
