@@ -147,6 +147,9 @@ pub struct OriginShared {
     pub peak_inflight: AtomicUsize,
     /// Woken when a permit is given back (requests allowed to wait for a slot).
     pub freed: tokio::sync::Notify,
+    /// Whether the origin has an adaptive limit (set by `adapt`): only then are
+    /// exchanges sampled for it.
+    adaptive_on: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -166,6 +169,9 @@ impl OriginShared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .record(now_ms, latency, error);
+        if !self.adaptive_on.load(Ordering::Relaxed) {
+            return;
+        }
         let mut a = self.adaptive.lock().unwrap_or_else(|p| p.into_inner());
         if a.samples.len() < MAX_SAMPLES {
             a.samples.push(latency.as_secs_f32() * 1000.0);
@@ -207,9 +213,11 @@ impl OriginShared {
     pub fn adapt(&self, o: &crate::config::runtime::Origin, now_ms: u64) {
         use crate::policy::concurrency::{Controller, Params, Window, MIN_SAMPLES};
         let Some(ac) = &o.adaptive else {
+            self.adaptive_on.store(false, Ordering::Relaxed);
             self.limit.store(0, Ordering::Relaxed);
             return;
         };
+        self.adaptive_on.store(true, Ordering::Relaxed);
         let p = Params {
             min: ac.min,
             max: o.max_inflight.map(|m| m as usize).unwrap_or(ac.max),
@@ -288,6 +296,7 @@ impl Registry {
                     adaptive: Mutex::new(AdaptiveState::default()),
                     peak_inflight: AtomicUsize::new(0),
                     freed: tokio::sync::Notify::new(),
+                    adaptive_on: std::sync::atomic::AtomicBool::new(false),
                 })
             })
             .clone()
