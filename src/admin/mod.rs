@@ -453,17 +453,20 @@ async fn room_admin(app: &App, p: &str, req: Request<Incoming>) -> Resp {
     }
 }
 
-/// Ready when the config is loaded, a proxy listener accepts connections, and we are not
-/// draining for shutdown.
+/// Ready when the config is loaded, every proxy listener (plain and TLS) accepts
+/// connections, and we are not draining for shutdown.
 async fn readyz(app: &App) -> Resp {
     if app.draining.load(Ordering::Relaxed) {
         return text_resp(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
     }
     if !app.proxy_ready.load(Ordering::Relaxed) {
-        let mut ok = false;
-        for addr in app.bound.get().map(|v| v.as_slice()).unwrap_or(&[]) {
+        // Each listener is its own pingora service, started on its own: the TLS one can
+        // come up after the plain one.
+        let bound = app.bound.get().map(|v| v.as_slice()).unwrap_or(&[]);
+        let mut ok = !bound.is_empty();
+        for addr in bound {
             let target = connectable(*addr);
-            if tokio::time::timeout(
+            if !tokio::time::timeout(
                 Duration::from_millis(500),
                 tokio::net::TcpStream::connect(target),
             )
@@ -471,7 +474,7 @@ async fn readyz(app: &App) -> Resp {
             .map(|r| r.is_ok())
             .unwrap_or(false)
             {
-                ok = true;
+                ok = false;
                 break;
             }
         }
