@@ -254,6 +254,9 @@ async fn connections_over_the_overall_cap_are_refused() {
         origin.addr,
         "header_timeout: 30s, max_connections: 5",
     ));
+    // The readiness probe (/readyz connects to every listener) is gone from the count by
+    // the time readiness says yes: it never takes a client's place.
+    assert_eq!(e.metric("ecluse_client_connections", &[]), 0.0);
     let mut held = Vec::new();
     for _ in 0..5 {
         held.push(TcpStream::connect(e.proxy).await.expect("connect"));

@@ -465,15 +465,7 @@ async fn readyz(app: &App) -> Resp {
         let bound = app.bound.get().map(|v| v.as_slice()).unwrap_or(&[]);
         let mut ok = !bound.is_empty();
         for addr in bound {
-            let target = connectable(*addr);
-            if !tokio::time::timeout(
-                Duration::from_millis(500),
-                tokio::net::TcpStream::connect(target),
-            )
-            .await
-            .map(|r| r.is_ok())
-            .unwrap_or(false)
-            {
+            if !serves(connectable(*addr)).await {
                 ok = false;
                 break;
             }
@@ -484,6 +476,29 @@ async fn readyz(app: &App) -> Resp {
         app.proxy_ready.store(true, Ordering::Relaxed);
     }
     text_resp(StatusCode::OK, "ready\n")
+}
+
+/// Whether the proxy behind `addr` takes connections: a probe connects, says nothing
+/// and waits for the proxy to close it. A completed TCP handshake only proves the kernel's
+/// backlog; the close proves the proxy accepted, counted and released the probe, so the
+/// probe is gone from the connection count (and caps) once readiness says yes.
+async fn serves(addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(Duration::from_secs(1), async {
+        let mut probe = tokio::net::TcpStream::connect(addr).await.ok()?;
+        probe.shutdown().await.ok()?;
+        let mut buf = [0u8; 512];
+        loop {
+            match probe.read(&mut buf).await {
+                Ok(0) | Err(_) => return Some(()),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+    .is_some()
 }
 
 /// A wildcard listen address is reached through loopback.

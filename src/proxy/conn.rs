@@ -113,10 +113,9 @@ impl ServerApp for Edge {
                 }
             };
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        let guarded: Stream = Box::new(Guarded::new(stream, limits, h2));
+        let guarded: Stream = Box::new(Guarded::new(stream, limits, h2).holding(slot));
         // pingora's HTTP app loops over kept-alive requests itself and always answers None.
         let _ = self.proxy.process_new(guarded, shutdown).await;
-        drop(slot);
         None
     }
 
@@ -219,6 +218,9 @@ struct PhaseState {
 /// A client stream that enforces the head deadline and the body rate. Every other trait
 /// is the inner stream's.
 pub struct Guarded {
+    /// The connection's place under the caps, given back as soon as the connection closes
+    /// (declared before `inner`: dropped first, before the socket is closed).
+    slot: Option<Slot>,
     inner: Stream,
     limits: Clients,
     state: Mutex<PhaseState>,
@@ -244,6 +246,12 @@ pub fn guard_of(session: &pingora::proxy::Session) -> Option<&Guarded> {
 }
 
 impl Guarded {
+    /// Holds the connection's place under the caps until it closes.
+    fn holding(mut self, slot: Slot) -> Guarded {
+        self.slot = Some(slot);
+        self
+    }
+
     fn new(inner: Stream, limits: Clients, h2: bool) -> Guarded {
         let phase = if h2 {
             Phase::Free
@@ -253,6 +261,7 @@ impl Guarded {
             }
         };
         Guarded {
+            slot: None,
             inner,
             limits,
             state: Mutex::new(PhaseState {
@@ -421,7 +430,10 @@ impl AsyncWrite for Guarded {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let me = self.get_mut();
+        // A closing connection no longer counts: whoever sees it closed can connect again.
+        me.slot = None;
+        Pin::new(&mut me.inner).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -440,6 +452,7 @@ impl AsyncWrite for Guarded {
 #[async_trait]
 impl Shutdown for Guarded {
     async fn shutdown(&mut self) {
+        self.slot = None;
         Shutdown::shutdown(&mut *self.inner).await
     }
 }
