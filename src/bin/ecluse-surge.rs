@@ -194,6 +194,10 @@ fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Seconds the queue page shows "c'est votre tour" before it reloads into the ENT
+/// (`src/pages/queue.html.j2`): an admission holds a place without load meanwhile.
+const QUEUE_PAGE_REVEAL: f64 = 0.8;
+
 /// Requests one student makes to the ENT when visio is switched off: `/`, login form,
 /// login, `/` again, two files, the pages, logout.
 fn requests_per_student(pages: usize) -> usize {
@@ -235,10 +239,11 @@ fn main() -> ExitCode {
                 // Students clicking at once that make `target` of the best goodput...
                 let clicking = target * best / per_student_rps;
                 // ...a turnover of `target * best / requests per visit` students a second,
-                // and admissions waiting for their holder's next poll (half an interval,
-                // plus the 250 ms admission tick) count against active_users too.
+                // and admissions not yet used count against active_users too: the
+                // holder's next poll (half an interval), the 250 ms admission tick, and
+                // the queue page's 800 ms "c'est votre tour" before it reloads.
                 let turnover = target * best / requests_per_student(pages) as f64;
-                let pending = turnover * (poll.as_secs_f64() / 2.0 + 0.25);
+                let pending = turnover * (poll.as_secs_f64() / 2.0 + 0.25 + QUEUE_PAGE_REVEAL);
                 let active = clicking + pending_share * pending + teachers as f64;
                 // The pace is that turnover: admissions flow steadily instead of in waves
                 // whenever a cohort leaves; active_users is the ceiling.
