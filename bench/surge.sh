@@ -38,7 +38,7 @@
 # Knobs (environment): STUDENTS RAMP CAP PER_US TEACHERS PAGES POLL TARGET MAX_DURATION
 #   ARMS="direct nginx ecluse" SERVER_CPU=1 LOAD_CPU=0 SEED
 #   ECLUSE_BIN=target/release/ecluse SURGE_BIN=target/release/ecluse-surge
-#   (builds them with `cargo build --release` when missing).
+#   NO_BUILD=1 (use them as they are; otherwise `cargo build --release` first).
 # `--full`: 50,000 students over 3 minutes against a bigger ENT; the plot is copied to
 # docs/surge.svg. Outputs: bench/out/surge-<timestamp>/ (ARM.csv per second, ARM.json
 # summary, ARM.people.json, ARM.svg, surge.svg, table.md, configs and logs).
@@ -88,11 +88,15 @@ die() { printf 'bench/surge.sh: %s\n' "$*" >&2; exit 1; }
 
 scripts/need.sh nginx taskset curl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-if [ ! -x "$ECLUSE_BIN" ] || [ ! -x "$SURGE_BIN" ]; then
+# Always (a no-op when up to date): a binary left from an older checkout would replay
+# the old code.
+if [ "${NO_BUILD:-0}" != 1 ]; then
   log "building release binaries (cargo build --release --bin ecluse --bin ecluse-surge)"
   scripts/need.sh cmake
   cargo build --release --bin ecluse --bin ecluse-surge
 fi
+[ -x "$ECLUSE_BIN" ] || die "no ecluse binary at $ECLUSE_BIN"
+[ -x "$SURGE_BIN" ] || die "no ecluse-surge binary at $SURGE_BIN"
 # The load generator opens one socket per student in flight, the proxies as many.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
