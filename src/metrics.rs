@@ -184,7 +184,7 @@ impl Metrics {
         let client_timeouts = counter_vec(
             &r,
             "ecluse_client_timeouts_total",
-            "Client connections closed for sending too slowly, by phase (header: head deadline; body: minimum body rate).",
+            "Client connections closed for sending too slowly, by phase (handshake: TLS handshake past the head deadline; header: head deadline; body: minimum body rate).",
             &["phase"],
         );
         let ratelimit_decisions = counter_vec(

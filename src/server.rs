@@ -344,9 +344,19 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
         let mut o = pingora::apps::HttpServerOptions::default();
         o.h2_idle_timeout = Some(cfg.server.clients.keepalive_timeout);
         proxy.server_options = Some(o);
+        let mut settings = pingora::listeners::tls::TlsSettings::intermediate(
+            &t.cert_file.display().to_string(),
+            &t.key_file.display().to_string(),
+        )
+        .map_err(|e| format!("TLS certificate or key unusable: {e}"))?;
+        if t.http2 {
+            settings.enable_h2();
+        }
+        // Plain TCP listeners: the Edge makes the handshake itself, under the connection
+        // caps and the head deadline (pingora's listener would give it 60 s, uncounted).
         let mut tsvc = pingora::services::listening::Service::new(
             "ecluse tls proxy".to_string(),
-            crate::proxy::conn::Edge::new(proxy, app.clone()),
+            crate::proxy::conn::Edge::new(proxy, app.clone()).with_tls(settings.build()),
         );
         for a in &t.listen {
             let (a, held) = resolve_port_zero(*a).map_err(|e| format!("cannot bind {a}: {e}"))?;
@@ -354,15 +364,7 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
             if let Some(h) = held {
                 HELD.lock().unwrap_or_else(|p| p.into_inner()).push(h);
             }
-            let mut settings = pingora::listeners::tls::TlsSettings::intermediate(
-                &t.cert_file.display().to_string(),
-                &t.key_file.display().to_string(),
-            )
-            .map_err(|e| format!("TLS certificate or key unusable: {e}"))?;
-            if t.http2 {
-                settings.enable_h2();
-            }
-            tsvc.add_tls_with_settings(&a.to_string(), Some(opts), settings);
+            tsvc.add_tcp_with_settings(&a.to_string(), opts);
             tls_addrs.push(a);
         }
         server.add_service(tsvc);

@@ -289,3 +289,81 @@ async fn connections_over_the_overall_cap_are_refused() {
     )
     .await;
 }
+
+/// The TLS handshake is under the head deadline and the caps: a connection that never
+/// says hello is closed at the deadline (not after pingora's 60 s), one over the cap is
+/// closed before any handshake, and a real HTTPS client still gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_are_under_the_head_deadline_and_the_caps() {
+    let origin = EchoOrigin::start("ent").await;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let cert_pem = cert.cert.pem();
+    let key_pem = cert.signing_key.serialize_pem();
+    let yaml = clients_yaml(origin.addr, "header_timeout: 1s, max_connections: 3").replace(
+        "admin:",
+        "tls: { listen: [\"127.0.0.1:0\"], cert_file: cert.pem, key_file: key.pem }\nadmin:",
+    );
+    let e = Ecluse::start_with(
+        &yaml,
+        &[
+            ("cert.pem", cert_pem.as_bytes()),
+            ("key.pem", key_pem.as_bytes()),
+        ],
+        |_| {},
+    );
+    let tls = e.tls.expect("tls address printed");
+    let opened = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(tls).await.expect("connect"));
+    }
+    eventually(
+        "3 handshakes pending count",
+        Duration::from_secs(15),
+        async || e.metric("ecluse_client_connections", &[]) >= 3.0,
+    )
+    .await;
+    let mut extra = TcpStream::connect(tls).await.expect("connect");
+    let (raw, closed) = read_until_closed(&mut extra, Duration::from_secs(5)).await;
+    assert!(
+        raw.is_empty(),
+        "nothing readable before a handshake: {raw:?}"
+    );
+    assert!(closed.is_some(), "the connection over the cap is closed");
+    assert_eq!(
+        e.metric(
+            "ecluse_client_connections_refused_total",
+            &[("reason", "max_connections")]
+        ),
+        1.0
+    );
+    for s in &mut silent {
+        let (_, closed) = read_until_closed(s, Duration::from_secs(10)).await;
+        let at = closed.expect("a silent TLS connection is closed");
+        assert!(
+            at - opened < Duration::from_secs(5),
+            "closed {:?} after opening, the head deadline is 1 s",
+            at - opened
+        );
+    }
+    eventually(
+        "handshake time-outs counted, places given back",
+        Duration::from_secs(5),
+        async || {
+            e.metric("ecluse_client_timeouts_total", &[("phase", "handshake")]) == 3.0
+                && e.metric("ecluse_client_connections", &[]) == 0.0
+        },
+    )
+    .await;
+    let c = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("pem"))
+        .resolve("localhost", tls)
+        .build()
+        .expect("client");
+    let r = c
+        .get(format!("https://localhost:{}/after", tls.port()))
+        .send()
+        .await
+        .expect("https request");
+    assert_eq!(r.status(), 200);
+}

@@ -21,7 +21,11 @@
 //! `request_filter` calls [`Guarded::head_done`], the end of the request body
 //! [`Guarded::body_done`], `logging` [`Guarded::request_done`]. HTTP/2 connections are left
 //! to the HTTP/2 layer after the preface (streams multiplex; h2 flow control paces them).
-//! TLS handshakes happen in pingora's listener, before this layer sees the stream.
+//!
+//! On the TLS listener the handshake happens here too, not in pingora's listener (which
+//! gives it 60 s, outside any cap): the connection takes its place under the caps at
+//! accept (one over the cap is closed before the handshake, without an answer: it cannot
+//! be read without one), and the handshake counts against the head deadline.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -61,6 +65,8 @@ pub struct Edge {
     proxy: Arc<HttpProxy<EcluseProxy>>,
     app: Arc<App>,
     conns: Arc<ConnCount>,
+    /// The TLS listener's certificate and ALPN: handshakes are made here.
+    tls: Option<pingora::listeners::tls::Acceptor>,
 }
 
 impl Edge {
@@ -69,6 +75,46 @@ impl Edge {
             proxy: Arc::new(proxy),
             app,
             conns: conn_count(),
+            tls: None,
+        }
+    }
+
+    /// The TLS listener: every accepted connection is handshaken with `acceptor`.
+    pub fn with_tls(mut self, acceptor: pingora::listeners::tls::Acceptor) -> Edge {
+        self.tls = Some(acceptor);
+        self
+    }
+}
+
+/// The TLS handshake of an accepted TCP connection, given until `deadline`.
+async fn tls_accept(
+    acceptor: &pingora::listeners::tls::Acceptor,
+    stream: Stream,
+    deadline: Instant,
+) -> Option<Stream> {
+    let l4 = match stream
+        .into_any()
+        .downcast::<pingora::protocols::l4::stream::Stream>()
+    {
+        Ok(l4) => l4,
+        Err(_) => {
+            log::error!("TLS listener: accepted stream is not a TCP stream");
+            return None;
+        }
+    };
+    let handshake = pingora::protocols::tls::server::handshake(acceptor, *l4);
+    match tokio::time::timeout_at(deadline.into(), handshake).await {
+        Ok(Ok(tls)) => Some(Box::new(tls)),
+        Ok(Err(e)) => {
+            log::debug!("TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            crate::metrics::get()
+                .client_timeouts
+                .with_label_values(&["handshake"])
+                .inc();
+            None
         }
     }
 }
@@ -102,6 +148,11 @@ impl ServerApp for Edge {
                         .client_connections_refused
                         .with_label_values(&[reason])
                         .inc();
+                    if self.tls.is_some() {
+                        // Nothing readable can be said before a handshake.
+                        Shutdown::shutdown(&mut *stream).await;
+                        return None;
+                    }
                     // Best effort, never waiting on a client that does not read.
                     let _ = tokio::time::timeout(Duration::from_secs(1), async {
                         stream.write_all(REFUSED).await?;
@@ -112,8 +163,18 @@ impl ServerApp for Edge {
                     return None;
                 }
             };
+        let head_deadline = Instant::now() + limits.header_timeout;
+        let stream = match &self.tls {
+            // The slot is given back (dropped) with a failed handshake.
+            Some(acceptor) => tls_accept(acceptor, stream, head_deadline).await?,
+            None => stream,
+        };
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        let guarded: Stream = Box::new(Guarded::new(stream, limits, h2).holding(slot));
+        let guarded: Stream = Box::new(
+            Guarded::new(stream, limits, h2)
+                .holding(slot)
+                .head_by(head_deadline),
+        );
         // pingora's HTTP app loops over kept-alive requests itself and always answers None.
         let _ = self.proxy.process_new(guarded, shutdown).await;
         None
@@ -246,6 +307,15 @@ pub fn guard_of(session: &pingora::proxy::Session) -> Option<&Guarded> {
 }
 
 impl Guarded {
+    /// The first request head is due by `deadline` (counted from the accept, so a TLS
+    /// handshake spends from the same allowance).
+    fn head_by(self, deadline: Instant) -> Guarded {
+        if let Phase::Head { deadline: d } = &mut self.lock().phase {
+            *d = deadline;
+        }
+        self
+    }
+
     /// Holds the connection's place under the caps until it closes.
     fn holding(mut self, slot: Slot) -> Guarded {
         self.slot = Some(slot);
