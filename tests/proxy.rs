@@ -298,27 +298,14 @@ async fn http2_prior_knowledge_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_listener_with_h2_alpn() {
     let a = EchoOrigin::start("a").await;
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
-    let cert_pem = cert.cert.pem();
-    let key_pem = cert.signing_key.serialize_pem();
+    let cert = SelfSigned::localhost();
     let yaml = format!(
         "listen: [\"127.0.0.1:0\"]\ntls: {{ listen: [\"127.0.0.1:0\"], cert_file: cert.pem, key_file: key.pem }}\nadmin: {{ listen: \"127.0.0.1:0\" }}\naccess_log: {{ enabled: false }}\norigins:\n  ent: {{ servers: [\"{}\"] }}\nroutes:\n  - {{ name: ent, origin: ent }}\n",
         a.addr
     );
-    let e = Ecluse::start_with(
-        &yaml,
-        &[
-            ("cert.pem", cert_pem.as_bytes()),
-            ("key.pem", key_pem.as_bytes()),
-        ],
-        |_| {},
-    );
+    let e = Ecluse::start_with(&yaml, &cert.files(), |_| {});
     let tls = e.tls.expect("tls address printed");
-    let c = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("pem"))
-        .resolve("localhost", tls)
-        .build()
-        .expect("client");
+    let c = cert.client(tls);
     let r = c
         .get(format!("https://localhost:{}/secure", tls.port()))
         .send()

@@ -296,21 +296,12 @@ async fn connections_over_the_overall_cap_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_handshakes_are_under_the_head_deadline_and_the_caps() {
     let origin = EchoOrigin::start("ent").await;
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
-    let cert_pem = cert.cert.pem();
-    let key_pem = cert.signing_key.serialize_pem();
+    let cert = SelfSigned::localhost();
     let yaml = clients_yaml(origin.addr, "header_timeout: 1s, max_connections: 3").replace(
         "admin:",
         "tls: { listen: [\"127.0.0.1:0\"], cert_file: cert.pem, key_file: key.pem }\nadmin:",
     );
-    let e = Ecluse::start_with(
-        &yaml,
-        &[
-            ("cert.pem", cert_pem.as_bytes()),
-            ("key.pem", key_pem.as_bytes()),
-        ],
-        |_| {},
-    );
+    let e = Ecluse::start_with(&yaml, &cert.files(), |_| {});
     let tls = e.tls.expect("tls address printed");
     let opened = Instant::now();
     let mut silent = Vec::new();
@@ -355,12 +346,8 @@ async fn tls_handshakes_are_under_the_head_deadline_and_the_caps() {
         },
     )
     .await;
-    let c = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("pem"))
-        .resolve("localhost", tls)
-        .build()
-        .expect("client");
-    let r = c
+    let r = cert
+        .client(tls)
         .get(format!("https://localhost:{}/after", tls.port()))
         .send()
         .await

@@ -544,3 +544,38 @@ routes:
 "#
     )
 }
+
+/// A self-signed certificate for `localhost`, for the TLS listener tests.
+pub struct SelfSigned {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl SelfSigned {
+    pub fn localhost() -> SelfSigned {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+        SelfSigned {
+            cert_pem: c.cert.pem(),
+            key_pem: c.signing_key.serialize_pem(),
+        }
+    }
+
+    /// `cert.pem` and `key.pem`, for [`Ecluse::start_with`].
+    pub fn files(&self) -> [(&'static str, &[u8]); 2] {
+        [
+            ("cert.pem", self.cert_pem.as_bytes()),
+            ("key.pem", self.key_pem.as_bytes()),
+        ]
+    }
+
+    /// An HTTPS client that trusts this certificate and finds `localhost` at `tls`.
+    pub fn client(&self, tls: SocketAddr) -> reqwest::Client {
+        reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.cert_pem.as_bytes()).expect("pem"),
+            )
+            .resolve("localhost", tls)
+            .build()
+            .expect("client")
+    }
+}
