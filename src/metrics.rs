@@ -27,7 +27,7 @@ pub struct Metrics {
     pub origin_server_up: IntGaugeVec,
     /// Always 1; the labels carry the running config's hash and version.
     pub config_info: IntGaugeVec,
-    /// Reload attempts by result (`ok`, `error`).
+    /// Reload attempts by result (`ok`, `error`, `unchanged`).
     pub config_reloads: IntCounterVec,
     /// Unix time of the last successful config load.
     pub config_last_reload_success: Gauge,
@@ -266,7 +266,7 @@ impl Metrics {
         let room_rejected_tickets = counter_vec(
             &r,
             "ecluse_room_rejected_tickets_total",
-            "Cookies refused (forged, altered, expired, other room, abandoned), by room.",
+            "Room cookies refused, by room and reason (forged: altered, unknown key or unreadable; other_room; expired: past its timeout or a session that ended; reused: a copy of a ticket already used to get in).",
             &["room", "reason"],
         );
         let degradation_level = IntGauge::new(

@@ -540,7 +540,52 @@ routes:
         failures.join("\n")
     );
 
-    // 6. A picture of what ops see, from this Prometheus.
+    // 6. Alerts that nothing in this run should raise stay quiet: every instance is up,
+    // Redis is reachable and no reload failed (a fresh instance must not look like a
+    // failed reload).
+    let expr_of = |name: &str| {
+        alerts
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("alert {name} in {ALERTS}"))
+            .1
+            .clone()
+    };
+    for name in [
+        "EcluseInstanceDown",
+        "EcluseRedisUnreachable",
+        "EcluseConfigReloadFailed",
+    ] {
+        let (_, v) = q(expr_of(name)).await;
+        assert_eq!(
+            v["data"]["result"].as_array().map(Vec::len),
+            Some(0),
+            "alert {name} would fire although nothing went wrong: {}",
+            v["data"]["result"]
+        );
+    }
+    // ...and the reload alert does fire, for that instance, once a reload fails.
+    fleet_node.write_config("routes: [ {{ this is not a policy");
+    let r = plain
+        .post(format!("http://{}/admin/reload", fleet_node.admin))
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(r.status(), 422, "a broken file is refused");
+    let fleet_instance = fleet_node.admin.to_string();
+    let reload_failed = expr_of("EcluseConfigReloadFailed");
+    eventually(
+        "EcluseConfigReloadFailed fires for the node whose reload failed",
+        Duration::from_secs(30),
+        async || {
+            let (_, v) = q(reload_failed.clone()).await;
+            let res = v["data"]["result"].as_array().cloned().unwrap_or_default();
+            res.len() == 1 && res[0]["metric"]["instance"] == fleet_instance.as_str()
+        },
+    )
+    .await;
+
+    // 7. A picture of what ops see, from this Prometheus.
     let end = SystemTime::now();
     render_picture(&plain, &prom_url, started, end).await;
 }

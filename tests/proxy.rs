@@ -374,3 +374,97 @@ async fn access_log_writes_one_json_line_per_request() {
     assert_eq!(miss["decision"], "no_route");
     assert!(miss["route"].is_null());
 }
+
+/// The log line says what each policy decided: the rate limit's result (`limited`,
+/// `dry_run_limited`) and the waiting room's decision (`direct`, `queued`, `inside`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_records_rate_limit_and_queue_decisions() {
+    let a = EchoOrigin::start("a").await;
+    let yaml = format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+access_log: {{ path: access.log }}
+waiting_rooms:
+  ent: {{ active_users: 1, new_users_per_minute: 60, secret_file: keys }}
+origins:
+  ent: {{ servers: ["{}"], health_check: {{ disabled: true }} }}
+routes:
+  - {{ name: api, match: {{ path_prefix: /api/ }}, origin: ent, rate_limits: [{{ key: route, rate: 1/m, burst: 1 }}] }}
+  - {{ name: trial, match: {{ path_prefix: /trial/ }}, origin: ent, rate_limits: [{{ key: route, rate: 1/m, burst: 1, mode: dry_run }}] }}
+  - {{ name: ent, match: {{ path_prefix: / }}, origin: ent, waiting_room: ent }}
+"#,
+        a.addr
+    );
+    let e = Ecluse::start_with(
+        &yaml,
+        &[("keys", b"k1:0123456789abcdef0123456789abcdef0123\n")],
+        |_| {},
+    );
+    let c = client();
+    let jar = || {
+        reqwest::Client::builder()
+            .cookie_store(true)
+            .build()
+            .expect("client")
+    };
+    let get = async |c: &reqwest::Client, path: &str| {
+        c.get(e.url(path)).send().await.expect("req").status()
+    };
+    assert_eq!(get(&c, "/api/a").await, 200);
+    assert_eq!(get(&c, "/api/b").await, 429);
+    assert_eq!(get(&c, "/trial/a").await, 200);
+    assert_eq!(
+        get(&c, "/trial/b").await,
+        200,
+        "a dry-run limit lets it through"
+    );
+    let first = jar();
+    assert_eq!(get(&first, "/home").await, 200);
+    assert_eq!(get(&first, "/cahier").await, 200);
+    let second = jar();
+    assert_eq!(get(&second, "/home").await, 200, "the queue page");
+
+    let log = e.config.with_file_name("access.log");
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    eventually(
+        "seven access log lines",
+        Duration::from_secs(10),
+        async || {
+            lines = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            lines.len() >= 7
+        },
+    )
+    .await;
+    // Lines of one connection are in order; across connections, look them up by path.
+    let line = |path: &str, nth: usize| -> &serde_json::Value {
+        lines
+            .iter()
+            .filter(|l| l["path"] == path)
+            .nth(nth)
+            .unwrap_or_else(|| panic!("log line {nth} for {path} in {lines:?}"))
+    };
+    assert!(
+        line("/api/a", 0)["rate_limit"].is_null(),
+        "allowed: no result"
+    );
+    assert_eq!(line("/api/b", 0)["rate_limit"], "limited");
+    assert_eq!(line("/api/b", 0)["status"], 429);
+    assert!(line("/trial/a", 0)["rate_limit"].is_null());
+    assert_eq!(line("/trial/b", 0)["rate_limit"], "dry_run_limited");
+    assert_eq!(line("/trial/b", 0)["status"], 200);
+    assert_eq!(
+        line("/home", 0)["queue"],
+        "direct",
+        "spare capacity: let in"
+    );
+    assert_eq!(line("/cahier", 0)["queue"], "inside", "the session goes on");
+    assert_eq!(line("/home", 1)["queue"], "queued", "the room is full");
+    assert!(
+        line("/api/a", 0)["queue"].is_null(),
+        "no room on that route"
+    );
+}
