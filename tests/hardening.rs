@@ -114,14 +114,47 @@ async fn bad_waiting_room_cookies_never_admit_and_never_panic() {
             "waiting far behind",
             ring.seal(&ticket(999_999, TicketState::Waiting, now)),
         ),
+        (
+            "waiting ticket past the abandon timeout",
+            ring.seal(&ticket(1, TicketState::Waiting, now - 3600)),
+        ),
         ("nul and controls", "a\u{1}b\u{7f}c".into()),
         ("utf8", "é€😀".repeat(50)),
     ];
-    // A replay of the first student's real cookie is honoured (it is the same browser),
-    // but copies of the waiting ticket of someone else are not doubled: covered in
-    // tests/waiting_room.rs; here every cookie must fail to get a second session in.
-    cookies.retain(|(_, v)| http::HeaderValue::from_str(&format!("ecluse_ent={v}")).is_ok());
-    for (what, v) in &cookies {
+    // Every cookie must fail to get a second session in. Those a client library refuses
+    // to send (control bytes) go raw: refused as a malformed head (400) or
+    // queued, never admitted.
+    let (sendable, raw): (Vec<_>, Vec<_>) = cookies
+        .drain(..)
+        .partition(|(_, v)| http::HeaderValue::from_str(&format!("ecluse_ent={v}")).is_ok());
+    assert!(
+        raw.iter().any(|(what, _)| *what == "nul and controls"),
+        "the control-byte cookie goes raw"
+    );
+    let addr = e.proxy;
+    for (what, v) in raw {
+        let (status, body) = tokio::task::spawn_blocking(move || {
+            raw_request(
+                addr,
+                "GET",
+                "/home",
+                &[
+                    ("Cookie", &format!("ecluse_ent={v}")),
+                    ("Accept", "application/json"),
+                ],
+                b"",
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|err| panic!("{what}: no answer: {err}"));
+        assert!(status == 200 || status == 400, "{what}: {status}");
+        assert!(
+            !body.contains("\"server\":\"ent\""),
+            "a {what} cookie was let in"
+        );
+    }
+    for (what, v) in &sendable {
         let r = c
             .get(e.url("/home"))
             .header("cookie", format!("ecluse_ent={v}"))
@@ -136,8 +169,7 @@ async fn bad_waiting_room_cookies_never_admit_and_never_panic() {
             "a {what} cookie was let in: {body}"
         );
     }
-    // Raw bytes a client library would refuse to send.
-    let addr = e.proxy;
+    // Raw bytes a client library would refuse to send, and a mangled cookie list.
     let text = tokio::task::spawn_blocking(move || {
         raw_request(
             addr,
@@ -149,10 +181,9 @@ async fn bad_waiting_room_cookies_never_admit_and_never_panic() {
     })
     .await
     .unwrap();
-    if let Ok((status, body)) = text {
-        assert!(status == 200 || status == 400, "{status}");
-        assert!(!body.contains("\"server\":\"ent\""));
-    }
+    let (status, body) = text.expect("an answer");
+    assert!(status == 200 || status == 400, "{status}");
+    assert!(!body.contains("\"server\":\"ent\""));
     // Still alive and serving.
     assert_eq!(
         c.get(e.admin_url("/healthz"))
@@ -162,6 +193,105 @@ async fn bad_waiting_room_cookies_never_admit_and_never_panic() {
             .status(),
         200
     );
+}
+
+/// A waiting ticket copied to other browsers (a link shared in a class chat, a replayed
+/// request) gets one student in, once: the copies presented after the admission are
+/// refused as `reused` and queued fresh, behind everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_waiting_ticket_gets_in_only_once() {
+    let origin = EchoOrigin::start("ent").await;
+    let e = start(origin.addr);
+    let jar = || {
+        reqwest::Client::builder()
+            .cookie_store(true)
+            .build()
+            .unwrap()
+    };
+    let from_origin = |body: &str| body.contains("\"server\":\"ent\"");
+    // The one place is taken; the second student waits.
+    let first = jar();
+    let r = first.get(e.url("/home")).send().await.unwrap();
+    assert!(from_origin(&r.text().await.unwrap()));
+    let c = client();
+    let r = c
+        .get(e.url("/home"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let waiting = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .find_map(|v| {
+            let v = v.to_str().ok()?;
+            Some(
+                v.strip_prefix("ecluse_ent=")?
+                    .split(';')
+                    .next()?
+                    .to_string(),
+            )
+        })
+        .expect("a waiting ticket");
+    let status: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status["state"], "waiting", "{status}");
+
+    // Ops open a second place: the ticket's owner gets in.
+    let r = c
+        .post(e.admin_url("/admin/rooms/ent"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "active_users": 2 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let mut admitted = false;
+    eventually(
+        "the waiting ticket is admitted",
+        std::time::Duration::from_secs(10),
+        async || {
+            let r = c
+                .get(e.url("/home"))
+                .header("cookie", format!("ecluse_ent={waiting}"))
+                .send()
+                .await
+                .unwrap();
+            admitted = from_origin(&r.text().await.unwrap());
+            admitted
+        },
+    )
+    .await;
+    assert!(admitted);
+
+    // Copies of that same waiting ticket, from other browsers, gain nothing.
+    let reused = || {
+        e.metric(
+            "ecluse_room_rejected_tickets_total",
+            &[("room", "ent"), ("reason", "reused")],
+        )
+    };
+    let before = reused();
+    for _ in 0..3 {
+        let r = c
+            .get(e.url("/home"))
+            .header("cookie", format!("ecluse_ent={waiting}"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        let body = r.text().await.unwrap();
+        assert!(
+            !from_origin(&body),
+            "a replayed waiting ticket got in: {body}"
+        );
+    }
+    eventually(
+        "the copies are counted as reused",
+        std::time::Duration::from_secs(5),
+        async || reused() >= before + 3.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -315,8 +315,8 @@ async fn content_length_with_transfer_encoding_is_400() {
     assert_rejected("TE+CL", req(&r), &[400]).await;
 }
 
-/// Today's behaviour with CL+TE, kept as a floor while hygiene is not wired: whatever
-/// reaches the origin, the tail is never a second request (pingora turns keep-alive off).
+/// CL+TE with a smuggled request as the body's tail: whatever is answered (the 400 is
+/// asserted above), the tail never reaches the origin as a second request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_with_transfer_encoding_never_smuggles_the_tail() {
     let (origin, tap, e) = setup().await;
@@ -677,8 +677,8 @@ async fn pipelined_requests_are_answered_in_order() {
     assert_eq!(origin.hits(), 3);
 }
 
-/// Floor while pipelining is off: a pipelined request is either answered in order or not
-/// at all (the connection closes), never answered out of order or merged.
+/// Pipelined requests followed by a close: each is either answered in order or not at all
+/// (the connection closes), never answered out of order or merged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_never_out_of_order() {
     let (origin, _tap, e) = setup().await;
@@ -765,6 +765,103 @@ async fn upgrade_answered_200_is_not_a_tunnel() {
         }
         _ => panic!("more than one answer to one request: {}", second.text()),
     }
+}
+
+/// An upgrade the origin accepts (`101`) does become a tunnel: after the 101, bytes go
+/// both ways untouched (a WebSocket for the ENT's chat works through ecluse).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_answered_101_is_a_tunnel_both_ways() {
+    // An origin that accepts the upgrade, then echoes every byte back with a prefix.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = l.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 4096];
+                while find(&head, b"\r\n\r\n").is_none() {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                let _ = s
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+                    .await;
+                loop {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            let mut out = b"echo:".to_vec();
+                            out.extend_from_slice(&b[..n]);
+                            if s.write_all(&out).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let e = Ecluse::start(&yaml(origin));
+    let addr = e.proxy;
+    let (head, echoed) = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).expect("conn");
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        s.write_all(
+            b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .expect("write");
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        while find(&raw, b"\r\n\r\n").is_none() {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+        let end = find(&raw, b"\r\n\r\n").map(|i| i + 4).unwrap_or(raw.len());
+        let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+        let mut rest = raw[end..].to_vec();
+        // Two frames' worth of bytes, one after the other, that are not HTTP at all.
+        let mut echoed = Vec::new();
+        for msg in [&b"\x81\x05hello"[..], &b"\x00\xffraw bytes\r\n\r\n"[..]] {
+            s.write_all(msg).expect("write through the tunnel");
+            let mut want = b"echo:".to_vec();
+            want.extend_from_slice(msg);
+            while rest.len() < want.len() {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => rest.extend_from_slice(&buf[..n]),
+                }
+            }
+            let n = want.len().min(rest.len());
+            echoed.push(rest.drain(..n).collect::<Vec<u8>>() == want);
+        }
+        (head, echoed)
+    })
+    .await
+    .expect("join");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(
+        echoed,
+        [true, true],
+        "bytes cross the tunnel both ways unchanged"
+    );
+    let heads = heads.lock().unwrap();
+    assert_eq!(heads.len(), 1, "one upgrade request reached the origin");
+    assert!(
+        heads[0].to_ascii_lowercase().contains("upgrade: websocket"),
+        "the upgrade was forwarded: {}",
+        heads[0]
+    );
 }
 
 /// Same, with the follow-up bytes sent before any answer (a client that assumes the

@@ -25,31 +25,12 @@
 //! more lenient pingora (its `patched_http1` feature parses with `parse_unchecked`, or a
 //! future httparse config) cannot silently reopen them.
 //!
-//! Wiring (in `src/proxy/mod.rs`; this file only holds pure functions): add `mod hygiene;`
-//! next to `mod cache;`, then make this the first statement of
-//! `ProxyHttp::request_filter`, before the in-flight gauge, routing or anything else:
-//!
-//! ```ignore
-//! let raw = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
-//! if let Err(r) = hygiene::check_request(
-//!     session.req_header(),
-//!     raw.as_deref(),
-//!     &hygiene::Limits::default(),
-//! ) {
-//!     ctx.decision = Some(r.reason);
-//!     // Whatever follows the head on this connection is unframed: never read it.
-//!     session.set_keepalive(None);
-//!     let mut resp = ResponseHeader::build(r.status, Some(3))?;
-//!     resp.insert_header("content-length", "0")?;
-//!     resp.insert_header("cache-control", "no-store")?;
-//!     resp.insert_header("connection", "close")?;
-//!     session.write_response_header(Box::new(resp), true).await?;
-//!     return Ok(true);
-//! }
-//! // RFC 9112 §9.3.2: answer pipelined requests in order instead of dropping them
-//! // (pingora's default closes after the first). Carried over keep-alive reuse by pingora.
-//! session.as_mut().set_pipelining_enabled(true);
-//! ```
+//! This file only holds pure functions. `ProxyHttp::request_filter` (src/proxy/mod.rs)
+//! calls [`check_request`] first, before the in-flight gauge, routing or anything else; a
+//! refusal is answered with its status, `Connection: close`, and keep-alive off (whatever
+//! follows the head on that connection is unframed, so it is never read). Pipelined
+//! requests are then answered in order (RFC 9112 §9.3.2; pingora's default closes after
+//! the first).
 //!
 //! `ctx.config` stays `None` on that path, so `logging` neither decrements the in-flight
 //! gauge (never incremented) nor attributes the request to a route.
