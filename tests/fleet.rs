@@ -190,6 +190,16 @@ async fn three_nodes_share_config_view_levels_and_purges() {
         .await;
         assert_eq!(c.get(e.url("/hello")).send().await.unwrap().status(), 200);
     }
+    // Ops force a level during the outage: it applies on that node now, and fleet-wide
+    // once Redis is back.
+    let r = c
+        .post(nodes[1].admin_url("/admin/level"))
+        .body(r#"{"level": "busy", "for": "5m"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(state(&c, &nodes[1]).await["degradation"]["level"], "busy");
     assert!(redis.spawn(), "redis-server restarted on its port");
     for e in &nodes {
         eventually(
@@ -202,19 +212,27 @@ async fn three_nodes_share_config_view_levels_and_purges() {
         )
         .await;
     }
-    // And forced levels work again.
+    for e in &nodes {
+        eventually(
+            "the level forced during the outage reaches every node",
+            Duration::from_secs(5),
+            async || state(&c, e).await["degradation"]["level"] == "busy",
+        )
+        .await;
+    }
+    // And forced levels work again, from any node.
     let r = c
         .post(nodes[2].admin_url("/admin/level"))
-        .body(r#"{"level": "busy", "for": "1m"}"#)
+        .body(r#"{"level": null}"#)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     for e in &nodes {
         eventually(
-            "every node at busy again",
+            "every node back to normal",
             Duration::from_secs(5),
-            async || state(&c, e).await["degradation"]["level"] == "busy",
+            async || state(&c, e).await["degradation"]["level"] == "normal",
         )
         .await;
     }
@@ -266,7 +284,15 @@ async fn a_global_rate_limit_holds_fleet_wide() {
         }
     };
     run(2).await;
+    let commands = || -> f64 {
+        nodes
+            .iter()
+            .map(|e| e.metric("ecluse_cluster_redis_commands_total", &[]))
+            .sum()
+    };
+    let commands_before = commands();
     let (ok, limited, took) = run(6).await;
+    let commands_during = commands() - commands_before;
     let configured = 60.0 * took.as_secs_f64();
     let ratio = ok as f64 / configured;
     assert!(
@@ -277,16 +303,22 @@ async fn a_global_rate_limit_holds_fleet_wide() {
         (0.9..=1.1).contains(&ratio),
         "fleet-wide {ok} allowed in {took:?} against {configured:.0} configured (ratio {ratio:.3})"
     );
-    let commands: f64 = nodes
-        .iter()
-        .map(|e| e.metric("ecluse_cluster_redis_commands_total", &[]))
-        .sum();
+    // Decisions are local: Redis sees each node's fixed exchange every sync interval
+    // (100 ms here, a handful of commands each), whatever the traffic. Allow 12 commands
+    // per exchange plus a tenth of a command per request: one round trip per request
+    // would exceed it many times over. (The ratio per request depends on how fast this
+    // machine serves; `FLEET=1 bench/proxy.sh` measures it under real load.)
     let requests = (ok + limited) as f64;
+    let exchanges = 3.0 * (took.as_secs_f64() / 0.1 + 2.0);
     eprintln!(
-        "fleet-wide allowed {ok} vs configured {configured:.0} (ratio {ratio:.3}); redis commands {commands} for {requests} requests ({:.4} per request)",
-        commands / requests
+        "fleet-wide allowed {ok} vs configured {configured:.0} (ratio {ratio:.3}); redis commands {commands_during} for {requests} requests in {took:?} ({:.4} per request, {:.1} per exchange)",
+        commands_during / requests,
+        commands_during / exchanges
     );
-    assert!(commands / requests < 0.1, "Redis commands per request");
+    assert!(
+        commands_during <= 12.0 * exchanges + 0.1 * requests,
+        "Redis commands grow with requests: {commands_during} for {requests} requests and {exchanges:.0} exchanges"
+    );
 }
 
 fn room_node_yaml(origin: SocketAddr, redis: u16, id: &str) -> String {

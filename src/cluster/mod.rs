@@ -50,6 +50,8 @@ pub struct ClusterSettings {
     pub timeout: Duration,
     pub sync_interval: Duration,
     pub fail_mode: FailMode,
+    /// Fleet size assumed until Redis has answered once.
+    pub expected_nodes: u32,
 }
 
 impl ClusterSettings {
@@ -102,6 +104,12 @@ struct PurgeMsg {
     target: String,
 }
 
+/// Changes kept for Redis at most (a long outage with many purges).
+const MAX_OUTGOING: usize = 10_000;
+
+/// A change made on this node that every node must follow. Kept until Redis has it: a
+/// change made while Redis is unreachable is sent once it is back.
+#[derive(Clone)]
 enum Outgoing {
     Level(Option<String>, Option<u64>),
     Feature(String, Option<bool>, Option<u64>),
@@ -111,11 +119,14 @@ enum Outgoing {
 pub struct Fleet {
     pub settings: ClusterSettings,
     pub redis_up: AtomicBool,
+    /// Whether Redis' state (up or down) has been reported once.
+    reported: AtomicBool,
     /// Nodes alive at the last successful exchange (at least 1: this one).
     pub live: AtomicU64,
     nodes: ArcSwap<Vec<NodeInfo>>,
     shares: ArcSwap<HashMap<String, f64>>,
-    outgoing: Mutex<Vec<Outgoing>>,
+    /// Changes not yet in Redis, each with its number in this node's sequence.
+    outgoing: Mutex<(u64, Vec<(u64, Outgoing)>)>,
     /// The Redis connection, once the sync loop made it (shared by the rooms' calls).
     conn: std::sync::OnceLock<redis::aio::ConnectionManager>,
     /// Shared waiting rooms, by name.
@@ -195,13 +206,15 @@ impl FleetMetrics {
 impl Fleet {
     pub fn new(settings: ClusterSettings) -> Fleet {
         let metrics = FleetMetrics::new(&settings.node_id);
+        let expected = u64::from(settings.expected_nodes.max(1));
         Fleet {
             settings,
             redis_up: AtomicBool::new(false),
-            live: AtomicU64::new(1),
+            reported: AtomicBool::new(false),
+            live: AtomicU64::new(expected),
             nodes: ArcSwap::from_pointee(Vec::new()),
             shares: ArcSwap::from_pointee(HashMap::new()),
-            outgoing: Mutex::new(Vec::new()),
+            outgoing: Mutex::new((0, Vec::new())),
             applied: Mutex::new(HashMap::new()),
             conn: std::sync::OnceLock::new(),
             rooms: Mutex::new(HashMap::new()),
@@ -266,10 +279,28 @@ impl Fleet {
     }
 
     fn push(&self, o: Outgoing) {
-        self.outgoing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(o);
+        let mut g = self.outgoing.lock().unwrap_or_else(|p| p.into_inner());
+        let (next, q) = &mut *g;
+        // Only the last forced level, and the last word on each feature, still matter.
+        match &o {
+            Outgoing::Level(..) => q.retain(|(_, x)| !matches!(x, Outgoing::Level(..))),
+            Outgoing::Feature(f, ..) => {
+                q.retain(|(_, x)| !matches!(x, Outgoing::Feature(g, ..) if g == f))
+            }
+            Outgoing::Purge(_) => {}
+        }
+        // Purges made during a long outage: bounded, the oldest dropped first (a purge
+        // that is not broadcast leaves the other nodes' copies to expire by their TTL).
+        if q.len() >= MAX_OUTGOING {
+            if let Some(i) = q.iter().position(|(_, x)| matches!(x, Outgoing::Purge(_))) {
+                q.remove(i);
+                log::warn!(
+                    "cluster: {MAX_OUTGOING} changes wait for Redis; the oldest purge will not reach the other nodes"
+                );
+            }
+        }
+        *next += 1;
+        q.push((*next, o));
     }
 
     /// A level forced on this node (admin API): every node follows.
@@ -325,9 +356,15 @@ impl Fleet {
 
     fn set_up(&self, up: bool) {
         let was = self.redis_up.swap(up, Ordering::Relaxed);
+        let first = !self.reported.swap(true, Ordering::Relaxed);
         self.metrics.redis_up.set(i64::from(up));
         self.metrics.fallback.set(i64::from(!up));
-        if was && !up {
+        if first && !up {
+            log::warn!(
+                "cluster: Redis unreachable at start; enforcing a local share of global limits for {} nodes (cluster.expected_nodes) until it answers",
+                self.live.load(Ordering::Relaxed)
+            );
+        } else if was && !up {
             log::warn!(
                 "cluster: Redis unreachable; enforcing this node's local share of global limits ({} nodes last seen)",
                 self.live.load(Ordering::Relaxed)
@@ -482,12 +519,16 @@ async fn sync_once(
         (g.auto_level(), g.level(now))
     };
 
-    // 1. What this node changed since the last exchange.
-    let out: Vec<Outgoing> =
-        std::mem::take(&mut *fleet.outgoing.lock().unwrap_or_else(|p| p.into_inner()));
+    // 1. What this node changed since the last exchange (or during an outage), oldest
+    // first. Each change leaves the queue only once Redis has it: a failed or timed-out
+    // exchange keeps it for the next one.
+    let queue = || fleet.outgoing.lock().unwrap_or_else(|p| p.into_inner());
     let mut sent = 0u64;
-    for o in &out {
-        match o {
+    loop {
+        // (The guard is dropped at the end of this statement, never held over an await.)
+        let next = queue().1.first().cloned();
+        let Some((id, o)) = next else { break };
+        match &o {
             Outgoing::Level(l, until) => {
                 let seq: u64 = redis::cmd("INCR").arg(k("seq")).query_async(conn).await?;
                 let v = ForcedLevel {
@@ -537,6 +578,8 @@ async fn sync_once(
                 sent += 1;
             }
         }
+        // Done: off the queue (unless a newer change already replaced it).
+        queue().1.retain(|(i, _)| *i != id);
     }
 
     // 2. Heartbeat and the fleet's view, in one round trip.

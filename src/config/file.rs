@@ -130,7 +130,8 @@ pub enum FailModeFile {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterFile {
-    /// Redis URL: `redis://[:password@]host:6379/db` (or `rediss://` for TLS).
+    /// Redis URL: `redis://[:password@]host:6379/db`. Plain TCP: keep Redis on a private
+    /// network or behind a local TLS tunnel (`rediss://` is refused).
     pub redis: String,
     /// Prefix of every key. Keys are written `{PREFIX}:…`: the braces are a Redis Cluster
     /// hash tag, so all of a fleet's keys live in one slot. Default `ecluse`.
@@ -149,6 +150,12 @@ pub struct ClusterFile {
     /// `local_share` (default) or `local_full`: limits while Redis is unreachable.
     #[serde(default)]
     pub fail_mode: Option<FailModeFile>,
+    /// How many nodes the fleet has, for a node that starts while Redis is unreachable
+    /// and so has never seen the others: its local share is 1/`expected_nodes` of each
+    /// global limit until Redis answers. Afterwards the nodes seen alive count. Default 1
+    /// (such a node enforces the whole limit alone).
+    #[serde(default)]
+    pub expected_nodes: Option<u32>,
 }
 
 /// Cache storage (pingora-cache over a foyer memory + disk store).

@@ -657,7 +657,12 @@ fn build_cluster(p: &mut Problems, file: &FileConfig) -> Option<crate::cluster::
             );
         }
     }
-    if let Err(e) = redis::Client::open(c.redis.as_str()) {
+    if c.redis.starts_with("rediss://") {
+        p.at(
+            path!["cluster", "redis"],
+            "TLS to Redis (`rediss://`) is not built into ecluse: keep Redis on a private network, or reach it through a local TLS tunnel (stunnel, spiped) and write `redis://127.0.0.1:PORT/`",
+        );
+    } else if let Err(e) = redis::Client::open(c.redis.as_str()) {
         p.at(
             path!["cluster", "redis"],
             format!(
@@ -726,6 +731,17 @@ fn build_cluster(p: &mut Problems, file: &FileConfig) -> Option<crate::cluster::
         fail_mode: match c.fail_mode {
             None | Some(FailModeFile::LocalShare) => crate::cluster::FailMode::LocalShare,
             Some(FailModeFile::LocalFull) => crate::cluster::FailMode::LocalFull,
+        },
+        expected_nodes: match c.expected_nodes {
+            None => 1,
+            Some(n @ 1..=1000) => n,
+            Some(_) => {
+                p.at(
+                    path!["cluster", "expected_nodes"],
+                    "must be between 1 and 1000",
+                );
+                1
+            }
         },
     })
 }
