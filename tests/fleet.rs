@@ -181,10 +181,10 @@ async fn three_nodes_share_config_view_levels_and_purges() {
             "the node falls back to its local share",
             Duration::from_secs(5),
             async || {
-                let share = e.metric("ecluse_cluster_limit_share_permille", &[("route", "api")]);
+                let share = e.metric("ecluse_cluster_limit_share_ratio", &[("route", "api")]);
                 state(&c, e).await["cluster"]["redis_up"] == false
                     && e.metric("ecluse_cluster_fallback", &[]) == 1.0
-                    && (330.0..=340.0).contains(&share)
+                    && (0.33..=0.34).contains(&share)
             },
         )
         .await;

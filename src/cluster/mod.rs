@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts};
+use prometheus::{GaugeVec, IntCounter, IntGauge, IntGaugeVec, Opts};
 use serde::{Deserialize, Serialize};
 
 pub mod room;
@@ -142,7 +142,7 @@ struct FleetMetrics {
     fallback: IntGauge,
     commands: IntCounter,
     failures: IntCounter,
-    share: IntGaugeVec,
+    share: GaugeVec,
 }
 
 impl FleetMetrics {
@@ -168,10 +168,10 @@ impl FleetMetrics {
         .expect("static metric definition");
         let _ = r.register(Box::new(info.clone()));
         info.with_label_values(&[node]).set(1);
-        let share = IntGaugeVec::new(
+        let share = GaugeVec::new(
             Opts::new(
-                "ecluse_cluster_limit_share_permille",
-                "This node's share of each route's global rate limits, in thousandths.",
+                "ecluse_cluster_limit_share_ratio",
+                "This node's share of each route's global rate limits (0 to 1).",
             ),
             &["route"],
         )
@@ -485,11 +485,7 @@ fn fallback(app: &App, fleet: &Fleet) {
 
 fn publish_shares(fleet: &Fleet, shares: HashMap<String, f64>) {
     for (r, s) in &shares {
-        fleet
-            .metrics
-            .share
-            .with_label_values(&[r])
-            .set((s * 1000.0).round() as i64);
+        fleet.metrics.share.with_label_values(&[r]).set(*s);
     }
     fleet.shares.store(Arc::new(shares));
 }
