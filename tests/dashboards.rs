@@ -652,6 +652,14 @@ async fn render_picture(c: &reqwest::Client, prom: &str, start: SystemTime, end:
                     .collect();
                 series.push((name, pts));
             }
+            // What the picture shows must have happened: a curve with a non-zero point.
+            assert!(
+                series
+                    .iter()
+                    .any(|(_, pts)| pts.len() >= 2 && pts.iter().any(|p| p.1 > 0.0)),
+                "picture panel `{title}` has nothing to draw: {}",
+                v["data"]
+            );
             let ymax = series
                 .iter()
                 .flat_map(|s| s.1.iter().map(|p| p.1))
