@@ -397,7 +397,8 @@ pub struct OriginFile {
     /// How long a request of an admitted waiting-room session or of a priority class
     /// waits for a free slot under the limit before its 503 (a short wait at a saturated
     /// ENT beats an error page for someone who already queued). Anonymous requests never
-    /// wait. Default `2s`; `0s` refuses at once.
+    /// wait; a priority-class request with a body (an upload) waits up to `total_timeout`
+    /// instead. Default `2s`; `0s` refuses at once.
     #[serde(default)]
     pub queue_timeout: Option<DurationText>,
     /// Server selection (default `round_robin`).
