@@ -303,3 +303,306 @@ fn hex_sha(s: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(s.as_bytes()))
 }
+
+/// An origin the test steers: `/hold…` requests wait until the test lets them go, `/slow`
+/// takes 20 ms, a POST is counted by the checksum of its body (`201`), anything else
+/// takes 5 ms (so every exchange is slower than a 1 ms `target_p50`).
+struct GateOrigin {
+    addr: std::net::SocketAddr,
+    gate: Arc<tokio::sync::Semaphore>,
+    inflight: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+    uploads: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl GateOrigin {
+    async fn start() -> GateOrigin {
+        use http_body_util::{BodyExt, Full};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let o = GateOrigin {
+            addr: l.local_addr().expect("addr"),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            inflight: Arc::default(),
+            peak: Arc::default(),
+            uploads: Arc::default(),
+        };
+        let (gate, inflight, peak, uploads) = (
+            o.gate.clone(),
+            o.inflight.clone(),
+            o.peak.clone(),
+            o.uploads.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let (gate, inflight, peak, uploads) = (
+                    gate.clone(),
+                    inflight.clone(),
+                    peak.clone(),
+                    uploads.clone(),
+                );
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (gate, inflight, peak, uploads) = (
+                                gate.clone(),
+                                inflight.clone(),
+                                peak.clone(),
+                                uploads.clone(),
+                            );
+                            async move {
+                                let now = inflight.fetch_add(1, Ordering::SeqCst) + 1;
+                                peak.fetch_max(now, Ordering::SeqCst);
+                                let path = req.uri().path().to_string();
+                                let post = req.method() == hyper::Method::POST;
+                                let body = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let status = if path.starts_with("/hold") {
+                                    if let Ok(p) = gate.acquire().await {
+                                        p.forget();
+                                    }
+                                    200
+                                } else if post {
+                                    let sha = hex_sha(&String::from_utf8_lossy(&body));
+                                    *uploads.lock().expect("l").entry(sha).or_default() += 1;
+                                    201
+                                } else {
+                                    let ms = if path == "/slow" { 20 } else { 5 };
+                                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                                    200
+                                };
+                                inflight.fetch_sub(1, Ordering::SeqCst);
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .status(status)
+                                        .body(Full::new(bytes::Bytes::from_static(b"ok")))
+                                        .expect("response"),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+                });
+            }
+        });
+        o
+    }
+
+    fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::SeqCst)
+    }
+
+    fn arrivals(&self, sha: &str) -> usize {
+        self.uploads
+            .lock()
+            .expect("l")
+            .get(sha)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+const ROOM_KEY: &str = "k1:0123456789abcdef0123456789abcdef0123\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_limit_anonymous_visitors_are_shed_first_staff_and_sessions_last() {
+    let o = GateOrigin::start().await;
+    let yaml = format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+server: {{ state_dir: state, trusted_proxies: ["127.0.0.1"] }}
+access_log: {{ enabled: false }}
+priority_classes:
+  - {{ name: staff, headers: {{ X-ENT-Role: [enseignant] }} }}
+waiting_rooms:
+  ent: {{ active_users: 1000, new_users_per_minute: 60000, secret_file: keys }}
+origins:
+  ent: {{ servers: ["{}"], max_inflight: 6, queue_timeout: 5s, adaptive_concurrency: {{ min: 2, target_p50: 1ms }}, health_check: {{ disabled: true }}, passive: {{ max_failures: 0 }} }}
+routes:
+  - {{ name: room, match: {{ path_prefix: /room }}, origin: ent, waiting_room: ent }}
+  - {{ name: ent, origin: ent }}
+"#,
+        o.addr
+    );
+    let e = Arc::new(Ecluse::start_with(
+        &yaml,
+        &[("keys", ROOM_KEY.as_bytes())],
+        |_| {},
+    ));
+    let c = client();
+    let limit = || e.metric("ecluse_origin_concurrency_limit", &[("origin", "ent")]);
+    let shed = |class: &str| {
+        e.metric(
+            "ecluse_shed_requests_total",
+            &[
+                ("origin", "ent"),
+                ("reason", "concurrency"),
+                ("class", class),
+            ],
+        )
+    };
+    // A student admitted by the waiting room (spare capacity: at once).
+    let student = reqwest::Client::builder()
+        .cookie_store(true)
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client");
+    assert_eq!(
+        student
+            .get(e.url("/room/accueil"))
+            .send()
+            .await
+            .expect("r")
+            .status(),
+        200
+    );
+
+    // Every exchange is slower than target_p50: the adaptive limit falls to its minimum
+    // (2), well under the hard maximum (6).
+    eventually(
+        "the adaptive limit shrinks to its minimum",
+        Duration::from_secs(15),
+        async || {
+            let batch: Vec<_> = (0..8)
+                .map(|_| {
+                    let (c, u) = (c.clone(), e.url("/slow"));
+                    tokio::spawn(async move { c.get(u).send().await.map(|r| r.status()) })
+                })
+                .collect();
+            for b in batch {
+                let _ = b.await;
+            }
+            limit() == 2.0
+        },
+    )
+    .await;
+
+    // Two anonymous requests hold the two slots of the adaptive limit.
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let (c, u) = (c.clone(), e.url(&format!("/hold/{i}")));
+        held.push(tokio::spawn(async move {
+            c.get(u).send().await.map(|r| r.status())
+        }));
+    }
+    eventually("two requests held at the origin", DEADLINE, async || {
+        o.inflight() == 2
+    })
+    .await;
+    assert_eq!(limit(), 2.0, "the limit did not move meanwhile");
+
+    // Anonymous visitors: a fast 503 with Retry-After, counted under class `none`; an
+    // anonymous upload is refused before its body is read and never arrives.
+    let none_before = shed("none");
+    for _ in 0..3 {
+        let t0 = std::time::Instant::now();
+        let r = c.get(e.url("/pages/cahier")).send().await.expect("r");
+        let took = t0.elapsed();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert!(took < Duration::from_millis(200), "shed in {took:?}");
+    }
+    let anon_upload = "copie anonyme".to_string();
+    let r = c
+        .post(e.url("/files/upload"))
+        .body(anon_upload.clone())
+        .send()
+        .await
+        .expect("r");
+    assert_eq!(r.status(), 503);
+    assert!(shed("none") >= none_before + 4.0);
+
+    // The admitted student and the staff still get through (reserve above the limit,
+    // and the priority lane up to the hard maximum), and a staff upload arrives once.
+    let r = student.get(e.url("/room/cahier")).send().await.expect("r");
+    assert_eq!(
+        r.status(),
+        200,
+        "an admitted session is served at the limit"
+    );
+    let r = c
+        .get(e.url("/pages/cahier"))
+        .header("x-ent-role", "enseignant")
+        .send()
+        .await
+        .expect("r");
+    assert_eq!(r.status(), 200, "staff served at the limit");
+    let copy = "corrigé du devoir 3".to_string();
+    let r = c
+        .post(e.url("/files/upload"))
+        .header("x-ent-role", "enseignant")
+        .body(copy.clone())
+        .send()
+        .await
+        .expect("r");
+    assert_eq!(r.status(), 201);
+    assert_eq!(o.arrivals(&hex_sha(&copy)), 1);
+
+    // Staff fill the hard maximum: a staff upload now waits for a slot (it is not shed),
+    // its body unread, and takes the first one freed.
+    for i in 2..6 {
+        let u = e.url(&format!("/hold/{i}"));
+        let c = c.clone();
+        held.push(tokio::spawn(async move {
+            c.get(u)
+                .header("x-ent-role", "enseignant")
+                .send()
+                .await
+                .map(|r| r.status())
+        }));
+    }
+    eventually("six requests held at the origin", DEADLINE, async || {
+        o.inflight() == 6
+    })
+    .await;
+    let waiting_before = e.metric("ecluse_inflight_requests", &[]);
+    let late = "copie rendue à la dernière minute".to_string();
+    let upload = {
+        let (c, u, body) = (c.clone(), e.url("/files/upload"), late.clone());
+        tokio::spawn(async move {
+            c.post(u)
+                .header("x-ent-role", "enseignant")
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status())
+        })
+    };
+    eventually("the staff upload waits in ecluse", DEADLINE, async || {
+        e.metric("ecluse_inflight_requests", &[]) > waiting_before
+    })
+    .await;
+    assert_eq!(
+        o.arrivals(&hex_sha(&late)),
+        0,
+        "not forwarded past the maximum"
+    );
+    assert!(!upload.is_finished(), "not refused either");
+    o.gate.add_permits(1);
+    let status = upload.await.expect("task").expect("upload");
+    assert_eq!(status, 201);
+    assert_eq!(o.arrivals(&hex_sha(&late)), 1, "arrived exactly once");
+
+    o.gate.add_permits(100);
+    for h in held {
+        assert_eq!(h.await.expect("task").expect("held"), 200);
+    }
+    assert_eq!(shed("staff"), 0.0, "staff never shed");
+    assert_eq!(shed("admitted"), 0.0, "the admitted session never shed");
+    assert_eq!(
+        o.arrivals(&hex_sha(&anon_upload)),
+        0,
+        "the refused upload never arrived"
+    );
+    let peak = o.peak.load(Ordering::SeqCst);
+    assert!(peak <= 6, "origin peak in-flight {peak} > max_inflight 6");
+}
