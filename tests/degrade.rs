@@ -205,15 +205,23 @@ async fn overload_switches_visio_off_then_back_and_uploads_arrive_once() {
     let stop = Arc::new(AtomicBool::new(false));
     let accepted: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
     let refused: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
-    let served = Arc::new(AtomicUsize::new(0));
+    // Page answers to requests sent once the level is `busy`: served, shed by ecluse
+    // (fast 503 with Retry-After), anything else (origin errors, time-outs).
+    let busy = Arc::new(AtomicBool::new(false));
+    let pages = Arc::new([
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    ]);
     let mut load = Vec::new();
     for w in 0..48 {
-        let (e, stop, accepted, refused, served) = (
+        let (e, stop, accepted, refused, busy, pages) = (
             e.clone(),
             stop.clone(),
             accepted.clone(),
             refused.clone(),
-            served.clone(),
+            busy.clone(),
+            pages.clone(),
         );
         load.push(tokio::spawn(async move {
             let c = client();
@@ -230,9 +238,15 @@ async fn overload_switches_visio_off_then_back_and_uploads_arrive_once() {
                         Ok(r) => panic!("upload answered {}", r.status()),
                         Err(err) => panic!("upload failed at the transport level: {err}"),
                     }
-                } else if let Ok(r) = c.get(e.url("/pages/cahier")).send().await {
-                    if r.status() == 200 {
-                        served.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    let after_switch = busy.load(Ordering::Relaxed);
+                    let kind = match c.get(e.url("/pages/cahier")).send().await {
+                        Ok(r) if r.status() == 200 => 0,
+                        Ok(r) if r.status() == 503 && r.headers().contains_key("retry-after") => 1,
+                        _ => 2,
+                    };
+                    if after_switch {
+                        pages[kind].fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -245,22 +259,68 @@ async fn overload_switches_visio_off_then_back_and_uploads_arrive_once() {
         async || level(&e).await == "busy",
     )
     .await;
+    busy.store(true, Ordering::Relaxed);
     assert_eq!(
         c.get(e.url("/visio")).send().await.expect("r").status(),
         503
     );
-    let r = c.get(e.url("/pages/accueil")).send().await.expect("r");
-    assert!(
-        r.status() == 200 || r.status() == 503,
-        "pages stay up (or get a fast 503 at the limit)"
+    // While visio is off the pages stay up. Under the surge (5x what the ENT can take,
+    // clients retrying at once) most page requests are the excess, refused in a
+    // millisecond; what matters is that the ENT keeps serving pages (60 within the
+    // deadline; about 50/s on a quiet machine) and never fails one.
+    let t0 = std::time::Instant::now();
+    eventually(
+        "pages served after the switch",
+        Duration::from_secs(15),
+        async || pages[0].load(Ordering::Relaxed) >= 60,
+    )
+    .await;
+    let took = t0.elapsed();
+    let [ok, shed, failed] = [0, 1, 2].map(|i| pages[i].load(Ordering::Relaxed));
+    assert_eq!(
+        level(&e).await,
+        "busy",
+        "still busy while the pages were counted"
     );
     stop.store(true, Ordering::Relaxed);
     for l in load {
         l.await.expect("load task");
     }
+    eprintln!("after the switch, under the surge: {ok} pages served in {took:?}, {shed} shed, {failed} failed");
+    assert_eq!(failed, 0, "no page failed at the origin or timed out");
+    // A normal load while the level is still `busy` (visio off): pages are served.
+    assert_eq!(
+        c.get(e.url("/visio")).send().await.expect("r").status(),
+        503
+    );
+    let calm: Vec<_> = (0..4)
+        .map(|_| {
+            let e = e.clone();
+            tokio::spawn(async move {
+                let c = client();
+                let mut ok = 0;
+                for _ in 0..25 {
+                    if let Ok(r) = c.get(e.url("/pages/cahier")).send().await {
+                        ok += usize::from(r.status() == 200);
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut calm_ok = 0;
+    for t in calm {
+        calm_ok += t.await.expect("calm task");
+    }
+    assert_eq!(
+        level(&e).await,
+        "busy",
+        "still busy while the calm pages were counted"
+    );
+    eprintln!("calm pages while busy: {calm_ok} of 100 served");
     assert!(
-        served.load(Ordering::Relaxed) > 50,
-        "pages were served during the surge"
+        calm_ok >= 90,
+        "pages stay up while visio is off: {calm_ok} of 100 served"
     );
     // Recovery: once the origin is calm again, visio comes back.
     eventually(
