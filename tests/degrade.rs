@@ -666,3 +666,156 @@ routes:
     let peak = o.peak.load(Ordering::SeqCst);
     assert!(peak <= 6, "origin peak in-flight {peak} > max_inflight 6");
 }
+
+/// An instant `secs` from now, written in RFC 3339 with a `+01:00` offset (Paris in
+/// winter), as ops would write it.
+fn paris_in(secs: u64) -> String {
+    let t = std::time::SystemTime::now() + Duration::from_secs(secs + 3600);
+    let utc = humantime::format_rfc3339_seconds(t).to_string();
+    format!("{}+01:00", utc.trim_end_matches('Z'))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_level_and_features_from_the_file_with_an_expiry() {
+    let o = EchoOrigin::start("o").await;
+    let conf = |extra: &str| yaml(o.addr, 100, &format!("1s\n{extra}"));
+    let e = Ecluse::start(&conf("  force_level: busy"));
+    let c = client();
+    let visio = async || c.get(e.url("/visio")).send().await.expect("r").status();
+    let reloads = async |n: f64| {
+        eventually("reload", Duration::from_secs(10), async || {
+            e.metric("ecluse_config_reloads_total", &[("result", "ok")]) >= n
+        })
+        .await
+    };
+    assert_eq!(level(&e).await, "busy");
+    assert_eq!(visio().await, 503);
+    assert_eq!(
+        e.metric(
+            "ecluse_degradation_changes_total",
+            &[("from", "normal"), ("to", "busy"), ("cause", "forced")]
+        ),
+        1.0
+    );
+
+    // The same level, now with an expiry: it holds until then, then back to automatic,
+    // logged and counted.
+    let until = paris_in(4);
+    e.write_config(&conf(&format!(
+        "  force_level: {{ level: busy, until: \"{until}\" }}"
+    )));
+    reloads(1.0).await;
+    assert_eq!(level(&e).await, "busy", "forced until {until}");
+    eventually(
+        "the forced level expires",
+        Duration::from_secs(15),
+        // The hot path follows at the next evaluation (every 500 ms).
+        async || level(&e).await == "normal" && visio().await == 200,
+    )
+    .await;
+    assert_eq!(
+        e.metric(
+            "ecluse_degradation_changes_total",
+            &[("from", "busy"), ("to", "normal"), ("cause", "forced")]
+        ),
+        1.0
+    );
+    assert!(e.stderr_text().contains("forced level expired"));
+
+    // A feature forced off from the file, at level normal.
+    e.write_config(&conf("  force_features: { visio: false }"));
+    reloads(2.0).await;
+    assert_eq!(visio().await, 503);
+    let forced = || {
+        e.metric(
+            "ecluse_feature_changes_total",
+            &[("feature", "visio"), ("cause", "forced")],
+        )
+    };
+    assert_eq!(forced(), 1.0);
+    // With an expiry: off until then, then on again, logged and counted as expired.
+    let until = paris_in(3);
+    e.write_config(&conf(&format!(
+        "  force_features: {{ visio: {{ on: false, until: \"{until}\" }} }}"
+    )));
+    reloads(3.0).await;
+    assert_eq!(visio().await, 503, "forced off until {until}");
+    eventually(
+        "the forced feature expires",
+        Duration::from_secs(15),
+        async || visio().await == 200,
+    )
+    .await;
+    assert_eq!(
+        e.metric(
+            "ecluse_feature_changes_total",
+            &[("feature", "visio"), ("cause", "expired")]
+        ),
+        1.0
+    );
+    assert!(e
+        .stderr_text()
+        .contains("feature visio: forced off expired"));
+    assert_eq!(
+        e.metric("ecluse_feature_enabled", &[("feature", "visio")]),
+        1.0
+    );
+
+    // Forced on whatever the level; once the file stops forcing it, it follows the
+    // level; once the file forces no level, back to automatic.
+    e.write_config(&conf(
+        "  force_level: busy\n  force_features: { visio: true }",
+    ));
+    reloads(4.0).await;
+    assert_eq!(level(&e).await, "busy");
+    assert_eq!(visio().await, 200, "forced on at busy");
+    e.write_config(&conf("  force_level: busy"));
+    reloads(5.0).await;
+    assert_eq!(visio().await, 503, "follows the level again");
+    e.write_config(&conf(""));
+    reloads(6.0).await;
+    assert_eq!(level(&e).await, "normal");
+    assert_eq!(visio().await, 200);
+
+    // An expiry already past forces nothing.
+    let past = "2020-03-16T08:00:00+01:00";
+    e.write_config(&conf(&format!(
+        "  force_level: {{ level: busy, until: \"{past}\" }}"
+    )));
+    reloads(7.0).await;
+    assert_eq!(level(&e).await, "normal");
+    assert!(e.stderr_text().contains(
+        "force_level busy until 2020-03-16T07:00:00.000Z: that time has passed, not forced"
+    ));
+}
+
+#[test]
+fn bad_forced_levels_and_features_are_reported() {
+    let dir = TempDir::new("force-check");
+    let f = dir.path().join("ecluse.yaml");
+    let origin: std::net::SocketAddr = "127.0.0.1:1".parse().expect("addr");
+    std::fs::write(
+        &f,
+        yaml(
+            origin,
+            100,
+            "1s\n  force_level: { level: buzy, until: demain }\n  force_features: { chat: false, visio: { on: false, until: \"2026-12-01T18:00:00\" } }",
+        ),
+    )
+    .expect("write");
+    let out = std::process::Command::new(bin())
+        .arg("check")
+        .arg(&f)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr).replace(&f.display().to_string(), "F");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for want in [
+        "degradation.force_level.level: level `buzy` is not declared under `levels` (did you mean `busy`?)",
+        "degradation.force_level.until: `demain` is not an RFC 3339 time",
+        "degradation.force_features.chat: feature `chat` is carried by no route",
+        "degradation.force_features.visio.until: `2026-12-01T18:00:00` is not an RFC 3339 time like `2026-12-01T18:00:00+01:00`: it needs a time zone",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}

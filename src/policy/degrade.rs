@@ -183,16 +183,36 @@ impl Degrader {
         })
     }
 
-    /// Force a feature on or off (None: follow the level).
-    pub fn force_feature(&mut self, feature: &str, on: Option<bool>, until_ms: Option<u64>) {
+    /// Force a feature on or off (None: follow the level). Returns whether the override
+    /// changed.
+    pub fn force_feature(
+        &mut self,
+        feature: &str,
+        on: Option<bool>,
+        until_ms: Option<u64>,
+    ) -> bool {
         match on {
             Some(v) => {
-                self.features.insert(feature.to_string(), (v, until_ms));
+                self.features.insert(feature.to_string(), (v, until_ms)) != Some((v, until_ms))
             }
-            None => {
-                self.features.remove(feature);
-            }
+            None => self.features.remove(feature).is_some(),
         }
+    }
+
+    /// Drop the feature overrides whose expiry has come; returns them (feature, forced
+    /// on), for the log and the counters.
+    pub fn expire_features(&mut self, now_ms: u64) -> Vec<(String, bool)> {
+        let mut gone: Vec<(String, bool)> = self
+            .features
+            .iter()
+            .filter(|(_, (_, exp))| exp.is_some_and(|e| now_ms >= e))
+            .map(|(f, (on, _))| (f.clone(), *on))
+            .collect();
+        gone.sort();
+        for (f, _) in &gone {
+            self.features.remove(f);
+        }
+        gone
     }
 
     /// Forced features still in force.
@@ -539,6 +559,25 @@ mod tests {
         assert!(d.feature_on(&lv, "visio", 6_000), "forced on even at busy");
         d.force_feature("visio", None, None);
         assert!(!d.feature_on(&lv, "visio", 6_000));
+    }
+
+    #[test]
+    fn forced_features_expire_once_and_say_so() {
+        let lv = levels();
+        let mut d = Degrader::new(0);
+        assert!(d.force_feature("visio", Some(false), Some(5_000)));
+        assert!(
+            !d.force_feature("visio", Some(false), Some(5_000)),
+            "the same override again is no change"
+        );
+        assert!(d.force_feature("chat", Some(true), None));
+        assert!(d.expire_features(4_999).is_empty());
+        assert_eq!(d.expire_features(5_000), vec![("visio".to_string(), false)]);
+        assert!(d.expire_features(6_000).is_empty(), "reported once");
+        assert_eq!(d.feature_overrides(6_000).len(), 1, "chat has no expiry");
+        assert!(d.feature_on(&lv, "visio", 6_000));
+        assert!(d.force_feature("chat", None, None));
+        assert!(!d.force_feature("chat", None, None));
     }
 
     #[test]
