@@ -819,3 +819,107 @@ fn bad_forced_levels_and_features_are_reported() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+/// A config whose `busy` level (reached only when forced) scales rooms and rate limits.
+fn factors_yaml(origin: std::net::SocketAddr) -> String {
+    format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+server: {{ state_dir: state }}
+access_log: {{ enabled: false }}
+waiting_rooms:
+  ent: {{ active_users: 4, new_users_per_minute: 6000, secret_file: keys }}
+origins:
+  ent: {{ servers: ["{origin}"], health_check: {{ disabled: true }} }}
+degradation:
+  hold: 1s
+  levels:
+    - {{ name: normal }}
+    - {{ name: busy, room_capacity_factor: 0.5, rate_limit_factor: 0.5 }}
+routes:
+  - name: api
+    match: {{ path_prefix: /api }}
+    origin: ent
+    rate_limits:
+      - {{ name: per_user, key: header, header: X-User, rate: 4/h, burst: 4 }}
+  - {{ name: ent, origin: ent, waiting_room: ent }}
+"#
+    )
+}
+
+async fn force(e: &Ecluse, level: Option<&str>) {
+    let r = client()
+        .post(e.admin_url("/admin/level"))
+        .json(&serde_json::json!({ "level": level }))
+        .send()
+        .await
+        .expect("r");
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_level_room_capacity_factor_shrinks_the_waiting_room() {
+    let o = EchoOrigin::start("o").await;
+    let e = Ecluse::start_with(
+        &factors_yaml(o.addr),
+        &[("keys", ROOM_KEY.as_bytes())],
+        |_| {},
+    );
+    let capacity = || e.metric("ecluse_room_capacity_users", &[("room", "ent")]);
+    eventually("the room's capacity", DEADLINE, async || capacity() == 4.0).await;
+    force(&e, Some("busy")).await;
+    eventually("capacity × 0.5", DEADLINE, async || capacity() == 2.0).await;
+    // Two new students get in; the third, who would fit in 4, waits.
+    let mut inside = Vec::new();
+    for i in 0..3 {
+        let c = reqwest::Client::builder()
+            .cookie_store(true)
+            .timeout(Duration::from_secs(15))
+            .build()
+            .expect("client");
+        let r = c.get(e.url("/cours")).send().await.expect("r");
+        assert_eq!(r.status(), 200);
+        let origin_answered = r.headers()["content-type"] == "application/json";
+        inside.push(origin_answered);
+        eprintln!(
+            "student {i}: {}",
+            if origin_answered { "in" } else { "queued" }
+        );
+    }
+    assert_eq!(inside, [true, true, false]);
+    force(&e, None).await;
+    eventually("capacity back", DEADLINE, async || capacity() == 4.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_level_rate_limit_factor_tightens_the_limits() {
+    let o = EchoOrigin::start("o").await;
+    let e = Ecluse::start_with(
+        &factors_yaml(o.addr),
+        &[("keys", ROOM_KEY.as_bytes())],
+        |_| {},
+    );
+    let c = client();
+    let allowed = async |user: &str| {
+        let mut n = 0;
+        for _ in 0..6 {
+            let r = c
+                .get(e.url("/api/notes"))
+                .header("x-user", user)
+                .send()
+                .await
+                .expect("r");
+            match r.status().as_u16() {
+                200 => n += 1,
+                429 => {}
+                s => panic!("answered {s}"),
+            }
+        }
+        n
+    };
+    assert_eq!(allowed("alice").await, 4, "burst 4 at normal");
+    force(&e, Some("busy")).await;
+    assert_eq!(allowed("bob").await, 2, "burst 4 × 0.5 at busy");
+    force(&e, None).await;
+    assert_eq!(allowed("carol").await, 4, "as written again");
+}
