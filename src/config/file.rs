@@ -571,6 +571,11 @@ pub struct LevelFile {
     /// this level is on (routes in `revalidate` mode excepted: they always ask).
     #[serde(default)]
     pub serve_stale: Option<bool>,
+    /// Least time at this level before moving again, up or down (default: the
+    /// degradation's `hold`). E.g. a longer hold on `critical` keeps it on through the
+    /// lulls of a surge.
+    #[serde(default)]
+    pub hold: Option<DurationText>,
 }
 
 /// The message shown when a feature is switched off.
@@ -594,7 +599,8 @@ pub struct FeatureFile {
 pub struct DegradationFile {
     /// Levels in order, lightest first (the first is the normal state).
     pub levels: Vec<LevelFile>,
-    /// Least time at a level before moving again (default `30s`).
+    /// Least time at a level before moving again (default `30s`); a level's own `hold`
+    /// overrides it.
     #[serde(default)]
     pub hold: Option<DurationText>,
     /// Force a level from the file (ops can also force from the admin API): its name

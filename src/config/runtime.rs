@@ -1676,6 +1676,14 @@ fn build_degradation(p: &mut Problems, file: &FileConfig) -> Option<crate::degra
             room_factor: factor(p, l.room_capacity_factor, "room_capacity_factor"),
             rate_factor: factor(p, l.rate_limit_factor, "rate_limit_factor"),
             serve_stale: l.serve_stale.unwrap_or(false),
+            hold: l.hold.as_ref().map(|h| {
+                duration_or(
+                    p,
+                    &Some(h.clone()),
+                    Duration::from_secs(30),
+                    at(path!["hold"]),
+                )
+            }),
             enter,
             exit,
         });

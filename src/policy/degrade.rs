@@ -87,6 +87,8 @@ pub struct Level {
     pub rate_factor: f64,
     /// Serve stale cache entries whatever their age.
     pub serve_stale: bool,
+    /// Least time at this level before moving again; `None`: the global hold.
+    pub hold: Option<Duration>,
     pub enter: Thresholds,
     pub exit: Thresholds,
 }
@@ -241,7 +243,7 @@ impl Degrader {
     }
 
     /// One evaluation of the signals. Moves the automatic level at most one step, after
-    /// `min_hold` at the current one. Returns the change of the level *in force*, if any
+    /// the current level's hold (its own, else `min_hold`). Returns the change of the level *in force*, if any
     /// (a forced level hides automatic moves, which still happen underneath).
     pub fn step(
         &mut self,
@@ -259,7 +261,13 @@ impl Degrader {
         }
         self.features
             .retain(|_, (_, exp)| exp.is_none_or(|e| now_ms < e));
-        let held = now_ms.saturating_sub(self.since_ms) >= min_hold.as_millis() as u64;
+        // The level we are at says how long it must be held (its own `hold`, else the
+        // global one).
+        let hold = levels
+            .get(self.auto)
+            .and_then(|l| l.hold)
+            .unwrap_or(min_hold);
+        let held = now_ms.saturating_sub(self.since_ms) >= hold.as_millis() as u64;
         let mut reason = None;
         if held {
             if let Some(next) = levels.get(self.auto + 1) {
@@ -460,6 +468,7 @@ mod tests {
             room_factor: 1.0,
             rate_factor: 1.0,
             serve_stale: false,
+            hold: None,
             enter: Thresholds {
                 inflight_ratio: Some(enter),
                 ..Thresholds::default()
@@ -705,6 +714,22 @@ mod tests {
             "leaves busy once, at the first dip after the hold, and stays normal (0.61 is \
              under the enter, 0.8)"
         );
+    }
+
+    #[test]
+    fn a_level_may_hold_longer_than_the_others() {
+        let mut lv = levels();
+        lv[2].hold = Some(Duration::from_secs(60));
+        let mut d = Degrader::new(0);
+        assert_eq!(d.step(&lv, &sig(1.0), 10_000, HOLD).map(|c| c.to), Some(1));
+        assert_eq!(d.step(&lv, &sig(1.0), 20_000, HOLD).map(|c| c.to), Some(2));
+        // Calm again: busy would have left after 10 s, critical holds 60 s.
+        assert_eq!(d.step(&lv, &sig(0.0), 30_000, HOLD), None);
+        assert_eq!(d.step(&lv, &sig(0.0), 79_999, HOLD), None);
+        assert_eq!(d.step(&lv, &sig(0.0), 80_000, HOLD).map(|c| c.to), Some(1));
+        // Back at busy, the global hold again.
+        assert_eq!(d.step(&lv, &sig(0.0), 89_999, HOLD), None);
+        assert_eq!(d.step(&lv, &sig(0.0), 90_000, HOLD).map(|c| c.to), Some(0));
     }
 
     #[test]
