@@ -197,6 +197,7 @@ fn apply_degradation(state: &crate::degrade::DegradeState, cfg: &Config) {
                 levels: Vec::new(),
                 hold: std::time::Duration::from_secs(30),
                 force_level: None,
+                force_features: Vec::new(),
                 messages: Default::default(),
                 features: Vec::new(),
             },
@@ -298,6 +299,7 @@ fn init_series(cfg: &Config) {
         }
         for f in &d.features {
             m.feature_changes.with_label_values(&[f, "forced"]);
+            m.feature_changes.with_label_values(&[f, "expired"]);
         }
     }
 }

@@ -26,7 +26,10 @@ pub struct FeatureMessage {
 pub struct Degradation {
     pub levels: Vec<Level>,
     pub hold: Duration,
-    pub force_level: Option<usize>,
+    /// `force_level` of the file: the level and its expiry (unix ms).
+    pub force_level: Option<(usize, Option<u64>)>,
+    /// `force_features` of the file: feature, forced on, expiry (unix ms).
+    pub force_features: Vec<(String, bool, Option<u64>)>,
     pub messages: HashMap<String, FeatureMessage>,
     /// Every feature named by a route or a level.
     pub features: Vec<String>,
@@ -54,6 +57,8 @@ pub struct DegradeState {
     serve_stale: AtomicBool,
     /// The forced level came from the file (`force_level`), not the admin API.
     forced_by_config: AtomicBool,
+    /// Features forced by the file (`force_features`), not the admin API.
+    features_by_config: Mutex<Vec<String>>,
 }
 
 impl Default for DegradeState {
@@ -66,6 +71,7 @@ impl Default for DegradeState {
             room_factor: AtomicU64::new(1f64.to_bits()),
             serve_stale: AtomicBool::new(false),
             forced_by_config: AtomicBool::new(false),
+            features_by_config: Mutex::new(Vec::new()),
         }
     }
 }
@@ -147,26 +153,84 @@ impl DegradeState {
         self.publish(d, now);
     }
 
-    /// Apply the file's `force_level` after a load.
+    /// Apply the file's `force_level` and `force_features` after a load. A level or
+    /// feature the file no longer forces goes back to automatic; an expiry already past
+    /// forces nothing.
     pub fn apply_config(&self, d: &Degradation) {
         let now = now_ms();
+        let name = |i: usize| d.levels.get(i).map(|l| l.name.as_str()).unwrap_or("?");
+        let mut features = Vec::new();
         let change = {
             let mut g = self.lock();
-            match d.force_level {
-                Some(l) => {
+            let level = match d.force_level {
+                Some((l, Some(until))) if until <= now => {
+                    log::warn!(
+                        "force_level {} until {}: that time has passed, not forced",
+                        name(l),
+                        until_text(until)
+                    );
+                    None
+                }
+                other => other,
+            };
+            let change = match level {
+                Some((l, until)) => {
                     self.forced_by_config.store(true, Ordering::Relaxed);
-                    g.force(Some(l), None, now, "the config file")
+                    g.force(Some(l), until, now, "the config file")
                 }
                 None if self.forced_by_config.swap(false, Ordering::Relaxed) => {
                     g.force(None, None, now, "the config file")
                 }
                 None => None,
+            };
+            let mut by_config = self
+                .features_by_config
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let mut now_forced = Vec::new();
+            for (f, on, until) in &d.force_features {
+                if until.is_some_and(|u| u <= now) {
+                    log::warn!(
+                        "force_features {f} until {}: that time has passed, not forced",
+                        until.map(until_text).unwrap_or_default()
+                    );
+                    continue;
+                }
+                if g.force_feature(f, Some(*on), *until) {
+                    features.push((f.clone(), Some(*on), *until));
+                }
+                now_forced.push(f.clone());
             }
+            for f in by_config.iter().filter(|f| !now_forced.contains(f)) {
+                if g.force_feature(f, None, None) {
+                    features.push((f.clone(), None, None));
+                }
+            }
+            *by_config = now_forced;
+            change
         };
         if let Some(c) = change {
             record_change(d, &c, "forced");
         }
+        for (f, on, until) in features {
+            record_feature_change(&f, on, until, "the config file");
+        }
         self.publish(d, now);
+    }
+
+    /// Drop the feature overrides whose expiry has come, logged and counted.
+    fn expire_features(&self, now: u64) {
+        let gone = self.lock().expire_features(now);
+        for (f, on) in gone {
+            log::warn!(
+                "feature {f}: forced {} expired, it follows the level again",
+                if on { "on" } else { "off" }
+            );
+            crate::metrics::get()
+                .feature_changes
+                .with_label_values(&[&f, "expired"])
+                .inc();
+        }
     }
 
     /// Force a level from the admin API (`None`: back to automatic).
@@ -198,21 +262,36 @@ impl DegradeState {
         let now = now_ms();
         let until = for_.map(|f| now + f.as_millis() as u64);
         self.lock().force_feature(feature, on, until);
-        log::warn!(
-            "feature {feature} {} by the admin API{}",
-            match on {
-                Some(true) => "forced on",
-                Some(false) => "forced off",
-                None => "back to automatic",
-            },
-            for_.map(|f| format!(" for {f:?}")).unwrap_or_default()
-        );
-        crate::metrics::get()
-            .feature_changes
-            .with_label_values(&[feature, "forced"])
-            .inc();
+        self.features_by_config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|f| f != feature);
+        record_feature_change(feature, on, until, "the admin API");
         self.publish(d, now);
     }
+}
+
+/// An expiry (unix ms) for the log.
+fn until_text(ms: u64) -> String {
+    crate::access_log::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+fn record_feature_change(feature: &str, on: Option<bool>, until: Option<u64>, who: &str) {
+    log::warn!(
+        "feature {feature} {} by {who}{}",
+        match on {
+            Some(true) => "forced on",
+            Some(false) => "forced off",
+            None => "back to automatic",
+        },
+        until
+            .map(|u| format!(" until {}", until_text(u)))
+            .unwrap_or_default()
+    );
+    crate::metrics::get()
+        .feature_changes
+        .with_label_values(&[feature, "forced"])
+        .inc();
 }
 
 fn record_change(d: &Degradation, c: &Change, cause: &str) {
@@ -264,6 +343,7 @@ pub fn evaluate(cfg: &Config, state: &DegradeState) {
     let Some(d) = &cfg.degradation else {
         return;
     };
+    state.expire_features(now);
     let change = state.lock().step(&d.levels, &worst, now, d.hold);
     if let Some(c) = &change {
         let cause = if c.reason == "forced level expired" {

@@ -404,7 +404,8 @@ pub struct OriginFile {
     /// How long a request of an admitted waiting-room session or of a priority class
     /// waits for a free slot under the limit before its 503 (a short wait at a saturated
     /// ENT beats an error page for someone who already queued). Anonymous requests never
-    /// wait. Default `2s`; `0s` refuses at once.
+    /// wait; a priority-class request with a body (an upload) waits up to `total_timeout`
+    /// instead. Default `2s`; `0s` refuses at once.
     #[serde(default)]
     pub queue_timeout: Option<DurationText>,
     /// Server selection (default `round_robin`).
@@ -577,6 +578,11 @@ pub struct LevelFile {
     /// this level is on (routes in `revalidate` mode excepted: they always ask).
     #[serde(default)]
     pub serve_stale: Option<bool>,
+    /// Least time at this level before moving again, up or down (default: the
+    /// degradation's `hold`). E.g. a longer hold on `critical` keeps it on through the
+    /// lulls of a surge.
+    #[serde(default)]
+    pub hold: Option<DurationText>,
 }
 
 /// The message shown when a feature is switched off.
@@ -600,15 +606,68 @@ pub struct FeatureFile {
 pub struct DegradationFile {
     /// Levels in order, lightest first (the first is the normal state).
     pub levels: Vec<LevelFile>,
-    /// Least time at a level before moving again (default `30s`).
+    /// Least time at a level before moving again (default `30s`); a level's own `hold`
+    /// overrides it.
     #[serde(default)]
     pub hold: Option<DurationText>,
-    /// Force this level from the file (ops can also force from the admin API).
+    /// Force a level from the file (ops can also force from the admin API): its name
+    /// (`force_level: critical`), or with an expiry
+    /// (`force_level: { level: critical, until: "2026-12-01T18:00:00+01:00" }`).
+    /// Removing it from the file returns to automatic.
     #[serde(default)]
-    pub force_level: Option<String>,
+    pub force_level: Option<ForceLevelFile>,
+    /// Force features on (`true`) or off (`false`) whatever the level, e.g.
+    /// `{ visio: false }` or `{ visio: { on: false, until: "2026-12-01T18:00:00+01:00" } }`.
+    /// Removing one from the file lets it follow the level again.
+    #[serde(default)]
+    pub force_features: BTreeMap<String, ForceFeatureFile>,
     /// Messages per feature.
     #[serde(default)]
     pub features: BTreeMap<String, FeatureFile>,
+}
+
+/// A level forced from the file.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ForceLevelFile {
+    /// The level's name: forced as long as the file says so.
+    Name(String),
+    /// The level, with an optional expiry.
+    Until(ForcedLevelFile),
+}
+
+/// A level forced from the file, with an optional expiry.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForcedLevelFile {
+    /// The level's name.
+    pub level: String,
+    /// Back to automatic at this time, RFC 3339 (`2026-12-01T18:00:00+01:00`). An
+    /// absolute time means the same after a reload or a restart; a time already past
+    /// forces nothing.
+    #[serde(default)]
+    pub until: Option<String>,
+}
+
+/// A feature forced on or off from the file.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ForceFeatureFile {
+    /// `true`: on whatever the level; `false`: off whatever the level.
+    On(bool),
+    /// On or off, with an optional expiry.
+    Until(ForcedFeatureFile),
+}
+
+/// A feature forced from the file, with an optional expiry.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForcedFeatureFile {
+    /// `true`: on whatever the level; `false`: off whatever the level.
+    pub on: bool,
+    /// Back to following the level at this time, RFC 3339 (`2026-12-01T18:00:00+01:00`).
+    #[serde(default)]
+    pub until: Option<String>,
 }
 
 /// Queue order.

@@ -11,8 +11,8 @@ use ipnet::IpNet;
 use prometheus::{Histogram, IntCounter};
 
 use super::file::{
-    BalanceFile, FileConfig, LimitKeyFile, LimitModeFile, OriginFile, PriorityClassFile,
-    RateLimitFile, RouteFile,
+    BalanceFile, FileConfig, ForceFeatureFile, ForceLevelFile, LimitKeyFile, LimitModeFile,
+    OriginFile, PriorityClassFile, RateLimitFile, RouteFile,
 };
 use super::tree::{SNode, Seg};
 use super::units::{parse_duration, parse_size};
@@ -1561,6 +1561,43 @@ fn thresholds(
     }
 }
 
+/// An RFC 3339 time (`2026-12-01T18:00:00+01:00`, `2026-12-01T17:00:00Z`) as unix ms.
+pub fn parse_rfc3339_ms(t: &str) -> Result<u64, String> {
+    let bad = |why: &str| {
+        format!("`{t}` is not an RFC 3339 time like `2026-12-01T18:00:00+01:00`: {why}")
+    };
+    let (utc, offset_s) = match t
+        .len()
+        .checked_sub(6)
+        .and_then(|i| t.get(i..).map(|o| (i, o)))
+    {
+        Some((i, o)) if (o.starts_with('+') || o.starts_with('-')) && o.as_bytes()[3] == b':' => {
+            let num = |r: std::ops::Range<usize>| {
+                o.get(r)
+                    .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|d| d.parse::<i64>().ok())
+            };
+            let (Some(h), Some(m)) = (num(1..3), num(4..6)) else {
+                return Err(bad("bad time zone offset"));
+            };
+            if h > 23 || m > 59 {
+                return Err(bad("bad time zone offset"));
+            }
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            (format!("{}Z", &t[..i]), sign * (h * 3600 + m * 60))
+        }
+        _ if t.ends_with('Z') || t.ends_with('z') => (t.to_string(), 0),
+        _ => return Err(bad("it needs a time zone (`Z` or an offset like `+01:00`)")),
+    };
+    let local = humantime::parse_rfc3339_weak(&utc).map_err(|e| bad(&e.to_string()))?;
+    let ms = local
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| bad("before 1970"))?
+        .as_millis() as i64
+        - offset_s * 1000;
+    u64::try_from(ms).map_err(|_| bad("before 1970"))
+}
+
 fn build_degradation(p: &mut Problems, file: &FileConfig) -> Option<crate::degrade::Degradation> {
     let route_features: Vec<&String> = file
         .routes
@@ -1631,7 +1668,7 @@ fn build_degradation(p: &mut Problems, file: &FileConfig) -> Option<crate::degra
             .as_ref()
             .map(|t| thresholds(p, t, at(path!["exit"])))
             .unwrap_or(enter);
-        if i > 0 && enter.is_empty() && d.force_level.as_deref() != Some(l.name.as_str()) {
+        if i > 0 && enter.is_empty() {
             // A level without enter thresholds can only be forced: allowed, and said.
             log::debug!(
                 "level {} has no enter thresholds: it is reached only when forced",
@@ -1655,23 +1692,78 @@ fn build_degradation(p: &mut Problems, file: &FileConfig) -> Option<crate::degra
             room_factor: factor(p, l.room_capacity_factor, "room_capacity_factor"),
             rate_factor: factor(p, l.rate_limit_factor, "rate_limit_factor"),
             serve_stale: l.serve_stale.unwrap_or(false),
+            hold: l.hold.as_ref().map(|h| {
+                duration_or(
+                    p,
+                    &Some(h.clone()),
+                    Duration::from_secs(30),
+                    at(path!["hold"]),
+                )
+            }),
             enter,
             exit,
         });
     }
-    let force_level =
-        d.force_level
-            .as_ref()
-            .and_then(|name| match levels.iter().position(|l| &l.name == name) {
-                Some(i) => Some(i),
-                None => {
-                    p.at(
-                        path!["degradation", "force_level"],
-                        format!("level `{name}` is not declared under `levels`"),
-                    );
-                    None
-                }
-            });
+    let until = |p: &mut Problems, t: &Option<String>, at: Vec<Seg>| -> Option<u64> {
+        let t = t.as_ref()?;
+        match parse_rfc3339_ms(t) {
+            Ok(ms) => Some(ms),
+            Err(e) => {
+                p.at(at, e);
+                None
+            }
+        }
+    };
+    let force_level = d.force_level.as_ref().and_then(|f| {
+        let (name, at, until_ms) = match f {
+            ForceLevelFile::Name(n) => (n, path!["degradation", "force_level"], None),
+            ForceLevelFile::Until(t) => (
+                &t.level,
+                path!["degradation", "force_level", "level"],
+                until(p, &t.until, path!["degradation", "force_level", "until"]),
+            ),
+        };
+        match levels.iter().position(|l| &l.name == name) {
+            Some(i) => Some((i, until_ms)),
+            None => {
+                let hint = crate::config::schema_check::did_you_mean(
+                    name,
+                    levels.iter().map(|l| l.name.as_str()),
+                )
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+                p.at(
+                    at,
+                    format!("level `{name}` is not declared under `levels`{hint}"),
+                );
+                None
+            }
+        }
+    });
+    let mut force_features = Vec::new();
+    for (f, ff) in &d.force_features {
+        let at = path!["degradation", "force_features", f.as_str()];
+        let (on, until_ms) = match ff {
+            ForceFeatureFile::On(on) => (*on, None),
+            ForceFeatureFile::Until(t) => (
+                t.on,
+                until(p, &t.until, {
+                    let mut a = at.clone();
+                    a.push(Seg::from("until"));
+                    a
+                }),
+            ),
+        };
+        if !features.contains(f) {
+            let hint =
+                crate::config::schema_check::did_you_mean(f, features.iter().map(|s| s.as_str()))
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+            p.at_key(at, format!("feature `{f}` is carried by no route{hint}"));
+            continue;
+        }
+        force_features.push((f.clone(), on, until_ms));
+    }
     let mut messages = HashMap::new();
     for (f, m) in &d.features {
         if !features.contains(f) {
@@ -1698,6 +1790,7 @@ fn build_degradation(p: &mut Problems, file: &FileConfig) -> Option<crate::degra
             path!["degradation", "hold"],
         ),
         force_level,
+        force_features,
         messages,
         features,
     })
@@ -2048,4 +2141,30 @@ fn build_routes(
         }
     }
     Router::new(built)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rfc3339_ms;
+
+    #[test]
+    fn rfc3339_times_with_offsets() {
+        let utc = parse_rfc3339_ms("2026-12-01T17:00:00Z").expect("utc");
+        assert_eq!(utc, 1_796_144_400_000);
+        assert_eq!(parse_rfc3339_ms("2026-12-01T18:00:00+01:00"), Ok(utc));
+        assert_eq!(parse_rfc3339_ms("2026-12-01T12:30:00-04:30"), Ok(utc));
+        assert_eq!(parse_rfc3339_ms("2026-12-01T17:00:00.250Z"), Ok(utc + 250));
+        for bad in [
+            "2026-12-01T18:00:00",
+            "tomorrow",
+            "2026-12-01T18:00:00+1:00",
+            "2026-12-01T18:00:00+25:00",
+            "2026-13-01T18:00:00Z",
+            "",
+            "+01:00",
+        ] {
+            let e = parse_rfc3339_ms(bad).expect_err(bad);
+            assert!(e.contains("RFC 3339"), "{e}");
+        }
+    }
 }

@@ -87,6 +87,8 @@ pub struct Level {
     pub rate_factor: f64,
     /// Serve stale cache entries whatever their age.
     pub serve_stale: bool,
+    /// Least time at this level before moving again; `None`: the global hold.
+    pub hold: Option<Duration>,
     pub enter: Thresholds,
     pub exit: Thresholds,
 }
@@ -183,16 +185,36 @@ impl Degrader {
         })
     }
 
-    /// Force a feature on or off (None: follow the level).
-    pub fn force_feature(&mut self, feature: &str, on: Option<bool>, until_ms: Option<u64>) {
+    /// Force a feature on or off (None: follow the level). Returns whether the override
+    /// changed.
+    pub fn force_feature(
+        &mut self,
+        feature: &str,
+        on: Option<bool>,
+        until_ms: Option<u64>,
+    ) -> bool {
         match on {
             Some(v) => {
-                self.features.insert(feature.to_string(), (v, until_ms));
+                self.features.insert(feature.to_string(), (v, until_ms)) != Some((v, until_ms))
             }
-            None => {
-                self.features.remove(feature);
-            }
+            None => self.features.remove(feature).is_some(),
         }
+    }
+
+    /// Drop the feature overrides whose expiry has come; returns them (feature, forced
+    /// on), for the log and the counters.
+    pub fn expire_features(&mut self, now_ms: u64) -> Vec<(String, bool)> {
+        let mut gone: Vec<(String, bool)> = self
+            .features
+            .iter()
+            .filter(|(_, (_, exp))| exp.is_some_and(|e| now_ms >= e))
+            .map(|(f, (on, _))| (f.clone(), *on))
+            .collect();
+        gone.sort();
+        for (f, _) in &gone {
+            self.features.remove(f);
+        }
+        gone
     }
 
     /// Forced features still in force.
@@ -221,7 +243,7 @@ impl Degrader {
     }
 
     /// One evaluation of the signals. Moves the automatic level at most one step, after
-    /// `min_hold` at the current one. Returns the change of the level *in force*, if any
+    /// the current level's hold (its own, else `min_hold`). Returns the change of the level *in force*, if any
     /// (a forced level hides automatic moves, which still happen underneath).
     pub fn step(
         &mut self,
@@ -239,7 +261,13 @@ impl Degrader {
         }
         self.features
             .retain(|_, (_, exp)| exp.is_none_or(|e| now_ms < e));
-        let held = now_ms.saturating_sub(self.since_ms) >= min_hold.as_millis() as u64;
+        // The level we are at says how long it must be held (its own `hold`, else the
+        // global one).
+        let hold = levels
+            .get(self.auto)
+            .and_then(|l| l.hold)
+            .unwrap_or(min_hold);
+        let held = now_ms.saturating_sub(self.since_ms) >= hold.as_millis() as u64;
         let mut reason = None;
         if held {
             if let Some(next) = levels.get(self.auto + 1) {
@@ -440,6 +468,7 @@ mod tests {
             room_factor: 1.0,
             rate_factor: 1.0,
             serve_stale: false,
+            hold: None,
             enter: Thresholds {
                 inflight_ratio: Some(enter),
                 ..Thresholds::default()
@@ -509,6 +538,200 @@ mod tests {
         assert_eq!(d.level(600_000), 1);
     }
 
+    /// `normal` and `busy` with the given thresholds.
+    fn two(enter: Thresholds, exit: Thresholds) -> Vec<Level> {
+        let mut lv = levels();
+        lv.truncate(2);
+        lv[1].enter = enter;
+        lv[1].exit = exit;
+        lv
+    }
+
+    /// The signals an origin's window gives at `now` (fake clock, ms).
+    fn measured(w: &Window, now: u64) -> Signals {
+        Signals {
+            p95_ms: w.quantile_ms(now, 0.95),
+            error_rate: w.error_rate(now),
+            ..Signals::default()
+        }
+    }
+
+    #[test]
+    fn p95_latency_thresholds_through_the_window() {
+        let lv = two(
+            Thresholds {
+                p95_ms: Some(800.0),
+                ..Thresholds::default()
+            },
+            Thresholds {
+                p95_ms: Some(300.0),
+                ..Thresholds::default()
+            },
+        );
+        let mut d = Degrader::new(0);
+        let mut w = Window::default();
+        // 20 s of 100 ms pages: p95 ≈ 100 ms, normal.
+        for ms in (0..20_000u64).step_by(50) {
+            w.record(ms, Duration::from_millis(100), false);
+        }
+        assert_eq!(d.step(&lv, &measured(&w, 20_000), 20_000, HOLD), None);
+        // 4% of slow answers in the window: p95 still fast.
+        for ms in (20_000..20_400u64).step_by(50) {
+            w.record(ms, Duration::from_millis(2_000), false);
+        }
+        let s = measured(&w, 20_500);
+        assert!(s.p95_ms < 800.0, "{}", s.p95_ms);
+        assert_eq!(d.step(&lv, &s, 20_500, HOLD), None);
+        // 8% slow: p95 is past 800 ms, busy.
+        for ms in (20_400..21_200u64).step_by(50) {
+            w.record(ms, Duration::from_millis(2_000), false);
+        }
+        let s = measured(&w, 21_500);
+        assert!(s.p95_ms >= 800.0, "{}", s.p95_ms);
+        let c = d.step(&lv, &s, 21_500, HOLD).expect("enters busy");
+        assert_eq!((c.from, c.to), (0, 1));
+        assert!(c.reason.starts_with("p95_ms"), "{}", c.reason);
+        // Latency back to 400 ms (under the enter, over the exit): stays busy.
+        for ms in (21_500..45_000u64).step_by(50) {
+            w.record(ms, Duration::from_millis(400), false);
+        }
+        assert_eq!(d.step(&lv, &measured(&w, 45_000), 45_000, HOLD), None);
+        // Fast again for a whole window: back to normal.
+        for ms in (45_000..56_000u64).step_by(50) {
+            w.record(ms, Duration::from_millis(100), false);
+        }
+        let c = d
+            .step(&lv, &measured(&w, 56_000), 56_000, HOLD)
+            .expect("leaves busy");
+        assert_eq!(c.to, 0);
+    }
+
+    #[test]
+    fn error_rate_thresholds_through_the_window() {
+        let lv = two(
+            Thresholds {
+                error_rate: Some(0.05),
+                ..Thresholds::default()
+            },
+            Thresholds {
+                error_rate: Some(0.01),
+                ..Thresholds::default()
+            },
+        );
+        let mut d = Degrader::new(0);
+        let mut w = Window::default();
+        // 180 exchanges over 9 s, every 25th failing: 8 of 180 ≈ 4.4%, under the enter
+        // threshold.
+        for i in 0..180u64 {
+            w.record(11_000 + i * 50, Duration::from_millis(20), i % 25 == 0);
+        }
+        let s = measured(&w, 20_000);
+        assert!(
+            (s.error_rate - 8.0 / 180.0).abs() < 1e-9,
+            "{}",
+            s.error_rate
+        );
+        assert_eq!(d.step(&lv, &s, 20_000, HOLD), None);
+        // Four more failures: 12 of 184 ≈ 6.5%, busy.
+        for i in 0..4u64 {
+            w.record(19_990 + i, Duration::from_millis(20), true);
+        }
+        let c = d
+            .step(&lv, &measured(&w, 20_000), 20_000, HOLD)
+            .expect("enters busy");
+        assert!(c.reason.starts_with("error_rate"), "{}", c.reason);
+        // Next 10 s at 2% failures: under the enter, over the exit: stays.
+        let mut w = Window::default();
+        for i in 0..200u64 {
+            w.record(21_000 + i * 50, Duration::from_millis(20), i % 50 == 0);
+        }
+        assert_eq!(d.step(&lv, &measured(&w, 31_000), 31_000, HOLD), None);
+        assert_eq!(d.level(31_000), 1);
+        // Then 0.5%: under the exit, and held long enough: normal.
+        for i in 0..200u64 {
+            w.record(31_000 + i * 50, Duration::from_millis(20), i % 200 == 0);
+        }
+        let s = measured(&w, 41_500);
+        assert!(s.error_rate < 0.01, "{}", s.error_rate);
+        assert_eq!(d.step(&lv, &s, 41_500, HOLD).map(|c| c.to), Some(0));
+    }
+
+    #[test]
+    fn queue_depth_thresholds() {
+        let lv = two(
+            Thresholds {
+                queue_depth: Some(20_000.0),
+                ..Thresholds::default()
+            },
+            Thresholds {
+                queue_depth: Some(5_000.0),
+                ..Thresholds::default()
+            },
+        );
+        let q = |n: f64| Signals {
+            queue_depth: n,
+            ..Signals::default()
+        };
+        let mut d = Degrader::new(0);
+        assert_eq!(d.step(&lv, &q(19_999.0), 10_000, HOLD), None);
+        let c = d
+            .step(&lv, &q(20_000.0), 10_500, HOLD)
+            .expect("at the threshold");
+        assert!(c.reason.starts_with("queue_depth"), "{}", c.reason);
+        assert_eq!(
+            d.step(&lv, &q(10_000.0), 30_000, HOLD),
+            None,
+            "over the exit"
+        );
+        assert_eq!(
+            d.step(&lv, &q(5_000.0), 31_000, HOLD),
+            None,
+            "exit is strict"
+        );
+        assert_eq!(
+            d.step(&lv, &q(4_999.0), 31_500, HOLD).map(|c| c.to),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn no_flapping_around_an_exit_threshold() {
+        let lv = levels();
+        let mut d = Degrader::new(0);
+        assert!(d.step(&lv, &sig(0.9), 10_000, HOLD).is_some(), "busy");
+        let mut changes = Vec::new();
+        // Then a signal oscillating around busy's exit (0.6) every 100 ms for 10 min.
+        for i in 0..6000u64 {
+            let now = 10_100 + i * 100;
+            let r = if i % 2 == 0 { 0.61 } else { 0.59 };
+            if let Some(c) = d.step(&lv, &sig(r), now, HOLD) {
+                changes.push((now, c.to));
+            }
+        }
+        assert_eq!(
+            changes,
+            vec![(20_000, 0)],
+            "leaves busy once, at the first dip after the hold, and stays normal (0.61 is \
+             under the enter, 0.8)"
+        );
+    }
+
+    #[test]
+    fn a_level_may_hold_longer_than_the_others() {
+        let mut lv = levels();
+        lv[2].hold = Some(Duration::from_secs(60));
+        let mut d = Degrader::new(0);
+        assert_eq!(d.step(&lv, &sig(1.0), 10_000, HOLD).map(|c| c.to), Some(1));
+        assert_eq!(d.step(&lv, &sig(1.0), 20_000, HOLD).map(|c| c.to), Some(2));
+        // Calm again: busy would have left after 10 s, critical holds 60 s.
+        assert_eq!(d.step(&lv, &sig(0.0), 30_000, HOLD), None);
+        assert_eq!(d.step(&lv, &sig(0.0), 79_999, HOLD), None);
+        assert_eq!(d.step(&lv, &sig(0.0), 80_000, HOLD).map(|c| c.to), Some(1));
+        // Back at busy, the global hold again.
+        assert_eq!(d.step(&lv, &sig(0.0), 89_999, HOLD), None);
+        assert_eq!(d.step(&lv, &sig(0.0), 90_000, HOLD).map(|c| c.to), Some(0));
+    }
+
     #[test]
     fn forced_levels_and_expiry() {
         let lv = levels();
@@ -539,6 +762,25 @@ mod tests {
         assert!(d.feature_on(&lv, "visio", 6_000), "forced on even at busy");
         d.force_feature("visio", None, None);
         assert!(!d.feature_on(&lv, "visio", 6_000));
+    }
+
+    #[test]
+    fn forced_features_expire_once_and_say_so() {
+        let lv = levels();
+        let mut d = Degrader::new(0);
+        assert!(d.force_feature("visio", Some(false), Some(5_000)));
+        assert!(
+            !d.force_feature("visio", Some(false), Some(5_000)),
+            "the same override again is no change"
+        );
+        assert!(d.force_feature("chat", Some(true), None));
+        assert!(d.expire_features(4_999).is_empty());
+        assert_eq!(d.expire_features(5_000), vec![("visio".to_string(), false)]);
+        assert!(d.expire_features(6_000).is_empty(), "reported once");
+        assert_eq!(d.feature_overrides(6_000).len(), 1, "chat has no expiry");
+        assert!(d.feature_on(&lv, "visio", 6_000));
+        assert!(d.force_feature("chat", None, None));
+        assert!(!d.force_feature("chat", None, None));
     }
 
     #[test]

@@ -1169,35 +1169,41 @@ impl ProxyHttp for EcluseProxy {
     }
 
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        // 6. Origin hard limit: refuse fast rather than queue on a saturated ENT. The body
-        // (if any) is not read: an upload is refused before a byte of it is accepted.
-        // The adaptive limit applies to everyone; admitted sessions and priority classes
-        // may use a 10% reserve above it (never above the hard maximum), so when the origin
-        // is saturated the lowest priority is refused first.
+        // 6. Origin limit: refuse fast rather than queue on a saturated ENT. The body (if
+        // any) is not read: an upload is refused before a byte of it is accepted. Who is
+        // refused first, lowest priority first:
+        // - anonymous visitors: the adaptive limit, no wait;
+        // - admitted waiting-room sessions: a 10% reserve above it, and a wait of up to
+        //   `queue_timeout` for a slot;
+        // - priority classes (staff): never shed by the adaptive limit, only held to the
+        //   hard `max_inflight`; they wait for a slot ahead of everyone else, up to
+        //   `queue_timeout`, or for an upload up to the origin's `total_timeout` (their
+        //   uploads are not shed; past that wait it is refused, its body still unread).
         let Some(route) = ctx.route.clone() else {
             return Ok(true);
         };
         let origin = &route.origin;
-        let privileged = ctx.room_session.is_some() || self.class_of(session, ctx).is_some();
+        let hard = origin.max_inflight.map(|m| m as usize);
+        let priority = self.class_of(session, ctx).is_some();
+        let admitted = ctx.room_session.is_some();
         let limit = origin.shared.current_limit(origin.max_inflight).map(|l| {
-            let hard = origin
-                .max_inflight
-                .map(|m| m as usize)
-                .unwrap_or(usize::MAX);
-            if privileged {
+            let hard = hard.unwrap_or(usize::MAX);
+            if priority {
+                hard
+            } else if admitted {
                 (l + (l / 10).max(1)).min(hard)
             } else {
                 l
             }
         });
-        // Someone who already queued (or staff) waits a moment for a slot rather than
-        // meeting an error page; anonymous requests are refused at once.
-        let wait = if privileged {
+        let wait = if priority && ctx.has_body {
+            origin.total_timeout.max(origin.queue_timeout)
+        } else if priority || admitted {
             origin.queue_timeout
         } else {
             Duration::ZERO
         };
-        match OriginPermit::acquire_within(&origin.shared, limit, wait).await {
+        match OriginPermit::acquire(&origin.shared, limit, wait, priority).await {
             Some(p) => ctx.permit = Some(p),
             None => {
                 let class = self.class_label(session, ctx);

@@ -145,8 +145,14 @@ pub struct OriginShared {
     adaptive: Mutex<AdaptiveState>,
     /// Most requests in flight at once since the controller's last update.
     pub peak_inflight: AtomicUsize,
-    /// Woken when a permit is given back (requests allowed to wait for a slot).
+    /// Woken when a permit is given back and no priority request waits (admitted
+    /// sessions waiting for a slot).
     pub freed: tokio::sync::Notify,
+    /// Woken when a permit is given back while a priority request waits.
+    freed_priority: tokio::sync::Notify,
+    /// Priority-class requests waiting for a slot: while any waits, nobody else takes
+    /// one (they go ahead of admitted sessions and anonymous visitors).
+    priority_waiting: AtomicUsize,
     /// Whether the origin has an adaptive limit (set by `adapt`): only then are
     /// exchanges sampled for it.
     adaptive_on: std::sync::atomic::AtomicBool,
@@ -296,6 +302,8 @@ impl Registry {
                     adaptive: Mutex::new(AdaptiveState::default()),
                     peak_inflight: AtomicUsize::new(0),
                     freed: tokio::sync::Notify::new(),
+                    freed_priority: tokio::sync::Notify::new(),
+                    priority_waiting: AtomicUsize::new(0),
                     adaptive_on: std::sync::atomic::AtomicBool::new(false),
                 })
             })
@@ -372,6 +380,19 @@ pub struct OriginPermit {
 impl OriginPermit {
     /// Take a slot unless `max` are already in use.
     pub fn try_acquire(shared: &Arc<OriginShared>, max: Option<usize>) -> Option<OriginPermit> {
+        Self::take(shared, max, false)
+    }
+
+    /// Take a slot unless `max` are already in use or, for a request that is not
+    /// `priority`, a priority request is waiting for one.
+    fn take(
+        shared: &Arc<OriginShared>,
+        max: Option<usize>,
+        priority: bool,
+    ) -> Option<OriginPermit> {
+        if max.is_some() && !priority && shared.priority_waiting.load(Ordering::Acquire) > 0 {
+            return None;
+        }
         let prev = shared.inflight.fetch_add(1, Ordering::AcqRel);
         if let Some(max) = max {
             if prev >= max {
@@ -386,29 +407,58 @@ impl OriginPermit {
         })
     }
 
-    /// Like [`Self::try_acquire`], waiting up to `wait` for a permit to be given back.
-    pub async fn acquire_within(
+    /// Take a slot under `max`, waiting up to `wait` for one to be given back. A
+    /// `priority` request goes ahead of every other: while it waits, the others are
+    /// refused (or keep waiting), and a freed slot is offered to it first.
+    pub async fn acquire(
         shared: &Arc<OriginShared>,
         max: Option<usize>,
         wait: Duration,
+        priority: bool,
     ) -> Option<OriginPermit> {
-        if let Some(p) = Self::try_acquire(shared, max) {
+        if let Some(p) = Self::take(shared, max, priority) {
             return Some(p);
         }
         if wait.is_zero() {
             return None;
         }
+        let _waiting = priority.then(|| PriorityWaiting::new(shared));
+        let freed = if priority {
+            &shared.freed_priority
+        } else {
+            &shared.freed
+        };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let notified = shared.freed.notified();
+            let notified = freed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(p) = Self::try_acquire(shared, max) {
+            if let Some(p) = Self::take(shared, max, priority) {
                 return Some(p);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Self::try_acquire(shared, max);
+                return Self::take(shared, max, priority);
             }
+        }
+    }
+}
+
+/// Counts one priority request waiting for a slot, until dropped (served, timed out or
+/// the client gone).
+struct PriorityWaiting(Arc<OriginShared>);
+
+impl PriorityWaiting {
+    fn new(shared: &Arc<OriginShared>) -> PriorityWaiting {
+        shared.priority_waiting.fetch_add(1, Ordering::AcqRel);
+        PriorityWaiting(shared.clone())
+    }
+}
+
+impl Drop for PriorityWaiting {
+    fn drop(&mut self) {
+        if self.0.priority_waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last priority waiter leaves: a slot it did not take goes to the others.
+            self.0.freed.notify_one();
         }
     }
 }
@@ -417,7 +467,11 @@ impl Drop for OriginPermit {
     fn drop(&mut self) {
         self.shared.inflight.fetch_sub(1, Ordering::AcqRel);
         self.shared.inflight_gauge.dec();
-        self.shared.freed.notify_one();
+        if self.shared.priority_waiting.load(Ordering::Acquire) > 0 {
+            self.shared.freed_priority.notify_one();
+        } else {
+            self.shared.freed.notify_one();
+        }
     }
 }
 
@@ -480,5 +534,67 @@ mod tests {
         drop(a);
         assert!(OriginPermit::try_acquire(&o, Some(2)).is_some());
         assert_eq!(o.inflight.load(Ordering::Relaxed), 1);
+    }
+
+    /// Yield to the spawned tasks until `cond` holds (bounded).
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        for _ in 0..10_000 {
+            if cond() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("never happened: {what}");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_priority_request_goes_first() {
+        let reg = Registry::default();
+        let o = reg.origin("prio");
+        let held = OriginPermit::try_acquire(&o, Some(1)).expect("the only slot");
+        let wait = Duration::from_secs(30);
+        let (o1, o2) = (o.clone(), o.clone());
+        let admitted =
+            tokio::spawn(async move { OriginPermit::acquire(&o1, Some(1), wait, false).await });
+        tokio::task::yield_now().await;
+        let staff =
+            tokio::spawn(async move { OriginPermit::acquire(&o2, Some(1), wait, true).await });
+        until("the staff request waits", || {
+            o.priority_waiting.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        // Nobody else takes a slot while it waits, even under a higher limit.
+        assert!(OriginPermit::try_acquire(&o, Some(5)).is_none());
+        // The freed slot goes to the staff request, though the other waited longer.
+        drop(held);
+        let p = tokio::time::timeout(Duration::from_secs(5), staff)
+            .await
+            .expect("staff served in time")
+            .expect("task")
+            .expect("a permit");
+        assert_eq!(o.priority_waiting.load(Ordering::Relaxed), 0);
+        assert!(!admitted.is_finished(), "the slot is taken");
+        drop(p);
+        let q = tokio::time::timeout(Duration::from_secs(5), admitted)
+            .await
+            .expect("then the admitted one")
+            .expect("task");
+        assert!(q.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_priority_wait_is_bounded_and_leaves_no_trace() {
+        let reg = Registry::default();
+        let o = reg.origin("prio-timeout");
+        let _held = OriginPermit::try_acquire(&o, Some(1)).expect("the only slot");
+        let t0 = std::time::Instant::now();
+        let p = OriginPermit::acquire(&o, Some(1), Duration::from_millis(50), true).await;
+        assert!(p.is_none());
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+        assert_eq!(o.priority_waiting.load(Ordering::Relaxed), 0);
+        assert!(
+            OriginPermit::try_acquire(&o, Some(2)).is_some(),
+            "others served again"
+        );
     }
 }
