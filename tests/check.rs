@@ -237,3 +237,39 @@ fn safe_defaults_admin_on_loopback_and_client_limits_on() {
         (8192, 65536, 100)
     );
 }
+
+/// A scheduled opening needs its time zone: `+01:00` and `Z` are read, a bare local time
+/// (08:00 where?) is refused with its position.
+#[test]
+fn event_opening_times_carry_their_time_zone() {
+    let policy = |t: &str| {
+        format!(
+            "listen: [\"0.0.0.0:8080\"]\nwaiting_rooms:\n  ent: {{ active_users: 10, new_users_per_minute: 60, secret_env: K, event: {{ opens_at: \"{t}\" }} }}\norigins:\n  ent: {{ servers: [\"127.0.0.1:1\"] }}\nroutes: [{{ name: ent, origin: ent, waiting_room: ent }}]\n"
+        )
+    };
+    let run = |t: &str| {
+        let dir = TempDir::new("check-event");
+        let f = dir.path().join("policy.yaml");
+        std::fs::write(&f, policy(t)).expect("write");
+        let out = Command::new(bin())
+            .arg("check")
+            .arg(&f)
+            .env("K", "k1:0123456789abcdef0123456789abcdef")
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr).replace(&f.display().to_string(), "FILE");
+        (out.status.code().unwrap_or(-1), err)
+    };
+    for ok in ["2026-03-16T08:00:00+01:00", "2026-03-16T07:00:00Z"] {
+        let (code, err) = run(ok);
+        assert_eq!(code, 0, "{ok}: {err}");
+    }
+    let (code, err) = run("2026-03-16T08:00:00");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("FILE:3:")
+            && err.contains("waiting_rooms.ent.event.opens_at")
+            && err.contains("time zone"),
+        "{err}"
+    );
+}

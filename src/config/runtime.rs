@@ -1394,21 +1394,11 @@ fn build_rooms(
         let (opens_at, prequeue) = match &w.event {
             None => (None, Duration::ZERO),
             Some(ev) => {
-                let t = match humantime::parse_rfc3339_weak(&ev.opens_at)
-                    .or_else(|_| humantime::parse_rfc3339(&ev.opens_at))
-                {
-                    Ok(t) => t
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .ok()
-                        .map(|d| d.as_millis() as u64),
+                // With its time zone (`+01:00` or `Z`): a bare 08:00 is ambiguous.
+                let t = match parse_rfc3339_ms(&ev.opens_at) {
+                    Ok(ms) => Some(ms),
                     Err(e) => {
-                        p.at(
-                            at(path!["event", "opens_at"]),
-                            format!(
-                                "`{}` is not an RFC 3339 time like `2026-03-16T07:00:00Z`: {e}",
-                                ev.opens_at
-                            ),
-                        );
+                        p.at(at(path!["event", "opens_at"]), e);
                         None
                     }
                 };
