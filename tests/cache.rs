@@ -41,6 +41,8 @@ struct FileOrigin {
     down: Arc<AtomicBool>,
     delay_ms: Arc<AtomicU64>,
     seen_inm: Arc<Mutex<Vec<String>>>,
+    /// Alice is refused too (her rights were withdrawn).
+    refuse_alice: Arc<AtomicBool>,
 }
 
 impl FileOrigin {
@@ -55,6 +57,7 @@ impl FileOrigin {
             down: Default::default(),
             delay_ms: Default::default(),
             seen_inm: Default::default(),
+            refuse_alice: Default::default(),
         };
         let me = o.clone();
         tokio::spawn(async move {
@@ -146,7 +149,7 @@ impl FileOrigin {
                 .and_then(|c| c.split(';').find_map(|p| p.trim().strip_prefix("user=")))
                 .map(str::to_string);
             let status = match user.as_deref() {
-                Some("alice") => 0,
+                Some("alice") if !self.refuse_alice.load(Ordering::Relaxed) => 0,
                 Some(_) => 403,
                 None => 401,
             };
@@ -419,12 +422,68 @@ async fn revalidate_mode_authorizes_every_request_and_serves_the_body_from_cache
     );
     let a3 = get(Some("user=alice")).await.unwrap();
     assert_eq!(a3.text().await.unwrap(), "the corrected exam paper");
-    // Origin down: credentialed requests get the stored copy, anonymous ones do not.
+    // Origin down: the stored copy goes only to the credentials the origin authorized
+    // for it (alice, just now). Bob, whom it refused, a user it never saw, and anonymous
+    // requests get the origin's error, never the file.
     o.down.store(true, Ordering::Relaxed);
-    let b2 = get(Some("user=bob")).await.unwrap();
-    assert_eq!(cache_status(&b2), "ecluse; hit; detail=stale");
-    let anon2 = get(None).await.unwrap();
-    assert_eq!(anon2.status(), 503);
+    let a4 = get(Some("user=alice")).await.unwrap();
+    assert_eq!(a4.status(), 200);
+    assert_eq!(cache_status(&a4), "ecluse; hit; detail=stale");
+    assert_eq!(a4.text().await.unwrap(), "the corrected exam paper");
+    for who in [Some("user=bob"), Some("user=carol"), None] {
+        let r = get(who).await.unwrap();
+        assert_eq!(r.status(), 503, "{who:?}");
+        assert!(
+            !cache_status(&r).contains("hit"),
+            "{who:?}: {}",
+            cache_status(&r)
+        );
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("exam"), "{who:?} got the file: {body}");
+    }
+    // The same user with cookies in another order is still the same credentials.
+    let a5 = c
+        .get(e.url("/private/exam.pdf"))
+        .header("cookie", "theme=dark; user=alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a5.status(), 503, "other credentials (an extra cookie)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revalidate_mode_stale_if_error_never_outlives_a_refusal() {
+    let o = FileOrigin::start().await;
+    o.put(
+        "/private/exam.pdf",
+        "the exam paper",
+        "private, max-age=600",
+    );
+    o.put("/private/notes.pdf", "the notes", "private, max-age=600");
+    let routes = r#"  - name: private
+    match: { path_prefix: /private/ }
+    origin: ent
+    cache: { mode: revalidate, stale_if_error: 1h }
+"#;
+    let e = Ecluse::start(&yaml(o.addr, "", routes));
+    let c = client();
+    let get = |path: &'static str| c.get(e.url(path)).header("cookie", "user=alice").send();
+    // Alice is authorized for both files, then the origin withdraws her right to the
+    // exam (403) while the notes stay hers.
+    assert_eq!(get("/private/exam.pdf").await.unwrap().status(), 200);
+    assert_eq!(get("/private/notes.pdf").await.unwrap().status(), 200);
+    o.refuse_alice.store(true, Ordering::Relaxed);
+    assert_eq!(get("/private/exam.pdf").await.unwrap().status(), 403);
+    o.refuse_alice.store(false, Ordering::Relaxed);
+    o.down.store(true, Ordering::Relaxed);
+    // Origin down: the refusal stands for the exam; the notes (authorized, per object)
+    // are still served from the stored copy.
+    let r = get("/private/exam.pdf").await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_ne!(r.text().await.unwrap(), "the exam paper");
+    let r = get("/private/notes.pdf").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "the notes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

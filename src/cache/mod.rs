@@ -2,6 +2,7 @@
 //! that survives restarts, both provided by `foyer` (`store`), plus the cache lock that
 //! coalesces concurrent misses and the cache metrics.
 
+pub mod auth;
 pub mod store;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +20,8 @@ pub struct Cache {
     pub lock: &'static CacheKeyLockImpl,
     pub settings: CacheStorage,
     pub metrics: CacheMetrics,
+    /// Recent authorizations on `revalidate` routes: who may get a stale copy on error.
+    pub authorizations: auth::Authorizations,
 }
 
 impl Cache {
@@ -42,6 +45,7 @@ impl Cache {
             lock,
             settings: settings.clone(),
             metrics: CacheMetrics::new(),
+            authorizations: auth::Authorizations::new(),
         })
     }
 

@@ -5,12 +5,13 @@
 use std::time::SystemTime;
 
 use pingora::prelude::*;
+use pingora_cache::key::CacheHashKey;
 use pingora_cache::{CacheKey, CachePhase, NoCacheReason};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::{header, Ctx, EcluseProxy};
 use crate::cache::{store, PurgeScope};
-use crate::policy::cache::{has_credentials, normalize_query, CacheMode};
+use crate::policy::cache::{credential_items, has_credentials, normalize_query, CacheMode};
 use crate::policy::route::host_without_port;
 
 /// The request's host, lowercased, without port.
@@ -25,6 +26,14 @@ pub(super) fn request_host(req: &RequestHeader) -> String {
         .map(host_without_port)
         .unwrap_or("")
         .to_ascii_lowercase()
+}
+
+/// ecluse's own cookie names (waiting rooms): not credentials for the origin.
+fn own_cookies(ctx: &Ctx) -> Vec<&str> {
+    ctx.config
+        .as_ref()
+        .map(|c| c.rooms.iter().map(|r| r.cookie_name.as_str()).collect())
+        .unwrap_or_default()
 }
 
 /// What the cache did for this request, as one word for metrics and the log.
@@ -97,12 +106,7 @@ impl EcluseProxy {
             ctx.cache_bypass = Some("method");
             return;
         }
-        let own: Vec<&str> = ctx
-            .config
-            .as_ref()
-            .map(|c| c.rooms.iter().map(|r| r.cookie_name.as_str()).collect())
-            .unwrap_or_default();
-        ctx.credentialed = has_credentials(session.req_header(), &own);
+        ctx.credentialed = has_credentials(session.req_header(), &own_cookies(ctx));
         if ctx.credentialed && policy.mode == CacheMode::Public {
             ctx.cache_bypass = Some("credentials");
             return;
@@ -124,12 +128,11 @@ impl EcluseProxy {
         }
     }
 
-    pub(super) fn cache_key(&self, session: &Session, ctx: &Ctx) -> CacheKey {
+    pub(super) fn cache_key(&self, session: &Session, ctx: &mut Ctx) -> CacheKey {
         let req = session.req_header();
-        let query_mode = ctx
-            .route
-            .as_ref()
-            .and_then(|r| r.cache.as_ref())
+        let policy = ctx.route.as_ref().and_then(|r| r.cache.as_ref());
+        let revalidate = policy.is_some_and(|c| c.mode == CacheMode::Revalidate);
+        let query_mode = policy
             .map(|c| c.query)
             .unwrap_or(crate::policy::cache::QueryMode::Sort);
         let q = normalize_query(req.uri.query(), query_mode);
@@ -143,7 +146,48 @@ impl EcluseProxy {
             &request_host(req),
             &path_and_query,
         );
-        CacheKey::new(primary, "")
+        let key = CacheKey::new(primary, "");
+        if let (Some(cache), true) = (self.app.cache.get(), revalidate) {
+            let creds = credential_items(req, &own_cookies(ctx));
+            ctx.auth_grant = Some(cache.authorizations.grant_for(&key.primary_bin(), &creds));
+        }
+        key
+    }
+
+    /// Remember what the origin said to this request's credentials about this object, on
+    /// a `revalidate` route: `200`/`304` authorize them (for stale-if-error), `401`/`403`
+    /// withdraw an earlier yes.
+    pub(super) fn record_authorization(&self, ctx: &Ctx, status: u16) {
+        let (Some(g), Some(cache)) = (ctx.auth_grant, self.app.cache.get()) else {
+            return;
+        };
+        match status {
+            200 | 304 => cache.authorizations.allow(g),
+            401 | 403 => cache.authorizations.revoke(&g),
+            _ => {}
+        }
+    }
+
+    /// Whether a stored copy may stand in for the origin's answer that failed, for this
+    /// request on a `revalidate` route: only if the origin itself authorized these very
+    /// credentials for this object within the `stale_if_error` window.
+    pub(super) fn authorized_recently(&self, session: &Session, ctx: &Ctx) -> bool {
+        let (Some(g), Some(cache)) = (ctx.auth_grant, self.app.cache.get()) else {
+            return false;
+        };
+        let route_window = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.cache.as_ref())
+            .map(|c| c.stale_if_error)
+            .unwrap_or_default();
+        // The stored copy's own window (the origin's `stale-if-error`, else the route's).
+        let window = session
+            .cache
+            .maybe_cache_meta()
+            .map(|m| std::time::Duration::from_secs(u64::from(m.stale_if_error_sec())))
+            .unwrap_or(route_window);
+        cache.authorizations.allowed_within(&g, window)
     }
 
     /// RFC 9211 `Cache-Status` for a response of a cacheable route.

@@ -109,6 +109,9 @@ pub struct Ctx {
     warming: bool,
     /// A stale copy served as fresh because the level says `serve_stale`.
     forced_stale: bool,
+    /// On a `revalidate` route: this request's object and credentials, hashed
+    /// (`cache::auth`), to remember what the origin said to them.
+    auth_grant: Option<crate::cache::auth::Grant>,
 }
 
 impl Ctx {
@@ -925,6 +928,7 @@ impl ProxyHttp for EcluseProxy {
             upstream_set_cookies: Vec::new(),
             warming: false,
             forced_stale: false,
+            auth_grant: None,
         }
     }
 
@@ -1145,7 +1149,7 @@ impl ProxyHttp for EcluseProxy {
 
     fn should_serve_stale(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut Ctx,
         error: Option<&Error>,
     ) -> bool {
@@ -1161,9 +1165,12 @@ impl ProxyHttp for EcluseProxy {
             Some(e) => {
                 let origin_failed = e.esource() == &ErrorSource::Upstream
                     || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500);
-                // In revalidate mode the origin cannot say yes or no: the stored copy
-                // goes only to requests that carry credentials.
-                origin_failed && (mode != Some(CacheMode::Revalidate) || ctx.credentialed)
+                // In revalidate mode the origin cannot say yes or no now: the stored
+                // copy goes only to credentials it authorized for this object within the
+                // stale_if_error window (`cache::auth`). Anyone else gets the error.
+                origin_failed
+                    && (mode != Some(CacheMode::Revalidate)
+                        || self.authorized_recently(session, ctx))
             }
         }
     }
@@ -1361,6 +1368,7 @@ impl ProxyHttp for EcluseProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
+        self.record_authorization(ctx, status);
         if session.cache.enabled() {
             ctx.upstream_set_cookies = upstream_response
                 .headers
