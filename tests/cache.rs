@@ -929,3 +929,83 @@ async fn stale_while_revalidate_and_objects_too_large() {
     }
     assert_eq!(o.counts("/files/big.bin").full, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warming_an_https_url_serves_students_arriving_over_tls() {
+    let o = FileOrigin::start().await;
+    o.put("/files/exam.pdf", "exam", "max-age=600");
+    o.put("/files/notes.pdf", "notes", "max-age=600");
+    let cert = SelfSigned::localhost();
+    let tls = r#"tls: { listen: ["127.0.0.1:0"], cert_file: cert.pem, key_file: key.pem }"#;
+    let e = Ecluse::start_with(&yaml(o.addr, tls, FILES_ROUTE), &cert.files(), |_| {});
+    let tls_addr = e.tls.expect("tls address printed");
+    let c = client();
+    // Warm the URL students use (https), and a relative one (https by default: ecluse
+    // terminates TLS itself).
+    let r = c
+        .post(e.admin_url("/admin/cache/warm"))
+        .body(r#"{"host": "localhost", "urls": ["https://localhost/files/exam.pdf", "/files/notes.pdf"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["warmed"], 2, "{v}");
+    assert_eq!(v["results"][0]["scheme"], "https", "{v}");
+    assert_eq!(v["results"][1]["scheme"], "https", "{v}");
+    assert_eq!(o.counts("/files/exam.pdf").full, 1);
+    // A student over TLS: a hit, no origin fetch.
+    let s = cert.client(tls_addr);
+    for path in ["/files/exam.pdf", "/files/notes.pdf"] {
+        let r = s
+            .get(format!("https://localhost:{}{path}", tls_addr.port()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            cache_status(&r).starts_with("ecluse; hit"),
+            "{path}: {}",
+            cache_status(&r)
+        );
+    }
+    assert_eq!(o.counts("/files/exam.pdf").full, 1);
+    assert_eq!(o.counts("/files/notes.pdf").full, 1);
+    // The scheme is part of the key: the same URL over plain http is another object.
+    let r = c
+        .get(format!(
+            "http://localhost:{}/files/exam.pdf",
+            e.proxy.port()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        cache_status(&r).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(o.counts("/files/exam.pdf").full, 2);
+    // An explicit `scheme` for relative URLs; a bad one is a clear 400.
+    let r = c
+        .post(e.admin_url("/admin/cache/warm"))
+        .body(r#"{"host": "localhost", "scheme": "http", "urls": ["/files/notes.pdf"]}"#)
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["results"][0]["scheme"], "http", "{v}");
+    assert_eq!(o.counts("/files/notes.pdf").full, 2, "http is another key");
+    for bad in [
+        r#"{"host": "localhost", "scheme": "ftp", "urls": ["/files/a"]}"#,
+        r#"{"urls": ["ftp://localhost/files/a"]}"#,
+    ] {
+        let r = c
+            .post(e.admin_url("/admin/cache/warm"))
+            .body(bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+}

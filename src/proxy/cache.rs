@@ -73,9 +73,25 @@ impl EcluseProxy {
             .is_some_and(|v| bool::from(v.ct_eq(self.app.warm_token.as_bytes())))
     }
 
+    /// On our own warm request (token checked): the scheme of the URL being warmed, so
+    /// the object is keyed as students will ask for it, whatever listener it came through.
+    pub(super) fn warm_scheme(&self, session: &Session, ctx: &Ctx) -> Option<&'static str> {
+        if !ctx.warming {
+            return None;
+        }
+        match header(session.req_header(), crate::admin::WARM_SCHEME_HEADER) {
+            Some(p) if p.eq_ignore_ascii_case(b"https") => Some("https"),
+            Some(p) if p.eq_ignore_ascii_case(b"http") => Some("http"),
+            _ => None,
+        }
+    }
+
     /// Scheme of the request as the client sent it (for the key): the listener's, or the
-    /// `X-Forwarded-Proto` of a trusted proxy.
+    /// `X-Forwarded-Proto` of a trusted proxy (or, warming, the warmed URL's).
     fn scheme(&self, session: &Session, ctx: &Ctx) -> &'static str {
+        if let Some(s) = self.warm_scheme(session, ctx) {
+            return s;
+        }
         if self.tls {
             return "https";
         }

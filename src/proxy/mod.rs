@@ -1286,9 +1286,14 @@ impl ProxyHttp for EcluseProxy {
         let proto_in = header(session.req_header(), "x-forwarded-proto")
             .filter(|_| trusted_peer)
             .map(|p| String::from_utf8_lossy(p).into_owned());
-        let proto = proto_in.unwrap_or_else(|| if self.tls { "https" } else { "http" }.to_string());
+        let proto = match self.warm_scheme(session, ctx) {
+            // Warming: the origin sees the scheme students will use.
+            Some(s) => s.to_string(),
+            None => proto_in.unwrap_or_else(|| if self.tls { "https" } else { "http" }.to_string()),
+        };
         upstream_request.insert_header("x-forwarded-proto", proto)?;
         upstream_request.remove_header(crate::admin::WARM_HEADER);
+        upstream_request.remove_header(crate::admin::WARM_SCHEME_HEADER);
         if session.cache.enabled() {
             // Fetch the whole object (HEAD becomes GET, client ranges and conditions are
             // ours to answer) and, when a stored copy exists, ask with its validators.
