@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
@@ -43,6 +43,8 @@ struct FileOrigin {
     seen_inm: Arc<Mutex<Vec<String>>>,
     /// Alice is refused too (her rights were withdrawn).
     refuse_alice: Arc<AtomicBool>,
+    /// When each request arrived, by path.
+    arrivals: Arc<Mutex<Vec<(String, Instant)>>>,
 }
 
 impl FileOrigin {
@@ -58,6 +60,7 @@ impl FileOrigin {
             delay_ms: Default::default(),
             seen_inm: Default::default(),
             refuse_alice: Default::default(),
+            arrivals: Default::default(),
         };
         let me = o.clone();
         tokio::spawn(async move {
@@ -124,6 +127,10 @@ impl FileOrigin {
                 .map(str::to_string)
         };
         let (cookie, inm, host) = (hdr("cookie"), hdr("if-none-match"), hdr("host"));
+        self.arrivals
+            .lock()
+            .unwrap()
+            .push((path.clone(), Instant::now()));
         let body = req.into_body().collect().await.map(|b| b.to_bytes());
         let resp = |status: u16, b: Bytes| {
             hyper::Response::builder()
@@ -1007,5 +1014,62 @@ async fn warming_an_https_url_serves_students_arriving_over_tls() {
             .await
             .unwrap();
         assert_eq!(r.status(), 400, "{bad}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_give_up_on_a_slow_fetch_after_lock_timeout_and_fetch_themselves() {
+    let o = FileOrigin::start().await;
+    o.put("/files/slow.pdf", "slow file", "max-age=600");
+    // The one fetch takes 3 s; waiters wait at most 1 s for it.
+    o.delay_ms.store(3000, Ordering::Relaxed);
+    let e = Ecluse::start(&yaml(o.addr, "cache: { lock_timeout: 1s }", FILES_ROUTE));
+    let c = client();
+    let first = {
+        let (c, url) = (c.clone(), e.url("/files/slow.pdf"));
+        tokio::spawn(async move { c.get(url).send().await.expect("request").status() })
+    };
+    // The others arrive once the first holds the lock (it is at the origin).
+    eventually(
+        "the first fetch reached the origin",
+        Duration::from_secs(5),
+        async || !o.arrivals.lock().unwrap().is_empty(),
+    )
+    .await;
+    let t0 = o.arrivals.lock().unwrap()[0].1;
+    let mut waiters = Vec::new();
+    for _ in 0..4 {
+        let (c, url) = (c.clone(), e.url("/files/slow.pdf"));
+        waiters.push(tokio::spawn(async move {
+            let r = c.get(url).send().await.expect("request");
+            let cs = cache_status(&r);
+            (r.status(), cs, r.text().await.expect("body"))
+        }));
+    }
+    let mut gave_up = 0;
+    for w in waiters {
+        let (status, cs, body) = w.await.unwrap();
+        assert_eq!(status, 200, "{cs}");
+        assert_eq!(body, "slow file");
+        // A waiter gives up and fetches uncached (`lock-timeout`), or takes over the lock
+        // the slow writer held past `lock_timeout` and fetches for the cache itself.
+        if cs == "ecluse; fwd=bypass; detail=lock-timeout" {
+            gave_up += 1;
+        } else {
+            assert!(cs.starts_with("ecluse; fwd=uri-miss"), "{cs}");
+        }
+    }
+    assert!(gave_up >= 1, "no waiter reported the lock timeout");
+    assert_eq!(first.await.unwrap(), 200);
+    let arrivals = o.arrivals.lock().unwrap().clone();
+    assert_eq!(arrivals.len(), 5, "every waiter went to the origin itself");
+    for (_, t) in &arrivals[1..] {
+        let waited = t.duration_since(t0);
+        // About lock_timeout (1 s) after the first fetch started, well before it ended
+        // (3 s): they gave up on the lock rather than wait for the slow fetch.
+        assert!(
+            waited >= Duration::from_millis(800) && waited < Duration::from_millis(2800),
+            "a waiter reached the origin {waited:?} after the first fetch"
+        );
     }
 }
