@@ -561,6 +561,12 @@ async fn disk_tier_serves_after_a_restart_without_the_origin() {
     );
     assert_eq!(r.bytes().await.unwrap(), vec![7u8; 300_000]);
     assert_eq!(o.counts("/files/exam.pdf").full, 1);
+    // The disk tier's bytes: the recovered block holding the file.
+    let disk = e2.metric("ecluse_cache_bytes", &[("tier", "disk")]);
+    assert!(
+        (300_000.0..=64.0 * 1024.0 * 1024.0).contains(&disk),
+        "disk tier holds {disk} bytes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

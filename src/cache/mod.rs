@@ -88,6 +88,9 @@ impl Cache {
         m.bytes
             .with_label_values(&["memory"])
             .set(s.memory_used_bytes as i64);
+        m.bytes
+            .with_label_values(&["disk"])
+            .set(s.disk_used_bytes as i64);
         m.capacity
             .with_label_values(&["memory"])
             .set(s.memory_capacity_bytes as i64);
@@ -171,7 +174,7 @@ impl CacheMetrics {
             ),
             bytes: gauge_vec(
                 "ecluse_cache_bytes",
-                "Bytes held by the memory tier of the cache.",
+                "Bytes held by each cache tier: memory (object weights), disk (whole blocks holding objects, 0 without a disk tier).",
                 &["tier"],
             ),
             capacity: gauge_vec(
