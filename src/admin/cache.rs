@@ -16,6 +16,7 @@ use serde_json::json;
 use super::{error, json_resp, read_json, Resp};
 use crate::app::App;
 use crate::cache::PurgeScope;
+use crate::policy::cache::{normalize_query, QueryMode};
 
 /// Header carrying the per-process warm token (`App::warm_token`).
 pub const WARM_HEADER: &str = "x-ecluse-warm";
@@ -79,6 +80,28 @@ fn split_url(u: &str) -> Result<Target, String> {
     })
 }
 
+/// The path and query of `path_and_query` as the cache key holds them: the query
+/// normalized by the `query` mode of the route that serves it (sorted by default), so
+/// purging `?b=2&a=1` removes the stored `?a=1&b=2`.
+fn key_path_and_query(app: &App, host: Option<&str>, path_and_query: &str) -> String {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let config = app.config();
+    let mode = config
+        .router
+        .find(host.unwrap_or(""), path.as_bytes(), &http::Method::GET)
+        .and_then(|r| r.cache.as_ref().map(|c| c.query))
+        .unwrap_or(QueryMode::Sort);
+    let q = normalize_query(query, mode);
+    if q.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{q}")
+    }
+}
+
 /// `{"prefix": "/files/"}`, `{"url": "/files/a.pdf"}` or `{"url": "https://ent/files/a.pdf"}`,
 /// optionally with `"host"` (default: every host).
 pub async fn purge(app: &App, req: Request<Incoming>) -> Resp {
@@ -101,8 +124,8 @@ pub async fn purge(app: &App, req: Request<Incoming>) -> Resp {
         (Some(u), None) => match split_url(u) {
             Ok(t) => (
                 PurgeScope::Url {
+                    path_and_query: key_path_and_query(app, t.host.as_deref().or(host.as_deref()), &t.path_and_query),
                     host: t.host.or(host),
-                    path_and_query: t.path_and_query,
                 },
                 "url",
             ),

@@ -129,8 +129,9 @@ pub struct CacheMetrics {
     /// Requests on cacheable routes by result: hit, stale, revalidated, expired, miss,
     /// bypass.
     pub requests: IntCounterVec,
-    /// Requests answered without any origin exchange (fresh or stale hits, including
-    /// the ones that waited for another request's fetch).
+    /// Requests answered without any origin exchange (fresh hits, including the ones
+    /// that waited for another request's fetch; stale-while-revalidate and `serve_stale`
+    /// answers). Not revalidations, not stale-if-error (the origin was asked).
     pub fetches_saved: IntCounterVec,
     pub bytes: IntGaugeVec,
     pub capacity: IntGaugeVec,
@@ -169,7 +170,7 @@ impl CacheMetrics {
             ),
             fetches_saved: counter_vec(
                 "ecluse_cache_origin_fetches_saved_total",
-                "Requests answered from the cache without any origin exchange.",
+                "Requests answered from the cache without any origin exchange for them (fresh hits, stale-while-revalidate, serve_stale; not revalidations or stale-if-error).",
                 &["route"],
             ),
             bytes: gauge_vec(

@@ -36,6 +36,14 @@ fn own_cookies(ctx: &Ctx) -> Vec<&str> {
         .unwrap_or_default()
 }
 
+/// Whether the answer came from the cache without any origin exchange for this request:
+/// a fresh hit (including one that waited for another request's fetch, or a stale copy a
+/// `serve_stale` level passes as fresh) or stale-while-revalidate. Not a revalidation
+/// (304), not stale-if-error (the origin was asked and failed).
+pub(super) fn fetch_saved(phase: CachePhase) -> bool {
+    matches!(phase, CachePhase::Hit | CachePhase::StaleUpdating)
+}
+
 /// What the cache did for this request, as one word for metrics and the log.
 pub(super) fn result_word(phase: CachePhase) -> &'static str {
     match phase {
@@ -221,10 +229,19 @@ impl EcluseProxy {
                     .unwrap_or(0);
                 format!("ecluse; hit; ttl={ttl}")
             }
-            CachePhase::Stale | CachePhase::StaleUpdating => "ecluse; hit; detail=stale".into(),
-            CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
-                "ecluse; hit; fwd=stale; fwd-status=304".into()
-            }
+            // Served stale without asking the origin (stale-while-revalidate: a refresh
+            // runs in the background).
+            CachePhase::StaleUpdating => "ecluse; hit; detail=stale".into(),
+            // Stale-if-error: the request was forwarded (so not a `hit`, RFC 9211 §2.1),
+            // the origin failed, and the stored copy stands in for its answer.
+            CachePhase::Stale => match ctx.stale_error_status {
+                Some(s) => format!("ecluse; fwd=stale; fwd-status={s}; detail=stale-if-error"),
+                None => "ecluse; fwd=stale; detail=stale-if-error".into(),
+            },
+            // Forwarded as a conditional request; the origin's 304 freshened the stored
+            // copy (`stored`), or did not (uncacheable 304).
+            CachePhase::Revalidated => "ecluse; fwd=stale; fwd-status=304; stored".into(),
+            CachePhase::RevalidatedNoCache(_) => "ecluse; fwd=stale; fwd-status=304".into(),
             CachePhase::Expired => format!("ecluse; fwd=stale; fwd-status={status}{stored}"),
             CachePhase::Miss => format!("ecluse; fwd=uri-miss; fwd-status={status}{stored}"),
             // The lookup found nothing usable and the origin failed.
@@ -301,11 +318,13 @@ impl EcluseProxy {
             };
             let same_host = uri.host().is_none_or(|h| h.eq_ignore_ascii_case(&host));
             if same_host && uri.path().starts_with('/') {
-                targets.push(
-                    uri.path_and_query()
-                        .map(|p| p.as_str().to_string())
-                        .unwrap_or_else(|| uri.path().to_string()),
-                );
+                // Normalized like the key, or a reordered query would miss the copy.
+                let q = normalize_query(uri.query(), policy.query);
+                targets.push(if q.is_empty() {
+                    uri.path().to_string()
+                } else {
+                    format!("{}?{q}", uri.path())
+                });
             }
         }
         for t in targets {

@@ -112,6 +112,8 @@ pub struct Ctx {
     /// On a `revalidate` route: this request's object and credentials, hashed
     /// (`cache::auth`), to remember what the origin said to them.
     auth_grant: Option<crate::cache::auth::Grant>,
+    /// The origin's 5xx a stale copy stood in for (stale-if-error), for `Cache-Status`.
+    stale_error_status: Option<u16>,
 }
 
 impl Ctx {
@@ -929,6 +931,7 @@ impl ProxyHttp for EcluseProxy {
             warming: false,
             forced_stale: false,
             auth_grant: None,
+            stale_error_status: None,
         }
     }
 
@@ -1168,9 +1171,13 @@ impl ProxyHttp for EcluseProxy {
                 // In revalidate mode the origin cannot say yes or no now: the stored
                 // copy goes only to credentials it authorized for this object within the
                 // stale_if_error window (`cache::auth`). Anyone else gets the error.
-                origin_failed
+                let serve = origin_failed
                     && (mode != Some(CacheMode::Revalidate)
-                        || self.authorized_recently(session, ctx))
+                        || self.authorized_recently(session, ctx));
+                if let (true, ErrorType::HTTPStatus(s)) = (serve, e.etype()) {
+                    ctx.stale_error_status = Some(*s);
+                }
+                serve
             }
         }
     }
@@ -1606,7 +1613,7 @@ impl ProxyHttp for EcluseProxy {
                     .requests
                     .with_label_values(&[&route.name, word])
                     .inc();
-                if matches!(word, "hit" | "stale") {
+                if cache::fetch_saved(session.cache.phase()) {
                     c.metrics
                         .fetches_saved
                         .with_label_values(&[&route.name])
