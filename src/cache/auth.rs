@@ -37,7 +37,7 @@ pub type Grant = [u8; 16];
 pub struct Authorizations {
     key: [u8; 32],
     shards: Vec<Mutex<HashMap<Grant, Instant>>>,
-    /// The longest window asked about so far, in ms (entries older than it are useless).
+    /// The longest window granted or asked about so far, in ms (older entries are useless).
     horizon_ms: AtomicU64,
 }
 
@@ -82,12 +82,14 @@ impl Authorizations {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The origin authorized these credentials for this object now.
-    pub fn allow(&self, g: Grant) {
-        self.allow_at(g, Instant::now());
+    /// The origin authorized these credentials for this object now; `window` is how long
+    /// that may stand in for it (the route's `stale_if_error`).
+    pub fn allow(&self, g: Grant, window: Duration) {
+        self.allow_at(g, window, Instant::now());
     }
 
-    fn allow_at(&self, g: Grant, now: Instant) {
+    fn allow_at(&self, g: Grant, window: Duration, now: Instant) {
+        self.widen_horizon(window);
         let mut m = self.shard(&g);
         if m.len() >= PER_SHARD && !m.contains_key(&g) {
             let horizon = Duration::from_millis(self.horizon_ms.load(Ordering::Relaxed));
@@ -115,11 +117,15 @@ impl Authorizations {
     }
 
     fn allowed_within_at(&self, g: &Grant, window: Duration, now: Instant) -> bool {
-        let ms = window.as_millis().min(u128::from(u64::MAX)) as u64;
-        self.horizon_ms.fetch_max(ms, Ordering::Relaxed);
+        self.widen_horizon(window);
         self.shard(g)
             .get(g)
             .is_some_and(|t| now.saturating_duration_since(*t) <= window)
+    }
+
+    fn widen_horizon(&self, window: Duration) {
+        let ms = window.as_millis().min(u128::from(u64::MAX)) as u64;
+        self.horizon_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
     /// Entries held now (tests).
@@ -164,8 +170,8 @@ mod tests {
         let alice = a.grant_for(b"exam", &[b"user=alice"]);
         let bob = a.grant_for(b"exam", &[b"user=bob"]);
         let t0 = Instant::now();
-        a.allow_at(alice, t0);
         let w = Duration::from_secs(3600);
+        a.allow_at(alice, w, t0);
         assert!(a.allowed_within_at(&alice, w, t0 + Duration::from_secs(10)));
         assert!(!a.allowed_within_at(&bob, w, t0 + Duration::from_secs(10)));
         assert!(!a.allowed_within_at(&alice, w, t0 + Duration::from_secs(3601)));
@@ -179,16 +185,44 @@ mod tests {
         let t0 = Instant::now();
         let w = Duration::from_secs(3600);
         let first = a.grant_for(b"o", &[b"first"]);
-        a.allow_at(first, t0);
+        a.allow_at(first, w, t0);
         for i in 0..(CAPACITY * 2) as u64 {
             let g = a.grant_for(b"o", &[&i.to_le_bytes()]);
-            a.allow_at(g, t0 + Duration::from_millis(1 + i));
+            a.allow_at(g, w, t0 + Duration::from_millis(1 + i));
         }
         assert!(a.len() <= CAPACITY, "{} entries", a.len());
         assert!(a.len() > CAPACITY / 2, "{} entries", a.len());
         // The oldest went first; the newest is still there.
         assert!(!a.allowed_within_at(&first, w, t0));
-        let last = a.grant_for(b"o", &[&(CAPACITY as u64 * 2 - 1).to_le_bytes()]);
-        assert!(a.allowed_within_at(&last, w, t0 + Duration::from_secs(1000)));
+        // Only the oldest go: the newest half is all there (a full shard is never wiped).
+        let at = t0 + Duration::from_secs(1000);
+        for i in (CAPACITY * 3 / 2) as u64..(CAPACITY * 2) as u64 {
+            let g = a.grant_for(b"o", &[&i.to_le_bytes()]);
+            assert!(a.allowed_within_at(&g, w, at), "grant {i} was evicted");
+        }
+    }
+
+    #[test]
+    fn a_full_shard_drops_only_what_expired_when_it_can() {
+        let a = Authorizations::new();
+        let t0 = Instant::now();
+        let w = Duration::from_secs(60);
+        // Fill everything long ago (expired by the time the next ones come).
+        for i in 0..CAPACITY as u64 {
+            a.allow_at(a.grant_for(b"old", &[&i.to_le_bytes()]), w, t0);
+        }
+        let later = t0 + Duration::from_secs(120);
+        let mut recent = Vec::new();
+        for i in 0..(CAPACITY / 2) as u64 {
+            let g = a.grant_for(b"new", &[&i.to_le_bytes()]);
+            a.allow_at(g, w, later + Duration::from_millis(i));
+            recent.push(g);
+        }
+        // Every recent grant survived the evictions (only expired ones were dropped).
+        let at = later + Duration::from_secs(1);
+        assert!(recent
+            .iter()
+            .all(|g| a.allowed_within_at(g, w, at + Duration::from_millis(70))));
+        assert!(a.len() <= CAPACITY);
     }
 }

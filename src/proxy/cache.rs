@@ -185,8 +185,14 @@ impl EcluseProxy {
         let (Some(g), Some(cache)) = (ctx.auth_grant, self.app.cache.get()) else {
             return;
         };
+        let window = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.cache.as_ref())
+            .map(|c| c.stale_if_error)
+            .unwrap_or_default();
         match status {
-            200 | 304 => cache.authorizations.allow(g),
+            200 | 304 => cache.authorizations.allow(g, window),
             401 | 403 => cache.authorizations.revoke(&g),
             _ => {}
         }
