@@ -250,7 +250,11 @@ impl EcluseProxy {
             CachePhase::RevalidatedNoCache(_) => "ecluse; fwd=stale; fwd-status=304".into(),
             CachePhase::Expired => format!("ecluse; fwd=stale; fwd-status={status}{stored}"),
             CachePhase::Miss => format!("ecluse; fwd=uri-miss; fwd-status={status}{stored}"),
-            // The lookup found nothing usable and the origin failed.
+            // The origin failed and nothing stored could stand in: none was found, or the
+            // one found was past its stale-if-error window (or not this user's to have).
+            CachePhase::Disabled(NoCacheReason::UpstreamError) if ctx.stored_found => {
+                "ecluse; fwd=stale; detail=origin-error".into()
+            }
             CachePhase::Disabled(NoCacheReason::UpstreamError) => {
                 "ecluse; fwd=miss; detail=origin-error".into()
             }

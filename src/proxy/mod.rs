@@ -114,6 +114,8 @@ pub struct Ctx {
     auth_grant: Option<crate::cache::auth::Grant>,
     /// The origin's 5xx a stale copy stood in for (stale-if-error), for `Cache-Status`.
     stale_error_status: Option<u16>,
+    /// The lookup found a stored copy (fresh or not), for `Cache-Status`.
+    stored_found: bool,
 }
 
 impl Ctx {
@@ -932,6 +934,7 @@ impl ProxyHttp for EcluseProxy {
             forced_stale: false,
             auth_grant: None,
             stale_error_status: None,
+            stored_found: false,
         }
     }
 
@@ -1096,6 +1099,7 @@ impl ProxyHttp for EcluseProxy {
         is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
+        ctx.stored_found = true;
         let revalidate = ctx
             .route
             .as_ref()
