@@ -26,6 +26,10 @@ pub struct App {
     pub proxy_ready: AtomicBool,
     /// The proxy addresses actually bound (port 0 resolved), set once at startup.
     pub bound: std::sync::OnceLock<Vec<std::net::SocketAddr>>,
+    /// The TLS listeners among `bound`, with the DER of the certificate they present
+    /// (read once at start, like the listeners do): cache warming reaches a TLS-only
+    /// ecluse through them, trusting exactly that certificate.
+    pub tls_bound: std::sync::OnceLock<(Vec<std::net::SocketAddr>, Option<Vec<u8>>)>,
     /// The cache store and lock, opened once by `server::build` (storage settings need a
     /// restart to change).
     pub cache: std::sync::OnceLock<crate::cache::Cache>,
@@ -70,6 +74,7 @@ impl App {
             started: Instant::now(),
             proxy_ready: AtomicBool::new(false),
             bound: std::sync::OnceLock::new(),
+            tls_bound: std::sync::OnceLock::new(),
             cache: std::sync::OnceLock::new(),
             warm_token: hex::encode(rand::random::<[u8; 16]>()),
             fleet,

@@ -388,6 +388,16 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
     let mut all = proxy_addrs.clone();
     all.extend(tls_addrs.iter().copied());
     let _ = app.bound.set(all);
+    let tls_cert = cfg.tls.as_ref().and_then(|t| {
+        pingora::tls::load_certs_and_key_files(
+            &t.cert_file.display().to_string(),
+            &t.key_file.display().to_string(),
+        )
+        .ok()
+        .flatten()
+        .and_then(|(certs, _)| certs.first().map(|c| c.to_vec()))
+    });
+    let _ = app.tls_bound.set((tls_addrs.clone(), tls_cert));
     Ok((
         server,
         Bound {

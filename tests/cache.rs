@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
@@ -41,6 +41,12 @@ struct FileOrigin {
     down: Arc<AtomicBool>,
     delay_ms: Arc<AtomicU64>,
     seen_inm: Arc<Mutex<Vec<String>>>,
+    /// Alice is refused too (her rights were withdrawn).
+    refuse_alice: Arc<AtomicBool>,
+    /// When each request arrived, by path.
+    arrivals: Arc<Mutex<Vec<(String, Instant)>>>,
+    /// Set to stop: the listener closes and every open connection is dropped.
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl FileOrigin {
@@ -55,26 +61,44 @@ impl FileOrigin {
             down: Default::default(),
             delay_ms: Default::default(),
             seen_inm: Default::default(),
+            refuse_alice: Default::default(),
+            arrivals: Default::default(),
+            stop: Arc::new(tokio::sync::watch::channel(false).0),
         };
         let me = o.clone();
         tokio::spawn(async move {
+            let mut stopped = me.stop.subscribe();
             loop {
-                let Ok((s, _)) = l.accept().await else {
-                    continue;
+                let s = tokio::select! {
+                    a = l.accept() => match a {
+                        Ok((s, _)) => s,
+                        Err(_) => continue,
+                    },
+                    _ = stopped.wait_for(|v| *v) => return,
                 };
                 let me = me.clone();
+                let mut stopped = me.stop.subscribe();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let me = me.clone();
                         async move { Ok::<_, std::convert::Infallible>(me.answer(req).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(s), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stopped.wait_for(|v| *v) => {}
+                    }
                 });
             }
         });
         o
+    }
+
+    /// Stop for good: nothing listens any more, open connections are cut.
+    fn stop(&self) {
+        let _ = self.stop.send(true);
     }
 
     fn put(&self, path: &str, body: impl Into<Bytes>, cache_control: &'static str) {
@@ -121,6 +145,11 @@ impl FileOrigin {
                 .map(str::to_string)
         };
         let (cookie, inm, host) = (hdr("cookie"), hdr("if-none-match"), hdr("host"));
+        let lang = hdr("accept-language");
+        self.arrivals
+            .lock()
+            .unwrap()
+            .push((path.clone(), Instant::now()));
         let body = req.into_body().collect().await.map(|b| b.to_bytes());
         let resp = |status: u16, b: Bytes| {
             hyper::Response::builder()
@@ -146,7 +175,7 @@ impl FileOrigin {
                 .and_then(|c| c.split(';').find_map(|p| p.trim().strip_prefix("user=")))
                 .map(str::to_string);
             let status = match user.as_deref() {
-                Some("alice") => 0,
+                Some("alice") if !self.refuse_alice.load(Ordering::Relaxed) => 0,
                 Some(_) => 403,
                 None => 401,
             };
@@ -154,6 +183,17 @@ impl FileOrigin {
                 self.count(&path, |c| c.denied += 1);
                 return resp(status, Bytes::from_static(b"denied"));
             }
+        }
+        if path.starts_with("/files/vary/") {
+            self.count(&path, |c| c.full += 1);
+            return hyper::Response::builder()
+                .header("cache-control", "max-age=600")
+                .header("vary", "Accept-Language")
+                .body(Full::new(Bytes::from(format!(
+                    "lang={}",
+                    lang.unwrap_or_default()
+                ))))
+                .expect("response");
         }
         if path.starts_with("/host/") {
             self.count(&path, |c| c.full += 1);
@@ -312,7 +352,7 @@ async fn origin_down_serves_stale_within_stale_if_error_then_an_error() {
         async || {
             let r = c.get(e.url("/files/a.pdf")).send().await.unwrap();
             let cs = cache_status(&r);
-            if cs == "ecluse; hit; detail=stale" {
+            if cs == "ecluse; fwd=stale; fwd-status=503; detail=stale-if-error" {
                 assert_eq!(r.status(), 200);
                 assert_eq!(r.text().await.unwrap(), "version one");
                 saw_stale = true;
@@ -402,7 +442,10 @@ async fn revalidate_mode_authorizes_every_request_and_serves_the_body_from_cache
     // Alice again: a conditional request, 304, the body from the cache.
     let a2 = get(Some("user=alice")).await.unwrap();
     assert_eq!(a2.status(), 200);
-    assert_eq!(cache_status(&a2), "ecluse; hit; fwd=stale; fwd-status=304");
+    assert_eq!(
+        cache_status(&a2),
+        "ecluse; fwd=stale; fwd-status=304; stored"
+    );
     assert!(
         a2.headers().get("set-cookie").is_none(),
         "no other user's cookie in a response built from the cache"
@@ -419,12 +462,71 @@ async fn revalidate_mode_authorizes_every_request_and_serves_the_body_from_cache
     );
     let a3 = get(Some("user=alice")).await.unwrap();
     assert_eq!(a3.text().await.unwrap(), "the corrected exam paper");
-    // Origin down: credentialed requests get the stored copy, anonymous ones do not.
+    // Origin down: the stored copy goes only to the credentials the origin authorized
+    // for it (alice, just now). Bob, whom it refused, a user it never saw, and anonymous
+    // requests get the origin's error, never the file.
     o.down.store(true, Ordering::Relaxed);
-    let b2 = get(Some("user=bob")).await.unwrap();
-    assert_eq!(cache_status(&b2), "ecluse; hit; detail=stale");
-    let anon2 = get(None).await.unwrap();
-    assert_eq!(anon2.status(), 503);
+    let a4 = get(Some("user=alice")).await.unwrap();
+    assert_eq!(a4.status(), 200);
+    assert_eq!(
+        cache_status(&a4),
+        "ecluse; fwd=stale; fwd-status=503; detail=stale-if-error"
+    );
+    assert_eq!(a4.text().await.unwrap(), "the corrected exam paper");
+    for who in [Some("user=bob"), Some("user=carol"), None] {
+        let r = get(who).await.unwrap();
+        assert_eq!(r.status(), 503, "{who:?}");
+        assert!(
+            !cache_status(&r).contains("hit"),
+            "{who:?}: {}",
+            cache_status(&r)
+        );
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("exam"), "{who:?} got the file: {body}");
+    }
+    // The same user with cookies in another order is still the same credentials.
+    let a5 = c
+        .get(e.url("/private/exam.pdf"))
+        .header("cookie", "theme=dark; user=alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a5.status(), 503, "other credentials (an extra cookie)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revalidate_mode_stale_if_error_never_outlives_a_refusal() {
+    let o = FileOrigin::start().await;
+    o.put(
+        "/private/exam.pdf",
+        "the exam paper",
+        "private, max-age=600",
+    );
+    o.put("/private/notes.pdf", "the notes", "private, max-age=600");
+    let routes = r#"  - name: private
+    match: { path_prefix: /private/ }
+    origin: ent
+    cache: { mode: revalidate, stale_if_error: 1h }
+"#;
+    let e = Ecluse::start(&yaml(o.addr, "", routes));
+    let c = client();
+    let get = |path: &'static str| c.get(e.url(path)).header("cookie", "user=alice").send();
+    // Alice is authorized for both files, then the origin withdraws her right to the
+    // exam (403) while the notes stay hers.
+    assert_eq!(get("/private/exam.pdf").await.unwrap().status(), 200);
+    assert_eq!(get("/private/notes.pdf").await.unwrap().status(), 200);
+    o.refuse_alice.store(true, Ordering::Relaxed);
+    assert_eq!(get("/private/exam.pdf").await.unwrap().status(), 403);
+    o.refuse_alice.store(false, Ordering::Relaxed);
+    o.down.store(true, Ordering::Relaxed);
+    // Origin down: the refusal stands for the exam; the notes (authorized, per object)
+    // are still served from the stored copy.
+    let r = get("/private/exam.pdf").await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_ne!(r.text().await.unwrap(), "the exam paper");
+    let r = get("/private/notes.pdf").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "the notes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,6 +597,12 @@ async fn disk_tier_serves_after_a_restart_without_the_origin() {
     );
     assert_eq!(r.bytes().await.unwrap(), vec![7u8; 300_000]);
     assert_eq!(o.counts("/files/exam.pdf").full, 1);
+    // The disk tier's bytes: the recovered block holding the file.
+    let disk = e2.metric("ecluse_cache_bytes", &[("tier", "disk")]);
+    assert!(
+        (300_000.0..=64.0 * 1024.0 * 1024.0).contains(&disk),
+        "disk tier holds {disk} bytes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -869,4 +977,393 @@ async fn stale_while_revalidate_and_objects_too_large() {
         assert_eq!(r.bytes().await.unwrap().len(), 300 * 1024);
     }
     assert_eq!(o.counts("/files/big.bin").full, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warming_an_https_url_serves_students_arriving_over_tls() {
+    let o = FileOrigin::start().await;
+    o.put("/files/exam.pdf", "exam", "max-age=600");
+    o.put("/files/notes.pdf", "notes", "max-age=600");
+    let cert = SelfSigned::localhost();
+    let tls = r#"tls: { listen: ["127.0.0.1:0"], cert_file: cert.pem, key_file: key.pem }"#;
+    let e = Ecluse::start_with(&yaml(o.addr, tls, FILES_ROUTE), &cert.files(), |_| {});
+    let tls_addr = e.tls.expect("tls address printed");
+    let c = client();
+    // Warm the URL students use (https), and a relative one (https by default: ecluse
+    // terminates TLS itself).
+    let r = c
+        .post(e.admin_url("/admin/cache/warm"))
+        .body(r#"{"host": "localhost", "urls": ["https://localhost/files/exam.pdf", "/files/notes.pdf"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["warmed"], 2, "{v}");
+    assert_eq!(v["results"][0]["scheme"], "https", "{v}");
+    assert_eq!(v["results"][1]["scheme"], "https", "{v}");
+    assert_eq!(o.counts("/files/exam.pdf").full, 1);
+    // A student over TLS: a hit, no origin fetch.
+    let s = cert.client(tls_addr);
+    for path in ["/files/exam.pdf", "/files/notes.pdf"] {
+        let r = s
+            .get(format!("https://localhost:{}{path}", tls_addr.port()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            cache_status(&r).starts_with("ecluse; hit"),
+            "{path}: {}",
+            cache_status(&r)
+        );
+    }
+    assert_eq!(o.counts("/files/exam.pdf").full, 1);
+    assert_eq!(o.counts("/files/notes.pdf").full, 1);
+    // The scheme is part of the key: the same URL over plain http is another object.
+    let r = c
+        .get(format!(
+            "http://localhost:{}/files/exam.pdf",
+            e.proxy.port()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        cache_status(&r).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(o.counts("/files/exam.pdf").full, 2);
+    // An explicit `scheme` for relative URLs; a bad one is a clear 400.
+    let r = c
+        .post(e.admin_url("/admin/cache/warm"))
+        .body(r#"{"host": "localhost", "scheme": "http", "urls": ["/files/notes.pdf"]}"#)
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["results"][0]["scheme"], "http", "{v}");
+    assert_eq!(o.counts("/files/notes.pdf").full, 2, "http is another key");
+    for bad in [
+        r#"{"host": "localhost", "scheme": "ftp", "urls": ["/files/a"]}"#,
+        r#"{"urls": ["ftp://localhost/files/a"]}"#,
+    ] {
+        let r = c
+            .post(e.admin_url("/admin/cache/warm"))
+            .body(bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_give_up_on_a_slow_fetch_after_lock_timeout_and_fetch_themselves() {
+    let o = FileOrigin::start().await;
+    o.put("/files/slow.pdf", "slow file", "max-age=600");
+    // The one fetch takes 3 s; waiters wait at most 1 s for it.
+    o.delay_ms.store(3000, Ordering::Relaxed);
+    let e = Ecluse::start(&yaml(o.addr, "cache: { lock_timeout: 1s }", FILES_ROUTE));
+    let c = client();
+    let first = {
+        let (c, url) = (c.clone(), e.url("/files/slow.pdf"));
+        tokio::spawn(async move { c.get(url).send().await.expect("request").status() })
+    };
+    // The others arrive once the first holds the lock (it is at the origin).
+    eventually(
+        "the first fetch reached the origin",
+        Duration::from_secs(5),
+        async || !o.arrivals.lock().unwrap().is_empty(),
+    )
+    .await;
+    let t0 = o.arrivals.lock().unwrap()[0].1;
+    let mut waiters = Vec::new();
+    for _ in 0..4 {
+        let (c, url) = (c.clone(), e.url("/files/slow.pdf"));
+        waiters.push(tokio::spawn(async move {
+            let r = c.get(url).send().await.expect("request");
+            let cs = cache_status(&r);
+            (r.status(), cs, r.text().await.expect("body"))
+        }));
+    }
+    let mut gave_up = 0;
+    for w in waiters {
+        let (status, cs, body) = w.await.unwrap();
+        assert_eq!(status, 200, "{cs}");
+        assert_eq!(body, "slow file");
+        // A waiter gives up and fetches uncached (`lock-timeout`), or takes over the lock
+        // the slow writer held past `lock_timeout` and fetches for the cache itself.
+        if cs == "ecluse; fwd=bypass; detail=lock-timeout" {
+            gave_up += 1;
+        } else {
+            assert!(cs.starts_with("ecluse; fwd=uri-miss"), "{cs}");
+        }
+    }
+    assert!(gave_up >= 1, "no waiter reported the lock timeout");
+    assert_eq!(first.await.unwrap(), 200);
+    let arrivals = o.arrivals.lock().unwrap().clone();
+    assert_eq!(arrivals.len(), 5, "every waiter went to the origin itself");
+    for (_, t) in &arrivals[1..] {
+        let waited = t.duration_since(t0);
+        // About lock_timeout (1 s) after the first fetch started, well before it ended
+        // (3 s): they gave up on the lock rather than wait for the slow fetch.
+        assert!(
+            waited >= Duration::from_millis(800) && waited < Duration::from_millis(2800),
+            "a waiter reached the origin {waited:?} after the first fetch"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_keeps_one_copy_per_variant() {
+    let o = FileOrigin::start().await;
+    let e = Ecluse::start(&yaml(o.addr, "", FILES_ROUTE));
+    let c = client();
+    let get = |lang: &'static str| {
+        c.get(e.url("/files/vary/page"))
+            .header("accept-language", lang)
+            .send()
+    };
+    for (lang, first) in [("fr", true), ("en", true), ("fr", false), ("en", false)] {
+        let r = get(lang).await.unwrap();
+        let cs = cache_status(&r);
+        assert_eq!(r.text().await.unwrap(), format!("lang={lang}"), "{cs}");
+        assert_eq!(!first, cs.starts_with("ecluse; hit"), "{lang}: {cs}");
+    }
+    assert_eq!(
+        o.counts("/files/vary/page").full,
+        2,
+        "one fetch per language"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_order_does_not_split_the_key() {
+    let o = FileOrigin::start().await;
+    o.put("/files/q.pdf", "q", "max-age=600");
+    let e = Ecluse::start(&yaml(o.addr, "", FILES_ROUTE));
+    let c = client();
+    let r = c.get(e.url("/files/q.pdf?a=1&b=2")).send().await.unwrap();
+    assert!(
+        cache_status(&r).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&r)
+    );
+    for q in ["?b=2&a=1", "?a=1&&b=2", "?a=1&b=2"] {
+        let r = c
+            .get(e.url(&format!("/files/q.pdf{q}")))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            cache_status(&r).starts_with("ecluse; hit"),
+            "{q}: {}",
+            cache_status(&r)
+        );
+    }
+    // Another value is another object.
+    let r = c.get(e.url("/files/q.pdf?a=2&b=2")).send().await.unwrap();
+    assert!(
+        cache_status(&r).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(o.counts("/files/q.pdf").full, 2);
+    // Purging one URL normalizes its query like the key: the reversed order purges the
+    // stored `a=1&b=2`.
+    let r = c
+        .post(e.admin_url("/admin/cache/purge"))
+        .body(r#"{"url": "/files/q.pdf?b=2&a=1"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.get(e.url("/files/q.pdf?a=1&b=2")).send().await.unwrap();
+    assert!(
+        cache_status(&r).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(o.counts("/files/q.pdf").full, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_head_stores_the_whole_object_for_the_next_get() {
+    let o = FileOrigin::start().await;
+    o.put("/files/h.pdf", "the whole file", "max-age=600");
+    let e = Ecluse::start(&yaml(o.addr, "", FILES_ROUTE));
+    let c = client();
+    let r = c.head(e.url("/files/h.pdf")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        cache_status(&r).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(r.headers()["content-length"], "14");
+    assert_eq!(r.bytes().await.unwrap().len(), 0, "no body on HEAD");
+    let r = c.get(e.url("/files/h.pdf")).send().await.unwrap();
+    assert!(
+        cache_status(&r).starts_with("ecluse; hit"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(r.text().await.unwrap(), "the whole file");
+    assert_eq!(o.counts("/files/h.pdf").full, 1);
+}
+
+/// The `result` label a response's `Cache-Status` stands for.
+fn result_of(cs: &str) -> &'static str {
+    if cs.starts_with("ecluse; hit; detail=stale") || cs.contains("detail=stale-if-error") {
+        "stale"
+    } else if cs.starts_with("ecluse; hit") {
+        "hit"
+    } else if cs.starts_with("ecluse; fwd=stale; fwd-status=304") {
+        "revalidated"
+    } else if cs.starts_with("ecluse; fwd=stale") {
+        "expired"
+    } else if cs.starts_with("ecluse; fwd=uri-miss") {
+        "miss"
+    } else if cs.starts_with("ecluse; fwd=bypass") {
+        "bypass"
+    } else {
+        panic!("unexpected Cache-Status `{cs}`")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_results_are_counted_by_label() {
+    let o = FileOrigin::start().await;
+    o.put("/files/m.pdf", "v1", "max-age=1");
+    let e = Ecluse::start(&yaml(o.addr, "", FILES_ROUTE));
+    let c = client();
+    let mut seen: HashMap<&'static str, u64> = HashMap::new();
+    let mut get = async |cookie: Option<&str>| {
+        let mut rb = c.get(e.url("/files/m.pdf"));
+        if let Some(ck) = cookie {
+            rb = rb.header("cookie", ck.to_string());
+        }
+        let r = rb.send().await.unwrap();
+        let cs = cache_status(&r);
+        assert_eq!(r.status(), 200, "{cs}");
+        *seen.entry(result_of(&cs)).or_default() += 1;
+        cs
+    };
+    assert!(get(None).await.contains("fwd=uri-miss"));
+    assert!(get(None).await.starts_with("ecluse; hit; ttl="));
+    // Stale after 1 s: revalidated (the origin answers 304)…
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(None).await != "ecluse; fwd=stale; fwd-status=304; stored" {
+        assert!(Instant::now() < deadline, "never revalidated");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // …then, after a new version, refetched (expired).
+    o.put("/files/m.pdf", "v2", "max-age=1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(None).await != "ecluse; fwd=stale; fwd-status=200; stored" {
+        assert!(Instant::now() < deadline, "never refetched");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(get(Some("session=42")).await.contains("detail=credentials"));
+    for label in ["hit", "miss", "revalidated", "expired", "bypass"] {
+        assert!(seen.get(label).is_some_and(|n| *n > 0), "{label}: {seen:?}");
+    }
+    let seen = seen.clone();
+    eventually(
+        "the metric agrees with every Cache-Status",
+        Duration::from_secs(5),
+        async || {
+            ["hit", "stale", "revalidated", "expired", "miss", "bypass"]
+                .iter()
+                .all(|l| {
+                    e.metric(
+                        "ecluse_cache_requests_total",
+                        &[("route", "files"), ("result", l)],
+                    ) == seen.get(l).copied().unwrap_or(0) as f64
+                })
+        },
+    )
+    .await;
+    // Only the fresh hits spared the origin an exchange.
+    assert_eq!(
+        e.metric(
+            "ecluse_cache_origin_fetches_saved_total",
+            &[("route", "files")]
+        ),
+        seen["hit"] as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_gone_serves_stale_within_stale_if_error_then_ecluse_error_page() {
+    let o = FileOrigin::start().await;
+    o.put("/files/a.pdf", "stored copy", "max-age=1");
+    let e = Ecluse::start(&yaml(o.addr, "", FILES_ROUTE));
+    let c = client();
+    let get = || {
+        c.get(e.url("/files/a.pdf"))
+            .header("accept", "application/json")
+            .send()
+    };
+    assert_eq!(get().await.unwrap().status(), 200);
+    // The origin process is gone: nothing listens, connections are cut.
+    o.stop();
+    let mut stale = 0;
+    eventually(
+        "the stored copy stands in once stale",
+        Duration::from_secs(5),
+        async || {
+            let r = get().await.unwrap();
+            let cs = cache_status(&r);
+            if cs == "ecluse; fwd=stale; detail=stale-if-error" {
+                assert_eq!(r.status(), 200);
+                assert_eq!(r.text().await.unwrap(), "stored copy");
+                stale += 1;
+            } else {
+                assert!(cs.starts_with("ecluse; hit; ttl="), "{cs}");
+            }
+            stale > 0
+        },
+    )
+    .await;
+    // stale_if_error is 2 s: after it, ecluse's own gateway error page.
+    eventually(
+        "ecluse's error page after stale_if_error",
+        Duration::from_secs(6),
+        async || {
+            let r = get().await.unwrap();
+            if r.status() != 502 {
+                assert_eq!(r.status(), 200);
+                return false;
+            }
+            let cs = cache_status(&r);
+            assert_eq!(r.headers()["cache-control"], "no-store");
+            let body = r.text().await.unwrap();
+            assert!(body.contains("bad_gateway"), "{body}");
+            assert!(!body.contains("stored copy"));
+            assert_eq!(cs, "ecluse; fwd=stale; detail=origin-error");
+            true
+        },
+    )
+    .await;
+    eventually("counted as stale", Duration::from_secs(5), async || {
+        e.metric(
+            "ecluse_cache_requests_total",
+            &[("route", "files"), ("result", "stale")],
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        e.metric(
+            "ecluse_cache_origin_fetches_saved_total",
+            &[("route", "files")]
+        ),
+        e.metric(
+            "ecluse_cache_requests_total",
+            &[("route", "files"), ("result", "hit")]
+        ),
+        "stale-if-error answers asked the origin: not saved fetches"
+    );
 }

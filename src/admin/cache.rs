@@ -16,9 +16,13 @@ use serde_json::json;
 use super::{error, json_resp, read_json, Resp};
 use crate::app::App;
 use crate::cache::PurgeScope;
+use crate::policy::cache::{normalize_query, QueryMode};
 
 /// Header carrying the per-process warm token (`App::warm_token`).
 pub const WARM_HEADER: &str = "x-ecluse-warm";
+/// On a warm request (token checked), the scheme to key the object under: the scheme of
+/// the URL students use, whatever listener the warm request came through.
+pub const WARM_SCHEME_HEADER: &str = "x-ecluse-warm-scheme";
 const MAX_WARM_URLS: usize = 1000;
 const WARM_CONCURRENCY: usize = 4;
 
@@ -34,11 +38,34 @@ fn str_field<'a>(v: &'a serde_json::Value, k: &str) -> Result<Option<&'a str>, B
     }
 }
 
-/// Split `http://host/path?q` or `/path?q` into (host, path_and_query).
-fn split_url(u: &str) -> Result<(Option<String>, String), String> {
+/// A URL split for the cache: scheme and host when absolute, and the path and query.
+struct Target {
+    scheme: Option<&'static str>,
+    host: Option<String>,
+    path_and_query: String,
+}
+
+fn scheme_word(s: &str) -> Option<&'static str> {
+    if s.eq_ignore_ascii_case("https") {
+        Some("https")
+    } else if s.eq_ignore_ascii_case("http") {
+        Some("http")
+    } else {
+        None
+    }
+}
+
+/// Split `https://host/path?q` or `/path?q`.
+fn split_url(u: &str) -> Result<Target, String> {
     let uri: http::Uri = u
         .parse()
         .map_err(|_| format!("`{u}` is not a URL or a path"))?;
+    let scheme = match uri.scheme_str() {
+        None => None,
+        Some(s) => {
+            Some(scheme_word(s).ok_or_else(|| format!("`{u}`: the scheme is http or https"))?)
+        }
+    };
     let pq = uri
         .path_and_query()
         .map(|p| p.as_str().to_string())
@@ -46,7 +73,33 @@ fn split_url(u: &str) -> Result<(Option<String>, String), String> {
     if !pq.starts_with('/') {
         return Err(format!("`{u}`: the path must start with `/`"));
     }
-    Ok((uri.host().map(|h| h.to_ascii_lowercase()), pq))
+    Ok(Target {
+        scheme,
+        host: uri.host().map(|h| h.to_ascii_lowercase()),
+        path_and_query: pq,
+    })
+}
+
+/// The path and query of `path_and_query` as the cache key holds them: the query
+/// normalized by the `query` mode of the route that serves it (sorted by default), so
+/// purging `?b=2&a=1` removes the stored `?a=1&b=2`.
+fn key_path_and_query(app: &App, host: Option<&str>, path_and_query: &str) -> String {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let config = app.config();
+    let mode = config
+        .router
+        .find(host.unwrap_or(""), path.as_bytes(), &http::Method::GET)
+        .and_then(|r| r.cache.as_ref().map(|c| c.query))
+        .unwrap_or(QueryMode::Sort);
+    let q = normalize_query(query, mode);
+    if q.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{q}")
+    }
 }
 
 /// `{"prefix": "/files/"}`, `{"url": "/files/a.pdf"}` or `{"url": "https://ent/files/a.pdf"}`,
@@ -69,10 +122,10 @@ pub async fn purge(app: &App, req: Request<Incoming>) -> Resp {
     };
     let (scope, kind) = match (url, prefix) {
         (Some(u), None) => match split_url(u) {
-            Ok((h, pq)) => (
+            Ok(t) => (
                 PurgeScope::Url {
-                    host: h.or(host),
-                    path_and_query: pq,
+                    path_and_query: key_path_and_query(app, t.host.as_deref().or(host.as_deref()), &t.path_and_query),
+                    host: t.host.or(host),
                 },
                 "url",
             ),
@@ -144,6 +197,23 @@ pub async fn warm(app: &App, req: Request<Incoming>) -> Resp {
         Ok(h) => h.map(str::to_string),
         Err(r) => return *r,
     };
+    let (plain, tls, pin) = listeners(app);
+    // Relative URLs: the `scheme` given, else https when ecluse terminates TLS itself.
+    let default_scheme = match str_field(&v, "scheme") {
+        Ok(None) if tls.is_empty() => "http",
+        Ok(None) => "https",
+        Ok(Some(s)) => match scheme_word(s) {
+            Some(w) => w,
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_value",
+                    "`scheme` is \"http\" or \"https\" (the scheme students use: it is part of the cache key)",
+                )
+            }
+        },
+        Err(r) => return *r,
+    };
     let mut extra: Vec<(http::HeaderName, http::HeaderValue)> = Vec::new();
     if let Some(h) = v.get("headers") {
         let Some(obj) = h.as_object() else {
@@ -173,8 +243,8 @@ pub async fn warm(app: &App, req: Request<Incoming>) -> Resp {
             return error(StatusCode::BAD_REQUEST, "bad_value", "`urls` holds strings");
         };
         match split_url(s) {
-            Ok((h, pq)) => match h.or_else(|| host.clone()) {
-                Some(h) => targets.push((h, pq)),
+            Ok(t) => match t.host.or_else(|| host.clone()) {
+                Some(h) => targets.push((t.scheme.unwrap_or(default_scheme), h, t.path_and_query)),
                 None => {
                     return error(
                         StatusCode::BAD_REQUEST,
@@ -186,29 +256,42 @@ pub async fn warm(app: &App, req: Request<Incoming>) -> Resp {
             Err(m) => return error(StatusCode::BAD_REQUEST, "bad_url", m),
         }
     }
-    let Some(addr) = app.bound.get().and_then(|b| b.first().copied()) else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "the proxy listener is not bound yet",
-        );
+    // The proxy only believes a warm request that arrives from loopback: a plain listener
+    // reachable there, else a TLS one (trusting exactly the certificate it was started
+    // with), else the first plain listener.
+    let local = |a: &&SocketAddr| a.ip().is_loopback() || a.ip().is_unspecified();
+    let via = match (plain.iter().find(local), tls.iter().find(local), pin) {
+        (Some(a), _, _) => Via::Plain(*a),
+        (None, Some(a), Some(der)) => match tls_connector(der) {
+            Ok(c) => Via::Tls(*a, c),
+            Err(m) => return error(StatusCode::INTERNAL_SERVER_ERROR, "tls", m),
+        },
+        _ if !plain.is_empty() => Via::Plain(plain[0]),
+        _ => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the proxy listener is not bound yet",
+            )
+        }
     };
     let token = app.warm_token.clone();
     let extra = std::sync::Arc::new(extra);
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(WARM_CONCURRENCY));
     let mut tasks = Vec::new();
-    for (h, pq) in targets {
-        let (token, extra, sem) = (token.clone(), extra.clone(), sem.clone());
+    let via = std::sync::Arc::new(via);
+    for (scheme, h, pq) in targets {
+        let (token, extra, sem, via) = (token.clone(), extra.clone(), sem.clone(), via.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            let r = fetch(addr, &h, &pq, &token, &extra).await;
-            (h, pq, r)
+            let r = fetch(&via, scheme, &h, &pq, &token, &extra).await;
+            (scheme, h, pq, r)
         }));
     }
     let mut results = Vec::new();
     let mut failed = 0;
     for t in tasks {
-        let Ok((h, pq, r)) = t.await else {
+        let Ok((scheme, h, pq, r)) = t.await else {
             failed += 1;
             continue;
         };
@@ -217,11 +300,11 @@ pub async fn warm(app: &App, req: Request<Incoming>) -> Resp {
                 if !(200..300).contains(&status) {
                     failed += 1;
                 }
-                results.push(json!({ "host": h, "url": pq, "status": status, "cache_status": cs, "bytes": bytes }))
+                results.push(json!({ "scheme": scheme, "host": h, "url": pq, "status": status, "cache_status": cs, "bytes": bytes }))
             }
             Err(e) => {
                 failed += 1;
-                results.push(json!({ "host": h, "url": pq, "error": e }))
+                results.push(json!({ "scheme": scheme, "host": h, "url": pq, "error": e }))
             }
         }
     }
@@ -231,29 +314,132 @@ pub async fn warm(app: &App, req: Request<Incoming>) -> Resp {
     )
 }
 
+/// The proxy listeners: plain ones, TLS ones, and the certificate the TLS ones present.
+fn listeners(app: &App) -> (Vec<SocketAddr>, Vec<SocketAddr>, Option<&[u8]>) {
+    let all = app.bound.get().cloned().unwrap_or_default();
+    let (tls, pin) = match app.tls_bound.get() {
+        Some((t, p)) => (t.clone(), p.as_deref()),
+        None => (Vec::new(), None),
+    };
+    let plain = all.into_iter().filter(|a| !tls.contains(a)).collect();
+    (plain, tls, pin)
+}
+
+/// How warm requests reach our own proxy.
+enum Via {
+    Plain(SocketAddr),
+    Tls(SocketAddr, pingora::tls::TlsConnector),
+}
+
+/// Trusts exactly one certificate (ours): the warm request carries this process's token
+/// and goes only to the listener that presents it.
+#[derive(Debug)]
+struct Pinned {
+    der: Vec<u8>,
+    /// Checks the handshake signatures (proof that the peer holds the key).
+    signatures: std::sync::Arc<pingora::tls::WebPkiServerVerifier>,
+}
+
+impl pingora::tls::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &pingora::tls::CertificateDer<'_>,
+        _intermediates: &[pingora::tls::CertificateDer<'_>],
+        _server_name: &pingora::tls::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: pingora::tls::UnixTime,
+    ) -> Result<pingora::tls::ServerCertVerified, pingora::tls::RusTlsError> {
+        if end_entity.as_ref() == self.der.as_slice() {
+            Ok(pingora::tls::ServerCertVerified::assertion())
+        } else {
+            Err(pingora::tls::RusTlsError::InvalidCertificate(
+                pingora::tls::CertificateError::UnknownIssuer,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &pingora::tls::CertificateDer<'_>,
+        dss: &pingora::tls::DigitallySignedStruct,
+    ) -> Result<pingora::tls::HandshakeSignatureValid, pingora::tls::RusTlsError> {
+        self.signatures.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &pingora::tls::CertificateDer<'_>,
+        dss: &pingora::tls::DigitallySignedStruct,
+    ) -> Result<pingora::tls::HandshakeSignatureValid, pingora::tls::RusTlsError> {
+        self.signatures.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<pingora::tls::SignatureScheme> {
+        self.signatures.supported_verify_schemes()
+    }
+}
+
+fn tls_connector(der: &[u8]) -> Result<pingora::tls::TlsConnector, String> {
+    pingora::tls::install_default_crypto_provider();
+    let cert = pingora::tls::CertificateDer::from(der.to_vec());
+    let mut roots = pingora::tls::RootCertStore::empty();
+    roots
+        .add(cert)
+        .map_err(|e| format!("our own TLS certificate is unusable: {e}"))?;
+    let signatures = pingora::tls::WebPkiServerVerifier::builder(std::sync::Arc::new(roots))
+        .build()
+        .map_err(|e| format!("TLS verifier: {e}"))?;
+    let config = pingora::tls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(Pinned {
+            der: der.to_vec(),
+            signatures,
+        }))
+        .with_no_client_auth();
+    Ok(pingora::tls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
+}
+
 /// One `GET` through our own proxy listener; returns (status, Cache-Status, body bytes).
 async fn fetch(
-    addr: SocketAddr,
+    via: &Via,
+    scheme: &'static str,
     host: &str,
     path_and_query: &str,
     token: &str,
     extra: &[(http::HeaderName, http::HeaderValue)],
 ) -> Result<(u16, Option<String>, u64), String> {
-    let addr = crate::admin::connectable(addr);
     let work = async {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut sender = match via {
+            Via::Plain(addr) => {
+                let addr = crate::admin::connectable(*addr);
+                let stream = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| format!("connect {addr}: {e}"))?;
+                handshake(stream).await?
+            }
+            Via::Tls(addr, connector) => {
+                let addr = crate::admin::connectable(*addr);
+                let stream = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| format!("connect {addr}: {e}"))?;
+                // The name only fills SNI: the certificate is pinned, not matched by name.
+                let name = pingora::tls::ServerName::try_from(host.to_string())
+                    .unwrap_or_else(|_| pingora::tls::ServerName::IpAddress(addr.ip().into()));
+                let tls = connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+                handshake(tls).await?
+            }
+        };
         let mut b = Request::get(path_and_query)
             .header(http::header::HOST, host)
-            .header(WARM_HEADER, token);
+            .header(WARM_HEADER, token)
+            .header(WARM_SCHEME_HEADER, scheme);
         for (k, v) in extra {
             b = b.header(k, v);
         }
@@ -283,5 +469,84 @@ async fn fetch(
     match tokio::time::timeout(Duration::from_secs(120), work).await {
         Ok(r) => r,
         Err(_) => Err("timed out after 120 s".to_string()),
+    }
+}
+
+/// An HTTP/1.1 client connection over `io`, driven in the background.
+async fn handshake<T>(
+    io: T,
+) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-shot TLS server presenting `cert`, answering one request with 200 and
+    /// reporting the request head it read.
+    async fn tls_server(
+        cert: &rcgen::CertifiedKey<rcgen::KeyPair>,
+    ) -> (SocketAddr, tokio::task::JoinHandle<String>) {
+        pingora::tls::install_default_crypto_provider();
+        let chain = vec![cert.cert.der().clone()];
+        let key =
+            pingora::tls::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).expect("key");
+        let config = pingora::tls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        let acceptor = pingora::tls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let (s, _) = l.accept().await.expect("accept");
+            let Ok(mut t) = acceptor.accept(s).await else {
+                return String::new();
+            };
+            let mut buf = vec![0u8; 4096];
+            let n = t.read(&mut buf).await.unwrap_or(0);
+            let _ = t
+                .write_all(b"HTTP/1.1 200 OK\r\ncache-status: ok\r\ncontent-length: 2\r\n\r\nhi")
+                .await;
+            let _ = t.flush().await;
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn warming_through_tls_trusts_only_our_own_certificate() {
+        let ours = rcgen::generate_simple_self_signed(vec!["ent.example".into()]).expect("cert");
+        let (addr, head) = tls_server(&ours).await;
+        let via = Via::Tls(addr, tls_connector(ours.cert.der()).expect("connector"));
+        let r = fetch(&via, "https", "ent.example", "/f?a=1", "tok", &[]).await;
+        assert_eq!(r, Ok((200, Some("ok".to_string()), 2)));
+        let head = head.await.expect("server");
+        assert!(head.starts_with("GET /f?a=1 HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("x-ecluse-warm: tok\r\n"), "{head}");
+        assert!(head.contains("x-ecluse-warm-scheme: https\r\n"), "{head}");
+        // A listener presenting any other certificate is not talked to.
+        let other = rcgen::generate_simple_self_signed(vec!["ent.example".into()]).expect("cert");
+        let (addr, head) = tls_server(&other).await;
+        let via = Via::Tls(addr, tls_connector(ours.cert.der()).expect("connector"));
+        let r = fetch(&via, "https", "ent.example", "/f", "tok", &[]).await;
+        assert!(
+            r.as_ref().is_err_and(|e| e.contains("TLS handshake")),
+            "{r:?}"
+        );
+        assert_eq!(head.await.expect("server"), "", "no request was sent");
     }
 }

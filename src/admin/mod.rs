@@ -6,7 +6,7 @@
 
 mod cache;
 
-pub use cache::WARM_HEADER;
+pub use cache::{WARM_HEADER, WARM_SCHEME_HEADER};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -2,6 +2,7 @@
 //! that survives restarts, both provided by `foyer` (`store`), plus the cache lock that
 //! coalesces concurrent misses and the cache metrics.
 
+pub mod auth;
 pub mod store;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +20,8 @@ pub struct Cache {
     pub lock: &'static CacheKeyLockImpl,
     pub settings: CacheStorage,
     pub metrics: CacheMetrics,
+    /// Recent authorizations on `revalidate` routes: who may get a stale copy on error.
+    pub authorizations: auth::Authorizations,
 }
 
 impl Cache {
@@ -42,6 +45,7 @@ impl Cache {
             lock,
             settings: settings.clone(),
             metrics: CacheMetrics::new(),
+            authorizations: auth::Authorizations::new(),
         })
     }
 
@@ -84,6 +88,9 @@ impl Cache {
         m.bytes
             .with_label_values(&["memory"])
             .set(s.memory_used_bytes as i64);
+        m.bytes
+            .with_label_values(&["disk"])
+            .set(s.disk_used_bytes as i64);
         m.capacity
             .with_label_values(&["memory"])
             .set(s.memory_capacity_bytes as i64);
@@ -122,8 +129,9 @@ pub struct CacheMetrics {
     /// Requests on cacheable routes by result: hit, stale, revalidated, expired, miss,
     /// bypass.
     pub requests: IntCounterVec,
-    /// Requests answered without any origin exchange (fresh or stale hits, including
-    /// the ones that waited for another request's fetch).
+    /// Requests answered without any origin exchange (fresh hits, including the ones
+    /// that waited for another request's fetch; stale-while-revalidate and `serve_stale`
+    /// answers). Not revalidations, not stale-if-error (the origin was asked).
     pub fetches_saved: IntCounterVec,
     pub bytes: IntGaugeVec,
     pub capacity: IntGaugeVec,
@@ -162,12 +170,12 @@ impl CacheMetrics {
             ),
             fetches_saved: counter_vec(
                 "ecluse_cache_origin_fetches_saved_total",
-                "Requests answered from the cache without any origin exchange.",
+                "Requests answered from the cache without any origin exchange for them (fresh hits, stale-while-revalidate, serve_stale; not revalidations or stale-if-error).",
                 &["route"],
             ),
             bytes: gauge_vec(
                 "ecluse_cache_bytes",
-                "Bytes held by the memory tier of the cache.",
+                "Bytes held by each cache tier: memory (object weights), disk (whole blocks holding objects, 0 without a disk tier).",
                 &["tier"],
             ),
             capacity: gauge_vec(

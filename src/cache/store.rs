@@ -91,6 +91,11 @@ pub struct StoreStats {
     /// Bytes reserved on disk for the disk tier (0 without one). A small part of it holds
     /// foyer's deletion log; the rest is split into blocks of `disk_block_bytes`.
     pub disk_capacity_bytes: u64,
+    /// Bytes of the disk tier in blocks that hold objects (full, or being filled), as
+    /// foyer counts its blocks: whole blocks of `disk_block_bytes`, including the space
+    /// of objects deleted or replaced but not yet reclaimed. foyer does not count the
+    /// bytes of the objects themselves on disk. 0 without a disk tier.
+    pub disk_used_bytes: u64,
     /// Bytes written to the disk device since this process opened the store, as foyer's
     /// device statistics count them: every write I/O, i.e. objects padded to 4 KiB pages
     /// plus foyer's own index and deletion-log pages. It measures disk wear, not how much
@@ -835,10 +840,11 @@ async fn build_hybrid(
     disk: Option<DiskPlan>,
     spawner: Spawner,
     shared: Arc<Shared>,
-    disk_evictions: Arc<AtomicU64>,
+    (disk_evictions, blocks): (Arc<AtomicU64>, Arc<BlockGauges>),
 ) -> std::result::Result<Hybrid, String> {
     let builder = HybridCacheBuilder::new()
         .with_name("ecluse-cache")
+        .with_metrics_registry(Box::new(FoyerMetrics(blocks)))
         // With a disk tier every object is written when stored, not when evicted from
         // memory: a crash or restart finds it even if memory never let it go.
         .with_policy(if disk.is_some() {
@@ -896,6 +902,115 @@ async fn build_hybrid(
         .map_err(|e| err(&e))
 }
 
+/// foyer's disk blocks by state. foyer says how much of its disk tier holds data only
+/// through its metrics registry (mixtrics): `FoyerMetrics` keeps these gauges and drops
+/// every other foyer metric.
+#[derive(Debug, Default)]
+struct BlockGauges {
+    writing: AtomicU64,
+    evictable: AtomicU64,
+}
+
+#[derive(Debug)]
+struct FoyerMetrics(Arc<BlockGauges>);
+
+/// One of foyer's block gauges (`None`: a state we do not keep).
+#[derive(Debug)]
+struct BlockGauge(Arc<BlockGauges>, Option<fn(&BlockGauges) -> &AtomicU64>);
+
+impl mixtrics::metrics::GaugeOps for BlockGauge {
+    fn increase(&self, val: u64) {
+        if let Some(f) = self.1 {
+            f(&self.0).fetch_add(val, Ordering::Relaxed);
+        }
+    }
+
+    fn decrease(&self, val: u64) {
+        if let Some(f) = self.1 {
+            let _ = f(&self.0).fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(val))
+            });
+        }
+    }
+
+    fn absolute(&self, val: u64) {
+        if let Some(f) = self.1 {
+            f(&self.0).store(val, Ordering::Relaxed);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct BlockGaugeVec(Arc<BlockGauges>);
+
+impl mixtrics::metrics::GaugeVecOps for BlockGaugeVec {
+    fn gauge(&self, labels: &[std::borrow::Cow<'static, str>]) -> mixtrics::metrics::BoxedGauge {
+        // Labels: [cache name, block state].
+        let pick: Option<fn(&BlockGauges) -> &AtomicU64> = match labels.get(1).map(|l| l.as_ref()) {
+            Some("writing") => Some(|g| &g.writing),
+            Some("evictable") => Some(|g| &g.evictable),
+            _ => None,
+        };
+        Box::new(BlockGauge(self.0.clone(), pick))
+    }
+}
+
+impl mixtrics::metrics::RegistryOps for FoyerMetrics {
+    fn register_counter_vec(
+        &self,
+        name: std::borrow::Cow<'static, str>,
+        desc: std::borrow::Cow<'static, str>,
+        label_names: &'static [&'static str],
+    ) -> mixtrics::metrics::BoxedCounterVec {
+        mixtrics::registry::noop::NoopMetricsRegistry.register_counter_vec(name, desc, label_names)
+    }
+
+    fn register_gauge_vec(
+        &self,
+        name: std::borrow::Cow<'static, str>,
+        desc: std::borrow::Cow<'static, str>,
+        label_names: &'static [&'static str],
+    ) -> mixtrics::metrics::BoxedGaugeVec {
+        if name == "foyer_storage_block_engine_block" {
+            Box::new(BlockGaugeVec(self.0.clone()))
+        } else {
+            mixtrics::registry::noop::NoopMetricsRegistry.register_gauge_vec(
+                name,
+                desc,
+                label_names,
+            )
+        }
+    }
+
+    fn register_histogram_vec(
+        &self,
+        name: std::borrow::Cow<'static, str>,
+        desc: std::borrow::Cow<'static, str>,
+        label_names: &'static [&'static str],
+    ) -> mixtrics::metrics::BoxedHistogramVec {
+        mixtrics::registry::noop::NoopMetricsRegistry.register_histogram_vec(
+            name,
+            desc,
+            label_names,
+        )
+    }
+
+    fn register_histogram_vec_with_buckets(
+        &self,
+        name: std::borrow::Cow<'static, str>,
+        desc: std::borrow::Cow<'static, str>,
+        label_names: &'static [&'static str],
+        buckets: Vec<f64>,
+    ) -> mixtrics::metrics::BoxedHistogramVec {
+        mixtrics::registry::noop::NoopMetricsRegistry.register_histogram_vec_with_buckets(
+            name,
+            desc,
+            label_names,
+            buckets,
+        )
+    }
+}
+
 /// The serialized form of an empty header, to decode a `CacheMeta`'s internal part alone.
 fn empty_header_bytes() -> std::result::Result<Vec<u8>, String> {
     let header = ResponseHeader::build(200, None).map_err(|e| format!("cache: {e}"))?;
@@ -920,6 +1035,8 @@ pub struct Store {
     shared: Arc<Shared>,
     tombstones: Arc<Tombstones>,
     disk_evictions: Arc<AtomicU64>,
+    /// foyer's disk blocks holding data (see `BlockGauges`).
+    blocks: Arc<BlockGauges>,
     objects_inserted: AtomicU64,
     max_object_bytes: u64,
     shard_capacity: usize,
@@ -972,13 +1089,15 @@ impl Store {
         let spawner = Spawner::from(runtime);
         let shared = Arc::new(Shared::default());
         let disk_evictions = Arc::new(AtomicU64::new(0));
+        let blocks = Arc::new(BlockGauges::default());
 
         let build = {
-            let (handle, spawner, shared, disk_evictions) = (
+            let (handle, spawner, shared, disk_evictions, blocks) = (
                 handle.clone(),
                 spawner.clone(),
                 shared.clone(),
                 disk_evictions.clone(),
+                blocks.clone(),
             );
             move || {
                 handle.block_on(build_hybrid(
@@ -988,7 +1107,7 @@ impl Store {
                     disk,
                     spawner,
                     shared,
-                    disk_evictions,
+                    (disk_evictions, blocks),
                 ))
             }
         };
@@ -1006,6 +1125,7 @@ impl Store {
             shared,
             tombstones,
             disk_evictions,
+            blocks,
             objects_inserted: AtomicU64::new(0),
             max_object_bytes: cfg.max_object_bytes,
             shard_capacity,
@@ -1080,6 +1200,13 @@ impl Store {
             memory_capacity_bytes: memory.capacity() as u64,
             disk_capacity_bytes: if hybrid {
                 self.cache.storage().device().capacity() as u64
+            } else {
+                0
+            },
+            disk_used_bytes: if hybrid {
+                (self.blocks.writing.load(Ordering::Relaxed)
+                    + self.blocks.evictable.load(Ordering::Relaxed))
+                .saturating_mul(self.disk_block_bytes)
             } else {
                 0
             },
@@ -2007,6 +2134,43 @@ mod tests {
         store.close();
         let store = disk_store(&dir, 8 << 20);
         assert_eq!(get(store, &purged_lazily).await.unwrap().1, b"fresh");
+        store.close();
+    }
+
+    #[tokio::test]
+    async fn disk_bytes_held_count_the_blocks_holding_objects() {
+        let dir = TempDir::new();
+        {
+            let store = disk_store(&dir, 8 << 20);
+            let s = store.stats();
+            assert_eq!(s.disk_used_bytes, 0, "{s:?}");
+            for i in 0..4 {
+                put(
+                    store,
+                    &key("https", "h", &format!("/f/{i}")),
+                    &body_of(i, 300 * KIB),
+                )
+                .await;
+            }
+            store.close();
+            let s = store.stats();
+            assert!(s.disk_used_bytes >= s.disk_block_bytes, "{s:?}");
+            assert_eq!(s.disk_used_bytes % s.disk_block_bytes, 0, "{s:?}");
+            assert!(s.disk_used_bytes <= s.disk_capacity_bytes, "{s:?}");
+        }
+        // After a restart: the recovered blocks count too.
+        let store = disk_store(&dir, 8 << 20);
+        let s = store.stats();
+        assert!(s.disk_used_bytes >= s.disk_block_bytes, "{s:?}");
+        // Without a disk tier: nothing on disk.
+        let mem = Store::open(&StoreConfig {
+            memory_bytes: 1 << 20,
+            disk: None,
+            max_object_bytes: 1 << 20,
+        })
+        .unwrap();
+        put(mem, &key("https", "h", "/m"), b"x").await;
+        assert_eq!(mem.stats().disk_used_bytes, 0);
         store.close();
     }
 

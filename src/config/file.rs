@@ -202,7 +202,9 @@ pub enum CacheModeFile {
     Shared,
     /// Authorize-then-serve: every request goes to the origin as a conditional request
     /// with its own credentials; `304` serves the stored body, `401`/`403` pass through,
-    /// `200` replaces the stored copy. For files behind the ENT login.
+    /// `200` replaces the stored copy. For files behind the ENT login. When the origin
+    /// fails, a stored copy goes only to credentials it authorized for that file within
+    /// `stale_if_error`.
     Revalidate,
 }
 
@@ -239,7 +241,8 @@ pub struct RouteCacheFile {
     #[serde(default)]
     pub stale_while_revalidate: Option<DurationText>,
     /// Once stale, serve the old copy this long when the origin fails (error, timeout,
-    /// 5xx) (unless the origin's `stale-if-error` says otherwise).
+    /// 5xx) (unless the origin's `stale-if-error` says otherwise). In `revalidate` mode,
+    /// only to credentials the origin authorized for that file within this window.
     #[serde(default)]
     pub stale_if_error: Option<DurationText>,
     /// Largest response stored for this route (at most the storage's).

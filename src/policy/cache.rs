@@ -86,6 +86,35 @@ pub fn has_credentials(req: &RequestHeader, own: &[&str]) -> bool {
         .any(|v| cookie_other_than(v.as_bytes(), own))
 }
 
+/// The request's credentials, item by item: each `Authorization` value and each
+/// `name=value` cookie that is not one of ecluse's own (`own`). Empty for an anonymous
+/// request. What `crate::cache::auth` hashes to remember who the origin authorized.
+pub fn credential_items<'a>(req: &'a RequestHeader, own: &[&str]) -> Vec<&'a [u8]> {
+    let mut items: Vec<&[u8]> = req
+        .headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    for v in req.headers.get_all(http::header::COOKIE) {
+        for pair in v.as_bytes().split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            if pair.is_empty() {
+                continue;
+            }
+            let name = pair
+                .split(|&b| b == b'=')
+                .next()
+                .unwrap_or(pair)
+                .trim_ascii();
+            if !own.iter().any(|o| o.as_bytes() == name) {
+                items.push(pair);
+            }
+        }
+    }
+    items
+}
+
 fn cookie_other_than(header: &[u8], own: &[&str]) -> bool {
     header.split(|&b| b == b';').any(|pair| {
         let pair = pair.trim_ascii();
@@ -315,6 +344,20 @@ mod tests {
             &own
         ));
         assert!(!has_credentials(&req(&[("cookie", " ; ")]), &own));
+    }
+
+    #[test]
+    fn credential_items_are_what_has_credentials_counts() {
+        let own = ["ecluse_room_ent"];
+        assert!(credential_items(&req(&[("cookie", "ecluse_room_ent=abc; ;")]), &own).is_empty());
+        let r = req(&[
+            ("authorization", "Bearer x"),
+            ("cookie", "ecluse_room_ent=abc; JSESSIONID=42 ; lang=fr"),
+        ]);
+        assert_eq!(
+            credential_items(&r, &own),
+            vec![&b"Bearer x"[..], b"JSESSIONID=42", b"lang=fr"]
+        );
     }
 
     #[test]

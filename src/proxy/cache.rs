@@ -5,12 +5,13 @@
 use std::time::SystemTime;
 
 use pingora::prelude::*;
+use pingora_cache::key::CacheHashKey;
 use pingora_cache::{CacheKey, CachePhase, NoCacheReason};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::{header, Ctx, EcluseProxy};
 use crate::cache::{store, PurgeScope};
-use crate::policy::cache::{has_credentials, normalize_query, CacheMode};
+use crate::policy::cache::{credential_items, has_credentials, normalize_query, CacheMode};
 use crate::policy::route::host_without_port;
 
 /// The request's host, lowercased, without port.
@@ -25,6 +26,22 @@ pub(super) fn request_host(req: &RequestHeader) -> String {
         .map(host_without_port)
         .unwrap_or("")
         .to_ascii_lowercase()
+}
+
+/// ecluse's own cookie names (waiting rooms): not credentials for the origin.
+fn own_cookies(ctx: &Ctx) -> Vec<&str> {
+    ctx.config
+        .as_ref()
+        .map(|c| c.rooms.iter().map(|r| r.cookie_name.as_str()).collect())
+        .unwrap_or_default()
+}
+
+/// Whether the answer came from the cache without any origin exchange for this request:
+/// a fresh hit (including one that waited for another request's fetch, or a stale copy a
+/// `serve_stale` level passes as fresh) or stale-while-revalidate. Not a revalidation
+/// (304), not stale-if-error (the origin was asked and failed).
+pub(super) fn fetch_saved(phase: CachePhase) -> bool {
+    matches!(phase, CachePhase::Hit | CachePhase::StaleUpdating)
 }
 
 /// What the cache did for this request, as one word for metrics and the log.
@@ -64,9 +81,25 @@ impl EcluseProxy {
             .is_some_and(|v| bool::from(v.ct_eq(self.app.warm_token.as_bytes())))
     }
 
+    /// On our own warm request (token checked): the scheme of the URL being warmed, so
+    /// the object is keyed as students will ask for it, whatever listener it came through.
+    pub(super) fn warm_scheme(&self, session: &Session, ctx: &Ctx) -> Option<&'static str> {
+        if !ctx.warming {
+            return None;
+        }
+        match header(session.req_header(), crate::admin::WARM_SCHEME_HEADER) {
+            Some(p) if p.eq_ignore_ascii_case(b"https") => Some("https"),
+            Some(p) if p.eq_ignore_ascii_case(b"http") => Some("http"),
+            _ => None,
+        }
+    }
+
     /// Scheme of the request as the client sent it (for the key): the listener's, or the
-    /// `X-Forwarded-Proto` of a trusted proxy.
+    /// `X-Forwarded-Proto` of a trusted proxy (or, warming, the warmed URL's).
     fn scheme(&self, session: &Session, ctx: &Ctx) -> &'static str {
+        if let Some(s) = self.warm_scheme(session, ctx) {
+            return s;
+        }
         if self.tls {
             return "https";
         }
@@ -97,12 +130,7 @@ impl EcluseProxy {
             ctx.cache_bypass = Some("method");
             return;
         }
-        let own: Vec<&str> = ctx
-            .config
-            .as_ref()
-            .map(|c| c.rooms.iter().map(|r| r.cookie_name.as_str()).collect())
-            .unwrap_or_default();
-        ctx.credentialed = has_credentials(session.req_header(), &own);
+        ctx.credentialed = has_credentials(session.req_header(), &own_cookies(ctx));
         if ctx.credentialed && policy.mode == CacheMode::Public {
             ctx.cache_bypass = Some("credentials");
             return;
@@ -124,12 +152,11 @@ impl EcluseProxy {
         }
     }
 
-    pub(super) fn cache_key(&self, session: &Session, ctx: &Ctx) -> CacheKey {
+    pub(super) fn cache_key(&self, session: &Session, ctx: &mut Ctx) -> CacheKey {
         let req = session.req_header();
-        let query_mode = ctx
-            .route
-            .as_ref()
-            .and_then(|r| r.cache.as_ref())
+        let policy = ctx.route.as_ref().and_then(|r| r.cache.as_ref());
+        let revalidate = policy.is_some_and(|c| c.mode == CacheMode::Revalidate);
+        let query_mode = policy
             .map(|c| c.query)
             .unwrap_or(crate::policy::cache::QueryMode::Sort);
         let q = normalize_query(req.uri.query(), query_mode);
@@ -143,7 +170,54 @@ impl EcluseProxy {
             &request_host(req),
             &path_and_query,
         );
-        CacheKey::new(primary, "")
+        let key = CacheKey::new(primary, "");
+        if let (Some(cache), true) = (self.app.cache.get(), revalidate) {
+            let creds = credential_items(req, &own_cookies(ctx));
+            ctx.auth_grant = Some(cache.authorizations.grant_for(&key.primary_bin(), &creds));
+        }
+        key
+    }
+
+    /// Remember what the origin said to this request's credentials about this object, on
+    /// a `revalidate` route: `200`/`304` authorize them (for stale-if-error), `401`/`403`
+    /// withdraw an earlier yes.
+    pub(super) fn record_authorization(&self, ctx: &Ctx, status: u16) {
+        let (Some(g), Some(cache)) = (ctx.auth_grant, self.app.cache.get()) else {
+            return;
+        };
+        let window = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.cache.as_ref())
+            .map(|c| c.stale_if_error)
+            .unwrap_or_default();
+        match status {
+            200 | 304 => cache.authorizations.allow(g, window),
+            401 | 403 => cache.authorizations.revoke(&g),
+            _ => {}
+        }
+    }
+
+    /// Whether a stored copy may stand in for the origin's answer that failed, for this
+    /// request on a `revalidate` route: only if the origin itself authorized these very
+    /// credentials for this object within the `stale_if_error` window.
+    pub(super) fn authorized_recently(&self, session: &Session, ctx: &Ctx) -> bool {
+        let (Some(g), Some(cache)) = (ctx.auth_grant, self.app.cache.get()) else {
+            return false;
+        };
+        let route_window = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.cache.as_ref())
+            .map(|c| c.stale_if_error)
+            .unwrap_or_default();
+        // The stored copy's own window (the origin's `stale-if-error`, else the route's).
+        let window = session
+            .cache
+            .maybe_cache_meta()
+            .map(|m| std::time::Duration::from_secs(u64::from(m.stale_if_error_sec())))
+            .unwrap_or(route_window);
+        cache.authorizations.allowed_within(&g, window)
     }
 
     /// RFC 9211 `Cache-Status` for a response of a cacheable route.
@@ -161,13 +235,26 @@ impl EcluseProxy {
                     .unwrap_or(0);
                 format!("ecluse; hit; ttl={ttl}")
             }
-            CachePhase::Stale | CachePhase::StaleUpdating => "ecluse; hit; detail=stale".into(),
-            CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
-                "ecluse; hit; fwd=stale; fwd-status=304".into()
-            }
+            // Served stale without asking the origin (stale-while-revalidate: a refresh
+            // runs in the background).
+            CachePhase::StaleUpdating => "ecluse; hit; detail=stale".into(),
+            // Stale-if-error: the request was forwarded (so not a `hit`, RFC 9211 §2.1),
+            // the origin failed, and the stored copy stands in for its answer.
+            CachePhase::Stale => match ctx.stale_error_status {
+                Some(s) => format!("ecluse; fwd=stale; fwd-status={s}; detail=stale-if-error"),
+                None => "ecluse; fwd=stale; detail=stale-if-error".into(),
+            },
+            // Forwarded as a conditional request; the origin's 304 freshened the stored
+            // copy (`stored`), or did not (uncacheable 304).
+            CachePhase::Revalidated => "ecluse; fwd=stale; fwd-status=304; stored".into(),
+            CachePhase::RevalidatedNoCache(_) => "ecluse; fwd=stale; fwd-status=304".into(),
             CachePhase::Expired => format!("ecluse; fwd=stale; fwd-status={status}{stored}"),
             CachePhase::Miss => format!("ecluse; fwd=uri-miss; fwd-status={status}{stored}"),
-            // The lookup found nothing usable and the origin failed.
+            // The origin failed and nothing stored could stand in: none was found, or the
+            // one found was past its stale-if-error window (or not this user's to have).
+            CachePhase::Disabled(NoCacheReason::UpstreamError) if ctx.stored_found => {
+                "ecluse; fwd=stale; detail=origin-error".into()
+            }
             CachePhase::Disabled(NoCacheReason::UpstreamError) => {
                 "ecluse; fwd=miss; detail=origin-error".into()
             }
@@ -241,11 +328,13 @@ impl EcluseProxy {
             };
             let same_host = uri.host().is_none_or(|h| h.eq_ignore_ascii_case(&host));
             if same_host && uri.path().starts_with('/') {
-                targets.push(
-                    uri.path_and_query()
-                        .map(|p| p.as_str().to_string())
-                        .unwrap_or_else(|| uri.path().to_string()),
-                );
+                // Normalized like the key, or a reordered query would miss the copy.
+                let q = normalize_query(uri.query(), policy.query);
+                targets.push(if q.is_empty() {
+                    uri.path().to_string()
+                } else {
+                    format!("{}?{q}", uri.path())
+                });
             }
         }
         for t in targets {

@@ -109,6 +109,13 @@ pub struct Ctx {
     warming: bool,
     /// A stale copy served as fresh because the level says `serve_stale`.
     forced_stale: bool,
+    /// On a `revalidate` route: this request's object and credentials, hashed
+    /// (`cache::auth`), to remember what the origin said to them.
+    auth_grant: Option<crate::cache::auth::Grant>,
+    /// The origin's 5xx a stale copy stood in for (stale-if-error), for `Cache-Status`.
+    stale_error_status: Option<u16>,
+    /// The lookup found a stored copy (fresh or not), for `Cache-Status`.
+    stored_found: bool,
 }
 
 impl Ctx {
@@ -925,6 +932,9 @@ impl ProxyHttp for EcluseProxy {
             upstream_set_cookies: Vec::new(),
             warming: false,
             forced_stale: false,
+            auth_grant: None,
+            stale_error_status: None,
+            stored_found: false,
         }
     }
 
@@ -1089,6 +1099,7 @@ impl ProxyHttp for EcluseProxy {
         is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
+        ctx.stored_found = true;
         let revalidate = ctx
             .route
             .as_ref()
@@ -1145,7 +1156,7 @@ impl ProxyHttp for EcluseProxy {
 
     fn should_serve_stale(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut Ctx,
         error: Option<&Error>,
     ) -> bool {
@@ -1161,9 +1172,16 @@ impl ProxyHttp for EcluseProxy {
             Some(e) => {
                 let origin_failed = e.esource() == &ErrorSource::Upstream
                     || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500);
-                // In revalidate mode the origin cannot say yes or no: the stored copy
-                // goes only to requests that carry credentials.
-                origin_failed && (mode != Some(CacheMode::Revalidate) || ctx.credentialed)
+                // In revalidate mode the origin cannot say yes or no now: the stored
+                // copy goes only to credentials it authorized for this object within the
+                // stale_if_error window (`cache::auth`). Anyone else gets the error.
+                let serve = origin_failed
+                    && (mode != Some(CacheMode::Revalidate)
+                        || self.authorized_recently(session, ctx));
+                if let (true, ErrorType::HTTPStatus(s)) = (serve, e.etype()) {
+                    ctx.stale_error_status = Some(*s);
+                }
+                serve
             }
         }
     }
@@ -1285,9 +1303,14 @@ impl ProxyHttp for EcluseProxy {
         let proto_in = header(session.req_header(), "x-forwarded-proto")
             .filter(|_| trusted_peer)
             .map(|p| String::from_utf8_lossy(p).into_owned());
-        let proto = proto_in.unwrap_or_else(|| if self.tls { "https" } else { "http" }.to_string());
+        let proto = match self.warm_scheme(session, ctx) {
+            // Warming: the origin sees the scheme students will use.
+            Some(s) => s.to_string(),
+            None => proto_in.unwrap_or_else(|| if self.tls { "https" } else { "http" }.to_string()),
+        };
         upstream_request.insert_header("x-forwarded-proto", proto)?;
         upstream_request.remove_header(crate::admin::WARM_HEADER);
+        upstream_request.remove_header(crate::admin::WARM_SCHEME_HEADER);
         if session.cache.enabled() {
             // Fetch the whole object (HEAD becomes GET, client ranges and conditions are
             // ours to answer) and, when a stored copy exists, ask with its validators.
@@ -1367,6 +1390,7 @@ impl ProxyHttp for EcluseProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
+        self.record_authorization(ctx, status);
         if session.cache.enabled() {
             ctx.upstream_set_cookies = upstream_response
                 .headers
@@ -1599,7 +1623,7 @@ impl ProxyHttp for EcluseProxy {
                     .requests
                     .with_label_values(&[&route.name, word])
                     .inc();
-                if matches!(word, "hit" | "stale") {
+                if cache::fetch_saved(session.cache.phase()) {
                     c.metrics
                         .fetches_saved
                         .with_label_values(&[&route.name])
