@@ -484,7 +484,9 @@ async fn revalidate_mode_authorizes_every_request_and_serves_the_body_from_cache
         let body = r.text().await.unwrap();
         assert!(!body.contains("exam"), "{who:?} got the file: {body}");
     }
-    // The same user with cookies in another order is still the same credentials.
+    // Credentials are the whole set the origin saw: alice's cookie plus another one is
+    // not what it authorized (the order of cookies does not matter: unit-tested in
+    // cache::auth).
     let a5 = c
         .get(e.url("/private/exam.pdf"))
         .header("cookie", "theme=dark; user=alice")
