@@ -65,8 +65,14 @@ async fn fleet_of_three(origin: SocketAddr, redis: u16) -> Vec<Ecluse> {
     nodes
 }
 
+/// Each test runs three nodes, a Redis and a load: one fleet at a time, so the
+/// timing-sensitive checks (a global rate within ±10%) do not share two cores with
+/// another fleet's load.
+static ONE_FLEET_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_share_config_view_levels_and_purges() {
+    let _alone = ONE_FLEET_AT_A_TIME.lock().await;
     let mut redis = Redis::start();
     let origin = EchoOrigin::start("ent").await;
     let nodes = fleet_of_three(origin.addr, redis.port).await;
@@ -240,6 +246,7 @@ async fn three_nodes_share_config_view_levels_and_purges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_global_rate_limit_holds_fleet_wide() {
+    let _alone = ONE_FLEET_AT_A_TIME.lock().await;
     let _redis = Redis::start();
     let redis_port = _redis.port;
     let origin = EchoOrigin::start("ent").await;
@@ -343,6 +350,7 @@ routes:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_waiting_room_across_three_nodes_fifo_and_capacity() {
+    let _alone = ONE_FLEET_AT_A_TIME.lock().await;
     std::env::set_var(
         "ECLUSE_FLEET_TEST_KEYS",
         "k1:8f3a5e0c9b1d2f4a6c8e0b2d4f6a8c0e1f3b5d7a9c1e3f5b7d9a1c3e5f7b9d1a",
