@@ -355,7 +355,7 @@ async fn one_waiting_room_across_three_nodes_fifo_and_capacity() {
         "ECLUSE_FLEET_TEST_KEYS",
         "k1:8f3a5e0c9b1d2f4a6c8e0b2d4f6a8c0e1f3b5d7a9c1e3f5b7d9a1c3e5f7b9d1a",
     );
-    let redis = Redis::start();
+    let mut redis = Redis::start();
     let origin = EchoOrigin::start("ent").await;
     let nodes: Vec<Ecluse> = ["r1", "r2", "r3"]
         .iter()
@@ -473,5 +473,88 @@ async fn one_waiting_room_across_three_nodes_fifo_and_capacity() {
         admitted_at.iter().flatten().count(),
         10,
         "nobody else was let in"
+    );
+
+    // Redis restarted empty (no persistence): the room starts again from where the nodes
+    // last saw it. Those inside stay inside, nobody waiting loses their place, and a
+    // newcomer queues behind them.
+    redis.kill();
+    for e in &nodes {
+        eventually("the node falls back", DEADLINE, async || {
+            state(&admin, e).await["cluster"]["redis_up"] == false
+        })
+        .await;
+    }
+    assert!(redis.spawn(), "redis-server restarted, empty");
+    for e in &nodes {
+        eventually("the node resynchronises", DEADLINE, async || {
+            let s = state(&admin, e).await;
+            s["cluster"]["redis_up"] == true && s["cluster"]["live_nodes"] == 3
+        })
+        .await;
+    }
+    let late = reqwest::Client::builder()
+        .cookie_store(true)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let v: serde_json::Value = late
+        .get(nodes[1].url("/home"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["state"], "waiting", "the room is still full: {v}");
+    assert!(
+        v["position"].as_u64().is_some_and(|p| p > 10),
+        "the newcomer queues behind the ten waiting, not over their numbers: {v}"
+    );
+    for (i, s) in students.iter().enumerate().skip(5).take(5) {
+        let v: serde_json::Value = s
+            .get(nodes[i % 3].url(&format!("/after{i}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["server"], "ent", "student {i} still inside: {v}");
+    }
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(1500) {
+        poll_all(&mut admitted_at, &mut order).await;
+    }
+    assert_eq!(
+        admitted_at.iter().flatten().count(),
+        10,
+        "the sessions inside still count against the capacity"
+    );
+    // Those inside leave: the next five, in arrival order.
+    for (i, s) in students.iter().enumerate().skip(5).take(5) {
+        let r = s
+            .get(nodes[(i + 2) % 3].url("/logout"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admitted_at.iter().flatten().count() < 15 {
+        assert!(
+            Instant::now() < deadline,
+            "admissions after the restart: {admitted_at:?}"
+        );
+        poll_all(&mut admitted_at, &mut order).await;
+    }
+    let newly: Vec<usize> = (0..students.len())
+        .filter(|&i| admitted_at[i].is_some_and(|o| o >= 10))
+        .collect();
+    assert_eq!(
+        newly,
+        vec![10, 11, 12, 13, 14],
+        "the same FIFO order after Redis came back empty: {admitted_at:?}"
     );
 }

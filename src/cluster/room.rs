@@ -61,7 +61,9 @@ local function num(v, d) if v then return tonumber(v) else return d end end
 "#;
 
 /// KEYS: room, active, pending. ARGV: now, cap, per_min, burst, grace_ms, bucket_ms,
-/// policies ("d", "b", "s0.25", one per class, comma-separated).
+/// policies ("d", "b", "s0.25", one per class, comma-separated), and this node's last view
+/// to start again from if Redis lost the room: "frontier:next" per class
+/// (comma-separated, empty for none), active, pending, paused.
 /// Returns {frontier_0, next_0, frontier_1, next_1, …, rate*1000, paused, active, pending, tokens*1000}.
 const LUA_TICK: &str = r#"
 local now = tonumber(ARGV[1]); local cap = tonumber(ARGV[2]); local per_ms = tonumber(ARGV[3]) / 60000
@@ -69,6 +71,24 @@ local burst = tonumber(ARGV[4]); local grace = tonumber(ARGV[5]); local bucket_m
 local pol = {}
 for p in string.gmatch(ARGV[7], '[^,]+') do table.insert(pol, p) end
 local r = KEYS[1]
+-- Redis restarted empty (or was flushed): start again from the room as this node last
+-- saw it, so numbers already handed out are neither reused nor overtaken. The sessions
+-- it saw inside are counted in a seed bucket, which their moves and ends draw from.
+if ARGV[8] ~= '' and redis.call('EXISTS', r) == 0 then
+  local i = 0
+  for f, n in string.gmatch(ARGV[8], '(%d+):(%d+)') do
+    redis.call('HSET', r, 'frontier:' .. i, f, 'next:' .. i, n)
+    i = i + 1
+  end
+  local a = tonumber(ARGV[9])
+  local seed = tostring(math.floor(now / bucket_ms))
+  if a > 0 then
+    redis.call('HINCRBY', KEYS[2], seed, a)
+  end
+  local pd = tonumber(ARGV[10])
+  if pd > 0 then redis.call('RPUSH', KEYS[3], (now + grace) .. ':' .. pd) end
+  redis.call('HSET', r, 'paused', ARGV[11], 'restored', now, 'seed_bucket', seed)
+end
 local last = num(redis.call('HGET', r, 'last_tick'), nil)
 local tokens = num(redis.call('HGET', r, 'tokens'), burst)
 local rate = num(redis.call('HGET', r, 'rate'), 0)
@@ -206,12 +226,19 @@ end
 return {0, 1}
 "#;
 
-/// KEYS: active. ARGV: pairs old, new (a move), or old, -1 (an end).
+/// KEYS: active, room. ARGV: pairs old, new (a move), or old, -1 (an end). A session whose
+/// old bucket is gone (Redis lost the room) is taken from the seed bucket instead.
 const LUA_MOVES: &str = r#"
+local seed = redis.call('HGET', KEYS[2], 'seed_bucket')
 for i = 1, #ARGV, 2 do
   local old = ARGV[i]; local new = ARGV[i + 1]
   local v = tonumber(redis.call('HGET', KEYS[1], old) or '0')
-  if v > 0 then redis.call('HINCRBY', KEYS[1], old, -1) end
+  if v > 0 then
+    redis.call('HINCRBY', KEYS[1], old, -1)
+  elseif seed and tonumber(redis.call('HGET', KEYS[1], seed) or '0') > 0 then
+    -- A session counted before Redis lost the room: it was in the seed bucket.
+    redis.call('HINCRBY', KEYS[1], seed, -1)
+  end
   if new ~= '-1' then redis.call('HINCRBY', KEYS[1], new, 1) end
 end
 return 1
@@ -331,6 +358,7 @@ impl FleetRoom {
         let mut sent = 0;
         if !moves.is_empty() {
             let mut inv = self.moves_script.key(&self.active_key);
+            inv.key(&self.room_key);
             for (old, new) in &moves {
                 inv.arg(*old).arg(*new);
             }
@@ -344,6 +372,20 @@ impl FleetRoom {
             }
             sent += 1;
         }
+        // The room as last seen here, for Redis to start again from if it lost it.
+        let (seen, active, pending, paused) = {
+            let v = self.view();
+            let seen = if v.queues.len() == p.classes.len().max(1) {
+                v.queues
+                    .iter()
+                    .map(|(f, n)| format!("{f}:{n}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            } else {
+                String::new()
+            };
+            (seen, v.active, v.pending, u8::from(v.paused))
+        };
         let out: Vec<i64> = self
             .tick
             .key(&self.room_key)
@@ -356,6 +398,10 @@ impl FleetRoom {
             .arg(p.claim_grace().as_millis() as u64)
             .arg(bucket_ms(p))
             .arg(policies(p))
+            .arg(seen)
+            .arg(active)
+            .arg(pending)
+            .arg(paused)
             .invoke_async(conn)
             .await?;
         sent += 1;
