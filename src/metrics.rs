@@ -69,6 +69,8 @@ pub struct Metrics {
     pub client_connections_refused: IntCounterVec,
     /// Client connections closed for being too slow, by phase (`header`, `body`).
     pub client_timeouts: IntCounterVec,
+    /// Queue-status polls answered, by layer (`connection`: below pingora; `http`).
+    pub status_polls: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -186,6 +188,12 @@ impl Metrics {
             "ecluse_client_timeouts_total",
             "Client connections closed for sending too slowly, by phase (handshake: TLS handshake past the head deadline; header: head deadline; body: minimum body rate).",
             &["phase"],
+        );
+        let status_polls = counter_vec(
+            &r,
+            "ecluse_queue_status_polls_total",
+            "Queue-status polls answered, by layer: connection (a whole poll on a kept-alive HTTP/1.1 connection, answered before pingora's HTTP layer) or http (every other poll).",
+            &["layer"],
         );
         let ratelimit_decisions = counter_vec(
             &r,
@@ -372,6 +380,7 @@ impl Metrics {
             client_connections,
             client_connections_refused,
             client_timeouts,
+            status_polls,
         }
     }
 

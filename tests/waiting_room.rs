@@ -367,3 +367,169 @@ async fn a_restart_keeps_everyones_place() {
     late.get(e2.url("/")).send().await.expect("r");
     assert_eq!(status(&late, &e2).await["position"], 6);
 }
+
+/// Status polls on a kept-alive HTTP/1.1 connection are answered below pingora's HTTP
+/// layer (the hot path of a full room): the same answer, headers and log line as through
+/// pingora. A poll pipelined with another, or following a request pingora read past,
+/// goes through pingora, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_polls_below_pingora_answer_like_pingora() {
+    use std::io::{Read, Write};
+    let o = EchoOrigin::start("o").await;
+    let yaml = yaml(o.addr, "active_users: 1, new_users_per_minute: 60").replace(
+        "access_log: { enabled: false }",
+        "access_log: { path: access.log }",
+    );
+    let e = Ecluse::start_with(&yaml, &[("keys", KEY.as_bytes())], |_| {});
+    // The one place is taken; the second student waits.
+    let first = cookie_client();
+    assert_eq!(first.get(e.url("/")).send().await.unwrap().status(), 200);
+    let r = cookie_client().get(e.url("/")).send().await.unwrap();
+    let (number, state) = ticket_of(&r).expect("a ticket");
+    assert_eq!(state, TicketState::Waiting);
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .find_map(|v| v.to_str().ok()?.split(';').next().map(str::to_string))
+        .expect("cookie");
+    let layer = |l: &str| e.metric("ecluse_queue_status_polls_total", &[("layer", l)]);
+    let (conn0, http0) = (layer("connection"), layer("http"));
+
+    let addr = e.proxy;
+    let poll = format!(
+        "GET /.ecluse/queue/status?room=ent HTTP/1.1\r\nHost: ent\r\nCookie: {cookie}\r\n\r\n"
+    );
+    let answers = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut answers: Vec<String> = Vec::new();
+        let mut pending = String::new();
+        // One poll at a time (the first also passes pingora's HTTP/2 sniff), then two
+        // pipelined in one write.
+        let mut want = 0;
+        for send in [1, 1, 1, 2] {
+            want += send;
+            s.write_all(poll.repeat(send).as_bytes()).unwrap();
+            while answers.len() < want {
+                let mut buf = [0u8; 8192];
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "connection closed after {answers:?}");
+                pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+                // Cut whole responses (their length is known).
+                while let Some(end) = pending.find("\r\n\r\n") {
+                    let len: usize = pending[..end]
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .expect("content-length");
+                    if pending.len() < end + 4 + len {
+                        break;
+                    }
+                    answers.push(pending[..end + 4 + len].to_string());
+                    pending.drain(..end + 4 + len);
+                }
+            }
+        }
+        answers
+    })
+    .await
+    .unwrap();
+    assert_eq!(answers.len(), 5, "{answers:#?}");
+    let names = |a: &str| -> Vec<String> {
+        let mut n: Vec<String> = a
+            .split("\r\n\r\n")
+            .next()
+            .unwrap()
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split(':').next().map(|h| h.to_ascii_lowercase()))
+            .filter(|h| h != "set-cookie")
+            .collect();
+        n.sort();
+        n
+    };
+    for a in &answers {
+        assert!(a.starts_with("HTTP/1.1 200 OK\r\n"), "{a}");
+        assert_eq!(names(a), names(&answers[0]), "same headers: {a}");
+        let body: serde_json::Value =
+            serde_json::from_str(a.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["state"], "waiting", "{a}");
+        assert_eq!(body["position"], 1, "ticket {number}: {a}");
+    }
+    // The first poll (after the sniff) and the pipelined pair went through pingora; the
+    // two single polls on the kept-alive connection were answered below it.
+    eventually(
+        "polls counted by layer",
+        Duration::from_secs(5),
+        async || layer("connection") - conn0 == 2.0 && layer("http") - http0 == 3.0,
+    )
+    .await;
+    // One log line per poll, whichever layer answered.
+    let log = e.config.with_file_name("access.log");
+    eventually("a log line per poll", Duration::from_secs(5), async || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"queue\":\"status\""))
+            .count()
+            == 5
+    })
+    .await;
+}
+
+/// Over TLS a poll can be a connection's very first request, answered below pingora
+/// (which then never saw the connection in use): the keep-alive timeout is ecluse's own
+/// to apply, and the idle connection is closed on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_polled_below_pingora_closes_at_the_keepalive_timeout() {
+    let o = EchoOrigin::start("o").await;
+    let cert = SelfSigned::localhost();
+    let yaml = yaml(o.addr, "active_users: 1, new_users_per_minute: 60")
+        .replace(
+            "admin:",
+            "tls: { listen: [\"127.0.0.1:0\"], cert_file: cert.pem, key_file: key.pem }\nadmin:",
+        )
+        .replace("server: {", "server: { clients: { keepalive_timeout: 1s },");
+    let mut files = cert.files().to_vec();
+    files.push(("keys", KEY.as_bytes()));
+    let e = Ecluse::start_with(&yaml, &files, |_| {});
+    let tls = e.tls.expect("tls address");
+    let c = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert_pem.as_bytes()).unwrap())
+        .resolve("localhost", tls)
+        .http1_only()
+        .build()
+        .unwrap();
+    let below = || {
+        e.metric(
+            "ecluse_queue_status_polls_total",
+            &[("layer", "connection")],
+        )
+    };
+    let before = below();
+    let r = c
+        .get(format!(
+            "https://localhost:{}/.ecluse/queue/status?room=ent",
+            tls.port()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["state"], "lost", "no ticket: {v}");
+    assert_eq!(below(), before + 1.0, "answered below pingora");
+    let idle = Instant::now();
+    eventually(
+        "the idle connection is closed",
+        Duration::from_secs(10),
+        async || e.metric("ecluse_client_connections", &[]) == 0.0,
+    )
+    .await;
+    assert!(
+        idle.elapsed() >= Duration::from_millis(500),
+        "closed after {:?}, the keep-alive timeout is 1 s",
+        idle.elapsed()
+    );
+}

@@ -63,6 +63,8 @@ Content-Length: 0\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n";
 /// pingora's HTTP service behind the connection guards.
 pub struct Edge {
     proxy: Arc<HttpProxy<EcluseProxy>>,
+    /// The same proxy logic, for the status polls answered below pingora.
+    fast: Arc<EcluseProxy>,
     app: Arc<App>,
     conns: Arc<ConnCount>,
     /// The TLS listener's certificate and ALPN: handshakes are made here.
@@ -73,6 +75,10 @@ impl Edge {
     pub fn new(proxy: HttpProxy<EcluseProxy>, app: Arc<App>) -> Edge {
         Edge {
             proxy: Arc::new(proxy),
+            fast: Arc::new(EcluseProxy {
+                app: app.clone(),
+                tls: false,
+            }),
             app,
             conns: conn_count(),
             tls: None,
@@ -82,6 +88,10 @@ impl Edge {
     /// The TLS listener: every accepted connection is handshaken with `acceptor`.
     pub fn with_tls(mut self, acceptor: pingora::listeners::tls::Acceptor) -> Edge {
         self.tls = Some(acceptor);
+        self.fast = Arc::new(EcluseProxy {
+            app: self.app.clone(),
+            tls: true,
+        });
         self
     }
 }
@@ -170,11 +180,13 @@ impl ServerApp for Edge {
             None => stream,
         };
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        let guarded: Stream = Box::new(
-            Guarded::new(stream, limits, h2)
-                .holding(slot)
-                .head_by(head_deadline),
-        );
+        let mut guarded = Guarded::new(stream, limits, h2)
+            .holding(slot)
+            .head_by(head_deadline);
+        if !h2 {
+            guarded.fast = Some((self.fast.clone(), ip));
+        }
+        let guarded: Stream = Box::new(guarded);
         // pingora's HTTP app loops over kept-alive requests itself and always answers None.
         let _ = self.proxy.process_new(guarded, shutdown).await;
         None
@@ -257,6 +269,9 @@ fn canonical(ip: IpAddr) -> IpAddr {
 enum Phase {
     /// Between requests: pingora's keep-alive timeout applies; the first byte starts a head.
     Idle,
+    /// Between requests after a status poll answered here, which pingora never saw: the
+    /// keep-alive timeout is ours to apply (the connection closes quietly at `until`).
+    Kept { until: Instant },
     /// Reading a request head, which must be complete by `deadline`.
     Head { deadline: Instant },
     /// Reading a request body: at least `min_rate` bytes/s over the waiting time.
@@ -274,6 +289,12 @@ struct PhaseState {
     body_waited: Duration,
     /// When the wait in progress started (a read returned `Pending`).
     pending_since: Option<Instant>,
+    /// Bytes handed to pingora since the current request started (0: none yet, so a
+    /// status poll arriving whole may be answered below pingora).
+    handed: usize,
+    /// pingora may hold bytes of a next request (pipelining, or a request body): no
+    /// request is answered below it any more on this connection.
+    dirty: bool,
 }
 
 /// A client stream that enforces the head deadline and the body rate. Every other trait
@@ -289,6 +310,12 @@ pub struct Guarded {
     peeked: Vec<u8>,
     peeked_pos: usize,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// Queue-status polls are answered here, below pingora (HTTP/1 only): the proxy
+    /// logic and the client's socket address.
+    fast: Option<(Arc<EcluseProxy>, Option<IpAddr>)>,
+    /// A response made here, still being written.
+    out: Vec<u8>,
+    out_pos: usize,
 }
 
 impl std::fmt::Debug for Guarded {
@@ -339,10 +366,15 @@ impl Guarded {
                 body_bytes: 0,
                 body_waited: Duration::ZERO,
                 pending_since: None,
+                handed: 0,
+                dirty: false,
             }),
             peeked: Vec::new(),
             peeked_pos: 0,
             sleep: None,
+            fast: None,
+            out: Vec::new(),
+            out_pos: 0,
         }
     }
 
@@ -350,9 +382,15 @@ impl Guarded {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The request head has been parsed; `body` when a request body follows.
-    pub fn head_done(&self, body: bool) {
+    /// The request head has been parsed; `body` when a request body follows; `head_len`
+    /// the head's length in bytes, when known.
+    pub fn head_done(&self, body: bool, head_len: Option<usize>) {
+        // pingora read past this head (a pipelined request, or a body): what it holds is
+        // not ours to see, so nothing more is answered below it on this connection.
         let mut s = self.lock();
+        if body || head_len.is_none_or(|l| s.handed != l) {
+            s.dirty = true;
+        }
         s.phase = if body && self.limits.body_min_rate > 0 {
             Phase::Body
         } else {
@@ -370,7 +408,9 @@ impl Guarded {
 
     /// The response is finished: the next byte starts the next request head.
     pub fn request_done(&self) {
-        self.lock().phase = Phase::Idle;
+        let mut s = self.lock();
+        s.phase = Phase::Idle;
+        s.handed = 0;
     }
 
     /// The body waiting time allowed so far: the grace, plus what the bytes received
@@ -383,9 +423,10 @@ impl Guarded {
     /// After a read that returned `n` bytes: move the phase on and check the limits.
     fn after_read(&self, n: usize) -> io::Result<()> {
         let mut s = self.lock();
+        s.handed += n;
         let now = Instant::now();
         match s.phase {
-            Phase::Idle if n > 0 => {
+            Phase::Idle | Phase::Kept { .. } if n > 0 => {
                 s.phase = Phase::Head {
                     deadline: now + self.limits.header_timeout,
                 };
@@ -412,6 +453,7 @@ impl Guarded {
         let mut s = self.lock();
         match s.phase {
             Phase::Head { deadline } => Some(deadline),
+            Phase::Kept { until } => Some(until),
             Phase::Body => {
                 let now = Instant::now();
                 let since = *s.pending_since.get_or_insert(now);
@@ -434,6 +476,113 @@ fn timed_out(phase: &'static str) -> io::Error {
     )
 }
 
+impl Guarded {
+    /// `bytes`, just read at the start of a request, are one whole status poll this
+    /// connection may answer itself: the response to write. pingora never sees them.
+    fn answer_here(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let (proxy, ip) = self.fast.as_ref()?;
+        {
+            let s = self.lock();
+            let fresh = match s.phase {
+                Phase::Idle => true,
+                Phase::Kept { until } => Instant::now() < until,
+                Phase::Head { deadline } => Instant::now() < deadline,
+                _ => false,
+            };
+            if s.dirty || s.handed > 0 || !fresh {
+                return None;
+            }
+        }
+        let started = (Instant::now(), std::time::SystemTime::now());
+        let req = status_poll_head(bytes, &self.limits)?;
+        let resp = proxy.fast_status(&req, *ip, started)?;
+        // Answered: the next byte starts the next request's head, within the keep-alive
+        // timeout.
+        self.lock().phase = Phase::Kept {
+            until: Instant::now() + self.limits.keepalive_timeout,
+        };
+        Some(resp)
+    }
+
+    /// Writes what [`Self::answer_here`] made; `Ready(Ok)` once all of it is out.
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_pos < self.out.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.out[self.out_pos..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.out_pos += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if !self.out.is_empty() {
+            // TLS: push the record out now, not with pingora's next write.
+            match Pin::new(&mut self.inner).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+            self.out.clear();
+            self.out_pos = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Polls answered in one `poll_read` before giving the thread back to other tasks.
+const ANSWERS_PER_POLL: u32 = 16;
+
+/// A whole `GET /.ecluse/queue/status` head over HTTP/1.1, nothing after it, that passes
+/// the same hygiene checks as every request, keeps the connection alive and has no body.
+/// Anything else (`None`) goes to pingora as usual.
+fn status_poll_head(bytes: &[u8], limits: &Clients) -> Option<pingora_http::RequestHeader> {
+    const START: &[u8] = b"GET /.ecluse/queue/status";
+    if !bytes.starts_with(START) || !bytes.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Request::new(&mut fields);
+    match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(n)) if n == bytes.len() => {}
+        _ => return None,
+    }
+    if parsed.version != Some(1) || parsed.method != Some("GET") {
+        return None;
+    }
+    let mut req = pingora_http::RequestHeader::build(
+        "GET",
+        parsed.path?.as_bytes(),
+        Some(parsed.headers.len()),
+    )
+    .ok()?;
+    for f in parsed.headers.iter() {
+        let name = f.name.to_ascii_lowercase();
+        if matches!(
+            name.as_str(),
+            "content-length" | "transfer-encoding" | "expect" | "upgrade"
+        ) {
+            return None;
+        }
+        if name == "connection"
+            && f.value
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        {
+            return None;
+        }
+        req.append_header(name, f.value).ok()?;
+    }
+    if req.uri.path() != super::STATUS_PATH {
+        return None;
+    }
+    let lim = super::hygiene::Limits {
+        max_request_line: limits.max_request_line,
+        max_header_bytes: limits.max_header_bytes,
+        max_headers: limits.max_headers,
+    };
+    super::hygiene::check_request(&req, Some(bytes), &lim).ok()?;
+    Some(req)
+}
+
 impl AsyncRead for Guarded {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -441,48 +590,76 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.peeked_pos < this.peeked.len() {
-            let rest = &this.peeked[this.peeked_pos..];
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            this.peeked_pos += n;
-            if this.peeked_pos == this.peeked.len() {
-                this.peeked = Vec::new();
-                this.peeked_pos = 0;
+        let mut answered = 0u32;
+        loop {
+            match this.poll_answer(cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
             }
-            return Poll::Ready(this.after_read(n));
-        }
-        let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                let n = buf.filled().len() - before;
-                this.sleep = None;
-                Poll::Ready(this.after_read(n))
+            if answered == ANSWERS_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                let Some(deadline) = this.pending_deadline() else {
+            if this.peeked_pos < this.peeked.len() {
+                break;
+            }
+            let before = buf.filled().len();
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => {
+                    let n = buf.filled().len() - before;
                     this.sleep = None;
-                    return Poll::Pending;
-                };
-                let deadline = tokio::time::Instant::from_std(deadline);
-                match &mut this.sleep {
-                    Some(s) if s.deadline() == deadline => {}
-                    Some(s) => s.as_mut().reset(deadline),
-                    None => this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    if n > 0 {
+                        if let Some(resp) = this.answer_here(&buf.filled()[before..]) {
+                            buf.set_filled(before);
+                            this.out = resp;
+                            answered += 1;
+                            continue;
+                        }
+                    }
+                    return Poll::Ready(this.after_read(n));
                 }
-                let sleep = this.sleep.as_mut().expect("just set");
-                if sleep.as_mut().poll(cx).is_ready() {
-                    this.sleep = None;
-                    let phase = match this.lock().phase {
-                        Phase::Body => "body",
-                        _ => "header",
-                    };
-                    return Poll::Ready(Err(timed_out(phase)));
-                }
-                Poll::Pending
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return this.poll_pending(cx),
             }
         }
+        // Bytes read ahead by the HTTP/2 preface sniff go first, to pingora.
+        let rest = &this.peeked[this.peeked_pos..];
+        let n = rest.len().min(buf.remaining());
+        buf.put_slice(&rest[..n]);
+        this.peeked_pos += n;
+        if this.peeked_pos == this.peeked.len() {
+            this.peeked = Vec::new();
+            this.peeked_pos = 0;
+        }
+        Poll::Ready(this.after_read(n))
+    }
+}
+
+impl Guarded {
+    /// The client's bytes are not there yet: wait, but not past the phase's deadline.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(deadline) = self.pending_deadline() else {
+            self.sleep = None;
+            return Poll::Pending;
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        match &mut self.sleep {
+            Some(s) if s.deadline() == deadline => {}
+            Some(s) => s.as_mut().reset(deadline),
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        let sleep = self.sleep.as_mut().expect("just set");
+        if sleep.as_mut().poll(cx).is_ready() {
+            self.sleep = None;
+            let phase = match self.lock().phase {
+                // Idle past the keep-alive timeout: the end of the stream, for pingora.
+                Phase::Kept { .. } => return Poll::Ready(Ok(())),
+                Phase::Body => "body",
+                _ => "header",
+            };
+            return Poll::Ready(Err(timed_out(phase)));
+        }
+        Poll::Pending
     }
 }
 
@@ -713,7 +890,7 @@ mod tests {
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         assert_eq!(g.read(&mut buf).await.unwrap(), 18);
         // Head parsed, no body: nothing is enforced until the next request starts.
-        g.head_done(false);
+        g.head_done(false, None);
         tokio::time::sleep(Duration::from_millis(200)).await;
         g.request_done();
         client.write_all(b"G").await.unwrap();
@@ -724,7 +901,7 @@ mod tests {
     async fn a_slow_body_fails_and_time_not_spent_waiting_for_it_is_not_counted() {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let mut g = Guarded::new(Box::new(server), short(1000), false);
-        g.head_done(true);
+        g.head_done(true, None);
         // ecluse is busy elsewhere (waiting for the origin) for longer than the grace:
         // the client is not blamed, its bytes are already there.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -744,7 +921,7 @@ mod tests {
         // With the body done, a stall is no longer the body's.
         let (_client, server) = tokio::io::duplex(64);
         let mut g = Guarded::new(Box::new(server), short(1000), false);
-        g.head_done(true);
+        g.head_done(true, None);
         g.body_done();
         let r = tokio::time::timeout(Duration::from_millis(500), g.read(&mut buf)).await;
         assert!(

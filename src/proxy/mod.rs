@@ -51,6 +51,56 @@ mod cache;
 pub mod conn;
 mod hygiene;
 
+/// What a status poll's ticket asks.
+enum StatusPoll {
+    /// An admitted session still alive.
+    Admitted,
+    /// A waiting ticket still polling: its standing decides.
+    Waiting(Ticket),
+    /// No usable ticket (none, forged, expired…).
+    Lost,
+}
+
+fn poll_params(p: &EcluseProxy, room: &Room) -> crate::policy::waiting_room::RoomParams {
+    p.room_params(room)
+}
+
+/// The status poll's state, position and the cookie to set, from its ticket and (for a
+/// waiting ticket) its standing in the room.
+fn status_answer(
+    room: &Room,
+    poll: StatusPoll,
+    standing: Option<Standing>,
+    secure: bool,
+) -> (&'static str, Option<u64>, Option<String>) {
+    let now_s = now_ms() / 1000;
+    match (poll, standing) {
+        (StatusPoll::Admitted, _) => ("admitted", None, None),
+        (StatusPoll::Waiting(t), Some(Standing::Admitted { bucket })) => {
+            let t2 = Ticket {
+                state: TicketState::Admitted,
+                seen: now_s,
+                bucket,
+                ..t
+            };
+            (
+                "admitted",
+                None,
+                Some(cookie_header(room, &room.keys.seal(&t2), secure)),
+            )
+        }
+        (StatusPoll::Waiting(t), Some(Standing::Waiting { position })) => {
+            // Polled again within the same second: the cookie would not change.
+            let set = (t.seen != now_s).then(|| {
+                let t2 = Ticket { seen: now_s, ..t };
+                cookie_header(room, &room.keys.seal(&t2), secure)
+            });
+            ("waiting", position, set)
+        }
+        _ => ("lost", None, None),
+    }
+}
+
 pub struct EcluseProxy {
     pub app: Arc<App>,
     /// Whether this listener terminates TLS (for `X-Forwarded-Proto`).
@@ -695,64 +745,160 @@ impl EcluseProxy {
         ctx: &mut Ctx,
         config: &Config,
     ) -> Result<()> {
-        let q = session.req_header().uri.query().unwrap_or("");
-        let name = q
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("room="))
-            .unwrap_or("");
-        let Some(room) = config.rooms.iter().find(|r| r.name == name).cloned() else {
+        let secure = self.secure(session, ctx);
+        let Some((room, poll)) = self.status_poll(session.req_header(), config) else {
             self.respond_problem(session, ctx, Problem::NoRoute, None, &[])
                 .await?;
             return Ok(());
         };
-        let now = now_ms();
-        let now_s = now / 1000;
+        let standing = match &poll {
+            StatusPoll::Waiting(t) => Some(
+                self.poll_room(
+                    &room,
+                    &poll_params(self, &room),
+                    t.class,
+                    t.number,
+                    now_ms(),
+                )
+                .await,
+            ),
+            _ => None,
+        };
+        let (state, position, set) = status_answer(&room, poll, standing, secure);
+        ctx.room_decision = Some("status");
+        crate::metrics::get()
+            .status_polls
+            .with_label_values(&["http"])
+            .inc();
+        self.respond_queue_json(session, ctx, &room, state, position, set)
+            .await
+    }
+
+    /// The degradation level in force, by name (when levels are declared).
+    fn level_name<'c>(&self, config: &'c Config) -> Option<&'c str> {
+        let i = self
+            .app
+            .registry
+            .degrade
+            .level
+            .load(std::sync::atomic::Ordering::Relaxed);
+        config
+            .degradation
+            .as_ref()
+            .and_then(|d| d.levels.get(i))
+            .map(|l| l.name.as_str())
+    }
+
+    /// A status poll: which room, and what its ticket asks (`None`: no such room).
+    fn status_poll(&self, req: &RequestHeader, config: &Config) -> Option<(Arc<Room>, StatusPoll)> {
+        let q = req.uri.query().unwrap_or("");
+        let name = q
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("room="))
+            .unwrap_or("");
+        let room = config.rooms.iter().find(|r| r.name == name).cloned()?;
+        let now_s = now_ms() / 1000;
         let params = self.room_params(&room);
-        let secure = self.secure(session, ctx);
-        let ticket = cookie(&session.req_header().headers, &room.cookie_name)
+        let ticket = cookie(&req.headers, &room.cookie_name)
             .and_then(|v| room.keys.open(v, &room.name).ok());
-        let (state, position, set) = match ticket {
+        let poll = match ticket {
             Some(t)
                 if t.state == TicketState::Admitted
                     && now_s.saturating_sub(t.seen) <= params.idle_timeout.as_secs() =>
             {
-                ("admitted", None, None)
+                StatusPoll::Admitted
             }
             Some(t)
                 if t.state == TicketState::Waiting
                     && now_s.saturating_sub(t.seen) <= params.abandon_timeout.as_secs() =>
             {
-                let standing = self.poll_room(&room, &params, t.class, t.number, now).await;
-                match standing {
-                    Standing::Admitted { bucket } => {
-                        let t2 = Ticket {
-                            state: TicketState::Admitted,
-                            seen: now_s,
-                            bucket,
-                            ..t
-                        };
-                        (
-                            "admitted",
-                            None,
-                            Some(cookie_header(&room, &room.keys.seal(&t2), secure)),
-                        )
-                    }
-                    Standing::Used => ("lost", None, None),
-                    Standing::Waiting { position } => {
-                        // Polled again within the same second: the cookie would not change.
-                        let set = (t.seen != now_s).then(|| {
-                            let t2 = Ticket { seen: now_s, ..t };
-                            cookie_header(&room, &room.keys.seal(&t2), secure)
-                        });
-                        ("waiting", position, set)
-                    }
-                }
+                StatusPoll::Waiting(t)
             }
-            _ => ("lost", None, None),
+            _ => StatusPoll::Lost,
         };
-        ctx.room_decision = Some("status");
-        self.respond_queue_json(session, ctx, &room, state, position, set)
-            .await
+        Some((room, poll))
+    }
+
+    /// A status poll answered below pingora's HTTP layer (`conn.rs`), in one-node mode:
+    /// the whole HTTP/1.1 response and its access-log line, exactly as the normal path
+    /// would make them. `None`: take the normal path (fleet mode, unknown room).
+    pub(crate) fn fast_status(
+        &self,
+        req: &RequestHeader,
+        peer_ip: Option<IpAddr>,
+        started: (Instant, SystemTime),
+    ) -> Option<Vec<u8>> {
+        if self.app.fleet.is_some() {
+            return None;
+        }
+        let config = self.app.config();
+        let secure = self.tls
+            || (peer_ip.is_some_and(|ip| config.server.is_trusted(ip))
+                && header(req, "x-forwarded-proto")
+                    .is_some_and(|p| p.eq_ignore_ascii_case(b"https")));
+        let (room, poll) = self.status_poll(req, &config)?;
+        let standing = match &poll {
+            StatusPoll::Waiting(t) => Some(room.shared.lock().poll(
+                &poll_params(self, &room),
+                usize::from(t.class),
+                t.number,
+                now_ms(),
+            )),
+            _ => None,
+        };
+        let (state, position, set) = status_answer(&room, poll, standing, secure);
+        let (_, status, _) = self.status_of(req, &room, state, position);
+        let body = serde_json::to_vec(&status).unwrap_or_default();
+        let mut out = Vec::with_capacity(body.len() + 256);
+        out.extend_from_slice(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ",
+        );
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\ncache-control: no-store\r\n");
+        if let Some(c) = set {
+            out.extend_from_slice(b"set-cookie: ");
+            out.extend_from_slice(c.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        // What pingora adds to every response it writes (same clock, same format).
+        out.extend_from_slice(b"Date: ");
+        out.extend_from_slice(pingora::protocols::http::date::get_cached_date().as_bytes());
+        out.extend_from_slice(b"\r\nConnection: keep-alive\r\n");
+        crate::metrics::get()
+            .status_polls
+            .with_label_values(&["connection"])
+            .inc();
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body);
+        if self.app.access_log.enabled() {
+            let client = client_ip(&config, peer_ip, header(req, "x-forwarded-for"));
+            let host = req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("");
+            let entry = Entry {
+                time: rfc3339(started.1),
+                client_ip: client.map(|i| i.to_string()).unwrap_or_default(),
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                host,
+                status: 200,
+                route: None,
+                upstream: None,
+                duration_ms: (started.0.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+                bytes_sent: body.len(),
+                attempts: 0,
+                decision: None,
+                rate_limit: None,
+                queue: Some("status"),
+                cache: None,
+                level: self.level_name(&config),
+                error: None,
+            };
+            self.app.access_log.log(&entry);
+        }
+        Some(out)
     }
 
     fn status_of<'r>(
@@ -967,7 +1113,7 @@ impl ProxyHttp for EcluseProxy {
         // The head is in: from here the client is held to the body rate (if any), and
         // after the response to the keep-alive timeout.
         if let Some(guard) = conn::guard_of(session) {
-            guard.head_done(ctx.has_body);
+            guard.head_done(ctx.has_body, raw.as_ref().map(|r| r.len()));
         }
         // Only where the request allows keep-alive (not HTTP/1.0 without it, not `close`).
         if session.get_keepalive().is_some() {
@@ -1664,20 +1810,7 @@ impl ProxyHttp for EcluseProxy {
                 rate_limit: ctx.rl_result,
                 queue: ctx.room_decision,
                 cache: cache_result,
-                level: ctx
-                    .config
-                    .as_ref()
-                    .and_then(|c| c.degradation.as_ref())
-                    .and_then(|d| {
-                        let i = self
-                            .app
-                            .registry
-                            .degrade
-                            .level
-                            .load(std::sync::atomic::Ordering::Relaxed);
-                        d.levels.get(i)
-                    })
-                    .map(|l| l.name.as_str()),
+                level: ctx.config.as_ref().and_then(|c| self.level_name(c)),
                 error: e.map(|e| e.to_string()),
             };
             self.app.access_log.log(&entry);
