@@ -317,6 +317,26 @@ async fn tls_listener_with_h2_alpn() {
     assert_eq!(v["headers"]["x-forwarded-proto"], "https");
 }
 
+/// The JSON lines of `access.log` beside the node's config, once there are `at_least`.
+async fn access_log_lines(e: &Ecluse, at_least: usize) -> Vec<serde_json::Value> {
+    let log = e.config.with_file_name("access.log");
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    eventually(
+        &format!("{at_least} access log lines"),
+        Duration::from_secs(10),
+        async || {
+            lines = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            lines.len() >= at_least
+        },
+    )
+    .await;
+    lines
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_writes_one_json_line_per_request() {
     let a = EchoOrigin::start("a").await;
@@ -342,21 +362,7 @@ async fn access_log_writes_one_json_line_per_request() {
             .status(),
         404
     );
-    let log = e.config.with_file_name("access.log");
-    let mut lines: Vec<serde_json::Value> = Vec::new();
-    eventually(
-        "two access log lines",
-        Duration::from_secs(10),
-        async || {
-            lines = std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
-            lines.len() >= 2
-        },
-    )
-    .await;
+    let lines = access_log_lines(&e, 2).await;
     let ok = &lines[0];
     assert_eq!(ok["route"], "files");
     assert_eq!(ok["status"], 200);
@@ -424,21 +430,7 @@ routes:
     let second = jar();
     assert_eq!(get(&second, "/home").await, 200, "the queue page");
 
-    let log = e.config.with_file_name("access.log");
-    let mut lines: Vec<serde_json::Value> = Vec::new();
-    eventually(
-        "seven access log lines",
-        Duration::from_secs(10),
-        async || {
-            lines = std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
-            lines.len() >= 7
-        },
-    )
-    .await;
+    let lines = access_log_lines(&e, 7).await;
     // Lines of one connection are in order; across connections, look them up by path.
     let line = |path: &str, nth: usize| -> &serde_json::Value {
         lines

@@ -61,10 +61,6 @@ enum StatusPoll {
     Lost,
 }
 
-fn poll_params(p: &EcluseProxy, room: &Room) -> crate::policy::waiting_room::RoomParams {
-    p.room_params(room)
-}
-
 /// The status poll's state, position and the cookie to set, from its ticket and (for a
 /// waiting ticket) its standing in the room.
 fn status_answer(
@@ -753,14 +749,8 @@ impl EcluseProxy {
         };
         let standing = match &poll {
             StatusPoll::Waiting(t) => Some(
-                self.poll_room(
-                    &room,
-                    &poll_params(self, &room),
-                    t.class,
-                    t.number,
-                    now_ms(),
-                )
-                .await,
+                self.poll_room(&room, &self.room_params(&room), t.class, t.number, now_ms())
+                    .await,
             ),
             _ => None,
         };
@@ -839,7 +829,7 @@ impl EcluseProxy {
         let (room, poll) = self.status_poll(req, &config)?;
         let standing = match &poll {
             StatusPoll::Waiting(t) => Some(room.shared.lock().poll(
-                &poll_params(self, &room),
+                &self.room_params(&room),
                 usize::from(t.class),
                 t.number,
                 now_ms(),
