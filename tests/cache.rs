@@ -1303,7 +1303,14 @@ async fn origin_gone_serves_stale_within_stale_if_error_then_ecluse_error_page()
     let o = FileOrigin::start().await;
     o.put("/files/a.pdf", "stored copy", "max-age=1");
     let e = Ecluse::start(&yaml(o.addr, "", FILES_ROUTE));
-    let c = client();
+    // A fresh connection per request: after answering for a dead origin, ecluse may
+    // close the kept-alive connection without saying so, and a pooled client then races
+    // the close (a reset, about 1 run in 5). Noted on issue #6; this test is about what
+    // each answer says.
+    let c = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let get = || {
         c.get(e.url("/files/a.pdf"))
             .header("accept", "application/json")
