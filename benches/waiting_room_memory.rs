@@ -33,6 +33,7 @@ fn main() {
         method: Method::Fifo,
         opens_at: None,
         prequeue: Duration::ZERO,
+        fleet: None,
     };
     let keys = Keyring::parse("k1:0123456789abcdef0123456789abcdef").expect("key");
     let before = rss_bytes();

@@ -11,7 +11,7 @@ use prometheus::{IntCounter, IntGauge};
 
 use crate::policy::rate_limit::KeyedLimiter;
 use crate::policy::ticket::Keyring;
-use crate::policy::waiting_room::{RoomParams, RoomState};
+use crate::policy::waiting_room::{FleetShare, RoomParams, RoomState};
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -295,24 +295,44 @@ impl Room {
 
     /// Params for this node: in fleet fallback (Redis unreachable), its share of the
     /// room's capacity and pace (÷ nodes last seen), so the fleet never admits more than
-    /// configured.
-    pub fn effective_divided(&self, divisor: u32) -> RoomParams {
+    /// configured, over the fleet's numbering.
+    pub fn effective_share(&self, share: Option<FleetShare>) -> RoomParams {
         let mut p = self.effective();
-        if divisor > 1 {
-            p.active_users = (p.active_users / divisor).max(1);
-            p.new_users_per_minute = (p.new_users_per_minute / divisor).max(1);
+        if let Some(s) = share {
+            let d = s.nodes.max(1);
+            p.active_users = (p.active_users / d).max(1);
+            p.new_users_per_minute = (p.new_users_per_minute / d).max(1);
+            p.fleet = Some(s);
         }
         p
     }
 
-    /// Advance admission and refresh the gauges. Called about once a second.
-    pub fn tick(&self, now: u64) {
-        self.tick_divided(now, 1)
+    /// Fleet mode, Redis answering: the local room follows the shared one (so that it
+    /// can go on from there if Redis becomes unreachable), this node's share of its
+    /// sessions counted in a seed bucket.
+    pub fn follow_fleet(&self, v: &crate::cluster::room::View, nodes: u64, now: u64) {
+        let p = self.effective();
+        let n = nodes.max(1);
+        self.shared.lock().follow(
+            &p,
+            &v.queues,
+            &v.margin,
+            v.active.div_ceil(n),
+            v.pending.div_ceil(n),
+            v.paused,
+            v.rate,
+            now,
+        );
     }
 
-    /// `tick` with capacities divided (fleet fallback).
-    pub fn tick_divided(&self, now: u64, divisor: u32) {
-        let p = self.effective_divided(divisor);
+    /// Advance admission and refresh the gauges. Called about once a second.
+    pub fn tick(&self, now: u64) {
+        self.tick_share(now, None)
+    }
+
+    /// `tick` with this node's share of a fleet's room (fleet fallback).
+    pub fn tick_share(&self, now: u64, share: Option<FleetShare>) {
+        let p = self.effective_share(share);
         let mut s = self.shared.lock();
         s.tick(&p, now);
         self.metrics.waiting.set(s.waiting() as i64);

@@ -117,9 +117,10 @@ impl BackgroundService for Control {
                     match &app.fleet {
                         Some(f) if f.conn().is_some() => {}
                         Some(f) => {
-                            let d = f.fallback_divisor();
+                            let share = f.fallback_share();
                             for room in &cfg.rooms {
-                                room.tick_divided(now, d);
+                                room.tick_share(now, share);
+                                f.room(&room.name).mark_diverged();
                             }
                         }
                         None => {

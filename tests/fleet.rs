@@ -558,3 +558,250 @@ async fn one_waiting_room_across_three_nodes_fifo_and_capacity() {
         "the same FIFO order after Redis came back empty: {admitted_at:?}"
     );
 }
+
+fn outage_node_yaml(origin: SocketAddr, redis: u16, id: &str) -> String {
+    room_node_yaml(origin, redis, id)
+        .replace("active_users: 5,", "active_users: 6,")
+        .replace("session_idle_timeout: 5m", "session_idle_timeout: 16s")
+}
+
+/// What a student saw of the room, from a JSON answer (page or status).
+fn standing(v: &serde_json::Value) -> Result<(), Option<u64>> {
+    if v["server"] == "ent" || v["state"] == "admitted" {
+        Ok(())
+    } else {
+        assert_eq!(v["state"], "waiting", "{v}");
+        Err(v["position"].as_u64())
+    }
+}
+
+/// Redis stops answering (frozen: nothing lost) while the room is full and students
+/// wait, then answers again. Those inside stay inside on every node, nobody waiting
+/// loses their place to a newcomer, no node lets in more than its share, and when Redis
+/// is back the fleet goes on from what the nodes did alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_outage_loses_no_place() {
+    let _alone = ONE_FLEET_AT_A_TIME.lock().await;
+    std::env::set_var(
+        "ECLUSE_FLEET_TEST_KEYS",
+        "k1:8f3a5e0c9b1d2f4a6c8e0b2d4f6a8c0e1f3b5d7a9c1e3f5b7d9a1c3e5f7b9d1a",
+    );
+    let redis = Redis::start();
+    let origin = EchoOrigin::start("ent").await;
+    let nodes: Vec<Ecluse> = ["o1", "o2", "o3"]
+        .iter()
+        .map(|id| Ecluse::start(&outage_node_yaml(origin.addr, redis.port, id)))
+        .collect();
+    let admin = client();
+    for e in &nodes {
+        eventually("every node sees three live nodes", DEADLINE, async || {
+            state(&admin, e).await["cluster"]["live_nodes"] == 3
+        })
+        .await;
+    }
+    let student = || {
+        reqwest::Client::builder()
+            .cookie_store(true)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let get = async |s: &reqwest::Client, node: &Ecluse, path: &str| -> serde_json::Value {
+        s.get(node.url(path))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    // Six get in at once, six queue (positions 1 to 6), round robin over the nodes.
+    let mut students: Vec<reqwest::Client> = (0..12).map(|_| student()).collect();
+    let mut position: Vec<Option<u64>> = vec![None; 12];
+    for (i, s) in students.iter().enumerate() {
+        match standing(&get(s, &nodes[i % 3], "/home").await) {
+            Ok(()) => assert!(i < 6, "student {i} let in past the capacity"),
+            Err(p) => {
+                assert!(i >= 6, "student {i} queued with room to spare");
+                position[i] = p;
+            }
+        }
+    }
+    assert_eq!(
+        position[6..].to_vec(),
+        (1..=6).map(Some).collect::<Vec<_>>()
+    );
+
+    // Each node knows the room as of its last exchange with Redis (every 100 ms here).
+    for e in &nodes {
+        eventually(
+            "every node has seen the six waiting",
+            DEADLINE,
+            async || state(&admin, e).await["rooms"][0]["waiting"] == 6,
+        )
+        .await;
+    }
+    redis.freeze(true);
+    for e in &nodes {
+        eventually("the node falls back", DEADLINE, async || {
+            state(&admin, e).await["cluster"]["redis_up"] == false
+        })
+        .await;
+    }
+    // Three newcomers during the outage, one per node: behind the six waiting.
+    for node in &nodes {
+        let s = student();
+        match standing(&get(&s, node, "/home").await) {
+            Ok(()) => panic!("a newcomer got in during the outage, the room being full"),
+            Err(p) => {
+                assert!(
+                    p.is_some_and(|p| p > 6),
+                    "a newcomer queues behind the six already waiting: {p:?}"
+                );
+                position.push(p);
+            }
+        }
+        students.push(s);
+    }
+    // Those inside go on using the ENT through every node, over several activity
+    // buckets (one second each): none is sent back to the queue.
+    let mut inside: Vec<usize> = (0..6).collect();
+    let mut admitted_order: Vec<usize> = Vec::new();
+    let mut round = 0usize;
+    let mut poll_all = async |students: &Vec<reqwest::Client>,
+                              inside: &mut Vec<usize>,
+                              admitted_order: &mut Vec<usize>,
+                              position: &mut Vec<Option<u64>>| {
+        round += 1;
+        for &i in inside.iter() {
+            let v = get(&students[i], &nodes[(i + round) % 3], &format!("/p{i}")).await;
+            assert_eq!(standing(&v), Ok(()), "student {i} inside stays inside: {v}");
+        }
+        for i in 0..students.len() {
+            if inside.contains(&i) || admitted_order.contains(&i) || i < 6 {
+                continue;
+            }
+            let v = get(
+                &students[i],
+                &nodes[(i + round) % 3],
+                "/.ecluse/queue/status?room=ent",
+            )
+            .await;
+            match standing(&v) {
+                Ok(()) => {
+                    inside.push(i);
+                    admitted_order.push(i);
+                }
+                Err(p) => {
+                    // Alone, each node moves its own frontier: a position may differ
+                    // from node to node, never behind where the student first stood.
+                    let was = position[i];
+                    assert!(
+                        p.is_some() && p <= was,
+                        "student {i} never loses ground: first {was:?}, now {p:?}"
+                    );
+                }
+            }
+        }
+        assert!(
+            inside.len() <= 6,
+            "at most the room's capacity inside: {inside:?}"
+        );
+    };
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(2500) {
+        poll_all(&students, &mut inside, &mut admitted_order, &mut position).await;
+    }
+    assert!(admitted_order.is_empty(), "nobody let in: the room is full");
+    // Three leave, each through another node: their places go to the first in line,
+    // never to a newcomer of the outage while an earlier ticket waits.
+    for i in 0..3 {
+        let r = students[i]
+            .get(nodes[i].url("/logout"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        inside.retain(|&x| x != i);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admitted_order.is_empty() {
+        assert!(Instant::now() < deadline, "no admission during the outage");
+        poll_all(&students, &mut inside, &mut admitted_order, &mut position).await;
+    }
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(1500) {
+        poll_all(&students, &mut inside, &mut admitted_order, &mut position).await;
+    }
+    assert!(
+        admitted_order.iter().all(|&i| (6..12).contains(&i)),
+        "only tickets from before the outage get in while they wait: {admitted_order:?}"
+    );
+    let during = admitted_order.len();
+
+    // Redis answers again: the fleet takes over from what the nodes did alone.
+    redis.freeze(false);
+    for e in &nodes {
+        eventually("the node resynchronises", DEADLINE, async || {
+            state(&admin, e).await["cluster"]["redis_up"] == true
+        })
+        .await;
+    }
+    let late = student();
+    match standing(&get(&late, &nodes[1], "/home").await) {
+        Ok(()) => assert!(inside.len() < 6, "let in past the capacity"),
+        Err(p) => {
+            let waiting = students.len() - 6 - admitted_order.len();
+            assert!(
+                p.is_some_and(|p| p as usize > waiting),
+                "after the outage a newcomer queues behind all {waiting} waiting: {p:?}"
+            );
+            position.push(p);
+            students.push(late);
+        }
+    }
+    // Everyone inside leaves: the rest get in, earlier tickets first.
+    for &i in inside.clone().iter() {
+        let r = students[i]
+            .get(nodes[(i + 1) % 3].url("/logout"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        inside.retain(|&x| x != i);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admitted_order.len() < students.len() - 6 {
+        assert!(
+            Instant::now() < deadline,
+            "everyone waiting gets in after the outage: {admitted_order:?}"
+        );
+        poll_all(&students, &mut inside, &mut admitted_order, &mut position).await;
+        // Those let in leave at once, to make room for the next.
+        for &i in inside.clone().iter() {
+            let r = students[i]
+                .get(nodes[i % 3].url("/logout"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            inside.retain(|&x| x != i);
+        }
+    }
+    let after: Vec<usize> = admitted_order[during..].to_vec();
+    let before_outage: Vec<usize> = after.iter().copied().filter(|&i| i < 12).collect();
+    assert!(
+        after.iter().position(|&i| i >= 12) >= after.iter().rposition(|&i| i < 12).map(|p| p + 1),
+        "tickets from before the outage first: {admitted_order:?}"
+    );
+    assert_eq!(
+        after.last(),
+        Some(&(students.len() - 1)),
+        "the newcomer after the outage last: {admitted_order:?}"
+    );
+    assert!(
+        before_outage.windows(2).all(|w| w[0] < w[1]),
+        "{admitted_order:?}"
+    );
+}

@@ -123,6 +123,8 @@ pub struct Fleet {
     reported: AtomicBool,
     /// Nodes alive at the last successful exchange (at least 1: this one).
     pub live: AtomicU64,
+    /// This node's place among them (by id), for numbering tickets during an outage.
+    slot: AtomicU64,
     nodes: ArcSwap<Vec<NodeInfo>>,
     shares: ArcSwap<HashMap<String, f64>>,
     /// Changes not yet in Redis, each with its number in this node's sequence.
@@ -212,6 +214,7 @@ impl Fleet {
             redis_up: AtomicBool::new(false),
             reported: AtomicBool::new(false),
             live: AtomicU64::new(expected),
+            slot: AtomicU64::new(0),
             nodes: ArcSwap::from_pointee(Vec::new()),
             shares: ArcSwap::from_pointee(HashMap::new()),
             outgoing: Mutex::new((0, Vec::new())),
@@ -252,13 +255,18 @@ impl Fleet {
         self.metrics.commands.inc_by(n);
     }
 
-    /// Divisor of local capacities while Redis is unreachable: the nodes last seen.
-    pub fn fallback_divisor(&self) -> u32 {
+    /// While Redis is unreachable: this node's share of the rooms (capacity and pace
+    /// divided by the nodes last seen, numbering interleaved by node); `None` while
+    /// Redis answers.
+    pub fn fallback_share(&self) -> Option<crate::policy::waiting_room::FleetShare> {
         if self.redis_up.load(Ordering::Relaxed) {
-            1
-        } else {
-            self.live.load(Ordering::Relaxed).clamp(1, 1000) as u32
+            return None;
         }
+        let nodes = self.live.load(Ordering::Relaxed).clamp(1, 1000) as u32;
+        Some(crate::policy::waiting_room::FleetShare {
+            slot: (self.slot.load(Ordering::Relaxed) % u64::from(nodes)) as u32,
+            nodes,
+        })
     }
 
     fn key(&self, k: &str) -> String {
@@ -678,6 +686,11 @@ async fn sync_once(
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
     let n = live.len().max(1) as u64;
     fleet.live.store(n, Ordering::Relaxed);
+    let mut ids: Vec<&String> = live.iter().collect();
+    ids.sort();
+    if let Some(i) = ids.iter().position(|id| **id == s.node_id) {
+        fleet.slot.store(i as u64, Ordering::Relaxed);
+    }
     fleet.metrics.nodes.set(n as i64);
 
     // Rate-limit shares: this node's part of each route's traffic, at least a quarter of
@@ -778,11 +791,29 @@ async fn sync_once(
     fleet.nodes.store(Arc::new(nodes));
 
     // 4. The shared waiting rooms: this node's moves, one admission tick, a fresh view.
+    // After an outage, the room this node ran meanwhile goes with them (Redis raises
+    // its counters and frontiers to it); then the local room follows the shared one.
     for r in &config.rooms {
         let fr = fleet.room(&r.name);
-        let sent = fr.sync(conn, &r.effective(), now).await?;
+        let mark = fr.diverged_mark();
+        let ran_alone = mark.map(|_| {
+            r.shared
+                .lock()
+                .queues
+                .iter()
+                .map(|q| (q.frontier, q.next))
+                .collect::<Vec<_>>()
+        });
+        let sent = fr
+            .sync(conn, &r.effective(), now, ran_alone.as_deref())
+            .await?;
+        if let Some(m) = mark {
+            fr.synced_since(m);
+        }
         fleet.metrics.commands.inc_by(sent);
-        r.publish_fleet_view(&fr.view.lock().unwrap_or_else(|p| p.into_inner()));
+        let v = fr.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        r.follow_fleet(&v, n, now);
+        r.publish_fleet_view(&v);
     }
     Ok(())
 }

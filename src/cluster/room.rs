@@ -10,7 +10,8 @@
 //! (`MOVES`); admissions advance in `TICK`, run by whichever node syncs (the script
 //! ignores ticks closer than 200 ms, so N nodes tick no faster than one).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -63,7 +64,9 @@ local function num(v, d) if v then return tonumber(v) else return d end end
 /// KEYS: room, active, pending. ARGV: now, cap, per_min, burst, grace_ms, bucket_ms,
 /// policies ("d", "b", "s0.25", one per class, comma-separated), and this node's last view
 /// to start again from if Redis lost the room: "frontier:next" per class
-/// (comma-separated, empty for none), active, pending, paused.
+/// (comma-separated, empty for none), active, pending, paused; then "1" when that view is
+/// the room this node ran alone during an outage: counters and frontiers are raised to it
+/// (the numbers it handed out are taken, the tickets it passed stay passed).
 /// Returns {frontier_0, next_0, frontier_1, next_1, …, rate*1000, paused, active, pending, tokens*1000}.
 const LUA_TICK: &str = r#"
 local now = tonumber(ARGV[1]); local cap = tonumber(ARGV[2]); local per_ms = tonumber(ARGV[3]) / 60000
@@ -88,6 +91,16 @@ if ARGV[8] ~= '' and redis.call('EXISTS', r) == 0 then
   local pd = tonumber(ARGV[10])
   if pd > 0 then redis.call('RPUSH', KEYS[3], (now + grace) .. ':' .. pd) end
   redis.call('HSET', r, 'paused', ARGV[11], 'restored', now, 'seed_bucket', seed)
+elseif ARGV[12] == '1' then
+  local i = 0
+  for f, n in string.gmatch(ARGV[8], '(%d+):(%d+)') do
+    f = tonumber(f); n = tonumber(n)
+    local cn = num(redis.call('HGET', r, 'next:' .. i), 0)
+    local cf = num(redis.call('HGET', r, 'frontier:' .. i), 0)
+    if n > cn then redis.call('HSET', r, 'next:' .. i, n) end
+    if f > cf then redis.call('HSET', r, 'frontier:' .. i, math.min(f, math.max(n, cn))) end
+    i = i + 1
+  end
 end
 local last = num(redis.call('HGET', r, 'last_tick'), nil)
 local tokens = num(redis.call('HGET', r, 'tokens'), burst)
@@ -226,20 +239,25 @@ end
 return {0, 1}
 "#;
 
-/// KEYS: active, room. ARGV: pairs old, new (a move), or old, -1 (an end). A session whose
-/// old bucket is gone (Redis lost the room) is taken from the seed bucket instead.
+/// KEYS: active, room. ARGV: triples old, new, count: a move, old -1 (a session let in
+/// by this node alone, during an outage), or new -1 (an end). Sessions whose old bucket
+/// is gone (Redis lost the room) are taken from the seed bucket instead.
 const LUA_MOVES: &str = r#"
 local seed = redis.call('HGET', KEYS[2], 'seed_bucket')
-for i = 1, #ARGV, 2 do
-  local old = ARGV[i]; local new = ARGV[i + 1]
-  local v = tonumber(redis.call('HGET', KEYS[1], old) or '0')
-  if v > 0 then
-    redis.call('HINCRBY', KEYS[1], old, -1)
-  elseif seed and tonumber(redis.call('HGET', KEYS[1], seed) or '0') > 0 then
-    -- A session counted before Redis lost the room: it was in the seed bucket.
-    redis.call('HINCRBY', KEYS[1], seed, -1)
+for i = 1, #ARGV, 3 do
+  local old = ARGV[i]; local new = ARGV[i + 1]; local c = tonumber(ARGV[i + 2])
+  if old ~= '-1' then
+    local v = tonumber(redis.call('HGET', KEYS[1], old) or '0')
+    local take = math.min(v, c)
+    if take > 0 then redis.call('HINCRBY', KEYS[1], old, -take) end
+    local rest = c - take
+    if rest > 0 and seed and seed ~= old then
+      -- Sessions counted before Redis lost the room: they were in the seed bucket.
+      local s = tonumber(redis.call('HGET', KEYS[1], seed) or '0')
+      if s > 0 then redis.call('HINCRBY', KEYS[1], seed, -math.min(s, rest)) end
+    end
   end
-  if new ~= '-1' then redis.call('HINCRBY', KEYS[1], new, 1) end
+  if new ~= '-1' then redis.call('HINCRBY', KEYS[1], new, c) end
 end
 return 1
 "#;
@@ -261,6 +279,9 @@ pub struct View {
     pub tokens: f64,
     /// admitted, abandoned, issued, direct (fleet-wide totals).
     pub counters: [u64; 4],
+    /// Per class, numbers to leave for other nodes' tickets should Redis become
+    /// unreachable now: twice what the fleet handed out since the previous view.
+    pub margin: Vec<u64>,
 }
 
 impl View {
@@ -293,11 +314,21 @@ pub struct FleetRoom {
     claim: Script,
     moves_script: Script,
     pub view: Mutex<View>,
-    /// Bucket moves and ends not yet flushed: (old, new or -1).
-    moves: Mutex<Vec<(u64, i64)>>,
+    /// Bucket moves not yet flushed, counted: (old or -1 for a session let in during an
+    /// outage, new or -1 for an end). Ordered by old bucket: a session that moved twice
+    /// leaves its first bucket before its second.
+    moves: Mutex<BTreeMap<(i64, i64), u64>>,
     /// Sessions ended on this node (logout): their cookie is not honoured again here.
     ended: Mutex<HashMap<(u8, u64), u64>>,
+    /// Times this node ran the room alone (Redis unreachable) since Redis last had it.
+    diverged: AtomicU64,
+    /// Waiting tickets let in by this node alone: marked used in Redis once it is back,
+    /// so that a copy is not let in again (at most `MAX_OUTAGE_CLAIMS`).
+    outage_claims: Mutex<Vec<(u8, u64)>>,
 }
+
+/// Waiting tickets let in during an outage, remembered for Redis at most.
+const MAX_OUTAGE_CLAIMS: usize = 100_000;
 
 fn bucket_ms(p: &RoomParams) -> u64 {
     (p.idle_timeout.as_millis() as u64 / BUCKETS).max(1000)
@@ -337,8 +368,52 @@ impl FleetRoom {
             claim: script(LUA_CLAIM),
             moves_script: script(LUA_MOVES),
             view: Mutex::new(View::default()),
-            moves: Mutex::new(Vec::new()),
+            moves: Mutex::new(BTreeMap::new()),
             ended: Mutex::new(HashMap::new()),
+            diverged: AtomicU64::new(0),
+            outage_claims: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// This node runs the room alone (Redis unreachable): what it does is sent to Redis
+    /// at the next exchange.
+    pub fn mark_diverged(&self) {
+        self.diverged.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether this node ran the room alone since Redis last had it: `Some(mark)` to
+    /// pass to [`Self::synced_since`] once Redis has it.
+    pub fn diverged_mark(&self) -> Option<u64> {
+        let m = self.diverged.load(Ordering::Relaxed);
+        (m > 0).then_some(m)
+    }
+
+    /// Redis has the room as it was at `mark` (unless it ran alone again since).
+    pub fn synced_since(&self, mark: u64) {
+        let _ = self
+            .diverged
+            .compare_exchange(mark, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn push_move(&self, old: i64, new: i64) {
+        *self
+            .moves
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((old, new))
+            .or_insert(0) += 1;
+    }
+
+    /// A session let in by this node alone (outage), counted in `bucket`: added to the
+    /// fleet's count when Redis is back. `claimed`: the waiting ticket it came with.
+    pub fn record_outage_admission(&self, bucket: u64, claimed: Option<(u8, u64)>) {
+        self.mark_diverged();
+        self.push_move(-1, bucket as i64);
+        if let Some(c) = claimed {
+            let mut g = self.outage_claims.lock().unwrap_or_else(|p| p.into_inner());
+            if g.len() < MAX_OUTAGE_CLAIMS {
+                g.push(c);
+            }
         }
     }
 
@@ -347,43 +422,81 @@ impl FleetRoom {
     }
 
     /// One admission tick and a fresh view; flushes this node's bucket moves first.
+    /// `ran_alone`: (frontier, next) per class of the room this node ran during an
+    /// outage, for Redis to raise its own to.
     pub async fn sync(
         &self,
         conn: &mut redis::aio::ConnectionManager,
         p: &RoomParams,
         now: u64,
+        ran_alone: Option<&[(u64, u64)]>,
     ) -> redis::RedisResult<u64> {
-        let moves: Vec<(u64, i64)> =
-            std::mem::take(&mut *self.moves.lock().unwrap_or_else(|p| p.into_inner()));
+        // What is sent leaves this node only once Redis has it: a failed exchange, or
+        // one given up half way (timed out), sends it again next time.
+        let moves: BTreeMap<(i64, i64), u64> =
+            self.moves.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut sent = 0;
         if !moves.is_empty() {
             let mut inv = self.moves_script.key(&self.active_key);
             inv.key(&self.room_key);
-            for (old, new) in &moves {
-                inv.arg(*old).arg(*new);
+            for ((old, new), n) in &moves {
+                inv.arg(*old).arg(*new).arg(*n);
             }
-            if let Err(e) = inv.invoke_async::<i64>(conn).await {
-                // Put them back: they are flushed at the next sync.
-                self.moves
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend(moves);
-                return Err(e);
+            inv.invoke_async::<i64>(conn).await?;
+            let mut g = self.moves.lock().unwrap_or_else(|p| p.into_inner());
+            for (k, n) in moves {
+                if let Some(left) = g.get_mut(&k) {
+                    *left = left.saturating_sub(n);
+                    if *left == 0 {
+                        g.remove(&k);
+                    }
+                }
             }
             sent += 1;
         }
-        // The room as last seen here, for Redis to start again from if it lost it.
+        let claims: Vec<(u8, u64)> = self
+            .outage_claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !claims.is_empty() {
+            let mut pipe = redis::pipe();
+            for (c, n) in &claims {
+                pipe.cmd("SET")
+                    .arg(format!("{}{c}:{n}", self.claimed_prefix))
+                    .arg(1)
+                    .arg("PX")
+                    .arg(p.abandon_timeout.as_millis() as u64)
+                    .ignore();
+            }
+            pipe.query_async::<()>(conn).await?;
+            let mut g = self.outage_claims.lock().unwrap_or_else(|p| p.into_inner());
+            let n = claims.len().min(g.len());
+            g.drain(..n);
+            sent += claims.len() as u64;
+        }
+        // The room as last seen here, for Redis to start again from if it lost it (or,
+        // after an outage, to raise its own to).
         let (seen, active, pending, paused) = {
             let v = self.view();
-            let seen = if v.queues.len() == p.classes.len().max(1) {
-                v.queues
-                    .iter()
-                    .map(|(f, n)| format!("{f}:{n}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
+            let classes = p.classes.len().max(1);
+            let mut q: Vec<(u64, u64)> = if v.queues.len() == classes {
+                v.queues.clone()
             } else {
-                String::new()
+                Vec::new()
             };
+            if let Some(local) = ran_alone {
+                q.resize(classes.max(q.len()), (0, 0));
+                for (a, b) in q.iter_mut().zip(local) {
+                    *a = (a.0.max(b.0), a.1.max(b.1));
+                }
+                q.truncate(classes);
+            }
+            let seen = q
+                .iter()
+                .map(|(f, n)| format!("{f}:{n}"))
+                .collect::<Vec<_>>()
+                .join(",");
             (seen, v.active, v.pending, u8::from(v.paused))
         };
         let out: Vec<i64> = self
@@ -402,15 +515,25 @@ impl FleetRoom {
             .arg(active)
             .arg(pending)
             .arg(paused)
+            .arg(if ran_alone.is_some() { "1" } else { "0" })
             .invoke_async(conn)
             .await?;
         sent += 1;
         let classes = p.classes.len().max(1);
         if out.len() == classes * 2 + 9 {
             let mut v = self.view();
-            v.queues = (0..classes)
+            let queues: Vec<(u64, u64)> = (0..classes)
                 .map(|i| (out[2 * i].max(0) as u64, out[2 * i + 1].max(0) as u64))
                 .collect();
+            v.margin = queues
+                .iter()
+                .enumerate()
+                .map(|(i, (_, n))| {
+                    let before = v.queues.get(i).map_or(*n, |q| q.1);
+                    2 * n.saturating_sub(before) + 4
+                })
+                .collect();
+            v.queues = queues;
             let b = classes * 2;
             v.rate = out[b] as f64 / 1000.0;
             v.paused = out[b + 1] != 0;
@@ -486,7 +609,10 @@ impl FleetRoom {
         })
     }
 
-    /// A waiting ticket polls. Behind the frontier as last seen: answered locally.
+    /// A waiting ticket polls; true when Redis was asked. Far behind the frontier as last
+    /// seen: answered from this node's view. Near it (within what one admission tick can
+    /// let in), Redis is asked: another node's tick may have let it in since this node's
+    /// view, and asking there keeps one order whichever node a student polls.
     pub async fn poll(
         &self,
         conn: &mut redis::aio::ConnectionManager,
@@ -494,12 +620,15 @@ impl FleetRoom {
         class: usize,
         number: u64,
         now: u64,
-    ) -> redis::RedisResult<Standing> {
+    ) -> redis::RedisResult<(Standing, bool)> {
         let frontier = self.view().queues.get(class).map(|q| q.0).unwrap_or(0);
-        if number > frontier {
-            return Ok(Standing::Waiting {
-                position: Some(number - frontier),
-            });
+        if number > frontier + burst(p).ceil() as u64 {
+            return Ok((
+                Standing::Waiting {
+                    position: Some(number - frontier),
+                },
+                false,
+            ));
         }
         let out: Vec<i64> = self
             .claim
@@ -516,13 +645,14 @@ impl FleetRoom {
             .invoke_async(conn)
             .await?;
         let g = |i: usize| out.get(i).copied().unwrap_or(0).max(0) as u64;
-        Ok(match out.first() {
+        let standing = match out.first() {
             Some(1) => Standing::Admitted { bucket: g(1) },
             Some(2) => Standing::Used,
             _ => Standing::Waiting {
                 position: Some(g(1).max(1)),
             },
-        })
+        };
+        Ok((standing, true))
     }
 
     /// An admitted session makes a request: decided here, the move counted at the next
@@ -541,10 +671,7 @@ impl FleetRoom {
             if old + BUCKETS <= cur {
                 return None;
             }
-            self.moves
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((old, cur as i64));
+            self.push_move(old as i64, cur as i64);
         }
         Some(cur)
     }
@@ -559,10 +686,7 @@ impl FleetRoom {
             .insert((class, number), until)
             .is_none();
         if fresh {
-            self.moves
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((bucket, -1));
+            self.push_move(bucket as i64, -1);
         }
     }
 

@@ -1491,6 +1491,7 @@ fn build_rooms(
             },
             opens_at,
             prequeue,
+            fleet: None,
         };
         let shared = ctx.registry.rooms.get(name, &params);
         let fp = format!("{ticket_rate:?}|{ticket_burst}");

@@ -53,6 +53,43 @@ pub struct RoomParams {
     pub opens_at: Option<u64>,
     /// How long before `opens_at` tickets are handed out.
     pub prequeue: Duration,
+    /// Set while a node of a fleet runs its room without Redis (see [`FleetShare`]).
+    pub fleet: Option<FleetShare>,
+}
+
+/// A fleet node running its room while Redis is unreachable, as node `slot` of `nodes`.
+/// Its capacity and pace are its share (already divided in the params); its room goes on
+/// over the fleet's numbering (see [`RoomState::follow`]):
+/// - new tickets take numbers interleaved by node (`number % nodes == slot`), so two
+///   nodes never hand out the same number and the fleet's order stays one order;
+/// - the frontier moves at the fleet's pace (this node's budget times `nodes`), since the
+///   students it passes poll any node, while this node grants only its share of the
+///   turns and never lets more in than its share of the capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetShare {
+    pub slot: u32,
+    pub nodes: u32,
+}
+
+impl FleetShare {
+    fn spread(share: Option<FleetShare>) -> u64 {
+        share.map_or(1, |s| u64::from(s.nodes.max(1)))
+    }
+}
+
+/// The next number for a ticket of `q` (interleaved by node in a fleet outage).
+fn take_number(q: &mut Queue, share: Option<FleetShare>) -> u64 {
+    let mut n = q.next + 1;
+    if share.is_some() {
+        n += std::mem::take(&mut q.gap);
+    }
+    if let Some(s) = share.filter(|s| s.nodes > 1) {
+        let m = u64::from(s.nodes);
+        let k = u64::from(s.slot) % m;
+        n += (k + m - n % m) % m;
+    }
+    q.next = n;
+    n
 }
 
 impl RoomParams {
@@ -81,6 +118,10 @@ pub struct Queue {
     pub frontier: u64,
     /// Pre-queue tickets issued before the opening (fixed at opening).
     pub prequeue: u64,
+    /// Fleet mode: numbers skipped by the first ticket this node hands out alone, left
+    /// for tickets other nodes may have handed out since it last saw the fleet.
+    #[serde(skip)]
+    pub gap: u64,
 }
 
 impl Queue {
@@ -120,6 +161,10 @@ pub struct RoomState {
     /// Sessions the origin ended: the (still signed) cookie is not honoured again.
     #[serde(skip)]
     ended: Recent,
+    /// Fleet mode: the bucket counting the fleet's sessions this node took over when
+    /// Redis became unreachable; their moves and ends draw from it.
+    #[serde(default)]
+    seed_bucket: Option<u64>,
 }
 
 /// Ticket numbers seen recently, each for a while, at most `CAP` of them (the oldest are
@@ -195,6 +240,66 @@ impl RoomState {
             counters: Counters::default(),
             claimed: Recent::default(),
             ended: Recent::default(),
+            seed_bucket: None,
+        }
+    }
+
+    /// Fleet mode, Redis answering: take the fleet's room as this node's own, so that if
+    /// Redis becomes unreachable the room goes on from where the fleet was: every ticket
+    /// keeps its number and its place, newcomers are numbered after them. `queues` is
+    /// (frontier, next) per class; `margin` numbers per class are left for tickets other
+    /// nodes may have handed out since the fleet was read. `active` and `pending` are this
+    /// node's share of the fleet's sessions and unclaimed admissions: the sessions are
+    /// counted in a seed bucket that their moves draw from.
+    #[allow(clippy::too_many_arguments)]
+    pub fn follow(
+        &mut self,
+        params: &RoomParams,
+        queues: &[(u64, u64)],
+        margin: &[u64],
+        active: u64,
+        pending: u64,
+        paused: bool,
+        rate: f64,
+        now_ms: u64,
+    ) {
+        if self.queues.len() < queues.len() {
+            self.queues.resize(queues.len(), Queue::default());
+        }
+        for (i, (q, &(f, n))) in self.queues.iter_mut().zip(queues).enumerate() {
+            q.frontier = f.min(n);
+            q.next = n;
+            q.gap = margin.get(i).copied().unwrap_or(0);
+            q.prequeue = 0;
+        }
+        let seed = Self::bucket_of(params, now_ms);
+        self.active.clear();
+        if active > 0 {
+            self.active
+                .push_back((seed, active.min(u64::from(u32::MAX)) as u32));
+        }
+        self.seed_bucket = Some(seed);
+        self.pending.clear();
+        if pending > 0 {
+            let deadline = now_ms + params.claim_grace().as_millis() as u64;
+            self.pending
+                .push_back((deadline, pending.min(u64::from(u32::MAX)) as u32));
+        }
+        self.paused = paused;
+        self.opened = true;
+        self.rate = rate;
+        self.last_tick_ms = now_ms;
+    }
+
+    /// Take a session out of `bucket`, or out of the seed bucket (a fleet session
+    /// counted there when this node took the room over).
+    fn uncount_or_seed(&mut self, bucket: u64) -> bool {
+        if self.uncount(bucket) {
+            return true;
+        }
+        match self.seed_bucket {
+            Some(seed) if seed != bucket => self.uncount(seed),
+            _ => false,
         }
     }
 
@@ -317,11 +422,20 @@ impl RoomState {
             self.opened = true;
         }
         let mut total = 0u64;
+        let mut advanced = 0u64;
         if !self.paused && self.opened {
             let used = self.active() + self.pending();
             let free = u64::from(params.active_users).saturating_sub(used);
             let budget = free.min(self.tokens.floor() as u64);
-            total = distribute(&mut self.queues, &params.classes, budget);
+            // In a fleet outage the students passed poll any node: the frontier moves at
+            // the fleet's pace, this node grants its share of the turns.
+            let spread = FleetShare::spread(params.fleet);
+            advanced = distribute(
+                &mut self.queues,
+                &params.classes,
+                budget.saturating_mul(spread),
+            );
+            total = advanced.div_ceil(spread).min(budget);
             if total > 0 {
                 self.tokens -= total as f64;
                 let deadline = now_ms + params.claim_grace().as_millis() as u64;
@@ -332,7 +446,7 @@ impl RoomState {
         }
         // Smoothed frontier speed (per second), over roughly the last 30 s.
         if dt_ms > 0 {
-            let inst = total as f64 * 1000.0 / dt_ms as f64;
+            let inst = advanced as f64 * 1000.0 / dt_ms as f64;
             let alpha = (dt_ms as f64 / 30_000.0).min(1.0);
             self.rate = alpha * inst + (1.0 - alpha) * self.rate;
         }
@@ -374,12 +488,9 @@ impl RoomState {
             self.count_in(bucket);
             self.counters.direct += 1;
             let q = &mut self.queues[class];
-            q.next += 1;
-            q.frontier = q.next;
-            return Arrival::Admit {
-                number: q.next,
-                bucket,
-            };
+            let number = take_number(q, params.fleet);
+            q.frontier = q.frontier.max(number);
+            return Arrival::Admit { number, bucket };
         }
         if !self.opened {
             let window_opens = params
@@ -413,17 +524,13 @@ impl RoomState {
             self.counters.direct += 1;
             self.counters.admitted += 1;
             let q = &mut self.queues[class];
-            q.next += 1;
-            q.frontier = q.next;
-            return Arrival::Admit {
-                number: q.next,
-                bucket,
-            };
+            let number = take_number(q, params.fleet);
+            q.frontier = number;
+            return Arrival::Admit { number, bucket };
         }
-        let q = &mut self.queues[class];
-        q.next += 1;
+        let number = take_number(&mut self.queues[class], params.fleet);
         self.counters.issued += 1;
-        Arrival::Queue { number: q.next }
+        Arrival::Queue { number }
     }
 
     /// The number a ticket stands at in its queue (pre-queue tickets are shuffled at
@@ -488,6 +595,11 @@ impl RoomState {
     /// its old bucket has nothing left to move (a stale copy replayed after the real
     /// cookie moved on, or a session idle past the window). A session is moved, never
     /// added: replaying a cookie cannot raise the active count.
+    ///
+    /// In a fleet outage (`params.fleet`), sessions admitted by the fleet were never
+    /// counted in this room's buckets: they are taken from the seed bucket, and when
+    /// that is spent (the other nodes took their share) counted from now on anyway. A
+    /// student let in by the fleet stays in; counting too many only slows admissions.
     pub fn touch(
         &mut self,
         params: &RoomParams,
@@ -502,7 +614,12 @@ impl RoomState {
         let cur = Self::bucket_of(params, now_ms);
         if cur != old_bucket {
             self.drop_old_buckets(params, now_ms);
-            if old_bucket + (BUCKETS as u64) <= cur || !self.uncount(old_bucket) {
+            if old_bucket + (BUCKETS as u64) <= cur {
+                return None;
+            }
+            if params.fleet.is_some() {
+                self.uncount_or_seed(old_bucket);
+            } else if !self.uncount(old_bucket) {
                 return None;
             }
             self.count_in(cur);
@@ -521,7 +638,7 @@ impl RoomState {
             now_ms + params.idle_timeout.as_millis() as u64,
         );
         let cur = Self::bucket_of(params, now_ms);
-        if bucket + (BUCKETS as u64) > cur && self.uncount(bucket) {
+        if bucket + (BUCKETS as u64) > cur && self.uncount_or_seed(bucket) {
             self.counters.ended += 1;
         }
     }
@@ -588,6 +705,7 @@ mod tests {
             method: Method::Fifo,
             opens_at: None,
             prequeue: Duration::ZERO,
+            fleet: None,
         }
     }
 
@@ -705,6 +823,87 @@ mod tests {
         assert_eq!(n, 10);
         assert_eq!(r.queues[1].frontier, 5);
         assert_eq!(r.queues[0].frontier, 5);
+    }
+
+    /// Redis unreachable: three nodes that followed one fleet room go on alone. Every
+    /// ticket keeps its number and place, no two nodes hand out the same number, the
+    /// fleet's sessions stay in, and each node keeps within its share.
+    #[test]
+    fn a_fleet_outage_keeps_places_numbers_and_sessions() {
+        let fleet = params(30, 600);
+        // The fleet: 30 inside (in bucket 0), tickets 31..=45 waiting, frontier 30.
+        let t0 = 1_000_000;
+        let bucket0 = t0 / fleet.bucket_ms();
+        let mut nodes: Vec<(RoomParams, RoomState)> = (0..3)
+            .map(|slot| {
+                let mut s = RoomState::new(&fleet, 0);
+                s.follow(&fleet, &[(30, 45)], &[4], 10, 0, false, 1.0, t0);
+                let mut p = fleet.clone();
+                p.active_users = 10;
+                p.new_users_per_minute = 200;
+                p.fleet = Some(FleetShare { slot, nodes: 3 });
+                (p, s)
+            })
+            .collect();
+        // Waiting tickets keep their place on every node.
+        for (p, s) in &mut nodes {
+            assert_eq!(
+                s.poll(p, 0, 31, t0),
+                Standing::Waiting { position: Some(1) }
+            );
+            assert_eq!(
+                s.poll(p, 0, 45, t0),
+                Standing::Waiting { position: Some(15) }
+            );
+        }
+        // Newcomers on each node: numbered after every fleet ticket (and the margin
+        // left for tickets other nodes handed out), never the same number twice.
+        let mut seen = HashSet::new();
+        for (i, (p, s)) in nodes.iter_mut().enumerate() {
+            for _ in 0..5 {
+                let Arrival::Queue { number } = s.arrive(p, 0, t0, 0) else {
+                    panic!("the room is full: newcomers queue");
+                };
+                assert!(number > 49, "{number} after the fleet's tickets");
+                assert_eq!(number % 3, i as u64, "interleaved by node");
+                assert!(seen.insert(number), "{number} handed out twice");
+            }
+        }
+        // Sessions the fleet let in stay in wherever they go, moved out of the seed.
+        let t1 = t0 + 2 * fleet.bucket_ms();
+        for (k, (p, s)) in nodes.iter_mut().enumerate() {
+            for n in 0..10 {
+                assert!(
+                    s.touch(p, 0, (k * 10 + n) as u64, bucket0, t1).is_some(),
+                    "a fleet session is not queued again"
+                );
+            }
+            assert_eq!(s.active(), 10, "moved, not added");
+        }
+        // Ten leave through node 0: its share frees, its frontier moves at the fleet's
+        // pace (three nodes' worth), it grants its own share of the turns.
+        let (p, s) = &mut nodes[0];
+        let cur = t1 / fleet.bucket_ms();
+        for n in 0..10 {
+            s.end(p, 0, n, cur, t1);
+        }
+        let granted = s.tick(p, t1 + 1000);
+        let frontier = s.queues[0].frontier;
+        assert!((1..=10).contains(&granted), "{granted}");
+        assert_eq!(frontier, 30 + (3 * granted).min(s.queues[0].next - 30));
+        // The first tickets in line get in, in order, up to this node's share only.
+        let mut admitted = 0;
+        for n in 31..=45 {
+            if let Standing::Admitted { .. } = s.poll(p, 0, n, t1 + 1000) {
+                admitted += 1;
+            }
+        }
+        assert!(admitted <= 10, "within the node's share: {admitted}");
+        assert!(s.active() <= 10);
+        assert_eq!(
+            s.poll(p, 0, 45, t1 + 1000),
+            Standing::Waiting { position: Some(1) }
+        );
     }
 
     #[test]

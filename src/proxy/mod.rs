@@ -475,10 +475,16 @@ impl EcluseProxy {
         Some((f.room(&room.name), conn))
     }
 
+    /// Fleet mode with Redis unreachable: the shared room, for what this node does alone
+    /// to reach the fleet once Redis is back.
+    fn fleet_room_alone(&self, room: &Room) -> Option<Arc<crate::cluster::room::FleetRoom>> {
+        let f = self.app.fleet.as_ref()?;
+        f.conn().is_none().then(|| f.room(&room.name))
+    }
+
     /// The room's params for this node (its share while fleet mode is in fallback).
     fn room_params(&self, room: &Room) -> crate::policy::waiting_room::RoomParams {
-        let d = self.app.fleet.as_ref().map_or(1, |f| f.fallback_divisor());
-        room.effective_divided(d)
+        room.effective_share(self.app.fleet.as_ref().and_then(|f| f.fallback_share()))
     }
 
     /// A waiting ticket polls: through the shared room in fleet mode (falling back to
@@ -496,8 +502,8 @@ impl EcluseProxy {
                 .poll(&mut conn, params, usize::from(class), number, now)
                 .await
             {
-                Ok(s) => {
-                    if !matches!(s, Standing::Waiting { .. }) {
+                Ok((s, asked)) => {
+                    if asked {
                         if let Some(f) = &self.app.fleet {
                             f.count_commands(1);
                         }
@@ -511,9 +517,17 @@ impl EcluseProxy {
                 }
             }
         }
-        room.shared
+        let standing = room
+            .shared
             .lock()
-            .poll(params, usize::from(class), number, now)
+            .poll(params, usize::from(class), number, now);
+        if let Some(fr) = self.fleet_room_alone(room) {
+            fr.mark_diverged();
+            if let Standing::Admitted { bucket } = standing {
+                fr.record_outage_admission(bucket, Some((class, number)));
+            }
+        }
+        standing
     }
 
     async fn waiting_room(
@@ -551,10 +565,19 @@ impl EcluseProxy {
                 {
                     let touched = match self.fleet_room(room) {
                         Some((fr, _)) => fr.touch(&params, t.class, t.number, t.bucket, now),
-                        None => room
-                            .shared
-                            .lock()
-                            .touch(&params, t.class, t.number, t.bucket, now),
+                        None => {
+                            // Redis away: the move also waits for the fleet's count.
+                            let fleet_ok = self.fleet_room_alone(room).is_none_or(|fr| {
+                                fr.mark_diverged();
+                                fr.touch(&params, t.class, t.number, t.bucket, now)
+                                    .is_some()
+                            });
+                            let local = room
+                                .shared
+                                .lock()
+                                .touch(&params, t.class, t.number, t.bucket, now);
+                            local.filter(|_| fleet_ok)
+                        }
                     };
                     let Some(bucket) = touched else {
                         // Ended, or a stale copy: queue fresh like any newcomer.
@@ -676,10 +699,19 @@ impl EcluseProxy {
         }
         let arrival = match arrival {
             Some(a) => a,
-            None => room
-                .shared
-                .lock()
-                .arrive(&params, usize::from(class), now, draw),
+            None => {
+                let a = room
+                    .shared
+                    .lock()
+                    .arrive(&params, usize::from(class), now, draw);
+                if let Some(fr) = self.fleet_room_alone(room) {
+                    fr.mark_diverged();
+                    if let Arrival::Admit { bucket, .. } = a {
+                        fr.record_outage_admission(bucket, None);
+                    }
+                }
+                a
+            }
         };
         match arrival {
             Arrival::Admit { number, bucket } => {
@@ -1499,6 +1531,11 @@ impl ProxyHttp for EcluseProxy {
                     match self.fleet_room(room) {
                         Some((fr, _)) => fr.end(&params, t.class, t.number, *bucket, now_ms()),
                         None => {
+                            if let Some(fr) = self.fleet_room_alone(room) {
+                                // Redis is away: the fleet learns of it when it is back.
+                                fr.end(&params, t.class, t.number, *bucket, now_ms());
+                                fr.mark_diverged();
+                            }
                             room.shared
                                 .lock()
                                 .end(&params, t.class, t.number, *bucket, now_ms())

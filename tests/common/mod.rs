@@ -487,6 +487,18 @@ impl Redis {
         false
     }
 
+    /// Stop answering without losing anything (SIGSTOP: a hung Redis, a partition), or
+    /// go on again (SIGCONT).
+    pub fn freeze(&self, frozen: bool) {
+        let c = self.child.as_ref().expect("redis-server running");
+        let ok = Command::new("kill")
+            .arg(if frozen { "-STOP" } else { "-CONT" })
+            .arg(c.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -STOP/-CONT redis-server");
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
