@@ -805,3 +805,96 @@ async fn a_redis_outage_loses_no_place() {
         "{admitted_order:?}"
     );
 }
+
+/// A Redis Cluster of three masters, each ecluse node given a cluster node that does not
+/// hold the fleet's slot: the client follows the redirection and the fleet is one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_on_a_redis_cluster() {
+    let _alone = ONE_FLEET_AT_A_TIME.lock().await;
+    std::env::set_var(
+        "ECLUSE_FLEET_TEST_KEYS",
+        "k1:8f3a5e0c9b1d2f4a6c8e0b2d4f6a8c0e1f3b5d7a9c1e3f5b7d9a1c3e5f7b9d1a",
+    );
+    let cluster = RedisCluster::start();
+    let port = cluster.port_not_holding("{ecluse}:room:ent");
+    let origin = EchoOrigin::start("ent").await;
+    let nodes: Vec<Ecluse> = ["c1", "c2", "c3"]
+        .iter()
+        .map(|id| {
+            let yaml = room_node_yaml(origin.addr, port, id)
+                .replace("timeout: 200ms }", "timeout: 200ms, redis_cluster: true }");
+            assert!(yaml.contains("redis_cluster: true"));
+            Ecluse::start(&yaml)
+        })
+        .collect();
+    let admin = client();
+    for e in &nodes {
+        eventually(
+            "every node reaches the cluster and sees three nodes",
+            DEADLINE,
+            async || {
+                let s = state(&admin, e).await;
+                s["cluster"]["redis_up"] == true && s["cluster"]["live_nodes"] == 3
+            },
+        )
+        .await;
+    }
+    // Five get in, three queue in one order across the nodes.
+    let students: Vec<reqwest::Client> = (0..8)
+        .map(|_| {
+            reqwest::Client::builder()
+                .cookie_store(true)
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    for (i, s) in students.iter().enumerate() {
+        let v: serde_json::Value = s
+            .get(nodes[i % 3].url("/home"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if i < 5 {
+            assert_eq!(v["server"], "ent", "student {i}: {v}");
+        } else {
+            assert_eq!(v["state"], "waiting", "student {i}: {v}");
+            assert_eq!(v["position"], (i - 4) as u64, "student {i}: {v}");
+        }
+    }
+    // One leaves through another node: the first in line gets in, wherever it polls.
+    let r = students[0]
+        .get(nodes[2].url("/logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut round = 0;
+    eventually("the first in line gets in", DEADLINE, async || {
+        round += 1;
+        let v: serde_json::Value = students[5]
+            .get(nodes[round % 3].url("/.ecluse/queue/status?room=ent"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["state"] == "admitted"
+    })
+    .await;
+    let v: serde_json::Value = students[6]
+        .get(nodes[1].url("/.ecluse/queue/status?room=ent"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["state"], "waiting", "the room is full again: {v}");
+    assert_eq!(v["position"], 1, "{v}");
+}

@@ -30,6 +30,7 @@ use arc_swap::ArcSwap;
 use prometheus::{GaugeVec, IntCounter, IntGauge, IntGaugeVec, Opts};
 use serde::{Deserialize, Serialize};
 
+pub mod conn;
 pub mod room;
 
 use crate::app::App;
@@ -45,6 +46,8 @@ pub enum FailMode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterSettings {
     pub redis_url: String,
+    /// `redis_url` is a node of a Redis Cluster.
+    pub redis_cluster: bool,
     pub prefix: String,
     pub node_id: String,
     pub timeout: Duration,
@@ -130,7 +133,7 @@ pub struct Fleet {
     /// Changes not yet in Redis, each with its number in this node's sequence.
     outgoing: Mutex<(u64, Vec<(u64, Outgoing)>)>,
     /// The Redis connection, once the sync loop made it (shared by the rooms' calls).
-    conn: std::sync::OnceLock<redis::aio::ConnectionManager>,
+    conn: std::sync::OnceLock<conn::RedisConn>,
     /// Shared waiting rooms, by name.
     rooms: Mutex<HashMap<String, Arc<room::FleetRoom>>>,
     /// Last change applied, per forced item (`level`, `feature:NAME`): (at_ms, seq).
@@ -236,7 +239,7 @@ impl Fleet {
     }
 
     /// A handle on the Redis connection while Redis answers; `None` in fallback.
-    pub fn conn(&self) -> Option<redis::aio::ConnectionManager> {
+    pub fn conn(&self) -> Option<conn::RedisConn> {
         if !self.redis_up.load(Ordering::Relaxed) {
             return None;
         }
@@ -416,28 +419,21 @@ pub async fn run(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
         return;
     };
     let s = fleet.settings.clone();
-    let client = match redis::Client::open(s.redis_url.as_str()) {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("cluster: bad Redis URL: {e}");
-            return;
+    // One Redis: a lazy connection manager, now. A Redis Cluster: connected at the first
+    // exchange that reaches it (the node serves in fallback until then).
+    let mut conn: Option<conn::RedisConn> = None;
+    if !s.redis_cluster {
+        match conn::RedisConn::single(&s.redis_url, s.timeout) {
+            Ok(c) => {
+                let _ = fleet.conn.set(c.clone());
+                conn = Some(c);
+            }
+            Err(e) => {
+                log::error!("cluster: cannot set up the Redis connection: {e}");
+                return;
+            }
         }
-    };
-    let cfg = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(s.timeout))
-        .set_response_timeout(Some(s.timeout))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_secs(1));
-    let mut conn = match redis::aio::ConnectionManager::new_lazy_with_config(client, cfg) {
-        Ok(c) => {
-            let _ = fleet.conn.set(c.clone());
-            c
-        }
-        Err(e) => {
-            log::error!("cluster: cannot set up the Redis connection: {e}");
-            return;
-        }
-    };
+    }
     fleet.metrics.fallback.set(1);
     let mut meter = RateMeter {
         last: HashMap::new(),
@@ -456,7 +452,34 @@ pub async fn run(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let now = now_ms();
         let config = app.config();
         meter.sample(&config, now);
-        let work = sync_once(&app, &fleet, &mut conn, &meter, &mut cursor, now, rounds);
+        if conn.is_none() {
+            match tokio::time::timeout(
+                s.timeout * 4,
+                conn::RedisConn::cluster(&s.redis_url, s.timeout),
+            )
+            .await
+            {
+                Ok(Ok(c)) => {
+                    let _ = fleet.conn.set(c.clone());
+                    conn = Some(c);
+                }
+                Ok(Err(e)) => {
+                    fleet.metrics.failures.inc();
+                    if fleet.redis_up.load(Ordering::Relaxed) || rounds == 1 {
+                        log::warn!("cluster: cannot reach the Redis Cluster: {e}");
+                    }
+                    fallback(&app, &fleet);
+                    continue;
+                }
+                Err(_) => {
+                    fleet.metrics.failures.inc();
+                    fallback(&app, &fleet);
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let work = sync_once(&app, &fleet, c, &meter, &mut cursor, now, rounds);
         match tokio::time::timeout(s.timeout * 4, work).await {
             Ok(Ok(())) => fleet.set_up(true),
             Ok(Err(e)) => {
@@ -501,7 +524,7 @@ fn publish_shares(fleet: &Fleet, shares: HashMap<String, f64>) {
 async fn sync_once(
     app: &App,
     fleet: &Fleet,
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut conn::RedisConn,
     meter: &RateMeter,
     cursor: &mut Option<String>,
     now: u64,

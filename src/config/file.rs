@@ -156,6 +156,12 @@ pub struct ClusterFile {
     /// (such a node enforces the whole limit alone).
     #[serde(default)]
     pub expected_nodes: Option<u32>,
+    /// `true` when `redis` is a node of a Redis Cluster: the client learns the cluster's
+    /// slots from it and follows `MOVED` / `ASK` redirections (every key of a fleet is in
+    /// one slot, so one shard serves the fleet). Default `false` (one Redis, or a master
+    /// that Sentinel moves behind a virtual address).
+    #[serde(default)]
+    pub redis_cluster: bool,
 }
 
 /// Cache storage (pingora-cache over a foyer memory + disk store).

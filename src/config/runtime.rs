@@ -719,6 +719,7 @@ fn build_cluster(p: &mut Problems, file: &FileConfig) -> Option<crate::cluster::
     }
     Some(crate::cluster::ClusterSettings {
         redis_url: c.redis.clone(),
+        redis_cluster: c.redis_cluster,
         prefix,
         node_id,
         timeout: duration_or(

@@ -468,7 +468,7 @@ impl EcluseProxy {
         room: &Room,
     ) -> Option<(
         Arc<crate::cluster::room::FleetRoom>,
-        redis::aio::ConnectionManager,
+        crate::cluster::conn::RedisConn,
     )> {
         let f = self.app.fleet.as_ref()?;
         let conn = f.conn()?;

@@ -411,6 +411,8 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: TempDir,
+    /// Run as a Redis Cluster node.
+    cluster: bool,
 }
 
 fn redis_bin() -> &'static str {
@@ -440,6 +442,10 @@ fn ping(port: u16) -> bool {
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::start_as(false)
+    }
+
+    fn start_as(cluster: bool) -> Redis {
         let dir = TempDir::new("redis");
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -450,6 +456,7 @@ impl Redis {
                 child: None,
                 port,
                 dir: TempDir(dir.path().to_path_buf()),
+                cluster,
             };
             if r.spawn() {
                 std::mem::forget(dir);
@@ -465,6 +472,11 @@ impl Redis {
         let child = Command::new(redis_bin())
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(if self.cluster {
+                &["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"][..]
+            } else {
+                &[][..]
+            })
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -504,6 +516,53 @@ impl Redis {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("run redis-cli (Debian's redis-tools, installed with redis-server)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A Redis Cluster: three masters on free loopback ports, no replicas.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<Redis> = (0..3).map(|_| Redis::start_as(true)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(addrs.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        let out = redis_cli(nodes[0].port, &args);
+        assert!(out.contains("[OK]"), "redis-cli --cluster create: {out}");
+        let deadline = Instant::now() + DEADLINE;
+        for n in &nodes {
+            while !redis_cli(n.port, &["cluster", "info"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "the Redis Cluster did not form");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// A node that does not hold `key`'s slot: a client given this node must follow a
+    /// `MOVED` redirection to reach the key.
+    pub fn port_not_holding(&self, key: &str) -> u16 {
+        self.nodes
+            .iter()
+            .map(|n| n.port)
+            .find(|p| redis_cli(*p, &["get", key]).contains("MOVED"))
+            .expect("some node redirects")
     }
 }
 
