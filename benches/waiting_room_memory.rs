@@ -34,6 +34,7 @@ fn main() {
         opens_at: None,
         prequeue: Duration::ZERO,
         fleet: None,
+        shuffle_key: 1,
     };
     let keys = Keyring::parse("k1:0123456789abcdef0123456789abcdef").expect("key");
     let before = rss_bytes();
@@ -47,7 +48,7 @@ fn main() {
             now += 1000;
             room.tick(&params, now);
         }
-        let number = match room.arrive(&params, 0, now, 0) {
+        let number = match room.arrive(&params, 0, now) {
             Arrival::Queue { number } | Arrival::Admit { number, .. } => number,
             Arrival::Closed => 0,
         };

@@ -316,6 +316,8 @@ impl Room {
         self.shared.lock().follow(
             &p,
             &v.queues,
+            &v.prequeue,
+            v.opened,
             &v.margin,
             v.active.div_ceil(n),
             v.pending.div_ceil(n),

@@ -771,13 +771,22 @@ async fn a_redis_outage_loses_no_place() {
         assert_eq!(r.status(), 200);
         inside.retain(|&x| x != i);
     }
+    // The poll round in which each got in: a ticket whose turn came between two polls of
+    // one round can get in a round before a smaller one polled just earlier.
+    let mut in_round: Vec<usize> = vec![0; students.len()];
+    let mut r = 0;
     let deadline = Instant::now() + Duration::from_secs(20);
     while admitted_order.len() < students.len() - 6 {
         assert!(
             Instant::now() < deadline,
             "everyone waiting gets in after the outage: {admitted_order:?}"
         );
+        let before = admitted_order.len();
         poll_all(&students, &mut inside, &mut admitted_order, &mut position).await;
+        r += 1;
+        for &i in &admitted_order[before..] {
+            in_round[i] = r;
+        }
         // Those let in leave at once, to make room for the next.
         for &i in inside.clone().iter() {
             let r = students[i]
@@ -789,21 +798,37 @@ async fn a_redis_outage_loses_no_place() {
             inside.retain(|&x| x != i);
         }
     }
+    // In order: earlier tickets from before the outage, the outage's newcomers (ordered
+    // by number between nodes, not by arrival), the newcomer after it.
     let after: Vec<usize> = admitted_order[during..].to_vec();
-    let before_outage: Vec<usize> = after.iter().copied().filter(|&i| i < 12).collect();
-    assert!(
-        after.iter().position(|&i| i >= 12) >= after.iter().rposition(|&i| i < 12).map(|p| p + 1),
-        "tickets from before the outage first: {admitted_order:?}"
-    );
-    assert_eq!(
-        after.last(),
-        Some(&(students.len() - 1)),
-        "the newcomer after the outage last: {admitted_order:?}"
-    );
-    assert!(
-        before_outage.windows(2).all(|w| w[0] < w[1]),
-        "{admitted_order:?}"
-    );
+    let rank = |i: usize| match i {
+        0..12 => i,
+        12..15 => 12,
+        _ => 13,
+    };
+    for &a in &after {
+        for &b in &after {
+            if rank(a) < rank(b) {
+                assert!(
+                    in_round[a] <= in_round[b] + 1,
+                    "student {a} (round {}) before student {b} (round {}): {admitted_order:?} {in_round:?}",
+                    in_round[a],
+                    in_round[b]
+                );
+            }
+        }
+    }
+    // Nobody's ticket was refused as already used (a number handed out twice).
+    for n in &nodes {
+        assert_eq!(
+            n.metric(
+                "ecluse_room_rejected_tickets_total",
+                &[("reason", "reused")]
+            ),
+            0.0,
+            "a ticket refused as used"
+        );
+    }
 }
 
 /// A Redis Cluster of three masters, each ecluse node given a cluster node that does not
@@ -897,4 +922,144 @@ async fn a_fleet_on_a_redis_cluster() {
         .unwrap();
     assert_eq!(v["state"], "waiting", "the room is full again: {v}");
     assert_eq!(v["position"], 1, "{v}");
+}
+
+/// A mock exam at a set time, across the fleet: students arriving before it on any node
+/// are pre-queued (no place yet), shuffled at the opening into one order every node
+/// agrees on, and let in as places free; later arrivals queue after all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scheduled_opening_shuffles_the_prequeue_fleet_wide() {
+    let _alone = ONE_FLEET_AT_A_TIME.lock().await;
+    std::env::set_var(
+        "ECLUSE_FLEET_TEST_KEYS",
+        "k1:8f3a5e0c9b1d2f4a6c8e0b2d4f6a8c0e1f3b5d7a9c1e3f5b7d9a1c3e5f7b9d1a",
+    );
+    let redis = Redis::start();
+    let origin = EchoOrigin::start("ent").await;
+    let opens = std::time::SystemTime::now() + Duration::from_secs(4);
+    let opens_text = ecluse::access_log::rfc3339(opens);
+    let nodes: Vec<Ecluse> = ["e1", "e2", "e3"]
+        .iter()
+        .map(|id| {
+            let yaml = room_node_yaml(origin.addr, redis.port, id).replace(
+                "session_idle_timeout: 5m }",
+                &format!(
+                    "session_idle_timeout: 5m, method: random, event: {{ opens_at: \"{opens_text}\", prequeue: 1h }} }}"
+                ),
+            );
+            assert!(yaml.contains("method: random"));
+            Ecluse::start(&yaml)
+        })
+        .collect();
+    let admin = client();
+    for e in &nodes {
+        eventually("every node sees three live nodes", DEADLINE, async || {
+            state(&admin, e).await["cluster"]["live_nodes"] == 3
+        })
+        .await;
+    }
+    let json = async |s: &reqwest::Client, node: &Ecluse, path: &str| -> serde_json::Value {
+        s.get(node.url(path))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let status = "/.ecluse/queue/status?room=ent";
+    // Nine students before the opening, on every node: a ticket, no place yet.
+    let students: Vec<reqwest::Client> = (0..9)
+        .map(|_| {
+            reqwest::Client::builder()
+                .cookie_store(true)
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    for (i, s) in students.iter().enumerate() {
+        let v = json(s, &nodes[i % 3], "/home").await;
+        assert_eq!(v["state"], "waiting", "before the opening: {v}");
+        assert!(v["position"].is_null(), "no place before the opening: {v}");
+        assert!(v["opens_at"].is_string(), "the page says when: {v}");
+    }
+    assert!(
+        std::time::SystemTime::now() < opens,
+        "the machine was too slow to test before the opening"
+    );
+    // The opening: five get in (the room's capacity), four wait, in one shuffled order.
+    let mut admitted = [false; 9];
+    let mut round = 0;
+    eventually("five let in at the opening", DEADLINE, async || {
+        round += 1;
+        for (i, s) in students.iter().enumerate() {
+            if !admitted[i] {
+                let v = json(s, &nodes[(i + round) % 3], status).await;
+                admitted[i] = v["state"] == "admitted";
+            }
+        }
+        admitted.iter().filter(|a| **a).count() == 5
+    })
+    .await;
+    let mut places: Vec<(u64, usize)> = Vec::new();
+    for (i, s) in students.iter().enumerate().filter(|(i, _)| !admitted[*i]) {
+        let mut seen = Vec::new();
+        for n in &nodes {
+            let v = json(s, n, status).await;
+            assert_eq!(v["state"], "waiting", "{v}");
+            seen.push(v["position"].as_u64().expect("a place once open"));
+        }
+        assert!(
+            seen.windows(2).all(|w| w[0] == w[1]),
+            "student {i} has one place on every node: {seen:?}"
+        );
+        places.push((seen[0], i));
+    }
+    places.sort();
+    assert_eq!(
+        places.iter().map(|p| p.0).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4],
+        "the four left hold places 1 to 4"
+    );
+    // A student arriving after the opening queues after the whole pre-queue.
+    let late = reqwest::Client::builder()
+        .cookie_store(true)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let v = json(&late, &nodes[0], "/home").await;
+    assert_eq!(v["state"], "waiting", "{v}");
+    assert_eq!(v["position"], 5, "after the pre-queue: {v}");
+    // Those inside leave one by one: the rest get in in their shuffled order.
+    let inside: Vec<usize> = (0..9).filter(|i| admitted[*i]).collect();
+    for (k, &(_, next)) in places.iter().enumerate() {
+        let r = students[inside[k]]
+            .get(nodes[k % 3].url("/logout"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let mut round = 0;
+        eventually(
+            "the next in the shuffled order gets in",
+            DEADLINE,
+            async || {
+                round += 1;
+                let v = json(&students[next], &nodes[round % 3], status).await;
+                v["state"] == "admitted"
+            },
+        )
+        .await;
+        for &(_, other) in &places[k + 1..] {
+            let v = json(&students[other], &nodes[k % 3], status).await;
+            assert_eq!(v["state"], "waiting", "only the next one: {v}");
+        }
+        let v = json(&late, &nodes[k % 3], status).await;
+        assert_eq!(
+            v["state"], "waiting",
+            "the late student still after them: {v}"
+        );
+    }
 }

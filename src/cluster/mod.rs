@@ -815,7 +815,7 @@ async fn sync_once(
 
     // 4. The shared waiting rooms: this node's moves, one admission tick, a fresh view.
     // After an outage, the room this node ran meanwhile goes with them (Redis raises
-    // its counters and frontiers to it); then the local room follows the shared one.
+    // its ticket counters to it); then the local room follows the shared one.
     for r in &config.rooms {
         let fr = fleet.room(&r.name);
         let mark = fr.diverged_mark();

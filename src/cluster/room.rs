@@ -11,13 +11,15 @@
 //! ignores ticks closer than 200 ms, so N nodes tick no faster than one).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::Script;
 
-use crate::policy::waiting_room::{ClassPolicy, RoomParams, Standing};
+use crate::policy::waiting_room::{
+    shuffled_place, ClassPolicy, Method, RoomParams, Standing, PREQUEUE_BIT,
+};
 
 /// Activity buckets per idle timeout (as the local room).
 const BUCKETS: u64 = 16;
@@ -65,9 +67,12 @@ local function num(v, d) if v then return tonumber(v) else return d end end
 /// policies ("d", "b", "s0.25", one per class, comma-separated), and this node's last view
 /// to start again from if Redis lost the room: "frontier:next" per class
 /// (comma-separated, empty for none), active, pending, paused; then "1" when that view is
-/// the room this node ran alone during an outage: counters and frontiers are raised to it
-/// (the numbers it handed out are taken, the tickets it passed stay passed).
-/// Returns {frontier_0, next_0, frontier_1, next_1, …, rate*1000, paused, active, pending, tokens*1000}.
+/// the room this node ran alone during an outage: ticket counters are raised to it (the
+/// numbers it handed out are taken); then the
+/// scheduled opening (unix ms, 0 for none): until then nobody is admitted, and at it the
+/// pre-queue is frozen (its size per class, over which its tickets are shuffled).
+/// Returns {frontier_0, next_0, prequeue_0, frontier_1, …, rate*1000, paused, active,
+/// pending, tokens*1000, admitted, abandoned, issued, direct, opened}.
 const LUA_TICK: &str = r#"
 local now = tonumber(ARGV[1]); local cap = tonumber(ARGV[2]); local per_ms = tonumber(ARGV[3]) / 60000
 local burst = tonumber(ARGV[4]); local grace = tonumber(ARGV[5]); local bucket_ms = tonumber(ARGV[6])
@@ -92,14 +97,25 @@ if ARGV[8] ~= '' and redis.call('EXISTS', r) == 0 then
   if pd > 0 then redis.call('RPUSH', KEYS[3], (now + grace) .. ':' .. pd) end
   redis.call('HSET', r, 'paused', ARGV[11], 'restored', now, 'seed_bucket', seed)
 elseif ARGV[12] == '1' then
+  -- Numbers handed out alone are taken. The frontier stays: those the node let in are
+  -- inside (their turn, passed again, goes unclaimed), the others keep their order.
   local i = 0
-  for f, n in string.gmatch(ARGV[8], '(%d+):(%d+)') do
-    f = tonumber(f); n = tonumber(n)
-    local cn = num(redis.call('HGET', r, 'next:' .. i), 0)
-    local cf = num(redis.call('HGET', r, 'frontier:' .. i), 0)
-    if n > cn then redis.call('HSET', r, 'next:' .. i, n) end
-    if f > cf then redis.call('HSET', r, 'frontier:' .. i, math.min(f, math.max(n, cn))) end
+  for _, n in string.gmatch(ARGV[8], '(%d+):(%d+)') do
+    n = tonumber(n)
+    if n > num(redis.call('HGET', r, 'next:' .. i), 0) then redis.call('HSET', r, 'next:' .. i, n) end
     i = i + 1
+  end
+end
+local opens = tonumber(ARGV[13])
+local opened = 1
+if opens > 0 and redis.call('HGET', r, 'opened_for') ~= ARGV[13] then
+  if now >= opens then
+    for i = 1, #pol do
+      redis.call('HSET', r, 'prequeue:' .. (i - 1), num(redis.call('HGET', r, 'next:' .. (i - 1)), 0))
+    end
+    redis.call('HSET', r, 'opened_for', ARGV[13])
+  else
+    opened = 0
   end
 end
 local last = num(redis.call('HGET', r, 'last_tick'), nil)
@@ -114,7 +130,7 @@ if last == nil or now - last >= 200 then
   if last ~= nil then dt = math.max(0, now - last) end
   tokens = math.min(tokens + per_ms * dt, burst)
   local total = 0
-  if paused == 0 then
+  if paused == 0 and opened == 1 then
     local free = math.max(cap - active - pending, 0)
     local budget = math.min(free, math.floor(tokens))
     local left = budget
@@ -161,6 +177,7 @@ local out = {}
 for i = 1, #pol do
   table.insert(out, num(redis.call('HGET', r, 'frontier:' .. (i - 1)), 0))
   table.insert(out, num(redis.call('HGET', r, 'next:' .. (i - 1)), 0))
+  table.insert(out, num(redis.call('HGET', r, 'prequeue:' .. (i - 1)), 0))
 end
 table.insert(out, math.floor(rate * 1000))
 table.insert(out, paused)
@@ -170,11 +187,14 @@ table.insert(out, math.floor(tokens * 1000))
 for _, k in ipairs({'admitted', 'abandoned', 'issued', 'direct'}) do
   table.insert(out, num(redis.call('HGET', r, k), 0))
 end
+table.insert(out, opened)
 return out
 "#;
 
-/// KEYS: room, active, pending. ARGV: now, class, policy, cap, bucket_ms.
-/// Returns {1, number, bucket} (let in) or {0, number, frontier} (queued).
+/// KEYS: room, active, pending. ARGV: now, class, policy, cap, bucket_ms, opens (unix ms,
+/// 0 for none), pre-queue window start. Returns {1, number, bucket} (let in),
+/// {0, number, frontier} (queued), {2, number} (pre-queued before a scheduled opening),
+/// {3} (before the pre-queue window: no ticket).
 const LUA_ARRIVE: &str = r#"
 local now = tonumber(ARGV[1]); local c = ARGV[2]; local policy = ARGV[3]
 local cap = tonumber(ARGV[4]); local bucket_ms = tonumber(ARGV[5])
@@ -186,6 +206,12 @@ if policy == 'b' then
   redis.call('HINCRBY', KEYS[2], cur, 1)
   redis.call('HINCRBY', r, 'direct', 1)
   return {1, n, cur}
+end
+if ARGV[6] ~= '0' and redis.call('HGET', r, 'opened_for') ~= ARGV[6] then
+  if now < tonumber(ARGV[7]) then return {3} end
+  local n = redis.call('HINCRBY', r, 'next:' .. c, 1)
+  redis.call('HINCRBY', r, 'issued', 1)
+  return {2, n}
 end
 local active = active_sum(KEYS[2], cur)
 local pending = pending_sum(KEYS[3], r, now)
@@ -241,8 +267,11 @@ return {0, 1}
 
 /// KEYS: active, room. ARGV: triples old, new, count: a move, old -1 (a session let in
 /// by this node alone, during an outage), or new -1 (an end). Sessions whose old bucket
-/// is gone (Redis lost the room) are taken from the seed bucket instead.
+/// is gone (Redis lost the room) are taken from the seed bucket instead. Returns 0, doing
+/// nothing, when the room itself is gone (Redis restarted empty): the moves wait until
+/// the next tick has put the room back.
 const LUA_MOVES: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 local seed = redis.call('HGET', KEYS[2], 'seed_bucket')
 for i = 1, #ARGV, 3 do
   local old = ARGV[i]; local new = ARGV[i + 1]; local c = tonumber(ARGV[i + 2])
@@ -271,6 +300,10 @@ fn script(body: &str) -> Script {
 pub struct View {
     /// (frontier, next) per class.
     pub queues: Vec<(u64, u64)>,
+    /// Pre-queue size per class, frozen at a scheduled opening.
+    pub prequeue: Vec<u64>,
+    /// The scheduled opening has passed (or there is none).
+    pub opened: bool,
     /// Frontier advances per second.
     pub rate: f64,
     pub paused: bool,
@@ -285,6 +318,21 @@ pub struct View {
 }
 
 impl View {
+    /// Whether admissions have started (no scheduled opening, or it has passed).
+    pub fn is_open(&self, p: &RoomParams) -> bool {
+        p.opens_at.is_none() || self.opened
+    }
+
+    /// The place a ticket stands at in its class's order, once open: pre-queue tickets
+    /// are shuffled over the pre-queue by the room's key, the same on every node.
+    pub fn place(&self, p: &RoomParams, class: usize, number: u64) -> u64 {
+        if number & PREQUEUE_BIT == 0 {
+            return number;
+        }
+        let size = self.prequeue.get(class).copied().unwrap_or(0);
+        shuffled_place(p.shuffle_key, number & (PREQUEUE_BIT - 1), size)
+    }
+
     pub fn waiting(&self) -> u64 {
         self.queues.iter().map(|(f, n)| n.saturating_sub(*f)).sum()
     }
@@ -299,8 +347,25 @@ impl View {
 }
 
 pub enum Arrived {
-    Admit { number: u64, bucket: u64 },
-    Queue { number: u64, position: u64 },
+    Admit {
+        number: u64,
+        bucket: u64,
+    },
+    /// `position`: `None` for a pre-queue ticket (shuffled at the opening).
+    Queue {
+        number: u64,
+        position: Option<u64>,
+    },
+    /// Before the pre-queue window of a scheduled opening: no ticket.
+    Closed,
+}
+
+/// Scheduled opening (unix ms, 0 for none) and the start of its pre-queue window.
+fn opening(p: &RoomParams) -> (u64, u64) {
+    match p.opens_at {
+        Some(t) => (t.max(1), t.saturating_sub(p.prequeue.as_millis() as u64)),
+        None => (0, 0),
+    }
 }
 
 pub struct FleetRoom {
@@ -322,6 +387,9 @@ pub struct FleetRoom {
     ended: Mutex<HashMap<(u8, u64), u64>>,
     /// Times this node ran the room alone (Redis unreachable) since Redis last had it.
     diverged: AtomicU64,
+    /// This node has seen the shared room once (before that, its own room is not the
+    /// fleet's: nothing it does alone is sent).
+    followed: AtomicBool,
     /// Waiting tickets let in by this node alone: marked used in Redis once it is back,
     /// so that a copy is not let in again (at most `MAX_OUTAGE_CLAIMS`).
     outage_claims: Mutex<Vec<(u8, u64)>>,
@@ -371,6 +439,7 @@ impl FleetRoom {
             moves: Mutex::new(BTreeMap::new()),
             ended: Mutex::new(HashMap::new()),
             diverged: AtomicU64::new(0),
+            followed: AtomicBool::new(false),
             outage_claims: Mutex::new(Vec::new()),
         }
     }
@@ -378,7 +447,9 @@ impl FleetRoom {
     /// This node runs the room alone (Redis unreachable): what it does is sent to Redis
     /// at the next exchange.
     pub fn mark_diverged(&self) {
-        self.diverged.fetch_add(1, Ordering::Relaxed);
+        if self.followed.load(Ordering::Relaxed) {
+            self.diverged.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Whether this node ran the room alone since Redis last had it: `Some(mark)` to
@@ -442,9 +513,9 @@ impl FleetRoom {
             for ((old, new), n) in &moves {
                 inv.arg(*old).arg(*new).arg(*n);
             }
-            inv.invoke_async::<i64>(conn).await?;
+            let done = inv.invoke_async::<i64>(conn).await? == 1;
             let mut g = self.moves.lock().unwrap_or_else(|p| p.into_inner());
-            for (k, n) in moves {
+            for (k, n) in moves.into_iter().filter(|_| done) {
                 if let Some(left) = g.get_mut(&k) {
                     *left = left.saturating_sub(n);
                     if *left == 0 {
@@ -516,15 +587,16 @@ impl FleetRoom {
             .arg(pending)
             .arg(paused)
             .arg(if ran_alone.is_some() { "1" } else { "0" })
+            .arg(opening(p).0)
             .invoke_async(conn)
             .await?;
         sent += 1;
         let classes = p.classes.len().max(1);
-        if out.len() == classes * 2 + 9 {
+        if out.len() == classes * 3 + 10 {
             let mut v = self.view();
-            let queues: Vec<(u64, u64)> = (0..classes)
-                .map(|i| (out[2 * i].max(0) as u64, out[2 * i + 1].max(0) as u64))
-                .collect();
+            let g = |i: usize| out[i].max(0) as u64;
+            let queues: Vec<(u64, u64)> = (0..classes).map(|i| (g(3 * i), g(3 * i + 1))).collect();
+            v.prequeue = (0..classes).map(|i| g(3 * i + 2)).collect();
             v.margin = queues
                 .iter()
                 .enumerate()
@@ -534,7 +606,7 @@ impl FleetRoom {
                 })
                 .collect();
             v.queues = queues;
-            let b = classes * 2;
+            let b = classes * 3;
             v.rate = out[b] as f64 / 1000.0;
             v.paused = out[b + 1] != 0;
             v.active = out[b + 2].max(0) as u64;
@@ -543,6 +615,8 @@ impl FleetRoom {
             for i in 0..4 {
                 v.counters[i] = out[b + 5 + i].max(0) as u64;
             }
+            v.opened = out[b + 9] != 0;
+            self.followed.store(true, Ordering::Relaxed);
         }
         let now_ended = now;
         self.ended
@@ -554,11 +628,15 @@ impl FleetRoom {
 
     /// Whether a newcomer would be queued (from this node's view; the exact decision is
     /// `arrive`'s).
-    pub fn would_queue(&self, p: &RoomParams, class: usize) -> bool {
+    pub fn would_queue(&self, p: &RoomParams, class: usize, now: u64) -> bool {
         if p.classes.get(class) == Some(&ClassPolicy::Bypass) {
             return false;
         }
         let v = self.view();
+        if !v.is_open(p) {
+            // Closed before the pre-queue window: no ticket, so nothing to limit.
+            return now >= opening(p).1;
+        }
         let waiting = v
             .queues
             .get(class)
@@ -588,24 +666,32 @@ impl FleetRoom {
             .arg(policy)
             .arg(p.active_users)
             .arg(bucket_ms(p))
+            .arg(opening(p).0)
+            .arg(opening(p).1)
             .invoke_async(conn)
             .await?;
         let g = |i: usize| out.get(i).copied().unwrap_or(0).max(0) as u64;
-        Ok(if out.first() == Some(&1) {
-            Arrived::Admit {
+        let mut v = self.view();
+        if let Some(q) = v.queues.get_mut(class) {
+            q.1 = q.1.max(g(1));
+        }
+        Ok(match out.first() {
+            Some(1) => Arrived::Admit {
                 number: g(1),
                 bucket: g(2),
-            }
-        } else {
-            let (number, frontier) = (g(1), g(2));
-            let mut v = self.view();
-            if let Some(q) = v.queues.get_mut(class) {
-                q.1 = q.1.max(number);
-            }
-            Arrived::Queue {
-                number,
-                position: number.saturating_sub(frontier).max(1),
-            }
+            },
+            Some(2) => Arrived::Queue {
+                number: match p.method {
+                    Method::Random => PREQUEUE_BIT | g(1),
+                    Method::Fifo => g(1),
+                },
+                position: None,
+            },
+            Some(3) => Arrived::Closed,
+            _ => Arrived::Queue {
+                number: g(1),
+                position: Some(g(1).saturating_sub(g(2)).max(1)),
+            },
         })
     }
 
@@ -621,11 +707,19 @@ impl FleetRoom {
         number: u64,
         now: u64,
     ) -> redis::RedisResult<(Standing, bool)> {
-        let frontier = self.view().queues.get(class).map(|q| q.0).unwrap_or(0);
-        if number > frontier + burst(p).ceil() as u64 {
+        let (frontier, place) = {
+            let v = self.view();
+            let f = v.queues.get(class).map(|q| q.0).unwrap_or(0);
+            (f, v.is_open(p).then(|| v.place(p, class, number)))
+        };
+        // Pre-queued: shuffled at the opening, no place before it.
+        let Some(place) = place else {
+            return Ok((Standing::Waiting { position: None }, false));
+        };
+        if place > frontier + burst(p).ceil() as u64 {
             return Ok((
                 Standing::Waiting {
-                    position: Some(number - frontier),
+                    position: Some(place - frontier),
                 },
                 false,
             ));
@@ -638,7 +732,7 @@ impl FleetRoom {
             .key(format!("{}{class}:{number}", self.claimed_prefix))
             .arg(now)
             .arg(class)
-            .arg(number)
+            .arg(place)
             .arg(p.active_users)
             .arg(bucket_ms(p))
             .arg(p.abandon_timeout.as_millis() as u64)
@@ -712,10 +806,5 @@ impl FleetRoom {
 
     pub fn paused(&self) -> bool {
         self.view().paused
-    }
-
-    pub fn position_of(&self, class: usize, number: u64) -> u64 {
-        let f = self.view().queues.get(class).map(|q| q.0).unwrap_or(0);
-        number.saturating_sub(f).max(1)
     }
 }

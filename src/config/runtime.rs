@@ -649,14 +649,6 @@ pub fn build(
 fn build_cluster(p: &mut Problems, file: &FileConfig) -> Option<crate::cluster::ClusterSettings> {
     use super::file::FailModeFile;
     let c = file.cluster.as_ref()?;
-    for (name, w) in &file.waiting_rooms {
-        if w.event.is_some() {
-            p.at(
-                path!["waiting_rooms", name.as_str(), "event"],
-                "scheduled openings (`event`) are not shared across a fleet yet: remove `cluster`, or the event",
-            );
-        }
-    }
     if c.redis.starts_with("rediss://") {
         p.at(
             path!["cluster", "redis"],
@@ -1493,6 +1485,7 @@ fn build_rooms(
             opens_at,
             prequeue,
             fleet: None,
+            shuffle_key: keys.derive_u64(&format!("prequeue|{name}|{}", opens_at.unwrap_or(0))),
         };
         let shared = ctx.registry.rooms.get(name, &params);
         let fp = format!("{ticket_rate:?}|{ticket_burst}");

@@ -124,6 +124,17 @@ impl Keyring {
         &self.keys[0].id
     }
 
+    /// A 64-bit value derived from the signing key for `label` (HMAC-SHA256): the same on
+    /// every node given the same keys, unguessable without them.
+    pub fn derive_u64(&self, label: &str) -> u64 {
+        let tag = Self::mac(&self.keys[0], label.as_bytes())
+            .finalize()
+            .into_bytes();
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&tag[..8]);
+        u64::from_le_bytes(b)
+    }
+
     fn mac(key: &Key, payload: &[u8]) -> HmacSha256 {
         // HMAC accepts keys of any length; `new_from_slice` cannot fail for HMAC.
         let mut m = match HmacSha256::new_from_slice(&key.secret) {

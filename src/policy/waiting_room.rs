@@ -17,8 +17,42 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Pre-queue tickets carry this bit; the low 32 bits are a random draw.
+/// Pre-queue tickets (method `random`) carry this bit over their number in issue order;
+/// their place is that number shuffled at the opening (see [`shuffled_place`]).
 pub const PREQUEUE_BIT: u64 = 1 << 62;
+
+/// The place of pre-queue ticket `index` (1-based, in issue order) among `size`, by a
+/// permutation keyed by `key` (a four-round Feistel network over the smallest even
+/// power of two holding `size`, walking the cycle back into range): every place from 1
+/// to `size` is taken exactly once, so the frontier never passes an empty place or
+/// lets two tickets in on one; the order cannot be guessed without the key.
+pub fn shuffled_place(key: u64, index: u64, size: u64) -> u64 {
+    if index == 0 || index > size || size <= 1 {
+        return index.max(1);
+    }
+    let bits = 64 - (size - 1).leading_zeros();
+    let half = bits.div_ceil(2).max(1);
+    let mask = (1u64 << half) - 1;
+    let mut x = index - 1;
+    loop {
+        let (mut l, mut r) = (x >> half, x & mask);
+        for round in 1..=4u64 {
+            let f = mix(key ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ r) & mask;
+            (l, r) = (r, l ^ f);
+        }
+        x = (l << half) | r;
+        if x < size {
+            return x + 1;
+        }
+    }
+}
+
+/// SplitMix64's finalizer: a cheap bijective mixing of 64 bits.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
 
 /// How a priority class is treated by a room.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,6 +89,8 @@ pub struct RoomParams {
     pub prequeue: Duration,
     /// Set while a node of a fleet runs its room without Redis (see [`FleetShare`]).
     pub fleet: Option<FleetShare>,
+    /// Key of the pre-queue shuffle (derived from the room's signing key and opening).
+    pub shuffle_key: u64,
 }
 
 /// A fleet node running its room while Redis is unreachable, as node `slot` of `nodes`.
@@ -250,12 +286,15 @@ impl RoomState {
     /// (frontier, next) per class; `margin` numbers per class are left for tickets other
     /// nodes may have handed out since the fleet was read. `active` and `pending` are this
     /// node's share of the fleet's sessions and unclaimed admissions: the sessions are
-    /// counted in a seed bucket that their moves draw from.
+    /// counted in a seed bucket that their moves draw from. `prequeue` and `opened`: a
+    /// scheduled opening's pre-queue size per class, and whether it has passed.
     #[allow(clippy::too_many_arguments)]
     pub fn follow(
         &mut self,
         params: &RoomParams,
         queues: &[(u64, u64)],
+        prequeue: &[u64],
+        opened: bool,
         margin: &[u64],
         active: u64,
         pending: u64,
@@ -270,7 +309,7 @@ impl RoomState {
             q.frontier = f.min(n);
             q.next = n;
             q.gap = margin.get(i).copied().unwrap_or(0);
-            q.prequeue = 0;
+            q.prequeue = prequeue.get(i).copied().unwrap_or(0);
         }
         let seed = Self::bucket_of(params, now_ms);
         self.active.clear();
@@ -286,7 +325,7 @@ impl RoomState {
                 .push_back((deadline, pending.min(u64::from(u32::MAX)) as u32));
         }
         self.paused = paused;
-        self.opened = true;
+        self.opened = opened || params.opens_at.is_none();
         self.rate = rate;
         self.last_tick_ms = now_ms;
     }
@@ -476,7 +515,7 @@ impl RoomState {
     }
 
     /// A request without a valid ticket arrives in `class`.
-    pub fn arrive(&mut self, params: &RoomParams, class: usize, now_ms: u64, draw: u32) -> Arrival {
+    pub fn arrive(&mut self, params: &RoomParams, class: usize, now_ms: u64) -> Arrival {
         let class = class.min(self.queues.len() - 1);
         let policy = params
             .classes
@@ -504,7 +543,7 @@ impl RoomState {
             q.next += 1;
             self.counters.issued += 1;
             let number = match params.method {
-                Method::Random => PREQUEUE_BIT | u64::from(draw),
+                Method::Random => PREQUEUE_BIT | q.next,
                 Method::Fifo => q.next,
             };
             return Arrival::Queue { number };
@@ -535,16 +574,19 @@ impl RoomState {
 
     /// The number a ticket stands at in its queue (pre-queue tickets are shuffled at
     /// the opening), or `None` before the opening.
-    pub fn effective_number(&self, class: usize, number: u64) -> Option<u64> {
+    pub fn effective_number(&self, params: &RoomParams, class: usize, number: u64) -> Option<u64> {
         if number & PREQUEUE_BIT == 0 {
             return Some(number);
         }
         if !self.opened {
             return None;
         }
-        let p = self.queues.get(class).map(|q| q.prequeue).unwrap_or(0);
-        let draw = number & u64::from(u32::MAX);
-        Some(1 + (draw * p) / (u64::from(u32::MAX) + 1))
+        let size = self.queues.get(class).map(|q| q.prequeue).unwrap_or(0);
+        Some(shuffled_place(
+            params.shuffle_key,
+            number & (PREQUEUE_BIT - 1),
+            size,
+        ))
     }
 
     /// A waiting ticket polls (or reloads the page).
@@ -560,7 +602,7 @@ impl RoomState {
         if self.claimed.contains(tag, number) {
             return Standing::Used;
         }
-        let Some(n) = self.effective_number(class, number) else {
+        let Some(n) = self.effective_number(params, class, number) else {
             return Standing::Waiting { position: None };
         };
         let frontier = self.queues[class].frontier;
@@ -706,6 +748,7 @@ mod tests {
             opens_at: None,
             prequeue: Duration::ZERO,
             fleet: None,
+            shuffle_key: 7,
         }
     }
 
@@ -714,13 +757,13 @@ mod tests {
         let p = params(10, 600);
         let mut r = RoomState::new(&p, 0);
         for i in 1..=10 {
-            assert!(matches!(r.arrive(&p, 0, 0, 0), Arrival::Admit { number, .. } if number == i));
+            assert!(matches!(r.arrive(&p, 0, 0), Arrival::Admit { number, .. } if number == i));
         }
         assert_eq!(r.active(), 10);
-        assert_eq!(r.arrive(&p, 0, 0, 0), Arrival::Queue { number: 11 });
+        assert_eq!(r.arrive(&p, 0, 0), Arrival::Queue { number: 11 });
         // The queue is not empty: newcomers queue behind, even once there is room.
         r.end(&p, 0, 1, 0, 0);
-        assert_eq!(r.arrive(&p, 0, 0, 0), Arrival::Queue { number: 12 });
+        assert_eq!(r.arrive(&p, 0, 0), Arrival::Queue { number: 12 });
         assert_eq!(r.tick(&p, 1000), 1);
         assert_eq!(
             r.poll(&p, 0, 12, 1000),
@@ -733,9 +776,9 @@ mod tests {
     fn abandoned_tickets_free_their_turn() {
         let p = params(1, 6000);
         let mut r = RoomState::new(&p, 0);
-        assert!(matches!(r.arrive(&p, 0, 0, 0), Arrival::Admit { .. }));
+        assert!(matches!(r.arrive(&p, 0, 0), Arrival::Admit { .. }));
         for _ in 0..3 {
-            r.arrive(&p, 0, 0, 0);
+            r.arrive(&p, 0, 0);
         }
         // The admitted student leaves; ticket 2's owner is gone too.
         r.end(&p, 0, 1, 0, 0);
@@ -755,7 +798,7 @@ mod tests {
         let p = params(5, 600);
         let mut r = RoomState::new(&p, 0);
         r.paused = true;
-        assert!(matches!(r.arrive(&p, 0, 0, 0), Arrival::Queue { .. }));
+        assert!(matches!(r.arrive(&p, 0, 0), Arrival::Queue { .. }));
         assert_eq!(r.tick(&p, 10_000), 0);
         assert_eq!(r.eta(1), None);
         r.paused = false;
@@ -770,14 +813,12 @@ mod tests {
         p.prequeue = Duration::from_secs(60);
         let mut r = RoomState::new(&p, 0);
         assert_eq!(
-            r.arrive(&p, 0, 10_000, 7),
+            r.arrive(&p, 0, 10_000),
             Arrival::Closed,
             "before the pre-queue window"
         );
-        let draws = [u32::MAX, 0, u32::MAX / 2];
-        let tickets: Vec<u64> = draws
-            .iter()
-            .map(|d| match r.arrive(&p, 0, 50_000, *d) {
+        let tickets: Vec<u64> = (0..3)
+            .map(|_| match r.arrive(&p, 0, 50_000) {
                 Arrival::Queue { number } => number,
                 other => panic!("{other:?}"),
             })
@@ -788,14 +829,44 @@ mod tests {
         );
         assert_eq!(r.tick(&p, 99_000), 0, "closed until the opening");
         r.tick(&p, 100_000);
-        // Shuffled by draw: 0 → first, MAX/2 → second, MAX → third.
-        assert_eq!(r.effective_number(0, tickets[1]), Some(1));
-        assert_eq!(r.effective_number(0, tickets[2]), Some(2));
-        assert_eq!(r.effective_number(0, tickets[0]), Some(3));
+        // Shuffled: each of the three places taken exactly once.
+        let mut places: Vec<u64> = tickets
+            .iter()
+            .map(|t| r.effective_number(&p, 0, *t).unwrap())
+            .collect();
+        places.sort();
+        assert_eq!(places, vec![1, 2, 3]);
         // A later arrival is numbered after the pre-queue.
         r.queues[0].frontier = 3;
         r.paused = true;
-        assert_eq!(r.arrive(&p, 0, 100_500, 0), Arrival::Queue { number: 4 });
+        assert_eq!(r.arrive(&p, 0, 100_500), Arrival::Queue { number: 4 });
+    }
+
+    /// The pre-queue shuffle is a permutation (no tie, no empty place) at every size,
+    /// depends on the key, and is not the issue order.
+    #[test]
+    fn the_prequeue_shuffle_gives_each_place_once() {
+        for size in [1u64, 2, 3, 5, 16, 17, 100, 1000, 4097] {
+            let mut seen = vec![false; size as usize];
+            for i in 1..=size {
+                let place = shuffled_place(42, i, size);
+                assert!((1..=size).contains(&place), "{place} of {size}");
+                assert!(!seen[(place - 1) as usize], "place {place} twice ({size})");
+                seen[(place - 1) as usize] = true;
+            }
+        }
+        let order = |key| {
+            (1..=1000)
+                .map(|i| shuffled_place(key, i, 1000))
+                .collect::<Vec<_>>()
+        };
+        assert_ne!(order(1), order(2), "keyed");
+        let fixed = order(1)
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| *i as u64 + 1 == **p)
+            .count();
+        assert!(fixed < 20, "not the issue order: {fixed} places unchanged")
     }
 
     #[test]
@@ -809,11 +880,11 @@ mod tests {
         let mut r = RoomState::new(&p, 0);
         r.paused = true;
         for _ in 0..100 {
-            r.arrive(&p, 0, 0, 0);
-            r.arrive(&p, 1, 0, 0);
+            r.arrive(&p, 0, 0);
+            r.arrive(&p, 1, 0);
         }
         assert!(
-            matches!(r.arrive(&p, 2, 0, 0), Arrival::Admit { .. }),
+            matches!(r.arrive(&p, 2, 0), Arrival::Admit { .. }),
             "bypass even when paused"
         );
         r.paused = false;
@@ -837,7 +908,7 @@ mod tests {
         let mut nodes: Vec<(RoomParams, RoomState)> = (0..3)
             .map(|slot| {
                 let mut s = RoomState::new(&fleet, 0);
-                s.follow(&fleet, &[(30, 45)], &[4], 10, 0, false, 1.0, t0);
+                s.follow(&fleet, &[(30, 45)], &[0], true, &[4], 10, 0, false, 1.0, t0);
                 let mut p = fleet.clone();
                 p.active_users = 10;
                 p.new_users_per_minute = 200;
@@ -861,7 +932,7 @@ mod tests {
         let mut seen = HashSet::new();
         for (i, (p, s)) in nodes.iter_mut().enumerate() {
             for _ in 0..5 {
-                let Arrival::Queue { number } = s.arrive(p, 0, t0, 0) else {
+                let Arrival::Queue { number } = s.arrive(p, 0, t0) else {
                     panic!("the room is full: newcomers queue");
                 };
                 assert!(number > 49, "{number} after the fleet's tickets");
@@ -910,7 +981,7 @@ mod tests {
     fn replays_gain_nothing() {
         let p = params(2, 6000);
         let mut r = RoomState::new(&p, 0);
-        let Arrival::Admit { number, bucket } = r.arrive(&p, 0, 0, 0) else {
+        let Arrival::Admit { number, bucket } = r.arrive(&p, 0, 0) else {
             panic!("admitted")
         };
         // A copy of the admitted cookie replayed later: the session moves, never adds.
@@ -926,7 +997,7 @@ mod tests {
         }
         assert_eq!(r.active(), 1);
         // Logout replayed: frees one place once.
-        r.arrive(&p, 0, later, 0);
+        r.arrive(&p, 0, later);
         assert_eq!(r.active(), 2);
         for _ in 0..10 {
             r.end(&p, 0, number, moved, later);
@@ -939,9 +1010,9 @@ mod tests {
         );
         // A waiting ticket copied to many clients gets in once.
         let mut r = RoomState::new(&p, 0);
-        r.arrive(&p, 0, 0, 0);
-        r.arrive(&p, 0, 0, 0);
-        let Arrival::Queue { number } = r.arrive(&p, 0, 0, 0) else {
+        r.arrive(&p, 0, 0);
+        r.arrive(&p, 0, 0);
+        let Arrival::Queue { number } = r.arrive(&p, 0, 0) else {
             panic!("queued")
         };
         r.end(&p, 0, 1, 0, 0);
@@ -984,7 +1055,7 @@ mod tests {
             for (op, dt) in ops {
                 now += dt;
                 match op {
-                    0 => match r.arrive(&p, 0, now, 0) {
+                    0 => match r.arrive(&p, 0, now) {
                         Arrival::Admit { bucket, number } => { sessions.push((number, bucket)); admitted_order.push(number); }
                         Arrival::Queue { number } => waiting.push((number, true)),
                         Arrival::Closed => {}

@@ -653,7 +653,7 @@ impl EcluseProxy {
             .unwrap_or(0);
         let fleet = self.fleet_room(room);
         let would_queue = match &fleet {
-            Some((fr, _)) => fr.would_queue(&params, usize::from(class)),
+            Some((fr, _)) => fr.would_queue(&params, usize::from(class), now),
             None => room
                 .shared
                 .lock()
@@ -675,7 +675,6 @@ impl EcluseProxy {
                 return Ok(true);
             }
         }
-        let draw: u32 = rand::random();
         let mut fleet_position = None;
         let mut arrival = None;
         if let Some((fr, mut conn)) = fleet {
@@ -690,6 +689,7 @@ impl EcluseProxy {
                     fleet_position = Some(position);
                     arrival = Some(Arrival::Queue { number });
                 }
+                Ok(crate::cluster::room::Arrived::Closed) => arrival = Some(Arrival::Closed),
                 Err(e) => {
                     if let Some(f) = &self.app.fleet {
                         f.call_failed(&e);
@@ -700,10 +700,7 @@ impl EcluseProxy {
         let arrival = match arrival {
             Some(a) => a,
             None => {
-                let a = room
-                    .shared
-                    .lock()
-                    .arrive(&params, usize::from(class), now, draw);
+                let a = room.shared.lock().arrive(&params, usize::from(class), now);
                 if let Some(fr) = self.fleet_room_alone(room) {
                     fr.mark_diverged();
                     if let Arrival::Admit { bucket, .. } = a {
@@ -739,17 +736,18 @@ impl EcluseProxy {
                     seen: now_s,
                     bucket: 0,
                 };
-                let position = fleet_position.or_else(|| {
+                let position = fleet_position.unwrap_or_else(|| {
                     let s = room.shared.lock();
-                    s.effective_number(usize::from(class), number).map(|n| {
-                        n.saturating_sub(
-                            s.queues
-                                .get(usize::from(class))
-                                .map(|q| q.frontier)
-                                .unwrap_or(0),
-                        )
-                        .max(1)
-                    })
+                    s.effective_number(&params, usize::from(class), number)
+                        .map(|n| {
+                            n.saturating_sub(
+                                s.queues
+                                    .get(usize::from(class))
+                                    .map(|q| q.frontier)
+                                    .unwrap_or(0),
+                            )
+                            .max(1)
+                        })
                 });
                 let c = cookie_header(room, &room.keys.seal(&t), secure);
                 ctx.room_decision = Some("queued");
