@@ -2,10 +2,11 @@
 //! frontier, one capacity, held in Redis and changed only by Lua scripts (atomic, so two
 //! nodes never hand out the same number or overrun the capacity).
 //!
-//! Redis round trips happen once per student, not per request: a newcomer takes a number
-//! (`ARRIVE`), a waiting ticket whose turn has come claims its admission (`CLAIM`). Polls
-//! of tickets still behind the frontier, and every request of an admitted session, are
-//! answered from this node's copy of the room (refreshed at each sync). Sessions moving
+//! Redis round trips happen per student, never per request of a session: a newcomer takes
+//! a number (`ARRIVE`), a waiting ticket near the front polls through `CLAIM` (which lets
+//! it in when its turn has come). Polls of tickets further back, and every request of an
+//! admitted session, are answered from this node's copy of the room (refreshed at each
+//! sync). Sessions moving
 //! between activity buckets are counted locally and flushed in one batch per sync
 //! (`MOVES`); admissions advance in `TICK`, run by whichever node syncs (the script
 //! ignores ticks closer than 200 ms, so N nodes tick no faster than one).
