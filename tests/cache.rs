@@ -1303,14 +1303,9 @@ async fn origin_gone_serves_stale_within_stale_if_error_then_ecluse_error_page()
     let o = FileOrigin::start().await;
     o.put("/files/a.pdf", "stored copy", "max-age=1");
     let e = Ecluse::start(&yaml(o.addr, "", FILES_ROUTE));
-    // A fresh connection per request: after answering for a dead origin, ecluse may
-    // close the kept-alive connection without saying so, and a pooled client then races
-    // the close (a reset, about 1 run in 5). Noted on issue #6; this test is about what
-    // each answer says.
-    let c = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+    // One pooled client, as a browser: every answer for a dead origin must say whether
+    // the connection stays open, so that reusing it never meets a reset.
+    let c = client();
     let get = || {
         c.get(e.url("/files/a.pdf"))
             .header("accept", "application/json")
@@ -1328,6 +1323,9 @@ async fn origin_gone_serves_stale_within_stale_if_error_then_ecluse_error_page()
             let cs = cache_status(&r);
             if cs == "ecluse; fwd=stale; detail=stale-if-error" {
                 assert_eq!(r.status(), 200);
+                // The origin's connection broke: the connection is not kept, and the
+                // answer says so.
+                assert_eq!(r.headers()["connection"], "close");
                 assert_eq!(r.text().await.unwrap(), "stored copy");
                 stale += 1;
             } else {

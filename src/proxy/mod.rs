@@ -1344,8 +1344,14 @@ impl ProxyHttp for EcluseProxy {
                 let serve = origin_failed
                     && (mode != Some(CacheMode::Revalidate)
                         || self.authorized_recently(session, ctx));
-                if let (true, ErrorType::HTTPStatus(s)) = (serve, e.etype()) {
-                    ctx.stale_error_status = Some(*s);
+                match (serve, e.etype()) {
+                    (true, ErrorType::HTTPStatus(s)) => ctx.stale_error_status = Some(*s),
+                    // The exchange with the origin broke: pingora will not reuse this
+                    // client's connection after the stale answer, so the answer must say
+                    // so (`Connection: close`), or the client's next request on it meets
+                    // a reset.
+                    (true, _) => session.set_keepalive(None),
+                    _ => {}
                 }
                 serve
             }
