@@ -13,7 +13,7 @@ fn node_yaml(origin: SocketAddr, redis: u16, id: &str) -> String {
 admin: {{ listen: "127.0.0.1:0" }}
 server: {{ threads: 1, grace_period: 0s, shutdown_timeout: 2s }}
 access_log: {{ enabled: false }}
-cluster: {{ redis: "redis://127.0.0.1:{redis}/", node_id: {id}, sync_interval: 100ms, timeout: 200ms }}
+cluster: {{ redis: "redis://127.0.0.1:{redis}/", node_id: {id}, sync_interval: 100ms, timeout: 1s }}
 degradation:
   levels:
     - {{ name: normal }}
@@ -334,7 +334,7 @@ fn room_node_yaml(origin: SocketAddr, redis: u16, id: &str) -> String {
 admin: {{ listen: "127.0.0.1:0" }}
 server: {{ threads: 1, grace_period: 0s, shutdown_timeout: 2s }}
 access_log: {{ enabled: false }}
-cluster: {{ redis: "redis://127.0.0.1:{redis}/", node_id: {id}, sync_interval: 100ms, timeout: 200ms }}
+cluster: {{ redis: "redis://127.0.0.1:{redis}/", node_id: {id}, sync_interval: 100ms, timeout: 1s }}
 waiting_rooms:
   ent: {{ active_users: 5, new_users_per_minute: 600, secret_env: ECLUSE_FLEET_TEST_KEYS, poll_interval: 1s, abandon_timeout: 1m, session_idle_timeout: 5m }}
 origins:
@@ -348,36 +348,66 @@ routes:
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn one_waiting_room_across_three_nodes_fifo_and_capacity() {
-    let _alone = ONE_FLEET_AT_A_TIME.lock().await;
+/// The ticket keys every room node shares.
+fn use_test_keys() {
     std::env::set_var(
         "ECLUSE_FLEET_TEST_KEYS",
         "k1:8f3a5e0c9b1d2f4a6c8e0b2d4f6a8c0e1f3b5d7a9c1e3f5b7d9a1c3e5f7b9d1a",
     );
-    let mut redis = Redis::start();
-    let origin = EchoOrigin::start("ent").await;
-    let nodes: Vec<Ecluse> = ["r1", "r2", "r3"]
-        .iter()
-        .map(|id| Ecluse::start(&room_node_yaml(origin.addr, redis.port, id)))
-        .collect();
+}
+
+/// A student's browser: keeps its cookies.
+fn student() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// A request as the queue page's script (or a mobile app) makes it: JSON back.
+async fn get_json(s: &reqwest::Client, node: &Ecluse, path: &str) -> serde_json::Value {
+    s.get(node.url(path))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Start one node per id from `yaml(id)`, once each sees Redis and the three of them.
+async fn room_fleet(ids: [&str; 3], yaml: impl Fn(&str) -> String) -> Vec<Ecluse> {
+    let nodes: Vec<Ecluse> = ids.iter().map(|id| Ecluse::start(&yaml(id))).collect();
     let admin = client();
     for e in &nodes {
-        eventually("every node sees three live nodes", DEADLINE, async || {
-            state(&admin, e).await["cluster"]["live_nodes"] == 3
-        })
+        eventually(
+            "every node sees Redis and three live nodes",
+            DEADLINE,
+            async || {
+                let s = state(&admin, e).await;
+                s["cluster"]["redis_up"] == true && s["cluster"]["live_nodes"] == 3
+            },
+        )
         .await;
     }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_waiting_room_across_three_nodes_fifo_and_capacity() {
+    let _alone = ONE_FLEET_AT_A_TIME.lock().await;
+    use_test_keys();
+    let mut redis = Redis::start();
+    let origin = EchoOrigin::start("ent").await;
+    let nodes = room_fleet(["r1", "r2", "r3"], |id| {
+        room_node_yaml(origin.addr, redis.port, id)
+    })
+    .await;
+    let admin = client();
     // 20 students arrive one after the other, spread round robin over the nodes.
-    let students: Vec<reqwest::Client> = (0..20)
-        .map(|_| {
-            reqwest::Client::builder()
-                .cookie_store(true)
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap()
-        })
-        .collect();
+    let students: Vec<reqwest::Client> = (0..20).map(|_| student()).collect();
     let mut admitted_at: Vec<Option<usize>> = vec![None; students.len()];
     let mut order = 0usize;
     for (i, s) in students.iter().enumerate() {
@@ -493,20 +523,8 @@ async fn one_waiting_room_across_three_nodes_fifo_and_capacity() {
         })
         .await;
     }
-    let late = reqwest::Client::builder()
-        .cookie_store(true)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let v: serde_json::Value = late
-        .get(nodes[1].url("/home"))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let late = student();
+    let v = get_json(&late, &nodes[1], "/home").await;
     assert_eq!(v["state"], "waiting", "the room is still full: {v}");
     assert!(
         v["position"].as_u64().is_some_and(|p| p > 10),
@@ -582,45 +600,19 @@ fn standing(v: &serde_json::Value) -> Result<(), Option<u64>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_outage_loses_no_place() {
     let _alone = ONE_FLEET_AT_A_TIME.lock().await;
-    std::env::set_var(
-        "ECLUSE_FLEET_TEST_KEYS",
-        "k1:8f3a5e0c9b1d2f4a6c8e0b2d4f6a8c0e1f3b5d7a9c1e3f5b7d9a1c3e5f7b9d1a",
-    );
+    use_test_keys();
     let redis = Redis::start();
     let origin = EchoOrigin::start("ent").await;
-    let nodes: Vec<Ecluse> = ["o1", "o2", "o3"]
-        .iter()
-        .map(|id| Ecluse::start(&outage_node_yaml(origin.addr, redis.port, id)))
-        .collect();
+    let nodes = room_fleet(["o1", "o2", "o3"], |id| {
+        outage_node_yaml(origin.addr, redis.port, id)
+    })
+    .await;
     let admin = client();
-    for e in &nodes {
-        eventually("every node sees three live nodes", DEADLINE, async || {
-            state(&admin, e).await["cluster"]["live_nodes"] == 3
-        })
-        .await;
-    }
-    let student = || {
-        reqwest::Client::builder()
-            .cookie_store(true)
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap()
-    };
-    let get = async |s: &reqwest::Client, node: &Ecluse, path: &str| -> serde_json::Value {
-        s.get(node.url(path))
-            .header("accept", "application/json")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    };
     // Six get in at once, six queue (positions 1 to 6), round robin over the nodes.
     let mut students: Vec<reqwest::Client> = (0..12).map(|_| student()).collect();
     let mut position: Vec<Option<u64>> = vec![None; 12];
     for (i, s) in students.iter().enumerate() {
-        match standing(&get(s, &nodes[i % 3], "/home").await) {
+        match standing(&get_json(s, &nodes[i % 3], "/home").await) {
             Ok(()) => assert!(i < 6, "student {i} let in past the capacity"),
             Err(p) => {
                 assert!(i >= 6, "student {i} queued with room to spare");
@@ -652,7 +644,7 @@ async fn a_redis_outage_loses_no_place() {
     // Three newcomers during the outage, one per node: behind the six waiting.
     for node in &nodes {
         let s = student();
-        match standing(&get(&s, node, "/home").await) {
+        match standing(&get_json(&s, node, "/home").await) {
             Ok(()) => panic!("a newcomer got in during the outage, the room being full"),
             Err(p) => {
                 assert!(
@@ -675,14 +667,14 @@ async fn a_redis_outage_loses_no_place() {
                               position: &mut Vec<Option<u64>>| {
         round += 1;
         for &i in inside.iter() {
-            let v = get(&students[i], &nodes[(i + round) % 3], &format!("/p{i}")).await;
+            let v = get_json(&students[i], &nodes[(i + round) % 3], &format!("/p{i}")).await;
             assert_eq!(standing(&v), Ok(()), "student {i} inside stays inside: {v}");
         }
         for i in 0..students.len() {
             if inside.contains(&i) || admitted_order.contains(&i) || i < 6 {
                 continue;
             }
-            let v = get(
+            let v = get_json(
                 &students[i],
                 &nodes[(i + round) % 3],
                 "/.ecluse/queue/status?room=ent",
@@ -749,7 +741,7 @@ async fn a_redis_outage_loses_no_place() {
         .await;
     }
     let late = student();
-    match standing(&get(&late, &nodes[1], "/home").await) {
+    match standing(&get_json(&late, &nodes[1], "/home").await) {
         Ok(()) => assert!(inside.len() < 6, "let in past the capacity"),
         Err(p) => {
             let waiting = students.len() - 6 - admitted_order.len();
@@ -836,44 +828,19 @@ async fn a_redis_outage_loses_no_place() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_on_a_redis_cluster() {
     let _alone = ONE_FLEET_AT_A_TIME.lock().await;
-    std::env::set_var(
-        "ECLUSE_FLEET_TEST_KEYS",
-        "k1:8f3a5e0c9b1d2f4a6c8e0b2d4f6a8c0e1f3b5d7a9c1e3f5b7d9a1c3e5f7b9d1a",
-    );
+    use_test_keys();
     let cluster = RedisCluster::start();
     let port = cluster.port_not_holding("{ecluse}:room:ent");
     let origin = EchoOrigin::start("ent").await;
-    let nodes: Vec<Ecluse> = ["c1", "c2", "c3"]
-        .iter()
-        .map(|id| {
-            let yaml = room_node_yaml(origin.addr, port, id)
-                .replace("timeout: 200ms }", "timeout: 200ms, redis_cluster: true }");
-            assert!(yaml.contains("redis_cluster: true"));
-            Ecluse::start(&yaml)
-        })
-        .collect();
-    let admin = client();
-    for e in &nodes {
-        eventually(
-            "every node reaches the cluster and sees three nodes",
-            DEADLINE,
-            async || {
-                let s = state(&admin, e).await;
-                s["cluster"]["redis_up"] == true && s["cluster"]["live_nodes"] == 3
-            },
-        )
-        .await;
-    }
+    let nodes = room_fleet(["c1", "c2", "c3"], |id| {
+        let yaml = room_node_yaml(origin.addr, port, id)
+            .replace("timeout: 1s }", "timeout: 1s, redis_cluster: true }");
+        assert!(yaml.contains("redis_cluster: true"));
+        yaml
+    })
+    .await;
     // Five get in, three queue in one order across the nodes.
-    let students: Vec<reqwest::Client> = (0..8)
-        .map(|_| {
-            reqwest::Client::builder()
-                .cookie_store(true)
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap()
-        })
-        .collect();
+    let students: Vec<reqwest::Client> = (0..8).map(|_| student()).collect();
     for (i, s) in students.iter().enumerate() {
         let v: serde_json::Value = s
             .get(nodes[i % 3].url("/home"))
@@ -930,57 +897,27 @@ async fn a_fleet_on_a_redis_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_scheduled_opening_shuffles_the_prequeue_fleet_wide() {
     let _alone = ONE_FLEET_AT_A_TIME.lock().await;
-    std::env::set_var(
-        "ECLUSE_FLEET_TEST_KEYS",
-        "k1:8f3a5e0c9b1d2f4a6c8e0b2d4f6a8c0e1f3b5d7a9c1e3f5b7d9a1c3e5f7b9d1a",
-    );
+    use_test_keys();
     let redis = Redis::start();
     let origin = EchoOrigin::start("ent").await;
     let opens = std::time::SystemTime::now() + Duration::from_secs(4);
     let opens_text = ecluse::access_log::rfc3339(opens);
-    let nodes: Vec<Ecluse> = ["e1", "e2", "e3"]
-        .iter()
-        .map(|id| {
-            let yaml = room_node_yaml(origin.addr, redis.port, id).replace(
-                "session_idle_timeout: 5m }",
-                &format!(
-                    "session_idle_timeout: 5m, method: random, event: {{ opens_at: \"{opens_text}\", prequeue: 1h }} }}"
-                ),
-            );
-            assert!(yaml.contains("method: random"));
-            Ecluse::start(&yaml)
-        })
-        .collect();
-    let admin = client();
-    for e in &nodes {
-        eventually("every node sees three live nodes", DEADLINE, async || {
-            state(&admin, e).await["cluster"]["live_nodes"] == 3
-        })
-        .await;
-    }
-    let json = async |s: &reqwest::Client, node: &Ecluse, path: &str| -> serde_json::Value {
-        s.get(node.url(path))
-            .header("accept", "application/json")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    };
+    let nodes = room_fleet(["e1", "e2", "e3"], |id| {
+        let yaml = room_node_yaml(origin.addr, redis.port, id).replace(
+            "session_idle_timeout: 5m }",
+            &format!(
+                "session_idle_timeout: 5m, method: random, event: {{ opens_at: \"{opens_text}\", prequeue: 1h }} }}"
+            ),
+        );
+        assert!(yaml.contains("method: random"));
+        yaml
+    })
+    .await;
     let status = "/.ecluse/queue/status?room=ent";
     // Nine students before the opening, on every node: a ticket, no place yet.
-    let students: Vec<reqwest::Client> = (0..9)
-        .map(|_| {
-            reqwest::Client::builder()
-                .cookie_store(true)
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap()
-        })
-        .collect();
+    let students: Vec<reqwest::Client> = (0..9).map(|_| student()).collect();
     for (i, s) in students.iter().enumerate() {
-        let v = json(s, &nodes[i % 3], "/home").await;
+        let v = get_json(s, &nodes[i % 3], "/home").await;
         assert_eq!(v["state"], "waiting", "before the opening: {v}");
         assert!(v["position"].is_null(), "no place before the opening: {v}");
         assert!(v["opens_at"].is_string(), "the page says when: {v}");
@@ -996,7 +933,7 @@ async fn a_scheduled_opening_shuffles_the_prequeue_fleet_wide() {
         round += 1;
         for (i, s) in students.iter().enumerate() {
             if !admitted[i] {
-                let v = json(s, &nodes[(i + round) % 3], status).await;
+                let v = get_json(s, &nodes[(i + round) % 3], status).await;
                 admitted[i] = v["state"] == "admitted";
             }
         }
@@ -1007,7 +944,7 @@ async fn a_scheduled_opening_shuffles_the_prequeue_fleet_wide() {
     for (i, s) in students.iter().enumerate().filter(|(i, _)| !admitted[*i]) {
         let mut seen = Vec::new();
         for n in &nodes {
-            let v = json(s, n, status).await;
+            let v = get_json(s, n, status).await;
             assert_eq!(v["state"], "waiting", "{v}");
             seen.push(v["position"].as_u64().expect("a place once open"));
         }
@@ -1024,12 +961,8 @@ async fn a_scheduled_opening_shuffles_the_prequeue_fleet_wide() {
         "the four left hold places 1 to 4"
     );
     // A student arriving after the opening queues after the whole pre-queue.
-    let late = reqwest::Client::builder()
-        .cookie_store(true)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let v = json(&late, &nodes[0], "/home").await;
+    let late = student();
+    let v = get_json(&late, &nodes[0], "/home").await;
     assert_eq!(v["state"], "waiting", "{v}");
     assert_eq!(v["position"], 5, "after the pre-queue: {v}");
     // Those inside leave one by one: the rest get in in their shuffled order.
@@ -1047,16 +980,16 @@ async fn a_scheduled_opening_shuffles_the_prequeue_fleet_wide() {
             DEADLINE,
             async || {
                 round += 1;
-                let v = json(&students[next], &nodes[round % 3], status).await;
+                let v = get_json(&students[next], &nodes[round % 3], status).await;
                 v["state"] == "admitted"
             },
         )
         .await;
         for &(_, other) in &places[k + 1..] {
-            let v = json(&students[other], &nodes[k % 3], status).await;
+            let v = get_json(&students[other], &nodes[k % 3], status).await;
             assert_eq!(v["state"], "waiting", "only the next one: {v}");
         }
-        let v = json(&late, &nodes[k % 3], status).await;
+        let v = get_json(&late, &nodes[k % 3], status).await;
         assert_eq!(
             v["state"], "waiting",
             "the late student still after them: {v}"

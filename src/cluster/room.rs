@@ -71,7 +71,8 @@ local function num(v, d) if v then return tonumber(v) else return d end end
 /// the room this node ran alone during an outage: ticket counters are raised to it (the
 /// numbers it handed out are taken); then the
 /// scheduled opening (unix ms, 0 for none): until then nobody is admitted, and at it the
-/// pre-queue is frozen (its size per class, over which its tickets are shuffled).
+/// pre-queue is frozen (its size per class, over which its tickets are shuffled); then
+/// when this node's view was read (unix ms, 0 for never).
 /// Returns {frontier_0, next_0, prequeue_0, frontier_1, …, rate*1000, paused, active,
 /// pending, tokens*1000, admitted, abandoned, issued, direct, opened}.
 const LUA_TICK: &str = r#"
@@ -83,7 +84,27 @@ local r = KEYS[1]
 -- Redis restarted empty (or was flushed): start again from the room as this node last
 -- saw it, so numbers already handed out are neither reused nor overtaken. The sessions
 -- it saw inside are counted in a seed bucket, which their moves and ends draw from.
-if ARGV[8] ~= '' and redis.call('EXISTS', r) == 0 then
+-- A node's view may be old (it was in fallback for a while): for SETTLE ms, a fresher
+-- view taken before the restore (ARGV[14]: when the view was read) replaces it
+-- (frontier and counter only go up), and nobody is admitted until then.
+local settle = 2000
+local restored = tonumber(redis.call('HGET', r, 'restored') or '0')
+local view_at = tonumber(ARGV[14])
+if ARGV[8] ~= '' and redis.call('EXISTS', r) == 1 and now - restored < settle
+    and view_at < restored and view_at > tonumber(redis.call('HGET', r, 'restored_view_at') or '0') then
+  local i = 0
+  for f, n in string.gmatch(ARGV[8], '(%d+):(%d+)') do
+    f = tonumber(f); n = tonumber(n)
+    if n > num(redis.call('HGET', r, 'next:' .. i), 0) then redis.call('HSET', r, 'next:' .. i, n) end
+    if f > num(redis.call('HGET', r, 'frontier:' .. i), 0) then redis.call('HSET', r, 'frontier:' .. i, f) end
+    i = i + 1
+  end
+  redis.call('HSET', KEYS[2], redis.call('HGET', r, 'seed_bucket'), ARGV[9])
+  redis.call('DEL', KEYS[3])
+  local pd = tonumber(ARGV[10])
+  if pd > 0 then redis.call('RPUSH', KEYS[3], (restored + grace) .. ':' .. pd) end
+  redis.call('HSET', r, 'restored_view_at', view_at, 'paused', ARGV[11])
+elseif ARGV[8] ~= '' and redis.call('EXISTS', r) == 0 then
   local i = 0
   for f, n in string.gmatch(ARGV[8], '(%d+):(%d+)') do
     redis.call('HSET', r, 'frontier:' .. i, f, 'next:' .. i, n)
@@ -96,7 +117,9 @@ if ARGV[8] ~= '' and redis.call('EXISTS', r) == 0 then
   end
   local pd = tonumber(ARGV[10])
   if pd > 0 then redis.call('RPUSH', KEYS[3], (now + grace) .. ':' .. pd) end
-  redis.call('HSET', r, 'paused', ARGV[11], 'restored', now, 'seed_bucket', seed)
+  redis.call('HSET', r, 'paused', ARGV[11], 'restored', now, 'seed_bucket', seed,
+    'restored_view_at', ARGV[14])
+  restored = now
 elseif ARGV[12] == '1' then
   -- Numbers handed out alone are taken. The frontier stays: those the node let in are
   -- inside (their turn, passed again, goes unclaimed), the others keep their order.
@@ -131,7 +154,7 @@ if last == nil or now - last >= 200 then
   if last ~= nil then dt = math.max(0, now - last) end
   tokens = math.min(tokens + per_ms * dt, burst)
   local total = 0
-  if paused == 0 and opened == 1 then
+  if paused == 0 and opened == 1 and now - restored >= settle then
     local free = math.max(cap - active - pending, 0)
     local budget = math.min(free, math.floor(tokens))
     local left = budget
@@ -305,6 +328,8 @@ pub struct View {
     pub prequeue: Vec<u64>,
     /// The scheduled opening has passed (or there is none).
     pub opened: bool,
+    /// When this view was read (unix ms; 0: never).
+    pub at: u64,
     /// Frontier advances per second.
     pub rate: f64,
     pub paused: bool,
@@ -549,7 +574,7 @@ impl FleetRoom {
         }
         // The room as last seen here, for Redis to start again from if it lost it (or,
         // after an outage, to raise its own to).
-        let (seen, active, pending, paused) = {
+        let (seen, active, pending, paused, view_at) = {
             let v = self.view();
             let classes = p.classes.len().max(1);
             let mut q: Vec<(u64, u64)> = if v.queues.len() == classes {
@@ -569,7 +594,7 @@ impl FleetRoom {
                 .map(|(f, n)| format!("{f}:{n}"))
                 .collect::<Vec<_>>()
                 .join(",");
-            (seen, v.active, v.pending, u8::from(v.paused))
+            (seen, v.active, v.pending, u8::from(v.paused), v.at)
         };
         let out: Vec<i64> = self
             .tick
@@ -589,6 +614,7 @@ impl FleetRoom {
             .arg(paused)
             .arg(if ran_alone.is_some() { "1" } else { "0" })
             .arg(opening(p).0)
+            .arg(view_at)
             .invoke_async(conn)
             .await?;
         sent += 1;
@@ -617,6 +643,7 @@ impl FleetRoom {
                 v.counters[i] = out[b + 5 + i].max(0) as u64;
             }
             v.opened = out[b + 9] != 0;
+            v.at = now;
             self.followed.store(true, Ordering::Relaxed);
         }
         let now_ended = now;
