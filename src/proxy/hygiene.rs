@@ -187,9 +187,22 @@ fn check_raw_head(raw: &[u8], limits: &Limits) -> Result<RawFacts, Reject> {
             _ => {}
         }
     }
-    let mut lines = raw
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    // `raw.split(|&b| b == b'\n')`, each line found with memchr.
+    let mut rest = Some(raw);
+    let mut lines = std::iter::from_fn(move || {
+        let r = rest?;
+        Some(match memchr::memchr(b'\n', r) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                &r[..i]
+            }
+            None => {
+                rest = None;
+                r
+            }
+        })
+    })
+    .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let request_line = lines.next().unwrap_or_default();
     if request_line.len() > limits.max_request_line {
         return Err(reject(414, "request_line_too_long"));
@@ -216,7 +229,7 @@ fn check_raw_head(raw: &[u8], limits: &Limits) -> Result<RawFacts, Reject> {
             // RFC 9112 §5.2.
             return Err(reject(400, "obs_fold"));
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             return Err(reject(400, "field_without_colon"));
         };
         let name = &line[..colon];
