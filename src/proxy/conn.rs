@@ -680,7 +680,6 @@ impl AsyncRead for Guarded {
             match Pin::new(&mut this.inner).poll_read(cx, buf) {
                 Poll::Ready(Ok(())) => {
                     let n = buf.filled().len() - before;
-                    this.sleep = None;
                     if n > 0 {
                         if let Some(resp) = this.answer_here(&buf.filled()[before..]) {
                             buf.set_filled(before);
@@ -716,13 +715,21 @@ impl Guarded {
             return Poll::Pending;
         };
         let deadline = tokio::time::Instant::from_std(deadline);
-        match &mut self.sleep {
-            Some(s) if s.deadline() == deadline => {}
-            Some(s) => s.as_mut().reset(deadline),
-            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        // The timer is kept from one wait to the next. One due before the deadline stays
+        // as it is: when it fires it is moved on to the deadline then in force, so a
+        // kept-alive connection re-arms it about once per timeout, not once per request.
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() > deadline {
+            sleep.as_mut().reset(deadline);
         }
-        let sleep = self.sleep.as_mut().expect("just set");
-        if sleep.as_mut().poll(cx).is_ready() {
+        let mut fired = sleep.as_mut().poll(cx).is_ready();
+        if fired && sleep.deadline() < deadline {
+            sleep.as_mut().reset(deadline);
+            fired = sleep.as_mut().poll(cx).is_ready();
+        }
+        if fired {
             self.sleep = None;
             let phase = match self.lock().phase {
                 // Idle past the keep-alive timeout: the end of the stream, for pingora.
