@@ -198,7 +198,12 @@ pub fn eta_text(lang: Lang, eta: Option<std::time::Duration>) -> String {
     match (lang, mins) {
         (Lang::Fr, 0..=1) => "moins d'une minute".into(),
         (Lang::En, 0..=1) => "less than a minute".into(),
-        (_, 2..=59) => format!("{mins} min"),
+        (_, 2..=59) => {
+            let mut t = String::with_capacity(6);
+            t.push_str(itoa::Buffer::new().format(mins));
+            t.push_str(" min");
+            t
+        }
         (Lang::Fr, m) => format!("environ {} h {:02}", m / 60, m % 60),
         (Lang::En, m) => format!("about {} h {:02}", m / 60, m % 60),
     }
@@ -277,6 +282,14 @@ mod tests {
         assert_eq!(
             eta_text(Lang::En, Some(std::time::Duration::from_secs(4000))),
             "about 1 h 07"
+        );
+        assert_eq!(
+            eta_text(Lang::Fr, Some(std::time::Duration::from_secs(61))),
+            "2 min"
+        );
+        assert_eq!(
+            eta_text(Lang::En, Some(std::time::Duration::from_secs(3540))),
+            "59 min"
         );
         assert_eq!(clock_text(3_723_000), "01:02:03");
         assert_eq!(clock_text(86_399_999), "23:59:59");

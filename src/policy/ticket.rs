@@ -207,12 +207,18 @@ impl Keyring {
             .map_err(|_| TicketError::Malformed)?;
         let tag = &tag[..n];
         let text = std::str::from_utf8(payload).map_err(|_| TicketError::Malformed)?;
-        let mut fields = text.split('|');
+        // `text.split('|')` into exactly nine fields, the bars found with memchr.
         let mut f = [""; 9];
-        for slot in &mut f {
-            *slot = fields.next().ok_or(TicketError::Malformed)?;
+        let mut n = 0;
+        let mut start = 0;
+        let bars = memchr::memchr_iter(b'|', payload);
+        for end in bars.chain(std::iter::once(payload.len())) {
+            let slot = f.get_mut(n).ok_or(TicketError::Malformed)?;
+            *slot = &text[start..end];
+            n += 1;
+            start = end + 1;
         }
-        if fields.next().is_some() || f[0] != "v1" {
+        if n != 9 || f[0] != "v1" {
             return Err(TicketError::Malformed);
         }
         let i = self
