@@ -177,8 +177,9 @@ pub fn position_text(lang: Lang, position: Option<u64>) -> String {
 }
 
 fn group_thousands(n: u64, sep: char) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
+    let mut digits = itoa::Buffer::new();
+    let s = digits.format(n);
+    let mut out = String::with_capacity(s.len() + s.len() / 3 * sep.len_utf8());
     for (i, c) in s.chars().enumerate() {
         if i > 0 && (s.len() - i) % 3 == 0 {
             out.push(sep);
@@ -197,7 +198,12 @@ pub fn eta_text(lang: Lang, eta: Option<std::time::Duration>) -> String {
     match (lang, mins) {
         (Lang::Fr, 0..=1) => "moins d'une minute".into(),
         (Lang::En, 0..=1) => "less than a minute".into(),
-        (_, 2..=59) => format!("{mins} min"),
+        (_, 2..=59) => {
+            let mut t = String::with_capacity(6);
+            t.push_str(itoa::Buffer::new().format(mins));
+            t.push_str(" min");
+            t
+        }
         (Lang::Fr, m) => format!("environ {} h {:02}", m / 60, m % 60),
         (Lang::En, m) => format!("about {} h {:02}", m / 60, m % 60),
     }
@@ -207,7 +213,16 @@ pub fn eta_text(lang: Lang, eta: Option<std::time::Duration>) -> String {
 /// the offset ops configure later).
 pub fn clock_text(now_ms: u64) -> String {
     let s = (now_ms / 1000) % 86_400;
-    format!("{:02}:{:02}:{:02}", s / 3600, (s % 3600) / 60, s % 60)
+    let mut out = String::with_capacity(8);
+    for (i, n) in [s / 3600, (s % 3600) / 60, s % 60].into_iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        // Two digits each (hours < 24).
+        out.push(char::from(b'0' + (n / 10) as u8));
+        out.push(char::from(b'0' + (n % 10) as u8));
+    }
+    out
 }
 
 /// The JSON status of a ticket.
@@ -268,6 +283,18 @@ mod tests {
             eta_text(Lang::En, Some(std::time::Duration::from_secs(4000))),
             "about 1 h 07"
         );
+        assert_eq!(
+            eta_text(Lang::Fr, Some(std::time::Duration::from_secs(61))),
+            "2 min"
+        );
+        assert_eq!(
+            eta_text(Lang::En, Some(std::time::Duration::from_secs(3540))),
+            "59 min"
+        );
         assert_eq!(clock_text(3_723_000), "01:02:03");
+        assert_eq!(clock_text(86_399_999), "23:59:59");
+        assert_eq!(clock_text(86_400_000 + 45_296_000), "12:34:56");
+        assert_eq!(position_text(Lang::En, Some(1_234_567)), "about 1,234,600");
+        assert_eq!(position_text(Lang::Fr, Some(99)), "99");
     }
 }

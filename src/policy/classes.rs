@@ -70,8 +70,20 @@ pub fn classify(classes: &[PriorityClass], r: &RequestFacts) -> Option<usize> {
 /// The value of cookie `name` in the request's `Cookie` headers (first occurrence).
 /// Malformed pairs are skipped, never an error.
 pub fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
-    for h in headers.get_all(http::header::COOKIE) {
-        let Ok(s) = h.to_str() else { continue };
+    cookie_in(
+        headers
+            .get_all(http::header::COOKIE)
+            .into_iter()
+            .map(|h| h.as_bytes()),
+        name,
+    )
+}
+
+/// [`cookie`] in the `Cookie` field values `values`; a value that is not visible ASCII
+/// (which `HeaderValue::to_str` refuses) is skipped.
+pub fn cookie_in<'h>(values: impl IntoIterator<Item = &'h [u8]>, name: &str) -> Option<&'h str> {
+    for v in values {
+        let Some(s) = visible_ascii(v) else { continue };
         for pair in s.split(';') {
             if let Some((k, v)) = pair.split_once('=') {
                 if k.trim() == name {
@@ -86,6 +98,16 @@ pub fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
         }
     }
     None
+}
+
+/// A field value as text when it is visible ASCII and tabs only (what
+/// `HeaderValue::to_str` accepts).
+pub fn visible_ascii(v: &[u8]) -> Option<&str> {
+    if v.iter().all(|&b| (32..127).contains(&b) || b == b'\t') {
+        std::str::from_utf8(v).ok()
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -115,6 +137,16 @@ mod tests {
         assert_eq!(cookie(&h, "zz"), None);
         let h = headers(&[("cookie", ";;=;==; x")]);
         assert_eq!(cookie(&h, "x"), None);
+        // A value `HeaderValue::to_str` refuses (obs-text) is skipped, as it always was.
+        let mut h = http::HeaderMap::new();
+        for v in [&b"t=\xe9t\xe9; a=1"[..], b"a=2"] {
+            let v = http::HeaderValue::from_bytes(v).expect("value");
+            assert_eq!(visible_ascii(v.as_bytes()).is_some(), v.to_str().is_ok());
+            h.append(http::header::COOKIE, v);
+        }
+        assert_eq!(cookie(&h, "a"), Some("2"));
+        assert_eq!(visible_ascii(b"a\tb c~"), Some("a\tb c~"));
+        assert_eq!(visible_ascii(b"a\x7f"), None);
     }
 
     #[test]

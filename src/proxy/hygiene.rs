@@ -35,9 +35,45 @@
 //! `ctx.config` stays `None` on that path, so `logging` neither decrements the in-flight
 //! gauge (never incremented) nor attributes the request to a route.
 
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{HeaderName, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Method, Version};
 use pingora_http::RequestHeader;
+
+/// The parsed request head the checks read: pingora's [`RequestHeader`], or the fields of
+/// a status poll parsed below pingora (`conn.rs`), checked by the same rules without
+/// building a header map.
+pub trait Head {
+    fn method(&self) -> &Method;
+    fn version(&self) -> Version;
+    /// The request-target as the request line carries it.
+    fn raw_target(&self) -> &[u8];
+    /// The values of the fields named `name`, in order.
+    fn values<'s>(&'s self, name: &HeaderName) -> impl Iterator<Item = &'s [u8]>;
+    /// Every field, in order.
+    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])>;
+    fn field_count(&self) -> usize;
+}
+
+impl Head for RequestHeader {
+    fn method(&self) -> &Method {
+        &self.method
+    }
+    fn version(&self) -> Version {
+        self.version
+    }
+    fn raw_target(&self) -> &[u8] {
+        self.raw_path()
+    }
+    fn values<'s>(&'s self, name: &HeaderName) -> impl Iterator<Item = &'s [u8]> {
+        self.headers.get_all(name).into_iter().map(|v| v.as_bytes())
+    }
+    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()))
+    }
+    fn field_count(&self) -> usize {
+        self.headers.len()
+    }
+}
 
 /// Why a request is refused: the status to answer (always with `Connection: close`) and a
 /// stable snake_case code for the access log's `decision`.
@@ -82,7 +118,7 @@ impl Default for Limits {
 /// and the blank line, before pingora drops or merges anything); `None` for HTTP/2 and
 /// subrequests, where only the parsed header is checked.
 pub fn check_request(
-    req: &RequestHeader,
+    req: &impl Head,
     raw_head: Option<&[u8]>,
     limits: &Limits,
 ) -> Result<(), Reject> {
@@ -96,16 +132,16 @@ pub fn check_request(
 
     // RFC 9112 §6.1: both is a smuggling attempt or a broken client; pingora removes
     // Content-Length before we see the header, so the raw head is what tells.
-    let has_te = req.headers.contains_key(TRANSFER_ENCODING)
+    let has_te = req.values(&TRANSFER_ENCODING).next().is_some()
         || raw.as_ref().is_some_and(|r| r.transfer_encoding);
-    let has_cl =
-        req.headers.contains_key(CONTENT_LENGTH) || raw.as_ref().is_some_and(|r| r.content_length);
+    let has_cl = req.values(&CONTENT_LENGTH).next().is_some()
+        || raw.as_ref().is_some_and(|r| r.content_length);
     if has_te && has_cl {
         return Err(reject(400, "content_length_and_transfer_encoding"));
     }
     check_content_length(req)?;
     if has_te {
-        if req.version == Version::HTTP_10 {
+        if req.version() == Version::HTTP_10 {
             // RFC 9112 §6.1: faulty framing.
             return Err(reject(400, "transfer_encoding_on_http10"));
         }
@@ -114,20 +150,20 @@ pub fn check_request(
 
     // RFC 9112 §3.2: exactly one Host in HTTP/1.1 (HTTP/1.0 may omit it; HTTP/2 uses
     // :authority).
-    let hosts = req.headers.get_all(HOST).iter().count();
+    let hosts = req.values(&HOST).count();
     if hosts > 1 {
         return Err(reject(400, "duplicate_host"));
     }
-    if hosts == 0 && req.version == Version::HTTP_11 {
+    if hosts == 0 && req.version() == Version::HTTP_11 {
         return Err(reject(400, "missing_host"));
     }
 
     // RFC 1945 §7.2.2 / §8.3: an HTTP/1.0 request with a body must carry a valid
     // Content-Length, and a server that cannot determine the length should answer 400.
     // Without it we cannot tell "no body" from "unframed body", so we do not guess.
-    if req.version == Version::HTTP_10
+    if req.version() == Version::HTTP_10
         && !has_cl
-        && matches!(req.method, Method::POST | Method::PUT | Method::PATCH)
+        && matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
     {
         return Err(reject(400, "http10_body_without_length"));
     }
@@ -142,17 +178,31 @@ struct RawFacts {
 
 fn check_raw_head(raw: &[u8], limits: &Limits) -> Result<RawFacts, Reject> {
     // Line endings first: with bare CR or LF ruled out, "\r\n" splits lines exactly.
-    for (i, &b) in raw.iter().enumerate() {
-        match b {
+    // (Only the CR, LF and NUL bytes are visited, first to last.)
+    for i in memchr::memchr3_iter(b'\n', b'\r', 0, raw) {
+        match raw[i] {
             b'\n' if i == 0 || raw[i - 1] != b'\r' => return Err(reject(400, "bare_lf")),
             b'\r' if raw.get(i + 1) != Some(&b'\n') => return Err(reject(400, "bare_cr")),
             0 => return Err(reject(400, "nul_byte")),
             _ => {}
         }
     }
-    let mut lines = raw
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    // `raw.split(|&b| b == b'\n')`, each line found with memchr.
+    let mut rest = Some(raw);
+    let mut lines = std::iter::from_fn(move || {
+        let r = rest?;
+        Some(match memchr::memchr(b'\n', r) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                &r[..i]
+            }
+            None => {
+                rest = None;
+                r
+            }
+        })
+    })
+    .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let request_line = lines.next().unwrap_or_default();
     if request_line.len() > limits.max_request_line {
         return Err(reject(414, "request_line_too_long"));
@@ -179,7 +229,7 @@ fn check_raw_head(raw: &[u8], limits: &Limits) -> Result<RawFacts, Reject> {
             // RFC 9112 §5.2.
             return Err(reject(400, "obs_fold"));
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             return Err(reject(400, "field_without_colon"));
         };
         let name = &line[..colon];
@@ -187,10 +237,11 @@ fn check_raw_head(raw: &[u8], limits: &Limits) -> Result<RawFacts, Reject> {
             // RFC 9112 §5.1: no whitespace between name and colon (and a token name).
             return Err(reject(400, "bad_field_name"));
         }
-        if line[colon + 1..]
+        // Every byte looked at (no early exit), so that the loop vectorises.
+        let control = line[colon + 1..]
             .iter()
-            .any(|&b| b < 0x20 && b != b'\t' || b == 0x7f)
-        {
+            .fold(false, |c, &b| c | (b < 0x20 && b != b'\t') | (b == 0x7f));
+        if control {
             return Err(reject(400, "control_in_field_value"));
         }
         facts.content_length |= name.eq_ignore_ascii_case(b"content-length");
@@ -201,25 +252,50 @@ fn check_raw_head(raw: &[u8], limits: &Limits) -> Result<RawFacts, Reject> {
 
 /// RFC 9110 §5.6.2 `tchar`.
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[usize::from(b)]
 }
+
+/// [`is_tchar`] for every byte.
+const TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        i += 1;
+    }
+    t
+};
 
 /// The same limits from the parsed header, for requests without a raw head (HTTP/2): the
 /// sizes are counted as the HTTP/1.1 serialisation of the header would be.
-fn check_parsed_limits(req: &RequestHeader, limits: &Limits) -> Result<(), Reject> {
+fn check_parsed_limits(req: &impl Head, limits: &Limits) -> Result<(), Reject> {
     // "METHOD SP target SP HTTP/1.1"
-    let line = req.method.as_str().len() + 1 + req.raw_path().len() + 9;
+    let line = req.method().as_str().len() + 1 + req.raw_target().len() + 9;
     if line > limits.max_request_line {
         return Err(reject(414, "request_line_too_long"));
     }
-    if req.headers.len() > limits.max_headers {
+    if req.field_count() > limits.max_headers {
         return Err(reject(431, "too_many_headers"));
     }
-    let bytes: usize = req
-        .headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + 2 + v.len() + 2)
-        .sum();
+    let bytes: usize = req.fields().map(|(k, v)| k.len() + 2 + v.len() + 2).sum();
     if bytes > limits.max_header_bytes {
         return Err(reject(431, "header_too_large"));
     }
@@ -229,15 +305,15 @@ fn check_parsed_limits(req: &RequestHeader, limits: &Limits) -> Result<(), Rejec
 /// Exactly one `Content-Length` field whose value is `1*DIGIT` (RFC 9110 §8.6). Identical
 /// duplicates and lists are refused rather than collapsed: an edge must not forward a
 /// framing field the next hop may read differently.
-fn check_content_length(req: &RequestHeader) -> Result<(), Reject> {
-    let mut values = req.headers.get_all(CONTENT_LENGTH).iter();
+fn check_content_length(req: &impl Head) -> Result<(), Reject> {
+    let name = CONTENT_LENGTH;
+    let mut values = req.values(&name);
     let Some(v) = values.next() else {
         return Ok(());
     };
     if values.next().is_some() {
         return Err(reject(400, "duplicate_content_length"));
     }
-    let v = v.as_bytes();
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         // 19 digits always fit in a u64; more is either padding or a lie.
         return Err(reject(400, "bad_content_length"));
@@ -249,12 +325,12 @@ fn check_content_length(req: &RequestHeader) -> Result<(), Reject> {
 /// no other transfer coding and, rather than forward a coding the origin will probably not
 /// decode either, answers 501 ("A server that receives a request message with a transfer
 /// coding it does not understand SHOULD respond with 501").
-fn check_transfer_encoding(req: &RequestHeader) -> Result<(), Reject> {
+fn check_transfer_encoding(req: &impl Head) -> Result<(), Reject> {
     let mut chunked = 0usize;
     let mut last_is_chunked = false;
     let mut other = false;
-    for value in req.headers.get_all(TRANSFER_ENCODING) {
-        for token in value.as_bytes().split(|&b| b == b',') {
+    for value in req.values(&TRANSFER_ENCODING) {
+        for token in value.split(|&b| b == b',') {
             let token = token.trim_ascii();
             if token.is_empty() {
                 return Err(reject(400, "empty_transfer_coding"));
@@ -310,6 +386,15 @@ mod tests {
 
     fn status(raw: &str) -> u16 {
         check(raw).err().map_or(200, |r| r.status)
+    }
+
+    #[test]
+    fn tchar_is_rfc9110_token_char() {
+        let listed = b"!#$%&'*+-.^_`|~";
+        for b in 0..=255u8 {
+            let want = b.is_ascii_alphanumeric() || listed.contains(&b);
+            assert_eq!(is_tchar(b), want, "byte {b:#04x}");
+        }
     }
 
     #[test]

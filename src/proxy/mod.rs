@@ -39,7 +39,7 @@ use crate::config::Config;
 use crate::pages::queue;
 use crate::pages::{self, Problem};
 use crate::policy::cache::CacheMode;
-use crate::policy::classes::{classify, cookie, RequestFacts};
+use crate::policy::classes::{classify, cookie, cookie_in, visible_ascii, RequestFacts};
 use crate::policy::rate_limit::{aggregate_ip, Verdict};
 use crate::policy::route::host_without_port;
 use crate::policy::ticket::{Ticket, TicketError, TicketState};
@@ -62,14 +62,14 @@ enum StatusPoll {
 }
 
 /// The status poll's state, position and the cookie to set, from its ticket and (for a
-/// waiting ticket) its standing in the room.
+/// waiting ticket) its standing in the room, at `now_s` (unix s).
 fn status_answer(
     room: &Room,
     poll: StatusPoll,
     standing: Option<Standing>,
     secure: bool,
+    now_s: u64,
 ) -> (&'static str, Option<u64>, Option<String>) {
-    let now_s = now_ms() / 1000;
     match (poll, standing) {
         (StatusPoll::Admitted, _) => ("admitted", None, None),
         (StatusPoll::Waiting(t), Some(Standing::Admitted { bucket })) => {
@@ -79,22 +79,52 @@ fn status_answer(
                 bucket,
                 ..t
             };
-            (
-                "admitted",
-                None,
-                Some(cookie_header(room, &room.keys.seal(&t2), secure)),
-            )
+            ("admitted", None, Some(sealed_cookie(room, &t2, secure)))
         }
         (StatusPoll::Waiting(t), Some(Standing::Waiting { position })) => {
             // Polled again within the same second: the cookie would not change.
             let set = (t.seen != now_s).then(|| {
                 let t2 = Ticket { seen: now_s, ..t };
-                cookie_header(room, &room.keys.seal(&t2), secure)
+                sealed_cookie(room, &t2, secure)
             });
             ("waiting", position, set)
         }
         _ => ("lost", None, None),
     }
+}
+
+/// What a status poll's answer reads of its request: pingora's header, or a head parsed
+/// below pingora (`conn::PollHead`).
+pub(crate) trait PollRequest: hygiene::Head {
+    fn path(&self) -> &str;
+    fn query(&self) -> Option<&str>;
+}
+
+impl PollRequest for RequestHeader {
+    fn path(&self) -> &str {
+        self.uri.path()
+    }
+    fn query(&self) -> Option<&str> {
+        self.uri.query()
+    }
+}
+
+static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
+/// The first value of field `name` (what `HeaderMap::get` answers).
+fn first<'r>(req: &'r impl PollRequest, name: &http::HeaderName) -> Option<&'r [u8]> {
+    req.values(name).next()
+}
+
+/// The status polls answered below pingora, counted without looking the label up each time.
+fn connection_polls() -> &'static prometheus::IntCounter {
+    static C: std::sync::OnceLock<prometheus::IntCounter> = std::sync::OnceLock::new();
+    C.get_or_init(|| {
+        crate::metrics::get()
+            .status_polls
+            .with_label_values(&["connection"])
+    })
 }
 
 pub struct EcluseProxy {
@@ -439,11 +469,33 @@ impl EcluseProxy {
 pub const STATUS_PATH: &str = "/.ecluse/queue/status";
 
 fn cookie_header(room: &Room, value: &str, secure: bool) -> String {
-    format!(
-        "{}={value}; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax{}",
-        room.cookie_name,
-        if secure { "; Secure" } else { "" }
-    )
+    cookie_with(room, secure, |out| out.push_str(value))
+}
+
+/// [`cookie_header`] for ticket `t`, sealed straight into it.
+fn sealed_cookie(room: &Room, t: &Ticket, secure: bool) -> String {
+    cookie_with(room, secure, |out| room.keys.seal_into(t, out))
+}
+
+/// `NAME=VALUE; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax[; Secure]`, `value` writing
+/// the value.
+fn cookie_with(room: &Room, secure: bool, value: impl FnOnce(&mut String)) -> String {
+    let mut out = String::with_capacity(room.cookie_name.len() + 256);
+    out.push_str(&room.cookie_name);
+    out.push('=');
+    value(&mut out);
+    out.push_str("; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax");
+    if secure {
+        out.push_str("; Secure");
+    }
+    out
+}
+
+/// `t` in unix ms (what [`now_ms`] reads, for a time already taken).
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl EcluseProxy {
@@ -772,19 +824,21 @@ impl EcluseProxy {
         config: &Config,
     ) -> Result<()> {
         let secure = self.secure(session, ctx);
-        let Some((room, poll)) = self.status_poll(session.req_header(), config) else {
+        let Some((room, params, poll)) =
+            self.status_poll(session.req_header(), config, now_ms() / 1000)
+        else {
             self.respond_problem(session, ctx, Problem::NoRoute, None, &[])
                 .await?;
             return Ok(());
         };
         let standing = match &poll {
             StatusPoll::Waiting(t) => Some(
-                self.poll_room(&room, &self.room_params(&room), t.class, t.number, now_ms())
+                self.poll_room(&room, &params, t.class, t.number, now_ms())
                     .await,
             ),
             _ => None,
         };
-        let (state, position, set) = status_answer(&room, poll, standing, secure);
+        let (state, position, set) = status_answer(&room, poll, standing, secure, now_ms() / 1000);
         ctx.room_decision = Some("status");
         crate::metrics::get()
             .status_polls
@@ -809,17 +863,26 @@ impl EcluseProxy {
             .map(|l| l.name.as_str())
     }
 
-    /// A status poll: which room, and what its ticket asks (`None`: no such room).
-    fn status_poll(&self, req: &RequestHeader, config: &Config) -> Option<(Arc<Room>, StatusPoll)> {
-        let q = req.uri.query().unwrap_or("");
+    /// A status poll at `now_s` (unix s): which room, its params for this node, and what
+    /// its ticket asks (`None`: no such room).
+    fn status_poll(
+        &self,
+        req: &impl PollRequest,
+        config: &Config,
+        now_s: u64,
+    ) -> Option<(
+        Arc<Room>,
+        crate::policy::waiting_room::RoomParams,
+        StatusPoll,
+    )> {
+        let q = req.query().unwrap_or("");
         let name = q
             .split('&')
             .find_map(|kv| kv.strip_prefix("room="))
             .unwrap_or("");
         let room = config.rooms.iter().find(|r| r.name == name).cloned()?;
-        let now_s = now_ms() / 1000;
         let params = self.room_params(&room);
-        let ticket = cookie(&req.headers, &room.cookie_name)
+        let ticket = cookie_in(req.values(&http::header::COOKIE), &room.cookie_name)
             .and_then(|v| room.keys.open(v, &room.name).ok());
         let poll = match ticket {
             Some(t)
@@ -836,7 +899,7 @@ impl EcluseProxy {
             }
             _ => StatusPoll::Lost,
         };
-        Some((room, poll))
+        Some((room, params, poll))
     }
 
     /// A status poll answered below pingora's HTTP layer (`conn.rs`), in one-node mode:
@@ -844,7 +907,7 @@ impl EcluseProxy {
     /// would make them. `None`: take the normal path (fleet mode, unknown room).
     pub(crate) fn fast_status(
         &self,
-        req: &RequestHeader,
+        req: &impl PollRequest,
         peer_ip: Option<IpAddr>,
         started: (Instant, SystemTime),
     ) -> Option<Vec<u8>> {
@@ -854,26 +917,31 @@ impl EcluseProxy {
         let config = self.app.config();
         let secure = self.tls
             || (peer_ip.is_some_and(|ip| config.server.is_trusted(ip))
-                && header(req, "x-forwarded-proto")
+                && first(req, &X_FORWARDED_PROTO)
                     .is_some_and(|p| p.eq_ignore_ascii_case(b"https")));
-        let (room, poll) = self.status_poll(req, &config)?;
+        // One clock reading for the whole answer (nothing here waits).
+        let now = unix_ms(started.1);
+        let (room, params, poll) = self.status_poll(req, &config, now / 1000)?;
         let standing = match &poll {
             StatusPoll::Waiting(t) => Some(room.shared.lock().poll(
-                &self.room_params(&room),
+                &params,
                 usize::from(t.class),
                 t.number,
-                now_ms(),
+                now,
             )),
             _ => None,
         };
-        let (state, position, set) = status_answer(&room, poll, standing, secure);
-        let (_, status, _) = self.status_of(req, &room, state, position);
-        let body = serde_json::to_vec(&status).unwrap_or_default();
-        let mut out = Vec::with_capacity(body.len() + 256);
+        let (state, position, set) = status_answer(&room, poll, standing, secure, now / 1000);
+        let (_, status, _) = self.status_of(req, &room, &params, state, position, now);
+        let mut body = Vec::with_capacity(256);
+        if serde_json::to_writer(&mut body, &status).is_err() {
+            body.clear();
+        }
+        let mut out = Vec::with_capacity(body.len() + 256 + set.as_ref().map_or(0, String::len));
         out.extend_from_slice(
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ",
         );
-        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
         out.extend_from_slice(b"\r\ncache-control: no-store\r\n");
         if let Some(c) = set {
             out.extend_from_slice(b"set-cookie: ");
@@ -883,25 +951,19 @@ impl EcluseProxy {
         // What pingora adds to every response it writes (same clock, same format).
         out.extend_from_slice(b"Date: ");
         out.extend_from_slice(pingora::protocols::http::date::get_cached_date().as_bytes());
-        out.extend_from_slice(b"\r\nConnection: keep-alive\r\n");
-        crate::metrics::get()
-            .status_polls
-            .with_label_values(&["connection"])
-            .inc();
-        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(b"\r\nConnection: keep-alive\r\n\r\n");
         out.extend_from_slice(&body);
+        connection_polls().inc();
         if self.app.access_log.enabled() {
-            let client = client_ip(&config, peer_ip, header(req, "x-forwarded-for"));
-            let host = req
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
+            let client = client_ip(&config, peer_ip, first(req, &X_FORWARDED_FOR));
+            let host = first(req, &http::header::HOST)
+                .and_then(visible_ascii)
                 .unwrap_or("");
             let entry = Entry {
                 time: rfc3339(started.1),
                 client_ip: client.map(|i| i.to_string()).unwrap_or_default(),
-                method: req.method.as_str(),
-                path: req.uri.path(),
+                method: req.method().as_str(),
+                path: req.path(),
                 host,
                 status: 200,
                 route: None,
@@ -921,15 +983,18 @@ impl EcluseProxy {
         Some(out)
     }
 
+    /// The JSON status at `now` (unix ms); `params` the room's, for its poll interval and
+    /// opening.
     fn status_of<'r>(
         &self,
-        req: &RequestHeader,
+        req: &impl PollRequest,
         room: &'r Room,
+        params: &crate::policy::waiting_room::RoomParams,
         state: &'static str,
         position: Option<u64>,
+        now: u64,
     ) -> (pages::Lang, queue::Status<'r>, u64) {
-        let lang = pages::negotiate_lang(header(req, "accept-language"));
-        let params = room.effective();
+        let lang = pages::negotiate_lang(first(req, &http::header::ACCEPT_LANGUAGE));
         let (eta, paused) = match self.fleet_room(room) {
             Some((fr, _)) => (position.and_then(|p| fr.eta(p)), fr.paused()),
             None => {
@@ -947,10 +1012,7 @@ impl EcluseProxy {
         if let Some(eta) = eta.filter(|e| (e.as_millis() as u64) < poll_after) {
             poll_after = (eta.as_millis() as u64 + 250).clamp(1000, poll_after);
         }
-        let opens_at = params
-            .opens_at
-            .filter(|t| *t > now_ms())
-            .map(queue::clock_text);
+        let opens_at = params.opens_at.filter(|t| *t > now).map(queue::clock_text);
         let status = queue::Status {
             room: &room.name,
             state,
@@ -958,7 +1020,7 @@ impl EcluseProxy {
             position_text: queue::position_text(lang, position),
             eta_seconds: eta.map(|d| d.as_secs()),
             eta_text: queue::eta_text(lang, eta),
-            updated_at: queue::clock_text(now_ms()),
+            updated_at: queue::clock_text(now),
             poll_after_ms: poll_after,
             paused,
             opens_at,
@@ -975,7 +1037,14 @@ impl EcluseProxy {
         position: Option<u64>,
         set_cookie: Option<String>,
     ) -> Result<()> {
-        let (_, status, _) = self.status_of(session.req_header(), room, state, position);
+        let (_, status, _) = self.status_of(
+            session.req_header(),
+            room,
+            &room.effective(),
+            state,
+            position,
+            now_ms(),
+        );
         let body = Bytes::from(serde_json::to_vec(&status).unwrap_or_default());
         self.respond_raw(session, ctx, 200, "application/json", body, set_cookie)
             .await
@@ -995,7 +1064,14 @@ impl EcluseProxy {
                 .respond_queue_json(session, ctx, room, state, position, set_cookie)
                 .await;
         }
-        let (lang, status, poll_ms) = self.status_of(session.req_header(), room, state, position);
+        let (lang, status, poll_ms) = self.status_of(
+            session.req_header(),
+            room,
+            &room.effective(),
+            state,
+            position,
+            now_ms(),
+        );
         let view = queue::QueueView {
             lang,
             position,
