@@ -411,13 +411,7 @@ async fn one_waiting_room_across_three_nodes_fifo_and_capacity() {
     let mut admitted_at: Vec<Option<usize>> = vec![None; students.len()];
     let mut order = 0usize;
     for (i, s) in students.iter().enumerate() {
-        let r = s
-            .get(nodes[i % 3].url("/home"))
-            .header("accept", "application/json")
-            .send()
-            .await
-            .unwrap();
-        let v: serde_json::Value = r.json().await.unwrap();
+        let v = get_json(s, &nodes[i % 3], "/home").await;
         if v["server"] == "ent" {
             admitted_at[i] = Some(order);
             order += 1;
@@ -441,12 +435,7 @@ async fn one_waiting_room_across_three_nodes_fifo_and_capacity() {
                 continue;
             }
             let node = &nodes[(i + round) % 3];
-            let r = s
-                .get(node.url("/.ecluse/queue/status?room=ent"))
-                .send()
-                .await
-                .unwrap();
-            let v: serde_json::Value = r.json().await.unwrap();
+            let v = get_json(s, node, "/.ecluse/queue/status?room=ent").await;
             if v["state"] == "admitted" {
                 admitted_at[i] = Some(*order);
                 *order += 1;
@@ -494,8 +483,7 @@ async fn one_waiting_room_across_three_nodes_fifo_and_capacity() {
     // Admitted students keep their session on every node.
     for (i, s) in students.iter().enumerate().skip(5).take(5) {
         for n in &nodes {
-            let r = s.get(n.url(&format!("/page{i}"))).send().await.unwrap();
-            let v: serde_json::Value = r.json().await.unwrap();
+            let v = get_json(s, n, &format!("/page{i}")).await;
             assert_eq!(v["server"], "ent", "student {i} inside on every node: {v}");
         }
     }
@@ -531,14 +519,7 @@ async fn one_waiting_room_across_three_nodes_fifo_and_capacity() {
         "the newcomer queues behind the ten waiting, not over their numbers: {v}"
     );
     for (i, s) in students.iter().enumerate().skip(5).take(5) {
-        let v: serde_json::Value = s
-            .get(nodes[i % 3].url(&format!("/after{i}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(s, &nodes[i % 3], &format!("/after{i}")).await;
         assert_eq!(v["server"], "ent", "student {i} still inside: {v}");
     }
     let t0 = Instant::now();
@@ -842,15 +823,7 @@ async fn a_fleet_on_a_redis_cluster() {
     // Five get in, three queue in one order across the nodes.
     let students: Vec<reqwest::Client> = (0..8).map(|_| student()).collect();
     for (i, s) in students.iter().enumerate() {
-        let v: serde_json::Value = s
-            .get(nodes[i % 3].url("/home"))
-            .header("accept", "application/json")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(s, &nodes[i % 3], "/home").await;
         if i < 5 {
             assert_eq!(v["server"], "ent", "student {i}: {v}");
         } else {
@@ -868,25 +841,16 @@ async fn a_fleet_on_a_redis_cluster() {
     let mut round = 0;
     eventually("the first in line gets in", DEADLINE, async || {
         round += 1;
-        let v: serde_json::Value = students[5]
-            .get(nodes[round % 3].url("/.ecluse/queue/status?room=ent"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(
+            &students[5],
+            &nodes[round % 3],
+            "/.ecluse/queue/status?room=ent",
+        )
+        .await;
         v["state"] == "admitted"
     })
     .await;
-    let v: serde_json::Value = students[6]
-        .get(nodes[1].url("/.ecluse/queue/status?room=ent"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(&students[6], &nodes[1], "/.ecluse/queue/status?room=ent").await;
     assert_eq!(v["state"], "waiting", "the room is full again: {v}");
     assert_eq!(v["position"], 1, "{v}");
 }
