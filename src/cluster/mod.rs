@@ -709,10 +709,10 @@ async fn sync_once(
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
     let n = live.len().max(1) as u64;
     fleet.live.store(n, Ordering::Relaxed);
-    let mut ids: Vec<&String> = live.iter().collect();
-    ids.sort();
-    if let Some(i) = ids.iter().position(|id| **id == s.node_id) {
-        fleet.slot.store(i as u64, Ordering::Relaxed);
+    // This node's place among the live ones, by id.
+    if live.contains(&s.node_id) {
+        let before = live.iter().filter(|id| **id < s.node_id).count();
+        fleet.slot.store(before as u64, Ordering::Relaxed);
     }
     fleet.metrics.nodes.set(n as i64);
 

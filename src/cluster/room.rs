@@ -19,7 +19,7 @@ use std::time::Duration;
 use redis::Script;
 
 use crate::policy::waiting_room::{
-    shuffled_place, ClassPolicy, Method, RoomParams, Standing, PREQUEUE_BIT,
+    place_in_order, ClassPolicy, Method, RoomParams, Standing, PREQUEUE_BIT,
 };
 
 /// Activity buckets per idle timeout (as the local room).
@@ -352,11 +352,7 @@ impl View {
     /// The place a ticket stands at in its class's order, once open: pre-queue tickets
     /// are shuffled over the pre-queue by the room's key, the same on every node.
     pub fn place(&self, p: &RoomParams, class: usize, number: u64) -> u64 {
-        if number & PREQUEUE_BIT == 0 {
-            return number;
-        }
-        let size = self.prequeue.get(class).copied().unwrap_or(0);
-        shuffled_place(p.shuffle_key, number & (PREQUEUE_BIT - 1), size)
+        place_in_order(p, number, self.prequeue.get(class).copied().unwrap_or(0))
     }
 
     pub fn waiting(&self) -> u64 {
@@ -583,11 +579,10 @@ impl FleetRoom {
                 Vec::new()
             };
             if let Some(local) = ran_alone {
-                q.resize(classes.max(q.len()), (0, 0));
+                q.resize(classes, (0, 0));
                 for (a, b) in q.iter_mut().zip(local) {
                     *a = (a.0.max(b.0), a.1.max(b.1));
                 }
-                q.truncate(classes);
             }
             let seen = q
                 .iter()

@@ -47,6 +47,15 @@ pub fn shuffled_place(key: u64, index: u64, size: u64) -> u64 {
     }
 }
 
+/// Where ticket `number` stands in its class's order once open: its own number, or for a
+/// pre-queue ticket its shuffled place among the `prequeue` frozen at the opening.
+pub fn place_in_order(params: &RoomParams, number: u64, prequeue: u64) -> u64 {
+    if number & PREQUEUE_BIT == 0 {
+        return number;
+    }
+    shuffled_place(params.shuffle_key, number & (PREQUEUE_BIT - 1), prequeue)
+}
+
 /// SplitMix64's finalizer: a cheap bijective mixing of 64 bits.
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -582,11 +591,7 @@ impl RoomState {
             return None;
         }
         let size = self.queues.get(class).map(|q| q.prequeue).unwrap_or(0);
-        Some(shuffled_place(
-            params.shuffle_key,
-            number & (PREQUEUE_BIT - 1),
-            size,
-        ))
+        Some(place_in_order(params, number, size))
     }
 
     /// A waiting ticket polls (or reloads the page).
