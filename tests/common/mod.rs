@@ -2,6 +2,8 @@
 //! client. Readiness is polled with a deadline; nothing sleeps to synchronise.
 #![allow(dead_code)]
 
+pub mod lenient_ent;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

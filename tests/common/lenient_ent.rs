@@ -1,0 +1,299 @@
+//! An origin that behaves like the common ENT backends an attacker would aim through
+//! ecluse, on 127.0.0.1 port 0 (issue #17). Lenient in every way real backends are:
+//!
+//! - **paths**: percent-decodes everything (`%2F` too), turns `\` into `/`, merges
+//!   repeated slashes and removes dot segments before routing, as most frameworks do;
+//! - **cookies**: splits the `Cookie` header on `;`, `,` and whitespace, as Python's
+//!   and aiohttp's lenient parsers do; `session=NAME` identifies the pupil NAME;
+//! - **forwarding headers**: honours `X-Original-URL` / `X-Rewrite-URL` (the path it
+//!   routes on), `X-Forwarded-Host`, `Forwarded: host=`, `X-Forwarded-Port`,
+//!   `X-Forwarded-Prefix` and `X-Real-IP` (echoed in the body, so a response can be
+//!   personalised by a header);
+//! - **per-pupil bodies at one URL**: `/private/...` answers each pupil their own body
+//!   (`"<path> for NAME"`, with an ETag of that body, and 304 to a matching
+//!   `If-None-Match`), and answers anonymous requests with a **200 login page**, as many
+//!   ENTs do;
+//! - **fails on command**: `set_failing(true)` makes every answer a 503; any path under
+//!   `/fail/` always answers 500 (a URL that fails for everyone).
+//!
+//! Everything else answers 200 with a JSON echo: `{"path", "raw", "user", "host",
+//! "real_ip", "port", "prefix", "method", "body_len"}` and `Cache-Control` from
+//! `set_cache_control` (default `public, max-age=60`). Every request is recorded
+//! (`seen()`), with the raw request target as it arrived and the path the backend routed.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// One request as the lenient backend saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// The request target exactly as received (path and query).
+    pub raw: String,
+    /// The path the backend routed on (after its own normalization and rewrite headers).
+    pub path: String,
+    /// The pupil the lenient cookie parser found, if any.
+    pub user: Option<String>,
+    pub method: String,
+    pub headers: Vec<(String, String)>,
+    pub body_len: usize,
+}
+
+struct State {
+    failing: AtomicBool,
+    cache_control: Mutex<String>,
+    seen: Mutex<Vec<Seen>>,
+}
+
+pub struct LenientEnt {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// The backend's path normalization: percent-decode every byte, `\` → `/`, merge
+/// slashes, resolve `.` and `..` (never above the root).
+pub fn lenient_normalize(raw_path: &str) -> String {
+    let b = raw_path.as_bytes();
+    let mut decoded = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                decoded.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(b[i]);
+        i += 1;
+    }
+    let s = String::from_utf8_lossy(&decoded).replace('\\', "/");
+    let mut out: Vec<&str> = Vec::new();
+    for seg in s.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    let mut p = format!("/{}", out.join("/"));
+    if s.ends_with('/') && p.len() > 1 {
+        p.push('/');
+    }
+    p
+}
+
+/// The lenient cookie reader: splits on `;`, `,` and whitespace; the last `session=`
+/// wins.
+pub fn lenient_user(cookie: &str) -> Option<String> {
+    cookie
+        .split(|c: char| c == ';' || c == ',' || c.is_whitespace())
+        .filter_map(|kv| kv.trim().strip_prefix("session="))
+        .rfind(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
+fn etag_of(body: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut h);
+    format!("\"{:016x}\"", h.finish())
+}
+
+impl LenientEnt {
+    pub async fn start() -> LenientEnt {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let state = Arc::new(State {
+            failing: AtomicBool::new(false),
+            cache_control: Mutex::new("public, max-age=60".to_string()),
+            seen: Mutex::new(Vec::new()),
+        });
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = tokio::select! {
+                    a = l.accept() => match a { Ok(x) => x, Err(_) => continue },
+                    _ = &mut rx => return,
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let st = st.clone();
+                        async move { Ok::<_, Infallible>(answer(&st, req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        LenientEnt {
+            addr,
+            state,
+            stop: Some(tx),
+        }
+    }
+
+    /// Every answer a 503 while `true` (the ENT is down).
+    pub fn set_failing(&self, on: bool) {
+        self.state.failing.store(on, Ordering::SeqCst);
+    }
+
+    /// The `Cache-Control` of later 200 answers (per-pupil ones included).
+    pub fn set_cache_control(&self, v: &str) {
+        *self.state.cache_control.lock().expect("lock") = v.to_string();
+    }
+
+    /// Every request received so far, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().expect("lock").clone()
+    }
+
+    /// How many requests the backend routed to `path` (after its normalization).
+    pub fn hits_on(&self, path: &str) -> usize {
+        self.seen().iter().filter(|s| s.path == path).count()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for LenientEnt {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn answer(
+    st: &State,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<Full<Bytes>> {
+    let h = |n: &str| {
+        req.headers()
+            .get(n)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let raw = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let routed = h("x-original-url")
+        .or_else(|| h("x-rewrite-url"))
+        .unwrap_or_else(|| req.uri().path().to_string());
+    let routed = routed.split('?').next().unwrap_or("").to_string();
+    let path = lenient_normalize(&routed);
+    let cookies: Vec<String> = req
+        .headers()
+        .get_all("cookie")
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    let user = lenient_user(&cookies.join("; "));
+    let forwarded_host = h("forwarded").and_then(|f| {
+        f.split([';', ','])
+            .filter_map(|kv| kv.trim().strip_prefix("host="))
+            .map(|v| v.trim_matches('"').to_string())
+            .next()
+    });
+    let host = h("x-forwarded-host")
+        .or(forwarded_host)
+        .or_else(|| h("host"))
+        .unwrap_or_default();
+    let inm = h("if-none-match");
+    let method = req.method().to_string();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let (real_ip, port, prefix) = (
+        h("x-real-ip"),
+        h("x-forwarded-port"),
+        h("x-forwarded-prefix"),
+    );
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    st.seen.lock().expect("lock").push(Seen {
+        raw: raw.clone(),
+        path: path.clone(),
+        user: user.clone(),
+        method: method.clone(),
+        headers,
+        body_len: body.len(),
+    });
+    let cc = st.cache_control.lock().expect("lock").clone();
+    let resp = hyper::Response::builder();
+    if st.failing.load(Ordering::SeqCst) {
+        return resp
+            .status(503)
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from_static(b"ENT down")))
+            .expect("response");
+    }
+    if path.starts_with("/fail/") {
+        return resp
+            .status(500)
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from_static(b"this URL always fails")))
+            .expect("response");
+    }
+    if path.starts_with("/private/") {
+        let text = match &user {
+            Some(u) => format!("{path} for {u}"),
+            None => "<html><form action=/login>login page</form></html>".to_string(),
+        };
+        let etag = etag_of(&text);
+        if inm.as_deref() == Some(etag.as_str()) {
+            return resp
+                .status(304)
+                .header("etag", etag)
+                .header("cache-control", cc)
+                .body(Full::new(Bytes::new()))
+                .expect("response");
+        }
+        return resp
+            .status(200)
+            .header("content-type", "text/plain")
+            .header("etag", etag)
+            .header("cache-control", cc)
+            .body(Full::new(Bytes::from(text)))
+            .expect("response");
+    }
+    let v = serde_json::json!({
+        "path": path, "raw": raw, "user": user, "host": host, "real_ip": real_ip,
+        "port": port, "prefix": prefix, "method": method, "body_len": body.len(),
+    });
+    resp.status(200)
+        .header("content-type", "application/json")
+        .header("cache-control", cc)
+        .body(Full::new(Bytes::from(v.to_string())))
+        .expect("response")
+}
