@@ -15,6 +15,8 @@ const QUEUE: usize = 65_536;
 enum Msg {
     Line(String),
     Target(AccessLogTarget),
+    /// Close and open the target again (log rotation: the file was renamed).
+    Reopen,
 }
 
 pub struct AccessLogger {
@@ -85,6 +87,14 @@ impl AccessLogger {
         }
     }
 
+    /// Reopen the log file after a rotation (SIGUSR1, SIGHUP): lines queued before the
+    /// call go to the old file, every later one to the new file.
+    pub fn reopen(&self) {
+        if self.tx.send(Msg::Reopen).is_err() {
+            log::error!("access log writer gone: cannot reopen the log file");
+        }
+    }
+
     pub fn enabled(&self) -> bool {
         !matches!(
             *self.current.lock().unwrap_or_else(|p| p.into_inner()),
@@ -128,8 +138,9 @@ fn open(target: &AccessLogTarget) -> Option<Box<dyn Write + Send>> {
 
 fn writer(rx: Receiver<Msg>, target: AccessLogTarget) {
     let mut out = open(&target).map(|w| std::io::BufWriter::with_capacity(64 * 1024, w));
+    let mut current = target;
     while let Ok(msg) = rx.recv() {
-        let handle =
+        let mut handle =
             |msg: Msg, out: &mut Option<std::io::BufWriter<Box<dyn Write + Send>>>| match msg {
                 Msg::Line(l) => {
                     if let Some(w) = out.as_mut() {
@@ -142,6 +153,17 @@ fn writer(rx: Receiver<Msg>, target: AccessLogTarget) {
                         let _ = w.flush();
                     }
                     *out = open(&t).map(|w| std::io::BufWriter::with_capacity(64 * 1024, w));
+                    current = t;
+                }
+                Msg::Reopen => {
+                    if let Some(w) = out.as_mut() {
+                        let _ = w.flush();
+                    }
+                    // Stdout is not reopened (it is not a file ecluse opened).
+                    if matches!(current, AccessLogTarget::File(_)) {
+                        *out =
+                            open(&current).map(|w| std::io::BufWriter::with_capacity(64 * 1024, w));
+                    }
                 }
             };
         handle(msg, &mut out);

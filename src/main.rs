@@ -151,7 +151,8 @@ fn run(
     let _ = writeln!(out, "listening admin http://{}/", bound.admin);
     let _ = out.flush();
     drop(out);
-    server.run(pingora::server::RunArgs::default());
+    server.run(ecluse::server::run_args(&app));
+    log::info!("stopped: every connection drained or closed");
     // Every service has stopped: save the waiting rooms one last time, so a restart
     // keeps everyone's place (the periodic snapshot may be up to 2 s old).
     let dir = app.config().server.state_dir.clone();

@@ -1,10 +1,11 @@
 //! Assembling the process: pingora server, proxy listeners, the admin listener and the
 //! background tasks (health checks, config file watch, SIGHUP), and running until a signal.
 //!
-//! Signals (pingora's): SIGTERM drains gracefully (readiness goes 503, listeners stay open
-//! for `grace_period`, then in-flight requests get `shutdown_timeout`), SIGINT stops fast,
-//! SIGQUIT hands the listening sockets to a new process started with `--upgrade`.
-//! SIGHUP (ours) reloads the config.
+//! Signals, as nginx's (a table in the README): SIGTERM drains gracefully (readiness goes
+//! 503, listeners stay open for `grace_period`, then in-flight requests get
+//! `shutdown_timeout`), SIGINT stops fast, SIGQUIT hands the listening sockets to a new
+//! process started with `--upgrade`; SIGHUP reloads the policy and reopens the logs,
+//! SIGUSR1 reopens the logs, SIGUSR2 and SIGWINCH are logged and ignored.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -183,8 +184,8 @@ impl BackgroundService for Control {
                 }
             });
         }
-        // Reload on SIGHUP.
-        tokio::spawn(sighup_reloader(app.clone(), stop_rx.clone()));
+        // HUP, USR1, USR2, WINCH.
+        tokio::spawn(signals(app.clone(), stop_rx.clone()));
         // Reload on file change.
         tokio::spawn(watch_file(app.clone(), stop_rx.clone()));
         // Draining: /readyz turns 503 as soon as a graceful stop begins.
@@ -219,18 +220,105 @@ impl BackgroundService for Control {
     }
 }
 
-async fn sighup_reloader(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        log::error!("cannot listen for SIGHUP; use POST /admin/reload");
+/// Signals ops tools send, as nginx answers them: HUP reloads the policy and reopens the
+/// log files, USR1 reopens the log files (what a logrotate `postrotate` sends), USR2 and
+/// WINCH (nginx's binary upgrade and worker stop) are logged and ignored: their default
+/// action would end the process silently. TERM, INT and QUIT are pingora's (see
+/// [`run_args`]).
+async fn signals(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listen = |kind: SignalKind, name: &str| match signal(kind) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::error!("cannot listen for {name}: {e}");
+            None
+        }
+    };
+    let (Some(mut hup), Some(mut usr1), Some(mut usr2), Some(mut winch)) = (
+        listen(SignalKind::hangup(), "SIGHUP (use POST /admin/reload)"),
+        listen(SignalKind::user_defined1(), "SIGUSR1"),
+        listen(SignalKind::user_defined2(), "SIGUSR2"),
+        listen(SignalKind::window_change(), "SIGWINCH"),
+    ) else {
         return;
     };
     loop {
         tokio::select! {
-            r = hup.recv() => if r.is_none() { return },
+            r = hup.recv() => {
+                if r.is_none() { return }
+                let a = app.clone();
+                let _ = tokio::task::spawn_blocking(move || a.reload("SIGHUP")).await;
+                app.access_log.reopen();
+                log::info!("SIGHUP: policy reloaded, log files reopened");
+            }
+            r = usr1.recv() => {
+                if r.is_none() { return }
+                app.access_log.reopen();
+                log::info!("SIGUSR1: log files reopened");
+            }
+            r = usr2.recv() => {
+                if r.is_none() { return }
+                log::warn!("SIGUSR2 ignored: for a binary upgrade start the new ecluse with --upgrade, then send SIGQUIT to this one");
+            }
+            r = winch.recv() => {
+                if r.is_none() { return }
+                log::warn!("SIGWINCH ignored");
+            }
             _ = stop.changed() => return,
         }
-        let a = app.clone();
-        let _ = tokio::task::spawn_blocking(move || a.reload("SIGHUP")).await;
+    }
+}
+
+/// pingora's shutdown signals, with a log line for each: SIGTERM drains (readiness 503,
+/// `grace_period`, then `shutdown_timeout` for requests in flight), SIGINT stops fast
+/// (Ctrl-C; the rooms are still saved), SIGQUIT hands the sockets to `--upgrade`.
+struct LoggedSignals {
+    grace: Duration,
+    shutdown: Duration,
+}
+
+#[async_trait]
+impl pingora::server::ShutdownSignalWatch for LoggedSignals {
+    async fn recv(&self) -> pingora::server::ShutdownSignal {
+        use pingora::server::ShutdownSignal;
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            log::error!("cannot listen for TERM/INT/QUIT: stop ecluse with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = quit.recv() => {
+                log::info!("SIGQUIT: handing the listening sockets to the new process, then draining");
+                ShutdownSignal::GracefulUpgrade
+            }
+            _ = term.recv() => {
+                log::info!(
+                    "SIGTERM: draining: /readyz answers 503, new connections accepted for {}s, then {}s for requests in flight",
+                    self.grace.as_secs(),
+                    self.shutdown.as_secs()
+                );
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = int.recv() => {
+                log::info!("SIGINT: stopping now (SIGTERM drains)");
+                ShutdownSignal::FastShutdown
+            }
+        }
+    }
+}
+
+/// How `server.run` waits for its shutdown signal (see [`LoggedSignals`]).
+pub fn run_args(app: &App) -> pingora::server::RunArgs {
+    let cfg = app.config();
+    pingora::server::RunArgs {
+        shutdown_signal: Box::new(LoggedSignals {
+            grace: cfg.server.grace_period,
+            shutdown: cfg.server.shutdown_timeout,
+        }),
     }
 }
 
