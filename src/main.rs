@@ -156,7 +156,7 @@ fn run(
     // Every service has stopped: save the waiting rooms one last time, so a restart
     // keeps everyone's place (the periodic snapshot may be up to 2 s old).
     let dir = app.config().server.state_dir.clone();
-    app.registry.rooms.snapshot(&dir);
+    app.registry.rooms.snapshot_final(&dir);
     // Flush the cache's disk tier so a restart finds what was stored.
     if let Some(cache) = app.cache.get() {
         cache.store.close();

@@ -11,7 +11,7 @@ use prometheus::{IntCounter, IntGauge};
 
 use crate::policy::rate_limit::KeyedLimiter;
 use crate::policy::ticket::Keyring;
-use crate::policy::waiting_room::{FleetShare, RoomParams, RoomState};
+use crate::policy::waiting_room::{Arrival, FleetShare, RoomParams, RoomState, PREQUEUE_BIT};
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -36,9 +36,157 @@ pub struct RoomShared {
     exported: Mutex<[u64; 4]>,
     /// Capacity factor of the degradation level in force (f64 bits).
     factor: std::sync::atomic::AtomicU64,
+    /// Fingerprints of the room's ticket keys (see [`Keyring::fingerprints`]): saved
+    /// with the state, so a snapshot is restored only into the room it came from.
+    identity: Mutex<Vec<String>>,
+    /// Ticket numbers made durable ahead of use (see [`RoomShared::make_durable`]).
+    reserve: Mutex<Reserve>,
+}
+
+/// Ticket numbers reserved on disk ahead of use: no number leaves ecluse before the
+/// reservation covering it is on disk, so a `kill -9` between two snapshots never hands
+/// the same number to two pupils. The block adapts to the arrival rate (about a second's
+/// worth), so a surge costs a few small synchronous writes per second and a restart
+/// skips at most one block of numbers nobody holds (their grants expire unclaimed).
+#[derive(Debug)]
+struct Reserve {
+    /// Per class: every number up to this one may be handed out.
+    until: Vec<u64>,
+    block: u64,
+    last: Option<std::time::Instant>,
+    dir: Option<PathBuf>,
+    failing: bool,
+}
+
+const RESERVE_MIN: u64 = 32;
+const RESERVE_MAX: u64 = 65_536;
+
+/// A room's snapshot on disk, with who it belongs to.
+#[derive(serde::Serialize)]
+struct SavedRef<'a> {
+    room: &'a str,
+    keys: &'a [String],
+    state: &'a RoomState,
+}
+
+#[derive(serde::Deserialize)]
+struct Saved {
+    room: String,
+    keys: Vec<String>,
+    state: RoomState,
+}
+
+/// The reservation file: numbers handed out may reach `next` per class.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Reserved {
+    room: String,
+    keys: Vec<String>,
+    next: Vec<u64>,
+}
+
+/// Whether state saved for (`room`, `keys`) belongs to the room `name` with `identity`:
+/// same name, and at least one ticket key in common (a rotation keeps the old key
+/// verifying; with no key in common no saved ticket could be honoured anyway).
+fn belongs(room: &str, keys: &[String], name: &str, identity: &[String]) -> bool {
+    room == name && keys.iter().any(|k| identity.contains(k))
+}
+
+/// Move a file that belongs to another room or instance out of the way, keeping it for
+/// ops to look at.
+fn set_aside(p: &Path, why: &str) {
+    let aside = p.with_extension(format!("set-aside-{}", now_ms()));
+    match std::fs::rename(p, &aside) {
+        Ok(()) => log::warn!("{}: {why}; set aside as {}", p.display(), aside.display()),
+        Err(e) => log::warn!("{}: {why}; cannot set it aside: {e}", p.display()),
+    }
+}
+
+/// Write `bytes` to `path` durably: temp file, fsync, rename, fsync of the directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 impl RoomShared {
+    /// Make sure every ticket number up to `next` (per class) is covered by a
+    /// reservation on disk; called after an arrival, before its ticket leaves. Another
+    /// block is written only when a number passes the reservation.
+    fn make_durable(&self, next: &[u64]) {
+        let mut r = self.reserve.lock().unwrap_or_else(|p| p.into_inner());
+        if r.until.len() < next.len() {
+            r.until.resize(next.len(), 0);
+        }
+        if next.iter().zip(&r.until).all(|(n, u)| n <= u) {
+            return;
+        }
+        let Some(dir) = r.dir.clone() else {
+            return;
+        };
+        // About a second's worth of arrivals: double when a block lasted under a second,
+        // halve when it lasted over ten.
+        let now = std::time::Instant::now();
+        if let Some(last) = r.last {
+            let lasted = now.duration_since(last);
+            if lasted < std::time::Duration::from_secs(1) {
+                r.block = (r.block * 2).min(RESERVE_MAX);
+            } else if lasted > std::time::Duration::from_secs(10) {
+                r.block = (r.block / 2).max(RESERVE_MIN);
+            }
+        }
+        r.last = Some(now);
+        let block = r.block;
+        let until: Vec<u64> = next
+            .iter()
+            .zip(r.until.iter().chain(std::iter::repeat(&0)))
+            .map(|(n, u)| (*u).max(n + block))
+            .collect();
+        let keys = self
+            .identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let rec = Reserved {
+            room: self.name.clone(),
+            keys,
+            next: until.clone(),
+        };
+        let written = serde_json::to_vec(&rec)
+            .map_err(std::io::Error::other)
+            .and_then(|b| {
+                crate::instance::ensure_private_dir(&dir).map_err(std::io::Error::other)?;
+                write_durably(&reserve_path(&dir, &self.name), &b)
+            });
+        match written {
+            Ok(()) => {
+                if r.failing {
+                    log::info!("room {}: ticket reservations written again", self.name);
+                }
+                r.failing = false;
+                r.until = until;
+            }
+            Err(e) => {
+                // The ticket still leaves (the room stays open), but a crash before the
+                // next snapshot could hand its number out again: say so once.
+                if !r.failing {
+                    log::error!(
+                        "room {}: cannot reserve ticket numbers in {}: {e}; after a crash some numbers could be handed out twice",
+                        self.name,
+                        dir.display()
+                    );
+                }
+                r.failing = true;
+            }
+        }
+    }
+
     /// Set the degradation level's capacity factor.
     pub fn set_factor(&self, f: f64) {
         self.factor
@@ -65,16 +213,23 @@ fn snapshot_path(dir: &Path, room: &str) -> PathBuf {
     dir.join(format!("room-{room}.json"))
 }
 
+fn reserve_path(dir: &Path, room: &str) -> PathBuf {
+    dir.join(format!("room-{room}.reserved"))
+}
+
 impl RoomRegistry {
     pub fn set_state_dir(&self, dir: PathBuf) {
         *self.state_dir.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir);
     }
 
     /// The room's shared state; created (from a snapshot when one exists) on first use.
-    pub fn get(&self, name: &str, params: &RoomParams) -> Arc<RoomShared> {
+    /// `identity`: the fingerprints of the room's ticket keys; a snapshot saved under
+    /// other keys or for another room is set aside, never restored.
+    pub fn get(&self, name: &str, params: &RoomParams, identity: &[String]) -> Arc<RoomShared> {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = rooms.get(name) {
             r.lock().resize(params);
+            *r.identity.lock().unwrap_or_else(|p| p.into_inner()) = identity.to_vec();
             return r.clone();
         }
         let dir = self
@@ -82,39 +237,66 @@ impl RoomRegistry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let restored = dir.as_ref().and_then(|d| {
-            let p = snapshot_path(d, name);
-            let text = std::fs::read_to_string(&p).ok()?;
-            match serde_json::from_str::<RoomState>(&text) {
-                Ok(mut s) => {
-                    s.resize(params);
-                    log::info!(
-                        "room {name}: restored from {} ({} waiting, {} active)",
-                        p.display(),
-                        s.waiting(),
-                        s.active()
-                    );
-                    Some(s)
-                }
-                Err(e) => {
-                    log::warn!(
-                        "room {name}: ignoring unreadable snapshot {}: {e}",
-                        p.display()
-                    );
-                    None
-                }
+        let restored = dir
+            .as_ref()
+            .and_then(|d| restore(d, name, params, identity));
+        let reserved = dir
+            .as_ref()
+            .and_then(|d| restore_reserved(d, name, identity));
+        let mut state = restored.unwrap_or_else(|| RoomState::new(params, now_ms()));
+        if let Some(next) = &reserved {
+            // Numbers reserved before a crash may have been handed out after the last
+            // snapshot: continue after them.
+            for (q, n) in state.queues.iter_mut().zip(next) {
+                q.next = q.next.max(*n);
             }
-        });
-        let state = restored.unwrap_or_else(|| RoomState::new(params, now_ms()));
+        }
         let shared = Arc::new(RoomShared {
             name: name.to_string(),
             state: Mutex::new(state),
             overrides: Mutex::new(Overrides::default()),
             exported: Mutex::new([0; 4]),
             factor: std::sync::atomic::AtomicU64::new(1f64.to_bits()),
+            identity: Mutex::new(identity.to_vec()),
+            reserve: Mutex::new(Reserve {
+                until: reserved.unwrap_or_default(),
+                block: RESERVE_MIN,
+                last: None,
+                dir,
+                failing: false,
+            }),
         });
         rooms.insert(name.to_string(), shared.clone());
         shared
+    }
+
+    /// The last snapshot, once every service has stopped (no ticket can leave any more):
+    /// the reservations shrink back to the numbers really handed out, so a clean restart
+    /// continues exactly where the room stopped (only a crash skips a reserved block).
+    pub fn snapshot_final(&self, dir: &Path) {
+        self.snapshot(dir);
+        let rooms: Vec<Arc<RoomShared>> = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for r in rooms {
+            let next: Vec<u64> = r.lock().queues.iter().map(|q| q.next).collect();
+            let keys = r.identity.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let rec = Reserved {
+                room: r.name.clone(),
+                keys,
+                next,
+            };
+            let res = serde_json::to_vec(&rec)
+                .map_err(std::io::Error::other)
+                .and_then(|b| write_durably(&reserve_path(dir, &r.name), &b));
+            if let Err(e) = res {
+                log::warn!("room {}: cannot write its last reservation: {e}", r.name);
+            }
+        }
     }
 
     /// Write every room's state to `dir` (atomically: temp file + rename).
@@ -129,14 +311,19 @@ impl RoomRegistry {
         if rooms.is_empty() {
             return;
         }
-        if let Err(e) = std::fs::create_dir_all(dir) {
-            log::warn!("cannot create state dir {}: {e}", dir.display());
+        if let Err(e) = crate::instance::ensure_private_dir(dir) {
+            log::warn!("cannot save the waiting rooms: state_dir {e}");
             return;
         }
         for r in rooms {
-            let text = match serde_json::to_string(&*r.lock()) {
-                Ok(t) => t,
-                Err(_) => continue,
+            let keys = r.identity.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let saved = serde_json::to_string(&SavedRef {
+                room: &r.name,
+                keys: &keys,
+                state: &r.lock(),
+            });
+            let Ok(text) = saved else {
+                continue;
             };
             let path = snapshot_path(dir, &r.name);
             let tmp = path.with_extension("json.tmp");
@@ -147,6 +334,59 @@ impl RoomRegistry {
                     path.display()
                 );
             }
+        }
+    }
+}
+
+/// The room's snapshot in `dir`, if there is one and it belongs to this room.
+fn restore(dir: &Path, name: &str, params: &RoomParams, identity: &[String]) -> Option<RoomState> {
+    let p = snapshot_path(dir, name);
+    let text = std::fs::read_to_string(&p).ok()?;
+    match serde_json::from_str::<Saved>(&text) {
+        Ok(saved) if belongs(&saved.room, &saved.keys, name, identity) => {
+            let mut s = saved.state;
+            s.resize(params);
+            log::info!(
+                "room {name}: restored from {} ({} waiting, {} active)",
+                p.display(),
+                s.waiting(),
+                s.active()
+            );
+            Some(s)
+        }
+        Ok(saved) => {
+            set_aside(
+                &p,
+                &format!(
+                    "saved by room `{}` under other ticket keys: not this room's state",
+                    saved.room
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            set_aside(
+                &p,
+                &format!("not a snapshot of this version of ecluse ({e})"),
+            );
+            None
+        }
+    }
+}
+
+/// The numbers reserved for the room before it stopped, if they are this room's.
+fn restore_reserved(dir: &Path, name: &str, identity: &[String]) -> Option<Vec<u64>> {
+    let p = reserve_path(dir, name);
+    let text = std::fs::read_to_string(&p).ok()?;
+    match serde_json::from_str::<Reserved>(&text) {
+        Ok(r) if belongs(&r.room, &r.keys, name, identity) => Some(r.next),
+        Ok(_) => {
+            set_aside(&p, "reserved by another room or under other ticket keys");
+            None
+        }
+        Err(e) => {
+            set_aside(&p, &format!("unreadable ({e})"));
+            None
         }
     }
 }
@@ -325,6 +565,18 @@ impl Room {
             v.rate,
             now,
         );
+    }
+
+    /// A newcomer arrives at this node's own room (single node, or a fleet node while
+    /// Redis is away). The number it gets is covered by a reservation on disk before this
+    /// returns, so it can never be handed out twice, even after a `kill -9`.
+    pub fn arrive_local(&self, params: &RoomParams, class: usize, now: u64) -> Arrival {
+        let mut s = self.shared.lock();
+        let a = s.arrive(params, class, now);
+        let next: Vec<u64> = s.queues.iter().map(|q| q.next & !PREQUEUE_BIT).collect();
+        drop(s);
+        self.shared.make_durable(&next);
+        a
     }
 
     /// Advance admission and refresh the gauges. Called about once a second.

@@ -363,6 +363,14 @@ pub struct Bound {
 /// Build the pingora server for `app` and bind what must be bound now.
 pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, Bound)> {
     let cfg = app.config();
+    // This instance's own places: never another instance's, never planted by another user.
+    crate::instance::ensure_private_dir(&cfg.server.state_dir)
+        .map_err(|e| format!("state_dir {e}"))?;
+    if cfg.server.upgrade_sock_default {
+        if let Some(dir) = cfg.server.upgrade_sock.parent() {
+            crate::instance::ensure_private_dir(dir).map_err(|e| format!("upgrade socket {e}"))?;
+        }
+    }
     if app.cache.get().is_none() {
         let cache = crate::cache::Cache::open(&cfg.cache)?;
         cache.init_series(&cfg);

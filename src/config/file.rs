@@ -308,15 +308,19 @@ pub struct ServerFile {
     #[serde(default)]
     pub shutdown_timeout: Option<DurationText>,
     /// Unix socket used to hand the listening sockets to a new ecluse process during a
-    /// zero-downtime upgrade (`ecluse run --upgrade`). Default `/tmp/ecluse_upgrade.sock`.
+    /// zero-downtime upgrade (`ecluse run --upgrade`). Default: `upgrade.sock` in
+    /// `$RUNTIME_DIRECTORY` under systemd, else in this instance's private directory
+    /// (`$TMPDIR/ecluse-<uid>/<policy name>-<hash>/`), never shared with another instance.
     #[serde(default)]
     pub upgrade_sock: Option<String>,
     /// Idle upstream connections kept for reuse, in total. Default 1024.
     #[serde(default)]
     pub upstream_keepalive_pool: Option<u32>,
     /// Where waiting-room state is saved (every 2s and at shutdown) so that a restart
-    /// keeps everyone's place. Default: `ecluse-state` in the system temp directory; set
-    /// a persistent directory in production (e.g. `/var/lib/ecluse`).
+    /// keeps everyone's place. Default: `$STATE_DIRECTORY` under systemd (the package's
+    /// `/var/lib/ecluse`), else this instance's private directory
+    /// (`$TMPDIR/ecluse-<uid>/<policy name>-<hash>/`, lost at a reboot): set a persistent
+    /// directory in production. Created with mode 0700; refused if another user owns it.
     #[serde(default)]
     pub state_dir: Option<String>,
     /// Watch the config file and reload when it changes (default true). SIGHUP and

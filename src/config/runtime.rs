@@ -97,6 +97,9 @@ pub struct Server {
     pub grace_period: Duration,
     pub shutdown_timeout: Duration,
     pub upgrade_sock: PathBuf,
+    /// The upgrade socket is the instance's default one (its directory is ecluse's to
+    /// create and check); an explicit one lives where ops put it.
+    pub upgrade_sock_default: bool,
     pub upstream_keepalive_pool: usize,
     pub watch_config: bool,
     pub state_dir: PathBuf,
@@ -561,18 +564,18 @@ pub fn build(
             Duration::from_secs(30),
             path!["server", "shutdown_timeout"],
         ),
-        upgrade_sock: PathBuf::from(
-            sf.upgrade_sock
-                .clone()
-                .unwrap_or_else(|| "/tmp/ecluse_upgrade.sock".to_string()),
-        ),
+        upgrade_sock: match &sf.upgrade_sock {
+            Some(s) => ctx.base_dir.join(s),
+            None => crate::instance::default_upgrade_sock(&meta.0),
+        },
+        upgrade_sock_default: sf.upgrade_sock.is_none(),
         upstream_keepalive_pool: sf.upstream_keepalive_pool.unwrap_or(1024) as usize,
         watch_config: sf.watch_config.unwrap_or(true),
         state_dir: sf
             .state_dir
             .as_ref()
             .map(|d| ctx.base_dir.join(d))
-            .unwrap_or_else(|| std::env::temp_dir().join("ecluse-state")),
+            .unwrap_or_else(|| crate::instance::default_state_dir(&meta.0)),
         clients: build_clients(&mut p, sf.clients.as_ref()),
     };
     // Rooms restore their snapshot on first use: tell the registry where they are.
@@ -1487,7 +1490,8 @@ fn build_rooms(
             fleet: None,
             shuffle_key: keys.derive_u64(&format!("prequeue|{name}|{}", opens_at.unwrap_or(0))),
         };
-        let shared = ctx.registry.rooms.get(name, &params);
+        let identity = keys.fingerprints(&format!("room-identity|{name}"));
+        let shared = ctx.registry.rooms.get(name, &params, &identity);
         let fp = format!("{ticket_rate:?}|{ticket_burst}");
         let ticket_limiter =
             ctx.registry

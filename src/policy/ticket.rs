@@ -144,6 +144,14 @@ impl Keyring {
         u64::from_le_bytes(b)
     }
 
+    /// One short fingerprint per key for `label` (HMAC-SHA256, 8 bytes in hex): tells
+    /// whether state saved under some keys belongs with these, without revealing them.
+    pub fn fingerprints(&self, label: &str) -> Vec<String> {
+        (0..self.keys.len())
+            .map(|i| hex::encode(&self.mac(i, label.as_bytes()).finalize().into_bytes()[..8]))
+            .collect()
+    }
+
     fn keyed(key: &Key) -> HmacSha256 {
         // HMAC accepts keys of any length; `new_from_slice` cannot fail for HMAC.
         match HmacSha256::new_from_slice(&key.secret) {

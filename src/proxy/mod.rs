@@ -752,7 +752,7 @@ impl EcluseProxy {
         let arrival = match arrival {
             Some(a) => a,
             None => {
-                let a = room.shared.lock().arrive(&params, usize::from(class), now);
+                let a = room.arrive_local(&params, usize::from(class), now);
                 if let Some(fr) = self.fleet_room_alone(room) {
                     fr.mark_diverged();
                     if let Arrival::Admit { bucket, .. } = a {

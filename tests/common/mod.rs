@@ -84,6 +84,18 @@ impl Ecluse {
         prep: impl FnOnce(&Path),
         args: &[&str],
     ) -> Ecluse {
+        Self::start_full_env(yaml, files, prep, args, &[])
+    }
+
+    /// Same, with environment variables set for the process (after the defaults, so
+    /// `TMPDIR` may be replaced).
+    pub fn start_full_env(
+        yaml: &str,
+        files: &[(&str, &[u8])],
+        prep: impl FnOnce(&Path),
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Ecluse {
         let dir = TempDir::new("ecluse");
         for (name, contents) in files {
             std::fs::write(dir.path().join(name), contents).expect("write file");
@@ -99,6 +111,7 @@ impl Ecluse {
             // Each process gets its own temp dir, so the default `state_dir` (waiting-room
             // snapshots) is never shared between tests running in parallel.
             .env("TMPDIR", dir.path())
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
