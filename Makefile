@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: demo test lint fmt schema bench deps check-configs build fuzz
+.PHONY: demo test lint fmt schema bench deps check-configs build fuzz deb deb-tools
 
 # System packages the build needs (pingora builds a C library with cmake).
 deps:
@@ -17,12 +17,27 @@ build: deps
 demo: build
 	$(CARGO) run --release --quiet --bin ecluse -- demo
 
+## The Debian package (cargo-deb): target/debian/ecluse_<version>_<arch>.deb with the
+## optimised binary, /etc/ecluse/ecluse.yaml, the systemd unit and logrotate.
+deb: deps deb-tools
+	$(CARGO) build --release --bin ecluse
+	$(CARGO) deb --no-build
+	@ls -1 target/debian/*.deb
+
+# cargo-deb builds the package; installed from crates.io when missing.
+deb-tools:
+	@command -v cargo-deb >/dev/null 2>&1 || $(CARGO) deb --version >/dev/null 2>&1 || { \
+	  echo "ecluse: installing cargo-deb with cargo install (builds the Debian package)" >&2; \
+	  $(CARGO) install cargo-deb --locked; }
+
 ## Everything CI checks: formatting, clippy, all tests, every file in config/.
-test: deps
+test: deps deb-tools
 	@# Tests start real servers and a real browser: Chromium, and Prometheus (the
 	@# dashboard test scrapes a running demo; promtool checks the alert rules) and Redis
-	@# (fleet mode: three nodes share state through it).
-	@scripts/need.sh chromium chromedriver prometheus promtool redis-server
+	@# (fleet mode: three nodes share state through it). The package test builds the
+	@# .deb with cargo-deb and checks it with dpkg-deb, lintian, systemd-analyze and a
+	@# real logrotate run.
+	@scripts/need.sh chromium chromedriver prometheus promtool redis-server lintian logrotate systemd-analyze dpkg-deb
 	@echo "== cargo fmt --check"
 	$(CARGO) fmt --all -- --check
 	@echo "== cargo clippy --all-targets -- -D warnings"

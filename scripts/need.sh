@@ -15,6 +15,8 @@ pkg_for() {
     chromedriver) echo chromium-driver ;;
     hyperfine) echo hyperfine ;;
     taskset) echo util-linux ;;
+    systemd-analyze) echo systemd ;;
+    dpkg-deb) echo dpkg ;;
     *) echo "$1" ;;
   esac
 }

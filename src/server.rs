@@ -193,14 +193,17 @@ impl BackgroundService for Control {
             let app = app.clone();
             tokio::spawn(async move {
                 while let Ok(phase) = phases.recv().await {
+                    if matches!(phase, ExecutionPhase::Running) {
+                        tokio::spawn(notify_ready(app.clone()));
+                    }
                     let stopping = matches!(
                         phase,
                         ExecutionPhase::GracefulTerminate
                             | ExecutionPhase::GracefulUpgradeTransferringFds
                             | ExecutionPhase::ShutdownStarted
                     );
-                    if stopping && !app.draining.swap(true, Ordering::Relaxed) {
-                        log::info!("draining: /readyz now answers 503");
+                    if stopping {
+                        begin_drain(&app);
                     }
                 }
             });
@@ -210,7 +213,7 @@ impl BackgroundService for Control {
         // Graceful stop: readiness turns 503 at once. The admin listener, health checks and
         // reload triggers keep running until the runtime is torn down at exit, so ops can
         // still watch the drain.
-        app.draining.store(true, Ordering::Relaxed);
+        begin_drain(&app);
         // Save the rooms now: a restart must not send everyone to the back.
         let dir = app.config().server.state_dir.clone();
         app.registry.rooms.snapshot(&dir);
@@ -266,6 +269,47 @@ async fn signals(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
             }
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// The drain begins (once, whichever sign of it comes first): `/readyz` answers 503 and
+/// systemd hears STOPPING=1.
+fn begin_drain(app: &App) {
+    if !app.draining.swap(true, Ordering::Relaxed) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        log::info!("draining: /readyz now answers 503");
+    }
+}
+
+/// Tell systemd (`Type=notify`) that ecluse is ready, once the policy is loaded (it is:
+/// the server runs) and every proxy listener accepts connections: pingora binds them in
+/// its service runtimes, so each is tried until it answers (up to 10 s). Without
+/// `NOTIFY_SOCKET` (not under systemd) this does nothing.
+async fn notify_ready(app: Arc<App>) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let addrs: Vec<SocketAddr> = app.bound.get().cloned().unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for a in addrs {
+        let target = crate::admin::connectable(a);
+        while tokio::net::TcpStream::connect(target).await.is_err() {
+            if tokio::time::Instant::now() > deadline {
+                log::error!(
+                    "listener {a} still not accepting after 10 s; telling systemd ready anyway"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let status = format!("serving policy version {}", app.config().version);
+    match sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]) {
+        Ok(()) => log::info!("told systemd: ready"),
+        Err(e) => log::error!("cannot tell systemd that ecluse is ready: {e}"),
     }
 }
 
