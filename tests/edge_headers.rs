@@ -402,3 +402,29 @@ async fn a_trusted_gateways_identity_header_makes_the_request_credentialed() {
         .iter()
         .any(|(k, v)| k == "x-ent-user" && v == "bob")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_the_same_headers_are_removed() {
+    let ent = LenientEnt::start().await;
+    let e = Ecluse::start(&yaml(ent.addr, ""));
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let mut req = c.get(e.url("/pub/h2"));
+    for (name, value) in ATTACKS {
+        req = req
+            .header(*name, *value)
+            .header(name.replace('-', "_"), *value);
+    }
+    let r = req.send().await.expect("h2 request");
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let v = json(&r.text().await.unwrap());
+    assert_eq!(v["path"], "/pub/h2");
+    assert_eq!(v["host"], e.proxy.to_string());
+    assert_eq!(v["real_ip"], "127.0.0.1");
+    let seen = ent.seen();
+    let last = seen.last().expect("seen");
+    assert!(evil_in(last).is_empty(), "{:?}", evil_in(last));
+}
