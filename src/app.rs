@@ -151,6 +151,16 @@ impl App {
                         restart_required.join(", ")
                     );
                 }
+                if let Some(b) = self.registry.admin_bound.get() {
+                    if new.admin.token.is_none()
+                        && new.admin.insecure_open_network
+                        && !crate::config::runtime::is_loopback(b.ip())
+                    {
+                        log::warn!(
+                            "INSECURE: reload ({trigger}): the admin API on {b} has no token (admin.insecure_open_admin_network: true): anyone who reaches this address can pause the waiting room, force a degradation level or purge the cache"
+                        );
+                    }
+                }
                 self.access_log.set_target(&new.access_log.target);
                 let outcome = ReloadOutcome {
                     version: new.version,

@@ -512,12 +512,30 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
     }
 
     let admin_addr = opts.admin_listen.unwrap_or(cfg.admin.listen);
+    // The same rule `ecluse check` applies to the file, for the address actually used.
+    if let Some(msg) = crate::config::runtime::admin_exposure(
+        admin_addr,
+        cfg.admin.token.is_some(),
+        cfg.admin.insecure_open_network,
+    ) {
+        return Err(msg);
+    }
+    if cfg.admin.token.is_none()
+        && !crate::config::runtime::is_loopback(admin_addr.ip())
+        && cfg.admin.insecure_open_network
+    {
+        log::warn!(
+            "INSECURE: the admin API on {admin_addr} has no token (admin.insecure_open_admin_network: true): anyone who reaches this address can pause the waiting room, force a degradation level or purge the cache"
+        );
+    }
     let admin = StdListener::bind(admin_addr)
         .map_err(|e| format!("cannot bind the admin listener {admin_addr}: {e}"))?;
     admin
         .set_nonblocking(true)
         .map_err(|e| format!("admin listener: {e}"))?;
     let admin_bound = admin.local_addr().map_err(|e| e.to_string())?;
+    // Reloads are checked against the listener that stays (config::runtime::build).
+    let _ = app.registry.admin_bound.set(admin_bound);
     server.add_service(background_service(
         "ecluse control",
         Control {

@@ -273,3 +273,32 @@ fn event_opening_times_carry_their_time_zone() {
         "{err}"
     );
 }
+
+#[test]
+fn forwarding_settings_are_checked_with_positions() {
+    let (code, _, err) = check(
+        b"listen: [\"127.0.0.1:8080\"]\nserver:\n  forwarding: { strip_from_untrusted: [\"bad name\"], pass_through: [X-Not-Ours, x_original_url], odd_header_names: maybe }\norigins:\n  ent: { servers: [\"127.0.0.1:1\"] }\nroutes: [{ name: ent, origin: ent }]\n",
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("FILE:3:") && err.contains("odd_header_names"),
+        "{err}"
+    );
+    let (code, _, err) = check(
+        b"listen: [\"127.0.0.1:8080\"]\nserver:\n  forwarding: { strip_from_untrusted: [\"bad name\"], pass_through: [X-Not-Ours, x_original_url] }\norigins:\n  ent: { servers: [\"127.0.0.1:1\"] }\nroutes: [{ name: ent, origin: ent }]\n",
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "FILE:3:40: server.forwarding.strip_from_untrusted[0]: `bad name` is not a header name"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("FILE:3:68: server.forwarding.pass_through[0]: `X-Not-Ours` is not one of the headers ecluse removes"),
+        "{err}"
+    );
+    // A spelling of a built-in name is that name.
+    assert!(!err.contains("x_original_url"), "{err}");
+    assert!(err.contains("2 problems found"), "{err}");
+}

@@ -55,11 +55,17 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp {
     json_resp(status, json!({ "error": code, "message": message.into() }))
 }
 
-/// Constant-time check of the `Authorization: Bearer …` header against the token.
-fn authorized(app: &App, req: &Request<Incoming>) -> bool {
+/// Whether a mutating request may proceed: with a token configured, a constant-time
+/// check of `Authorization: Bearer …`; without one, only a client on this machine
+/// (`peer` on loopback) unless ops opted out with `insecure_open_admin_network`. The
+/// config refuses a tokenless non-loopback listener already (`config::runtime::
+/// admin_exposure`); this is the same rule per connection, so that no path around the
+/// check at load (a listener given on the command line, a reload) opens the API.
+fn authorized(app: &App, req: &Request<Incoming>, peer: Option<SocketAddr>) -> bool {
     let cfg = app.config();
     let Some(token) = cfg.admin.token.as_ref() else {
-        return true;
+        return cfg.admin.insecure_open_network
+            || peer.is_some_and(|p| crate::config::runtime::is_loopback(p.ip()));
     };
     let Some(given) = req
         .headers()
@@ -84,7 +90,7 @@ pub async fn serve(
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
-        let (stream, _) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 log::warn!("admin accept failed: {e}");
@@ -96,7 +102,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(handle(app, req).await) }
+                async move { Ok::<_, Infallible>(handle(app, req, Some(peer)).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -129,7 +135,7 @@ async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, Resp> {
     })
 }
 
-async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
+async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Option<SocketAddr>) -> Resp {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     match (method.clone(), path.as_str()) {
@@ -148,7 +154,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
         (Method::GET, "/readyz") => readyz(&app).await,
         (Method::GET, "/admin/state") => json_resp(StatusCode::OK, state(&app)),
         (Method::POST, p) if p.starts_with("/admin/") => {
-            if !authorized(&app, &req) {
+            if !authorized(&app, &req, peer) {
                 let mut r = error(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",

@@ -283,9 +283,15 @@ pub struct AdminFile {
     #[serde(default)]
     pub listen: Option<String>,
     /// File holding the bearer token required by mutating `/admin/*` endpoints. Without
-    /// it, mutating endpoints are open to whoever reaches the admin listener.
+    /// it, mutating endpoints answer only on a loopback listener: a listener on any other
+    /// address without a token is refused (`check`, `run` and reload).
     #[serde(default)]
     pub token_file: Option<String>,
+    /// Let a non-loopback admin listener run without `token_file`: anyone who reaches it
+    /// can pause rooms, force levels and purge the cache. Only for a management network
+    /// nobody else can reach; logged as a warning at every start. Default false.
+    #[serde(default)]
+    pub insecure_open_admin_network: Option<bool>,
 }
 
 /// Process-wide settings. Changes to `threads` need a restart; the rest reloads live.
@@ -331,6 +337,52 @@ pub struct ServerFile {
     /// (slowloris, trickled uploads, connection floods, huge heads).
     #[serde(default)]
     pub clients: Option<ClientsFile>,
+    /// Which forwarding headers reach the ENT, and what ecluse writes itself
+    /// (`X-Forwarded-*`, `X-Real-IP`, optionally RFC 7239 `Forwarded`).
+    #[serde(default)]
+    pub forwarding: Option<ForwardingFile>,
+}
+
+/// The edge owns forwarding headers. From a peer outside `trusted_proxies`, every
+/// forwarding header (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`, `True-Client-IP`…) is
+/// removed and ecluse writes its own; from a trusted proxy they are kept and extended.
+/// Rewrite headers (`X-Original-URL`, `X-Rewrite-URL`, method overrides…) are removed
+/// from every peer.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardingFile {
+    /// Also write an RFC 7239 `Forwarded` header (`for=…;host=…;proto=…`, IPv6 as
+    /// `for="[2001:db8::1]"`), appended to a trusted proxy's. Default false.
+    #[serde(default)]
+    pub forwarded_header: Option<bool>,
+    /// More header names removed from untrusted peers (kept from trusted proxies), e.g.
+    /// the `X-Remote-User` your SSO gateway sets. Any case; `_` spellings included.
+    #[serde(default)]
+    pub strip_from_untrusted: Vec<String>,
+    /// Names of the built-in lists to forward as the client sent them (say why in a
+    /// comment: each one lets a client speak for the edge), e.g. `X-HTTP-Method-Override`
+    /// for an old mobile app.
+    #[serde(default)]
+    pub pass_through: Vec<String>,
+    /// Header names with a character other than letters, digits and `-`
+    /// (`X_Forwarded_Host`, `X.Real.IP`): CGI, WSGI and PHP backends read them as their
+    /// `-` spelling. `drop` (default, like nginx), `reject` (400) or `keep` (a spelling of
+    /// a header the edge owns is removed all the same).
+    #[serde(default)]
+    pub odd_header_names: Option<OddNamesFile>,
+}
+
+/// `server.forwarding.odd_header_names`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OddNamesFile {
+    /// Remove the field before anything reads it.
+    #[default]
+    Drop,
+    /// Answer `400 Bad Request`.
+    Reject,
+    /// Forward it (unless it spells a header the edge owns).
+    Keep,
 }
 
 /// Limits on what one client may hold or send. A new value applies to connections

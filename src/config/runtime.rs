@@ -69,6 +69,32 @@ pub struct Admin {
     pub listen: SocketAddr,
     /// The bearer token for mutating endpoints, read from `token_file`.
     pub token: Option<Secret>,
+    /// `insecure_open_admin_network`: a non-loopback listener may run without a token.
+    pub insecure_open_network: bool,
+}
+
+/// Whether `ip` only ever reaches this machine: `127.0.0.0/8`, `::1`, and their
+/// IPv4-mapped form `::ffff:127.x.y.z`. The wildcard addresses (`0.0.0.0`, `[::]`) and
+/// the deprecated IPv4-compatible `::127.0.0.1` (a real IPv6 address) are not.
+pub fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// Why an admin listener on `listen` may not run with these settings: without a token,
+/// mutating endpoints (pause a room, force a level, purge the cache) answer whoever
+/// reaches the listener, so they are allowed only on loopback, unless ops opted out.
+pub fn admin_exposure(listen: SocketAddr, has_token: bool, insecure_open: bool) -> Option<String> {
+    if has_token || insecure_open || is_loopback(listen.ip()) {
+        return None;
+    }
+    Some(format!(
+        "the admin listener `{listen}` is not a loopback address and `admin.token_file` is not set: anyone who reaches it could pause the waiting room, force a degradation level or purge the cache. Set `token_file` (a long random token, e.g. `openssl rand -hex 32`), listen on `127.0.0.1`, or, on a management network nobody else reaches, set `insecure_open_admin_network: true`"
+    ))
 }
 
 impl std::fmt::Debug for Admin {
@@ -76,6 +102,7 @@ impl std::fmt::Debug for Admin {
         f.debug_struct("Admin")
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("insecure_open_network", &self.insecure_open_network)
             .finish()
     }
 }
@@ -104,6 +131,8 @@ pub struct Server {
     pub watch_config: bool,
     pub state_dir: PathBuf,
     pub clients: Clients,
+    /// Forwarding headers: what is removed, what ecluse writes (`policy::forwarding`).
+    pub forwarding: crate::policy::forwarding::Forwarding,
 }
 
 /// Limits on one client (`server.clients`), read by `proxy::conn` when a connection opens
@@ -412,9 +441,22 @@ fn parse_listen(p: &mut Problems, s: &str, path: Vec<Seg>) -> Option<SocketAddr>
     match s.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
+            // `localhost:9090`: which addresses a name resolves to is up to the resolver
+            // (and may change), so a listener only takes an IP literal.
+            let host = s.rsplit_once(':').map(|(h, _)| h).unwrap_or(s);
+            let named = !host.is_empty()
+                && host.parse::<IpAddr>().is_err()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            let hint = if named {
+                format!(" (`{host}` is a host name: write its IP, e.g. `127.0.0.1` for this machine only)")
+            } else {
+                String::new()
+            };
             p.at(
                 path,
-                format!("`{s}` is not a listen address: write `IP:PORT`, like `0.0.0.0:8080` or `[::]:8080`"),
+                format!("`{s}` is not a listen address: write `IP:PORT`, like `0.0.0.0:8080` or `[::]:8080`{hint}"),
             );
             None
         }
@@ -429,6 +471,10 @@ pub struct Shared {
     pub limiters: crate::policy::rate_limit::LimiterRegistry,
     pub rooms: crate::rooms::RoomRegistry,
     pub degrade: crate::degrade::DegradeState,
+    /// The admin listener actually bound (set once at start). A reload cannot move it
+    /// (restart required), so a reload is checked against it too: it may not drop the
+    /// token of a listener that stays on a non-loopback address.
+    pub admin_bound: std::sync::OnceLock<SocketAddr>,
 }
 
 pub struct BuildContext<'a> {
@@ -490,6 +536,7 @@ pub fn build(
     let admin_file = file.admin.clone().unwrap_or(super::file::AdminFile {
         listen: None,
         token_file: None,
+        insecure_open_admin_network: None,
     });
     let admin_listen = match &admin_file.listen {
         Some(s) => parse_listen(&mut p, s, path!["admin", "listen"]),
@@ -498,28 +545,38 @@ pub fn build(
     .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090)));
     let token = admin_file.token_file.as_ref().and_then(|f| {
         let full = ctx.base_dir.join(f);
-        match std::fs::read(&full) {
+        let problem = match std::fs::read(&full) {
             Ok(bytes) => {
                 let t = String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec();
-                if t.len() < 16 {
-                    p.at(
-                        path!["admin", "token_file"],
-                        format!("the token in `{}` is shorter than 16 characters: use a long random token", full.display()),
-                    );
-                    None
+                if t.is_empty() {
+                    format!("`{}` is empty: put a long random token in it (e.g. `openssl rand -hex 32 > {}`)", full.display(), full.display())
+                } else if t.iter().any(|b| !(0x21..0x7f).contains(b)) {
+                    format!("the token in `{}` holds spaces, line breaks or non-ASCII bytes: a bearer token is one word of visible ASCII (e.g. `openssl rand -hex 32`)", full.display())
+                } else if t.len() < 16 {
+                    format!("the token in `{}` is shorter than 16 characters: use a long random token", full.display())
                 } else {
-                    Some(Secret(t))
+                    return Some(Secret(t));
                 }
             }
-            Err(e) => {
+            Err(e) => format!("cannot read `{}`: {e}", full.display()),
+        };
+        p.at(path!["admin", "token_file"], problem);
+        None
+    });
+    let insecure_open_network = admin_file.insecure_open_admin_network.unwrap_or(false);
+    // A token file that could not be read is reported above; a missing one here.
+    if admin_file.token_file.is_none() {
+        if let Some(msg) = admin_exposure(admin_listen, false, insecure_open_network) {
+            p.at(path!["admin", "listen"], msg);
+        } else if let Some(running) = ctx.registry.admin_bound.get() {
+            if let Some(msg) = admin_exposure(*running, false, insecure_open_network) {
                 p.at(
-                    path!["admin", "token_file"],
-                    format!("cannot read `{}`: {e}", full.display()),
+                    path!["admin"],
+                    format!("this process still listens on `{running}` (a new `admin.listen` applies after a restart): {msg}"),
                 );
-                None
             }
         }
-    });
+    }
 
     let sf = file.server.clone().unwrap_or_default();
     let threads = match sf.threads {
@@ -577,6 +634,7 @@ pub fn build(
             .map(|d| ctx.base_dir.join(d))
             .unwrap_or_else(|| crate::instance::default_state_dir(&meta.0)),
         clients: build_clients(&mut p, sf.clients.as_ref()),
+        forwarding: build_forwarding(&mut p, sf.forwarding.as_ref()),
     };
     // Rooms restore their snapshot on first use: tell the registry where they are.
     ctx.registry.rooms.set_state_dir(server.state_dir.clone());
@@ -636,6 +694,7 @@ pub fn build(
         admin: Admin {
             listen: admin_listen,
             token,
+            insecure_open_network,
         },
         server,
         access_log,
@@ -740,6 +799,46 @@ fn build_cluster(p: &mut Problems, file: &FileConfig) -> Option<crate::cluster::
             }
         },
     })
+}
+
+fn build_forwarding(
+    p: &mut Problems,
+    f: Option<&super::file::ForwardingFile>,
+) -> crate::policy::forwarding::Forwarding {
+    use super::file::OddNamesFile;
+    use crate::policy::forwarding::{Forwarding, OddNames};
+    let Some(f) = f else {
+        return Forwarding::default();
+    };
+    let valid = |n: &str| !n.is_empty() && http::HeaderName::from_bytes(n.as_bytes()).is_ok();
+    for (i, n) in f.strip_from_untrusted.iter().enumerate() {
+        if !valid(n) {
+            p.at(
+                path!["server", "forwarding", "strip_from_untrusted", i],
+                format!("`{n}` is not a header name"),
+            );
+        }
+    }
+    let builtin = Forwarding::default();
+    for (i, n) in f.pass_through.iter().enumerate() {
+        let c = crate::policy::forwarding::canonical(n);
+        if !builtin.always.contains(&c) && !builtin.untrusted.contains(&c) {
+            p.at(
+                path!["server", "forwarding", "pass_through", i],
+                format!("`{n}` is not one of the headers ecluse removes (see the README's forwarding headers): nothing to pass through"),
+            );
+        }
+    }
+    Forwarding::new(
+        f.forwarded_header.unwrap_or(false),
+        &f.strip_from_untrusted,
+        &f.pass_through,
+        match f.odd_header_names.unwrap_or_default() {
+            OddNamesFile::Drop => OddNames::Drop,
+            OddNamesFile::Reject => OddNames::Reject,
+            OddNamesFile::Keep => OddNames::Keep,
+        },
+    )
 }
 
 fn build_clients(p: &mut Problems, f: Option<&super::file::ClientsFile>) -> Clients {

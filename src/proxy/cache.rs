@@ -130,7 +130,16 @@ impl EcluseProxy {
             ctx.cache_bypass = Some("method");
             return;
         }
-        ctx.credentialed = has_credentials(session.req_header(), &own_cookies(ctx));
+        // A trusted proxy's identity headers (an SSO gateway's `X-Remote-User`…) name a
+        // user as surely as a cookie does (policy::forwarding; from anyone else they are
+        // gone by now).
+        ctx.credentialed = has_credentials(session.req_header(), &own_cookies(ctx))
+            || ctx.config.as_ref().is_some_and(|c| {
+                !c.server
+                    .forwarding
+                    .identity_items(&session.req_header().headers)
+                    .is_empty()
+            });
         if ctx.credentialed && policy.mode == CacheMode::Public {
             ctx.cache_bypass = Some("credentials");
             return;
@@ -172,7 +181,10 @@ impl EcluseProxy {
         );
         let key = CacheKey::new(primary, "");
         if let (Some(cache), true) = (self.app.cache.get(), revalidate) {
-            let creds = credential_items(req, &own_cookies(ctx));
+            let mut creds = credential_items(req, &own_cookies(ctx));
+            if let Some(c) = ctx.config.as_ref() {
+                creds.extend(c.server.forwarding.identity_items(&req.headers));
+            }
             ctx.auth_grant = Some(cache.authorizations.grant_for(&key.primary_bin(), &creds));
         }
         key

@@ -50,6 +50,7 @@ use crate::upstream::{self, InflightGuard, OriginPermit};
 mod cache;
 pub mod conn;
 mod hygiene;
+use crate::policy::forwarding;
 
 /// What a status poll's ticket asks.
 enum StatusPoll {
@@ -1203,6 +1204,38 @@ impl ProxyHttp for EcluseProxy {
             session.write_response_header(Box::new(resp), true).await?;
             return Ok(true);
         }
+        // 0b. The edge owns forwarding headers (policy::forwarding): what a client says
+        // about its address, scheme, host or the URL to serve is removed here, before
+        // any phase (route, limits, cache key and credentials, Vary) reads the request,
+        // so the ENT and the cache see the same request for everyone; ecluse writes its
+        // own in `upstream_request_filter`.
+        let trusted_peer =
+            socket_ip(session.client_addr()).is_some_and(|ip| config.server.is_trusted(ip));
+        let verdict = forwarding::decide(
+            &config.server.forwarding,
+            session.req_header().headers.keys().map(|k| k.as_str()),
+            trusted_peer,
+        );
+        match verdict {
+            forwarding::Verdict::Remove(names) => {
+                let req = session.req_header_mut();
+                for n in names {
+                    req.remove_header(n.as_str());
+                }
+            }
+            forwarding::Verdict::Reject(_) => {
+                ctx.start = Instant::now();
+                ctx.decision = Some("odd_header_name");
+                // A body may follow, unread: never read it as the next request.
+                session.set_keepalive(None);
+                let mut resp = ResponseHeader::build(400, Some(4))?;
+                resp.insert_header("content-length", "0")?;
+                resp.insert_header("cache-control", "no-store")?;
+                resp.insert_header("connection", "close")?;
+                session.write_response_header(Box::new(resp), true).await?;
+                return Ok(true);
+            }
+        }
         // RFC 9112 §9.3.2: pipelined requests are answered in order.
         session.as_mut().set_pipelining_enabled(true);
         ctx.has_body = request_has_body(session);
@@ -1536,27 +1569,92 @@ impl ProxyHttp for EcluseProxy {
             _ => false,
         };
         let peer = ctx.peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let req = session.req_header();
+        // Every forwarding header an untrusted peer sent is gone already (request_filter);
+        // what is left came from a trusted proxy and is extended.
+        let xff_in = header(req, "x-forwarded-for").filter(|_| trusted_peer);
         // From an untrusted peer, an incoming X-Forwarded-For is the client's own words:
         // replace it. From our load balancer, extend the chain.
-        let xff = match (
-            trusted_peer,
-            header(session.req_header(), "x-forwarded-for"),
-        ) {
-            (true, Some(prev)) if !prev.is_empty() => {
+        let xff = match xff_in {
+            Some(prev) if !prev.is_empty() => {
                 format!("{}, {peer}", String::from_utf8_lossy(prev))
             }
-            _ => peer,
+            _ => peer.clone(),
         };
         upstream_request.insert_header("x-forwarded-for", xff)?;
-        let proto_in = header(session.req_header(), "x-forwarded-proto")
+        let proto_in = header(req, "x-forwarded-proto")
             .filter(|_| trusted_peer)
             .map(|p| String::from_utf8_lossy(p).into_owned());
-        let proto = match self.warm_scheme(session, ctx) {
+        let warm = self.warm_scheme(session, ctx);
+        let hop_proto = warm.unwrap_or(if self.tls { "https" } else { "http" });
+        let proto = match warm {
             // Warming: the origin sees the scheme students will use.
             Some(s) => s.to_string(),
-            None => proto_in.unwrap_or_else(|| if self.tls { "https" } else { "http" }.to_string()),
+            None => proto_in.unwrap_or_else(|| hop_proto.to_string()),
         };
         upstream_request.insert_header("x-forwarded-proto", proto)?;
+        // The client's address as every ecluse policy saw it (behind a trusted proxy:
+        // the right-most untrusted address of its X-Forwarded-For).
+        if let Some(ip) = ctx.client_ip {
+            upstream_request.insert_header("x-real-ip", ip.to_string())?;
+        }
+        // The Host the client asked for (HTTP/2: the authority), and the port it reached.
+        let host = req
+            .uri
+            .authority()
+            .map(|a| a.as_str().as_bytes())
+            .or_else(|| header(req, "host"))
+            .filter(|h| !h.is_empty() && h.iter().all(|b| (0x21..0x7f).contains(b)))
+            .map(|h| String::from_utf8_lossy(h).into_owned());
+        if !(trusted_peer && req.headers.contains_key("x-forwarded-host")) {
+            match &host {
+                Some(h) => upstream_request.insert_header("x-forwarded-host", h.as_str())?,
+                None => {
+                    upstream_request.remove_header("x-forwarded-host");
+                }
+            }
+        }
+        if !(trusted_peer && req.headers.contains_key("x-forwarded-port")) {
+            let port = session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.port());
+            if let Some(port) = port {
+                upstream_request.insert_header("x-forwarded-port", port.to_string())?;
+            }
+        }
+        let fwd = ctx.config.as_ref().map(|c| &c.server.forwarding);
+        if fwd.is_some_and(|f| f.forwarded_header) {
+            let ours = forwarding::forwarded_element(
+                &forwarding::forwarded_node(ctx.peer_ip),
+                host.as_deref().unwrap_or(""),
+                hop_proto,
+            );
+            let incoming = header(req, "forwarded")
+                .filter(|v| trusted_peer && !v.is_empty())
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            let value = match (incoming, xff_in) {
+                (Some(prev), _) => format!("{prev}, {ours}"),
+                // A trusted proxy that speaks only X-Forwarded-For: its chain, hop by hop.
+                (None, Some(chain)) if !chain.is_empty() => {
+                    let mut v: Vec<String> = String::from_utf8_lossy(chain)
+                        .split(',')
+                        .take(32)
+                        .map(|a| {
+                            let node = a.trim().parse::<IpAddr>().ok();
+                            format!(
+                                "for={}",
+                                forwarding::forwarded_value(&forwarding::forwarded_node(node))
+                            )
+                        })
+                        .collect();
+                    v.push(ours);
+                    v.join(", ")
+                }
+                _ => ours,
+            };
+            upstream_request.insert_header("forwarded", value)?;
+        }
         upstream_request.remove_header(crate::admin::WARM_HEADER);
         upstream_request.remove_header(crate::admin::WARM_SCHEME_HEADER);
         if session.cache.enabled() {
