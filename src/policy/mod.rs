@@ -6,5 +6,6 @@ pub mod concurrency;
 pub mod degrade;
 pub mod rate_limit;
 pub mod route;
+pub mod signals;
 pub mod ticket;
 pub mod waiting_room;
