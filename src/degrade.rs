@@ -322,8 +322,11 @@ pub fn evaluate(cfg: &Config, state: &DegradeState) {
     let now = now_ms();
     let mut worst = Signals::default();
     for o in &cfg.origins {
-        let s = o.shared.signals(now, o.max_inflight);
+        let (s, measured, _) = o.shared.measure(now, o.max_inflight);
         let m = crate::metrics::get();
+        m.origin_signal_outliers
+            .with_label_values(&[&o.name])
+            .set(f64::from(measured.client_outliers.count_ones()));
         m.origin_latency_p95
             .with_label_values(&[&o.name])
             .set(s.p95_ms / 1000.0);

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub origin_latency_p95: prometheus::GaugeVec,
     pub origin_error_ratio: prometheus::GaugeVec,
     pub origin_inflight_ratio: prometheus::GaugeVec,
+    /// Client keys left out of an origin's signals as outliers (one client steering).
+    pub origin_signal_outliers: prometheus::GaugeVec,
     /// Client requests currently being processed by the proxy.
     pub inflight_requests: IntGauge,
     /// Client connections open on the proxy listeners.
@@ -339,6 +341,10 @@ impl Metrics {
             "ecluse_origin_inflight_ratio",
             "In-flight requests over max_inflight (degradation signal).",
         );
+        let origin_signal_outliers = gv(
+            "ecluse_origin_signal_outliers",
+            "Client keys (hashed addresses) left out of the origin's degradation signals for failing, being slow or holding requests far beyond the rest of the traffic.",
+        );
         Metrics {
             registry: r,
             degradation_level,
@@ -352,6 +358,7 @@ impl Metrics {
             origin_latency_p95,
             origin_error_ratio,
             origin_inflight_ratio,
+            origin_signal_outliers,
             room_waiting,
             room_active,
             room_capacity,

@@ -598,13 +598,22 @@ fn state(app: &App) -> serde_json::Value {
         .origins
         .iter()
         .map(|o| {
-            let s = o.shared.signals(now, o.max_inflight);
+            let (s, m, held) = o.shared.measure(now, o.max_inflight);
             json!({
                 "origin": o.name,
                 "inflight_ratio": s.inflight_ratio,
                 "p95_latency_ms": s.p95_ms,
                 "error_rate": s.error_rate,
                 "concurrency_limit": o.shared.current_limit(o.max_inflight),
+                // What single clients and URLs brought beyond the rest, left out above.
+                "left_out": {
+                    "exchanges": m.count,
+                    "raw_p95_latency_ms": m.raw_quantile_ms,
+                    "raw_error_rate": m.raw_error_rate,
+                    "client_keys": m.client_outliers.count_ones(),
+                    "url_keys": m.url_outliers.count_ones(),
+                    "inflight": held,
+                },
             })
         })
         .collect();

@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::signals::{outliers, Exchange, Failure, CLIENT_KEYS, URL_KEYS};
+
 /// What ecluse measures, worst origin first (see `Signals::worst`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Signals {
@@ -303,7 +305,11 @@ impl Degrader {
 /// Latencies and outcomes of one origin over a sliding window of `SLOTS` × 1 s.
 ///
 /// Latencies go into log-spaced buckets (10% apart), so a percentile is exact to
-/// within one bucket's width.
+/// within one bucket's width. Every slot keeps them per client key, and the failures per
+/// client key and per URL key (`policy::signals`), so that what one client or one URL
+/// brings can be told from what the whole traffic shows: the signals
+/// ([`Window::measure`]) leave out the keys whose share is a gross outlier. Memory is
+/// fixed: about 11 KB per slot.
 #[derive(Debug, Clone)]
 pub struct Window {
     slots: Vec<Slot>,
@@ -314,28 +320,52 @@ pub struct Window {
 const SLOTS: usize = 10;
 const LAT_BUCKETS: usize = 168;
 
+#[derive(Debug, Clone, Copy, Default)]
+struct UrlTally {
+    total: u32,
+    failed: u32,
+    deterministic: u32,
+}
+
 #[derive(Debug, Clone)]
 struct Slot {
     sec: u64,
-    lat: [u32; LAT_BUCKETS],
-    total: u32,
-    errors: u32,
+    /// Latency histogram per client key.
+    lat: Box<[[u32; LAT_BUCKETS]; CLIENT_KEYS]>,
+    /// (exchanges, failures) per client key.
+    clients: [(u32, u32); CLIENT_KEYS],
+    urls: [UrlTally; URL_KEYS],
 }
 
 impl Default for Slot {
     fn default() -> Self {
         Slot {
             sec: 0,
-            lat: [0; LAT_BUCKETS],
-            total: 0,
-            errors: 0,
+            lat: Box::new([[0; LAT_BUCKETS]; CLIENT_KEYS]),
+            clients: [(0, 0); CLIENT_KEYS],
+            urls: [UrlTally::default(); URL_KEYS],
         }
+    }
+}
+
+impl Slot {
+    fn total(&self) -> u32 {
+        self.clients.iter().map(|(t, _)| *t).sum()
+    }
+
+    fn reset(&mut self, sec: u64) {
+        self.sec = sec;
+        for h in self.lat.iter_mut() {
+            h.fill(0);
+        }
+        self.clients = [(0, 0); CLIENT_KEYS];
+        self.urls = [UrlTally::default(); URL_KEYS];
     }
 }
 
 fn bucket_of(ms: f64) -> usize {
     // 0.1 ms → bucket 0, ×1.1 per bucket: bucket 167 ≈ 15 min.
-    if ms <= 0.1 {
+    if ms.is_nan() || ms <= 0.1 {
         return 0;
     }
     (((ms / 0.1).ln() / 1.1f64.ln()) as usize).min(LAT_BUCKETS - 1)
@@ -354,29 +384,102 @@ impl Default for Window {
     }
 }
 
+/// What an origin's window says, with the outlier keys left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Measured {
+    /// The quantile asked for (p95 for the levels), ms; 0 when empty.
+    pub quantile_ms: f64,
+    /// Share of failed exchanges, 0..1.
+    pub error_rate: f64,
+    /// Exchanges in the window (all of them).
+    pub count: u64,
+    /// The same two over every exchange, outliers included (for the admin API).
+    pub raw_quantile_ms: f64,
+    pub raw_error_rate: f64,
+    /// Client keys left out of the error rate or the latency.
+    pub client_outliers: u64,
+    /// URL keys whose deterministic failures were left out.
+    pub url_outliers: u64,
+}
+
+/// Window totals: latency histograms and (exchanges, failures) per client key, and
+/// (exchanges, failures, deterministic failures) per URL key.
+struct Sums {
+    lat: Vec<[u64; LAT_BUCKETS]>,
+    clients: [(u64, u64); CLIENT_KEYS],
+    urls: [(u64, u64, u64); URL_KEYS],
+}
+
+/// The `q` quantile of a histogram with `total` samples, as a bucket index.
+fn quantile_bucket(h: &[u64; LAT_BUCKETS], total: u64, q: f64) -> Option<usize> {
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (b, c) in h.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            return Some(b);
+        }
+    }
+    Some(LAT_BUCKETS - 1)
+}
+
+/// The merged histogram of the client keys not in `mask`.
+fn merged(lat: &[[u64; LAT_BUCKETS]], mask: u64) -> ([u64; LAT_BUCKETS], u64) {
+    let mut m = [0u64; LAT_BUCKETS];
+    for (k, h) in lat.iter().enumerate() {
+        if mask & (1 << k) == 0 {
+            for (a, c) in m.iter_mut().zip(h.iter()) {
+                *a += c;
+            }
+        }
+    }
+    let total = m.iter().sum();
+    (m, total)
+}
+
 impl Window {
     fn slot(&mut self, now_ms: u64) -> &mut Slot {
         let sec = now_ms / 1000;
         self.head_sec = self.head_sec.max(sec);
         let s = &mut self.slots[(sec % SLOTS as u64) as usize];
         if s.sec != sec {
-            *s = Slot {
-                sec,
-                ..Slot::default()
-            };
+            s.reset(sec);
         }
         s
     }
 
-    /// Record one exchange with the origin.
+    /// Record one exchange with the origin, all of it under one client and one URL (the
+    /// shorthand of tests and of callers that know neither).
     pub fn record(&mut self, now_ms: u64, latency: Duration, error: bool) {
-        let b = bucket_of(latency.as_secs_f64() * 1000.0);
+        self.record_exchange(
+            now_ms,
+            &Exchange {
+                latency_ms: latency.as_secs_f64() * 1000.0,
+                failure: error.then_some(Failure::Overload),
+                client: 0,
+                url: 0,
+            },
+        );
+    }
+
+    /// Record one exchange with the origin under its client and URL keys.
+    pub fn record_exchange(&mut self, now_ms: u64, x: &Exchange) {
+        let b = bucket_of(x.latency_ms);
+        let c = usize::from(x.client) % CLIENT_KEYS;
+        let u = usize::from(x.url) % URL_KEYS;
         let s = self.slot(now_ms);
-        s.lat[b] = s.lat[b].saturating_add(1);
-        s.total = s.total.saturating_add(1);
-        if error {
-            s.errors = s.errors.saturating_add(1);
-        }
+        s.lat[c][b] = s.lat[c][b].saturating_add(1);
+        let failed = u32::from(x.failure.is_some());
+        let det = u32::from(x.failure == Some(Failure::Deterministic));
+        let ct = &mut s.clients[c];
+        *ct = (ct.0.saturating_add(1), ct.1.saturating_add(failed));
+        let ut = &mut s.urls[u];
+        ut.total = ut.total.saturating_add(1);
+        ut.failed = ut.failed.saturating_add(failed);
+        ut.deterministic = ut.deterministic.saturating_add(det);
     }
 
     fn live(&self, now_ms: u64) -> impl Iterator<Item = &Slot> {
@@ -387,73 +490,197 @@ impl Window {
         let sec = now_ms / 1000;
         self.slots
             .iter()
-            .filter(move |s| s.total > 0 && s.sec + secs > sec && s.sec <= sec)
+            .filter(move |s| s.sec + secs > sec && s.sec <= sec && s.total() > 0)
+    }
+
+    fn sums(&self, now_ms: u64, secs: u64) -> Sums {
+        let mut out = Sums {
+            lat: vec![[0u64; LAT_BUCKETS]; CLIENT_KEYS],
+            clients: [(0, 0); CLIENT_KEYS],
+            urls: [(0, 0, 0); URL_KEYS],
+        };
+        for s in self.recent(now_ms, secs) {
+            for (m, h) in out.lat.iter_mut().zip(s.lat.iter()) {
+                for (a, c) in m.iter_mut().zip(h.iter()) {
+                    *a += u64::from(*c);
+                }
+            }
+            for (m, c) in out.clients.iter_mut().zip(s.clients.iter()) {
+                m.0 += u64::from(c.0);
+                m.1 += u64::from(c.1);
+            }
+            for (m, u) in out.urls.iter_mut().zip(s.urls.iter()) {
+                m.0 += u64::from(u.total);
+                m.1 += u64::from(u.failed);
+                m.2 += u64::from(u.deterministic);
+            }
+        }
+        out
     }
 
     /// The `q` quantile over the last `secs` seconds only (a control loop must not
-    /// react to what the 10 s window still remembers).
+    /// react to what the 10 s window still remembers), with the sample count.
     pub fn recent_quantile_ms(&self, now_ms: u64, q: f64, secs: u64) -> (f64, u64) {
-        let mut merged = [0u64; LAT_BUCKETS];
-        let mut total = 0u64;
-        for s in self.recent(now_ms, secs) {
-            for (m, c) in merged.iter_mut().zip(s.lat.iter()) {
-                *m += u64::from(*c);
-            }
-            total += u64::from(s.total);
+        let s = self.sums(now_ms, secs);
+        let (m, total) = merged(&s.lat, 0);
+        match quantile_bucket(&m, total, q) {
+            Some(b) => (bucket_upper_ms(b), total),
+            None => (0.0, 0),
         }
-        if total == 0 {
-            return (0.0, 0);
-        }
-        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (b, c) in merged.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                return (bucket_upper_ms(b), total);
-            }
-        }
-        (bucket_upper_ms(LAT_BUCKETS - 1), total)
     }
 
     /// Exchanges in the window.
     pub fn count(&self, now_ms: u64) -> u64 {
-        self.live(now_ms).map(|s| u64::from(s.total)).sum()
+        self.live(now_ms).map(|s| u64::from(s.total())).sum()
     }
 
-    /// Share of failed exchanges in the window (0 when none).
+    /// Share of failed exchanges in the window, outlier keys left out (0 when none).
     pub fn error_rate(&self, now_ms: u64) -> f64 {
-        let (t, e) = self.live(now_ms).fold((0u64, 0u64), |(t, e), s| {
-            (t + u64::from(s.total), e + u64::from(s.errors))
-        });
-        if t == 0 {
-            0.0
-        } else {
-            e as f64 / t as f64
+        self.measure(now_ms, 0.95).error_rate
+    }
+
+    /// The `q` quantile of latency in ms (upper bound of its bucket), outlier client keys
+    /// left out; 0 when empty.
+    pub fn quantile_ms(&self, now_ms: u64, q: f64) -> f64 {
+        self.measure(now_ms, q).quantile_ms
+    }
+
+    /// The window's signals, each without the keys that are gross outliers of it
+    /// (`policy::signals::outliers`):
+    /// - latency: a client key is judged on how many of its answers are slower than the
+    ///   other keys' `q` quantile;
+    /// - failures: a client key on its failures against the other keys' rate, and a URL
+    ///   key on its deterministic failures against the other URLs'; the error rate is the
+    ///   lower of the two views (each leaves its outliers' exchanges out entirely).
+    pub fn measure(&self, now_ms: u64, q: f64) -> Measured {
+        let s = self.sums(now_ms, SLOTS as u64);
+        let count: u64 = s.clients.iter().map(|(t, _)| *t).sum();
+        if count == 0 {
+            return Measured::default();
+        }
+        let failed: u64 = s.clients.iter().map(|(_, f)| *f).sum();
+        let raw_error_rate = failed as f64 / count as f64;
+        let (all, _) = merged(&s.lat, 0);
+        let raw_quantile_ms = quantile_bucket(&all, count, q)
+            .map(bucket_upper_ms)
+            .unwrap_or(0.0);
+
+        // Failures by client.
+        let by_client: Vec<(f64, f64)> = s
+            .clients
+            .iter()
+            .map(|(t, f)| (*t as f64, *f as f64))
+            .collect();
+        let client_fail = outliers(&by_client, true);
+        let rate_without = |tallies: &mut dyn Iterator<Item = (u64, u64, bool)>| {
+            let (t, f) = tallies
+                .filter(|(_, _, out)| !out)
+                .fold((0u64, 0u64), |(t, f), (a, b, _)| (t + a, f + b));
+            if t == 0 {
+                raw_error_rate
+            } else {
+                f as f64 / t as f64
+            }
+        };
+        let by_client_rate = rate_without(
+            &mut s
+                .clients
+                .iter()
+                .enumerate()
+                .map(|(k, (t, f))| (*t, *f, client_fail & (1 << k) != 0)),
+        );
+        // Deterministic failures by URL.
+        let by_url: Vec<(f64, f64)> = s
+            .urls
+            .iter()
+            .map(|(t, _, d)| (*t as f64, *d as f64))
+            .collect();
+        let url_fail = outliers(&by_url, true);
+        let by_url_rate = rate_without(
+            &mut s
+                .urls
+                .iter()
+                .enumerate()
+                .map(|(k, (t, f, _))| (*t, *f, url_fail & (1 << k) != 0)),
+        );
+
+        // Latency by client: how many answers of each key are slower than the others'
+        // quantile, judged like failures (the slow share of the others is about 1 − q).
+        let mut client_slow = 0u64;
+        for _ in 0..CLIENT_KEYS / 2 {
+            let (m, _) = merged(&s.lat, client_slow);
+            let mut tallies = vec![(0.0, 0.0); CLIENT_KEYS];
+            let mut slow_rest = vec![(0.0, 0.0); CLIENT_KEYS];
+            for (k, h) in s.lat.iter().enumerate() {
+                if client_slow & (1 << k) != 0 {
+                    continue;
+                }
+                let t: u64 = h.iter().sum();
+                if t == 0 {
+                    continue;
+                }
+                let mut rest = m;
+                for (a, c) in rest.iter_mut().zip(h.iter()) {
+                    *a -= c;
+                }
+                let rest_t: u64 = rest.iter().sum();
+                let Some(qb) = quantile_bucket(&rest, rest_t, q) else {
+                    continue;
+                };
+                let slow: u64 = h[qb + 1..].iter().sum();
+                let rest_slow: u64 = rest[qb + 1..].iter().sum();
+                tallies[k] = (t as f64, slow as f64);
+                slow_rest[k] = (rest_t as f64, rest_slow as f64);
+            }
+            // The worst key against its own rest (each key has its own quantile to beat).
+            let mut worst: Option<(usize, f64)> = None;
+            for k in 0..CLIENT_KEYS {
+                let ((t, slow), (rt, rs)) = (tallies[k], slow_rest[k]);
+                if slow <= 0.0 || rt <= 0.0 {
+                    continue;
+                }
+                let pair = [(t, slow), (rt, rs)];
+                if outliers(&pair, true) & 1 != 0 {
+                    let excess = slow / t - rs / rt;
+                    if worst.is_none_or(|(_, e)| excess > e) {
+                        worst = Some((k, excess));
+                    }
+                }
+            }
+            let active = s.lat.iter().filter(|h| h.iter().any(|c| *c > 0)).count();
+            match worst {
+                Some((k, _)) if (client_slow.count_ones() as usize) < active / 2 => {
+                    client_slow |= 1 << k
+                }
+                _ => break,
+            }
+        }
+        let (kept, kept_total) = merged(&s.lat, client_slow);
+        let quantile_ms = quantile_bucket(&kept, kept_total, q)
+            .map(bucket_upper_ms)
+            .unwrap_or(raw_quantile_ms);
+
+        Measured {
+            quantile_ms,
+            error_rate: by_client_rate.min(by_url_rate),
+            count,
+            raw_quantile_ms,
+            raw_error_rate,
+            client_outliers: client_fail | client_slow,
+            url_outliers: url_fail,
         }
     }
 
-    /// The `q` quantile of latency in ms (upper bound of its bucket), 0 when empty.
-    pub fn quantile_ms(&self, now_ms: u64, q: f64) -> f64 {
-        let mut merged = [0u64; LAT_BUCKETS];
-        let mut total = 0u64;
+    /// Each client key's (exchanges, failures) over the window.
+    pub fn client_tallies(&self, now_ms: u64) -> [(u64, u64); CLIENT_KEYS] {
+        let mut out = [(0u64, 0u64); CLIENT_KEYS];
         for s in self.live(now_ms) {
-            for (m, c) in merged.iter_mut().zip(s.lat.iter()) {
-                *m += u64::from(*c);
-            }
-            total += u64::from(s.total);
-        }
-        if total == 0 {
-            return 0.0;
-        }
-        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (b, c) in merged.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                return bucket_upper_ms(b);
+            for (m, c) in out.iter_mut().zip(s.clients.iter()) {
+                m.0 += u64::from(c.0);
+                m.1 += u64::from(c.1);
             }
         }
-        bucket_upper_ms(LAT_BUCKETS - 1)
+        out
     }
 }
 
@@ -800,5 +1027,143 @@ mod tests {
         // Ten seconds later the window has slid past it all.
         assert_eq!(w.count(12_000), 0);
         assert_eq!(w.quantile_ms(12_000, 0.95), 0.0);
+    }
+}
+
+/// What one client or one URL can do to the window's signals (`policy::signals`), on a
+/// fake clock.
+#[cfg(test)]
+mod steering_tests {
+    use super::*;
+
+    fn x(latency_ms: f64, failure: Option<Failure>, client: u8, url: u8) -> Exchange {
+        Exchange {
+            latency_ms,
+            failure,
+            client,
+            url,
+        }
+    }
+
+    /// Ten seconds of eight pupils (client keys 1..=8) at 4 pages a second each, 20 ms,
+    /// on 40 URLs; `fail` says which of their exchanges fail, `ms` how long they take.
+    fn pupils(w: &mut Window, fail: impl Fn(u64) -> Option<Failure>, ms: f64) {
+        for i in 0..320u64 {
+            let f = fail(i);
+            w.record_exchange(
+                10_000 + i * 31,
+                &x(ms, f, (i % 8) as u8 + 1, (i % 40) as u8),
+            );
+        }
+    }
+
+    #[test]
+    fn one_client_failing_moves_no_error_rate_the_whole_traffic_does_a_school_too() {
+        let mut w = Window::default();
+        pupils(&mut w, |_| None, 20.0);
+        // One client (key 12), 5 a second, each on another URL the ENT fails on.
+        for i in 0..50u64 {
+            w.record_exchange(
+                10_000 + i * 200,
+                &x(20.0, Some(Failure::Deterministic), 12, (i % 64) as u8),
+            );
+        }
+        let m = w.measure(19_999, 0.95);
+        assert!(m.raw_error_rate > 0.13, "{m:?}");
+        assert_eq!(m.error_rate, 0.0, "{m:?}");
+        assert_eq!(m.client_outliers, 1 << 12);
+        // The same client with overload statuses (504 from a search timing out).
+        let mut w = Window::default();
+        pupils(&mut w, |_| None, 20.0);
+        for i in 0..50u64 {
+            w.record_exchange(10_000 + i * 200, &x(20.0, Some(Failure::Overload), 12, 7));
+        }
+        assert_eq!(w.error_rate(19_999), 0.0);
+        // The ENT failing 10% for everyone, that client still there: 10% counts.
+        let mut w = Window::default();
+        pupils(&mut w, |i| (i % 10 == 0).then_some(Failure::Overload), 20.0);
+        for i in 0..50u64 {
+            w.record_exchange(10_000 + i * 200, &x(20.0, Some(Failure::Overload), 12, 7));
+        }
+        let r = w.error_rate(19_999);
+        assert!((0.09..=0.11).contains(&r), "{r}");
+        // A school behind one address with half the traffic, in a real overload.
+        // Key 3 is a school: half of all traffic. The ENT fails 20% for everyone.
+        let mut w = Window::default();
+        for i in 0..600u64 {
+            let key = if i % 2 == 0 { 3 } else { (i % 7) as u8 + 5 };
+            let f = (i % 5 == 1 || i % 5 == 2 && i % 10 < 5).then_some(Failure::Overload);
+            w.record_exchange(10_000 + i * 16, &x(20.0, f, key, (i % 50) as u8));
+        }
+        let m = w.measure(19_999, 0.95);
+        assert_eq!(m.client_outliers, 0, "{m:?}");
+        assert!((m.error_rate - m.raw_error_rate).abs() < 1e-9, "{m:?}");
+        assert!(m.error_rate > 0.2, "{m:?}");
+        // The school alone on the ENT: nobody to compare with, it counts as it is.
+        let mut w = Window::default();
+        for i in 0..300u64 {
+            let f = (i % 3 == 0).then_some(Failure::Overload);
+            w.record_exchange(10_000 + i * 33, &x(20.0, f, 3, (i % 50) as u8));
+        }
+        assert!((w.error_rate(19_999) - 100.0 / 300.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_url_failing_for_everyone_is_no_overload_but_503s_everywhere_are() {
+        // Every pupil's fourth request is a widget that always answers 500.
+        let mut w = Window::default();
+        for i in 0..320u64 {
+            let widget = (i / 8) % 4 == 0;
+            let f = widget.then_some(Failure::Deterministic);
+            let url = if widget { 63 } else { (i % 40) as u8 };
+            w.record_exchange(10_000 + i * 31, &x(20.0, f, (i % 8) as u8 + 1, url));
+        }
+        let m = w.measure(19_999, 0.95);
+        assert!(m.raw_error_rate >= 0.25, "{m:?}");
+        assert_eq!(m.error_rate, 0.0, "{m:?}");
+        assert_eq!(m.url_outliers, 1 << 63);
+        // The same spread, but 503s (the ENT overloaded where it is busiest, the login):
+        // overload failures are judged by client only, and every client sees them.
+        let mut w = Window::default();
+        for i in 0..320u64 {
+            let login = (i / 8) % 4 == 0;
+            let f = login.then_some(Failure::Overload);
+            let url = if login { 63 } else { (i % 40) as u8 };
+            w.record_exchange(10_000 + i * 31, &x(20.0, f, (i % 8) as u8 + 1, url));
+        }
+        assert!(w.error_rate(19_999) >= 0.25);
+    }
+
+    #[test]
+    fn one_client_on_slow_urls_moves_no_p95_a_slow_ent_does() {
+        let mut w = Window::default();
+        pupils(&mut w, |_| None, 20.0);
+        // One client: a heavy search, 3 s, 40 of them in the window (11% of answers).
+        for i in 0..40u64 {
+            w.record_exchange(10_000 + i * 250, &x(3_000.0, None, 12, (i % 64) as u8));
+        }
+        let m = w.measure(19_999, 0.95);
+        assert!(m.raw_quantile_ms >= 3_000.0, "{m:?}");
+        assert!(m.quantile_ms < 25.0, "{m:?}");
+        assert_eq!(m.client_outliers, 1 << 12);
+        // The ENT slow for everyone (800 ms), the client still there: p95 is slow.
+        let mut w = Window::default();
+        pupils(&mut w, |_| None, 800.0);
+        for i in 0..40u64 {
+            w.record_exchange(10_000 + i * 250, &x(3_000.0, None, 12, (i % 64) as u8));
+        }
+        let p95 = w.quantile_ms(19_999, 0.95);
+        assert!((800.0..900.0).contains(&p95), "{p95}");
+        // Everybody's answers slow in the same way, including a big school: nobody left
+        // out.
+        let mut w = Window::default();
+        for i in 0..600u64 {
+            let key = if i % 2 == 0 { 3 } else { (i % 7) as u8 + 5 };
+            let ms = 100.0 + (i % 20) as f64 * 50.0;
+            w.record_exchange(10_000 + i * 16, &x(ms, None, key, 0));
+        }
+        let m = w.measure(19_999, 0.95);
+        assert_eq!(m.client_outliers, 0, "{m:?}");
+        assert_eq!(m.quantile_ms, m.raw_quantile_ms);
     }
 }

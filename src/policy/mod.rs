@@ -7,5 +7,6 @@ pub mod degrade;
 pub mod forwarding;
 pub mod rate_limit;
 pub mod route;
+pub mod signals;
 pub mod ticket;
 pub mod waiting_room;

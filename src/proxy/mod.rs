@@ -193,6 +193,12 @@ pub struct Ctx {
     stale_error_status: Option<u16>,
     /// The lookup found a stored copy (fresh or not), for `Cache-Status`.
     stored_found: bool,
+    /// The client and URL keys of the degradation signals (`policy::signals`), once
+    /// computed for a request that goes to the origin.
+    signal_keys: Option<(u8, u8)>,
+    /// The origin's status and when its response head arrived (the latency signal is
+    /// the time to it: how long the client takes to read the body is not the ENT's).
+    upstream_head: Option<(u16, Instant)>,
 }
 
 impl Ctx {
@@ -214,6 +220,40 @@ fn socket_ip(addr: Option<&PSocketAddr>) -> Option<IpAddr> {
                 .unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
         })
+}
+
+/// The client and URL keys of this request for the degradation signals, computed once.
+fn signal_keys(session: &Session, ctx: &mut Ctx) -> (u8, u8) {
+    *ctx.signal_keys.get_or_insert_with(|| {
+        let k = upstream::keys();
+        let client = ctx
+            .client_ip
+            .map(|ip| aggregate_ip(ip, 32, 64))
+            .unwrap_or([0u8; 17]);
+        let uri = &session.req_header().uri;
+        let url = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        (k.client(&client), k.url(url.as_bytes()))
+    })
+}
+
+/// How an exchange with the origin ended, for the signals: the failure if any, and when
+/// it was known (the response head, or the end). `None`: nothing to say about the ENT
+/// (the client went away before the origin answered).
+fn origin_outcome(
+    head: Option<(u16, Instant)>,
+    e: Option<&Error>,
+) -> Option<(Option<crate::policy::signals::Failure>, Instant)> {
+    use crate::policy::signals::Failure;
+    // An error the client caused (it went away, it stopped sending) is not the ENT's.
+    let ent_error = e.filter(|e| e.esource() != &ErrorSource::Downstream);
+    match head {
+        // The head came: its status says, unless the origin broke the body afterwards.
+        Some((status, at)) => {
+            let failure = Failure::of_status(status).or(ent_error.map(|_| Failure::Overload));
+            Some((failure, at))
+        }
+        None => ent_error.map(|_| (Some(Failure::Overload), Instant::now())),
+    }
 }
 
 /// The client's address: the socket peer, or, when the peer is one of our trusted
@@ -1178,6 +1218,8 @@ impl ProxyHttp for EcluseProxy {
             auth_grant: None,
             stale_error_status: None,
             stored_found: false,
+            signal_keys: None,
+            upstream_head: None,
         }
     }
 
@@ -1503,7 +1545,10 @@ impl ProxyHttp for EcluseProxy {
             Duration::ZERO
         };
         match OriginPermit::acquire(&origin.shared, limit, wait, priority).await {
-            Some(p) => ctx.permit = Some(p),
+            Some(mut p) => {
+                p.set_client(signal_keys(session, ctx).0);
+                ctx.permit = Some(p);
+            }
             None => {
                 let class = self.class_label(session, ctx);
                 crate::metrics::get()
@@ -1741,6 +1786,7 @@ impl ProxyHttp for EcluseProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
+        ctx.upstream_head = Some((status, Instant::now()));
         self.record_authorization(ctx, status);
         if session.cache.enabled() {
             ctx.upstream_set_cookies = upstream_response
@@ -1959,9 +2005,17 @@ impl ProxyHttp for EcluseProxy {
             .unwrap_or(0);
         let elapsed = ctx.start.elapsed();
         // Signals for degradation and adaptive concurrency: how the origin answered.
-        if let (Some(route), Some(t0)) = (&ctx.route, ctx.upstream_start) {
-            let failed = e.is_some() || status >= 500 || status == 0;
-            route.origin.shared.record(now_ms(), t0.elapsed(), failed);
+        if let (Some(route), Some(t0)) = (ctx.route.clone(), ctx.upstream_start) {
+            if let Some((failure, at)) = origin_outcome(ctx.upstream_head, e) {
+                let (client, url) = signal_keys(session, ctx);
+                let x = crate::policy::signals::Exchange {
+                    latency_ms: at.saturating_duration_since(t0).as_secs_f64() * 1000.0,
+                    failure,
+                    client,
+                    url,
+                };
+                route.origin.shared.record(now_ms(), &x);
+            }
         }
         let cache_result = match (&ctx.route, self.app.cache.get()) {
             (Some(route), Some(c)) if route.cache.is_some() => {

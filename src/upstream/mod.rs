@@ -15,6 +15,11 @@ use std::time::{Duration, Instant};
 
 use prometheus::IntGauge;
 
+use crate::policy::degrade::Measured;
+use crate::policy::signals::{
+    failures_without_top_key, in_mask, outliers, Exchange, Failure, KeyHasher, CLIENT_KEYS,
+};
+
 /// One upstream server of one origin.
 #[derive(Debug)]
 pub struct ServerState {
@@ -156,50 +161,109 @@ pub struct OriginShared {
     /// Whether the origin has an adaptive limit (set by `adapt`): only then are
     /// exchanges sampled for it.
     adaptive_on: std::sync::atomic::AtomicBool,
+    /// Requests in flight per client key (`policy::signals`), to tell requests one
+    /// client holds open from a slow ENT.
+    client_inflight: [AtomicUsize; CLIENT_KEYS],
+    /// Client keys the last measure left out of some signal (bit mask): their exchanges
+    /// are not fed to the adaptive limit either.
+    client_outliers: AtomicU64,
+    /// URL keys whose deterministic failures the last measure left out.
+    url_outliers: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct AdaptiveState {
     ctl: Option<crate::policy::concurrency::Controller>,
-    /// Latencies (ms) since the last judged window, at most `MAX_SAMPLES`.
-    samples: Vec<f32>,
-    errors: usize,
+    /// Latencies (ms) since the last judged window, at most `MAX_SAMPLES`, with their
+    /// client key and whether the exchange failed.
+    samples: Vec<(f32, u8, bool)>,
+}
+
+/// The keys of requests and clients, with this process's secret.
+pub fn keys() -> &'static KeyHasher {
+    static K: std::sync::OnceLock<KeyHasher> = std::sync::OnceLock::new();
+    K.get_or_init(KeyHasher::default)
 }
 
 const MAX_SAMPLES: usize = 4096;
 
 impl OriginShared {
     /// Record one finished exchange.
-    pub fn record(&self, now_ms: u64, latency: Duration, error: bool) {
+    pub fn record(&self, now_ms: u64, x: &Exchange) {
         self.window
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .record(now_ms, latency, error);
+            .record_exchange(now_ms, x);
         if !self.adaptive_on.load(Ordering::Relaxed) {
+            return;
+        }
+        // A client (or a URL failing for everyone) the signals already leave out does
+        // not move the limit either.
+        if in_mask(self.client_outliers.load(Ordering::Relaxed), x.client)
+            || (x.failure == Some(Failure::Deterministic)
+                && in_mask(self.url_outliers.load(Ordering::Relaxed), x.url))
+        {
             return;
         }
         let mut a = self.adaptive.lock().unwrap_or_else(|p| p.into_inner());
         if a.samples.len() < MAX_SAMPLES {
-            a.samples.push(latency.as_secs_f32() * 1000.0);
-            a.errors += usize::from(error);
+            a.samples
+                .push((x.latency_ms as f32, x.client, x.failure.is_some()));
         }
     }
 
-    /// This origin's degradation signals.
+    /// This origin's degradation signals, with what single clients and URLs brought
+    /// beyond the rest left out (`policy::signals`).
     pub fn signals(
         &self,
         now_ms: u64,
         max_inflight: Option<u32>,
     ) -> crate::policy::degrade::Signals {
-        let w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        let inflight = self.inflight.load(Ordering::Relaxed) as f64;
+        self.measure(now_ms, max_inflight).0
+    }
+
+    /// The signals, and what was left out: (client keys, URL keys, requests in flight).
+    pub fn measure(
+        &self,
+        now_ms: u64,
+        max_inflight: Option<u32>,
+    ) -> (crate::policy::degrade::Signals, Measured, usize) {
+        let (m, tallies) = {
+            let w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+            (w.measure(now_ms, 0.95), w.client_tallies(now_ms))
+        };
+        // Requests in flight: a client key holding far more than its exchanges explain
+        // (Little's law: in flight = rate × time, the same time for everyone when the
+        // ENT is slow) is left out.
+        let held: Vec<(f64, f64)> = tallies
+            .iter()
+            .zip(self.client_inflight.iter())
+            .map(|((t, _), i)| (*t as f64, i.load(Ordering::Relaxed) as f64))
+            .collect();
+        let held_out = outliers(&held, false);
+        let excused: usize = held
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| held_out & (1 << k) != 0)
+            .map(|(_, (_, i))| *i as usize)
+            .sum();
+        let inflight = self
+            .inflight
+            .load(Ordering::Relaxed)
+            .saturating_sub(excused) as f64;
+        let mut m = m;
+        m.client_outliers |= held_out;
+        self.client_outliers
+            .store(m.client_outliers, Ordering::Relaxed);
+        self.url_outliers.store(m.url_outliers, Ordering::Relaxed);
         let cap = max_inflight.map(f64::from).unwrap_or(0.0);
-        crate::policy::degrade::Signals {
+        let s = crate::policy::degrade::Signals {
             inflight_ratio: if cap > 0.0 { inflight / cap } else { 0.0 },
-            p95_ms: w.quantile_ms(now_ms, 0.95),
-            error_rate: w.error_rate(now_ms),
+            p95_ms: m.quantile_ms,
+            error_rate: m.error_rate,
             queue_depth: 0.0,
-        }
+        };
+        (s, m, excused)
     }
 
     /// The concurrency limit in force: the adaptive one when adaptive concurrency is on,
@@ -242,14 +306,24 @@ impl OriginShared {
         };
         let p50_ms = if judged {
             let mid = n / 2;
-            let (_, m, _) = a.samples.select_nth_unstable_by(mid, |x, y| x.total_cmp(y));
-            f64::from(*m)
+            let (_, m, _) = a
+                .samples
+                .select_nth_unstable_by(mid, |x, y| x.0.total_cmp(&y.0));
+            f64::from(m.0)
         } else {
             0.0
         };
+        // Failures: the client key with the most is left out when others were served
+        // too, so one client's failing URLs never shrink the limit on their own before
+        // the signals catch it.
+        let mut by_key = [(0u32, 0u32); CLIENT_KEYS];
+        for (_, k, failed) in &a.samples {
+            let t = &mut by_key[usize::from(*k) % CLIENT_KEYS];
+            *t = (t.0 + 1, t.1 + u32::from(*failed));
+        }
         let w = Window {
             n,
-            errors: a.errors,
+            errors: failures_without_top_key(&by_key),
             p50_ms,
             peak_inflight,
         };
@@ -257,7 +331,6 @@ impl OriginShared {
         let next = ctl.update(&p, now_ms, &w);
         if judged {
             a.samples.clear();
-            a.errors = 0;
         }
         drop(a);
         self.limit.store(next, Ordering::Relaxed);
@@ -305,6 +378,9 @@ impl Registry {
                     freed_priority: tokio::sync::Notify::new(),
                     priority_waiting: AtomicUsize::new(0),
                     adaptive_on: std::sync::atomic::AtomicBool::new(false),
+                    client_inflight: std::array::from_fn(|_| AtomicUsize::new(0)),
+                    client_outliers: AtomicU64::new(0),
+                    url_outliers: AtomicU64::new(0),
                 })
             })
             .clone()
@@ -375,6 +451,8 @@ impl Drop for InflightGuard {
 #[derive(Debug)]
 pub struct OriginPermit {
     shared: Arc<OriginShared>,
+    /// The client key it is counted under, if any.
+    client: Option<usize>,
 }
 
 impl OriginPermit {
@@ -404,7 +482,17 @@ impl OriginPermit {
         shared.inflight_gauge.inc();
         Some(OriginPermit {
             shared: shared.clone(),
+            client: None,
         })
+    }
+
+    /// Count this request in flight under its client's key too (in-flight signal).
+    pub fn set_client(&mut self, key: u8) {
+        if self.client.is_none() {
+            let k = usize::from(key) % CLIENT_KEYS;
+            self.shared.client_inflight[k].fetch_add(1, Ordering::Relaxed);
+            self.client = Some(k);
+        }
     }
 
     /// Take a slot under `max`, waiting up to `wait` for one to be given back. A
@@ -465,6 +553,9 @@ impl Drop for PriorityWaiting {
 
 impl Drop for OriginPermit {
     fn drop(&mut self) {
+        if let Some(k) = self.client {
+            self.shared.client_inflight[k].fetch_sub(1, Ordering::Relaxed);
+        }
         self.shared.inflight.fetch_sub(1, Ordering::AcqRel);
         self.shared.inflight_gauge.dec();
         if self.shared.priority_waiting.load(Ordering::Acquire) > 0 {

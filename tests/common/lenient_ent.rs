@@ -15,6 +15,8 @@
 //!   ENTs do;
 //! - **fails on command**: `set_failing(true)` makes every answer a 503; any path under
 //!   `/fail/` always answers 500 (a URL that fails for everyone).
+//! - **slow on command**: `/slow/MS/...` answers after MS milliseconds (at most 30 s; a
+//!   heavy search); `set_delay(d)` makes every answer wait `d` first (the ENT is slow).
 //!
 //! Everything else answers 200 with a JSON echo: `{"path", "raw", "user", "host",
 //! "real_ip", "port", "prefix", "method", "body_len"}` and `Cache-Control` from
@@ -48,6 +50,8 @@ pub struct Seen {
 
 struct State {
     failing: AtomicBool,
+    /// Every answer waits this long first (ms).
+    delay_ms: std::sync::atomic::AtomicU64,
     cache_control: Mutex<String>,
     seen: Mutex<Vec<Seen>>,
 }
@@ -119,6 +123,7 @@ impl LenientEnt {
         let addr = l.local_addr().expect("addr");
         let state = Arc::new(State {
             failing: AtomicBool::new(false),
+            delay_ms: std::sync::atomic::AtomicU64::new(0),
             cache_control: Mutex::new("public, max-age=60".to_string()),
             seen: Mutex::new(Vec::new()),
         });
@@ -152,6 +157,13 @@ impl LenientEnt {
     /// Every answer a 503 while `true` (the ENT is down).
     pub fn set_failing(&self, on: bool) {
         self.state.failing.store(on, Ordering::SeqCst);
+    }
+
+    /// Every later answer waits `d` before it is sent (the ENT is slow for everyone).
+    pub fn set_delay(&self, d: std::time::Duration) {
+        self.state
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// The `Cache-Control` of later 200 answers (per-pupil ones included).
@@ -251,6 +263,17 @@ async fn answer(
     });
     let cc = st.cache_control.lock().expect("lock").clone();
     let resp = hyper::Response::builder();
+    let mut wait = st.delay_ms.load(Ordering::SeqCst);
+    if let Some(ms) = path
+        .strip_prefix("/slow/")
+        .and_then(|r| r.split('/').next())
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        wait += ms.min(30_000);
+    }
+    if wait > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    }
     if st.failing.load(Ordering::SeqCst) {
         return resp
             .status(503)
