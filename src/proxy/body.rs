@@ -130,7 +130,9 @@ impl EcluseProxy {
                 let allowance = clients.body_grace
                     + Duration::from_secs_f64(spool.len() as f64 / clients.body_min_rate as f64);
                 match tokio::time::timeout_at((started + allowance).into(), read).await {
-                    Ok(r) => r?,
+                    // The client's framing or connection failed: its fault (400, or no
+                    // answer to a client gone), as when pingora reads while proxying.
+                    Ok(r) => r.map_err(|e| e.into_down())?,
                     Err(_) => {
                         crate::metrics::get()
                             .client_timeouts
@@ -145,7 +147,7 @@ impl EcluseProxy {
                     }
                 }
             } else {
-                read.await?
+                read.await.map_err(|e| e.into_down())?
             };
             let Some(chunk) = chunk else { break };
             let total = spool.len() + chunk.len() as u64;
