@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod body_spool;
 pub mod cache;
 pub mod cluster;
 pub mod config;

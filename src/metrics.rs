@@ -73,6 +73,11 @@ pub struct Metrics {
     pub client_timeouts: IntCounterVec,
     /// Queue-status polls answered, by layer (`connection`: below pingora; `http`).
     pub status_polls: IntCounterVec,
+    /// Request bodies by outcome (`memory`, `disk`, `streamed`, `too_large`,
+    /// `length_required`, `no_space`).
+    pub request_bodies: IntCounterVec,
+    /// Bytes of request bodies buffered on disk now.
+    pub request_body_disk_bytes: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -197,6 +202,19 @@ impl Metrics {
             "Queue-status polls answered, by layer: connection (a whole poll on a kept-alive HTTP/1.1 connection, answered before pingora's HTTP layer) or http (every other poll).",
             &["layer"],
         );
+        let request_bodies = counter_vec(
+            &r,
+            "ecluse_request_bodies_total",
+            "Request bodies by outcome: memory or disk (buffered whole before the origin slot), streamed (request_buffering off), too_large (413), length_required (411: no length and more than pingora can replay), no_space (503: the disk budget was full).",
+            &["outcome"],
+        );
+        let request_body_disk_bytes = IntGauge::new(
+            "ecluse_request_body_disk_bytes",
+            "Bytes of request bodies buffered on disk now (bounded by server.request_bodies.max_disk).",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(request_body_disk_bytes.clone()))
+            .expect("unique metric name");
         let ratelimit_decisions = counter_vec(
             &r,
             "ecluse_ratelimit_decisions_total",
@@ -388,6 +406,8 @@ impl Metrics {
             client_connections_refused,
             client_timeouts,
             status_polls,
+            request_bodies,
+            request_body_disk_bytes,
         }
     }
 

@@ -151,6 +151,32 @@ fn client_limits_are_checked_with_positions() {
 }
 
 #[test]
+fn request_body_limits_are_checked_with_positions() {
+    let (code, _, err) = check(
+        b"listen: [\"0.0.0.0:8080\"]\nserver:\n  request_bodies: { max_body_size: huge, memory_buffer: 1GiB, max_disk: 0, temp_dir: \"\" }\norigins:\n  ent: { servers: [\"127.0.0.1:1\"] }\nroutes: [{ name: ent, origin: ent, max_body_size: 5 parsecs }]\n",
+    );
+    assert_eq!(code, 1, "{err}");
+    for want in [
+        "server.request_bodies.max_body_size: `huge` is not a size",
+        "server.request_bodies.memory_buffer: must be at most 64MiB",
+        "server.request_bodies.max_disk: must be larger than 0",
+        "server.request_bodies.temp_dir: is empty",
+        "routes[0].max_body_size: `5 parsecs` has an unknown unit",
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| (l.starts_with("FILE:3:") || l.starts_with("FILE:6:")) && l.contains(want)),
+            "missing {want:?} in:\n{err}"
+        );
+    }
+    // Sizes like `50MB`, `0` (no limit) and the streaming switch are accepted.
+    let (code, _, err) = check(
+        b"listen: [\"0.0.0.0:8080\"]\nserver:\n  request_bodies: { max_body_size: 0, memory_buffer: 256KiB }\norigins:\n  ent: { servers: [\"127.0.0.1:1\"] }\nroutes: [{ name: ent, origin: ent, max_body_size: 50MB, request_buffering: false }]\n",
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
 fn garbage_never_panics() {
     let cases: Vec<Vec<u8>> = vec![
         b"".to_vec(),

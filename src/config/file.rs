@@ -341,6 +341,11 @@ pub struct ServerFile {
     /// (`X-Forwarded-*`, `X-Real-IP`, optionally RFC 7239 `Forwarded`).
     #[serde(default)]
     pub forwarding: Option<ForwardingFile>,
+    /// Request bodies: the default size limit and how bodies are buffered before an
+    /// origin slot is taken (like nginx's `client_max_body_size` and
+    /// `proxy_request_buffering`).
+    #[serde(default)]
+    pub request_bodies: Option<RequestBodiesFile>,
 }
 
 /// The edge owns forwarding headers. From a peer outside `trusted_proxies`, every
@@ -383,6 +388,32 @@ pub enum OddNamesFile {
     Reject,
     /// Forward it (unless it spells a header the edge owns).
     Keep,
+}
+
+/// How request bodies are received. On a buffering route (the default) the whole body is
+/// read before the request takes one of the origin's `max_inflight` slots: first in
+/// memory, then in an unnamed temporary file.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestBodiesFile {
+    /// Largest request body a route accepts unless it sets its own `max_body_size`; a
+    /// larger one is answered `413`. `0`: no limit. Default `1MiB` (nginx's
+    /// `client_max_body_size`).
+    #[serde(default)]
+    pub max_body_size: Option<SizeText>,
+    /// Bytes of one body kept in memory; past this the body goes to a temporary file.
+    /// Default `128KiB`, at most `64MiB`.
+    #[serde(default)]
+    pub memory_buffer: Option<SizeText>,
+    /// Directory of the temporary files (created private, mode 0700, if missing; one
+    /// that others can read is refused). Files have no name: they vanish when the request
+    /// ends, however it ends. Default `ecluse-bodies` in the system temp directory.
+    #[serde(default)]
+    pub temp_dir: Option<String>,
+    /// Disk all buffered bodies may use together; a body that would go over it is
+    /// answered `503` before it is read. Default `1GiB`.
+    #[serde(default)]
+    pub max_disk: Option<SizeText>,
 }
 
 /// Limits on what one client may hold or send. A new value applies to connections
@@ -597,6 +628,16 @@ pub struct RouteFile {
     /// `Cache-Control`, `Expires`, `ETag` and `Last-Modified`.
     #[serde(default)]
     pub cache: Option<RouteCacheFile>,
+    /// Largest request body on this route (`50MB` for teachers' uploads); a larger one is
+    /// answered `413` and never reaches the origin. `0`: no limit. Default:
+    /// `server.request_bodies.max_body_size`.
+    #[serde(default)]
+    pub max_body_size: Option<SizeText>,
+    /// Read the whole request body before taking an origin slot (default true, like
+    /// nginx's `proxy_request_buffering on`). `false` streams the body to the origin as it
+    /// arrives, holding a slot meanwhile: only for routes that need streaming uploads.
+    #[serde(default)]
+    pub request_buffering: Option<bool>,
 }
 
 /// Thresholds on the signals ecluse measures (worst origin). Any given one counts.

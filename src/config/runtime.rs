@@ -133,6 +133,31 @@ pub struct Server {
     pub clients: Clients,
     /// Forwarding headers: what is removed, what ecluse writes (`policy::forwarding`).
     pub forwarding: crate::policy::forwarding::Forwarding,
+    pub request_bodies: RequestBodies,
+}
+
+/// How request bodies are received (`server.request_bodies`), read by `proxy::body`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestBodies {
+    /// Default limit of a route's bodies, in bytes; 0 = none.
+    pub max_body_size: u64,
+    /// Bytes of one body kept in memory before it goes to a temporary file.
+    pub memory_buffer: usize,
+    /// Where the temporary files are made.
+    pub temp_dir: PathBuf,
+    /// Bytes all buffered bodies may hold on disk together.
+    pub max_disk: u64,
+}
+
+impl Default for RequestBodies {
+    fn default() -> RequestBodies {
+        RequestBodies {
+            max_body_size: 1 << 20,
+            memory_buffer: 128 << 10,
+            temp_dir: std::env::temp_dir().join("ecluse-bodies"),
+            max_disk: 1 << 30,
+        }
+    }
 }
 
 /// Limits on one client (`server.clients`), read by `proxy::conn` when a connection opens
@@ -282,6 +307,10 @@ pub struct Route {
     pub room: Option<Arc<Room>>,
     pub feature: Option<String>,
     pub cache: Option<RouteCache>,
+    /// Largest request body, in bytes; 0 = no limit.
+    pub max_body_size: u64,
+    /// Read the whole body before taking an origin slot (`request_buffering`).
+    pub buffer_body: bool,
 }
 
 /// What a limit counts by, resolved.
@@ -635,6 +664,7 @@ pub fn build(
             .unwrap_or_else(|| crate::instance::default_state_dir(&meta.0)),
         clients: build_clients(&mut p, sf.clients.as_ref()),
         forwarding: build_forwarding(&mut p, sf.forwarding.as_ref()),
+        request_bodies: build_request_bodies(&mut p, sf.request_bodies.as_ref(), ctx),
     };
     // Rooms restore their snapshot on first use: tell the registry where they are.
     ctx.registry.rooms.set_state_dir(server.state_dir.clone());
@@ -677,6 +707,7 @@ pub fn build(
         &rooms,
         &cache,
         ctx,
+        server.request_bodies.max_body_size,
     );
     let degradation = build_degradation(&mut p, file);
 
@@ -839,6 +870,57 @@ fn build_forwarding(
             OddNamesFile::Keep => OddNames::Keep,
         },
     )
+}
+fn build_request_bodies(
+    p: &mut Problems,
+    f: Option<&super::file::RequestBodiesFile>,
+    ctx: &BuildContext,
+) -> RequestBodies {
+    let d = RequestBodies::default();
+    let Some(f) = f else {
+        return d;
+    };
+    let at = |k: &'static str| path!["server", "request_bodies", k];
+    let max_body_size = match &f.max_body_size {
+        None => d.max_body_size,
+        Some(s) => parse_size(&s.0).unwrap_or_else(|e| {
+            p.at(at("max_body_size"), e);
+            d.max_body_size
+        }),
+    };
+    let memory_buffer = size_or(
+        p,
+        &f.memory_buffer,
+        d.memory_buffer as u64,
+        at("memory_buffer"),
+    );
+    let memory_buffer = if memory_buffer > 64 << 20 {
+        p.at(
+            at("memory_buffer"),
+            "must be at most 64MiB: every body being received may hold this much memory",
+        );
+        d.memory_buffer
+    } else {
+        memory_buffer as usize
+    };
+    let max_disk = size_or(p, &f.max_disk, d.max_disk, at("max_disk"));
+    let temp_dir = match f.temp_dir.as_deref() {
+        None => d.temp_dir,
+        Some("") => {
+            p.at(
+                at("temp_dir"),
+                "is empty: remove it to use the system temp directory",
+            );
+            d.temp_dir
+        }
+        Some(dir) => ctx.base_dir.join(dir),
+    };
+    RequestBodies {
+        max_body_size,
+        memory_buffer,
+        temp_dir,
+        max_disk,
+    }
 }
 
 fn build_clients(p: &mut Problems, f: Option<&super::file::ClientsFile>) -> Clients {
@@ -2074,6 +2156,7 @@ fn build_routes(
     rooms: &[Arc<Room>],
     cache: &CacheStorage,
     ctx: &BuildContext,
+    default_body_size: u64,
 ) -> Router {
     let mut built: Vec<Route> = Vec::new();
     if routes.is_empty() {
@@ -2213,6 +2296,13 @@ fn build_routes(
             .cache
             .as_ref()
             .map(|c| build_route_cache(p, c, cache, &at));
+        let max_body_size = match &r.max_body_size {
+            None => default_body_size,
+            Some(s) => parse_size(&s.0).unwrap_or_else(|e| {
+                p.at(at(path!["max_body_size"]), e);
+                default_body_size
+            }),
+        };
         if let Some(origin) = origin {
             built.push(Route {
                 name: r.name.clone(),
@@ -2225,6 +2315,8 @@ fn build_routes(
                 room: room.clone(),
                 feature: r.feature.clone(),
                 cache: route_cache,
+                max_body_size,
+                buffer_body: r.request_buffering.unwrap_or(true),
             });
         }
     }

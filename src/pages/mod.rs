@@ -105,6 +105,12 @@ pub enum Problem {
     RateLimited,
     /// Anything else on our side.
     Internal,
+    /// The request body is larger than the route accepts (`max_body_size`).
+    PayloadTooLarge,
+    /// A body without a length, larger than ecluse can hold back on a buffering route.
+    LengthRequired,
+    /// No room to buffer the body now (the disk budget is in use).
+    NoBodySpace,
 }
 
 impl Problem {
@@ -117,6 +123,9 @@ impl Problem {
             Problem::BadRequest => 400,
             Problem::RateLimited => 429,
             Problem::Internal => 500,
+            Problem::PayloadTooLarge => 413,
+            Problem::LengthRequired => 411,
+            Problem::NoBodySpace => 503,
         }
     }
 
@@ -129,6 +138,9 @@ impl Problem {
             Problem::BadRequest => "bad_request",
             Problem::RateLimited => "rate_limited",
             Problem::Internal => "internal_error",
+            Problem::PayloadTooLarge => "payload_too_large",
+            Problem::LengthRequired => "length_required",
+            Problem::NoBodySpace => "body_storage_full",
         }
     }
 
@@ -148,6 +160,12 @@ impl Problem {
             (Problem::RateLimited, Lang::En) => ("Too many requests", "You sent many requests in a short time. Wait a few seconds, then try again: your work is not lost."),
             (Problem::Internal, Lang::Fr) => ("Erreur interne", "Un problème est survenu de notre côté. Réessayez dans quelques instants."),
             (Problem::Internal, Lang::En) => ("Internal error", "Something went wrong on our side. Please try again in a moment."),
+            (Problem::PayloadTooLarge, Lang::Fr) => ("Fichier trop volumineux", "Ce que vous envoyez dépasse la taille acceptée ici. Réduisez le fichier (ou découpez-le), puis réessayez."),
+            (Problem::PayloadTooLarge, Lang::En) => ("File too large", "What you are sending is larger than this service accepts. Make the file smaller (or split it), then try again."),
+            (Problem::LengthRequired, Lang::Fr) => ("Taille manquante", "L'envoi doit annoncer sa taille (Content-Length). Réessayez depuis un navigateur ou l'application de l'ENT."),
+            (Problem::LengthRequired, Lang::En) => ("Length required", "The upload must announce its size (Content-Length). Try again from a browser or the ENT app."),
+            (Problem::NoBodySpace, Lang::Fr) => ("Envois très nombreux", "Trop d'envois de fichiers en même temps : réessayez dans quelques instants. Votre fichier n'a pas été transmis."),
+            (Problem::NoBodySpace, Lang::En) => ("Too many uploads at once", "Too many files are being sent right now: please try again in a moment. Your file was not sent."),
         }
     }
 }

@@ -47,6 +47,7 @@ use crate::policy::waiting_room::{Arrival, Standing};
 use crate::rooms::{now_ms, Room};
 use crate::upstream::{self, InflightGuard, OriginPermit};
 
+mod body;
 mod cache;
 pub mod conn;
 mod hygiene;
@@ -199,6 +200,11 @@ pub struct Ctx {
     /// The origin's status and when its response head arrived (the latency signal is
     /// the time to it: how long the client takes to read the body is not the ENT's).
     upstream_head: Option<(u16, Instant)>,
+    /// The whole request body, read before the origin slot (a buffering route).
+    spooled: Option<Bytes>,
+    /// A streaming route's body limit (0: none) and the body bytes passed on so far.
+    body_limit: u64,
+    body_seen: u64,
 }
 
 impl Ctx {
@@ -328,8 +334,9 @@ impl EcluseProxy {
         if let Some(c) = ctx.set_cookie.take() {
             resp.append_header("set-cookie", c)?;
         }
-        if ctx.has_body {
-            // The body was never read: the connection cannot carry another request.
+        if ctx.has_body && ctx.spooled.is_none() {
+            // The body was never read (or not all of it): the connection cannot carry
+            // another request.
             session.set_keepalive(None);
         }
         ctx.decision = Some(problem.code());
@@ -1172,7 +1179,7 @@ impl EcluseProxy {
         if let Some(c) = set_cookie {
             resp.insert_header("set-cookie", c)?;
         }
-        if ctx.has_body {
+        if ctx.has_body && ctx.spooled.is_none() {
             session.set_keepalive(None);
         }
         session.write_response_header(Box::new(resp), false).await?;
@@ -1220,6 +1227,9 @@ impl ProxyHttp for EcluseProxy {
             stored_found: false,
             signal_keys: None,
             upstream_head: None,
+            spooled: None,
+            body_limit: 0,
+            body_seen: 0,
         }
     }
 
@@ -1394,6 +1404,13 @@ impl ProxyHttp for EcluseProxy {
             }
         }
 
+        // 4b. Request body: the route's size limit; on a buffering route the whole body is
+        // read now, before any origin slot is taken (`body.rs`), so a slow upload holds
+        // memory or disk, never the ENT.
+        if ctx.has_body && self.receive_body(session, ctx, &route).await? {
+            return Ok(true);
+        }
+
         // 5. Cache lookup happens next (pingora's `request_cache_filter` and friends);
         // 6. the origin permit is taken in `proxy_upstream_filter`, on a miss only.
         Ok(false)
@@ -1510,8 +1527,10 @@ impl ProxyHttp for EcluseProxy {
     }
 
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        // 6. Origin limit: refuse fast rather than queue on a saturated ENT. The body (if
-        // any) is not read: an upload is refused before a byte of it is accepted. Who is
+        // 6. Origin limit: refuse fast rather than queue on a saturated ENT. On a buffering
+        // route the body is already here, whole (`body.rs`): the slot is held only while
+        // the origin works, never while a client trickles. On a streaming route the body
+        // is not read yet: an upload is refused before a byte of it is accepted. Who is
         // refused first, lowest priority first:
         // - anonymous visitors: the adaptive limit, no wait;
         // - admitted waiting-room sessions: a 10% reserve above it, and a wait of up to
@@ -1519,7 +1538,9 @@ impl ProxyHttp for EcluseProxy {
         // - priority classes (staff): never shed by the adaptive limit, only held to the
         //   hard `max_inflight`; they wait for a slot ahead of everyone else, up to
         //   `queue_timeout`, or for an upload up to the origin's `total_timeout` (their
-        //   uploads are not shed; past that wait it is refused, its body still unread).
+        //   uploads are not shed; past that wait it is refused: a buffered body is dropped
+        //   unsent, a streaming one is still unread). The wait holds no slot and, with the
+        //   body buffered, no client bytes either, so the long wait costs the ENT nothing.
         let Some(route) = ctx.route.clone() else {
             return Ok(true);
         };
@@ -1699,6 +1720,9 @@ impl ProxyHttp for EcluseProxy {
                 _ => ours,
             };
             upstream_request.insert_header("forwarded", value)?;
+        }
+        if let Some(whole) = &ctx.spooled {
+            body::frame_upstream(upstream_request, whole)?;
         }
         upstream_request.remove_header(crate::admin::WARM_HEADER);
         upstream_request.remove_header(crate::admin::WARM_SCHEME_HEADER);
@@ -1977,10 +2001,14 @@ impl ProxyHttp for EcluseProxy {
     async fn request_body_filter(
         &self,
         session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
+        match &ctx.spooled {
+            Some(whole) => body::replay(whole, body, end_of_stream)?,
+            None => body::count_streamed(ctx, body)?,
+        }
         if end_of_stream {
             if let Some(guard) = conn::guard_of(session) {
                 guard.body_done();

@@ -21,7 +21,9 @@
 //! Everything else answers 200 with a JSON echo: `{"path", "raw", "user", "host",
 //! "real_ip", "port", "prefix", "method", "body_len"}` and `Cache-Control` from
 //! `set_cache_control` (default `public, max-age=60`). Every request is recorded
-//! (`seen()`), with the raw request target as it arrived and the path the backend routed.
+//! (`seen()`), with the raw request target as it arrived and the path the backend routed,
+//! and its body's length, SHA-256 and whether it arrived complete (framing honoured to its
+//! end) or aborted.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -46,6 +48,10 @@ pub struct Seen {
     pub method: String,
     pub headers: Vec<(String, String)>,
     pub body_len: usize,
+    /// Hex SHA-256 of the body received (of what arrived, when it was aborted).
+    pub body_sha256: String,
+    /// The body arrived whole; false when the connection broke before its framing ended.
+    pub body_complete: bool,
 }
 
 struct State {
@@ -247,12 +253,14 @@ async fn answer(
         h("x-forwarded-port"),
         h("x-forwarded-prefix"),
     );
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let (body, body_complete) = match req.into_body().collect().await {
+        Ok(b) => (b.to_bytes(), true),
+        Err(_) => (Bytes::new(), false),
+    };
+    let body_sha256 = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&body))
+    };
     st.seen.lock().expect("lock").push(Seen {
         raw: raw.clone(),
         path: path.clone(),
@@ -260,6 +268,8 @@ async fn answer(
         method: method.clone(),
         headers,
         body_len: body.len(),
+        body_sha256,
+        body_complete,
     });
     let cc = st.cache_control.lock().expect("lock").clone();
     let resp = hyper::Response::builder();
