@@ -4,6 +4,7 @@ pub mod cache;
 pub mod classes;
 pub mod concurrency;
 pub mod degrade;
+pub mod path;
 pub mod rate_limit;
 pub mod route;
 pub mod ticket;
