@@ -9,7 +9,11 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     for merge_slashes in [true, false] {
-        for escaped_slashes in [EscapedSlashes::Reject, EscapedSlashes::Keep, EscapedSlashes::Decode] {
+        for escaped_slashes in [
+            EscapedSlashes::Reject,
+            EscapedSlashes::Keep,
+            EscapedSlashes::Decode,
+        ] {
             for path_params in [PathParams::Reject, PathParams::Strip, PathParams::Keep] {
                 let p = PathPolicy {
                     merge_slashes,
@@ -26,7 +30,10 @@ fuzz_target!(|data: &[u8]| {
                 let path = pq.split(|&b| b == b'?').next().unwrap_or_default();
                 assert!(path.is_ascii(), "{pq:?}");
                 assert!(path.starts_with(b"/"), "{pq:?}");
-                assert!(!path.iter().any(|&b| b < 0x20 || b == 0x7F || b == b'\\'), "{pq:?}");
+                assert!(
+                    !path.iter().any(|&b| b < 0x20 || b == 0x7F || b == b'\\'),
+                    "{pq:?}"
+                );
                 assert!(
                     !path.split(|&b| b == b'/').any(|s| s == b"." || s == b".."),
                     "{pq:?}"
