@@ -383,3 +383,51 @@ routes:
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_get_the_same_canonical_path() {
+    // Over HTTP/2 the URI carries `:scheme` and `:authority`: they stay, the path changes.
+    let ent = LenientEnt::start().await;
+    let cert = SelfSigned::localhost();
+    let text = yaml(ent.addr, "").replacen(
+        "listen: [\"127.0.0.1:0\"]\n",
+        "listen: [\"127.0.0.1:0\"]\ntls: { listen: [\"127.0.0.1:0\"], cert_file: cert.pem, key_file: key.pem }\n",
+        1,
+    );
+    let mut files = cert.files().to_vec();
+    let key = format!("{KEY}\n");
+    files.push(("ticket.key", key.as_bytes()));
+    let e = Ecluse::start_with(&text, &files, |_| {});
+    let tls = e.tls.expect("tls address printed");
+    let c = cert.client(tls);
+    let url = |p: &str| format!("https://localhost:{}{p}", tls.port());
+    for p in ["/%76isio/room", "//visio/room", "/vis%69o//room"] {
+        let r = c.get(url(p)).send().await.expect("h2 request");
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), 503, "{p}");
+    }
+    let r = c
+        .get(url("/visio%2Froom"))
+        .send()
+        .await
+        .expect("h2 request");
+    assert_eq!(r.status(), 400);
+    let r = c
+        .get(url("/%6Eotes//a?b=%2F"))
+        .send()
+        .await
+        .expect("h2 request");
+    assert_eq!(r.status(), 200);
+    let last = ent.seen().last().cloned().expect("seen");
+    assert_eq!(last.raw, "/notes/a?b=%2F");
+    let host = last
+        .headers
+        .iter()
+        .find(|(k, _)| k == "host")
+        .map(|(_, v)| v.clone());
+    assert_eq!(
+        host.as_deref(),
+        Some(format!("localhost:{}", tls.port()).as_str())
+    );
+    assert_eq!(ent.hits_on("/visio/room"), 0);
+}
