@@ -266,3 +266,194 @@ proptest! {
         }
     }
 }
+
+// ---- One canonical path (fuzz/fuzz_targets/path_normalizer.rs) ----
+
+use ecluse::policy::path::{canonical_target, EscapedSlashes, PathParams, PathPolicy, Target};
+
+fn policies() -> Vec<PathPolicy> {
+    let mut v = Vec::new();
+    for merge_slashes in [true, false] {
+        for escaped_slashes in [
+            EscapedSlashes::Reject,
+            EscapedSlashes::Keep,
+            EscapedSlashes::Decode,
+        ] {
+            for path_params in [PathParams::Reject, PathParams::Strip, PathParams::Keep] {
+                v.push(PathPolicy {
+                    merge_slashes,
+                    escaped_slashes,
+                    path_params,
+                });
+            }
+        }
+    }
+    v
+}
+
+fn canon(t: &[u8], p: &PathPolicy) -> Option<Vec<u8>> {
+    match canonical_target(t, p).ok()? {
+        Target::Path { path_and_query, .. } => Some(path_and_query.into_owned()),
+        Target::Asterisk => Some(b"*".to_vec()),
+    }
+}
+
+/// A lenient backend's reading (as `tests/common/lenient_ent.rs`): decode every escape,
+/// `\` is `/`, merge slashes, resolve dot segments.
+fn lenient(path: &[u8]) -> Vec<u8> {
+    let mut d = Vec::new();
+    let mut i = 0;
+    while i < path.len() {
+        let h = |b: u8| (b as char).to_digit(16).map(|v| v as u8);
+        if path[i] == b'%' && i + 2 < path.len() {
+            if let (Some(a), Some(b)) = (h(path[i + 1]), h(path[i + 2])) {
+                d.push(a * 16 + b);
+                i += 3;
+                continue;
+            }
+        }
+        d.push(path[i]);
+        i += 1;
+    }
+    for b in d.iter_mut() {
+        if *b == b'\\' {
+            *b = b'/';
+        }
+    }
+    let mut out: Vec<&[u8]> = Vec::new();
+    for seg in d.split(|&b| b == b'/') {
+        match seg {
+            b"" | b"." => {}
+            b".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut p = b"/".to_vec();
+    p.extend(out.join(&b'/'));
+    if d.ends_with(b"/") && p.len() > 1 {
+        p.push(b'/');
+    }
+    p
+}
+
+/// A spelling of the canonical path `c` a lenient backend reads as `c`: each byte raw or
+/// percent-encoded (either case), dot segments and repeated slashes slipped in, per the
+/// `choices`.
+fn spell(c: &str, choices: &[u8]) -> String {
+    let mut k = 0;
+    let mut next = || {
+        let v = choices.get(k % choices.len().max(1)).copied().unwrap_or(0);
+        k += 1;
+        v
+    };
+    let mut s = String::new();
+    for (i, seg) in c.split('/').enumerate() {
+        if i > 0 {
+            s.push('/');
+            match next() % 7 {
+                1 => s.push_str("./"),
+                2 => s.push_str("junk/../"),
+                3 => s.push('/'),
+                4 => s.push_str("%2e/"),
+                5 => s.push_str("j/%2E%2e/"),
+                6 => s.push_str("a/b/.././../"),
+                _ => {}
+            }
+        }
+        for ch in seg.bytes() {
+            match next() % 3 {
+                0 => s.push(ch as char),
+                1 => s.push_str(&format!("%{ch:02x}")),
+                _ => s.push_str(&format!("%{ch:02X}")),
+            }
+        }
+    }
+    s
+}
+
+const PATH_ROUTES: &str = r#"listen: ["127.0.0.1:0"]
+origins:
+  ent: { servers: ["127.0.0.1:9"], max_inflight: 10 }
+routes:
+  - name: visio
+    match: { path_prefix: /visio }
+    origin: ent
+  - name: exam
+    match: { path_prefix: /exam/papers/ }
+    origin: ent
+  - name: search
+    match: { path_prefix: "/api/search+v2" }
+    origin: ent
+  - name: ent
+    match: { path_prefix: / }
+    origin: ent
+"#;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    #[test]
+    fn path_normalization_is_idempotent(target in proptest::collection::vec(any::<u8>(), 0..60),
+                                        text in "[/%.a-fA-F0-9;\\\\?#:@~+ -]{0,40}") {
+        for input in [target.as_slice(), text.as_bytes()] {
+            for p in policies() {
+                if let Some(c) = canon(input, &p) {
+                    let again = canon(&c, &p);
+                    prop_assert_eq!(again.as_deref(), Some(c.as_slice()), "{:?} under {:?}", String::from_utf8_lossy(input), p);
+                    prop_assert!(c.is_ascii(), "{:?}", c);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_lenient_backend_never_reads_outside_what_ecluse_matched(
+        text in "(/|\\.|\\.\\.|%2[eEfF]|%5[cC]|%[46][0-9a-fA-F]|%7[0-9a-eA-E]|[a-z]|\\\\|%25|;){0,24}",
+    ) {
+        // Whatever the backend routes `text` to, the canonical form ecluse matched starts
+        // the same (the same path, or it with a trailing `/`): a prefix the backend's path
+        // is under, ecluse's is under too.
+        let input = format!("/{text}");
+        for p in policies() {
+            let Some(c) = canon(input.as_bytes(), &p) else { continue };
+            if p.escaped_slashes == EscapedSlashes::Keep || p.path_params != PathParams::Reject || !p.merge_slashes {
+                continue; // documented as only for a backend that does not read them so
+            }
+            let ent = lenient(&c);
+            let want = lenient(input.as_bytes());
+            // The same resource; RFC 3986 keeps a trailing `/` where a `.` or `..` ended
+            // the path (`/a/.` → `/a/`), which the lenient model drops.
+            let with_slash = [want.as_slice(), b"/"].concat();
+            prop_assert!(ent == want || ent == with_slash,
+                "the ENT reads the forwarded form as the original: {} → {}", input, String::from_utf8_lossy(&c));
+            if !c.contains(&b'%') {
+                prop_assert!(c == want || c == with_slash,
+                    "{} → ecluse {} / ENT {}", input, String::from_utf8_lossy(&c), String::from_utf8_lossy(&want));
+            }
+        }
+    }
+
+    #[test]
+    fn every_spelling_of_a_protected_prefix_gets_its_route(
+        which in 0usize..4,
+        tail in "[a-zA-Z0-9._~-]{0,12}(/[a-zA-Z0-9_~-]{1,8}){0,3}",
+        choices in proptest::collection::vec(any::<u8>(), 1..64),
+        query in "(\\?[a-z=&%2F./]{0,12})?",
+    ) {
+        let registry = Shared::default();
+        let cfg = check_text(PATH_ROUTES, Path::new("/tmp/fuzz.yaml"), &registry, 1).expect("valid");
+        let base = ["/visio", "/exam/papers/", "/api/search+v2/", "/notes/"][which];
+        let c = format!("{base}{tail}");
+        let p = PathPolicy::default();
+        let Some(cc) = canon(c.as_bytes(), &p) else { return Ok(()); };
+        let spelled = format!("{}{query}", spell(&c, &choices));
+        prop_assert_eq!(lenient(spell(&c, &choices).as_bytes()), lenient(c.as_bytes()), "not a spelling: {}", spelled);
+        let sc = canon(spelled.as_bytes(), &p).expect("a spelling of a canonical path is accepted");
+        let path_of = |v: &[u8]| v.split(|&b| b == b'?').next().unwrap_or_default().to_vec();
+        let route = |path: &[u8]| cfg.router.find("ent.fr", path, &http::Method::GET).map(|r| r.name.clone());
+        prop_assert_eq!(route(&path_of(&sc)), route(&cc), "{} → {}", spelled, String::from_utf8_lossy(&sc));
+        prop_assert_eq!(path_of(&sc), path_of(&cc), "{}", spelled);
+    }
+}

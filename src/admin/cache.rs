@@ -17,6 +17,7 @@ use super::{error, json_resp, read_json, Resp};
 use crate::app::App;
 use crate::cache::PurgeScope;
 use crate::policy::cache::{normalize_query, QueryMode};
+use crate::policy::path::{self as canon, canonical_prefix, canonical_target};
 
 /// Header carrying the per-process warm token (`App::warm_token`).
 pub const WARM_HEADER: &str = "x-ecluse-warm";
@@ -80,26 +81,41 @@ fn split_url(u: &str) -> Result<Target, String> {
     })
 }
 
-/// The path and query of `path_and_query` as the cache key holds them: the query
-/// normalized by the `query` mode of the route that serves it (sorted by default), so
-/// purging `?b=2&a=1` removes the stored `?a=1&b=2`.
-fn key_path_and_query(app: &App, host: Option<&str>, path_and_query: &str) -> String {
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path_and_query, None),
-    };
+/// The path and query of `path_and_query` as the cache key holds them: the path in its
+/// canonical form (the same normalization every request gets, so purging `/files/%61.pdf`
+/// removes the stored `/files/a.pdf`) and the query normalized by the `query` mode of the
+/// route that serves it (sorted by default), so purging `?b=2&a=1` removes the stored
+/// `?a=1&b=2`. `Err`: a path no request can have (it would be refused with 400).
+fn key_path_and_query(
+    app: &App,
+    host: Option<&str>,
+    path_and_query: &str,
+) -> Result<String, String> {
     let config = app.config();
+    let canonical = canonical_target(path_and_query.as_bytes(), &config.server.paths)
+        .map_err(|e| format!("`{path_and_query}`: {e}"))?;
+    let canon::Target::Path {
+        path_and_query: pq, ..
+    } = canonical
+    else {
+        return Err(format!("`{path_and_query}` is not a path"));
+    };
+    let pq = String::from_utf8_lossy(&pq).into_owned();
+    let (path, query) = match pq.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (pq.as_str(), None),
+    };
     let mode = config
         .router
         .find(host.unwrap_or(""), path.as_bytes(), &http::Method::GET)
         .and_then(|r| r.cache.as_ref().map(|c| c.query))
         .unwrap_or(QueryMode::Sort);
     let q = normalize_query(query, mode);
-    if q.is_empty() {
+    Ok(if q.is_empty() {
         path.to_string()
     } else {
         format!("{path}?{q}")
-    }
+    })
 }
 
 /// `{"prefix": "/files/"}`, `{"url": "/files/a.pdf"}` or `{"url": "https://ent/files/a.pdf"}`,
@@ -121,23 +137,27 @@ pub async fn purge(app: &App, req: Request<Incoming>) -> Resp {
         (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return *r,
     };
     let (scope, kind) = match (url, prefix) {
-        (Some(u), None) => match split_url(u) {
-            Ok(t) => (
+        (Some(u), None) => match split_url(u).and_then(|t| {
+            let pq = key_path_and_query(app, t.host.as_deref().or(host.as_deref()), &t.path_and_query)?;
+            Ok((t, pq))
+        }) {
+            Ok((t, path_and_query)) => (
                 PurgeScope::Url {
-                    path_and_query: key_path_and_query(app, t.host.as_deref().or(host.as_deref()), &t.path_and_query),
+                    path_and_query,
                     host: t.host.or(host),
                 },
                 "url",
             ),
             Err(m) => return error(StatusCode::BAD_REQUEST, "bad_url", m),
         },
-        (None, Some(p)) if p.starts_with('/') => (
-            PurgeScope::Prefix {
-                host,
-                path_prefix: p.to_string(),
-            },
-            "prefix",
-        ),
+        // A prefix is normalized like every request path, so `/%66iles/` purges what
+        // `/files/` stored, and `/files/../` is `/`.
+        (None, Some(p)) if p.starts_with('/') => {
+            match canonical_prefix(p, &app.config().server.paths) {
+                Ok(path_prefix) => (PurgeScope::Prefix { host, path_prefix }, "prefix"),
+                Err(e) => return error(StatusCode::BAD_REQUEST, "bad_prefix", format!("`{p}`: {e}")),
+            }
+        }
         (None, Some(_)) => {
             return error(
                 StatusCode::BAD_REQUEST,

@@ -346,6 +346,10 @@ pub struct ServerFile {
     /// `proxy_request_buffering`).
     #[serde(default)]
     pub request_bodies: Option<RequestBodiesFile>,
+    /// How request paths are normalized before any decision (route, limits, rooms,
+    /// features, cache, purges) and what the ENT receives.
+    #[serde(default)]
+    pub paths: Option<PathsFile>,
 }
 
 /// The edge owns forwarding headers. From a peer outside `trusted_proxies`, every
@@ -414,6 +418,50 @@ pub struct RequestBodiesFile {
     /// answered `503` before it is read. Default `1GiB`.
     #[serde(default)]
     pub max_disk: Option<SizeText>,
+}
+
+/// The one canonical path (README, "One canonical path"). Every decision reads it, and it
+/// is what the ENT receives.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PathsFile {
+    /// Merge repeated slashes (`//visio` is `/visio`), as most backends do. Default
+    /// true; turn it off only for an ENT that treats `//` as different from `/`.
+    #[serde(default)]
+    pub merge_slashes: Option<bool>,
+    /// `%2F`, `%5C` and a raw `\` in a path: `reject` (400, default), `keep` (kept
+    /// encoded, for an ENT that reads them as data) or `decode` (read as `/`).
+    #[serde(default)]
+    pub escaped_slashes: Option<EscapedSlashesFile>,
+    /// A `;` in a path (`/visio;jsessionid=1`): `reject` (400, default), `strip` (removed
+    /// from each segment, as Java servlet containers do, before routing and forwarding)
+    /// or `keep` (an ordinary character, for an ENT that never strips them).
+    #[serde(default)]
+    pub path_params: Option<PathParamsFile>,
+}
+
+/// What `%2F`, `%5C` and `\` in a path become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashesFile {
+    /// 400 Bad Request (default).
+    Reject,
+    /// Kept encoded (`\` becomes `%5C`); unsafe in front of an ENT that decodes them.
+    Keep,
+    /// Decoded into `/` before slashes are merged and dot segments removed.
+    Decode,
+}
+
+/// What a `;` in a path becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PathParamsFile {
+    /// 400 Bad Request (default).
+    Reject,
+    /// `;…` removed from each segment (Tomcat's reading).
+    Strip,
+    /// An ordinary character.
+    Keep,
 }
 
 /// Limits on what one client may hold or send. A new value applies to connections

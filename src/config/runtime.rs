@@ -134,6 +134,8 @@ pub struct Server {
     /// Forwarding headers: what is removed, what ecluse writes (`policy::forwarding`).
     pub forwarding: crate::policy::forwarding::Forwarding,
     pub request_bodies: RequestBodies,
+    /// How request paths are normalized (`server.paths`).
+    pub paths: crate::policy::path::PathPolicy,
 }
 
 /// How request bodies are received (`server.request_bodies`), read by `proxy::body`.
@@ -665,6 +667,7 @@ pub fn build(
         clients: build_clients(&mut p, sf.clients.as_ref()),
         forwarding: build_forwarding(&mut p, sf.forwarding.as_ref()),
         request_bodies: build_request_bodies(&mut p, sf.request_bodies.as_ref(), ctx),
+        paths: build_paths(sf.paths.as_ref()),
     };
     // Rooms restore their snapshot on first use: tell the registry where they are.
     ctx.registry.rooms.set_state_dir(server.state_dir.clone());
@@ -696,7 +699,7 @@ pub fn build(
 
     let cache = build_cache_storage(&mut p, file, ctx);
     let cluster = build_cluster(&mut p, file);
-    let classes = build_classes(&mut p, &file.priority_classes);
+    let classes = build_classes(&mut p, &file.priority_classes, &server.paths);
     let rooms = build_rooms(&mut p, file, &classes, ctx);
     let router = build_routes(
         &mut p,
@@ -920,6 +923,63 @@ fn build_request_bodies(
         memory_buffer,
         temp_dir,
         max_disk,
+    }
+}
+
+/// The path policy of `file` (defaults where absent).
+fn paths_of(file: &FileConfig) -> crate::policy::path::PathPolicy {
+    build_paths(file.server.as_ref().and_then(|s| s.paths.as_ref()))
+}
+
+/// `server.paths` → the normalization policy (every value has a default).
+fn build_paths(f: Option<&super::file::PathsFile>) -> crate::policy::path::PathPolicy {
+    use super::file::{EscapedSlashesFile as E, PathParamsFile as P};
+    use crate::policy::path::{EscapedSlashes, PathParams, PathPolicy};
+    let d = PathPolicy::default();
+    let Some(f) = f else { return d };
+    PathPolicy {
+        merge_slashes: f.merge_slashes.unwrap_or(d.merge_slashes),
+        escaped_slashes: match f.escaped_slashes {
+            None => d.escaped_slashes,
+            Some(E::Reject) => EscapedSlashes::Reject,
+            Some(E::Keep) => EscapedSlashes::Keep,
+            Some(E::Decode) => EscapedSlashes::Decode,
+        },
+        path_params: match f.path_params {
+            None => d.path_params,
+            Some(P::Reject) => PathParams::Reject,
+            Some(P::Strip) => PathParams::Strip,
+            Some(P::Keep) => PathParams::Keep,
+        },
+    }
+}
+
+/// A path prefix from the config (route `path_prefix`, `inside_paths`, a class's
+/// `path_prefixes`) must be written in the canonical form requests are compared in:
+/// otherwise it silently never matches (`/%76isio`) or matches something else (`/a/../b`).
+fn check_prefix(
+    p: &mut Problems,
+    at: Vec<Seg>,
+    prefix: &str,
+    paths: &crate::policy::path::PathPolicy,
+) -> bool {
+    if !prefix.starts_with('/') {
+        p.at(at, format!("`{prefix}` must start with `/`"));
+        return false;
+    }
+    match crate::policy::path::canonical_prefix(prefix, paths) {
+        Ok(c) if c == prefix => true,
+        Ok(c) => {
+            p.at(
+                at,
+                format!("`{prefix}` is not in canonical form (requests are compared after normalization): write `{c}`"),
+            );
+            false
+        }
+        Err(e) => {
+            p.at(at, format!("`{prefix}` cannot match any request: {e}"));
+            false
+        }
     }
 }
 
@@ -1363,7 +1423,11 @@ fn parse_cidr(s: &str) -> Option<IpNet> {
 
 const CIDR_HINT: &str = "write it like `10.0.0.0/8`, `192.0.2.7` or `2001:db8::/32`";
 
-fn build_classes(p: &mut Problems, classes: &[PriorityClassFile]) -> Vec<PriorityClass> {
+fn build_classes(
+    p: &mut Problems,
+    classes: &[PriorityClassFile],
+    paths: &crate::policy::path::PathPolicy,
+) -> Vec<PriorityClass> {
     let mut out: Vec<PriorityClass> = Vec::new();
     for (i, c) in classes.iter().enumerate() {
         let at = |extra: Vec<Seg>| {
@@ -1404,12 +1468,7 @@ fn build_classes(p: &mut Problems, classes: &[PriorityClassFile]) -> Vec<Priorit
             }
         }
         for (k, pp) in c.path_prefixes.iter().enumerate() {
-            if !pp.starts_with('/') {
-                p.at(
-                    at(path!["path_prefixes", k]),
-                    format!("`{pp}` must start with `/`"),
-                );
-            }
+            check_prefix(p, at(path!["path_prefixes", k]), pp, paths);
         }
         if c.cidrs.is_empty()
             && c.headers.is_empty()
@@ -1589,14 +1648,10 @@ fn build_rooms(
             }
         };
         let mut inside = Vec::new();
+        let paths = paths_of(file);
         for (k, ip) in w.inside_paths.iter().flatten().enumerate() {
-            if ip.starts_with('/') {
+            if check_prefix(p, at(path!["inside_paths", k]), ip, &paths) {
                 inside.push(ip.clone());
-            } else {
-                p.at(
-                    at(path!["inside_paths", k]),
-                    format!("`{ip}` must start with `/`"),
-                );
             }
         }
         let ticket_rate = match Rate::parse(w.ticket_rate.as_deref().unwrap_or("60/min")) {
@@ -2219,12 +2274,12 @@ fn build_routes(
             }
         }
         let prefix = m.path_prefix.clone().unwrap_or_else(|| "/".to_string());
-        if !prefix.starts_with('/') {
-            p.at(
-                at(path!["match", "path_prefix"]),
-                format!("`{prefix}` must start with `/`"),
-            );
-        }
+        check_prefix(
+            p,
+            at(path!["match", "path_prefix"]),
+            &prefix,
+            &paths_of(file),
+        );
         let mut methods = Vec::new();
         if let Some(ms) = &m.methods {
             for (k, name) in ms.iter().enumerate() {

@@ -5,6 +5,7 @@ pub mod classes;
 pub mod concurrency;
 pub mod degrade;
 pub mod forwarding;
+pub mod path;
 pub mod rate_limit;
 pub mod route;
 pub mod signals;

@@ -2,6 +2,9 @@
 //!
 //! Matchers are compiled at config load; matching a request allocates nothing and compares
 //! bytes only (hosts case-insensitively, paths byte for byte, like nginx prefix locations).
+//! The path is the request's canonical path (`policy::path`), computed once before routing,
+//! and prefixes are refused at load unless written in that form, so no other spelling of a
+//! path can fall through to another route.
 
 use crate::config::runtime::Route;
 use http::Method;

@@ -339,15 +339,23 @@ impl EcluseProxy {
                 continue;
             };
             let same_host = uri.host().is_none_or(|h| h.eq_ignore_ascii_case(&host));
-            if same_host && uri.path().starts_with('/') {
-                // Normalized like the key, or a reordered query would miss the copy.
-                let q = normalize_query(uri.query(), policy.query);
-                targets.push(if q.is_empty() {
-                    uri.path().to_string()
-                } else {
-                    format!("{}?{q}", uri.path())
-                });
-            }
+            // The path in the canonical form keys are made of (`/files/%61.pdf` is the
+            // stored `/files/a.pdf`); one without a canonical form was never stored.
+            let config = self.app.config();
+            let path = match crate::policy::path::canonical_path(
+                uri.path().as_bytes(),
+                &config.server.paths,
+            ) {
+                Ok(p) if same_host => String::from_utf8_lossy(&p).into_owned(),
+                _ => continue,
+            };
+            // Normalized like the key, or a reordered query would miss the copy.
+            let q = normalize_query(uri.query(), policy.query);
+            targets.push(if q.is_empty() {
+                path
+            } else {
+                format!("{path}?{q}")
+            });
         }
         for t in targets {
             self.app.purge(

@@ -2,6 +2,9 @@
 //! decisions themselves live in `policy/*` and `upstream/*`.
 //!
 //! Request path, in order:
+//! 0. Hygiene (`hygiene.rs`), then the one canonical path (`policy::path`): the URI is
+//!    replaced by its canonical form, so every phase below reads it and the ENT receives
+//!    it; a target without one is a 400.
 //! 1. Match the route: one `ArcSwap` load per request, kept in the context (`Ctx::config`)
 //!    so every phase of this request sees the same config, even across a reload.
 //! 2. Rate limit (cheapest rejection first) — issue #3.
@@ -17,6 +20,7 @@
 //! idempotent methods without a request body: a request whose body may have reached the
 //! origin is never replayed (an upload arrives once or fails visibly).
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -52,6 +56,54 @@ mod cache;
 pub mod conn;
 mod hygiene;
 use crate::policy::forwarding;
+
+/// Replace the request-target of `req` by its canonical form (`policy::path`). Leaves
+/// `req` untouched when the target is canonical already (the common case) or `*`.
+fn canonicalize(
+    req: &mut RequestHeader,
+    policy: &crate::policy::path::PathPolicy,
+) -> std::result::Result<(), crate::policy::path::PathError> {
+    use crate::policy::path::{canonical_target, PathError, Target};
+    let target = canonical_target(req.raw_path(), policy)?;
+    let Target::Path {
+        path_and_query,
+        authority,
+    } = target
+    else {
+        // `*` only means something to OPTIONS; it matches no route prefix.
+        return if req.method == http::Method::OPTIONS {
+            Ok(())
+        } else {
+            Err(PathError::NotAPath)
+        };
+    };
+    let (Cow::Owned(pq), authority) = (path_and_query, authority) else {
+        return Ok(());
+    };
+    let authority = authority.map(<[u8]>::to_vec);
+    if req.uri.authority().is_some() {
+        // HTTP/2: `:scheme` and `:authority` live in the URI and stay there.
+        let mut parts = req.uri.clone().into_parts();
+        parts.path_and_query =
+            Some(http::uri::PathAndQuery::try_from(pq).map_err(|_| PathError::NotAPath)?);
+        let uri = http::Uri::from_parts(parts).map_err(|_| PathError::NotAPath)?;
+        req.set_uri(uri);
+    } else {
+        // HTTP/1: origin-form from now on. An absolute-form target's authority is the
+        // request's host (RFC 9112 §3.2.2); pingora has already refused one that differs
+        // from `Host`, and an HTTP/1.0 request without `Host` gets it as `Host`, so the
+        // route and the ENT read the same host.
+        req.set_raw_path(&pq).map_err(|_| PathError::NotAPath)?;
+        if let Some(a) = authority {
+            if !req.headers.contains_key(http::header::HOST) {
+                let v = http::HeaderValue::from_bytes(&a).map_err(|_| PathError::NotAPath)?;
+                req.insert_header(http::header::HOST, v)
+                    .map_err(|_| PathError::NotAPath)?;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// What a status poll's ticket asks.
 enum StatusPoll {
@@ -1309,7 +1361,21 @@ impl ProxyHttp for EcluseProxy {
             header(session.req_header(), "x-forwarded-for"),
         );
 
-        // The queue page's status URL belongs to ecluse, whatever the routes say.
+        // 0b. One canonical path (src/policy/path.rs), computed once: the request's URI
+        // is replaced by it, so every later phase (route, limits, room, feature, cache
+        // key, purge on write, access log) reads the same form, and it is what the ENT
+        // receives. A target without one is a 400, never passed through.
+        if let Err(e) = canonicalize(session.req_header_mut(), &config.server.paths) {
+            ctx.config = Some(config.clone());
+            self.respond_problem(session, ctx, Problem::BadRequest, None, &[])
+                .await?;
+            ctx.decision = Some(e.code());
+            return Ok(true);
+        }
+
+        // The queue page's status URL belongs to ecluse, whatever the routes say. (Its
+        // fast path below pingora, conn.rs, only takes the exact canonical spelling, so
+        // any other spelling of it arrives here normalized and gets the same answer.)
         if session.req_header().uri.path() == STATUS_PATH {
             ctx.config = Some(config.clone());
             self.queue_status(session, ctx, &config).await?;

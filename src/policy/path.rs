@@ -1,0 +1,645 @@
+//! One canonical path per request (issue #17, class 2).
+//!
+//! Routes, rate-limit keys, the waiting room's paths, feature gates, cache keys and purges
+//! all compare paths byte for byte. A backend does not: it percent-decodes, resolves dot
+//! segments, merges slashes, and (Java) strips `;` parameters before it routes. Any
+//! spelling ecluse reads differently from the ENT is a way around a policy, so the proxy
+//! computes, once and before any phase, the one form every decision uses and the ENT
+//! receives ([`canonical_target`]); everything downstream reads that form.
+//!
+//! The canonical form gives every byte of the path exactly one spelling:
+//!
+//! | byte (raw or `%XX`)                                     | canonical                    |
+//! |---------------------------------------------------------|------------------------------|
+//! | unreserved (`A-Z a-z 0-9 - . _ ~`), sub-delims but `;`, `:`, `@` | the raw byte (`%76` → `v`, `%2e` → `.`) |
+//! | `/` raw                                                 | `/` (a separator)            |
+//! | `%2F`, `%5C`, raw `\`                                   | [`EscapedSlashes`] policy    |
+//! | raw `;`                                                 | [`PathParams`] policy        |
+//! | `%00`–`%1F`, `%7F`                                      | refused (400)                |
+//! | anything else (`%25`, `%3F`, `%23`, `%3B`, `%20`, `{`, non-ASCII…) | `%XX`, upper-case hex |
+//!
+//! then repeated slashes are merged (option, on by default) and dot segments removed (RFC
+//! 3986 §5.2.4, after the decoding, so `%2e%2e` is `..`). Decoding is done once: `%252e`
+//! is the three bytes `%2e`, kept as `%252e`, never `.`.
+//!
+//! Why more than RFC 3986's §6.2.2 (which decodes only unreserved characters): lenient
+//! backends decode every escape, so a prefix holding a sub-delim (`/a+b/`) would be
+//! dodged by `/a%2Bb/` if `%2B` stayed as it is. Only the bytes whose decoding changes the
+//! structure of the URL (`/`, `\`, `?`, `#`, `%`, `;`) or that may not appear raw stay
+//! encoded.
+//!
+//! The query is left exactly as sent (`%3F` in the path never becomes a query, and
+//! nothing after `?` changes the path). A fragment is dropped (it is never sent, pingora
+//! drops it too). An absolute-form target (`GET http://host/visio HTTP/1.1`) is reduced to
+//! its path and query and its authority returned; `*` (`OPTIONS *`) is passed through;
+//! anything else not starting with `/` is refused.
+
+use std::borrow::Cow;
+
+/// What `%2F`, `%5C` and a raw `\` become. Envoy's `path_with_escaped_slashes_action` is
+/// the model (its `UNESCAPE_AND_REDIRECT` is left out: a redirect is one more round trip
+/// for a spelling no browser makes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EscapedSlashes {
+    /// 400 (default): a backend that decodes `%2F` into a separator would read a
+    /// different path than the one every policy matched.
+    #[default]
+    Reject,
+    /// Kept encoded (`%2F`, `%5C`; a raw `\` becomes `%5C`): for a backend known to treat
+    /// them as data (a file name holding `/`). Unsafe in front of one that decodes them.
+    Keep,
+    /// Decoded into `/` before slashes are merged and dot segments removed, so
+    /// `/a%2F..%2Fvisio` is `/visio` for ecluse as for the backend.
+    Decode,
+}
+
+/// What a raw `;` in the path becomes (`/visio;jsessionid=1/room`). Java servlet
+/// containers strip `;params` from every segment before routing, so `/..;/visio` is
+/// `/visio` to Tomcat; other backends read `;` as an ordinary character.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathParams {
+    /// 400 (default; Spring Security's firewall does the same): no `;` spelling can mean
+    /// one thing to ecluse and another to the backend.
+    #[default]
+    Reject,
+    /// Removed from each segment before dot segments are resolved, as Tomcat does; the
+    /// ENT receives the path without them (a `;jsessionid=` in the URL is lost).
+    Strip,
+    /// An ordinary character (`%3B` and `;` stay distinct): only for a backend that does
+    /// not strip path parameters.
+    Keep,
+}
+
+/// The normalization options (`server.paths`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathPolicy {
+    /// Merge `//` into `/` (default true): most backends do, so `//visio` is `/visio`.
+    pub merge_slashes: bool,
+    pub escaped_slashes: EscapedSlashes,
+    pub path_params: PathParams,
+}
+
+impl Default for PathPolicy {
+    fn default() -> Self {
+        PathPolicy {
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::Reject,
+            path_params: PathParams::Reject,
+        }
+    }
+}
+
+/// Why a request-target has no canonical form. Each is answered 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("`%` at byte {at} is not followed by two hex digits")]
+    BadEscape { at: usize },
+    #[error("a control character (0x{byte:02X}) in the path")]
+    Control { byte: u8 },
+    #[error(
+        "an encoded slash or a backslash in the path (`server.paths.escaped_slashes: reject`)"
+    )]
+    EscapedSlash,
+    #[error("a `;` parameter in the path (`server.paths.path_params: reject`)")]
+    PathParam,
+    #[error("an overlong UTF-8 encoding in the path (0x{lead:02X} 0x{next:02X})")]
+    Overlong { lead: u8, next: u8 },
+    #[error("the request target is neither a path starting with `/`, an absolute URL, nor `*`")]
+    NotAPath,
+}
+
+impl PathError {
+    /// The access log's `decision` for the 400.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PathError::BadEscape { .. } => "bad_path_escape",
+            PathError::Control { .. } => "bad_path_control",
+            PathError::EscapedSlash => "bad_path_escaped_slash",
+            PathError::PathParam => "bad_path_param",
+            PathError::Overlong { .. } => "bad_path_overlong",
+            PathError::NotAPath => "bad_path_form",
+        }
+    }
+}
+
+/// A request-target in canonical form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// Origin-form path and query: `path_and_query` is what every decision reads and the
+    /// ENT receives; borrowed when the target was canonical already (the common case
+    /// allocates nothing).
+    Path {
+        path_and_query: Cow<'a, [u8]>,
+        /// The authority of an absolute-form target (`http://AUTHORITY/...`).
+        authority: Option<&'a [u8]>,
+    },
+    /// `*` (asterisk-form, `OPTIONS *`): no path, matches no route prefix.
+    Asterisk,
+}
+
+impl Target<'_> {
+    /// Whether the target must be rewritten (it differs from what was received).
+    pub fn rewritten(&self) -> bool {
+        matches!(
+            self,
+            Target::Path {
+                path_and_query: Cow::Owned(_),
+                ..
+            } | Target::Path {
+                authority: Some(_),
+                ..
+            }
+        )
+    }
+}
+
+/// The canonical form of a request-target as received on the request line (or HTTP/2
+/// `:path`), under `policy`. Pure; never panics on any input.
+pub fn canonical_target<'a>(
+    target: &'a [u8],
+    policy: &PathPolicy,
+) -> Result<Target<'a>, PathError> {
+    // A fragment is never part of the request-target (RFC 9112 §3.2): dropped, as pingora
+    // drops it.
+    let target = match target.iter().position(|&b| b == b'#') {
+        Some(i) => &target[..i],
+        None => target,
+    };
+    if target == b"*" {
+        return Ok(Target::Asterisk);
+    }
+    let (pq, authority) = match target.first() {
+        Some(b'/') => (target, None),
+        _ => absolute_form(target).ok_or(PathError::NotAPath)?,
+    };
+    let (path, query) = match pq.iter().position(|&b| b == b'?') {
+        Some(i) => (&pq[..i], Some(&pq[i..])),
+        None => (pq, None),
+    };
+    let path: &[u8] = if path.is_empty() { b"/" } else { path };
+    let canon = canonical_path(path, policy)?;
+    let path_and_query = match (canon, query) {
+        // Origin-form and canonical already: the target as received.
+        (Cow::Borrowed(_), _) if authority.is_none() => Cow::Borrowed(pq),
+        (c, q) => {
+            let mut v = c.into_owned();
+            if let Some(q) = q {
+                v.extend_from_slice(q);
+            }
+            Cow::Owned(v)
+        }
+    };
+    Ok(Target::Path {
+        path_and_query,
+        authority,
+    })
+}
+
+/// `scheme://authority[/path][?query]` with an http(s) scheme → (path and query, authority).
+/// The path may be empty (`http://host?q` is `/?q`).
+fn absolute_form(target: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    let rest =
+        strip_prefix_ci(target, b"http://").or_else(|| strip_prefix_ci(target, b"https://"))?;
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    let (authority, pq) = rest.split_at(end);
+    if authority.is_empty() {
+        return None;
+    }
+    Some((pq, Some(authority)))
+}
+
+fn strip_prefix_ci<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix))
+        .then(|| &s[prefix.len()..])
+}
+
+/// A byte that stands for itself in a canonical path: unreserved, sub-delims but `;`,
+/// `:` and `@` (RFC 3986 `pchar` less `;` and escapes). `/` is handled apart.
+#[inline]
+fn plain(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b'='
+                | b':'
+                | b'@'
+        )
+}
+
+#[inline]
+fn control(b: u8) -> bool {
+    b < 0x20 || b == 0x7F
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+fn push_escaped(out: &mut Vec<u8>, b: u8) {
+    out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+}
+
+/// Whether `path` is certainly canonical already: only plain bytes and single slashes
+/// (no `%`, no `;`, no `\`), and no `.`/`..` segment. Most requests take this exit.
+fn already_canonical(path: &[u8], policy: &PathPolicy) -> bool {
+    if path.first() != Some(&b'/') {
+        return false;
+    }
+    let mut prev = 0u8;
+    for &b in path {
+        if b == b'/' {
+            if prev == b'/' && policy.merge_slashes {
+                return false;
+            }
+        } else if !plain(b) {
+            return false;
+        }
+        prev = b;
+    }
+    !path
+        .split(|&b| b == b'/')
+        .any(|seg| seg == b"." || seg == b"..")
+}
+
+/// The canonical form of a path (no query, no fragment; starts with `/` or is refused).
+/// Borrowed when `path` is canonical already.
+pub fn canonical_path<'a>(path: &'a [u8], policy: &PathPolicy) -> Result<Cow<'a, [u8]>, PathError> {
+    if path.first() != Some(&b'/') {
+        return Err(PathError::NotAPath);
+    }
+    if already_canonical(path, policy) {
+        return Ok(Cow::Borrowed(path));
+    }
+    // 1. One spelling per byte.
+    let mut out = Vec::with_capacity(path.len() + 8);
+    // The previous decoded byte above 0x7F, for the overlong check.
+    let mut prev_high: Option<u8> = None;
+    let mut i = 0;
+    while i < path.len() {
+        let raw = path[i];
+        let (b, escaped) = if raw == b'%' {
+            let v = match (
+                path.get(i + 1).copied().and_then(hex),
+                path.get(i + 2).copied().and_then(hex),
+            ) {
+                (Some(h), Some(l)) => (h << 4) | l,
+                _ => return Err(PathError::BadEscape { at: i }),
+            };
+            i += 3;
+            (v, true)
+        } else {
+            i += 1;
+            (raw, false)
+        };
+        if b >= 0x80 {
+            // An overlong UTF-8 form of an ASCII byte (`%C0%AE` is `.` to an old
+            // decoder) is refused; other bytes above 0x7F (UTF-8, or Latin-1 file
+            // names) are kept encoded.
+            if let Some(lead) = prev_high {
+                let over = matches!(
+                    (lead, b),
+                    (0xC0 | 0xC1, 0x80..=0xBF) | (0xE0, 0x80..=0x9F) | (0xF0, 0x80..=0x8F)
+                );
+                if over {
+                    return Err(PathError::Overlong { lead, next: b });
+                }
+            }
+            prev_high = Some(b);
+            push_escaped(&mut out, b);
+            continue;
+        }
+        prev_high = None;
+        if control(b) {
+            return Err(PathError::Control { byte: b });
+        }
+        match b {
+            b'/' if !escaped => out.push(b'/'),
+            b'/' | b'\\' => match policy.escaped_slashes {
+                EscapedSlashes::Reject => return Err(PathError::EscapedSlash),
+                EscapedSlashes::Keep => push_escaped(&mut out, b),
+                EscapedSlashes::Decode => out.push(b'/'),
+            },
+            b';' if !escaped => match policy.path_params {
+                PathParams::Reject => return Err(PathError::PathParam),
+                // Marked, removed below once segments are known.
+                PathParams::Strip | PathParams::Keep => out.push(b';'),
+            },
+            b if plain(b) => out.push(b),
+            b => push_escaped(&mut out, b),
+        }
+    }
+    // 2. Path parameters: `;…` up to the end of each segment, before dot segments (so
+    // `/..;x/` is `/../`, as Tomcat reads it).
+    if policy.path_params == PathParams::Strip {
+        let mut kept = Vec::with_capacity(out.len());
+        let mut in_param = false;
+        for &b in &out {
+            match b {
+                b'/' => {
+                    in_param = false;
+                    kept.push(b);
+                }
+                b';' => in_param = true,
+                _ if in_param => {}
+                _ => kept.push(b),
+            }
+        }
+        out = kept;
+    }
+    // 3. Repeated slashes.
+    if policy.merge_slashes {
+        out.dedup_by(|a, b| *a == b'/' && *b == b'/');
+    }
+    // 4. Dot segments.
+    Ok(Cow::Owned(remove_dot_segments(&out)))
+}
+
+/// RFC 3986 §5.2.4 on an absolute path (starts with `/`); never goes above the root.
+fn remove_dot_segments(path: &[u8]) -> Vec<u8> {
+    // Segments after the leading `/`.
+    let mut segs: Vec<&[u8]> = Vec::new();
+    let mut parts = path[1..].split(|&b| b == b'/').peekable();
+    // A path ending in `.` or `..` ends with a slash once they are resolved
+    // (`/a/..` → `/`, `/a/.` → `/a/`).
+    let mut trailing = false;
+    while let Some(seg) = parts.next() {
+        let last = parts.peek().is_none();
+        match seg {
+            b"." => trailing = last,
+            b".." => {
+                segs.pop();
+                trailing = last;
+            }
+            s => {
+                segs.push(s);
+                trailing = false;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(path.len());
+    for s in &segs {
+        out.push(b'/');
+        out.extend_from_slice(s);
+    }
+    if trailing || out.is_empty() {
+        out.push(b'/');
+    }
+    out
+}
+
+/// The canonical form of a path prefix written in the config or given to the admin API
+/// (a route's `path_prefix`, `inside_paths`, a purge prefix): `Ok` only when the prefix
+/// starts with `/` and normalizes cleanly. A prefix is normalized as a path, so
+/// `/a/../b` is `/b`.
+pub fn canonical_prefix(prefix: &str, policy: &PathPolicy) -> Result<String, PathError> {
+    let c = canonical_path(prefix.as_bytes(), policy)?;
+    // Only ASCII comes out of canonical_path (everything else is `%XX`).
+    Ok(String::from_utf8_lossy(&c).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(p: &str) -> Result<String, PathError> {
+        canon_with(p, &PathPolicy::default())
+    }
+
+    fn canon_with(p: &str, pol: &PathPolicy) -> Result<String, PathError> {
+        match canonical_target(p.as_bytes(), pol)? {
+            Target::Path { path_and_query, .. } => {
+                Ok(String::from_utf8(path_and_query.into_owned()).expect("ascii"))
+            }
+            Target::Asterisk => Ok("*".into()),
+        }
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_and_others_upper_cased() {
+        assert_eq!(canon("/%76isio").unwrap(), "/visio");
+        assert_eq!(canon("/%56%49%53%49%4f").unwrap(), "/VISIO");
+        assert_eq!(canon("/a%2bb/%7e").unwrap(), "/a+b/~");
+        assert_eq!(
+            canon("/a%3fb%23c%25d%3be%20").unwrap(),
+            "/a%3Fb%23c%25d%3Be%20"
+        );
+        assert_eq!(canon("/caf%c3%a9").unwrap(), "/caf%C3%A9");
+        assert_eq!(canon("/{x}|^").unwrap(), "/%7Bx%7D%7C%5E");
+        // Decoded once: `%252e` is `%2e`, not `.`.
+        assert_eq!(canon("/a/%252e%252e/visio").unwrap(), "/a/%252e%252e/visio");
+    }
+
+    #[test]
+    fn raw_non_ascii_and_non_utf8_are_encoded() {
+        let t = canonical_target(b"/caf\xc3\xa9/\xff", &PathPolicy::default()).unwrap();
+        assert_eq!(
+            t,
+            Target::Path {
+                path_and_query: Cow::Owned(b"/caf%C3%A9/%FF".to_vec()),
+                authority: None
+            }
+        );
+        assert_eq!(
+            canon("/%e9t%e9").unwrap(),
+            "/%E9t%E9",
+            "Latin-1 file names pass"
+        );
+    }
+
+    #[test]
+    fn dot_segments_and_slashes() {
+        assert_eq!(canon("/x/../visio").unwrap(), "/visio");
+        assert_eq!(canon("/x/%2e%2e/visio").unwrap(), "/visio");
+        assert_eq!(canon("/x/.%2E/visio").unwrap(), "/visio");
+        assert_eq!(canon("/./visio/./room/.").unwrap(), "/visio/room/");
+        assert_eq!(canon("/../../visio").unwrap(), "/visio");
+        assert_eq!(canon("/visio/..").unwrap(), "/");
+        assert_eq!(canon("//visio").unwrap(), "/visio");
+        assert_eq!(canon("/visio//room///x").unwrap(), "/visio/room/x");
+        assert_eq!(canon("/a//../visio").unwrap(), "/visio");
+        assert_eq!(canon("/").unwrap(), "/");
+        assert_eq!(canon("/...").unwrap(), "/...");
+        let keep = PathPolicy {
+            merge_slashes: false,
+            ..PathPolicy::default()
+        };
+        assert_eq!(canon_with("//visio", &keep).unwrap(), "//visio");
+        assert_eq!(canon_with("/a//../b", &keep).unwrap(), "/a/b");
+    }
+
+    #[test]
+    fn escaped_slashes_follow_the_policy() {
+        for p in [
+            "/visio%2Fx",
+            "/visio%2fx",
+            "/visio%5Cx",
+            "/visio\\x",
+            "/a%2F..%2Fvisio",
+        ] {
+            assert_eq!(canon(p), Err(PathError::EscapedSlash), "{p}");
+        }
+        let keep = PathPolicy {
+            escaped_slashes: EscapedSlashes::Keep,
+            ..PathPolicy::default()
+        };
+        assert_eq!(canon_with("/a%2fb%5c\\c", &keep).unwrap(), "/a%2Fb%5C%5Cc");
+        assert_eq!(canon_with("/a%2F..%2Fb", &keep).unwrap(), "/a%2F..%2Fb");
+        let decode = PathPolicy {
+            escaped_slashes: EscapedSlashes::Decode,
+            ..PathPolicy::default()
+        };
+        assert_eq!(canon_with("/a%2F..%2Fvisio", &decode).unwrap(), "/visio");
+        assert_eq!(canon_with("/x\\..\\visio", &decode).unwrap(), "/visio");
+        assert_eq!(canon_with("/%2F%2Fvisio", &decode).unwrap(), "/visio");
+    }
+
+    #[test]
+    fn invalid_escapes_controls_and_overlong_are_refused() {
+        for p in ["/%zz", "/%4", "/a%", "/%g0", "/%%30"] {
+            assert!(matches!(canon(p), Err(PathError::BadEscape { .. })), "{p}");
+        }
+        for p in ["/a%00b", "/%0a", "/%7f", "/%1F"] {
+            assert!(matches!(canon(p), Err(PathError::Control { .. })), "{p}");
+        }
+        for p in [
+            "/%c0%ae%c0%ae/visio",
+            "/%C1%81",
+            "/%e0%80%ae",
+            "/%f0%80%80%ae",
+        ] {
+            assert!(matches!(canon(p), Err(PathError::Overlong { .. })), "{p}");
+        }
+    }
+
+    #[test]
+    fn path_params_follow_the_policy() {
+        assert_eq!(canon("/visio;x=1/room"), Err(PathError::PathParam));
+        assert_eq!(canon("/..;/visio"), Err(PathError::PathParam));
+        // An encoded `;` is data, never a parameter.
+        assert_eq!(canon("/a%3Bb").unwrap(), "/a%3Bb");
+        let strip = PathPolicy {
+            path_params: PathParams::Strip,
+            ..PathPolicy::default()
+        };
+        assert_eq!(
+            canon_with("/visio;x=1/room", &strip).unwrap(),
+            "/visio/room"
+        );
+        assert_eq!(canon_with("/..;/visio", &strip).unwrap(), "/visio");
+        assert_eq!(
+            canon_with("/;x/visio;jsessionid=A", &strip).unwrap(),
+            "/visio"
+        );
+        assert_eq!(canon_with("/a%3Bb;c", &strip).unwrap(), "/a%3Bb");
+        let keep = PathPolicy {
+            path_params: PathParams::Keep,
+            ..PathPolicy::default()
+        };
+        assert_eq!(
+            canon_with("/visio;x=1/room", &keep).unwrap(),
+            "/visio;x=1/room"
+        );
+    }
+
+    #[test]
+    fn target_forms_and_query() {
+        assert_eq!(canon("*").unwrap(), "*");
+        assert_eq!(canon("visio"), Err(PathError::NotAPath));
+        assert_eq!(canon(""), Err(PathError::NotAPath));
+        assert_eq!(canon("?x=1"), Err(PathError::NotAPath));
+        assert_eq!(canon("ftp://h/visio"), Err(PathError::NotAPath));
+        assert_eq!(canon("http:///visio"), Err(PathError::NotAPath));
+        match canonical_target(
+            b"HTTP://ent.fr:80/x/../%76isio?a=%2F#f",
+            &PathPolicy::default(),
+        )
+        .unwrap()
+        {
+            Target::Path {
+                path_and_query,
+                authority,
+            } => {
+                assert_eq!(&*path_and_query, b"/visio?a=%2F");
+                assert_eq!(authority, Some(&b"ent.fr:80"[..]));
+            }
+            t => panic!("{t:?}"),
+        }
+        assert_eq!(canon("https://ent.fr?q").unwrap(), "/?q");
+        // The query is left as sent; `%3F` in the path stays in the path.
+        assert_eq!(
+            canon("/%76isio?x=%76&y=../..").unwrap(),
+            "/visio?x=%76&y=../.."
+        );
+        assert_eq!(canon("/a%3F/b?c").unwrap(), "/a%3F/b?c");
+        assert_eq!(canon("/visio#frag").unwrap(), "/visio");
+    }
+
+    #[test]
+    fn canonical_targets_are_borrowed() {
+        let t = canonical_target(b"/files/assignments/a.pdf?v=1", &PathPolicy::default()).unwrap();
+        assert!(!t.rewritten());
+        assert!(canonical_target(b"/files//a", &PathPolicy::default())
+            .unwrap()
+            .rewritten());
+        assert!(
+            canonical_target(b"http://h/files/a", &PathPolicy::default())
+                .unwrap()
+                .rewritten()
+        );
+    }
+
+    #[test]
+    fn the_status_path_is_canonical_under_every_policy() {
+        // conn.rs answers `/.ecluse/queue/status` below pingora without normalizing:
+        // that is only the same decision if the path is its own canonical form.
+        for merge_slashes in [true, false] {
+            for escaped_slashes in [
+                EscapedSlashes::Reject,
+                EscapedSlashes::Keep,
+                EscapedSlashes::Decode,
+            ] {
+                for path_params in [PathParams::Reject, PathParams::Strip, PathParams::Keep] {
+                    let pol = PathPolicy {
+                        merge_slashes,
+                        escaped_slashes,
+                        path_params,
+                    };
+                    let p = crate::proxy::STATUS_PATH.as_bytes();
+                    assert_eq!(canonical_path(p, &pol).unwrap(), Cow::Borrowed(p));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prefixes() {
+        let d = PathPolicy::default();
+        assert_eq!(canonical_prefix("/visio", &d).unwrap(), "/visio");
+        assert_eq!(canonical_prefix("/files/", &d).unwrap(), "/files/");
+        assert_eq!(canonical_prefix("/%76isio", &d).unwrap(), "/visio");
+        assert_eq!(canonical_prefix("/a/../b/", &d).unwrap(), "/b/");
+        assert!(canonical_prefix("visio", &d).is_err());
+    }
+}
