@@ -10,6 +10,7 @@ pub mod config;
 pub mod degrade;
 pub mod demo;
 pub mod demo_run;
+pub mod drain;
 pub mod metrics;
 pub mod pages;
 pub mod policy;
