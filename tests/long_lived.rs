@@ -336,10 +336,6 @@ routes:
                 ahead >> 10
             );
             assert_eq!(inflight, 1.0, "the slow reader holds its origin slot");
-            assert!(
-                ahead < LEN / 2,
-                "the origin is held back to the client's pace"
-            );
         }
         sips += 1;
         if sips % 32 == 0 {
