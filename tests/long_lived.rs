@@ -649,3 +649,42 @@ degradation:
         assert!(err.contains("FILE:"), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upgrade_whose_body_hangs_is_cut_at_the_read_timeout() {
+    // Answers the handshake with a 200 whose body stops after 3 of 100 bytes.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let origin = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+                .await;
+            held.push(s);
+        }
+    });
+    let ent = LenientEnt::start().await;
+    let e = Ecluse::start(&yaml(origin, ent.addr, "30s", "", ""));
+    let mut s = tokio::net::TcpStream::connect(e.proxy)
+        .await
+        .expect("connect");
+    s.write_all(
+        b"GET /visio/ws/x HTTP/1.1\r\nHost: ent\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .expect("request");
+    let t0 = Instant::now();
+    let (got, closed_at) = read_until_closed(&mut s, DEADLINE).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        closed_at.is_some(),
+        "a hung body after a refused upgrade was never cut"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+}

@@ -317,6 +317,9 @@ struct Tunnel {
     last: Instant,
     /// WebSocket frame boundaries, to the client and from it (`None`: another protocol).
     ws: Option<(super::tunnel::Frames, super::tunnel::Frames)>,
+    /// Not an upgraded connection: a refused upgrade's response body, held to the
+    /// origin's read timeout between chunks (closing it is the origin's timeout).
+    body_only: bool,
 }
 
 /// Why and how far a connection is being closed by ecluse.
@@ -474,6 +477,8 @@ impl Guarded {
         s.handed = 0;
         s.drain = None;
         s.await_origin = None;
+        s.tunnel = None;
+        self.tunneling.store(false, Ordering::Relaxed);
     }
 
     /// The current request belongs to a feature's drain: closed when it reaches it.
@@ -511,8 +516,22 @@ impl Guarded {
                         super::tunnel::Frames::new(),
                     )
                 }),
+                body_only: false,
             });
         }
+    }
+
+    /// A refused upgrade's response: cut when nothing is written to the client for
+    /// `idle` (what the origin's read timeout would have done).
+    pub fn body_idle(&self, idle: Duration) {
+        self.tunneling.store(true, Ordering::Relaxed);
+        self.lock().tunnel = Some(Tunnel {
+            idle,
+            until: None,
+            last: Instant::now(),
+            ws: None,
+            body_only: true,
+        });
     }
 
     /// The body waiting time allowed so far: the grace, plus what the bytes received
@@ -859,7 +878,11 @@ impl Guarded {
                     let why = if t.until.is_some_and(|u| now >= u) {
                         Some("tunnel_lifetime")
                     } else if now >= t.last + t.idle {
-                        Some("tunnel_idle")
+                        Some(if t.body_only {
+                            "origin_read"
+                        } else {
+                            "tunnel_idle"
+                        })
                     } else {
                         None
                     };
@@ -880,7 +903,7 @@ impl Guarded {
             }
             drop(s);
             let (code, reason, why) = start?;
-            if why != "drain" {
+            if why != "drain" && why != "origin_read" {
                 crate::metrics::get()
                     .client_timeouts
                     .with_label_values(&[why])

@@ -1162,6 +1162,14 @@ impl EcluseProxy {
         let guarded = guard.is_some();
         if let Some(g) = guard {
             g.response_started(tunnel);
+            if !upgraded && session.is_upgrade_req() {
+                // Refused upgrade: pingora's per-read timeout is off for this request
+                // (see `upstream_peer`), so the guard holds the response body to the
+                // origin's `read_timeout` between two chunks instead.
+                if let Some(o) = ctx.origin() {
+                    g.body_idle(o.read_timeout);
+                }
+            }
         }
         if let Some((idle, _, _)) = tunnel {
             // A tunnel is a connection, not a request being processed: its origin slot
@@ -1769,14 +1777,20 @@ impl ProxyHttp for EcluseProxy {
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        // HTTP/1 connections are closed by their guard even when nothing flows; this
+        // HTTP/1 connections are closed by their guard even when nothing flows (a
+        // WebSocket with its close frame, which an error here would pre-empt); this
         // reaches HTTP/2 streams (no guard) at their next chunk.
-        if let Some(reason) = ctx.drain.as_ref().and_then(|d| d.closing()) {
+        if let Some(reason) = ctx
+            .drain
+            .as_ref()
+            .and_then(|d| d.closing())
+            .filter(|_| conn::guard_of(session).is_none())
+        {
             return Error::e_explain(
                 ErrorType::ConnectionClosed,
                 format!("feature drained: {reason}"),
