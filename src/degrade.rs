@@ -19,7 +19,13 @@ pub struct FeatureMessage {
     pub fr: String,
     pub en: String,
     pub retry_after: Duration,
+    /// Grace before what is open on the feature's routes is closed once it is switched
+    /// off (`drain`); `None`: never.
+    pub drain: Option<Duration>,
 }
+
+/// `drain` when the file says nothing.
+pub const DEFAULT_DRAIN: Option<Duration> = Some(Duration::from_secs(30));
 
 /// Degradation settings of a config.
 #[derive(Debug, Clone)]
@@ -41,6 +47,7 @@ impl Degradation {
             fr: format!("« {feature} » est suspendu pendant la forte affluence ; vos cours et devoirs restent accessibles."),
             en: format!("“{feature}” is paused while the ENT is very busy; your lessons and homework stay available."),
             retry_after: Duration::from_secs(300),
+            drain: DEFAULT_DRAIN,
         })
     }
 }

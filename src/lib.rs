@@ -11,6 +11,7 @@ pub mod config;
 pub mod degrade;
 pub mod demo;
 pub mod demo_run;
+pub mod drain;
 pub mod instance;
 pub mod metrics;
 pub mod pages;

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub degradation_level: IntGauge,
     pub degradation_level_info: IntGaugeVec,
     pub feature_enabled: IntGaugeVec,
+    /// Connections closed because their feature was switched off (after its `drain`).
+    pub feature_drained: IntCounterVec,
     pub degradation_changes: IntCounterVec,
     pub feature_changes: IntCounterVec,
     pub shed: IntCounterVec,
@@ -193,7 +195,7 @@ impl Metrics {
         let client_timeouts = counter_vec(
             &r,
             "ecluse_client_timeouts_total",
-            "Client connections closed for sending too slowly, by phase (handshake: TLS handshake past the head deadline; header: head deadline; body: minimum body rate).",
+            "Client connections closed for being too slow, by phase (handshake: TLS handshake past the head deadline; header: head deadline; body: minimum body rate; send: reading the response slower than send_timeout/send_min_rate allow; tunnel_idle: an upgraded connection idle past tunnel_idle_timeout; tunnel_lifetime: past tunnel_max_lifetime).",
             &["phase"],
         );
         let status_polls = counter_vec(
@@ -316,6 +318,12 @@ impl Metrics {
             "1 when the feature is on, 0 when switched off.",
             &["feature"],
         );
+        let feature_drained = counter_vec(
+            &r,
+            "ecluse_feature_drained_connections_total",
+            "Open connections (WebSocket tunnels, long responses, requests in flight) closed because their feature was switched off, after its drain grace.",
+            &["feature"],
+        );
         let degradation_changes = counter_vec(
             &r,
             "ecluse_degradation_changes_total",
@@ -368,6 +376,7 @@ impl Metrics {
             degradation_level,
             degradation_level_info,
             feature_enabled,
+            feature_drained,
             degradation_changes,
             feature_changes,
             shed,

@@ -170,6 +170,21 @@ impl BackgroundService for Control {
                 }
             });
         }
+        // Feature drains: close what is open on a switched-off feature after its grace.
+        {
+            let app = app.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => crate::drain::tick(&app),
+                        _ = stop.changed() => return,
+                    }
+                }
+            });
+        }
         // Forget idle rate-limit keys.
         {
             let app = app.clone();

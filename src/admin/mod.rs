@@ -592,6 +592,8 @@ fn state(app: &App) -> serde_json::Value {
             "forced": g.forced(now).map(|(l, until)| json!({ "level": name(l), "until_unix_ms": until })),
             "features": d.features.iter().map(|f| (f.clone(), json!(g.feature_on(&d.levels, f, now)))).collect::<serde_json::Map<_, _>>(),
             "forced_features": g.feature_overrides(now).into_iter().map(|(f, on, until)| json!({ "feature": f, "on": on, "until_unix_ms": until })).collect::<Vec<_>>(),
+            // What is open on each feature's routes, and the drain under way once it is off.
+            "drains": crate::drain::registry().state(std::time::Instant::now(), &d.features, |f| d.message(f).drain),
         })
     });
     let signals: Vec<_> = cfg

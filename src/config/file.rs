@@ -28,6 +28,25 @@ impl JsonSchema for DurationText {
     }
 }
 
+/// A drain grace: a duration (`30s`, `0s` for at once) or `never`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DrainText(pub String);
+
+impl JsonSchema for DrainText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Drain".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^(never|[0-9]+(\\.[0-9]+)?(ms|s|m|min|h|d))$",
+            "description": "A grace with its unit (30s, 0s for at once), or `never`.",
+            "x-ecluse-expected": "a duration like `30s`, or `never`"
+        })
+    }
+}
+
 /// A byte size with its unit (`512KiB`, `64MiB`, `2GiB`; `KB`/`MB`/`GB` are powers of
 /// ten). Kept as text here; `runtime` parses it so that a bad value is reported with the others.
 /// A bare number of bytes (`500`) is accepted too.
@@ -488,6 +507,17 @@ pub struct ClientsFile {
     /// Default `60s`.
     #[serde(default)]
     pub keepalive_timeout: Option<DurationText>,
+    /// Longest wait for each write to the client (nginx `send_timeout`): a client that
+    /// reads nothing of a response for this long is cut (logged, counted in
+    /// `ecluse_client_timeouts_total{phase="send"}`). A download of any length goes on
+    /// as long as the client keeps reading. Default `60s`.
+    #[serde(default)]
+    pub send_timeout: Option<DurationText>,
+    /// Lowest speed a client must read a response at, in bytes per second, each write
+    /// taking at most its size at this rate (at least 1 s); replaces `send_timeout` when
+    /// set. `0` (default): off, only `send_timeout` applies.
+    #[serde(default)]
+    pub send_min_rate: Option<SizeText>,
     /// Open client connections accepted at once, over all proxy listeners; one more is
     /// answered `503` and closed. `0`: no cap. Default `20000` (keep the process's open
     /// file limit above it).
@@ -561,9 +591,23 @@ pub struct OriginFile {
     /// Longest wait for each read from the server (headers or a body chunk). Default `30s`.
     #[serde(default)]
     pub read_timeout: Option<DurationText>,
-    /// Longest time for the whole exchange with the origin. Default `60s`.
+    /// Longest wait for each write to the server (a request head or a body chunk).
+    /// Default: `read_timeout`.
+    #[serde(default)]
+    pub write_timeout: Option<DurationText>,
+    /// Longest time for the whole exchange with the origin, a response that keeps making
+    /// progress included (a route's own `total_timeout` overrides it). Default: none, as
+    /// nginx: `read_timeout` already ends an exchange that stops making progress. Never
+    /// applied to upgraded connections (WebSocket), which have `tunnel_idle_timeout`.
     #[serde(default)]
     pub total_timeout: Option<DurationText>,
+    /// An upgraded connection (WebSocket) through this origin is closed when no byte has
+    /// passed either way for this long. Default `5m`.
+    #[serde(default)]
+    pub tunnel_idle_timeout: Option<DurationText>,
+    /// Longest life of an upgraded connection, traffic or not. Default: none.
+    #[serde(default)]
+    pub tunnel_max_lifetime: Option<DurationText>,
     /// How long an idle pooled connection to this origin is kept. Default `60s`.
     #[serde(default)]
     pub idle_timeout: Option<DurationText>,
@@ -672,6 +716,11 @@ pub struct RouteFile {
     /// features off.
     #[serde(default)]
     pub feature: Option<String>,
+    /// Longest time for a whole exchange on this route, overriding the origin's
+    /// `total_timeout` (e.g. `10s` on a search that must answer fast). Never applied to
+    /// upgraded connections. Default: the origin's (none unless set).
+    #[serde(default)]
+    pub total_timeout: Option<DurationText>,
     /// Cache responses of this route (`GET`/`HEAD`), following the origin's
     /// `Cache-Control`, `Expires`, `ETag` and `Last-Modified`.
     #[serde(default)]
@@ -752,6 +801,13 @@ pub struct FeatureFile {
     /// `Retry-After` of the 503 (default `5m`).
     #[serde(default)]
     pub retry_after: Option<DurationText>,
+    /// When the feature is switched off, what is already open on its routes (WebSocket
+    /// tunnels, long downloads and streams, requests in flight; never uploads) is closed
+    /// after this grace: a WebSocket gets a close frame `1013 Try Again Later` with the
+    /// message as its reason. `0s` closes at once; `never` leaves them running. Switching
+    /// the feature back on during the grace keeps them. Default `30s`.
+    #[serde(default)]
+    pub drain: Option<DrainText>,
 }
 
 /// Degradation: levels, hold time, feature messages.

@@ -171,6 +171,10 @@ pub struct Clients {
     pub body_min_rate: u64,
     pub body_grace: Duration,
     pub keepalive_timeout: Duration,
+    /// Each write to the client (nginx `send_timeout`).
+    pub send_timeout: Duration,
+    /// Bytes per second a client must read a response at; 0 = off.
+    pub send_min_rate: u64,
     /// 0 = no cap.
     pub max_connections: u32,
     /// 0 = no cap.
@@ -187,6 +191,8 @@ impl Default for Clients {
             body_min_rate: 500,
             body_grace: Duration::from_secs(20),
             keepalive_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            send_min_rate: 0,
             max_connections: 20_000,
             max_connections_per_ip: 0,
             max_request_line: 8 << 10,
@@ -241,8 +247,19 @@ pub struct Origin {
     pub queue_timeout: Duration,
     pub balance: Balance,
     pub connect_timeout: Duration,
+    /// Each read from a server (nginx `proxy_read_timeout`).
     pub read_timeout: Duration,
+    /// Each write to a server (nginx `proxy_send_timeout`).
+    pub write_timeout: Duration,
+    /// The longest a priority-class upload waits for a slot: the configured
+    /// `total_timeout`, or 60 s.
     pub total_timeout: Duration,
+    /// The whole exchange, only when ops set `total_timeout` (a route's own overrides it).
+    pub total_limit: Option<Duration>,
+    /// An upgraded connection with no byte either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
+    /// The longest life of an upgraded connection, when set.
+    pub tunnel_max_lifetime: Option<Duration>,
     pub idle_timeout: Duration,
     pub tls: bool,
     pub sni: String,
@@ -313,6 +330,8 @@ pub struct Route {
     pub max_body_size: u64,
     /// Read the whole body before taking an origin slot (`request_buffering`).
     pub buffer_body: bool,
+    /// The whole exchange (`total_timeout` of the route, else of the origin), when set.
+    pub total_limit: Option<Duration>,
 }
 
 /// What a limit counts by, resolved.
@@ -444,6 +463,17 @@ pub fn show_path(path: &[Seg]) -> String {
         }
     }
     s
+}
+
+/// An optional duration: absent is `None`; `0s` or a bad value is a problem.
+fn opt_duration(
+    p: &mut Problems,
+    v: &Option<super::file::DurationText>,
+    path: Vec<Seg>,
+) -> Option<Duration> {
+    v.as_ref()?;
+    let d = duration_or(p, v, Duration::ZERO, path);
+    (!d.is_zero()).then_some(d)
 }
 
 fn duration_or(
@@ -989,6 +1019,21 @@ fn build_clients(p: &mut Problems, f: Option<&super::file::ClientsFile>) -> Clie
         return d;
     };
     let at = |k: &'static str| path!["server", "clients", k];
+    let send_min_rate = match &f.send_min_rate {
+        None => d.send_min_rate,
+        Some(s) => parse_size(&s.0).unwrap_or_else(|e| {
+            p.at(at("send_min_rate"), e);
+            d.send_min_rate
+        }),
+    };
+    if f.send_timeout.is_some() && send_min_rate > 0 {
+        // pingora bounds each write by one or the other, never both: the timeout would
+        // be silently ignored.
+        p.at(
+            at("send_min_rate"),
+            "set either `send_timeout` or `send_min_rate`: a minimum rate replaces the send timeout",
+        );
+    }
     let body_min_rate = match &f.body_min_rate {
         None => d.body_min_rate,
         Some(s) => parse_size(&s.0).unwrap_or_else(|e| {
@@ -1045,6 +1090,8 @@ fn build_clients(p: &mut Problems, f: Option<&super::file::ClientsFile>) -> Clie
             d.keepalive_timeout,
             at("keepalive_timeout"),
         ),
+        send_timeout: duration_or(p, &f.send_timeout, d.send_timeout, at("send_timeout")),
+        send_min_rate,
         max_connections: f.max_connections.unwrap_or(d.max_connections),
         max_connections_per_ip: f.max_connections_per_ip.unwrap_or(d.max_connections_per_ip),
         max_request_line,
@@ -1321,6 +1368,25 @@ fn build_origin(
             })
             .unwrap_or_default()
     });
+    let connect_timeout = duration_or(
+        p,
+        &of.connect_timeout,
+        Duration::from_secs(2),
+        at(path!["connect_timeout"]),
+    );
+    let read_timeout = duration_or(
+        p,
+        &of.read_timeout,
+        Duration::from_secs(30),
+        at(path!["read_timeout"]),
+    );
+    let total_limit = opt_duration(p, &of.total_timeout, at(path!["total_timeout"]));
+    let tunnel_idle_timeout = duration_or(
+        p,
+        &of.tunnel_idle_timeout,
+        Duration::from_secs(300),
+        at(path!["tunnel_idle_timeout"]),
+    );
     Some(Origin {
         name: name.to_string(),
         servers,
@@ -1337,23 +1403,21 @@ fn build_origin(
             BalanceFile::RoundRobin => Balance::RoundRobin,
             BalanceFile::LeastConnections => Balance::LeastConnections,
         },
-        connect_timeout: duration_or(
+        connect_timeout,
+        read_timeout,
+        write_timeout: duration_or(
             p,
-            &of.connect_timeout,
-            Duration::from_secs(2),
-            at(path!["connect_timeout"]),
+            &of.write_timeout,
+            read_timeout,
+            at(path!["write_timeout"]),
         ),
-        read_timeout: duration_or(
+        total_timeout: total_limit.unwrap_or(Duration::from_secs(60)),
+        total_limit,
+        tunnel_idle_timeout,
+        tunnel_max_lifetime: opt_duration(
             p,
-            &of.read_timeout,
-            Duration::from_secs(30),
-            at(path!["read_timeout"]),
-        ),
-        total_timeout: duration_or(
-            p,
-            &of.total_timeout,
-            Duration::from_secs(60),
-            at(path!["total_timeout"]),
+            &of.tunnel_max_lifetime,
+            at(path!["tunnel_max_lifetime"]),
         ),
         idle_timeout: duration_or(
             p,
@@ -2003,6 +2067,17 @@ fn build_degradation(p: &mut Problems, file: &FileConfig) -> Option<crate::degra
                 fr: m.message_fr.clone().unwrap_or_else(|| format!("« {f} » est suspendu pendant la forte affluence ; vos cours et devoirs restent accessibles.")),
                 en: m.message_en.clone().unwrap_or_else(|| format!("“{f}” is paused while the ENT is very busy; your lessons and homework stay available.")),
                 retry_after: duration_or(p, &m.retry_after, Duration::from_secs(300), path!["degradation", "features", f.as_str(), "retry_after"]),
+                drain: match &m.drain {
+                    None => crate::degrade::DEFAULT_DRAIN,
+                    Some(t) if t.0.trim() == "never" => None,
+                    Some(t) => match parse_duration(&t.0) {
+                        Ok(d) => Some(d),
+                        Err(e) => {
+                            p.at(path!["degradation", "features", f.as_str(), "drain"], format!("{e}, or `never`"));
+                            crate::degrade::DEFAULT_DRAIN
+                        }
+                    },
+                },
             },
         );
     }
@@ -2363,7 +2438,6 @@ fn build_routes(
                 name: r.name.clone(),
                 index: i,
                 matcher,
-                origin,
                 metrics: RouteMetrics::new(&r.name),
                 limits,
                 rate_limit_headers: r.rate_limit_headers.unwrap_or(false),
@@ -2372,6 +2446,9 @@ fn build_routes(
                 cache: route_cache,
                 max_body_size,
                 buffer_body: r.request_buffering.unwrap_or(true),
+                total_limit: opt_duration(p, &r.total_timeout, at(path!["total_timeout"]))
+                    .or(origin.total_limit),
+                origin,
             });
         }
     }

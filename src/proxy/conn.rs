@@ -295,7 +295,58 @@ struct PhaseState {
     /// pingora may hold bytes of a next request (pipelining, or a request body): no
     /// request is answered below it any more on this connection.
     dirty: bool,
+    /// The current request's place in its feature's drain (`crate::drain`).
+    drain: Option<Arc<crate::drain::Session>>,
+    /// An upgrade request waits for the origin's answer until then (the origin's
+    /// `connect_timeout` + `read_timeout`: pingora's own read timeout is off for upgrade
+    /// requests, whose upgraded connection has `tunnel_idle_timeout` instead).
+    await_origin: Option<Instant>,
+    /// That wait ran out (the proxy answers 504).
+    origin_timed_out: bool,
+    /// The connection was upgraded (`101`).
+    tunnel: Option<Tunnel>,
 }
+
+/// An upgraded connection: bytes pass both ways until one side closes, it stays idle
+/// past `idle`, reaches `until`, or its feature is drained.
+#[derive(Debug)]
+struct Tunnel {
+    idle: Duration,
+    until: Option<Instant>,
+    /// The last byte either way.
+    last: Instant,
+    /// WebSocket frame boundaries, to the client and from it (`None`: another protocol).
+    ws: Option<(super::tunnel::Frames, super::tunnel::Frames)>,
+    /// Not an upgraded connection: a refused upgrade's response body, held to the
+    /// origin's read timeout between chunks (closing it is the origin's timeout).
+    body_only: bool,
+}
+
+/// Why and how far a connection is being closed by ecluse.
+#[derive(Debug)]
+struct Closing {
+    code: u16,
+    reason: String,
+    step: CloseStep,
+    /// Past this, the connection is cut whatever the framing.
+    hard: Instant,
+    ws: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum CloseStep {
+    /// Waiting for the origin's frame in progress to the client to end.
+    Boundary,
+    /// The close frame to the client is being written (`out`).
+    Flushing,
+    /// Next: a close frame to the origin (as if from the client), then the end.
+    ToOrigin,
+    /// The end of the stream, for pingora.
+    Eof,
+}
+
+/// Longest wait for a frame in progress to end before the close frame goes out.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// A client stream that enforces the head deadline and the body rate. Every other trait
 /// is the inner stream's.
@@ -316,6 +367,12 @@ pub struct Guarded {
     /// A response made here, still being written.
     out: Vec<u8>,
     out_pos: usize,
+    /// A close in progress (drain, tunnel idle or lifetime).
+    closing: Option<Closing>,
+    /// The task of the pending read, woken when a write moves a close on.
+    read_waker: Option<std::task::Waker>,
+    /// The connection is upgraded: reads and writes keep its activity and framing.
+    tunneling: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Guarded {
@@ -368,6 +425,10 @@ impl Guarded {
                 pending_since: None,
                 handed: 0,
                 dirty: false,
+                drain: None,
+                await_origin: None,
+                origin_timed_out: false,
+                tunnel: None,
             }),
             peeked: Vec::new(),
             peeked_pos: 0,
@@ -375,6 +436,9 @@ impl Guarded {
             fast: None,
             out: Vec::new(),
             out_pos: 0,
+            closing: None,
+            read_waker: None,
+            tunneling: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -411,6 +475,63 @@ impl Guarded {
         let mut s = self.lock();
         s.phase = Phase::Idle;
         s.handed = 0;
+        s.drain = None;
+        s.await_origin = None;
+        s.tunnel = None;
+        self.tunneling.store(false, Ordering::Relaxed);
+    }
+
+    /// The current request belongs to a feature's drain: closed when it reaches it.
+    pub fn watch_drain(&self, session: Arc<crate::drain::Session>) {
+        self.lock().drain = Some(session);
+    }
+
+    /// An upgrade request went to the origin: its answer is due by `deadline`.
+    pub fn await_origin(&self, deadline: Instant) {
+        let mut s = self.lock();
+        s.await_origin = Some(deadline);
+        s.origin_timed_out = false;
+    }
+
+    /// The wait for an upgrade answer ran out (answer 504, not "client gone").
+    pub fn origin_timed_out(&self) -> bool {
+        self.lock().origin_timed_out
+    }
+
+    /// The origin answered. With `Some(..)`, the connection is upgraded: it is closed
+    /// when idle for `idle` either way or at `until`; `websocket` when it speaks
+    /// WebSocket (closes then carry a close frame).
+    pub fn response_started(&self, tunnel: Option<(Duration, Option<Instant>, bool)>) {
+        let mut s = self.lock();
+        s.await_origin = None;
+        if let Some((idle, until, websocket)) = tunnel {
+            self.tunneling.store(true, Ordering::Relaxed);
+            s.tunnel = Some(Tunnel {
+                idle,
+                until,
+                last: Instant::now(),
+                ws: websocket.then(|| {
+                    (
+                        super::tunnel::Frames::after_http_head(),
+                        super::tunnel::Frames::new(),
+                    )
+                }),
+                body_only: false,
+            });
+        }
+    }
+
+    /// A refused upgrade's response: cut when nothing is written to the client for
+    /// `idle` (what the origin's read timeout would have done).
+    pub fn body_idle(&self, idle: Duration) {
+        self.tunneling.store(true, Ordering::Relaxed);
+        self.lock().tunnel = Some(Tunnel {
+            idle,
+            until: None,
+            last: Instant::now(),
+            ws: None,
+            body_only: true,
+        });
     }
 
     /// The body waiting time allowed so far: the grace, plus what the bytes received
@@ -421,10 +542,18 @@ impl Guarded {
     }
 
     /// After a read that returned `n` bytes: move the phase on and check the limits.
-    fn after_read(&self, n: usize) -> io::Result<()> {
+    fn after_read(&self, n: usize, bytes: &[u8]) -> io::Result<()> {
         let mut s = self.lock();
         s.handed += n;
         let now = Instant::now();
+        if let Some(t) = s.tunnel.as_mut() {
+            if n > 0 {
+                t.last = now;
+                if let Some((_, from_client)) = t.ws.as_mut() {
+                    from_client.feed(bytes);
+                }
+            }
+        }
         match s.phase {
             Phase::Idle | Phase::Kept { .. } if n > 0 => {
                 s.phase = Phase::Head {
@@ -663,6 +792,9 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(r) = this.poll_close(cx, buf) {
+            return r;
+        }
         let mut answered = 0u32;
         loop {
             match this.poll_answer(cx) {
@@ -688,7 +820,7 @@ impl AsyncRead for Guarded {
                             continue;
                         }
                     }
-                    return Poll::Ready(this.after_read(n));
+                    return Poll::Ready(this.after_read(n, &buf.filled()[before..]));
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return this.poll_pending(cx),
@@ -698,19 +830,164 @@ impl AsyncRead for Guarded {
         let rest = &this.peeked[this.peeked_pos..];
         let n = rest.len().min(buf.remaining());
         buf.put_slice(&rest[..n]);
+        let r = this.after_read(n, &this.peeked[this.peeked_pos..this.peeked_pos + n]);
         this.peeked_pos += n;
         if this.peeked_pos == this.peeked.len() {
             this.peeked = Vec::new();
             this.peeked_pos = 0;
         }
-        Poll::Ready(this.after_read(n))
+        Poll::Ready(r)
     }
 }
 
 impl Guarded {
+    /// Deadlines beyond the request phase's: an upgrade answer, a tunnel's idle time and
+    /// lifetime, a close waiting for a frame to end.
+    fn other_deadline(&self) -> Option<Instant> {
+        let s = self.lock();
+        let tunnel = s
+            .tunnel
+            .as_ref()
+            .map(|t| t.until.map_or(t.last + t.idle, |u| u.min(t.last + t.idle)));
+        if let Some(c) = self.closing.as_ref() {
+            return Some(c.hard);
+        }
+        [s.await_origin, tunnel].into_iter().flatten().min()
+    }
+
+    /// Start closing when a drain, a tunnel's idle time or lifetime says so, and move a
+    /// close on. `Some` is the read's result; `None`: read as usual.
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Option<Poll<io::Result<()>>> {
+        if self.closing.is_none() {
+            let now = Instant::now();
+            let mut s = self.lock();
+            let drained = s
+                .drain
+                .as_ref()
+                .and_then(|d| d.closing().map(str::to_string));
+            let (start, ws) = match (&drained, s.tunnel.as_ref()) {
+                (Some(reason), t) => (
+                    Some((super::tunnel::TRY_AGAIN_LATER, reason.clone(), "drain")),
+                    t.is_some_and(|t| t.ws.is_some()),
+                ),
+                (None, Some(t)) => {
+                    let why = if t.until.is_some_and(|u| now >= u) {
+                        Some("tunnel_lifetime")
+                    } else if now >= t.last + t.idle {
+                        Some(if t.body_only {
+                            "origin_read"
+                        } else {
+                            "tunnel_idle"
+                        })
+                    } else {
+                        None
+                    };
+                    (
+                        why.map(|w| (super::tunnel::GOING_AWAY, w.replace('_', " "), w)),
+                        t.ws.is_some(),
+                    )
+                }
+                (None, None) => (None, false),
+            };
+            if start.is_none() && s.await_origin.is_some_and(|d| now >= d) {
+                s.await_origin = None;
+                s.origin_timed_out = true;
+                return Some(Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "origin too slow answering an upgrade request",
+                ))));
+            }
+            drop(s);
+            let (code, reason, why) = start?;
+            if why != "drain" && why != "origin_read" {
+                crate::metrics::get()
+                    .client_timeouts
+                    .with_label_values(&[why])
+                    .inc();
+            }
+            log::info!("closing a connection: {why} ({reason})");
+            self.closing = Some(Closing {
+                code,
+                reason,
+                step: CloseStep::Boundary,
+                hard: now + CLOSE_WAIT,
+                ws,
+            });
+        }
+        let c = self.closing.as_mut()?;
+        if !c.ws {
+            // Nothing to say in-band: cut the connection.
+            return Some(Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("closed by ecluse: {}", c.reason),
+            ))));
+        }
+        loop {
+            let c = self.closing.as_mut()?;
+            match c.step {
+                CloseStep::Boundary => {
+                    let at_boundary = {
+                        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                        s.tunnel
+                            .as_ref()
+                            .and_then(|t| t.ws.as_ref())
+                            .is_some_and(|(to_client, _)| to_client.at_boundary())
+                    };
+                    if at_boundary {
+                        self.out = super::tunnel::close_frame(c.code, &c.reason, None);
+                        self.out_pos = 0;
+                        c.step = CloseStep::Flushing;
+                    } else if Instant::now() >= c.hard {
+                        // The origin's frame never ended: cut without a close frame.
+                        c.step = CloseStep::Eof;
+                    } else {
+                        self.read_waker = Some(cx.waker().clone());
+                        return Some(self.poll_pending(cx));
+                    }
+                }
+                CloseStep::Flushing => match self.poll_answer(cx) {
+                    Poll::Ready(Ok(())) => c_step(&mut self.closing, CloseStep::ToOrigin),
+                    Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                    Poll::Pending => return Some(Poll::Pending),
+                },
+                CloseStep::ToOrigin => {
+                    c.step = CloseStep::Eof;
+                    let at_boundary = {
+                        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                        s.tunnel
+                            .as_ref()
+                            .and_then(|t| t.ws.as_ref())
+                            .is_some_and(|(_, from_client)| from_client.at_boundary())
+                    };
+                    // The origin hears the close too, as if from the client (masked), so
+                    // its side ends cleanly rather than on a bare TCP close.
+                    let f = super::tunnel::close_frame(
+                        super::tunnel::GOING_AWAY,
+                        "",
+                        Some(rand::random::<[u8; 4]>()),
+                    );
+                    if at_boundary && buf.remaining() >= f.len() {
+                        buf.put_slice(&f);
+                        return Some(Poll::Ready(Ok(())));
+                    }
+                }
+                CloseStep::Eof => return Some(Poll::Ready(Ok(()))),
+            }
+        }
+    }
+
     /// The client's bytes are not there yet: wait, but not past the phase's deadline.
     fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Some(deadline) = self.pending_deadline() else {
+        if let Some(d) = self.lock().drain.as_ref() {
+            d.register(cx.waker());
+        }
+        let phase_deadline = self.pending_deadline();
+        let other = self.other_deadline();
+        let Some(deadline) = [phase_deadline, other].into_iter().flatten().min() else {
             self.sleep = None;
             return Poll::Pending;
         };
@@ -731,6 +1008,15 @@ impl Guarded {
         }
         if fired {
             self.sleep = None;
+            if other.is_some_and(|o| o <= Instant::now()) {
+                // A tunnel's or a close's deadline: poll again, `poll_close` acts on it.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if phase_deadline.is_none_or(|d| d > Instant::now()) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             let phase = match self.lock().phase {
                 // Idle past the keep-alive timeout: the end of the stream, for pingora.
                 Phase::Kept { .. } => return Poll::Ready(Ok(())),
@@ -743,13 +1029,87 @@ impl Guarded {
     }
 }
 
+/// Move a close to its next step.
+fn c_step(c: &mut Option<Closing>, step: CloseStep) {
+    if let Some(c) = c.as_mut() {
+        c.step = step;
+    }
+}
+
+impl Guarded {
+    /// A write on an upgraded connection: keep its activity and framing; while closing,
+    /// let the frame in progress end, put the close frame after it, and drop the rest
+    /// (the connection is closing: nothing after a close frame may be sent).
+    fn poll_write_tunnel(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if let Some(c) = self.closing.as_mut() {
+            match c.step {
+                CloseStep::Boundary if c.ws => {
+                    let n = {
+                        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                        s.tunnel
+                            .as_ref()
+                            .and_then(|t| t.ws.as_ref())
+                            .map_or(0, |(to_client, _)| to_client.until_boundary(buf))
+                    };
+                    if n == 0 {
+                        // At a boundary: the close frame goes now, the pending read
+                        // carries the close on.
+                        self.out = super::tunnel::close_frame(c.code, &c.reason, None);
+                        self.out_pos = 0;
+                        c.step = CloseStep::Flushing;
+                        if let Some(w) = self.read_waker.take() {
+                            w.wake();
+                        }
+                    } else {
+                        return self.write_through(cx, &buf[..n]);
+                    }
+                }
+                CloseStep::Boundary => return self.write_through(cx, buf),
+                _ => {}
+            }
+            return match self.poll_answer(cx) {
+                Poll::Ready(Ok(())) => {
+                    c_step(&mut self.closing, CloseStep::ToOrigin);
+                    if let Some(w) = self.read_waker.take() {
+                        w.wake();
+                    }
+                    Poll::Ready(Ok(buf.len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        self.write_through(cx, buf)
+    }
+
+    fn write_through(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(t) = s.tunnel.as_mut() {
+                    t.last = Instant::now();
+                    if let Some((to_client, _)) = t.ws.as_mut() {
+                        to_client.feed(&buf[..n]);
+                    }
+                }
+            }
+        }
+        r
+    }
+}
+
 impl AsyncWrite for Guarded {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let me = self.get_mut();
+        if me.tunneling.load(Ordering::Relaxed) || me.closing.is_some() {
+            return me.poll_write_tunnel(cx, buf);
+        }
+        Pin::new(&mut me.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -768,7 +1128,16 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let me = self.get_mut();
+        if me.tunneling.load(Ordering::Relaxed) || me.closing.is_some() {
+            // One slice at a time: the framing is followed byte by byte.
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            return me.poll_write_tunnel(cx, first);
+        }
+        Pin::new(&mut me.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

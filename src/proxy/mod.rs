@@ -104,6 +104,7 @@ fn canonicalize(
     }
     Ok(())
 }
+mod tunnel;
 
 /// What a status poll's ticket asks.
 enum StatusPoll {
@@ -257,6 +258,8 @@ pub struct Ctx {
     /// A streaming route's body limit (0: none) and the body bytes passed on so far.
     body_limit: u64,
     body_seen: u64,
+    /// This exchange's place in its feature's drain (feature routes, no request body).
+    drain: Option<Arc<crate::drain::Session>>,
 }
 
 impl Ctx {
@@ -1240,6 +1243,46 @@ impl EcluseProxy {
     }
 }
 
+impl EcluseProxy {
+    /// The origin answered: a `101` to an upgrade request makes the connection a
+    /// tunnel, with its own timeouts (the request ones no longer apply).
+    fn maybe_tunnel(&self, session: &mut Session, resp: &ResponseHeader, ctx: &mut Ctx) {
+        let upgraded = resp.status.as_u16() == 101 && session.is_upgrade_req();
+        let origin = ctx.origin().filter(|_| upgraded);
+        let tunnel = origin.map(|o| {
+            let ws = header(session.req_header(), "upgrade")
+                .is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"));
+            (
+                o.tunnel_idle_timeout,
+                o.tunnel_max_lifetime.map(|l| Instant::now() + l),
+                ws,
+            )
+        });
+        let guard = conn::guard_of(session);
+        let guarded = guard.is_some();
+        if let Some(g) = guard {
+            g.response_started(tunnel);
+            if !upgraded && session.is_upgrade_req() {
+                // Refused upgrade: pingora's per-read timeout is off for this request
+                // (see `upstream_peer`), so the guard holds the response body to the
+                // origin's `read_timeout` between two chunks instead.
+                if let Some(o) = ctx.origin() {
+                    g.body_idle(o.read_timeout);
+                }
+            }
+        }
+        if let Some((idle, _, _)) = tunnel {
+            // A tunnel is a connection, not a request being processed: its origin slot
+            // (`max_inflight`, the adaptive limit) is given back at the `101`.
+            ctx.permit = None;
+            // The guard counts idleness both ways; without one, each read is bounded.
+            session.set_read_timeout(if guarded { None } else { Some(idle) });
+            session.set_min_send_rate(None);
+            session.set_write_timeout(Some(idle));
+        }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for EcluseProxy {
     type CTX = Ctx;
@@ -1282,6 +1325,7 @@ impl ProxyHttp for EcluseProxy {
             spooled: None,
             body_limit: 0,
             body_seen: 0,
+            drain: None,
         }
     }
 
@@ -1351,6 +1395,13 @@ impl ProxyHttp for EcluseProxy {
         // Only where the request allows keep-alive (not HTTP/1.0 without it, not `close`).
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(clients.keepalive_timeout.as_secs().max(1)));
+        }
+        // Writes to the client: idle between two writes (nginx `send_timeout`), or a
+        // minimum rate; never a total, so a download lasts as long as it progresses.
+        if clients.send_min_rate > 0 {
+            session.set_min_send_rate(Some(clients.send_min_rate as usize));
+        } else {
+            session.set_write_timeout(Some(clients.send_timeout));
         }
         crate::metrics::get().inflight_requests.inc();
         ctx.start = Instant::now();
@@ -1461,6 +1512,17 @@ impl ProxyHttp for EcluseProxy {
                 session.write_response_body(Some(page.body), true).await?;
                 return Ok(true);
             }
+        }
+
+        // 3b. What the feature's drain closes when it is switched off: everything on its
+        // routes but uploads (a drain never cuts what someone is sending).
+        if let (Some(feature), false) = (&route.feature, ctx.has_body) {
+            let lang = pages::negotiate_lang(header(session.req_header(), "accept-language"));
+            let d = crate::drain::registry().open(feature, lang == pages::Lang::Fr);
+            if let Some(guard) = conn::guard_of(session) {
+                guard.watch_drain(d.clone());
+            }
+            ctx.drain = Some(d);
         }
 
         // 4. Waiting room: a request without a valid admission is queued.
@@ -1651,7 +1713,7 @@ impl ProxyHttp for EcluseProxy {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some(origin) = ctx.origin().cloned() else {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
@@ -1673,19 +1735,41 @@ impl ProxyHttp for EcluseProxy {
         let server = origin.servers[idx].clone();
         let now = Instant::now();
         let first_start = *ctx.upstream_start.get_or_insert(now);
-        // The total budget bounds every read: the origin can't keep us past it by
-        // trickling bytes just under `read_timeout`.
-        let spent = now.duration_since(first_start);
-        let remaining = origin
-            .total_timeout
-            .saturating_sub(spent)
-            .max(Duration::from_millis(1));
         let mut peer = HttpPeer::new(server.addr, origin.tls, origin.sni.clone());
         peer.options.connection_timeout = Some(origin.connect_timeout);
-        peer.options.total_connection_timeout = Some(origin.connect_timeout.min(remaining));
-        peer.options.read_timeout = Some(origin.read_timeout.min(remaining));
-        peer.options.write_timeout = Some(origin.read_timeout.min(remaining));
         peer.options.idle_timeout = Some(origin.idle_timeout);
+        // Timeouts mean what nginx's mean: each read and each write from and to the
+        // origin is bounded, the whole exchange only when ops set a total.
+        let mut read = origin.read_timeout;
+        let mut write = origin.write_timeout;
+        let mut connect = origin.connect_timeout;
+        if session.is_upgrade_req() {
+            // pingora's read timeout would also bound each read of the upgraded
+            // connection (a visio whose origin is quiet for 30 s would be cut): it is
+            // off, the connection guard bounds the wait for the answer instead, and the
+            // upgraded connection has `tunnel_idle_timeout` (either way, counted there).
+            if let Some(g) = conn::guard_of(session) {
+                g.await_origin(now + origin.connect_timeout + origin.read_timeout);
+                peer.options.read_timeout = None;
+            } else {
+                peer.options.read_timeout = Some(read);
+            }
+            peer.options.write_timeout = Some(write.max(origin.tunnel_idle_timeout));
+        } else {
+            if let Some(total) = ctx.route.as_ref().and_then(|r| r.total_limit) {
+                // The total bounds every read: the origin can't keep us past it by
+                // trickling bytes just under `read_timeout`.
+                let remaining = total
+                    .saturating_sub(now.duration_since(first_start))
+                    .max(Duration::from_millis(1));
+                read = read.min(remaining);
+                write = write.min(remaining);
+                connect = connect.min(remaining);
+            }
+            peer.options.read_timeout = Some(read);
+            peer.options.write_timeout = Some(write);
+        }
+        peer.options.total_connection_timeout = Some(connect);
         ctx.server = Some(InflightGuard::new(server));
         Ok(Box::new(peer))
     }
@@ -1809,6 +1893,7 @@ impl ProxyHttp for EcluseProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        self.maybe_tunnel(session, upstream_response, ctx);
         if ctx.route.as_ref().is_some_and(|r| r.cache.is_some()) {
             let status = upstream_response.status.as_u16();
             let from_cache = matches!(
@@ -1901,22 +1986,49 @@ impl ProxyHttp for EcluseProxy {
 
     fn upstream_response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        if let (Some(origin), Some(t0)) = (ctx.origin(), ctx.upstream_start) {
-            if t0.elapsed() > origin.total_timeout {
+        // A total only where ops set one, and never on an upgraded connection.
+        let total = ctx.route.as_ref().and_then(|r| r.total_limit);
+        if let (Some(route), Some(total), Some(t0)) = (&ctx.route, total, ctx.upstream_start) {
+            if t0.elapsed() > total && !session.was_upgraded() {
+                let origin = &route.origin;
                 origin.metrics.err_timeout.inc();
                 return Error::e_explain(
                     ErrorType::ReadTimedout,
                     format!(
-                        "origin {}: total_timeout {:?} exceeded",
-                        origin.name, origin.total_timeout
+                        "route {}: total_timeout {total:?} exceeded (origin {})",
+                        route.name, origin.name
                     ),
                 );
             }
+        }
+        Ok(None)
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        // HTTP/1 connections are closed by their guard even when nothing flows (a
+        // WebSocket with its close frame, which an error here would pre-empt); this
+        // reaches HTTP/2 streams (no guard) at their next chunk.
+        if let Some(reason) = ctx
+            .drain
+            .as_ref()
+            .and_then(|d| d.closing())
+            .filter(|_| conn::guard_of(session).is_none())
+        {
+            return Error::e_explain(
+                ErrorType::ConnectionClosed,
+                format!("feature drained: {reason}"),
+            );
         }
         Ok(None)
     }
@@ -1988,7 +2100,14 @@ impl ProxyHttp for EcluseProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let origin_slow = conn::guard_of(session).is_some_and(|g| g.origin_timed_out());
+        if origin_slow {
+            if let Some(o) = ctx.origin() {
+                o.metrics.err_timeout.inc();
+            }
+        }
         let problem = match e.etype() {
+            _ if origin_slow => Problem::GatewayTimeout,
             ErrorType::HTTPStatus(code) if *code < 500 => {
                 // pingora's own 4xx (e.g. a malformed request): plain and short.
                 let code = *code;
@@ -2098,8 +2217,26 @@ impl ProxyHttp for EcluseProxy {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let elapsed = ctx.start.elapsed();
-        // Signals for degradation and adaptive concurrency: how the origin answered.
-        if let (Some(route), Some(t0)) = (ctx.route.clone(), ctx.upstream_start) {
+        // A client too slow reading its response (`send_timeout` / `send_min_rate`).
+        if let Some(err) = e.filter(|err| {
+            err.etype() == &ErrorType::WriteTimedout && err.esource() != &ErrorSource::Upstream
+        }) {
+            m.client_timeouts.with_label_values(&["send"]).inc();
+            log::info!(
+                "client {} too slow reading the response of {}: {err}",
+                ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+                session.req_header().uri.path()
+            );
+        }
+        // Signals for degradation and adaptive concurrency: how the origin answered. An
+        // upgraded connection's length is the users', not the origin's latency; a drained
+        // one ends by our hand, not the origin's failure.
+        let drained = ctx.drain.as_ref().is_some_and(|d| d.closing().is_some());
+        if let (Some(route), Some(t0), false) = (
+            ctx.route.clone(),
+            ctx.upstream_start,
+            session.was_upgraded() || drained,
+        ) {
             if let Some((failure, at)) = origin_outcome(ctx.upstream_head, e) {
                 let (client, url) = signal_keys(session, ctx);
                 let x = crate::policy::signals::Exchange {
