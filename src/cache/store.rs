@@ -1191,6 +1191,16 @@ impl Store {
         keys.into_iter().filter(|k| self.remove_key(*k)).count()
     }
 
+    /// Drop the stored copies of one URL (a [`primary_key`]) this process knows about, all
+    /// variants, without a tombstone (nothing older is wrong, it is just not to be shared).
+    pub fn drop_url(&self, url: &str) -> usize {
+        let mut keys = self.shared.index_take(url);
+        keys.push(hash_key(&CacheKey::new(url, "")));
+        keys.sort_unstable();
+        keys.dedup();
+        keys.into_iter().filter(|k| self.remove_key(*k)).count()
+    }
+
     /// Current figures (cheap: a few atomics and one read lock per memory shard).
     pub fn stats(&self) -> StoreStats {
         let memory = self.cache.memory();
@@ -1392,6 +1402,17 @@ impl Storage for Store {
             self.cache.remove(&k);
             return Ok(false);
         }
+        // A revalidation updates the copy it revalidated, never one stored since (another
+        // request's answer, another user's body): `meta` carries the `created` time and
+        // version of the copy that was looked up, and must not land on other bytes.
+        let version = |m: &CacheMeta| {
+            m.headers()
+                .get(crate::cache::auth::VERSION_HEADER)
+                .map(|v| v.as_bytes().to_vec())
+        };
+        if old.meta.created() != meta.created() || version(&old.meta) != version(meta) {
+            return Ok(false);
+        }
         let object = CachedObject::from_meta(old.url.clone(), meta, old.body.clone())?;
         drop(entry);
         // Re-inserted whole (foyer values are immutable); with a disk tier this writes the
@@ -1536,11 +1557,24 @@ impl HandleMiss for Miss {
             key,
             url,
             internal,
-            meta,
+            mut meta,
             chunks,
             size,
             ..
         } = *self;
+        // On a `revalidate` route the copy carries its version (status and body bytes), so
+        // a stale copy goes only to credentials the origin gave these very bytes.
+        use crate::cache::auth::{version_header_value, VersionHasher, VERSION_HEADER};
+        if let Some(v) = meta.headers().get(VERSION_HEADER) {
+            let anonymous = v.as_bytes().ends_with(b";anon");
+            let mut h = VersionHasher::new(meta.response_header().status.as_u16());
+            for chunk in &chunks {
+                h.update(chunk);
+            }
+            let value = version_header_value(&h.finish(), anonymous);
+            meta.response_header_mut()
+                .insert_header(VERSION_HEADER, value)?;
+        }
         if store.tombstones.matches(&url, meta.created()) {
             // Fetched before a purge of its URL: it would never be served.
             return Ok(MissFinishType::Created(size));

@@ -192,6 +192,9 @@ pub struct Ctx {
     stale_error_status: Option<u16>,
     /// The lookup found a stored copy (fresh or not), for `Cache-Status`.
     stored_found: bool,
+    /// On a `revalidate` route: the stored version looked up, what was asked of the
+    /// origin, and the version it is answering (`cache::auth`).
+    binding: cache::Binding,
 }
 
 impl Ctx {
@@ -1177,6 +1180,7 @@ impl ProxyHttp for EcluseProxy {
             auth_grant: None,
             stale_error_status: None,
             stored_found: false,
+            binding: cache::Binding::default(),
         }
     }
 
@@ -1336,7 +1340,7 @@ impl ProxyHttp for EcluseProxy {
     async fn cache_hit_filter(
         &self,
         session: &mut Session,
-        _meta: &CacheMeta,
+        meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
         is_fresh: bool,
         ctx: &mut Ctx,
@@ -1359,6 +1363,10 @@ impl ProxyHttp for EcluseProxy {
         // Authorize-then-serve: every request asks the origin with its own credentials.
         // No cache lock: one student's revalidation must not stand in for another's.
         session.cache.set_cache_lock(None, None);
+        if self.bind_stored_copy(session, meta, ctx) {
+            // Its body differs by credential: the stored copy is nobody's to share.
+            return Ok(Some(ForcedFreshness::ForceMiss));
+        }
         if is_fresh {
             Ok(Some(ForcedFreshness::ForceExpiredServeStale {
                 expired_at: None,
@@ -1370,7 +1378,7 @@ impl ProxyHttp for EcluseProxy {
 
     fn response_cache_filter(
         &self,
-        _session: &Session,
+        session: &Session,
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
@@ -1383,6 +1391,11 @@ impl ProxyHttp for EcluseProxy {
             ctx.credentialed,
             SystemTime::now(),
         );
+        let c = if policy.mode == CacheMode::Revalidate {
+            self.revalidate_cacheable(session, ctx, c)
+        } else {
+            c
+        };
         ctx.cache_storable = c.is_cacheable();
         Ok(c)
     }
@@ -1390,10 +1403,12 @@ impl ProxyHttp for EcluseProxy {
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
         req: &RequestHeader,
     ) -> Option<pingora_cache::key::HashBinary> {
-        crate::policy::cache::variance(meta, req)
+        let v = crate::policy::cache::variance(meta, req);
+        ctx.binding.variance = v;
+        v
     }
 
     fn should_serve_stale(
@@ -1566,6 +1581,9 @@ impl ProxyHttp for EcluseProxy {
                 upstream_request,
                 session.cache.maybe_cache_meta(),
             );
+            // On a `revalidate` route, validators only where the origin's 304 says which
+            // bytes this user may have.
+            self.revalidate_conditionals(session, upstream_request, ctx);
         }
         Ok(())
     }
@@ -1577,6 +1595,22 @@ impl ProxyHttp for EcluseProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if ctx.route.as_ref().is_some_and(|r| r.cache.is_some()) {
+            // Internal bookkeeping of the stored copy: never for the client.
+            upstream_response.remove_header(crate::cache::auth::VERSION_HEADER);
+            if ctx.binding.untrusted_304
+                && matches!(
+                    session.cache.phase(),
+                    CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_)
+                )
+            {
+                // The origin answered 304 to a question that does not say which bytes
+                // (no validator sent, or another ETag back): the stored body may be
+                // someone else's. An error, never a leak.
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(502),
+                    "revalidate: a 304 that does not name the stored version",
+                );
+            }
             let status = upstream_response.status.as_u16();
             let from_cache = matches!(
                 session.cache.phase(),
@@ -1643,7 +1677,7 @@ impl ProxyHttp for EcluseProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
-        self.record_authorization(ctx, status);
+        self.record_authorization(session, ctx, upstream_response);
         if session.cache.enabled() {
             ctx.upstream_set_cookies = upstream_response
                 .headers
@@ -1667,11 +1701,12 @@ impl ProxyHttp for EcluseProxy {
 
     fn upstream_response_body_filter(
         &self,
-        _session: &mut Session,
-        _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
+        self.record_answered_version(session, body.as_deref(), end_of_stream, ctx);
         if let (Some(origin), Some(t0)) = (ctx.origin(), ctx.upstream_start) {
             if t0.elapsed() > origin.total_timeout {
                 origin.metrics.err_timeout.inc();
