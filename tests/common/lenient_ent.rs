@@ -15,6 +15,13 @@
 //!   ENTs do;
 //! - **fails on command**: `set_failing(true)` makes every answer a 503; any path under
 //!   `/fail/` always answers 500 (a URL that fails for everyone).
+//! - **one body for every pupil** at `/class/...` (`"<path> for the class"`, login page
+//!   for anonymous), like an exam paper every logged-in pupil may read;
+//! - **validators on command** (`set_validators`): a strong ETag of the body (default), a
+//!   weak one, none at all, or only a `Last-Modified` of the page's template, answered 304
+//!   by date to any `If-Modified-Since` (whoever asks: the habit that makes a date say
+//!   nothing about one pupil's body); `set_edition` changes every private body (a
+//!   re-upload).
 //!
 //! Everything else answers 200 with a JSON echo: `{"path", "raw", "user", "host",
 //! "real_ip", "port", "prefix", "method", "body_len"}` and `Cache-Control` from
@@ -46,7 +53,20 @@ pub struct Seen {
     pub body_len: usize,
 }
 
+/// Which validators `/private/` and `/class/` answers carry (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Validators {
+    StrongEtag,
+    WeakEtag,
+    None,
+    TemplateDate,
+}
+
+const TEMPLATE_DATE: &str = "Mon, 30 Nov 2026 07:00:00 GMT";
+
 struct State {
+    validators: Mutex<Validators>,
+    edition: Mutex<String>,
     failing: AtomicBool,
     cache_control: Mutex<String>,
     seen: Mutex<Vec<Seen>>,
@@ -118,6 +138,8 @@ impl LenientEnt {
             .expect("bind");
         let addr = l.local_addr().expect("addr");
         let state = Arc::new(State {
+            validators: Mutex::new(Validators::StrongEtag),
+            edition: Mutex::new(String::new()),
             failing: AtomicBool::new(false),
             cache_control: Mutex::new("public, max-age=60".to_string()),
             seen: Mutex::new(Vec::new()),
@@ -152,6 +174,16 @@ impl LenientEnt {
     /// Every answer a 503 while `true` (the ENT is down).
     pub fn set_failing(&self, on: bool) {
         self.state.failing.store(on, Ordering::SeqCst);
+    }
+
+    /// Which validators later `/private/` and `/class/` answers carry.
+    pub fn set_validators(&self, v: Validators) {
+        *self.state.validators.lock().expect("lock") = v;
+    }
+
+    /// A suffix of every later `/private/` and `/class/` body (a new edition: a re-upload).
+    pub fn set_edition(&self, e: &str) {
+        *self.state.edition.lock().expect("lock") = e.to_string();
     }
 
     /// The `Cache-Control` of later 200 answers (per-pupil ones included).
@@ -219,6 +251,7 @@ async fn answer(
         .or_else(|| h("host"))
         .unwrap_or_default();
     let inm = h("if-none-match");
+    let ims = h("if-modified-since");
     let method = req.method().to_string();
     let headers: Vec<(String, String)> = req
         .headers()
@@ -265,9 +298,48 @@ async fn answer(
             .body(Full::new(Bytes::from_static(b"this URL always fails")))
             .expect("response");
     }
+    let validators = *st.validators.lock().expect("lock");
+    let edition = st.edition.lock().expect("lock").clone();
+    if path.starts_with("/class/")
+        || (validators != Validators::StrongEtag && path.starts_with("/private/"))
+    {
+        let text = match &user {
+            Some(_) if path.starts_with("/class/") => format!("{path} for the class{edition}"),
+            Some(u) => format!("{path} for {u}{edition}"),
+            None => "<html><form action=/login>login page</form></html>".to_string(),
+        };
+        let etag = match validators {
+            Validators::StrongEtag => Some(etag_of(&text)),
+            Validators::WeakEtag => Some(format!("W/{}", etag_of(&text))),
+            Validators::None | Validators::TemplateDate => None,
+        };
+        let not_modified = match (&etag, validators) {
+            (Some(e), _) => inm.as_deref() == Some(e.as_str()),
+            (None, Validators::TemplateDate) => ims.as_deref() == Some(TEMPLATE_DATE),
+            _ => false,
+        };
+        let mut b = resp.header("cache-control", cc);
+        if let Some(e) = &etag {
+            b = b.header("etag", e);
+        }
+        if validators == Validators::TemplateDate {
+            b = b.header("last-modified", TEMPLATE_DATE);
+        }
+        if not_modified {
+            return b
+                .status(304)
+                .body(Full::new(Bytes::new()))
+                .expect("response");
+        }
+        return b
+            .status(200)
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from(text)))
+            .expect("response");
+    }
     if path.starts_with("/private/") {
         let text = match &user {
-            Some(u) => format!("{path} for {u}"),
+            Some(u) => format!("{path} for {u}{edition}"),
             None => "<html><form action=/login>login page</form></html>".to_string(),
         };
         let etag = etag_of(&text);
