@@ -228,8 +228,12 @@ pub fn object_id(primary: &[u8], variance: Option<&[u8]>) -> ObjectId {
     let mut h = Sha256::new();
     h.update((primary.len() as u64).to_le_bytes());
     h.update(primary);
-    if let Some(v) = variance {
-        h.update(v);
+    match variance {
+        Some(v) => {
+            h.update([1]);
+            h.update(v);
+        }
+        None => h.update([0]),
     }
     let full = h.finalize();
     let mut id = [0u8; 16];
