@@ -379,3 +379,23 @@ async fn a_cookie_a_lenient_ent_reads_makes_the_request_credentialed() {
         r.cache_status
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_304_that_does_not_name_the_stored_version_is_an_error_not_a_body() {
+    let ent = LenientEnt::start().await;
+    let e = start(&ent);
+    let url = "/private/exam-copy";
+    assert_eq!(
+        get(&e, url, ALICE).await.body,
+        "/private/exam-copy for alice"
+    );
+    // The ENT says 304 to bob's question about alice's ETag, under bob's own ETag.
+    ent.set_careless_304(true);
+    let b = get(&e, url, BOB).await;
+    assert!(b.status >= 500, "{} {}", b.status, b.cache_status);
+    assert_not_theirs(&b, &["alice"], "bob after a careless 304");
+    // Nothing was updated: once the ENT is sane, bob gets his own body.
+    ent.set_careless_304(false);
+    let b = get(&e, url, BOB).await;
+    assert_eq!(b.body, "/private/exam-copy for bob");
+}

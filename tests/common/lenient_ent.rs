@@ -21,7 +21,8 @@
 //!   weak one, none at all, or only a `Last-Modified` of the page's template, answered 304
 //!   by date to any `If-Modified-Since` (whoever asks: the habit that makes a date say
 //!   nothing about one pupil's body); `set_edition` changes every private body (a
-//!   re-upload).
+//!   re-upload); `set_careless_304(true)` answers 304 (with the asker's own ETag) to
+//!   any `If-None-Match` at `/private/`, whatever tag it names (a broken cache layer).
 //!
 //! Everything else answers 200 with a JSON echo: `{"path", "raw", "user", "host",
 //! "real_ip", "port", "prefix", "method", "body_len"}` and `Cache-Control` from
@@ -65,6 +66,7 @@ pub enum Validators {
 const TEMPLATE_DATE: &str = "Mon, 30 Nov 2026 07:00:00 GMT";
 
 struct State {
+    careless_304: AtomicBool,
     validators: Mutex<Validators>,
     edition: Mutex<String>,
     failing: AtomicBool,
@@ -138,6 +140,7 @@ impl LenientEnt {
             .expect("bind");
         let addr = l.local_addr().expect("addr");
         let state = Arc::new(State {
+            careless_304: AtomicBool::new(false),
             validators: Mutex::new(Validators::StrongEtag),
             edition: Mutex::new(String::new()),
             failing: AtomicBool::new(false),
@@ -179,6 +182,11 @@ impl LenientEnt {
     /// Which validators later `/private/` and `/class/` answers carry.
     pub fn set_validators(&self, v: Validators) {
         *self.state.validators.lock().expect("lock") = v;
+    }
+
+    /// Answer 304 to any `If-None-Match` at `/private/`, whatever it names.
+    pub fn set_careless_304(&self, on: bool) {
+        self.state.careless_304.store(on, Ordering::SeqCst);
     }
 
     /// A suffix of every later `/private/` and `/class/` body (a new edition: a re-upload).
@@ -343,7 +351,8 @@ async fn answer(
             None => "<html><form action=/login>login page</form></html>".to_string(),
         };
         let etag = etag_of(&text);
-        if inm.as_deref() == Some(etag.as_str()) {
+        let careless = st.careless_304.load(Ordering::SeqCst) && inm.is_some();
+        if careless || inm.as_deref() == Some(etag.as_str()) {
             return resp
                 .status(304)
                 .header("etag", etag)
