@@ -105,8 +105,67 @@ proptest! {
         if let Ok(v) = http::HeaderValue::from_str(&header) {
             h.insert(http::header::COOKIE, v);
             let _ = ecluse::policy::classes::cookie(&h, &name);
+            let _ = ecluse::policy::cookies::only_own([v_bytes(&h)], &[name.as_str()]);
         }
     }
+
+    /// Any `Cookie` content in which a lenient backend (splitting on `;`, `,` and
+    /// whitespace) finds anything but ecluse's own cookie makes the request credentialed,
+    /// for the cache and for the identity `cache::auth` remembers (issue #17).
+    #[test]
+    fn a_cookie_any_lenient_split_finds_makes_the_request_credentialed(
+        parts in proptest::collection::vec(
+            prop_oneof![
+                Just("ecluse_ent=abc.D-_".to_string()),
+                Just("ecluse_ent=".to_string()),
+                Just("ECLUSE_ENT=abc".to_string()),
+                Just("session=bob".to_string()),
+                Just(";".to_string()),
+                Just("; ".to_string()),
+                Just(",".to_string()),
+                Just(" ".to_string()),
+                Just("\t".to_string()),
+                Just("\"".to_string()),
+                Just("=".to_string()),
+                "[ -~]{0,6}",
+            ],
+            0..10,
+        ),
+        split_at in 0usize..10,
+    ) {
+        let own = ["ecluse_ent"];
+        let mut req = pingora_http::RequestHeader::build("GET", b"/", None).expect("req");
+        let at = split_at.min(parts.len());
+        for line in [parts[..at].concat(), parts[at..].concat()] {
+            if let Ok(v) = http::HeaderValue::from_str(&line) {
+                req.append_header(http::header::COOKIE, v).expect("header");
+            }
+        }
+        let credentialed = ecluse::policy::cache::has_credentials(&req, &own);
+        let lenient_finds_another = req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .flat_map(|v| ecluse::policy::cookies::lenient_tokens(v.as_bytes()))
+            .any(|t| {
+                !t.strip_prefix(b"ecluse_ent=".as_slice()).is_some_and(|v| {
+                    v.iter().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b))
+                })
+            });
+        if lenient_finds_another {
+            prop_assert!(credentialed, "{:?} read as anonymous", req.headers);
+        }
+        prop_assert_eq!(
+            credentialed,
+            !ecluse::policy::cache::credential_items(&req, &own).is_empty()
+        );
+    }
+}
+
+fn v_bytes(h: &http::HeaderMap) -> &[u8] {
+    h.get(http::header::COOKIE)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default()
 }
 
 // ---- Waiting-room tickets (fuzz/fuzz_targets/ticket_decoder.rs) ----

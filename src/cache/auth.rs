@@ -3,15 +3,25 @@
 //!
 //! In `revalidate` mode every request asks the origin with the user's own credentials.
 //! When the origin fails, nobody can say yes or no for this user, so a stored copy may go
-//! only to credentials the origin itself authorized (`200` or `304`) for that object
-//! within the route's `stale_if_error` window. Anyone else gets the error, never the file.
+//! only to credentials the origin itself gave **that very version** of the object (same
+//! status and body bytes: a [`Version`]) as its latest answer, within the route's
+//! `stale_if_error` window. Many ENTs answer each pupil their own body at one URL (a
+//! bulletin, a personalised exam paper, a 200 login page for anonymous visitors), and the
+//! stored copy is whichever answer came last: remembering "the origin said yes to this
+//! user for this URL" would hand the newest pupil's body to everyone authorized before.
+//! Anyone whose latest answer was another version (another pupil's body, a refusal, a
+//! login page) gets the error, never the file.
 //!
 //! Entries are a keyed hash (HMAC-SHA256 with a random per-process key, truncated to
 //! 128 bits) over the object's primary cache key and the request's credentials
 //! (`Authorization` values and every cookie other than ecluse's own, sorted), with the
-//! time of the last authorization. Nothing readable is kept: not the cookie, not the
-//! URL. The memory is process-local and lost on restart (then nobody gets a stale copy
-//! until the origin authorizes them again: an error, never a leak).
+//! version the origin last answered them and when. Nothing readable is kept: not the
+//! cookie, not the URL. The memory is process-local and lost on restart (then nobody gets
+//! a stale copy until the origin authorizes them again: an error, never a leak).
+//!
+//! [`Variants`] remembers, per stored object, which versions the origin answered lately,
+//! to find URLs whose body differs by credential: those are then not stored at all (see
+//! the README's Cache section for why not per credential).
 //!
 //! Bounded: [`CAPACITY`] entries over [`SHARDS`] shards. A full shard first drops entries
 //! older than the longest window seen, then the oldest eighth. An evicted user gets the
@@ -23,7 +33,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 /// Most authorizations remembered at once (about 64 bytes each with the map's overhead:
 /// at most about 8 MiB).
@@ -34,9 +44,62 @@ const PER_SHARD: usize = CAPACITY / SHARDS;
 /// One authorization: object and credentials, hashed with the process key.
 pub type Grant = [u8; 16];
 
+/// One version of a response: SHA-256 of its status and body bytes, truncated to 128 bits.
+/// Two answers have one version exactly when they are the same bytes.
+pub type Version = [u8; 16];
+
+/// The stored object's [`Version`] travels in its stored header under this name (set by
+/// the store when the body is complete, on `revalidate` routes; never sent to a client,
+/// and removed from every origin response).
+pub const VERSION_HEADER: &str = "x-ecluse-version";
+
+/// Hashes a response into its [`Version`] as it streams.
+pub struct VersionHasher(Sha256);
+
+impl VersionHasher {
+    pub fn new(status: u16) -> VersionHasher {
+        let mut h = Sha256::new();
+        h.update(status.to_be_bytes());
+        VersionHasher(h)
+    }
+
+    pub fn update(&mut self, body: &[u8]) {
+        self.0.update(body);
+    }
+
+    pub fn finish(self) -> Version {
+        let full = self.0.finalize();
+        let mut v = [0u8; 16];
+        v.copy_from_slice(&full[..16]);
+        v
+    }
+}
+
+/// The value of [`VERSION_HEADER`]: the version in hex, and `;anon` when the stored copy
+/// answered an anonymous request.
+pub fn version_header_value(v: &Version, anonymous: bool) -> String {
+    let mut s = hex::encode(v);
+    if anonymous {
+        s.push_str(";anon");
+    }
+    s
+}
+
+/// A stored copy's version and whether it answered an anonymous request, from its header
+/// (`None` when absent or not complete: such a copy goes to nobody on error).
+pub fn parse_version_header(v: &[u8]) -> Option<(Version, bool)> {
+    let (hexpart, anonymous) = match v.strip_suffix(b";anon") {
+        Some(h) => (h, true),
+        None => (v, false),
+    };
+    let mut out = [0u8; 16];
+    hex::decode_to_slice(hexpart, &mut out).ok()?;
+    Some((out, anonymous))
+}
+
 pub struct Authorizations {
     key: [u8; 32],
-    shards: Vec<Mutex<HashMap<Grant, Instant>>>,
+    shards: Vec<Mutex<HashMap<Grant, (Instant, Version)>>>,
     /// The longest window granted or asked about so far, in ms (older entries are useless).
     horizon_ms: AtomicU64,
 }
@@ -75,52 +138,67 @@ impl Authorizations {
         g
     }
 
-    fn shard(&self, g: &Grant) -> MutexGuard<'_, HashMap<Grant, Instant>> {
+    fn shard(&self, g: &Grant) -> MutexGuard<'_, HashMap<Grant, (Instant, Version)>> {
         // A panic elsewhere while holding the lock leaves a consistent map: keep using it.
         self.shards[usize::from(g[0]) % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The origin authorized these credentials for this object now; `window` is how long
-    /// that may stand in for it (the route's `stale_if_error`).
-    pub fn allow(&self, g: Grant, window: Duration) {
-        self.allow_at(g, window, Instant::now());
+    /// The origin answered these credentials `version` of this object now (their latest
+    /// answer: it replaces any earlier one); `window` is how long that may stand in for it
+    /// (the route's `stale_if_error`).
+    pub fn allow(&self, g: Grant, version: Version, window: Duration) {
+        self.allow_at(g, version, window, Instant::now());
     }
 
-    fn allow_at(&self, g: Grant, window: Duration, now: Instant) {
+    fn allow_at(&self, g: Grant, version: Version, window: Duration, now: Instant) {
         self.widen_horizon(window);
         let mut m = self.shard(&g);
         if m.len() >= PER_SHARD && !m.contains_key(&g) {
             let horizon = Duration::from_millis(self.horizon_ms.load(Ordering::Relaxed));
-            m.retain(|_, t| now.saturating_duration_since(*t) <= horizon);
+            m.retain(|_, (t, _)| now.saturating_duration_since(*t) <= horizon);
             if m.len() >= PER_SHARD {
                 // Still full: drop the oldest eighth in one pass.
-                let mut times: Vec<Instant> = m.values().copied().collect();
+                let mut times: Vec<Instant> = m.values().map(|(t, _)| *t).collect();
                 let cut = times.len() / 8;
                 let (_, nth, _) = times.select_nth_unstable(cut);
                 let threshold = *nth;
-                m.retain(|_, t| *t > threshold);
+                m.retain(|_, (t, _)| *t > threshold);
             }
         }
-        m.insert(g, now);
+        m.insert(g, (now, version));
     }
 
-    /// The origin refused these credentials for this object: forget any earlier yes.
+    /// The origin is answering these credentials anew (its answer is not complete yet, or
+    /// is a refusal): forget the earlier version until a complete answer names one.
     pub fn revoke(&self, g: &Grant) {
         self.shard(g).remove(g);
     }
 
-    /// Whether the origin authorized these credentials for this object within `window`.
-    pub fn allowed_within(&self, g: &Grant, window: Duration) -> bool {
-        self.allowed_within_at(g, window, Instant::now())
+    /// The version the origin last answered these credentials for this object, if within
+    /// `window`.
+    pub fn current_within(&self, g: &Grant, window: Duration) -> Option<Version> {
+        self.current_within_at(g, window, Instant::now())
     }
 
-    fn allowed_within_at(&self, g: &Grant, window: Duration, now: Instant) -> bool {
+    /// Whether the origin's latest answer to these credentials, within `window`, was
+    /// exactly `version`.
+    pub fn allowed_within(&self, g: &Grant, version: &Version, window: Duration) -> bool {
+        self.current_within(g, window).as_ref() == Some(version)
+    }
+
+    fn current_within_at(&self, g: &Grant, window: Duration, now: Instant) -> Option<Version> {
         self.widen_horizon(window);
         self.shard(g)
             .get(g)
-            .is_some_and(|t| now.saturating_duration_since(*t) <= window)
+            .filter(|(t, _)| now.saturating_duration_since(*t) <= window)
+            .map(|(_, v)| *v)
+    }
+
+    #[cfg(test)]
+    fn allowed_within_at(&self, g: &Grant, v: &Version, window: Duration, now: Instant) -> bool {
+        self.current_within_at(g, window, now).as_ref() == Some(v)
     }
 
     fn widen_horizon(&self, window: Duration) {
@@ -141,9 +219,117 @@ impl Authorizations {
     }
 }
 
+/// One stored object (URL and, when the response varies, its variant): what [`Variants`]
+/// keys on. Not secret (no credentials in it).
+pub type ObjectId = [u8; 16];
+
+/// The [`ObjectId`] of a primary key hash and an optional variance hash.
+pub fn object_id(primary: &[u8], variance: Option<&[u8]>) -> ObjectId {
+    let mut h = Sha256::new();
+    h.update((primary.len() as u64).to_le_bytes());
+    h.update(primary);
+    match variance {
+        Some(v) => {
+            h.update([1]);
+            h.update(v);
+        }
+        None => h.update([0]),
+    }
+    let full = h.finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&full[..16]);
+    id
+}
+
+/// Most recent versions remembered per object.
+const RECENT: usize = 4;
+/// Most objects tracked at once.
+pub const VARIANT_CAPACITY: usize = 65_536;
+const VARIANT_PER_SHARD: usize = VARIANT_CAPACITY / SHARDS;
+
+#[derive(Default)]
+struct ObjectVersions {
+    /// Newest first: the versions complete credentialed answers carried lately.
+    recent: Vec<Version>,
+    personal: bool,
+    touched: Option<Instant>,
+}
+
+/// Which objects answer each credential its own body (per-credential variants): such an
+/// object is never stored or served from the store again (while remembered).
+///
+/// Detected when the origin answers credentials a version it had already answered, after
+/// answering another one since (`A, B, A`: two versions are current at once, which a
+/// re-upload never does: it only goes forward), or a body that differs from the stored
+/// one under the same strong `ETag` (the ETag does not identify the body, so a `304`
+/// would not either). Bounded like [`Authorizations`]; a forgotten object may be stored
+/// again, and version-bound authorization still keeps each body with its own credentials.
+pub struct Variants {
+    shards: Vec<Mutex<HashMap<ObjectId, ObjectVersions>>>,
+}
+
+impl Default for Variants {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Variants {
+    pub fn new() -> Variants {
+        Variants {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, o: &ObjectId) -> MutexGuard<'_, HashMap<ObjectId, ObjectVersions>> {
+        self.shards[usize::from(o[0]) % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `o` is known to answer each credential its own body.
+    pub fn is_personal(&self, o: &ObjectId) -> bool {
+        self.shard(o).get(o).is_some_and(|e| e.personal)
+    }
+
+    /// A complete answer of `version` to credentials (`etag_clash`: it came under the
+    /// stored copy's strong ETag with other bytes). Returns whether `o` is (now) personal.
+    pub fn observe(&self, o: ObjectId, version: Version, etag_clash: bool) -> bool {
+        self.observe_at(o, version, etag_clash, Instant::now())
+    }
+
+    fn observe_at(&self, o: ObjectId, version: Version, etag_clash: bool, now: Instant) -> bool {
+        let mut m = self.shard(&o);
+        if m.len() >= VARIANT_PER_SHARD && !m.contains_key(&o) {
+            let mut times: Vec<Instant> = m.values().filter_map(|e| e.touched).collect();
+            let cut = times.len() / 8;
+            if cut > 0 {
+                let (_, nth, _) = times.select_nth_unstable(cut);
+                let threshold = *nth;
+                m.retain(|_, e| e.touched.is_some_and(|t| t > threshold));
+            } else {
+                m.clear();
+            }
+        }
+        let e = m.entry(o).or_default();
+        e.touched = Some(now);
+        let went_back = e.recent.first() != Some(&version) && e.recent.contains(&version);
+        if etag_clash || went_back {
+            e.personal = true;
+        }
+        e.recent.retain(|v| *v != version);
+        e.recent.insert(0, version);
+        e.recent.truncate(RECENT);
+        e.personal
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const V1: Version = [1; 16];
+    const V2: Version = [2; 16];
 
     #[test]
     fn grants_depend_on_object_and_credentials_not_their_order() {
@@ -171,12 +357,88 @@ mod tests {
         let bob = a.grant_for(b"exam", &[b"user=bob"]);
         let t0 = Instant::now();
         let w = Duration::from_secs(3600);
-        a.allow_at(alice, w, t0);
-        assert!(a.allowed_within_at(&alice, w, t0 + Duration::from_secs(10)));
-        assert!(!a.allowed_within_at(&bob, w, t0 + Duration::from_secs(10)));
-        assert!(!a.allowed_within_at(&alice, w, t0 + Duration::from_secs(3601)));
+        a.allow_at(alice, V1, w, t0);
+        assert!(a.allowed_within_at(&alice, &V1, w, t0 + Duration::from_secs(10)));
+        assert!(!a.allowed_within_at(&bob, &V1, w, t0 + Duration::from_secs(10)));
+        assert!(!a.allowed_within_at(&alice, &V1, w, t0 + Duration::from_secs(3601)));
         a.revoke(&alice);
-        assert!(!a.allowed_within_at(&alice, w, t0 + Duration::from_secs(10)));
+        assert!(!a.allowed_within_at(&alice, &V1, w, t0 + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn only_the_version_of_the_latest_answer() {
+        let a = Authorizations::new();
+        let alice = a.grant_for(b"bulletin", &[b"session=alice"]);
+        let t0 = Instant::now();
+        let w = Duration::from_secs(3600);
+        a.allow_at(alice, V1, w, t0);
+        assert!(!a.allowed_within_at(&alice, &V2, w, t0));
+        // A newer answer (a re-upload, a refusal's body) replaces the older version.
+        a.allow_at(alice, V2, w, t0);
+        assert!(a.allowed_within_at(&alice, &V2, w, t0));
+        assert!(!a.allowed_within_at(&alice, &V1, w, t0));
+    }
+
+    #[test]
+    fn variants_are_versions_that_come_back() {
+        let v = Variants::new();
+        let t0 = Instant::now();
+        let exam = object_id(b"exam", None);
+        // A re-upload only goes forward.
+        for (i, ver) in [V1, V1, V2, V2, [3; 16]].iter().enumerate() {
+            assert!(!v.observe_at(exam, *ver, false, t0 + Duration::from_secs(i as u64)));
+        }
+        assert!(!v.is_personal(&exam));
+        // A bulletin answers alice, bob, alice: two versions current at once.
+        let bulletin = object_id(b"bulletin", None);
+        assert!(!v.observe_at(bulletin, V1, false, t0));
+        assert!(!v.observe_at(bulletin, V2, false, t0));
+        assert!(v.observe_at(bulletin, V1, false, t0));
+        assert!(v.is_personal(&bulletin));
+        // Other bytes under the stored copy's strong ETag: personal at once.
+        let lying = object_id(b"lying", None);
+        assert!(v.observe_at(lying, V1, true, t0));
+        // Variants of a `Vary` response are separate objects.
+        assert_ne!(object_id(b"f", Some(b"fr")), object_id(b"f", Some(b"en")));
+        assert_ne!(object_id(b"f", None), object_id(b"f", Some(b"")));
+    }
+
+    #[test]
+    fn variants_are_bounded() {
+        let v = Variants::new();
+        let t0 = Instant::now();
+        for i in 0..(VARIANT_CAPACITY * 2) as u64 {
+            let o = object_id(&i.to_le_bytes(), None);
+            v.observe_at(o, V1, false, t0 + Duration::from_millis(i));
+        }
+        let n: usize = v
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum();
+        assert!(n <= VARIANT_CAPACITY, "{n}");
+    }
+
+    #[test]
+    fn versions_are_status_and_bytes() {
+        let v = |status: u16, parts: &[&[u8]]| {
+            let mut h = VersionHasher::new(status);
+            for p in parts {
+                h.update(p);
+            }
+            h.finish()
+        };
+        assert_eq!(v(200, &[b"ab", b"c"]), v(200, &[b"abc"]));
+        assert_ne!(v(200, &[b"abc"]), v(404, &[b"abc"]));
+        assert_ne!(v(200, &[b"abc"]), v(200, &[b"abd"]));
+        let x = v(200, &[b"x"]);
+        let h = version_header_value(&x, false);
+        assert_eq!(parse_version_header(h.as_bytes()), Some((x, false)));
+        let h = version_header_value(&x, true);
+        assert_eq!(parse_version_header(h.as_bytes()), Some((x, true)));
+        assert_eq!(parse_version_header(b"pending"), None);
+        assert_eq!(parse_version_header(b"pending;anon"), None);
+        assert_eq!(parse_version_header(b""), None);
     }
 
     #[test]
@@ -185,20 +447,20 @@ mod tests {
         let t0 = Instant::now();
         let w = Duration::from_secs(3600);
         let first = a.grant_for(b"o", &[b"first"]);
-        a.allow_at(first, w, t0);
+        a.allow_at(first, V1, w, t0);
         for i in 0..(CAPACITY * 2) as u64 {
             let g = a.grant_for(b"o", &[&i.to_le_bytes()]);
-            a.allow_at(g, w, t0 + Duration::from_millis(1 + i));
+            a.allow_at(g, V1, w, t0 + Duration::from_millis(1 + i));
         }
         assert!(a.len() <= CAPACITY, "{} entries", a.len());
         assert!(a.len() > CAPACITY / 2, "{} entries", a.len());
         // The oldest went first; the newest is still there.
-        assert!(!a.allowed_within_at(&first, w, t0));
+        assert!(!a.allowed_within_at(&first, &V1, w, t0));
         // Only the oldest go: the newest half is all there (a full shard is never wiped).
         let at = t0 + Duration::from_secs(1000);
         for i in (CAPACITY * 3 / 2) as u64..(CAPACITY * 2) as u64 {
             let g = a.grant_for(b"o", &[&i.to_le_bytes()]);
-            assert!(a.allowed_within_at(&g, w, at), "grant {i} was evicted");
+            assert!(a.allowed_within_at(&g, &V1, w, at), "grant {i} was evicted");
         }
     }
 
@@ -209,20 +471,23 @@ mod tests {
         let w = Duration::from_secs(60);
         // Fill everything long ago (expired by the time the next ones come).
         for i in 0..CAPACITY as u64 {
-            a.allow_at(a.grant_for(b"old", &[&i.to_le_bytes()]), w, t0);
+            a.allow_at(a.grant_for(b"old", &[&i.to_le_bytes()]), V1, w, t0);
         }
         let later = t0 + Duration::from_secs(120);
         let mut recent = Vec::new();
         for i in 0..(CAPACITY / 2) as u64 {
             let g = a.grant_for(b"new", &[&i.to_le_bytes()]);
-            a.allow_at(g, w, later + Duration::from_millis(i));
+            a.allow_at(g, V1, w, later + Duration::from_millis(i));
             recent.push(g);
         }
         // Every recent grant survived the evictions (only expired ones were dropped).
         let at = later + Duration::from_secs(1);
-        assert!(recent
-            .iter()
-            .all(|g| a.allowed_within_at(g, w, at + Duration::from_millis(70))));
+        assert!(recent.iter().all(|g| a.allowed_within_at(
+            g,
+            &V1,
+            w,
+            at + Duration::from_millis(70)
+        )));
         assert!(a.len() <= CAPACITY);
     }
 }

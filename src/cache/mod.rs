@@ -22,6 +22,8 @@ pub struct Cache {
     pub metrics: CacheMetrics,
     /// Recent authorizations on `revalidate` routes: who may get a stale copy on error.
     pub authorizations: auth::Authorizations,
+    /// Objects found to answer each credential its own body: not stored (`cache::auth`).
+    pub variants: auth::Variants,
 }
 
 impl Cache {
@@ -46,6 +48,7 @@ impl Cache {
             settings: settings.clone(),
             metrics: CacheMetrics::new(),
             authorizations: auth::Authorizations::new(),
+            variants: auth::Variants::new(),
         })
     }
 

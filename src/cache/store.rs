@@ -1191,6 +1191,16 @@ impl Store {
         keys.into_iter().filter(|k| self.remove_key(*k)).count()
     }
 
+    /// Drop the stored copies of one URL (a [`primary_key`]) this process knows about, all
+    /// variants, without a tombstone (nothing older is wrong, it is just not to be shared).
+    pub fn drop_url(&self, url: &str) -> usize {
+        let mut keys = self.shared.index_take(url);
+        keys.push(hash_key(&CacheKey::new(url, "")));
+        keys.sort_unstable();
+        keys.dedup();
+        keys.into_iter().filter(|k| self.remove_key(*k)).count()
+    }
+
     /// Current figures (cheap: a few atomics and one read lock per memory shard).
     pub fn stats(&self) -> StoreStats {
         let memory = self.cache.memory();
@@ -1392,6 +1402,17 @@ impl Storage for Store {
             self.cache.remove(&k);
             return Ok(false);
         }
+        // A revalidation updates the copy it revalidated, never one stored since (another
+        // request's answer, another user's body): `meta` carries the `created` time and
+        // version of the copy that was looked up, and must not land on other bytes.
+        let version = |m: &CacheMeta| {
+            m.headers()
+                .get(crate::cache::auth::VERSION_HEADER)
+                .map(|v| v.as_bytes().to_vec())
+        };
+        if old.meta.created() != meta.created() || version(&old.meta) != version(meta) {
+            return Ok(false);
+        }
         let object = CachedObject::from_meta(old.url.clone(), meta, old.body.clone())?;
         drop(entry);
         // Re-inserted whole (foyer values are immutable); with a disk tier this writes the
@@ -1536,11 +1557,24 @@ impl HandleMiss for Miss {
             key,
             url,
             internal,
-            meta,
+            mut meta,
             chunks,
             size,
             ..
         } = *self;
+        // On a `revalidate` route the copy carries its version (status and body bytes), so
+        // a stale copy goes only to credentials the origin gave these very bytes.
+        use crate::cache::auth::{version_header_value, VersionHasher, VERSION_HEADER};
+        if let Some(v) = meta.headers().get(VERSION_HEADER) {
+            let anonymous = v.as_bytes().ends_with(b";anon");
+            let mut h = VersionHasher::new(meta.response_header().status.as_u16());
+            for chunk in &chunks {
+                h.update(chunk);
+            }
+            let value = version_header_value(&h.finish(), anonymous);
+            meta.response_header_mut()
+                .insert_header(VERSION_HEADER, value)?;
+        }
         if store.tombstones.matches(&url, meta.created()) {
             // Fetched before a purge of its URL: it would never be served.
             return Ok(MissFinishType::Created(size));
@@ -1779,11 +1813,67 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn update_meta_never_lands_on_a_copy_stored_since() {
+        use crate::cache::auth::{parse_version_header, VersionHasher, VERSION_HEADER};
+        let store = memory_store(4 << 20, 1 << 20);
+        let k = key("https", "h", "/bulletin");
+        let t0 = SystemTime::now() - Duration::from_secs(10);
+        let versioned = |created: SystemTime, fresh: u64| {
+            let mut m = meta_created(created, Duration::from_secs(fresh));
+            m.response_header_mut()
+                .insert_header(VERSION_HEADER, "pending")
+                .unwrap();
+            m
+        };
+        put_with(store, &k, &versioned(t0, 60), b"alice's bulletin").await;
+        let (looked_up, _) = get(store, &k).await.unwrap();
+        // The store names the version of the bytes it keeps.
+        let mut h = VersionHasher::new(200);
+        h.update(b"alice's bulletin");
+        let alice = h.finish();
+        let v = looked_up.headers().get(VERSION_HEADER).unwrap().as_bytes();
+        assert_eq!(parse_version_header(v), Some((alice, false)));
+        // Bob's answer replaces the copy while alice's revalidation is under way: her
+        // refreshed header must not land on his body.
+        put_with(
+            store,
+            &k,
+            &versioned(t0 + Duration::from_secs(1), 60),
+            b"bob's",
+        )
+        .await;
+        let mut reval = meta_created(t0, Duration::from_secs(3600));
+        *reval.response_header_mut() = looked_up.response_header().clone();
+        assert!(!store.update_meta(&k, &reval, &span()).await.unwrap());
+        let (got, body) = get(store, &k).await.unwrap();
+        assert_eq!(body, b"bob's");
+        assert_eq!(got.created(), t0 + Duration::from_secs(1));
+        // Same `created`, another version: not that copy either.
+        let mut other = meta_created(t0 + Duration::from_secs(1), Duration::from_secs(3600));
+        *other.response_header_mut() = looked_up.response_header().clone();
+        assert!(!store.update_meta(&k, &other, &span()).await.unwrap());
+        // The copy that was looked up is updated.
+        let (bobs, _) = get(store, &k).await.unwrap();
+        let mut fresh = meta_created(t0 + Duration::from_secs(1), Duration::from_secs(3600));
+        *fresh.response_header_mut() = bobs.response_header().clone();
+        assert!(store.update_meta(&k, &fresh, &span()).await.unwrap());
+    }
+
+    #[tokio::test]
     async fn update_meta_keeps_body_changes_freshness() {
         let store = memory_store(4 << 20, 1 << 20);
         let k = key("https", "h", "/page");
-        put(store, &k, b"body").await;
-        let longer = meta(Duration::from_secs(3600));
+        // A revalidation keeps the stored copy's `created` (pingora's
+        // `revalidate_cache_meta`), and only such a meta updates it.
+        let t0 = SystemTime::now();
+        put_with(
+            store,
+            &k,
+            &meta_created(t0, Duration::from_secs(60)),
+            b"body",
+        )
+        .await;
+        let longer = meta_created(t0, Duration::from_secs(3600));
         assert!(store.update_meta(&k, &longer, &span()).await.unwrap());
         let (got, body) = get(store, &k).await.unwrap();
         assert_eq!(body, b"body");
@@ -2051,11 +2141,14 @@ mod tests {
         let keys: Vec<CacheKey> = (0..20)
             .map(|i| key("https", "h", &format!("/file/{i}")))
             .collect();
-        let updated = meta(Duration::from_secs(7200));
+        // A revalidation's meta keeps the stored copy's `created` (see `update_meta`).
+        let t0 = SystemTime::now();
+        let updated = meta_created(t0, Duration::from_secs(7200));
         {
             let store = disk_store(&dir, 8 << 20);
             for (i, k) in keys.iter().enumerate() {
-                put(store, k, &body_of(i as u8, 100 * KIB)).await;
+                let m = meta_created(t0, Duration::from_secs(60));
+                put_with(store, k, &m, &body_of(i as u8, 100 * KIB)).await;
             }
             assert!(store
                 .update_meta(&keys[0], &updated, &span())

@@ -73,22 +73,26 @@ impl Default for CacheStorage {
     }
 }
 
-/// Whether the request carries credentials: `Authorization`, or a cookie that is not one
-/// of ecluse's own (`own` = waiting-room cookie names, which say nothing about the user's
-/// rights on the origin).
+/// Whether the request carries credentials: `Authorization`, or any `Cookie` content
+/// that is not exactly ecluse's own cookies (`own` = waiting-room cookie names, which say
+/// nothing about the user's rights on the origin). Read conservatively
+/// (`policy::cookies`): whatever a lenient backend could read as a cookie of its own makes
+/// the request credentialed.
 pub fn has_credentials(req: &RequestHeader, own: &[&str]) -> bool {
-    if req.headers.contains_key(http::header::AUTHORIZATION) {
-        return true;
-    }
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .any(|v| cookie_other_than(v.as_bytes(), own))
+    req.headers.contains_key(http::header::AUTHORIZATION)
+        || !super::cookies::only_own(
+            req.headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .map(|v| v.as_bytes()),
+            own,
+        )
 }
 
-/// The request's credentials, item by item: each `Authorization` value and each
-/// `name=value` cookie that is not one of ecluse's own (`own`). Empty for an anonymous
-/// request. What `crate::cache::auth` hashes to remember who the origin authorized.
+/// The request's credentials, item by item: each `Authorization` value, then what
+/// `policy::cookies::credential_items` finds in the `Cookie` lines. Empty exactly for an
+/// anonymous request. What `crate::cache::auth` hashes to remember who the origin
+/// authorized.
 pub fn credential_items<'a>(req: &'a RequestHeader, own: &[&str]) -> Vec<&'a [u8]> {
     let mut items: Vec<&[u8]> = req
         .headers
@@ -96,38 +100,14 @@ pub fn credential_items<'a>(req: &'a RequestHeader, own: &[&str]) -> Vec<&'a [u8
         .iter()
         .map(|v| v.as_bytes())
         .collect();
-    for v in req.headers.get_all(http::header::COOKIE) {
-        for pair in v.as_bytes().split(|&b| b == b';') {
-            let pair = pair.trim_ascii();
-            if pair.is_empty() {
-                continue;
-            }
-            let name = pair
-                .split(|&b| b == b'=')
-                .next()
-                .unwrap_or(pair)
-                .trim_ascii();
-            if !own.iter().any(|o| o.as_bytes() == name) {
-                items.push(pair);
-            }
-        }
-    }
+    items.extend(super::cookies::credential_items(
+        req.headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes()),
+        own,
+    ));
     items
-}
-
-fn cookie_other_than(header: &[u8], own: &[&str]) -> bool {
-    header.split(|&b| b == b';').any(|pair| {
-        let pair = pair.trim_ascii();
-        if pair.is_empty() {
-            return false;
-        }
-        let name = pair
-            .split(|&b| b == b'=')
-            .next()
-            .unwrap_or(pair)
-            .trim_ascii();
-        !own.iter().any(|o| o.as_bytes() == name)
-    })
 }
 
 /// The query as it enters the key: sorted parameters (empty ones dropped) by default.

@@ -79,25 +79,10 @@ pub fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
     )
 }
 
-/// [`cookie`] in the `Cookie` field values `values`; a value that is not visible ASCII
-/// (which `HeaderValue::to_str` refuses) is skipped.
+/// [`cookie`] in the `Cookie` field values `values` (`policy::cookies::value_of`: a
+/// value that is not visible ASCII is skipped, a malformed piece never yields a value).
 pub fn cookie_in<'h>(values: impl IntoIterator<Item = &'h [u8]>, name: &str) -> Option<&'h str> {
-    for v in values {
-        let Some(s) = visible_ascii(v) else { continue };
-        for pair in s.split(';') {
-            if let Some((k, v)) = pair.split_once('=') {
-                if k.trim() == name {
-                    let v = v.trim();
-                    let v = v
-                        .strip_prefix('"')
-                        .and_then(|x| x.strip_suffix('"'))
-                        .unwrap_or(v);
-                    return Some(v);
-                }
-            }
-        }
-    }
-    None
+    super::cookies::value_of(values, name)
 }
 
 /// A field value as text when it is visible ASCII and tabs only (what

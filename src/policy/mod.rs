@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod classes;
 pub mod concurrency;
+pub mod cookies;
 pub mod degrade;
 pub mod forwarding;
 pub mod path;

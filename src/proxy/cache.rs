@@ -6,10 +6,12 @@ use std::time::SystemTime;
 
 use pingora::prelude::*;
 use pingora_cache::key::CacheHashKey;
-use pingora_cache::{CacheKey, CachePhase, NoCacheReason};
+use pingora_cache::key::HashBinary;
+use pingora_cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::{header, Ctx, EcluseProxy};
+use crate::cache::auth::{self, Version, VersionHasher};
 use crate::cache::{store, PurgeScope};
 use crate::policy::cache::{credential_items, has_credentials, normalize_query, CacheMode};
 use crate::policy::route::host_without_port;
@@ -26,6 +28,38 @@ pub(super) fn request_host(req: &RequestHeader) -> String {
         .map(host_without_port)
         .unwrap_or("")
         .to_ascii_lowercase()
+}
+
+/// What a request on a `revalidate` route knows about the version it may get (see
+/// `cache::auth`): the stored copy it looked up, what it asked the origin, and the version
+/// the origin is answering it.
+#[derive(Default)]
+pub(super) struct Binding {
+    /// The object's primary key hash and URL form.
+    primary: Option<HashBinary>,
+    url: String,
+    /// The variance of this request's variant, when the response varies.
+    pub(super) variance: Option<HashBinary>,
+    /// The stored copy looked up: its version and whether it answered an anonymous
+    /// request (`None`: no copy, or one without a complete version).
+    stored: Option<(Version, bool)>,
+    /// The stored copy's strong `ETag`, if it has one.
+    stored_strong_etag: Option<Vec<u8>>,
+    /// Validators went to the origin (so a 304 names the stored version).
+    conditional_sent: bool,
+    /// The origin answered 304 to this revalidation.
+    revalidating_304: bool,
+    /// ...and that 304 does not say which bytes: the stored body is not served.
+    pub(super) untrusted_304: bool,
+    /// The origin's answer being hashed into its version, with its strong `ETag`.
+    hasher: Option<VersionHasher>,
+    answer_status: u16,
+    answer_strong_etag: Option<Vec<u8>>,
+}
+
+fn strong_etag(h: &http::HeaderMap) -> Option<Vec<u8>> {
+    let e = h.get(http::header::ETAG)?.as_bytes();
+    (!e.starts_with(b"W/")).then(|| e.to_vec())
 }
 
 /// ecluse's own cookie names (waiting rooms): not credentials for the origin.
@@ -186,50 +220,267 @@ impl EcluseProxy {
                 creds.extend(c.server.forwarding.identity_items(&req.headers));
             }
             ctx.auth_grant = Some(cache.authorizations.grant_for(&key.primary_bin(), &creds));
+            ctx.binding.primary = Some(key.primary_bin());
+            ctx.binding.url = key.primary_key_str().unwrap_or("").to_string();
         }
         key
     }
 
-    /// Remember what the origin said to this request's credentials about this object, on
-    /// a `revalidate` route: `200`/`304` authorize them (for stale-if-error), `401`/`403`
-    /// withdraw an earlier yes.
-    pub(super) fn record_authorization(&self, ctx: &Ctx, status: u16) {
-        let (Some(g), Some(cache)) = (ctx.auth_grant, self.app.cache.get()) else {
-            return;
-        };
-        let window = ctx
-            .route
+    fn stale_window(ctx: &Ctx) -> std::time::Duration {
+        ctx.route
             .as_ref()
             .and_then(|r| r.cache.as_ref())
             .map(|c| c.stale_if_error)
-            .unwrap_or_default();
-        match status {
-            200 | 304 => cache.authorizations.allow(g, window),
-            401 | 403 => cache.authorizations.revoke(&g),
-            _ => {}
+            .unwrap_or_default()
+    }
+
+    fn object_id(ctx: &Ctx, variance: Option<&HashBinary>) -> Option<auth::ObjectId> {
+        let p = ctx.binding.primary.as_ref()?;
+        Some(auth::object_id(p, variance.map(|v| &v[..])))
+    }
+
+    /// A stored copy was found on a `revalidate` route: note its version. Returns whether
+    /// the object answers each credential its own body (then the copy is not used).
+    pub(super) fn bind_stored_copy(
+        &self,
+        session: &Session,
+        meta: &CacheMeta,
+        ctx: &mut Ctx,
+    ) -> bool {
+        ctx.binding.stored = meta
+            .headers()
+            .get(auth::VERSION_HEADER)
+            .and_then(|v| auth::parse_version_header(v.as_bytes()));
+        ctx.binding.stored_strong_etag = strong_etag(meta.headers());
+        let variance = session.cache.cache_key().variance_bin();
+        ctx.binding.variance = variance;
+        let Some(cache) = self.app.cache.get() else {
+            return false;
+        };
+        Self::object_id(ctx, variance.as_ref()).is_some_and(|o| cache.variants.is_personal(&o))
+    }
+
+    /// After pingora added the stored copy's validators to the origin request (on a
+    /// `revalidate` route): keep them only where the origin's 304 will name the stored
+    /// version for these credentials. A strong `ETag` identifies the bytes (RFC 9110
+    /// §8.8.3), so it is sent alone (a lenient origin answering `If-Modified-Since` by date
+    /// would say 304 to a pupil whose own body differs). A weak `ETag` or a date only say
+    /// so for credentials the origin already gave this very version; anyone else is asked
+    /// without validators and gets the full answer, whose bytes then say which version it
+    /// is.
+    pub(super) fn revalidate_conditionals(
+        &self,
+        session: &Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) {
+        let revalidate = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.cache.as_ref())
+            .is_some_and(|c| c.mode == CacheMode::Revalidate);
+        if !revalidate || session.cache.maybe_cache_meta().is_none() {
+            return;
+        }
+        let personal = Self::object_id(ctx, ctx.binding.variance.as_ref())
+            .zip(self.app.cache.get())
+            .is_some_and(|(o, c)| c.variants.is_personal(&o));
+        let keep = if ctx.binding.stored.is_none() || personal {
+            false
+        } else if ctx.binding.stored_strong_etag.is_some() {
+            req.remove_header(&http::header::IF_MODIFIED_SINCE);
+            true
+        } else {
+            let given = match (ctx.auth_grant, self.app.cache.get()) {
+                (Some(g), Some(c)) => c
+                    .authorizations
+                    .current_within(&g, std::time::Duration::MAX),
+                _ => None,
+            };
+            given.is_some() && given == ctx.binding.stored.map(|(v, _)| v)
+        };
+        if !keep {
+            req.remove_header(&http::header::IF_NONE_MATCH);
+            req.remove_header(&http::header::IF_MODIFIED_SINCE);
+        }
+        ctx.binding.conditional_sent = req.headers.contains_key(http::header::IF_NONE_MATCH)
+            || req.headers.contains_key(http::header::IF_MODIFIED_SINCE);
+    }
+
+    /// The origin's answer head arrived, on a `revalidate` route: its version becomes
+    /// these credentials' latest (`cache::auth`). A trusted 304 names the stored version;
+    /// any other non-5xx answer withdraws the earlier version now and names its own once
+    /// its body is complete ([`Self::record_answered_version`]). A 5xx changes nothing
+    /// (the origin cannot say yes or no).
+    pub(super) fn record_authorization(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        resp: &mut ResponseHeader,
+    ) {
+        // Only ecluse writes this header (a response naming its own version could be
+        // served to credentials given another one).
+        resp.remove_header(auth::VERSION_HEADER);
+        let (Some(g), Some(cache)) = (ctx.auth_grant, self.app.cache.get()) else {
+            return;
+        };
+        let status = resp.status.as_u16();
+        let window = Self::stale_window(ctx);
+        if status >= 500 {
+            return;
+        }
+        if status == 304 && session.cache.maybe_cache_meta().is_some() {
+            ctx.binding.revalidating_304 = true;
+            let etag_ok = match (
+                resp.headers.get(http::header::ETAG),
+                &ctx.binding.stored_strong_etag,
+            ) {
+                (None, _) => true,
+                (Some(e), Some(stored)) => e.as_bytes() == stored.as_slice(),
+                (Some(e), None) => session
+                    .cache
+                    .maybe_cache_meta()
+                    .and_then(|m| m.headers().get(http::header::ETAG))
+                    .is_some_and(|s| s == e),
+            };
+            match ctx.binding.stored {
+                Some((v, _)) if ctx.binding.conditional_sent && etag_ok => {
+                    cache.authorizations.allow(g, v, window)
+                }
+                _ => {
+                    ctx.binding.untrusted_304 = true;
+                    cache.authorizations.revoke(&g);
+                }
+            }
+            return;
+        }
+        cache.authorizations.revoke(&g);
+        ctx.binding.hasher = Some(VersionHasher::new(status));
+        ctx.binding.answer_status = status;
+        ctx.binding.answer_strong_etag = strong_etag(&resp.headers);
+    }
+
+    /// A piece of the origin's answer body on a `revalidate` route: hashed; once complete,
+    /// its version is these credentials' latest, and a 200 tells whether the object's body
+    /// differs by credential (then it is no longer stored: `cache::auth::Variants`).
+    pub(super) fn record_answered_version(
+        &self,
+        _session: &Session,
+        body: Option<&[u8]>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) {
+        let Some(h) = ctx.binding.hasher.as_mut() else {
+            return;
+        };
+        if let Some(b) = body {
+            h.update(b);
+        }
+        if !end_of_stream {
+            return;
+        }
+        let Some(h) = ctx.binding.hasher.take() else {
+            return;
+        };
+        let version = h.finish();
+        let (Some(g), Some(cache)) = (ctx.auth_grant, self.app.cache.get()) else {
+            return;
+        };
+        cache
+            .authorizations
+            .allow(g, version, Self::stale_window(ctx));
+        if !ctx.credentialed || ctx.binding.answer_status != 200 {
+            return;
+        }
+        let clash = match (&ctx.binding.answer_strong_etag, &ctx.binding.stored) {
+            (Some(e), Some((stored, _))) => {
+                ctx.binding.stored_strong_etag.as_ref() == Some(e) && *stored != version
+            }
+            _ => false,
+        };
+        let Some(o) = Self::object_id(ctx, ctx.binding.variance.as_ref()) else {
+            return;
+        };
+        if cache.variants.observe(o, version, clash) {
+            // Not to be shared: drop what is stored (lookups already skip it).
+            cache.store.drop_url(&ctx.binding.url);
         }
     }
 
+    /// On a `revalidate` route, what may be stored beyond `policy::cache`'s rules:
+    /// - nothing of an object whose body differs by credential;
+    /// - nothing after a 304 that does not name the stored version;
+    /// - an anonymous answer never replaces a copy made for credentials (an ENT's login
+    ///   page would push a pupils' file out on every anonymous request);
+    /// - what is stored carries its version (filled in by the store once the body is
+    ///   complete), and whether it answered an anonymous request.
+    pub(super) fn revalidate_cacheable(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        c: RespCacheable,
+    ) -> RespCacheable {
+        let uncacheable = |why| RespCacheable::Uncacheable(NoCacheReason::Custom(why));
+        let RespCacheable::Cacheable(mut meta) = c else {
+            return c;
+        };
+        if ctx.binding.untrusted_304 {
+            return uncacheable("untrusted-304");
+        }
+        let variance = crate::policy::cache::variance(&meta, session.req_header());
+        let personal = Self::object_id(ctx, variance.as_ref())
+            .zip(self.app.cache.get())
+            .is_some_and(|(o, c)| c.variants.is_personal(&o));
+        if personal {
+            return uncacheable("per-credential");
+        }
+        if ctx.binding.revalidating_304 {
+            // The stored copy's own header (and version) came back merged: keep it.
+            return RespCacheable::Cacheable(meta);
+        }
+        if !ctx.credentialed && ctx.binding.stored.is_some_and(|(_, anon)| !anon) {
+            return uncacheable("anonymous");
+        }
+        let pending = if ctx.credentialed {
+            "pending"
+        } else {
+            "pending;anon"
+        };
+        if meta
+            .response_header_mut()
+            .insert_header(auth::VERSION_HEADER, pending)
+            .is_err()
+        {
+            return uncacheable("version");
+        }
+        RespCacheable::Cacheable(meta)
+    }
+
     /// Whether a stored copy may stand in for the origin's answer that failed, for this
-    /// request on a `revalidate` route: only if the origin itself authorized these very
-    /// credentials for this object within the `stale_if_error` window.
+    /// request on a `revalidate` route: only if the origin's latest answer to these very
+    /// credentials, within the `stale_if_error` window, was this very version (same
+    /// status and bytes), and the object is not one whose body differs by credential.
     pub(super) fn authorized_recently(&self, session: &Session, ctx: &Ctx) -> bool {
         let (Some(g), Some(cache)) = (ctx.auth_grant, self.app.cache.get()) else {
             return false;
         };
-        let route_window = ctx
-            .route
-            .as_ref()
-            .and_then(|r| r.cache.as_ref())
-            .map(|c| c.stale_if_error)
-            .unwrap_or_default();
+        let Some(meta) = session.cache.maybe_cache_meta() else {
+            return false;
+        };
+        let Some((stored, _)) = meta
+            .headers()
+            .get(auth::VERSION_HEADER)
+            .and_then(|v| auth::parse_version_header(v.as_bytes()))
+        else {
+            return false;
+        };
+        let variance = session.cache.cache_key().variance_bin();
+        if Self::object_id(ctx, variance.as_ref()).is_some_and(|o| cache.variants.is_personal(&o)) {
+            return false;
+        }
         // The stored copy's own window (the origin's `stale-if-error`, else the route's).
-        let window = session
-            .cache
-            .maybe_cache_meta()
-            .map(|m| std::time::Duration::from_secs(u64::from(m.stale_if_error_sec())))
-            .unwrap_or(route_window);
-        cache.authorizations.allowed_within(&g, window)
+        let window = std::time::Duration::from_secs(u64::from(meta.stale_if_error_sec()));
+        cache.authorizations.allowed_within(&g, &stored, window)
     }
 
     /// RFC 9211 `Cache-Status` for a response of a cacheable route.

@@ -260,6 +260,9 @@ pub struct Ctx {
     body_seen: u64,
     /// This exchange's place in its feature's drain (feature routes, no request body).
     drain: Option<Arc<crate::drain::Session>>,
+    /// On a `revalidate` route: the stored version looked up, what was asked of the
+    /// origin, and the version it is answering (`cache::auth`).
+    binding: cache::Binding,
 }
 
 impl Ctx {
@@ -1326,6 +1329,7 @@ impl ProxyHttp for EcluseProxy {
             body_limit: 0,
             body_seen: 0,
             drain: None,
+            binding: cache::Binding::default(),
         }
     }
 
@@ -1556,7 +1560,7 @@ impl ProxyHttp for EcluseProxy {
     async fn cache_hit_filter(
         &self,
         session: &mut Session,
-        _meta: &CacheMeta,
+        meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
         is_fresh: bool,
         ctx: &mut Ctx,
@@ -1579,6 +1583,10 @@ impl ProxyHttp for EcluseProxy {
         // Authorize-then-serve: every request asks the origin with its own credentials.
         // No cache lock: one student's revalidation must not stand in for another's.
         session.cache.set_cache_lock(None, None);
+        if self.bind_stored_copy(session, meta, ctx) {
+            // Its body differs by credential: the stored copy is nobody's to share.
+            return Ok(Some(ForcedFreshness::ForceMiss));
+        }
         if is_fresh {
             Ok(Some(ForcedFreshness::ForceExpiredServeStale {
                 expired_at: None,
@@ -1590,7 +1598,7 @@ impl ProxyHttp for EcluseProxy {
 
     fn response_cache_filter(
         &self,
-        _session: &Session,
+        session: &Session,
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
@@ -1603,6 +1611,11 @@ impl ProxyHttp for EcluseProxy {
             ctx.credentialed,
             SystemTime::now(),
         );
+        let c = if policy.mode == CacheMode::Revalidate {
+            self.revalidate_cacheable(session, ctx, c)
+        } else {
+            c
+        };
         ctx.cache_storable = c.is_cacheable();
         Ok(c)
     }
@@ -1610,10 +1623,12 @@ impl ProxyHttp for EcluseProxy {
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
         req: &RequestHeader,
     ) -> Option<pingora_cache::key::HashBinary> {
-        crate::policy::cache::variance(meta, req)
+        let v = crate::policy::cache::variance(meta, req);
+        ctx.binding.variance = v;
+        v
     }
 
     fn should_serve_stale(
@@ -1883,6 +1898,9 @@ impl ProxyHttp for EcluseProxy {
                 upstream_request,
                 session.cache.maybe_cache_meta(),
             );
+            // On a `revalidate` route, validators only where the origin's 304 says which
+            // bytes this user may have.
+            self.revalidate_conditionals(session, upstream_request, ctx);
         }
         Ok(())
     }
@@ -1895,6 +1913,22 @@ impl ProxyHttp for EcluseProxy {
     ) -> Result<()> {
         self.maybe_tunnel(session, upstream_response, ctx);
         if ctx.route.as_ref().is_some_and(|r| r.cache.is_some()) {
+            // Internal bookkeeping of the stored copy: never for the client.
+            upstream_response.remove_header(crate::cache::auth::VERSION_HEADER);
+            if ctx.binding.untrusted_304
+                && matches!(
+                    session.cache.phase(),
+                    CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_)
+                )
+            {
+                // The origin answered 304 to a question that does not say which bytes
+                // (no validator sent, or another ETag back): the stored body may be
+                // someone else's. An error, never a leak.
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(502),
+                    "revalidate: a 304 that does not name the stored version",
+                );
+            }
             let status = upstream_response.status.as_u16();
             let from_cache = matches!(
                 session.cache.phase(),
@@ -1962,7 +1996,7 @@ impl ProxyHttp for EcluseProxy {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         ctx.upstream_head = Some((status, Instant::now()));
-        self.record_authorization(ctx, status);
+        self.record_authorization(session, ctx, upstream_response);
         if session.cache.enabled() {
             ctx.upstream_set_cookies = upstream_response
                 .headers
@@ -1987,10 +2021,11 @@ impl ProxyHttp for EcluseProxy {
     fn upstream_response_body_filter(
         &self,
         session: &mut Session,
-        _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
+        self.record_answered_version(session, body.as_deref(), end_of_stream, ctx);
         // A total only where ops set one, and never on an upgraded connection.
         let total = ctx.route.as_ref().and_then(|r| r.total_limit);
         if let (Some(route), Some(total), Some(t0)) = (&ctx.route, total, ctx.upstream_start) {

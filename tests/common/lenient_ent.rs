@@ -17,6 +17,14 @@
 //!   `/fail/` always answers 500 (a URL that fails for everyone).
 //! - **slow on command**: `/slow/MS/...` answers after MS milliseconds (at most 30 s; a
 //!   heavy search); `set_delay(d)` makes every answer wait `d` first (the ENT is slow).
+//! - **one body for every pupil** at `/class/...` (`"<path> for the class"`, login page
+//!   for anonymous), like an exam paper every logged-in pupil may read;
+//! - **validators on command** (`set_validators`): a strong ETag of the body (default), a
+//!   weak one, none at all, or only a `Last-Modified` of the page's template, answered 304
+//!   by date to any `If-Modified-Since` (whoever asks: the habit that makes a date say
+//!   nothing about one pupil's body); `set_edition` changes every private body (a
+//!   re-upload); `set_careless_304(true)` answers 304 (with the asker's own ETag) to
+//!   any `If-None-Match` at `/private/`, whatever tag it names (a broken cache layer).
 //!
 //! Everything else answers 200 with a JSON echo: `{"path", "raw", "user", "host",
 //! "real_ip", "port", "prefix", "method", "body_len"}` and `Cache-Control` from
@@ -54,7 +62,21 @@ pub struct Seen {
     pub body_complete: bool,
 }
 
+/// Which validators `/private/` and `/class/` answers carry (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Validators {
+    StrongEtag,
+    WeakEtag,
+    None,
+    TemplateDate,
+}
+
+const TEMPLATE_DATE: &str = "Mon, 30 Nov 2026 07:00:00 GMT";
+
 struct State {
+    careless_304: AtomicBool,
+    validators: Mutex<Validators>,
+    edition: Mutex<String>,
     failing: AtomicBool,
     /// Every answer waits this long first (ms).
     delay_ms: std::sync::atomic::AtomicU64,
@@ -128,6 +150,9 @@ impl LenientEnt {
             .expect("bind");
         let addr = l.local_addr().expect("addr");
         let state = Arc::new(State {
+            careless_304: AtomicBool::new(false),
+            validators: Mutex::new(Validators::StrongEtag),
+            edition: Mutex::new(String::new()),
             failing: AtomicBool::new(false),
             delay_ms: std::sync::atomic::AtomicU64::new(0),
             cache_control: Mutex::new("public, max-age=60".to_string()),
@@ -170,6 +195,20 @@ impl LenientEnt {
         self.state
             .delay_ms
             .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+    /// Which validators later `/private/` and `/class/` answers carry.
+    pub fn set_validators(&self, v: Validators) {
+        *self.state.validators.lock().expect("lock") = v;
+    }
+
+    /// Answer 304 to any `If-None-Match` at `/private/`, whatever it names.
+    pub fn set_careless_304(&self, on: bool) {
+        self.state.careless_304.store(on, Ordering::SeqCst);
+    }
+
+    /// A suffix of every later `/private/` and `/class/` body (a new edition: a re-upload).
+    pub fn set_edition(&self, e: &str) {
+        *self.state.edition.lock().expect("lock") = e.to_string();
     }
 
     /// The `Cache-Control` of later 200 answers (per-pupil ones included).
@@ -237,6 +276,7 @@ async fn answer(
         .or_else(|| h("host"))
         .unwrap_or_default();
     let inm = h("if-none-match");
+    let ims = h("if-modified-since");
     let method = req.method().to_string();
     let headers: Vec<(String, String)> = req
         .headers()
@@ -298,13 +338,53 @@ async fn answer(
             .body(Full::new(Bytes::from_static(b"this URL always fails")))
             .expect("response");
     }
+    let validators = *st.validators.lock().expect("lock");
+    let edition = st.edition.lock().expect("lock").clone();
+    if path.starts_with("/class/")
+        || (validators != Validators::StrongEtag && path.starts_with("/private/"))
+    {
+        let text = match &user {
+            Some(_) if path.starts_with("/class/") => format!("{path} for the class{edition}"),
+            Some(u) => format!("{path} for {u}{edition}"),
+            None => "<html><form action=/login>login page</form></html>".to_string(),
+        };
+        let etag = match validators {
+            Validators::StrongEtag => Some(etag_of(&text)),
+            Validators::WeakEtag => Some(format!("W/{}", etag_of(&text))),
+            Validators::None | Validators::TemplateDate => None,
+        };
+        let not_modified = match (&etag, validators) {
+            (Some(e), _) => inm.as_deref() == Some(e.as_str()),
+            (None, Validators::TemplateDate) => ims.as_deref() == Some(TEMPLATE_DATE),
+            _ => false,
+        };
+        let mut b = resp.header("cache-control", cc);
+        if let Some(e) = &etag {
+            b = b.header("etag", e);
+        }
+        if validators == Validators::TemplateDate {
+            b = b.header("last-modified", TEMPLATE_DATE);
+        }
+        if not_modified {
+            return b
+                .status(304)
+                .body(Full::new(Bytes::new()))
+                .expect("response");
+        }
+        return b
+            .status(200)
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from(text)))
+            .expect("response");
+    }
     if path.starts_with("/private/") {
         let text = match &user {
-            Some(u) => format!("{path} for {u}"),
+            Some(u) => format!("{path} for {u}{edition}"),
             None => "<html><form action=/login>login page</form></html>".to_string(),
         };
         let etag = etag_of(&text);
-        if inm.as_deref() == Some(etag.as_str()) {
+        let careless = st.careless_304.load(Ordering::SeqCst) && inm.is_some();
+        if careless || inm.as_deref() == Some(etag.as_str()) {
             return resp
                 .status(304)
                 .header("etag", etag)

@@ -1,0 +1,401 @@
+//! A pupil's private file stays theirs through any outage (issue #17, classes 1 and 4):
+//! the real ecluse binary in front of `LenientEnt`, an origin that answers each pupil
+//! their own body at one URL, a 200 login page to anonymous visitors, and reads cookies
+//! leniently.
+
+mod common;
+
+use common::lenient_ent::{LenientEnt, Validators};
+use common::*;
+
+const KEY: &str = "k1:0123456789abcdef0123456789abcdef0123\n";
+
+/// One `revalidate` route on `/private/` and `/class/`, a `public` one on `/pub/`, and a
+/// waiting room (unused by the routes: its cookie `ecluse_ent` is ecluse's own).
+fn yaml(origin: std::net::SocketAddr) -> String {
+    format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+server: {{ threads: 2, grace_period: 0s, shutdown_timeout: 2s }}
+access_log: {{ enabled: false }}
+waiting_rooms:
+  ent: {{ active_users: 1000, new_users_per_minute: 60000, secret_file: keys }}
+origins:
+  ent: {{ servers: ["{origin}"], max_inflight: 100, health_check: {{ disabled: true }} }}
+routes:
+  - name: private
+    match: {{ path_prefix: /private/ }}
+    origin: ent
+    cache: {{ mode: revalidate, stale_if_error: 1h }}
+  - name: class
+    match: {{ path_prefix: /class/ }}
+    origin: ent
+    cache: {{ mode: revalidate, stale_if_error: 1h }}
+  - name: public
+    match: {{ path_prefix: /pub/ }}
+    origin: ent
+    cache: {{ mode: public, ttl: 10m }}
+  - name: ent
+    match: {{ path_prefix: / }}
+    origin: ent
+"#
+    )
+}
+
+fn start(ent: &LenientEnt) -> Ecluse {
+    Ecluse::start_with(&yaml(ent.addr), &[("keys", KEY.as_bytes())], |_| {})
+}
+
+struct Answer {
+    status: u16,
+    cache_status: String,
+    body: String,
+}
+
+async fn get(e: &Ecluse, path: &str, headers: &[(&str, &str)]) -> Answer {
+    send(e, reqwest::Method::GET, path, headers).await
+}
+
+async fn send(e: &Ecluse, method: reqwest::Method, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut rb = client().request(method, e.url(path));
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    let r = rb.send().await.expect("request");
+    let status = r.status().as_u16();
+    let cache_status = r
+        .headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        r.headers().get("x-ecluse-version").is_none(),
+        "ecluse's bookkeeping reached a client"
+    );
+    let body = r.text().await.expect("body");
+    Answer {
+        status,
+        cache_status,
+        body,
+    }
+}
+
+const ALICE: &[(&str, &str)] = &[("cookie", "session=alice")];
+const BOB: &[(&str, &str)] = &[("cookie", "session=bob")];
+const CAROL: &[(&str, &str)] = &[("cookie", "session=carol")];
+const ANON: &[(&str, &str)] = &[];
+
+/// What nobody but `who` may ever see.
+fn assert_not_theirs(a: &Answer, others: &[&str], ctx: &str) {
+    for o in others {
+        assert!(
+            !a.body.contains(&format!("for {o}")),
+            "{ctx}: got {o}'s body: {} {:?} {}",
+            a.status,
+            a.body,
+            a.cache_status
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_pupils_body_never_reaches_an_earlier_pupil_during_an_outage() {
+    // With each validator habit an ENT may have: the version is the ETag's bytes or,
+    // without one, the body's.
+    for validators in [
+        Validators::StrongEtag,
+        Validators::WeakEtag,
+        Validators::None,
+        Validators::TemplateDate,
+    ] {
+        let ent = LenientEnt::start().await;
+        ent.set_validators(validators);
+        let e = start(&ent);
+        let url = "/private/bulletin";
+        let a = get(&e, url, ALICE).await;
+        assert_eq!(a.body, "/private/bulletin for alice", "{validators:?}");
+        // Bob's answer replaces the stored copy (a revalidation 200 with a new ETag, or a
+        // full answer when ecluse sends no validators for him).
+        let b = get(&e, url, BOB).await;
+        assert_eq!(b.body, "/private/bulletin for bob", "{validators:?}");
+        ent.set_failing(true);
+        // Alice was authorized for her version, not for bob's: the error, never his file.
+        let a = get(&e, url, ALICE).await;
+        assert_eq!(a.status, 503, "{validators:?}: {}", a.cache_status);
+        assert_not_theirs(&a, &["bob"], &format!("{validators:?} alice"));
+        for who in [CAROL, ANON] {
+            let r = get(&e, url, who).await;
+            assert_eq!(r.status, 503, "{validators:?} {who:?}");
+            assert_not_theirs(&r, &["bob", "alice"], &format!("{validators:?} {who:?}"));
+        }
+        // Bob's own version is still his to have in the outage.
+        let b = get(&e, url, BOB).await;
+        assert_eq!(b.status, 200, "{validators:?}: {}", b.cache_status);
+        assert_eq!(b.body, "/private/bulletin for bob");
+        assert!(
+            b.cache_status.contains("stale-if-error"),
+            "{}",
+            b.cache_status
+        );
+        if validators == Validators::TemplateDate {
+            // A date that never moves cannot announce a re-upload (to browsers either).
+            continue;
+        }
+        // A re-upload: bob's new edition is what he may have stale, not the old one.
+        ent.set_failing(false);
+        ent.set_edition(" (v2)");
+        let b = get(&e, url, BOB).await;
+        assert_eq!(b.body, "/private/bulletin for bob (v2)");
+        ent.set_failing(true);
+        let b = get(&e, url, BOB).await;
+        assert_eq!(
+            (b.status, b.body.as_str()),
+            (200, "/private/bulletin for bob (v2)")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_clients_get_a_stale_copy_only_of_the_version_they_were_given() {
+    let ent = LenientEnt::start().await;
+    let e = start(&ent);
+    let url = "/private/marks";
+    // The login page is the first thing stored.
+    let anon = get(&e, url, ANON).await;
+    assert!(anon.body.contains("login page"));
+    ent.set_failing(true);
+    // Anonymous visitors were given the login page: that much they may have.
+    let anon = get(&e, url, ANON).await;
+    assert_eq!(anon.status, 200);
+    assert!(anon.body.contains("login page"), "{}", anon.body);
+    ent.set_failing(false);
+    let a = get(&e, url, ALICE).await;
+    assert_eq!(a.body, "/private/marks for alice");
+    ent.set_failing(true);
+    // Alice's marks replaced the login page: anonymous visitors were never given them.
+    let anon = get(&e, url, ANON).await;
+    assert_eq!(anon.status, 503, "{}", anon.cache_status);
+    assert_not_theirs(&anon, &["alice"], "anonymous");
+    // HEAD and ranges meet the same rule.
+    let head = send(&e, reqwest::Method::HEAD, url, ANON).await;
+    assert_eq!(head.status, 503);
+    let range = get(&e, url, &[("range", "bytes=0-7")]).await;
+    assert_eq!(range.status, 503);
+    assert_not_theirs(&range, &["alice"], "anonymous range");
+    let a = get(&e, url, ALICE).await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (200, "/private/marks for alice")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_and_ranges_authorize_only_the_version_they_fetched() {
+    let ent = LenientEnt::start().await;
+    let e = start(&ent);
+    let url = "/private/exam-paper";
+    assert_eq!(
+        get(&e, url, ALICE).await.body,
+        "/private/exam-paper for alice"
+    );
+    // Bob's HEAD fetches (and stores) his whole body; his range request reads it.
+    let head = send(&e, reqwest::Method::HEAD, url, BOB).await;
+    assert_eq!(head.status, 200);
+    let part = get(
+        &e,
+        url,
+        &[("cookie", "session=bob"), ("range", "bytes=0-7")],
+    )
+    .await;
+    assert_eq!(part.status, 206);
+    ent.set_failing(true);
+    for (method, headers) in [
+        (
+            reqwest::Method::GET,
+            vec![("cookie", "session=alice"), ("range", "bytes=20-40")],
+        ),
+        (reqwest::Method::HEAD, vec![("cookie", "session=alice")]),
+        (reqwest::Method::GET, vec![("cookie", "session=alice")]),
+    ] {
+        let r = send(&e, method.clone(), url, &headers).await;
+        assert_eq!(r.status, 503, "{method} {headers:?}: {}", r.cache_status);
+        assert_not_theirs(&r, &["bob"], &format!("{method} {headers:?}"));
+    }
+    let part = get(
+        &e,
+        url,
+        &[("cookie", "session=bob"), ("range", "bytes=20-40")],
+    )
+    .await;
+    assert_eq!(part.status, 206, "{}", part.cache_status);
+    assert_eq!(part.body, &"/private/exam-paper for bob"[20..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_date_validator_never_serves_one_pupils_body_to_another() {
+    // The ENT dates every pupil's page by its template and answers 304 to any
+    // If-Modified-Since that matches: asking bob's question with alice's date would make
+    // it vouch for alice's bytes.
+    let ent = LenientEnt::start().await;
+    ent.set_validators(Validators::TemplateDate);
+    let e = start(&ent);
+    let url = "/private/report";
+    assert_eq!(get(&e, url, ALICE).await.body, "/private/report for alice");
+    let b = get(&e, url, BOB).await;
+    assert_eq!(b.status, 200);
+    assert_eq!(b.body, "/private/report for bob", "{}", b.cache_status);
+    let anon = get(&e, url, ANON).await;
+    assert!(anon.body.contains("login page"), "{}", anon.body);
+    // Bob again: given this very version, so the date may stand for it (a 304).
+    let b = get(&e, url, BOB).await;
+    assert_eq!(b.body, "/private/report for bob");
+    assert!(
+        b.cache_status.contains("fwd-status=304"),
+        "{}",
+        b.cache_status
+    );
+    let a = get(&e, url, ALICE).await;
+    assert_eq!(a.body, "/private/report for alice", "{}", a.cache_status);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_body_for_every_pupil_is_shared_by_etag_and_never_by_anonymous_visitors() {
+    let ent = LenientEnt::start().await;
+    let e = start(&ent);
+    let url = "/class/exam";
+    let body = "/class/exam for the class";
+    assert_eq!(get(&e, url, ALICE).await.body, body);
+    // Bob asks with the stored strong ETag: the ENT's 304 says his version is the stored
+    // one (same bytes), so the stored body is his.
+    let b = get(&e, url, BOB).await;
+    assert_eq!(b.body, body);
+    assert!(
+        b.cache_status.contains("fwd-status=304"),
+        "{}",
+        b.cache_status
+    );
+    // An anonymous visitor gets the login page; it does not push the paper out.
+    let anon = get(&e, url, ANON).await;
+    assert!(anon.body.contains("login page"));
+    let c = get(&e, url, CAROL).await;
+    assert_eq!(c.body, body);
+    assert!(
+        c.cache_status.contains("fwd-status=304"),
+        "{}",
+        c.cache_status
+    );
+    ent.set_failing(true);
+    for who in [ALICE, BOB, CAROL] {
+        let r = get(&e, url, who).await;
+        assert_eq!((r.status, r.body.as_str()), (200, body), "{who:?}");
+    }
+    // The anonymous visitor was given the login page, not the paper.
+    let anon = get(&e, url, ANON).await;
+    assert_eq!(anon.status, 503, "{}", anon.cache_status);
+    assert!(!anon.body.contains("for the class"), "{}", anon.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_that_answers_each_pupil_their_own_body_is_no_longer_stored() {
+    let ent = LenientEnt::start().await;
+    let e = start(&ent);
+    let url = "/private/timetable";
+    for who in [ALICE, BOB, ALICE] {
+        get(&e, url, who).await;
+    }
+    // Two versions current at once (alice's came back after bob's): per-credential
+    // variants, stored no more.
+    let a = get(&e, url, ALICE).await;
+    assert_eq!(a.body, "/private/timetable for alice");
+    assert!(
+        a.cache_status.contains("per-credential"),
+        "{}",
+        a.cache_status
+    );
+    ent.set_failing(true);
+    for who in [ALICE, BOB, ANON] {
+        let r = get(&e, url, who).await;
+        assert_eq!(r.status, 503, "{who:?}: {}", r.cache_status);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_a_lenient_ent_reads_makes_the_request_credentialed() {
+    let ent = LenientEnt::start().await;
+    let e = start(&ent);
+    // ecluse's own cookie, then bob's session however a lenient parser finds it.
+    let spellings: &[&[&str]] = &[
+        &["ecluse_ent=abc session=bob"],
+        &["ecluse_ent=abc  session=bob"],
+        &["ecluse_ent=abc,session=bob"],
+        &["ecluse_ent=abc\tsession=bob"],
+        &["ecluse_ent=\"abc session=bob\""],
+        &["ecluse_ent=abc;session=bob"],
+        &["ecluse_ent=abc", "session=bob"],
+        &["ECLUSE_ENT=abc; session=bob"],
+    ];
+    for (i, cookies) in spellings.iter().enumerate() {
+        let url = format!("/pub/page{i}");
+        let mut rb = client().get(e.url(&url));
+        for c in cookies.iter() {
+            rb = rb.header("cookie", *c);
+        }
+        let r = rb.send().await.expect("request");
+        let cs = r
+            .headers()
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = r.text().await.expect("body");
+        assert!(
+            body.contains("\"user\":\"bob"),
+            "{cookies:?}: the ENT read bob: {body}"
+        );
+        assert!(
+            cs.contains("bypass"),
+            "{cookies:?} was anonymous to ecluse: {cs}"
+        );
+        // The next anonymous visitor never gets bob's page.
+        let anon = get(&e, &url, ANON).await;
+        assert!(
+            !anon.body.contains("bob"),
+            "{cookies:?}: bob's page was stored for everyone: {}",
+            anon.body
+        );
+    }
+    // ecluse's own cookie alone, in its own form, stays anonymous (and shares the cache).
+    let r = get(&e, "/pub/plain", &[("cookie", "ecluse_ent=abc.def-_")]).await;
+    assert!(
+        r.cache_status.contains("fwd=uri-miss"),
+        "{}",
+        r.cache_status
+    );
+    let r = get(&e, "/pub/plain", ANON).await;
+    assert!(
+        r.cache_status.starts_with("ecluse; hit"),
+        "{}",
+        r.cache_status
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_304_that_does_not_name_the_stored_version_is_an_error_not_a_body() {
+    let ent = LenientEnt::start().await;
+    let e = start(&ent);
+    let url = "/private/exam-copy";
+    assert_eq!(
+        get(&e, url, ALICE).await.body,
+        "/private/exam-copy for alice"
+    );
+    // The ENT says 304 to bob's question about alice's ETag, under bob's own ETag.
+    ent.set_careless_304(true);
+    let b = get(&e, url, BOB).await;
+    assert!(b.status >= 500, "{} {}", b.status, b.cache_status);
+    assert_not_theirs(&b, &["alice"], "bob after a careless 304");
+    // Nothing was updated: once the ENT is sane, bob gets his own body.
+    ent.set_careless_304(false);
+    let b = get(&e, url, BOB).await;
+    assert_eq!(b.body, "/private/exam-copy for bob");
+}
