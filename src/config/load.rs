@@ -192,7 +192,8 @@ pub fn check_text_with(
             warnings: Default::default(),
         };
         let more = semantic_problems(repaired, &root, &ctx, path);
-        let keep = |d: &Diagnostic| !follows_from_repair(d, &checked.patched);
+        let patched = Patched::new(&checked.patched);
+        let keep = |d: &Diagnostic| !patched.covers(d);
         errors.extend(more.into_iter().filter(keep));
         warnings.extend(ctx.warnings.take().into_iter().filter(keep));
     }
@@ -226,41 +227,78 @@ fn semantic_problems(
     }
 }
 
-/// Whether a diagnostic from the repaired copy may be about a placeholder or a dropped
-/// part rather than about what ops wrote: it is at, above or below a patched path, it
-/// names the entry holding one (`routes[0] (`all`)`), or its subject is a patched named
-/// entry (an origin or room whose faulty definition would otherwise read as "not defined").
-fn follows_from_repair(d: &Diagnostic, patched: &[String]) -> bool {
-    // Builder messages are `PATH: text`.
-    let (dpath, body) = d.message.split_once(": ").unwrap_or(("", &d.message));
-    patched.iter().any(|p| {
-        if related(dpath, p) {
-            return true;
-        }
-        let entry = entry_of(p);
-        if mentions(body, &entry) {
-            return true;
-        }
-        // `origins.ent.x` → the name `ent`, as references write it: "origin `ent` is not
-        // defined" when the faulty origin could not be built. Only as the subject (the
-        // first name in the message): "`entt` is not defined (did you mean `ent`?)"
-        // stays.
-        let mut segs = p.split(['.', '[']);
-        let subject = body.split('`').nth(1);
-        match (segs.next(), segs.next(), subject) {
-            (Some(_), Some(name), Some(subject)) if !name.ends_with(']') => name == subject,
-            _ => false,
-        }
-    })
+/// The patched paths of a repair, indexed so that filtering stays linear in the number
+/// of problems (a file with thousands of faulty routes must not take quadratic time).
+struct Patched {
+    /// Every patched path and every ancestor of one (`routes[2].match`, `routes[2]`, `routes`).
+    paths_and_ancestors: std::collections::HashSet<String>,
+    /// Exactly the patched paths.
+    paths: std::collections::HashSet<String>,
+    /// The entries holding one (`routes[2]`, `origins.ent`).
+    entries: std::collections::HashSet<String>,
+    /// The names of named entries holding one (`ent` for `origins.ent.x`).
+    names: std::collections::HashSet<String>,
 }
 
-/// `a` and `b` are the same path, or one holds the other.
-fn related(a: &str, b: &str) -> bool {
-    let under = |long: &str, short: &str| {
-        long.strip_prefix(short)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
-    };
-    !a.is_empty() && (under(a, b) || under(b, a))
+impl Patched {
+    fn new(patched: &[String]) -> Patched {
+        let mut p = Patched {
+            paths_and_ancestors: Default::default(),
+            paths: patched.iter().cloned().collect(),
+            entries: Default::default(),
+            names: Default::default(),
+        };
+        for path in patched {
+            for (i, c) in path.char_indices() {
+                if c == '.' || c == '[' {
+                    p.paths_and_ancestors.insert(path[..i].to_string());
+                }
+            }
+            p.paths_and_ancestors.insert(path.clone());
+            p.entries.insert(entry_of(path));
+            let mut segs = path.split(['.', '[']);
+            if let (Some(_), Some(name)) = (segs.next(), segs.next()) {
+                if !name.ends_with(']') {
+                    p.names.insert(name.to_string());
+                }
+            }
+        }
+        p
+    }
+
+    /// Whether a diagnostic from the repaired copy may be about a placeholder or a dropped
+    /// part rather than about what ops wrote: it is at, above or below a patched path, it
+    /// names the entry holding one (`routes[0] (`all`)`), or its subject is a patched named
+    /// entry (an origin or room whose faulty definition would otherwise read as "not
+    /// defined").
+    fn covers(&self, d: &Diagnostic) -> bool {
+        // Builder messages are `PATH: text`.
+        let (dpath, body) = d.message.split_once(": ").unwrap_or(("", &d.message));
+        if !dpath.is_empty() {
+            // At or above a patched path.
+            if self.paths_and_ancestors.contains(dpath) {
+                return true;
+            }
+            // Below one.
+            for (i, c) in dpath.char_indices() {
+                if (c == '.' || c == '[') && self.paths.contains(&dpath[..i]) {
+                    return true;
+                }
+            }
+        }
+        let names_entry = body
+            .split(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']')))
+            .map(|t| t.trim_end_matches('.'))
+            .any(|t| self.entries.contains(t));
+        if names_entry {
+            return true;
+        }
+        // "origin `ent` is not defined" when `ent`'s own definition is faulty; only as the
+        // subject (the first name): "`entt` is not defined (did you mean `ent`?)" stays.
+        body.split('`')
+            .nth(1)
+            .is_some_and(|subject| self.names.contains(subject))
+    }
 }
 
 /// The entry a path belongs to: up to its first list index (`routes[2]`), else its first
@@ -274,16 +312,6 @@ fn entry_of(p: &str) -> String {
         (Some(_), Some(second)) => p[..second].to_string(),
         _ => p.to_string(),
     }
-}
-
-/// `text` names `what` as a whole word (`routes[1]` is not `routes[10]`).
-fn mentions(text: &str, what: &str) -> bool {
-    text.match_indices(what).any(|(i, _)| {
-        text[i + what.len()..]
-            .chars()
-            .next()
-            .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '-'))
-    })
 }
 
 /// The tree as YAML flow text (JSON-like, with YAML's floats): serde-saphyr reads it with
@@ -489,11 +517,17 @@ mod tests {
         assert_eq!(entry_of("routes[2].match.path_prefix"), "routes[2]");
         assert_eq!(entry_of("origins.ent.read_timeout"), "origins.ent");
         assert_eq!(entry_of("listen"), "listen");
-        assert!(mentions("shadowed by routes[1] (`a`)", "routes[1]"));
-        assert!(!mentions("shadowed by routes[10] (`a`)", "routes[1]"));
-        assert!(related("routes[1]", "routes[1].match"));
-        assert!(related("routes[1].match.x", "routes[1].match"));
-        assert!(!related("routes[10]", "routes[1]"));
+        let p = Patched::new(&["routes[1].match".to_string(), "origins.ent.x".to_string()]);
+        let d = |m: &str| Diagnostic::at(Pos { line: 1, col: 1 }, m);
+        assert!(p.covers(&d("routes[3].match: shadowed by routes[1] (`a`)")));
+        assert!(!p.covers(&d("routes[3].match: shadowed by routes[10] (`a`)")));
+        assert!(p.covers(&d("routes[1]: x")));
+        assert!(p.covers(&d("routes[1].match.path_prefix: x")));
+        assert!(!p.covers(&d("routes[10].match: x")));
+        assert!(p.covers(&d("routes[0].origin: origin `ent` is not defined")));
+        assert!(!p.covers(&d(
+            "routes[0].origin: origin `entt` is not defined (did you mean `ent`?)"
+        )));
     }
 
     #[test]
