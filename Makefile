@@ -52,6 +52,9 @@ check-configs:
 	@# The reference policies read their ticket keys from the environment: check them
 	@# with a throwaway key.
 	@for f in config/*.yaml; do ECLUSE_TICKET_KEYS="check:$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" $(CARGO) run --quiet --bin ecluse -- check "$$f" || exit 1; done
+	@# The packaged policy reads its secrets from /etc/ecluse: checked without them, as a
+	@# config repository's CI would.
+	$(CARGO) run --quiet --bin ecluse -- check --skip-secrets pkg/ecluse.yaml
 
 ## Formatting, clippy, and the supply chain (cargo deny: advisories, licences, duplicate
 ## versions, sources; cargo audit). Installs cargo-deny / cargo-audit when missing.

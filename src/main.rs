@@ -17,6 +17,12 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve in production with the given policy file.
@@ -34,6 +40,15 @@ enum Cmd {
     Check {
         /// The YAML policy file.
         file: PathBuf,
+        /// `human`: `FILE:LINE:COL: message` lines on stderr. `json`: one JSON array on
+        /// stdout, one object per problem: file, line, column, severity, message.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+        /// Check without the production secrets (a config repository's CI): a missing
+        /// ticket key file or variable, admin token file, TLS certificate or key is a
+        /// warning, everything else as usual. Exit 0 when there are only warnings.
+        #[arg(long)]
+        skip_secrets: bool,
     },
     /// Run the simulated ENT and ecluse in front of it with the embedded demo policy.
     Demo {
@@ -78,33 +93,102 @@ fn init_logging() {
         .try_init();
 }
 
-fn check(file: PathBuf) -> ExitCode {
-    let registry = ecluse::config::runtime::Shared::default();
-    match ecluse::config::load_file(&file, &registry, 1) {
-        Ok(cfg) => {
+/// One problem as `--format json` writes it.
+fn json_problem(
+    file: &str,
+    pos: Option<ecluse::config::tree::Pos>,
+    severity: &str,
+    message: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "file": file,
+        "line": pos.map(|p| p.line),
+        "column": pos.map(|p| p.col),
+        "severity": severity,
+        "message": message,
+    })
+}
+
+fn check(file: PathBuf, format: Format, skip_secrets: bool) -> ExitCode {
+    let shown = file.display().to_string();
+    let opts = ecluse::config::LoadOptions { skip_secrets };
+    let report = match ecluse::config::check_file(&file, opts) {
+        Ok(r) => r,
+        Err(e) => {
+            // The file cannot be read at all: no position to give.
+            if format == Format::Json {
+                let all = vec![json_problem(&shown, None, "error", &e.to_string())];
+                println!("{}", serde_json::Value::Array(all));
+            } else {
+                eprintln!("{e}");
+                eprintln!("{shown}: 1 problem found");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let code = if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    };
+    if format == Format::Json {
+        // Errors and warnings together, in file order.
+        let mut all: Vec<(&ecluse::config::Diagnostic, &str)> = report
+            .errors
+            .iter()
+            .map(|d| (d, "error"))
+            .chain(report.warnings.iter().map(|d| (d, "warning")))
+            .collect();
+        all.sort_by_key(|(d, _)| (d.pos.line, d.pos.col));
+        let all: Vec<serde_json::Value> = all
+            .into_iter()
+            .map(|(d, sev)| json_problem(&shown, Some(d.pos), sev, &d.message))
+            .collect();
+        println!("{}", serde_json::Value::Array(all));
+        return code;
+    }
+    // Errors and warnings in file order; warnings say so, errors keep the fixed format.
+    let mut lines: Vec<(ecluse::config::tree::Pos, String)> = report
+        .errors
+        .iter()
+        .map(|d| (d.pos, d.render(&shown)))
+        .chain(report.warnings.iter().map(|w| {
+            (
+                w.pos,
+                format!(
+                    "{}:{}:{}: warning: {}",
+                    shown, w.pos.line, w.pos.col, w.message
+                ),
+            )
+        }))
+        .collect();
+    lines.sort_by_key(|(p, _)| (p.line, p.col));
+    for (_, l) in &lines {
+        eprintln!("{l}");
+    }
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let warned = if report.warnings.is_empty() {
+        String::new()
+    } else {
+        let n = report.warnings.len();
+        format!(", {n} warning{}", plural(n))
+    };
+    match (&report.config, report.errors.is_empty()) {
+        (Some(cfg), true) => {
             eprintln!(
-                "{}: ok ({} routes, {} origins, hash {})",
-                file.display(),
+                "{}: ok ({} routes, {} origins, hash {}){warned}",
+                shown,
                 cfg.router.routes().len(),
                 cfg.origins.len(),
                 cfg.hash
             );
-            ExitCode::SUCCESS
         }
-        Err(e) => {
-            let lines = e.lines();
-            for l in &lines {
-                eprintln!("{l}");
-            }
-            eprintln!(
-                "{}: {} problem{} found",
-                file.display(),
-                lines.len(),
-                if lines.len() == 1 { "" } else { "s" }
-            );
-            ExitCode::from(1)
+        _ => {
+            let n = report.errors.len();
+            eprintln!("{shown}: {n} problem{} found{warned}", plural(n));
         }
     }
+    code
 }
 
 fn run(
@@ -171,7 +255,11 @@ fn main() -> ExitCode {
         eprintln!("ecluse: internal error: {info}; please report it");
     }));
     match cli.cmd {
-        Cmd::Check { file } => check(file),
+        Cmd::Check {
+            file,
+            format,
+            skip_secrets,
+        } => check(file, format, skip_secrets),
         Cmd::Origin {
             port,
             capacity,

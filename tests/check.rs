@@ -6,12 +6,19 @@ use common::*;
 use std::process::Command;
 
 fn check(contents: &[u8]) -> (i32, String, String) {
+    check_with(contents, &[], &[])
+}
+
+/// `ecluse check [ARGS] FILE` with `env` set; FILE is shown as `FILE` in stderr.
+fn check_with(contents: &[u8], args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let dir = TempDir::new("check");
     let f = dir.path().join("policy.yaml");
     std::fs::write(&f, contents).expect("write");
     let out = Command::new(bin())
         .arg("check")
+        .args(args)
         .arg(&f)
+        .envs(env.iter().copied())
         .output()
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr).replace(&f.display().to_string(), "FILE");
@@ -70,7 +77,7 @@ server:
 ";
     let (code, _, err) = check(yaml);
     assert_eq!(code, 1, "{err}");
-    // Structural problems come first (all of them), then the file is not built further.
+    // Structural problems and, in the same run, the problems of the sound parts.
     assert!(
         err.contains("FILE:2:36: admin: unknown key `tokn_file` (did you mean `token_file`?)"),
         "{err}"
@@ -82,7 +89,14 @@ server:
         ),
         "{err}"
     );
-    assert!(err.contains("3 problems found"), "{err}");
+    for also in [
+        "FILE:10:12: routes[1].match: route `files` can never match",
+        "FILE:14:13: routes[2].origin: origin `entt` is not defined under `origins` (did you mean `ent`?)",
+        "FILE:16:21: server.trusted_proxies[0]: `10.0.0.0/33` is not a CIDR",
+    ] {
+        assert!(err.contains(also), "missing {also:?} in:\n{err}");
+    }
+    assert!(err.contains("7 problems found"), "{err}");
 
     // Fix the keys: semantic problems are all reported together.
     let fixed = String::from_utf8_lossy(yaml)
@@ -327,4 +341,336 @@ fn forwarding_settings_are_checked_with_positions() {
     // A spelling of a built-in name is that name.
     assert!(!err.contains("x_original_url"), "{err}");
     assert!(err.contains("2 problems found"), "{err}");
+}
+/// #17: one run shows every problem the file's structure allows, whatever its kind: a
+/// wrong type on one key does not hide a missing origin elsewhere, an unknown key in one
+/// route does not hide a bad duration in another, several wrong types are all reported;
+/// sorted by position, each once.
+#[test]
+fn every_kind_of_problem_in_one_run() {
+    let yaml = b"listen: [\"0.0.0.0:8080\"]
+server:
+  threads: many
+  trusted_proxies: [\"10.0.0.0/33\"]
+origins:
+  ent: { servers: [\"127.0.0.1:8000\"], max_inflight: lots, read_timeout: 30 }
+  files: { servers: [\"127.0.0.1:8001\"], connect_timeout: 2x }
+routes:
+  - name: files
+    match: { path_prefix: /files/, methds: [GET] }
+    origin: files
+    cache: { mode: revalidat, ttl: 10m }
+  - name: visio
+    match: { path_prefix: /visio }
+    origin: ent
+    cache: { mode: shared, ttl: 10parsecs }
+  - name: forum
+    match: { path_prefix: /forum }
+    origin: forums
+  - name: all
+    match: { path_prefix: / }
+    origin: ent
+    rate_limits: [{ key: client_ip, rate: fast, burst: 40 }]
+";
+    let (code, _, err) = check(yaml);
+    assert_eq!(code, 1, "{err}");
+    let want = [
+        "FILE:3:12: server.threads: expected an integer, found string `many`",
+        "FILE:4:21: server.trusted_proxies[0]: `10.0.0.0/33` is not a CIDR",
+        "FILE:6:53: origins.ent.max_inflight: expected an integer, found string `lots`",
+        "FILE:6:73: origins.ent.read_timeout: expected a duration like `30s`, found integer",
+        "FILE:7:58: origins.files.connect_timeout: `2x` has an unknown unit",
+        "FILE:10:36: routes[0].match: unknown key `methds` (did you mean `methods`?)",
+        "FILE:12:20: routes[0].cache.mode: unknown value `revalidat` (did you mean `revalidate`?)",
+        "FILE:16:33: routes[1].cache.ttl: `10parsecs`",
+        "FILE:19:13: routes[2].origin: origin `forums` is not defined under `origins`",
+        "FILE:23:43: routes[3].rate_limits[0].rate: `fast` is not a rate",
+    ];
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("FILE:") && !l.starts_with("FILE: "))
+        .collect();
+    let mut at = Vec::new();
+    for w in want {
+        let i = lines
+            .iter()
+            .position(|l| l.starts_with(w))
+            .unwrap_or_else(|| panic!("missing {w:?} in:\n{err}"));
+        at.push(i);
+    }
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "not in file order:\n{err}"
+    );
+    let mut unique = lines.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), lines.len(), "a problem twice:\n{err}");
+    // The placeholders that stand in for faulty values make no problem of their own.
+    assert!(
+        !err.contains("ent` is not defined") && !err.contains("must be at least 1"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{} problems found", lines.len())),
+        "{err}"
+    );
+}
+
+/// #17: a file over one of the parser's limits gets a sentence that names the limit, its
+/// value and the file's size, never the parser's internal `budget breached: …`.
+#[test]
+fn each_parser_limit_gets_a_sentence() {
+    let anchors_then_aliases = {
+        let mut s = String::from("a: [");
+        for i in 0..5_100 {
+            s.push_str(&format!("&a{i} 1,"));
+        }
+        s.push_str("]\nb: [");
+        for i in 0..50_001 {
+            s.push_str(&format!("*a{},", i % 5_100));
+        }
+        s.push_str("]\n");
+        s
+    };
+    let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        (
+            "nodes",
+            format!("a: [{}]\n", vec!["1"; 250_001].join(",")).into_bytes(),
+            &[
+                "more than 250,000 YAML values",
+                "(limit 250,000)",
+                "the file (488.3 KiB, 1 line)",
+                "is it the right file?",
+            ],
+        ),
+        (
+            "depth, block",
+            (0..70)
+                .map(|i| format!("{}k:\n", "  ".repeat(i)))
+                .collect::<String>()
+                .into_bytes(),
+            &["more than 64 levels deep (limit 64)", "70 lines"],
+        ),
+        (
+            "depth, flow",
+            format!("a: {}{}\n", "[".repeat(300), "]".repeat(300)).into_bytes(),
+            &["more than 64 levels deep (limit 64)"],
+        ),
+        (
+            "alias ratio",
+            format!("a: &x 1\nb: [{}]\n", vec!["*x"; 200].join(",")).into_bytes(),
+            &["200 aliases (`*name`) for 1 anchor", "billion laughs"],
+        ),
+        (
+            "aliases",
+            anchors_then_aliases.into_bytes(),
+            &["more than 50,000 aliases (`*name`) (limit 50,000)"],
+        ),
+        (
+            "anchors",
+            format!(
+                "a: [{}]\n",
+                (0..50_001)
+                    .map(|i| format!("&a{i} 1"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+            .into_bytes(),
+            &["more than 50,000 anchors (`&name`) (limit 50,000)"],
+        ),
+        (
+            "merge keys",
+            format!(
+                "b: &b {{x: 1}}\nc: [{}]\n",
+                vec!["{<<: *b}"; 10_001].join(",")
+            )
+            .into_bytes(),
+            &["more than 10,000 merge keys (`<<`) (limit 10,000)"],
+        ),
+        (
+            "text in values",
+            format!("a: {}\n", "x".repeat(9 * 1024 * 1024)).into_bytes(),
+            &[
+                "more than 8 MiB of text in its values (limit 8 MiB)",
+                "the file (9 MiB, 1 line)",
+            ],
+        ),
+        (
+            "file size",
+            format!("# {}\n", "x".repeat(17 * 1024 * 1024)).into_bytes(),
+            &[
+                "the file is 17 MiB (limit 16 MiB for a policy file)",
+                "is it the right file?",
+            ],
+        ),
+        (
+            "second document",
+            b"listen: []\n---\nlisten: []\n".to_vec(),
+            &["FILE:3:1: a second YAML document starts here, after a `---` line"],
+        ),
+        (
+            "binary",
+            b"\x7fELF\x02\x01\x01\x00\x00\x00".to_vec(),
+            &["FILE:1:8: the file is binary", "is it the right file?"],
+        ),
+        (
+            "control character",
+            b"\x1b[31mlisten: []\n".to_vec(),
+            &["FILE:1:1: the file starts with the control character U+001B"],
+        ),
+        (
+            "Latin-1",
+            b"listen: []\n# caf\xe9\n".to_vec(),
+            &[
+                "FILE:2:6: the file is not UTF-8: byte 0xE9",
+                "save it as UTF-8",
+            ],
+        ),
+        (
+            "UTF-16",
+            [
+                &[0xFFu8, 0xFE][..],
+                &"listen: []\n"
+                    .encode_utf16()
+                    .flat_map(u16::to_le_bytes)
+                    .collect::<Vec<u8>>(),
+            ]
+            .concat(),
+            &["the file is UTF-16", "save it as UTF-8"],
+        ),
+    ];
+    for (what, bytes, sentences) in cases {
+        let (code, _, err) = check(&bytes);
+        assert_eq!(code, 1, "{what}: {err}");
+        for s in sentences {
+            assert!(err.contains(s), "{what}: missing {s:?} in:\n{err}");
+        }
+        assert!(err.contains("FILE:"), "{what}: no position:\n{err}");
+        assert!(
+            !err.contains("budget") && !err.contains("Budget") && !err.contains("from_str"),
+            "{what}: the parser's internals shown:\n{err}"
+        );
+    }
+}
+
+fn json_problems(stdout: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(stdout).expect("stdout is one JSON value");
+    v.as_array().expect("a JSON array").clone()
+}
+
+/// #19: `--format json` prints one JSON array on stdout, one object per problem with its
+/// file, line, column, severity and message; the same problems as the human format.
+#[test]
+fn json_format_has_every_problem_with_its_fields() {
+    let yaml = b"listen: [\"0.0.0.0:8080\"]\norigins:\n  ent: { servers: [\"127.0.0.1:1\"], read_timeout: 30x }\nroutes:\n  - { name: a, origin: ent, typo: 1 }\n  - { name: b, origin: nope }\n";
+    let (code, human_out, human) = check(yaml);
+    assert_eq!(code, 1);
+    assert!(human_out.is_empty(), "{human_out}");
+    let (code, out, _) = check_with(yaml, &["--format", "json"], &[]);
+    assert_eq!(code, 1, "{out}");
+    let problems = json_problems(&out);
+    let human_lines: Vec<&str> = human
+        .lines()
+        .filter(|l| l.starts_with("FILE:") && !l.starts_with("FILE: "))
+        .collect();
+    assert_eq!(problems.len(), human_lines.len(), "{out}\n{human}");
+    assert!(problems.len() >= 3, "{out}");
+    for (p, h) in problems.iter().zip(&human_lines) {
+        let file = p["file"].as_str().expect("file");
+        assert!(file.ends_with("policy.yaml"), "{p}");
+        let line = p["line"].as_u64().expect("line");
+        let col = p["column"].as_u64().expect("column");
+        assert_eq!(p["severity"], "error", "{p}");
+        let msg = p["message"].as_str().expect("message");
+        assert_eq!(*h, format!("FILE:{line}:{col}: {msg}"), "{p}");
+    }
+    // A valid file: an empty array, exit 0.
+    let (code, out, _) = check_with(
+        b"listen: [\"0.0.0.0:8080\"]\norigins:\n  ent: { servers: [\"127.0.0.1:1\"] }\nroutes: [{ name: ent, origin: ent }]\n",
+        &["--format", "json"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(json_problems(&out).is_empty(), "{out}");
+}
+
+/// #19: a config repository's CI checks a policy without the production secrets:
+/// `--skip-secrets` turns a missing secret (ticket keys from a file or a variable, the
+/// admin token, the TLS pair) into a warning and exits 0, and still fails on a real error
+/// or on a secret that is there but wrong.
+#[test]
+fn skip_secrets_warns_for_missing_secrets_and_still_fails_on_errors() {
+    let policy = |extra: &str| {
+        format!(
+            "listen: [\"0.0.0.0:8080\"]
+admin: {{ listen: \"127.0.0.1:9090\", token_file: /nonexistent/admin.token }}
+tls: {{ listen: [\"0.0.0.0:8443\"], cert_file: /nonexistent/cert.pem, key_file: /nonexistent/key.pem }}
+waiting_rooms:
+  ent: {{ active_users: 10, new_users_per_minute: 60, secret_file: /nonexistent/ticket.key }}
+  exams: {{ active_users: 10, new_users_per_minute: 60, secret_env: ECLUSE_CHECK_UNSET_KEYS }}
+origins:
+  ent: {{ servers: [\"127.0.0.1:1\"]{extra} }}
+routes:
+  - {{ name: exams, match: {{ path_prefix: /exams }}, origin: ent, waiting_room: exams }}
+  - {{ name: ent, origin: ent, waiting_room: ent }}
+"
+        )
+    };
+    let secrets = [
+        ("2:", "admin.token_file: cannot read `/nonexistent/admin.token`"),
+        ("3:", "tls.cert_file: cannot read"),
+        ("3:", "tls.key_file: cannot read"),
+        ("5:", "waiting_rooms.ent.secret_file: cannot read `/nonexistent/ticket.key`"),
+        ("6:", "waiting_rooms.exams.secret_env: environment variable `ECLUSE_CHECK_UNSET_KEYS` is not set"),
+    ];
+    // Without the flag: errors, as always.
+    let (code, _, err) = check_with(policy("").as_bytes(), &[], &[]);
+    assert_eq!(code, 1, "{err}");
+    for (line, s) in secrets {
+        assert!(
+            err.contains(&format!("FILE:{line}")) && err.contains(s),
+            "missing {s:?}:\n{err}"
+        );
+    }
+    assert!(!err.contains("warning"), "{err}");
+    // With it: warnings, exit 0.
+    let (code, _, err) = check_with(policy("").as_bytes(), &["--skip-secrets"], &[]);
+    assert_eq!(code, 0, "{err}");
+    for (line, s) in secrets {
+        let hit = err.lines().any(|l| {
+            l.starts_with(&format!("FILE:{line}")) && l.contains(": warning: ") && l.contains(s)
+        });
+        assert!(hit, "no warning {s:?}:\n{err}");
+    }
+    assert!(err.contains("ok (") && err.contains("5 warnings"), "{err}");
+    // JSON says which are warnings.
+    let (code, out, _) = check_with(
+        policy("").as_bytes(),
+        &["--skip-secrets", "--format", "json"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    let problems = json_problems(&out);
+    assert_eq!(problems.len(), 5, "{out}");
+    assert!(problems.iter().all(|p| p["severity"] == "warning"), "{out}");
+    // A real error still fails, with the warnings beside it.
+    let (code, _, err) = check_with(
+        policy(", read_timeout: 30x").as_bytes(),
+        &["--skip-secrets"],
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("origins.ent.read_timeout: `30x`"), "{err}");
+    assert!(err.contains(": warning: "), "{err}");
+    // A secret that is there but wrong is an error, flag or not.
+    let (code, _, err) = check_with(
+        policy("").as_bytes(),
+        &["--skip-secrets"],
+        &[("ECLUSE_CHECK_UNSET_KEYS", "k1:short")],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("waiting_rooms.exams.secret_env: keys in $ECLUSE_CHECK_UNSET_KEYS"),
+        "{err}"
+    );
 }

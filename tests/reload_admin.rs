@@ -332,3 +332,48 @@ async fn sigterm_drains_then_exits_sigint_stops_fast() {
         .expect("SIGINT stops fast");
     assert!(t0.elapsed() < Duration::from_secs(5));
 }
+
+/// #17: a rejected reload logs every problem of the new file in one go, as `ecluse check`
+/// does (same loader): a wrong type and an unknown key do not hide an undefined origin or
+/// a bad duration elsewhere. The running config stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_reload_logs_every_problem() {
+    let a = EchoOrigin::start("a").await;
+    let b = EchoOrigin::start("b").await;
+    let good = yaml(a.addr, b.addr, false, "");
+    let e = Ecluse::start(&good);
+    let c = client();
+    assert_eq!(server_of(&c, &e.url("/files/1")).await, "a");
+
+    let bad = good
+        .replace("threads: 2,", "threads: two,")
+        .replace(
+            "match: { path_prefix: /files/ }",
+            "match: { path_prefx: /files/ }",
+        )
+        .replace("origin: a\n", "origin: nowhere\n")
+        .replace("shutdown_timeout: 2s", "shutdown_timeout: 2 parsecs");
+    assert_ne!(bad, good);
+    e.write_config(&bad);
+    e.signal(libc::SIGHUP);
+    let wanted = [
+        "server.threads: expected an integer",
+        "server.shutdown_timeout: `2 parsecs`",
+        "routes[0].match: unknown key `path_prefx` (did you mean `path_prefix`?)",
+        "routes[1].origin: origin `nowhere` is not defined",
+    ];
+    eventually(
+        "every problem logged",
+        Duration::from_secs(10),
+        async || {
+            let log = e.stderr_text();
+            wanted.iter().all(|w| log.contains(w))
+        },
+    )
+    .await;
+    assert_eq!(
+        server_of(&c, &e.url("/files/1")).await,
+        "a",
+        "old config still serving"
+    );
+}

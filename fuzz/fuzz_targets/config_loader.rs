@@ -20,10 +20,20 @@ fuzz_target!(|data: &[u8]| {
         std::env::set_var("ECLUSE_TICKET_KEYS", keys);
         std::env::set_var("ECLUSE_FUZZ_KEYS", keys);
     });
-    let Ok(text) = std::str::from_utf8(data) else {
-        // load_file turns non-UTF-8 into a diagnostic before check_text is reached.
-        return;
+    // What load_file does first: bytes that are not a policy's text (not UTF-8, binary,
+    // too big) are one diagnostic with a position inside the file.
+    let text = match ecluse::config::load::policy_text(data.to_vec()) {
+        Ok(t) => t,
+        Err(d) => {
+            let lines = String::from_utf8_lossy(data).split('\n').count();
+            assert!(
+                d.pos.line >= 1 && d.pos.col >= 1 && d.pos.line <= lines,
+                "a refusal outside the file: {d:?}"
+            );
+            return;
+        }
     };
+    let text = text.as_str();
     // A fresh registry per input, as `ecluse check` uses: nothing carries over.
     let registry = Shared::default();
     if let Err(problems) = check_text(text, Path::new("/nonexistent/fuzz.yaml"), &registry, 1) {

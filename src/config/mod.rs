@@ -9,7 +9,9 @@ pub mod schema_check;
 pub mod tree;
 pub mod units;
 
-pub use load::{check_text, json_schema, load_file, LoadError};
+pub use load::{
+    check_file, check_text, check_text_with, json_schema, load_file, LoadError, LoadOptions, Report,
+};
 pub use runtime::Config;
 
 use tree::Pos;

@@ -422,6 +422,10 @@ impl RouteMetrics {
 pub struct Problems<'t> {
     tree: &'t SNode,
     pub list: Vec<Diagnostic>,
+    /// Problems that do not stop the load (see [`Problems::missing_secret`]).
+    pub warnings: Vec<Diagnostic>,
+    /// `ecluse check --skip-secrets`: a secret that is not there is a warning.
+    pub skip_secrets: bool,
 }
 
 impl<'t> Problems<'t> {
@@ -429,6 +433,26 @@ impl<'t> Problems<'t> {
         Problems {
             tree,
             list: Vec::new(),
+            warnings: Vec::new(),
+            skip_secrets: false,
+        }
+    }
+    /// A secret (ticket keys, admin token, TLS key pair) that cannot be read. An error,
+    /// except under `ecluse check --skip-secrets`, where a config repository's CI checks a
+    /// policy without production secrets: then a warning, and the caller goes on with a
+    /// stand-in (returns `true`). A secret that is there but wrong is always an error.
+    pub fn missing_secret(&mut self, path: Vec<Seg>, msg: impl Into<String>) -> bool {
+        let pos = self.tree.locate(&path);
+        let d = Diagnostic::at(pos, format!("{}: {}", show_path(&path), msg.into()));
+        if self.skip_secrets {
+            self.warnings.push(Diagnostic {
+                message: format!("{} (secrets skipped)", d.message),
+                ..d
+            });
+            true
+        } else {
+            self.list.push(d);
+            false
         }
     }
     /// A problem with the value at `path`.
@@ -474,6 +498,20 @@ fn opt_duration(
     v.as_ref()?;
     let d = duration_or(p, v, Duration::ZERO, path);
     (!d.is_zero()).then_some(d)
+}
+/// The admin token used when `check --skip-secrets` finds none: never served (check does
+/// not serve), only there so that the checks that depend on a token being set go on.
+fn stand_in_token() -> Secret {
+    Secret(vec![b'x'; 32])
+}
+
+/// The ticket keys used when `check --skip-secrets` finds none (see [`stand_in_token`]).
+fn stand_in_keys(path: Vec<Seg>) -> (String, Vec<Seg>, String) {
+    (
+        format!("check:{}", "0".repeat(64)),
+        path,
+        "a stand-in (secrets skipped)".to_string(),
+    )
 }
 
 fn duration_or(
@@ -544,6 +582,11 @@ pub struct BuildContext<'a> {
     pub base_dir: PathBuf,
     /// Resolve host names of servers (false in `ecluse check --offline`-like uses).
     pub resolve: bool,
+    /// `ecluse check --skip-secrets`: missing secrets are warnings (see
+    /// [`Problems::missing_secret`]).
+    pub skip_secrets: bool,
+    /// Where `build` leaves its warnings (it returns only the config or the errors).
+    pub warnings: std::cell::RefCell<Vec<Diagnostic>>,
 }
 
 /// Validate `file` and build the runtime config. Every problem found is returned, each
@@ -555,6 +598,7 @@ pub fn build(
     meta: (PathBuf, String, u64),
 ) -> Result<Config, Vec<Diagnostic>> {
     let mut p = Problems::new(tree);
+    p.skip_secrets = ctx.skip_secrets;
 
     let mut listen = Vec::new();
     if file.listen.is_empty() {
@@ -580,7 +624,9 @@ pub fn build(
         let key_file = ctx.base_dir.join(&t.key_file);
         for (f, key) in [(&cert_file, "cert_file"), (&key_file, "key_file")] {
             if let Err(e) = std::fs::metadata(f) {
-                p.at(
+                // The certificate and its key are installed on the server (by the
+                // certificate tooling), not kept with the policy: secrets for `check`.
+                p.missing_secret(
                     path!["tls", key],
                     format!("cannot read `{}`: {e}", f.display()),
                 );
@@ -619,7 +665,15 @@ pub fn build(
                     return Some(Secret(t));
                 }
             }
-            Err(e) => format!("cannot read `{}`: {e}", full.display()),
+            Err(e) => {
+                // Under `check --skip-secrets` a missing file is a warning and a stand-in.
+                return p
+                    .missing_secret(
+                        path!["admin", "token_file"],
+                        format!("cannot read `{}`: {e}", full.display()),
+                    )
+                    .then(stand_in_token);
+            }
         };
         p.at(path!["admin", "token_file"], problem);
         None
@@ -744,6 +798,9 @@ pub fn build(
     );
     let degradation = build_degradation(&mut p, file);
 
+    ctx.warnings
+        .borrow_mut()
+        .extend(std::mem::take(&mut p.warnings));
     if !p.list.is_empty() {
         return Err(p.list);
     }
@@ -1599,24 +1656,22 @@ fn build_rooms(
                 let full = ctx.base_dir.join(f);
                 match std::fs::read_to_string(&full) {
                     Ok(t) => Some((t, path!["secret_file"], full.display().to_string())),
-                    Err(e) => {
-                        p.at(
+                    Err(e) => p
+                        .missing_secret(
                             at(path!["secret_file"]),
                             format!("cannot read `{}`: {e}", full.display()),
-                        );
-                        None
-                    }
+                        )
+                        .then(|| stand_in_keys(path!["secret_file"])),
                 }
             }
             (None, Some(var)) => match std::env::var(var) {
                 Ok(t) => Some((t, path!["secret_env"], format!("${var}"))),
-                Err(_) => {
-                    p.at(
+                Err(_) => p
+                    .missing_secret(
                         at(path!["secret_env"]),
                         format!("environment variable `{var}` is not set"),
-                    );
-                    None
-                }
+                    )
+                    .then(|| stand_in_keys(path!["secret_env"])),
             },
         };
         let keys = keys_text.and_then(|(text, kpath, from)| match Keyring::parse(&text) {

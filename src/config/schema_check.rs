@@ -15,18 +15,47 @@ use super::Diagnostic;
 
 /// Walk `root` against `schema` (the root schema, holding `$defs`).
 pub fn check(root: &SNode, schema: &Value) -> Vec<Diagnostic> {
+    check_and_repair(root, schema).problems
+}
+
+/// What the structural walk found, and a copy of the document that the file structs can
+/// read despite it.
+pub struct Checked {
+    /// Every structural problem, in walk order.
+    pub problems: Vec<Diagnostic>,
+    /// The document with each faulty part taken out: unknown and duplicate keys dropped,
+    /// a value of the wrong type dropped when its key is optional, and replaced by a
+    /// placeholder of the right type when it is required (list items too, so that
+    /// `routes[3]` stays `routes[3]`). `None` when the root itself is unusable.
+    pub repaired: Option<SNode>,
+    /// The paths (`routes[2].match`, as messages write them) that were dropped or replaced:
+    /// a later check must not report what follows from a placeholder.
+    pub patched: Vec<String>,
+}
+
+/// [`check`], and the repaired document: so that `ecluse check` can go on to the checks on
+/// values and references (durations, undefined origins…) in the parts that are sound,
+/// instead of stopping at the first wrong type.
+pub fn check_and_repair(root: &SNode, schema: &Value) -> Checked {
     let mut out = Vec::new();
+    let mut patched = Vec::new();
     let mut w = Walker {
         root: schema,
         out: &mut out,
+        patched: &mut patched,
     };
-    w.walk(root, schema, "");
-    out
+    let repaired = w.walk(root, schema, "");
+    Checked {
+        problems: out,
+        repaired,
+        patched,
+    }
 }
 
 struct Walker<'a> {
     root: &'a Value,
     out: &'a mut Vec<Diagnostic>,
+    patched: &'a mut Vec<String>,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -173,10 +202,13 @@ impl<'a> Walker<'a> {
         }
     }
 
-    fn walk(&mut self, node: &SNode, schema: &'a Value, path: &str) {
+    /// Walk `node` against `schema`, reporting every problem, and return the node as the
+    /// file structs can read it (see [`Checked::repaired`]), or `None` when it cannot be
+    /// read at all (wrong type, unknown enum value, number out of range).
+    fn walk(&mut self, node: &SNode, schema: &'a Value, path: &str) -> Option<SNode> {
         let schema = self.resolve(schema);
         if schema.as_bool() == Some(true) {
-            return;
+            return Some(node.clone());
         }
 
         if let Some(branches) = schema
@@ -190,14 +222,19 @@ impl<'a> Walker<'a> {
                 .filter_map(|b| self.resolve(b).get("const").and_then(Value::as_str))
                 .collect();
             if consts.len() == branches.len() && !consts.is_empty() {
-                self.check_enum(node, &consts, path);
-                return;
+                return self.check_enum(node, &consts, path).then(|| node.clone());
             }
             let fitting: Vec<&Value> = branches
                 .iter()
                 .filter(|b| self.shallow_ok(&node.node, b))
                 .collect();
-            match fitting.len() {
+            return match fitting.len() {
+                // `Option<T>` is `T` or null: with a single real branch, its own walk says
+                // more (an unknown enum value with its "did you mean").
+                0 if non_null_branch(self, branches).is_some() => {
+                    let b = non_null_branch(self, branches)?;
+                    self.walk(node, b, path)
+                }
                 0 => {
                     let want = self.describe(schema);
                     self.err(
@@ -205,39 +242,45 @@ impl<'a> Walker<'a> {
                         path,
                         format!("expected {want}, found {}", node.node.kind()),
                     );
+                    None
                 }
                 1 => self.walk(node, fitting[0], path),
                 _ => {
                     // Keep the branch that explains the node with the fewest problems.
-                    let mut best: Option<Vec<Diagnostic>> = None;
+                    let mut best: Option<(Vec<Diagnostic>, Vec<String>, Option<SNode>)> = None;
                     for b in fitting {
                         let mut trial = Vec::new();
+                        let mut trial_patched = Vec::new();
                         let mut w = Walker {
                             root: self.root,
                             out: &mut trial,
+                            patched: &mut trial_patched,
                         };
-                        w.walk(node, b, path);
-                        if best.as_ref().is_none_or(|bst| trial.len() < bst.len()) {
-                            best = Some(trial);
+                        let repaired = w.walk(node, b, path);
+                        if best
+                            .as_ref()
+                            .is_none_or(|(bst, _, _)| trial.len() < bst.len())
+                        {
+                            best = Some((trial, trial_patched, repaired));
                         }
                     }
-                    self.out.extend(best.unwrap_or_default());
+                    let (problems, patched, repaired) = best.unwrap_or_default();
+                    self.out.extend(problems);
+                    self.patched.extend(patched);
+                    repaired
                 }
-            }
-            return;
+            };
         }
 
         if let Some(values) = schema.get("enum").and_then(Value::as_array) {
             let names: Vec<&str> = values.iter().filter_map(Value::as_str).collect();
             if matches!(node.node, Node::Null) && values.iter().any(Value::is_null) {
-                return;
+                return Some(node.clone());
             }
-            self.check_enum(node, &names, path);
-            return;
+            return self.check_enum(node, &names, path).then(|| node.clone());
         }
         if let Some(c) = schema.get("const").and_then(Value::as_str) {
-            self.check_enum(node, &[c], path);
-            return;
+            return self.check_enum(node, &[c], path).then(|| node.clone());
         }
 
         let type_ok = match schema.get("type") {
@@ -255,35 +298,156 @@ impl<'a> Walker<'a> {
                 other => other.kind().to_string(),
             };
             self.err(node.pos, path, format!("expected {want}, found {found}"));
-            return;
+            return None;
         }
 
         match &node.node {
-            Node::Map(entries) => self.walk_map(node, entries, schema, path),
+            Node::Map(entries) => Some(self.walk_map(node, entries, schema, path)),
             Node::Seq(items) => {
-                if let Some(item_schema) = schema.get("items") {
-                    for (i, item) in items.iter().enumerate() {
-                        self.walk(item, item_schema, &format!("{path}[{i}]"));
+                let Some(item_schema) = schema.get("items") else {
+                    return Some(node.clone());
+                };
+                let mut kept = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    let sub = format!("{path}[{i}]");
+                    match self.walk(item, item_schema, &sub) {
+                        Some(n) => kept.push(n),
+                        None => {
+                            // A placeholder keeps the later items at their index.
+                            kept.push(SNode {
+                                pos: item.pos,
+                                node: self.placeholder(item_schema, 0),
+                            });
+                            self.patched.push(sub);
+                        }
                     }
                 }
+                Some(SNode {
+                    pos: node.pos,
+                    node: Node::Seq(kept),
+                })
             }
             Node::Int(i) => {
-                if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
+                let mut ok = true;
+                let (fmin, fmax) = format_range(schema);
+                let min = schema.get("minimum").and_then(Value::as_f64);
+                let max = schema.get("maximum").and_then(Value::as_f64);
+                if let Some(min) = min {
                     if (*i as f64) < min {
                         self.err(node.pos, path, format!("must be at least {min}, found {i}"));
+                        ok = false;
                     }
                 }
-                if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
+                if let Some(max) = max {
                     if (*i as f64) > max {
                         self.err(node.pos, path, format!("must be at most {max}, found {i}"));
+                        ok = false;
                     }
                 }
+                // The integer's own width (`u32`…), which schemars states as a format:
+                // a value serde would refuse is reported here with the others.
+                if ok && fmin.is_some_and(|m| *i < m) {
+                    self.err(
+                        node.pos,
+                        path,
+                        format!("must be at least {}, found {i}", fmin.unwrap_or_default()),
+                    );
+                    ok = false;
+                }
+                if ok && fmax.is_some_and(|m| *i > m) {
+                    self.err(
+                        node.pos,
+                        path,
+                        format!("must be at most {}, found {i}", fmax.unwrap_or_default()),
+                    );
+                    ok = false;
+                }
+                ok.then(|| node.clone())
             }
-            _ => {}
+            _ => Some(node.clone()),
         }
     }
 
-    fn check_enum(&mut self, node: &SNode, names: &[&str], path: &str) {
+    /// A value of the shape `schema` asks for, standing in for a missing or faulty one so
+    /// that the rest of its mapping or list can still be read. What it holds does not
+    /// matter: every later problem under its path is dropped.
+    fn placeholder(&self, schema: &'a Value, depth: usize) -> Node {
+        let schema = self.resolve(schema);
+        if depth > 16 {
+            return Node::Null;
+        }
+        if let Some(c) = schema.get("const") {
+            return json_scalar(c);
+        }
+        if let Some(v) = schema
+            .get("enum")
+            .and_then(Value::as_array)
+            .and_then(|v| v.first())
+        {
+            return json_scalar(v);
+        }
+        if let Some(branches) = schema
+            .get("anyOf")
+            .or_else(|| schema.get("oneOf"))
+            .and_then(Value::as_array)
+        {
+            // Prefer a branch that is not `null`: an `Option` reads `null` as absent, but
+            // a required key of an enum type does not.
+            let pick = branches
+                .iter()
+                .find(|b| self.resolve(b).get("type").and_then(Value::as_str) != Some("null"))
+                .or(branches.first());
+            return pick.map_or(Node::Null, |b| self.placeholder(b, depth + 1));
+        }
+        let ty = match schema.get("type") {
+            Some(Value::String(t)) => t.as_str(),
+            Some(Value::Array(ts)) => {
+                let ts: Vec<&str> = ts.iter().filter_map(Value::as_str).collect();
+                if ts.contains(&"null") {
+                    "null"
+                } else {
+                    ts.first().copied().unwrap_or("null")
+                }
+            }
+            _ if schema.get("properties").is_some() => "object",
+            _ => "null",
+        };
+        match ty {
+            "string" => Node::Str(String::new()),
+            "integer" | "number" => {
+                let min = schema.get("minimum").and_then(Value::as_f64).unwrap_or(0.0);
+                Node::Int(min.ceil() as i128)
+            }
+            "boolean" => Node::Bool(false),
+            "array" => Node::Seq(Vec::new()),
+            "object" => {
+                let props = schema.get("properties").and_then(Value::as_object);
+                let mut entries = Vec::new();
+                for r in schema
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                {
+                    let sub = props.and_then(|p| p.get(r)).unwrap_or(&Value::Null);
+                    entries.push((
+                        r.to_string(),
+                        Pos::default(),
+                        SNode {
+                            pos: Pos::default(),
+                            node: self.placeholder(sub, depth + 1),
+                        },
+                    ));
+                }
+                Node::Map(entries)
+            }
+            _ => Node::Null,
+        }
+    }
+
+    /// Whether the scalar is one of `names`; reports it when not.
+    fn check_enum(&mut self, node: &SNode, names: &[&str], path: &str) -> bool {
         let Some(text) = scalar_text(&node.node) else {
             self.err(
                 node.pos,
@@ -294,10 +458,10 @@ impl<'a> Walker<'a> {
                     node.node.kind()
                 ),
             );
-            return;
+            return false;
         };
         if names.contains(&text.as_str()) {
-            return;
+            return true;
         }
         let hint = did_you_mean(&text, names.iter().copied())
             .map(|s| format!(" (did you mean `{s}`?)"))
@@ -310,6 +474,7 @@ impl<'a> Walker<'a> {
                 quote_list(names)
             ),
         );
+        false
     }
 
     fn walk_map(
@@ -318,10 +483,16 @@ impl<'a> Walker<'a> {
         entries: &[(String, Pos, SNode)],
         schema: &'a Value,
         path: &str,
-    ) {
+    ) -> SNode {
         let props = schema.get("properties").and_then(Value::as_object);
         let additional = schema.get("additionalProperties");
+        let required: Vec<&str> = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
         let mut seen: Vec<(&str, Pos)> = Vec::with_capacity(entries.len());
+        let mut kept: Vec<(String, Pos, SNode)> = Vec::with_capacity(entries.len());
         for (key, kpos, value) in entries {
             let sub = join(path, key);
             if let Some((_, first)) = seen.iter().find(|(k, _)| k == key) {
@@ -333,40 +504,116 @@ impl<'a> Walker<'a> {
                         first.line, first.col
                     ),
                 );
+                // Which of the two counts is not known: nothing under it is checked further.
+                self.patched.push(sub);
                 continue;
             }
             seen.push((key, *kpos));
-            if let Some(p) = props.and_then(|p| p.get(key.as_str())) {
-                self.walk(value, p, &sub);
-                continue;
-            }
-            match additional {
-                Some(Value::Bool(false)) => {
-                    let known: Vec<&str> = props
-                        .map(|p| p.keys().map(String::as_str).collect())
-                        .unwrap_or_default();
-                    let hint = did_you_mean(key, known.iter().copied())
-                        .map(|s| format!(" (did you mean `{s}`?)"))
-                        .unwrap_or_else(|| {
-                            if known.is_empty() {
-                                String::new()
-                            } else {
-                                format!("; known keys: {}", quote_list(&known))
-                            }
-                        });
-                    self.err(*kpos, path, format!("unknown key `{key}`{hint}"));
+            let value_schema = match props.and_then(|p| p.get(key.as_str())) {
+                Some(p) => p,
+                None => match additional {
+                    Some(Value::Bool(false)) => {
+                        let known: Vec<&str> = props
+                            .map(|p| p.keys().map(String::as_str).collect())
+                            .unwrap_or_default();
+                        let hint = did_you_mean(key, known.iter().copied())
+                            .map(|s| format!(" (did you mean `{s}`?)"))
+                            .unwrap_or_else(|| {
+                                if known.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!("; known keys: {}", quote_list(&known))
+                                }
+                            });
+                        self.err(*kpos, path, format!("unknown key `{key}`{hint}"));
+                        self.patched.push(sub);
+                        continue;
+                    }
+                    Some(s @ Value::Object(_)) => s,
+                    _ => {
+                        kept.push((key.clone(), *kpos, value.clone()));
+                        continue;
+                    }
+                },
+            };
+            match self.walk(value, value_schema, &sub) {
+                Some(v) => kept.push((key.clone(), *kpos, v)),
+                None => {
+                    if required.contains(&key.as_str()) {
+                        let stand_in = self.placeholder(value_schema, 0);
+                        kept.push((
+                            key.clone(),
+                            *kpos,
+                            SNode {
+                                pos: value.pos,
+                                node: stand_in,
+                            },
+                        ));
+                    }
+                    self.patched.push(sub);
                 }
-                Some(s @ Value::Object(_)) => self.walk(value, s, &sub),
-                _ => {}
             }
         }
-        if let Some(required) = schema.get("required").and_then(Value::as_array) {
-            for r in required.iter().filter_map(Value::as_str) {
-                if !entries.iter().any(|(k, _, _)| k == r) {
-                    self.err(node.pos, path, format!("missing required key `{r}`"));
-                }
+        for r in &required {
+            if !entries.iter().any(|(k, _, _)| k == r) {
+                self.err(node.pos, path, format!("missing required key `{r}`"));
+                let sub_schema = props.and_then(|p| p.get(*r)).unwrap_or(&Value::Null);
+                kept.push((
+                    r.to_string(),
+                    node.pos,
+                    SNode {
+                        pos: node.pos,
+                        node: self.placeholder(sub_schema, 0),
+                    },
+                ));
+                self.patched.push(join(path, r));
             }
         }
+        SNode {
+            pos: node.pos,
+            node: Node::Map(kept),
+        }
+    }
+}
+
+/// The one branch of an `anyOf` that is not `null`, when there is exactly one.
+fn non_null_branch<'a>(w: &Walker<'a>, branches: &'a [Value]) -> Option<&'a Value> {
+    let mut real = branches
+        .iter()
+        .filter(|b| w.resolve(b).get("type").and_then(Value::as_str) != Some("null"));
+    match (real.next(), real.next()) {
+        (Some(b), None) => Some(b),
+        _ => None,
+    }
+}
+
+/// The range of an integer `format` as schemars writes it (`uint32`, `int64`…).
+fn format_range(schema: &Value) -> (Option<i128>, Option<i128>) {
+    let Some(f) = schema.get("format").and_then(Value::as_str) else {
+        return (None, None);
+    };
+    match f {
+        "uint8" => (Some(0), Some(u8::MAX.into())),
+        "uint16" => (Some(0), Some(u16::MAX.into())),
+        "uint32" => (Some(0), Some(u32::MAX.into())),
+        "uint64" | "uint" => (Some(0), Some(u64::MAX.into())),
+        "int8" => (Some(i8::MIN.into()), Some(i8::MAX.into())),
+        "int16" => (Some(i16::MIN.into()), Some(i16::MAX.into())),
+        "int32" => (Some(i32::MIN.into()), Some(i32::MAX.into())),
+        "int64" | "int" => (Some(i64::MIN.into()), Some(i64::MAX.into())),
+        _ => (None, None),
+    }
+}
+
+fn json_scalar(v: &Value) -> Node {
+    match v {
+        Value::String(s) => Node::Str(s.clone()),
+        Value::Bool(b) => Node::Bool(*b),
+        Value::Number(n) => n
+            .as_i64()
+            .map(|i| Node::Int(i.into()))
+            .unwrap_or_else(|| Node::Float(n.as_f64().unwrap_or(0.0))),
+        _ => Node::Null,
     }
 }
 

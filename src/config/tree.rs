@@ -239,9 +239,23 @@ fn to_snode(s: Spanned<RawNode>) -> SNode {
     }
 }
 
+/// The largest policy file read (a real one is a few KB; the biggest reference policy is
+/// under 40 KB). Checked before parsing, on the bytes read, so `ecluse check /dev/zero` or a
+/// log file given by mistake ends with a sentence instead of eating the memory.
+pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The parser's resource budget, explicit so that the messages quote the same limits.
+/// serde-saphyr's defaults, except the text of all values together (8 MiB, below the file
+/// limit, so that it can be reached and explained too).
+pub fn budget() -> serde_saphyr::Budget {
+    let mut b = serde_saphyr::Budget::default();
+    b.max_total_scalar_bytes = 8 * 1024 * 1024;
+    b
+}
+
 /// The options every YAML read in ecluse uses: YAML 1.2 booleans only (`yes`/`on` stay
 /// strings, so a country code `NO` never turns into `false`), duplicates kept so that the
-/// tree walk reports each of them, and small alias budgets (a config file has no business
+/// tree walk reports each of them, and the budget above (a config file has no business
 /// expanding a billion laughs).
 pub fn saphyr_options(keep_duplicates: bool) -> serde_saphyr::Options {
     let dup = if keep_duplicates {
@@ -252,10 +266,11 @@ pub fn saphyr_options(keep_duplicates: bool) -> serde_saphyr::Options {
     serde_saphyr::options! {
         duplicate_keys: dup,
         strict_booleans: true,
+        budget: Some(budget()),
     }
 }
 
-/// Parse the YAML text into a spanned tree. Only syntax errors fail here.
+/// Parse the YAML text into a spanned tree. Only syntax errors and budget breaches fail here.
 pub fn parse(src: &str) -> Result<SNode, Diagnostic> {
     if src.trim().is_empty() {
         return Err(Diagnostic::at(
@@ -265,20 +280,173 @@ pub fn parse(src: &str) -> Result<SNode, Diagnostic> {
     }
     match serde_saphyr::from_str_with_options::<Spanned<RawNode>>(src, saphyr_options(true)) {
         Ok(root) => Ok(to_snode(root)),
-        Err(e) => Err(saphyr_error(&e)),
+        Err(e) => Err(saphyr_error_in(&e, src)),
+    }
+}
+
+/// `1234567` as `1,234,567`: limits read by people.
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A byte count as ops read it: `812 bytes`, `40.1 KiB`, `12.0 MiB`.
+pub fn human_bytes(n: usize) -> String {
+    const KIB: f64 = 1024.0;
+    let f = n as f64;
+    let (v, unit) = if f < KIB {
+        return format!("{n} bytes");
+    } else if f < KIB * KIB {
+        (f / KIB, "KiB")
+    } else if f < KIB * KIB * KIB {
+        (f / (KIB * KIB), "MiB")
+    } else {
+        (f / (KIB * KIB * KIB), "GiB")
+    };
+    let text = format!("{v:.1}");
+    format!("{} {unit}", text.strip_suffix(".0").unwrap_or(&text))
+}
+
+/// How big the file is, for the budget sentences: `(2.3 MiB, 41,002 lines)`.
+fn file_size(src: &str) -> String {
+    if src.is_empty() {
+        return "the file".to_string();
+    }
+    let lines = src.lines().count();
+    format!(
+        "the file ({}, {} line{})",
+        human_bytes(src.len()),
+        thousands(lines),
+        if lines == 1 { "" } else { "s" }
+    )
+}
+
+const RIGHT_FILE: &str = "is it the right file? A policy has a few hundred";
+
+/// The sentence for a parser limit: which limit, its value, how big the file is, and what
+/// to do. serde-saphyr's own text (`budget breached: Nodes { nodes: 250001 }`) names
+/// internals; ops need to know whether they gave the wrong file or wrote something that
+/// expands (anchors, aliases, merge keys).
+fn budget_sentence(breach: &serde_saphyr::budget::BudgetBreach, src: &str) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    let b = budget();
+    let file = file_size(src);
+    match breach {
+        B::Nodes { .. } => format!(
+            "{file} has more than {} YAML values, lists and mappings (limit {}): {RIGHT_FILE} values",
+            thousands(b.max_nodes),
+            thousands(b.max_nodes)
+        ),
+        B::Events { .. } => format!(
+            "{file} has more than {} YAML parser events (limit {}): {RIGHT_FILE} values",
+            thousands(b.max_events),
+            thousands(b.max_events)
+        ),
+        B::Depth { .. } => format!(
+            "{file} nests lists and mappings more than {} levels deep (limit {}): {RIGHT_FILE} values, nested a few levels",
+            b.max_depth, b.max_depth
+        ),
+        B::Aliases { .. } => format!(
+            "{file} uses more than {} aliases (`*name`) (limit {}): write the values out instead of repeating aliases",
+            thousands(b.max_aliases),
+            thousands(b.max_aliases)
+        ),
+        B::Anchors { .. } => format!(
+            "{file} defines more than {} anchors (`&name`) (limit {}): {RIGHT_FILE} values",
+            thousands(b.max_anchors),
+            thousands(b.max_anchors)
+        ),
+        B::AliasAnchorRatio { aliases, anchors } => format!(
+            "{file} uses {} aliases (`*name`) for {} anchor{} (`&name`): more than {} aliases per anchor is refused, as it is how a small file expands into a huge one (\"billion laughs\"); write the values out",
+            thousands(*aliases),
+            thousands(*anchors),
+            if *anchors == 1 { "" } else { "s" },
+            b.alias_anchor_ratio_multiplier
+        ),
+        B::MergeKeys { .. } => format!(
+            "{file} uses more than {} merge keys (`<<`) (limit {}): write the values out",
+            thousands(b.max_merge_keys),
+            thousands(b.max_merge_keys)
+        ),
+        B::ScalarBytes { .. } => format!(
+            "{file} holds more than {} of text in its values (limit {}): {RIGHT_FILE} short values",
+            human_bytes(b.max_total_scalar_bytes),
+            human_bytes(b.max_total_scalar_bytes)
+        ),
+        B::Documents { .. } => format!(
+            "{file} holds more than {} YAML documents (limit {}): a policy is one document, without `---` separators",
+            thousands(b.max_documents),
+            thousands(b.max_documents)
+        ),
+        B::InputBytes { .. } => format!(
+            "{file} is larger than {} (limit {}): {RIGHT_FILE} lines",
+            human_bytes(MAX_FILE_BYTES),
+            human_bytes(MAX_FILE_BYTES)
+        ),
+        B::RecordedAnchorEvents { .. } | B::RecordedAnchorBytes { .. } => format!(
+            "the anchors (`&name`) in {file} copy more values than the parser keeps (limit {} values, {}): write the values out instead of repeating aliases",
+            thousands(b.max_recorded_anchor_events),
+            human_bytes(b.max_recorded_anchor_bytes)
+        ),
+        B::InclusionDepth { .. } => {
+            "`!include` is not supported in a policy: write everything in one file".to_string()
+        }
+        B::SequenceUnbalanced => format!(
+            "{file} has more closing than opening lists or mappings: is it truncated or not YAML?"
+        ),
+        other => format!(
+            "{file} is over a YAML parser limit ({other:?}): {RIGHT_FILE} values"
+        ),
+    }
+}
+
+/// Unwrap serde-saphyr's snippet and alias wrappers to the error that says what happened.
+fn innermost(mut e: &serde_saphyr::Error) -> &serde_saphyr::Error {
+    loop {
+        match e {
+            serde_saphyr::Error::WithSnippet { error, .. }
+            | serde_saphyr::Error::AliasError { error, .. } => e = error,
+            other => return other,
+        }
     }
 }
 
 /// Turn a serde-saphyr error into one diagnostic, keeping its location and only the first
 /// line of its message (the rest is a source snippet meant for a terminal).
 pub fn saphyr_error(e: &serde_saphyr::Error) -> Diagnostic {
+    saphyr_error_in(e, "")
+}
+
+/// [`saphyr_error`], with the source text so that limits can say how big the file is and
+/// parser phrasings that name library internals are replaced by sentences for ops.
+pub fn saphyr_error_in(e: &serde_saphyr::Error, src: &str) -> Diagnostic {
     let pos = e
         .location()
         .map(|l| Pos {
             line: l.line() as usize,
             col: l.column() as usize,
         })
+        .filter(|p| p.line >= 1 && p.col >= 1)
         .unwrap_or(Pos { line: 1, col: 1 });
+    match innermost(e) {
+        serde_saphyr::Error::Budget { breach, .. } => {
+            return Diagnostic::at(pos, budget_sentence(breach, src));
+        }
+        serde_saphyr::Error::MultipleDocuments { .. } => {
+            return Diagnostic::at(
+                pos,
+                "a second YAML document starts here, after a `---` line: a policy is one document; remove the separator or split the file",
+            );
+        }
+        _ => {}
+    }
     let text = e.to_string();
     let first = text.lines().next().unwrap_or("invalid YAML").trim();
     // saphyr prefixes "error: line L column C: "; our own prefix already says where.
@@ -287,7 +455,19 @@ pub fn saphyr_error(e: &serde_saphyr::Error) -> Diagnostic {
         Some(i) if msg.starts_with("line ") => &msg[i + 2..],
         _ => msg,
     };
-    Diagnostic::at(pos, msg.to_string())
+    let msg = if msg.contains("recursion limit exceeded") {
+        // The parser's own nesting guard (flow collections), before the depth budget.
+        let b = budget();
+        format!(
+            "{} nests lists and mappings more than {} levels deep (limit {}): {RIGHT_FILE} values, nested a few levels",
+            file_size(src),
+            b.max_depth,
+            b.max_depth
+        )
+    } else {
+        msg.to_string()
+    };
+    Diagnostic::at(pos, msg)
 }
 
 #[cfg(test)]
