@@ -296,8 +296,13 @@ fn begin_drain(app: &App) {
     }
 }
 
+/// Set once pingora listens for TERM/INT/QUIT (see [`LoggedSignals`]).
+static SHUTDOWN_SIGNALS_ARMED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// Tell systemd (`Type=notify`) that ecluse is ready, once the policy is loaded (it is:
-/// the server runs) and every proxy listener accepts connections: pingora binds them in
+/// the server runs), the shutdown signals are handled (a TERM right after READY drains)
+/// and every proxy listener accepts connections: pingora binds them in
 /// its service runtimes, so each is tried until it answers (up to 10 s). Without
 /// `NOTIFY_SOCKET` (not under systemd) this does nothing.
 async fn notify_ready(app: Arc<App>) {
@@ -306,6 +311,10 @@ async fn notify_ready(app: Arc<App>) {
     }
     let addrs: Vec<SocketAddr> = app.bound.get().cloned().unwrap_or_default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // pingora starts listening for the shutdown signals just after it announces Running.
+    while !SHUTDOWN_SIGNALS_ARMED.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     for a in addrs {
         let target = crate::admin::connectable(a);
         while tokio::net::TcpStream::connect(target).await.is_err() {
@@ -349,6 +358,9 @@ impl pingora::server::ShutdownSignalWatch for LoggedSignals {
             log::error!("cannot listen for TERM/INT/QUIT: stop ecluse with SIGKILL");
             return std::future::pending().await;
         };
+        // From here a TERM drains instead of killing the process: only now may systemd
+        // hear that ecluse is ready (it may stop the unit the moment after).
+        SHUTDOWN_SIGNALS_ARMED.store(true, Ordering::SeqCst);
         tokio::select! {
             _ = quit.recv() => {
                 log::info!("SIGQUIT: handing the listening sockets to the new process, then draining");
