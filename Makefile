@@ -28,7 +28,7 @@ deb: deps deb-tools
 deb-tools:
 	@command -v cargo-deb >/dev/null 2>&1 || $(CARGO) deb --version >/dev/null 2>&1 || { \
 	  echo "ecluse: installing cargo-deb with cargo install (builds the Debian package)" >&2; \
-	  $(CARGO) install cargo-deb --locked; }
+	  $(CARGO) install cargo-deb --locked --version "~3.8"; }
 
 ## Everything CI checks: formatting, clippy, all tests, every file in config/.
 test: deps deb-tools
