@@ -399,3 +399,182 @@ async fn a_304_that_does_not_name_the_stored_version_is_an_error_not_a_body() {
     let b = get(&e, url, BOB).await;
     assert_eq!(b.body, "/private/exam-copy for bob");
 }
+
+async fn purge(e: &Ecluse, body: &str) {
+    let r = client()
+        .post(e.admin_url("/admin/cache/purge"))
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("purge");
+    let status = r.status().as_u16();
+    assert_eq!(
+        status,
+        200,
+        "{body}: {}",
+        r.text().await.unwrap_or_default()
+    );
+}
+
+/// `req` while the ENT holds it: once the ENT has it (recorded, not answered), `meanwhile`
+/// runs, then the ENT answers. Returns `req`'s answer.
+async fn while_in_flight(
+    ent: &LenientEnt,
+    path: &str,
+    req: impl std::future::Future<Output = Answer>,
+    meanwhile: impl AsyncFnOnce(),
+) -> Answer {
+    let before = ent.hits_on(path);
+    ent.set_holding(true);
+    let (a, ()) = tokio::join!(req, async {
+        eventually("the request at the ENT", DEADLINE, async || {
+            ent.hits_on(path) > before
+        })
+        .await;
+        meanwhile().await;
+        ent.set_holding(false);
+    });
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_racing_a_fetch_never_hands_on_what_it_removed() {
+    let ent = LenientEnt::start().await;
+    let e = start(&ent);
+    for (url, scope) in [
+        ("/private/race/one", r#"{"url": "/private/race/one"}"#),
+        ("/private/race2/two", r#"{"prefix": "/private/race2/"}"#),
+    ] {
+        // Bob's copy is stored; alice's fetch is at the ENT when ops purge the URL.
+        assert_eq!(get(&e, url, BOB).await.body, format!("{url} for bob"));
+        let a = while_in_flight(&ent, url, get(&e, url, ALICE), async || {
+            purge(&e, scope).await
+        })
+        .await;
+        assert_eq!(
+            (a.status, a.body.as_str()),
+            (200, &*format!("{url} for alice"))
+        );
+        ent.set_failing(true);
+        // Bob's copy was purged and alice's answer (if kept) is hers alone: bob, carol and
+        // anonymous visitors get the error, never a body.
+        for (who, name) in [(BOB, "bob"), (CAROL, "carol"), (ANON, "anonymous")] {
+            let r = get(&e, url, who).await;
+            assert_eq!(
+                r.status, 503,
+                "{scope} {name}: {} {}",
+                r.body, r.cache_status
+            );
+            assert_not_theirs(&r, &["alice", "bob"], &format!("{scope} {name}"));
+        }
+        // Alice may have her own answer stale (it came after the purge), nothing else.
+        let a = get(&e, url, ALICE).await;
+        assert!(
+            a.status == 503 || (a.status, a.body.as_str()) == (200, &*format!("{url} for alice")),
+            "{scope} alice: {} {} {}",
+            a.status,
+            a.body,
+            a.cache_status
+        );
+        assert_not_theirs(&a, &["bob"], &format!("{scope} alice"));
+
+        // The other order: alice's own copy is looked up, her fetch is at the ENT when
+        // the URL is purged, and then the ENT fails. The copy she had is purged: she gets
+        // the error, not the copy ops removed while she waited.
+        ent.set_failing(false);
+        let a = get(&e, url, ALICE).await;
+        assert_eq!(a.body, format!("{url} for alice"));
+        let a = while_in_flight(&ent, url, get(&e, url, ALICE), async || {
+            purge(&e, scope).await;
+            ent.set_failing(true);
+        })
+        .await;
+        assert_eq!(
+            a.status, 503,
+            "{scope} alice in flight: {} {}",
+            a.body, a.cache_status
+        );
+        for (who, name) in [(ALICE, "alice"), (BOB, "bob"), (ANON, "anonymous")] {
+            let r = get(&e, url, who).await;
+            assert_eq!(
+                r.status, 503,
+                "{scope} {name} after: {} {}",
+                r.body, r.cache_status
+            );
+        }
+        ent.set_failing(false);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_vary_variant_goes_stale_only_to_the_pupil_and_language_it_was_given() {
+    let ent = LenientEnt::start().await;
+    ent.set_vary(Some("accept-language"));
+    let e = start(&ent);
+    let url = "/private/homework";
+    let ask = |who: &'static str, lang: &'static str| {
+        let cookie = format!("session={who}");
+        let e = &e;
+        async move {
+            let mut h = vec![("cookie", cookie.as_str())];
+            if !lang.is_empty() {
+                h.push(("accept-language", lang));
+            }
+            if who.is_empty() {
+                h.remove(0);
+            }
+            get(e, url, &h).await
+        }
+    };
+    // Each variant is replaced once by the other pupil: fr ends as bob's, en as alice's.
+    let mut given: Vec<(&str, &str, String)> = Vec::new();
+    for (who, lang) in [
+        ("alice", "fr"),
+        ("bob", "en"),
+        ("bob", "fr"),
+        ("alice", "en"),
+    ] {
+        let r = ask(who, lang).await;
+        let body = format!("{url} for {who} [{lang}]");
+        assert_eq!(r.body, body, "{who} {lang}: {}", r.cache_status);
+        given.push((who, lang, body));
+    }
+    ent.set_failing(true);
+    for who in ["alice", "bob", "carol", ""] {
+        for lang in ["fr", "en", "de", ""] {
+            let r = ask(who, lang).await;
+            let ctx = format!(
+                "{who:?} {lang:?}: {} {:?} {}",
+                r.status, r.body, r.cache_status
+            );
+            assert!(r.status == 200 || r.status == 503, "{ctx}");
+            if r.status == 200 {
+                // Only a copy the ENT gave this very pupil in this very language.
+                assert!(
+                    given
+                        .iter()
+                        .any(|(w, l, b)| (*w, *l, b) == (who, lang, &r.body)),
+                    "{ctx}"
+                );
+            }
+            if r.status == 503 {
+                assert!(!r.body.contains(" for "), "{ctx}");
+            }
+        }
+    }
+    // Each pupil's latest answer is theirs to have stale, in its own language.
+    for (who, lang) in [("alice", "en"), ("bob", "fr")] {
+        let r = ask(who, lang).await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, &*format!("{url} for {who} [{lang}]")),
+            "{}",
+            r.cache_status
+        );
+        assert!(
+            r.cache_status.contains("stale-if-error"),
+            "{}",
+            r.cache_status
+        );
+    }
+}

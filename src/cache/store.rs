@@ -1191,6 +1191,13 @@ impl Store {
         keys.into_iter().filter(|k| self.remove_key(*k)).count()
     }
 
+    /// Whether a purge since `created` covers `url` (a [`primary_key`]): a copy looked up
+    /// before the purge must not be served after it (stale-if-error, once the origin has
+    /// failed a request that was in flight when ops purged).
+    pub fn purged_since(&self, url: &str, created: SystemTime) -> bool {
+        self.tombstones.matches(url, created)
+    }
+
     /// Drop the stored copies of one URL (a [`primary_key`]) this process knows about, all
     /// variants, without a tombstone (nothing older is wrong, it is just not to be shared).
     pub fn drop_url(&self, url: &str) -> usize {

@@ -483,6 +483,20 @@ impl EcluseProxy {
         cache.authorizations.allowed_within(&g, &stored, window)
     }
 
+    /// Whether the stored copy this request looked up has been purged since (the purge's
+    /// tombstone covers its URL and creation time).
+    pub(super) fn purged_while_in_flight(&self, session: &Session) -> bool {
+        let (Some(cache), Some(meta), Some(key)) = (
+            self.app.cache.get(),
+            session.cache.maybe_cache_meta(),
+            session.cache.maybe_cache_key(),
+        ) else {
+            return false;
+        };
+        key.primary_key_str()
+            .is_some_and(|url| cache.store.purged_since(url, meta.created()))
+    }
+
     /// RFC 9211 `Cache-Status` for a response of a cacheable route.
     pub(super) fn cache_status(&self, session: &Session, ctx: &Ctx, status: u16) -> String {
         let phase = session.cache.phase();

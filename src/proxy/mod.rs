@@ -1652,7 +1652,11 @@ impl ProxyHttp for EcluseProxy {
                 // In revalidate mode the origin cannot say yes or no now: the stored
                 // copy goes only to credentials it authorized for this object within the
                 // stale_if_error window (`cache::auth`). Anyone else gets the error.
+                // A copy looked up before a purge that came while the origin worked is
+                // what ops removed: never served after it.
+                let purged = self.purged_while_in_flight(session);
                 let serve = origin_failed
+                    && !purged
                     && (mode != Some(CacheMode::Revalidate)
                         || self.authorized_recently(session, ctx));
                 match (serve, e.etype()) {

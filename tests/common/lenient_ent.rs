@@ -16,7 +16,9 @@
 //! - **fails on command**: `set_failing(true)` makes every answer a 503; any path under
 //!   `/fail/` always answers 500 (a URL that fails for everyone).
 //! - **slow on command**: `/slow/MS/...` answers after MS milliseconds (at most 30 s; a
-//!   heavy search); `set_delay(d)` makes every answer wait `d` first (the ENT is slow).
+//!   heavy search); `set_delay(d)` makes every answer wait `d` first (the ENT is slow);
+//!   `set_holding(true)` holds every answer (once recorded in `seen()`) until
+//!   `set_holding(false)`: a request kept in flight for as long as a test needs.
 //! - **one body for every pupil** at `/class/...` (`"<path> for the class"`, login page
 //!   for anonymous), like an exam paper every logged-in pupil may read;
 //! - **validators on command** (`set_validators`): a strong ETag of the body (default), a
@@ -25,6 +27,9 @@
 //!   nothing about one pupil's body); `set_edition` changes every private body (a
 //!   re-upload); `set_careless_304(true)` answers 304 (with the asker's own ETag) to
 //!   any `If-None-Match` at `/private/`, whatever tag it names (a broken cache layer).
+//! - **content negotiation on command**: `set_vary(Some("accept-language"))` adds
+//!   `Vary: accept-language` to `/private/` and `/class/` answers and ends each body with
+//!   ` [VALUE]`, the request's value of that header (another body, another ETag).
 //!
 //! Everything else answers 200 with a JSON echo: `{"path", "raw", "user", "host",
 //! "real_ip", "port", "prefix", "method", "body_len"}` and `Cache-Control` from
@@ -81,6 +86,10 @@ struct State {
     /// Every answer waits this long first (ms).
     delay_ms: std::sync::atomic::AtomicU64,
     cache_control: Mutex<String>,
+    /// While true, answers wait (see `set_holding`).
+    holding: tokio::sync::watch::Sender<bool>,
+    /// The header `/private/` and `/class/` bodies vary by (see `set_vary`).
+    vary: Mutex<Option<String>>,
     seen: Mutex<Vec<Seen>>,
 }
 
@@ -156,6 +165,8 @@ impl LenientEnt {
             failing: AtomicBool::new(false),
             delay_ms: std::sync::atomic::AtomicU64::new(0),
             cache_control: Mutex::new("public, max-age=60".to_string()),
+            holding: tokio::sync::watch::channel(false).0,
+            vary: Mutex::new(None),
             seen: Mutex::new(Vec::new()),
         });
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
@@ -196,6 +207,18 @@ impl LenientEnt {
             .delay_ms
             .store(d.as_millis() as u64, Ordering::SeqCst);
     }
+    /// While `on`, every answer waits (after it is recorded in `seen()`) until this is
+    /// called with `false`.
+    pub fn set_holding(&self, on: bool) {
+        self.state.holding.send_replace(on);
+    }
+
+    /// `Some(name)`: later `/private/` and `/class/` answers carry `Vary: name` and their
+    /// bodies end with ` [VALUE]`, the request's value of `name`.
+    pub fn set_vary(&self, name: Option<&str>) {
+        *self.state.vary.lock().expect("lock") = name.map(str::to_string);
+    }
+
     /// Which validators later `/private/` and `/class/` answers carry.
     pub fn set_validators(&self, v: Validators) {
         *self.state.validators.lock().expect("lock") = v;
@@ -278,6 +301,17 @@ async fn answer(
     let inm = h("if-none-match");
     let ims = h("if-modified-since");
     let method = req.method().to_string();
+    let negotiated = path.starts_with("/private/") || path.starts_with("/class/");
+    let vary = st
+        .vary
+        .lock()
+        .expect("lock")
+        .clone()
+        .filter(|_| negotiated)
+        .map(|name| {
+            let value = h(&name).unwrap_or_default();
+            (name, value)
+        });
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
@@ -312,7 +346,13 @@ async fn answer(
         body_complete,
     });
     let cc = st.cache_control.lock().expect("lock").clone();
-    let resp = hyper::Response::builder();
+    let mut resp = hyper::Response::builder();
+    let mut variant = String::new();
+    if let Some((name, value)) = &vary {
+        variant = format!(" [{value}]");
+        resp = resp.header("vary", name.as_str());
+    }
+    let _ = st.holding.subscribe().wait_for(|held| !*held).await;
     let mut wait = st.delay_ms.load(Ordering::SeqCst);
     if let Some(ms) = path
         .strip_prefix("/slow/")
@@ -339,7 +379,7 @@ async fn answer(
             .expect("response");
     }
     let validators = *st.validators.lock().expect("lock");
-    let edition = st.edition.lock().expect("lock").clone();
+    let edition = format!("{}{variant}", st.edition.lock().expect("lock"));
     if path.starts_with("/class/")
         || (validators != Validators::StrongEtag && path.starts_with("/private/"))
     {
