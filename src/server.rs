@@ -341,6 +341,7 @@ async fn notify_ready(app: Arc<App>) {
 /// `grace_period`, then `shutdown_timeout` for requests in flight), SIGINT stops fast
 /// (Ctrl-C; the rooms are still saved), SIGQUIT hands the sockets to `--upgrade`.
 struct LoggedSignals {
+    app: Arc<App>,
     grace: Duration,
     shutdown: Duration,
 }
@@ -364,6 +365,9 @@ impl pingora::server::ShutdownSignalWatch for LoggedSignals {
         tokio::select! {
             _ = quit.recv() => {
                 log::info!("SIGQUIT: handing the listening sockets to the new process, then draining");
+                // Here, not in a task: with a short grace the runtimes may stop before
+                // any task hears of the drain.
+                begin_drain(&self.app);
                 ShutdownSignal::GracefulUpgrade
             }
             _ = term.recv() => {
@@ -372,6 +376,7 @@ impl pingora::server::ShutdownSignalWatch for LoggedSignals {
                     self.grace.as_secs(),
                     self.shutdown.as_secs()
                 );
+                begin_drain(&self.app);
                 ShutdownSignal::GracefulTerminate
             }
             _ = int.recv() => {
@@ -383,10 +388,11 @@ impl pingora::server::ShutdownSignalWatch for LoggedSignals {
 }
 
 /// How `server.run` waits for its shutdown signal (see [`LoggedSignals`]).
-pub fn run_args(app: &App) -> pingora::server::RunArgs {
+pub fn run_args(app: &Arc<App>) -> pingora::server::RunArgs {
     let cfg = app.config();
     pingora::server::RunArgs {
         shutdown_signal: Box::new(LoggedSignals {
+            app: app.clone(),
             grace: cfg.server.grace_period,
             shutdown: cfg.server.shutdown_timeout,
         }),

@@ -50,7 +50,7 @@ fn readiness_is_notified_once_every_listener_accepts() {
         .env("TMPDIR", dir.path())
         .env("RUST_LOG", "info,pingora=warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file"))
         .spawn()
         .expect("spawn");
     // The addresses are printed before the server starts, so they are known before
@@ -84,8 +84,12 @@ fn readiness_is_notified_once_every_listener_accepts() {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
-    let n = sock.recv(&mut buf).expect("stopping notification");
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    let stderr = || std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+    let n = sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no STOPPING=1 ({e}); stderr:\n{}", stderr()));
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.contains("STOPPING=1"), "{msg}; stderr:\n{}", stderr());
     let deadline = Instant::now() + DEADLINE;
     while child.try_wait().expect("wait").is_none() {
         assert!(Instant::now() < deadline, "did not stop");
