@@ -116,6 +116,21 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl RoomShared {
+    /// Write the reservation file: numbers handed out may reach `next` per class.
+    fn write_reservation(&self, dir: &Path, next: Vec<u64>) -> std::io::Result<()> {
+        let rec = Reserved {
+            room: self.name.clone(),
+            keys: self
+                .identity
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            next,
+        };
+        let bytes = serde_json::to_vec(&rec).map_err(std::io::Error::other)?;
+        write_durably(&reserve_path(dir, &self.name), &bytes)
+    }
+
     /// Make sure every ticket number up to `next` (per class) is covered by a
     /// reservation on disk; called after an arrival, before its ticket leaves. Another
     /// block is written only when a number passes the reservation.
@@ -148,22 +163,9 @@ impl RoomShared {
             .zip(r.until.iter().chain(std::iter::repeat(&0)))
             .map(|(n, u)| (*u).max(n + block))
             .collect();
-        let keys = self
-            .identity
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let rec = Reserved {
-            room: self.name.clone(),
-            keys,
-            next: until.clone(),
-        };
-        let written = serde_json::to_vec(&rec)
+        let written = crate::instance::ensure_private_dir(&dir)
             .map_err(std::io::Error::other)
-            .and_then(|b| {
-                crate::instance::ensure_private_dir(&dir).map_err(std::io::Error::other)?;
-                write_durably(&reserve_path(&dir, &self.name), &b)
-            });
+            .and_then(|()| self.write_reservation(&dir, until.clone()));
         match written {
             Ok(()) => {
                 if r.failing {
@@ -270,30 +272,24 @@ impl RoomRegistry {
         shared
     }
 
+    fn all(&self) -> Vec<Arc<RoomShared>> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// The last snapshot, once every service has stopped (no ticket can leave any more):
     /// the reservations shrink back to the numbers really handed out, so a clean restart
     /// continues exactly where the room stopped (only a crash skips a reserved block).
     pub fn snapshot_final(&self, dir: &Path) {
         self.snapshot(dir);
-        let rooms: Vec<Arc<RoomShared>> = self
-            .rooms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let rooms = self.all();
         for r in rooms {
             let next: Vec<u64> = r.lock().queues.iter().map(|q| q.next).collect();
-            let keys = r.identity.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let rec = Reserved {
-                room: r.name.clone(),
-                keys,
-                next,
-            };
-            let res = serde_json::to_vec(&rec)
-                .map_err(std::io::Error::other)
-                .and_then(|b| write_durably(&reserve_path(dir, &r.name), &b));
-            if let Err(e) = res {
+            if let Err(e) = r.write_reservation(dir, next) {
                 log::warn!("room {}: cannot write its last reservation: {e}", r.name);
             }
         }
@@ -301,13 +297,7 @@ impl RoomRegistry {
 
     /// Write every room's state to `dir` (atomically: temp file + rename).
     pub fn snapshot(&self, dir: &Path) {
-        let rooms: Vec<Arc<RoomShared>> = self
-            .rooms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let rooms = self.all();
         if rooms.is_empty() {
             return;
         }

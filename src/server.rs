@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
+use tokio::time::MissedTickBehavior;
 
 use crate::app::App;
 use crate::proxy::EcluseProxy;
@@ -142,63 +143,37 @@ impl BackgroundService for Control {
             });
         }
         // Degradation: measure, step the level, every 500 ms.
-        {
-            let app = app.clone();
-            let mut stop = stop_rx.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(500));
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => crate::degrade::evaluate(&app.config(), &app.registry.degrade),
-                        _ = stop.changed() => return,
-                    }
-                }
-            });
-        }
+        every(
+            &app,
+            &stop_rx,
+            Duration::from_millis(500),
+            MissedTickBehavior::Burst,
+            |app| crate::degrade::evaluate(&app.config(), &app.registry.degrade),
+        );
         // Adaptive concurrency limits, every 100 ms.
-        {
-            let app = app.clone();
-            let mut stop = stop_rx.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(100));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => crate::degrade::adapt_limits(&app.config()),
-                        _ = stop.changed() => return,
-                    }
-                }
-            });
-        }
+        every(
+            &app,
+            &stop_rx,
+            Duration::from_millis(100),
+            MissedTickBehavior::Delay,
+            |app| crate::degrade::adapt_limits(&app.config()),
+        );
         // Feature drains: close what is open on a switched-off feature after its grace.
-        {
-            let app = app.clone();
-            let mut stop = stop_rx.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(100));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => crate::drain::tick(&app),
-                        _ = stop.changed() => return,
-                    }
-                }
-            });
-        }
+        every(
+            &app,
+            &stop_rx,
+            Duration::from_millis(100),
+            MissedTickBehavior::Delay,
+            |app| crate::drain::tick(app),
+        );
         // Forget idle rate-limit keys.
-        {
-            let app = app.clone();
-            let mut stop = stop_rx.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(5));
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => crate::app::sweep_limiters(&app.config()),
-                        _ = stop.changed() => return,
-                    }
-                }
-            });
-        }
+        every(
+            &app,
+            &stop_rx,
+            Duration::from_secs(5),
+            MissedTickBehavior::Burst,
+            |app| crate::app::sweep_limiters(&app.config()),
+        );
         // HUP, USR1, USR2, WINCH.
         tokio::spawn(signals(app.clone(), stop_rx.clone()));
         // Reload on file change.
@@ -236,6 +211,29 @@ impl BackgroundService for Control {
         std::future::pending::<()>().await;
         drop(stop_tx);
     }
+}
+
+/// Run `f` every `period` on the runtime until `stop` changes. `missed`: what happens to
+/// ticks a busy runtime missed (run back to back, or the schedule delayed).
+fn every(
+    app: &Arc<App>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    period: Duration,
+    missed: MissedTickBehavior,
+    f: impl Fn(&Arc<App>) + Send + 'static,
+) {
+    let app = app.clone();
+    let mut stop = stop.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(missed);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => f(&app),
+                _ = stop.changed() => return,
+            }
+        }
+    });
 }
 
 /// Signals ops tools send, as nginx answers them: HUP reloads the policy and reopens the

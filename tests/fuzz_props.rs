@@ -331,23 +331,7 @@ proptest! {
 use ecluse::policy::path::{canonical_target, EscapedSlashes, PathParams, PathPolicy, Target};
 
 fn policies() -> Vec<PathPolicy> {
-    let mut v = Vec::new();
-    for merge_slashes in [true, false] {
-        for escaped_slashes in [
-            EscapedSlashes::Reject,
-            EscapedSlashes::Keep,
-            EscapedSlashes::Decode,
-        ] {
-            for path_params in [PathParams::Reject, PathParams::Strip, PathParams::Keep] {
-                v.push(PathPolicy {
-                    merge_slashes,
-                    escaped_slashes,
-                    path_params,
-                });
-            }
-        }
-    }
-    v
+    PathPolicy::all().collect()
 }
 
 fn canon(t: &[u8], p: &PathPolicy) -> Option<Vec<u8>> {

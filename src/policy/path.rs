@@ -79,6 +79,29 @@ pub struct PathPolicy {
     pub path_params: PathParams,
 }
 
+impl PathPolicy {
+    /// Every policy `server.paths` can express (18): for exhaustive tests and fuzzing.
+    pub fn all() -> impl Iterator<Item = PathPolicy> {
+        [true, false].into_iter().flat_map(|merge_slashes| {
+            [
+                EscapedSlashes::Reject,
+                EscapedSlashes::Keep,
+                EscapedSlashes::Decode,
+            ]
+            .into_iter()
+            .flat_map(move |escaped_slashes| {
+                [PathParams::Reject, PathParams::Strip, PathParams::Keep]
+                    .into_iter()
+                    .map(move |path_params| PathPolicy {
+                        merge_slashes,
+                        escaped_slashes,
+                        path_params,
+                    })
+            })
+        })
+    }
+}
+
 impl Default for PathPolicy {
     fn default() -> Self {
         PathPolicy {
@@ -614,22 +637,9 @@ mod tests {
     fn the_status_path_is_canonical_under_every_policy() {
         // conn.rs answers `/.ecluse/queue/status` below pingora without normalizing:
         // that is only the same decision if the path is its own canonical form.
-        for merge_slashes in [true, false] {
-            for escaped_slashes in [
-                EscapedSlashes::Reject,
-                EscapedSlashes::Keep,
-                EscapedSlashes::Decode,
-            ] {
-                for path_params in [PathParams::Reject, PathParams::Strip, PathParams::Keep] {
-                    let pol = PathPolicy {
-                        merge_slashes,
-                        escaped_slashes,
-                        path_params,
-                    };
-                    let p = crate::proxy::STATUS_PATH.as_bytes();
-                    assert_eq!(canonical_path(p, &pol).unwrap(), Cow::Borrowed(p));
-                }
-            }
+        for pol in PathPolicy::all() {
+            let p = crate::proxy::STATUS_PATH.as_bytes();
+            assert_eq!(canonical_path(p, &pol).unwrap(), Cow::Borrowed(p));
         }
     }
 
