@@ -665,11 +665,19 @@ impl RoomState {
                 return None;
             }
             if params.fleet.is_some() {
-                self.uncount_or_seed(old_bucket);
+                // A fleet node alone counts its share of the fleet's sessions (the seed)
+                // and those it moved itself. A session that moved on another node since
+                // (sessions go from node to node behind a load balancer) is in that
+                // node's count: counting it here again would fill every node with the
+                // whole fleet's sessions and stop admissions for the outage's length.
+                if self.uncount_or_seed(old_bucket) {
+                    self.count_in(cur);
+                }
             } else if !self.uncount(old_bucket) {
                 return None;
+            } else {
+                self.count_in(cur);
             }
-            self.count_in(cur);
         }
         Some(cur)
     }
@@ -955,6 +963,20 @@ mod tests {
                 );
             }
             assert_eq!(s.active(), 10, "moved, not added");
+        }
+        // The same sessions coming through again, each with a bucket another node moved
+        // it to: still ten on each node, whatever the order of the moves.
+        let t2 = t1 + fleet.bucket_ms();
+        for (p, s) in nodes.iter_mut() {
+            for n in 0..30u64 {
+                let foreign = t1 / fleet.bucket_ms() + 1 + n % 2;
+                assert!(s.touch(p, 0, n, foreign, t2).is_some());
+            }
+            assert_eq!(
+                s.active(),
+                10,
+                "a session moved elsewhere is not counted twice"
+            );
         }
         // Ten leave through node 0: its share frees, its frontier moves at the fleet's
         // pace (three nodes' worth), it grants its own share of the turns.
