@@ -908,9 +908,17 @@ async fn a_scheduled_opening_shuffles_the_prequeue_fleet_wide() {
     for (i, s) in students.iter().enumerate().filter(|(i, _)| !admitted[*i]) {
         let mut seen = Vec::new();
         for n in &nodes {
-            let v = get_json(s, n, status).await;
-            assert_eq!(v["state"], "waiting", "{v}");
-            seen.push(v["position"].as_u64().expect("a place once open"));
+            // A node learns of the draw at its next exchange with Redis (every 100 ms
+            // here); until then it says "estimating", never a wrong place.
+            let mut place = None;
+            eventually("every node knows the drawn order", DEADLINE, async || {
+                let v = get_json(s, n, status).await;
+                assert_eq!(v["state"], "waiting", "{v}");
+                place = v["position"].as_u64();
+                place.is_some()
+            })
+            .await;
+            seen.push(place.unwrap());
         }
         assert!(
             seen.windows(2).all(|w| w[0] == w[1]),
