@@ -28,6 +28,7 @@ fn main() {
         new_users_per_minute: 1200,
         idle_timeout: Duration::from_secs(1200),
         abandon_timeout: Duration::from_secs(120),
+        return_grace: Duration::from_secs(900),
         poll_interval: Duration::from_secs(10),
         classes: vec![ClassPolicy::Default],
         method: Method::Fifo,

@@ -968,3 +968,53 @@ async fn a_scheduled_opening_shuffles_the_prequeue_fleet_wide() {
         );
     }
 }
+
+/// A pupil's phone sleeps through the turn across the fleet: the place goes on to the
+/// next pupil meanwhile; on waking (any node, past `abandon_timeout`, within the return
+/// grace) the pupil is first in line and the next free place in the fleet is theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_phone_that_slept_through_its_turn_gets_the_next_place_fleet_wide() {
+    let _alone = ONE_FLEET_AT_A_TIME.lock().await;
+    use_test_keys();
+    let redis = Redis::start();
+    let origin = EchoOrigin::start("ent").await;
+    let nodes = room_fleet(["r1", "r2", "r3"], |id| {
+        room_node_yaml(origin.addr, redis.port, id)
+            .replace("active_users: 5,", "active_users: 1,")
+            .replace(
+                "abandon_timeout: 1m,",
+                "abandon_timeout: 2s, return_grace: 5m,",
+            )
+    })
+    .await;
+    let status = "/.ecluse/queue/status?room=ent";
+    let inside = student();
+    assert_eq!(
+        standing(&get_json(&inside, &nodes[0], "/home").await),
+        Ok(())
+    );
+    let (sleeper, next, later) = (student(), student(), student());
+    for (i, s) in [&sleeper, &next, &later].into_iter().enumerate() {
+        assert!(standing(&get_json(s, &nodes[i % 3], "/home").await).is_err());
+    }
+    let r = inside.get(nodes[1].url("/logout")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut round = 0;
+    eventually("the next pupil gets in meanwhile", DEADLINE, async || {
+        round += 1;
+        get_json(&next, &nodes[round % 3], status).await["state"] == "admitted"
+    })
+    .await;
+    let v = get_json(&sleeper, &nodes[2], status).await;
+    assert_eq!(standing(&v), Err(Some(1)), "first in line on waking: {v}");
+    let r = next.get(nodes[0].url("/logout")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut round = 0;
+    eventually("the sleeper gets the next place", DEADLINE, async || {
+        round += 1;
+        let l = get_json(&later, &nodes[(round + 1) % 3], status).await;
+        assert_ne!(l["state"], "admitted", "overtaken by the pupil behind: {l}");
+        get_json(&sleeper, &nodes[round % 3], status).await["state"] == "admitted"
+    })
+    .await;
+}

@@ -533,3 +533,46 @@ async fn a_connection_polled_below_pingora_closes_at_the_keepalive_timeout() {
         idle.elapsed()
     );
 }
+
+/// A pupil's phone sleeps through the turn (no poll past `abandon_timeout`): the place
+/// went on to the next pupil meanwhile, and on waking within the return grace the pupil
+/// is next, ahead of everyone who was behind, and gets the next free place, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_that_slept_through_its_turn_gets_the_next_place() {
+    let o = EchoOrigin::start("o").await;
+    let e = start(
+        o.addr,
+        "active_users: 1, new_users_per_minute: 600, poll_interval: 200ms, abandon_timeout: 1s, return_grace: 5m",
+    );
+    let inside = cookie_client();
+    inside.get(e.url("/")).send().await.expect("r");
+    let sleeper = cookie_client();
+    let next = cookie_client();
+    let later = cookie_client();
+    for c in [&sleeper, &next, &later] {
+        c.get(e.url("/")).send().await.expect("r");
+        assert_eq!(status(c, &e).await["state"], "waiting");
+    }
+    // The sleeper's turn comes while it does not poll; its grant lapses and the next
+    // pupil gets in: nobody waited for the phone.
+    inside.get(e.url("/logout")).send().await.expect("logout");
+    eventually("the next pupil gets in meanwhile", DEADLINE, async || {
+        status(&next, &e).await["state"] == "admitted"
+    })
+    .await;
+    // Awake again, past abandon_timeout: still its ticket, first in line.
+    let s = status(&sleeper, &e).await;
+    assert_eq!(s["state"], "waiting", "{s}");
+    assert_eq!(s["position"], 1, "ahead of those who were behind: {s}");
+    let s = status(&later, &e).await;
+    assert_eq!(s["state"], "waiting", "{s}");
+    // The next free place is the sleeper's, not the pupil behind.
+    next.get(e.url("/logout")).send().await.expect("logout");
+    eventually("the sleeper gets the next place", DEADLINE, async || {
+        let s = status(&sleeper, &e).await;
+        assert_ne!(status(&later, &e).await["state"], "admitted", "overtaken");
+        s["state"] == "admitted"
+    })
+    .await;
+    assert_eq!(status(&later, &e).await["state"], "waiting");
+}

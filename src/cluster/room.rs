@@ -64,7 +64,7 @@ end
 local function num(v, d) if v then return tonumber(v) else return d end end
 "#;
 
-/// KEYS: room, active, pending. ARGV: now, cap, per_min, burst, grace_ms, bucket_ms,
+/// KEYS: room, active, pending, returning. ARGV: now, cap, per_min, burst, grace_ms, bucket_ms,
 /// policies ("d", "b", "s0.25", one per class, comma-separated), and this node's last view
 /// to start again from if Redis lost the room: "frontier:next" per class
 /// (comma-separated, empty for none), active, pending, paused; then "1" when that view is
@@ -158,6 +158,16 @@ if last == nil or now - last >= 200 then
     local free = math.max(cap - active - pending, 0)
     local budget = math.min(free, math.floor(tokens))
     local left = budget
+    -- Tickets back after their turn passed (a phone asleep) go first: their turn came
+    -- already; their admissions were counted, then abandoned, when it passed.
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+    local back = math.min(left, redis.call('ZCARD', KEYS[4]))
+    if back > 0 then
+      redis.call('ZPOPMIN', KEYS[4], back)
+      left = left - back
+      local a = num(redis.call('HGET', r, 'abandoned'), 0)
+      redis.call('HSET', r, 'abandoned', math.max(a - back, 0))
+    end
     -- Reserved shares first, then every class in order (work-conserving).
     for i, p in ipairs(pol) do
       if string.sub(p, 1, 1) == 's' then
@@ -186,9 +196,10 @@ if last == nil or now - last >= 200 then
     if total > 0 then
       tokens = tokens - total
       redis.call('RPUSH', KEYS[3], (now + grace) .. ':' .. total)
-      redis.call('HINCRBY', r, 'admitted', total)
+      redis.call('HINCRBY', r, 'admitted', total - back)
       pending = pending + total
     end
+    total = total - back
   end
   if dt > 0 then
     local inst = total * 1000 / dt
@@ -215,7 +226,7 @@ table.insert(out, opened)
 return out
 "#;
 
-/// KEYS: room, active, pending. ARGV: now, class, policy, cap, bucket_ms, opens (unix ms,
+/// KEYS: room, active, pending, returning. ARGV: now, class, policy, cap, bucket_ms, opens (unix ms,
 /// 0 for none), pre-queue window start. Returns {1, number, bucket} (let in),
 /// {0, number, frontier} (queued), {2, number} (pre-queued before a scheduled opening),
 /// {3} (before the pre-queue window: no ticket).
@@ -243,7 +254,8 @@ local f = num(redis.call('HGET', r, 'frontier:' .. c), 0)
 local nx = num(redis.call('HGET', r, 'next:' .. c), 0)
 local tokens = num(redis.call('HGET', r, 'tokens'), 1)
 local paused = num(redis.call('HGET', r, 'paused'), 0)
-if paused == 0 and nx - f == 0 and active + pending < cap and tokens >= 1 then
+if paused == 0 and nx - f == 0 and active + pending < cap and tokens >= 1
+    and redis.call('EXISTS', KEYS[4]) == 0 then
   local n = redis.call('HINCRBY', r, 'next:' .. c, 1)
   redis.call('HSET', r, 'frontier:' .. c, n, 'tokens', tostring(tokens - 1))
   redis.call('HINCRBY', KEYS[2], cur, 1)
@@ -256,8 +268,9 @@ redis.call('HINCRBY', r, 'issued', 1)
 return {0, n, f}
 "#;
 
-/// KEYS: room, active, pending, claimed-marker. ARGV: now, class, number, cap,
-/// bucket_ms, abandon_ms. Returns {1, bucket} (admitted), {0, position} (waiting),
+/// KEYS: room, active, pending, claimed-marker, returning. ARGV: now, class, number, cap,
+/// bucket_ms, ticket lifetime ms, claim grace ms. A late ticket that finds the room full
+/// joins the returning tickets, served first by `TICK`. Returns {1, bucket} (admitted), {0, position} (waiting),
 /// {2} (this ticket was already used).
 const LUA_CLAIM: &str = r#"
 local now = tonumber(ARGV[1]); local c = ARGV[2]; local number = tonumber(ARGV[3])
@@ -284,7 +297,11 @@ if claimed or active + pending < cap then
   end
   redis.call('HINCRBY', KEYS[2], cur, 1)
   redis.call('SET', KEYS[4], 1, 'PX', abandon)
+  redis.call('ZREM', KEYS[5], c .. ':' .. number)
   return {1, cur}
+end
+if redis.call('ZSCORE', KEYS[5], c .. ':' .. number) or redis.call('ZCARD', KEYS[5]) < 100000 then
+  redis.call('ZADD', KEYS[5], now + tonumber(ARGV[7]), c .. ':' .. number)
 end
 return {0, 1}
 "#;
@@ -396,6 +413,8 @@ pub struct FleetRoom {
     active_key: String,
     pending_key: String,
     claimed_prefix: String,
+    /// Tickets back after their turn passed, to be served first (scored by expiry).
+    returning_key: String,
     tick: Script,
     arrive: Script,
     claim: Script,
@@ -453,6 +472,7 @@ impl FleetRoom {
             active_key: format!("{base}:active"),
             pending_key: format!("{base}:pending"),
             claimed_prefix: format!("{base}:claimed:"),
+            returning_key: format!("{base}:returning"),
             tick: script(LUA_TICK),
             arrive: script(LUA_ARRIVE),
             claim: script(LUA_CLAIM),
@@ -559,7 +579,7 @@ impl FleetRoom {
                     .arg(format!("{}{c}:{n}", self.claimed_prefix))
                     .arg(1)
                     .arg("PX")
-                    .arg(p.abandon_timeout.as_millis() as u64)
+                    .arg(p.waiting_ticket_lifetime().as_millis() as u64)
                     .ignore();
             }
             pipe.query_async::<()>(conn).await?;
@@ -596,6 +616,7 @@ impl FleetRoom {
             .key(&self.room_key)
             .key(&self.active_key)
             .key(&self.pending_key)
+            .key(&self.returning_key)
             .arg(now)
             .arg(p.active_users)
             .arg(p.new_users_per_minute)
@@ -684,6 +705,7 @@ impl FleetRoom {
             .key(&self.room_key)
             .key(&self.active_key)
             .key(&self.pending_key)
+            .key(&self.returning_key)
             .arg(now)
             .arg(class)
             .arg(policy)
@@ -753,12 +775,14 @@ impl FleetRoom {
             .key(&self.active_key)
             .key(&self.pending_key)
             .key(format!("{}{class}:{number}", self.claimed_prefix))
+            .key(&self.returning_key)
             .arg(now)
             .arg(class)
             .arg(place)
             .arg(p.active_users)
             .arg(bucket_ms(p))
-            .arg(p.abandon_timeout.as_millis() as u64)
+            .arg(p.waiting_ticket_lifetime().as_millis() as u64)
+            .arg(p.claim_grace().as_millis() as u64)
             .invoke_async(conn)
             .await?;
         let g = |i: usize| out.get(i).copied().unwrap_or(0).max(0) as u64;

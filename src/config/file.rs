@@ -938,6 +938,12 @@ pub struct WaitingRoomFile {
     /// A waiting student who stops polling for this long loses the place. Default `2m`.
     #[serde(default)]
     pub abandon_timeout: Option<DurationText>,
+    /// A waiting ticket whose turn passed while its holder was away (a phone asleep,
+    /// another app in front) is still honoured this long after `abandon_timeout`: back
+    /// within it, the pupil gets the next free place, ahead of the line (once). Default
+    /// `15m`; `0s` to turn it off.
+    #[serde(default)]
+    pub return_grace: Option<DurationText>,
     /// How often the queue page asks for news. Default `10s`.
     #[serde(default)]
     pub poll_interval: Option<DurationText>,

@@ -1686,6 +1686,7 @@ fn build_rooms(
         };
         let idle = d(p, &w.session_idle_timeout, 1200, "session_idle_timeout");
         let abandon = d(p, &w.abandon_timeout, 120, "abandon_timeout");
+        let return_grace = d(p, &w.return_grace, 900, "return_grace");
         let poll = d(p, &w.poll_interval, 10, "poll_interval");
         if poll * 2 > abandon {
             p.at(
@@ -1834,6 +1835,7 @@ fn build_rooms(
             new_users_per_minute: w.new_users_per_minute,
             idle_timeout: idle,
             abandon_timeout: abandon,
+            return_grace,
             poll_interval: poll,
             classes: room_classes,
             method: match w.method.unwrap_or_default() {

@@ -12,7 +12,7 @@
 //! next tick admits others. All times are unix milliseconds passed in by the caller, so
 //! tests drive a fake clock.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -88,6 +88,9 @@ pub struct RoomParams {
     pub new_users_per_minute: u32,
     pub idle_timeout: Duration,
     pub abandon_timeout: Duration,
+    /// How long after `abandon_timeout` a waiting ticket is still honoured: a phone that
+    /// slept through its turn comes back ahead of the line (see [`RoomState::poll`]).
+    pub return_grace: Duration,
     pub poll_interval: Duration,
     /// Class policies, index = ticket class (0 = default).
     pub classes: Vec<ClassPolicy>,
@@ -138,6 +141,12 @@ fn take_number(q: &mut Queue, share: Option<FleetShare>) -> u64 {
 }
 
 impl RoomParams {
+    /// How long after its last poll a waiting ticket is honoured: the abandon timeout,
+    /// then the return grace of a pupil whose phone slept through the turn.
+    pub fn waiting_ticket_lifetime(&self) -> Duration {
+        self.abandon_timeout + self.return_grace
+    }
+
     /// How long an admission waits to be claimed by its ticket holder's next poll.
     pub fn claim_grace(&self) -> Duration {
         self.poll_interval * 2 + Duration::from_secs(5)
@@ -210,6 +219,66 @@ pub struct RoomState {
     /// Redis became unreachable; their moves and ends draw from it.
     #[serde(default)]
     seed_bucket: Option<u64>,
+    /// Tickets whose turn passed while they were away (a phone asleep) and came back to
+    /// a full room: (until ms, class, number), served before the line at the next free
+    /// places. Each stays while it keeps polling. Not snapshotted: they poll again.
+    #[serde(skip)]
+    returning: Returning,
+}
+
+/// Tickets back after their turn passed, first back first served.
+#[derive(Debug, Clone, Default)]
+struct Returning {
+    order: VecDeque<(u8, u64)>,
+    until: HashMap<(u8, u64), u64>,
+}
+
+impl Returning {
+    /// At most this many at once (each is a signed ticket whose turn passed; more
+    /// means a room far larger than any school's).
+    const CAP: usize = 100_000;
+
+    fn is_empty(&self) -> bool {
+        self.until.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.until.len()
+    }
+
+    /// A returning ticket polled: it keeps its place among the returning until `until`.
+    fn note(&mut self, class: u8, number: u64, until: u64) {
+        if let Some(u) = self.until.get_mut(&(class, number)) {
+            *u = until;
+        } else if self.until.len() < Self::CAP {
+            self.until.insert((class, number), until);
+            self.order.push_back((class, number));
+        }
+    }
+
+    fn remove(&mut self, class: u8, number: u64) {
+        self.until.remove(&(class, number));
+    }
+
+    /// Forget those who stopped polling, and the order's leftovers.
+    fn expire(&mut self, now_ms: u64) {
+        self.until.retain(|_, u| *u > now_ms);
+        let until = &self.until;
+        self.order.retain(|k| until.contains_key(k));
+    }
+
+    /// Places for the first `n` of them; they claim them at their next poll.
+    fn serve(&mut self, n: u64) {
+        let mut left = n;
+        while left > 0 {
+            let Some(k) = self.order.pop_front() else {
+                break;
+            };
+            if self.until.remove(&k).is_some() {
+                left -= 1;
+            }
+        }
+    }
 }
 
 /// Ticket numbers seen recently, each for a while, at most `CAP` of them (the oldest are
@@ -286,6 +355,7 @@ impl RoomState {
             claimed: Recent::default(),
             ended: Recent::default(),
             seed_bucket: None,
+            returning: Returning::default(),
         }
     }
 
@@ -449,6 +519,7 @@ impl RoomState {
         self.drop_old_buckets(params, now_ms);
         self.claimed.prune(now_ms);
         self.ended.prune(now_ms);
+        self.returning.expire(now_ms);
         // The pace's burst only builds up while there is room to use it: a full room
         // that empties all at once (a class logging out) lets newcomers in at the pace,
         // not as a burst saved up while nobody could enter.
@@ -474,7 +545,13 @@ impl RoomState {
         if !self.paused && self.opened {
             let used = self.active() + self.pending();
             let free = u64::from(params.active_users).saturating_sub(used);
-            let budget = free.min(self.tokens.floor() as u64);
+            let mut budget = free.min(self.tokens.floor() as u64);
+            // Tickets back after their turn passed go first: their turn came already.
+            // Their admissions were counted (and then abandoned) when it passed.
+            let back = budget.min(self.returning.len() as u64);
+            self.returning.serve(back);
+            budget -= back;
+            self.counters.abandoned = self.counters.abandoned.saturating_sub(back);
             // In a fleet outage the students passed poll any node: the frontier moves at
             // the fleet's pace, this node grants its share of the turns.
             let spread = FleetShare::spread(params.fleet);
@@ -484,12 +561,13 @@ impl RoomState {
                 budget.saturating_mul(spread),
             );
             total = advanced.div_ceil(spread).min(budget);
+            self.counters.admitted += total;
+            total += back;
             if total > 0 {
                 self.tokens -= total as f64;
                 let deadline = now_ms + params.claim_grace().as_millis() as u64;
                 self.pending
                     .push_back((deadline, total.min(u64::from(u32::MAX)) as u32));
-                self.counters.admitted += total;
             }
         }
         // Smoothed frontier speed (per second), over roughly the last 30 s.
@@ -519,6 +597,7 @@ impl RoomState {
         let used = self.active() + self.pending();
         self.paused
             || self.queues[class].waiting() > 0
+            || !self.returning.is_empty()
             || used >= u64::from(params.active_users)
             || self.tokens < 1.0
     }
@@ -562,6 +641,7 @@ impl RoomState {
         let q = &self.queues[class];
         if !self.paused
             && q.waiting() == 0
+            && self.returning.is_empty()
             && used < u64::from(params.active_users)
             && self.tokens >= 1.0
         {
@@ -624,11 +704,17 @@ impl RoomState {
                 let bucket = Self::bucket_of(params, now_ms);
                 self.drop_old_buckets(params, now_ms);
                 self.count_in(bucket);
-                // Its waiting cookie stays signed until abandon_timeout: remember it.
-                let until = now_ms + params.abandon_timeout.as_millis() as u64;
+                // Its waiting cookie stays signed for its lifetime: remember it.
+                let until = now_ms + params.waiting_ticket_lifetime().as_millis() as u64;
                 self.claimed.insert(tag, number, until);
+                self.returning.remove(tag, number);
                 return Standing::Admitted { bucket };
             }
+            // Its turn passed while it was away (a phone asleep) and the room is full:
+            // it takes the next free place, before the line. Admissions went on while
+            // it was away; its grant expired and was counted as abandoned.
+            let until = now_ms + params.claim_grace().as_millis() as u64;
+            self.returning.note(tag, number, until);
             return Standing::Waiting { position: Some(1) };
         }
         Standing::Waiting {
@@ -755,6 +841,7 @@ mod tests {
             new_users_per_minute: per_min,
             idle_timeout: Duration::from_secs(600),
             abandon_timeout: Duration::from_secs(60),
+            return_grace: Duration::from_secs(900),
             poll_interval: Duration::from_secs(5),
             classes: vec![ClassPolicy::Default],
             method: Method::Fifo,
@@ -804,6 +891,78 @@ mod tests {
             r.poll(&p, 0, 3, after + 10),
             Standing::Admitted { .. }
         ));
+    }
+
+    #[test]
+    fn a_ticket_back_after_its_turn_goes_first_once() {
+        let p = params(1, 6000);
+        let mut r = RoomState::new(&p, 0);
+        let Arrival::Admit { bucket, .. } = r.arrive(&p, 0, 0) else {
+            panic!("admitted")
+        };
+        for _ in 0..3 {
+            r.arrive(&p, 0, 0);
+        }
+        // Ticket 2's phone sleeps through its turn: the grant expires, ticket 3 gets in.
+        r.end(&p, 0, 1, bucket, 0);
+        assert_eq!(r.tick(&p, 1000), 1);
+        let t = 1000 + p.claim_grace().as_millis() as u64;
+        assert_eq!(r.tick(&p, t), 1, "admissions go on while it is away");
+        let Standing::Admitted { bucket: b3 } = r.poll(&p, 0, 3, t) else {
+            panic!("ticket 3 let in")
+        };
+        // Ticket 2 wakes up to a full room: next in line, ahead of ticket 4.
+        let back = t + 60_000;
+        assert_eq!(
+            r.poll(&p, 0, 2, back),
+            Standing::Waiting { position: Some(1) }
+        );
+        assert!(
+            r.would_queue(&p, 0, back),
+            "a newcomer does not overtake it"
+        );
+        r.end(&p, 0, 3, b3, back);
+        r.tick(&p, back + 1000);
+        assert_eq!(
+            r.poll(&p, 0, 4, back + 1000),
+            Standing::Waiting { position: Some(1) },
+            "ticket 4 waits: the free place is ticket 2's"
+        );
+        assert!(matches!(
+            r.poll(&p, 0, 2, back + 1000),
+            Standing::Admitted { .. }
+        ));
+        assert_eq!(r.counters.abandoned, 0, "it came back after all");
+        // A copy of ticket 2 gains nothing.
+        assert_eq!(r.poll(&p, 0, 2, back + 2000), Standing::Used);
+        assert!(r.active() <= 1);
+    }
+
+    #[test]
+    fn a_returning_ticket_that_stops_polling_frees_the_place() {
+        let p = params(1, 6000);
+        let mut r = RoomState::new(&p, 0);
+        let Arrival::Admit { bucket, .. } = r.arrive(&p, 0, 0) else {
+            panic!("admitted")
+        };
+        for _ in 0..3 {
+            r.arrive(&p, 0, 0);
+        }
+        // Ticket 2 never claims its turn; ticket 3 gets in.
+        r.end(&p, 0, 1, bucket, 0);
+        r.tick(&p, 1000);
+        let t = 1000 + p.claim_grace().as_millis() as u64;
+        r.tick(&p, t);
+        let Standing::Admitted { bucket: b3 } = r.poll(&p, 0, 3, t) else {
+            panic!("ticket 3 let in")
+        };
+        // Ticket 2 comes back once to a full room, then stops polling.
+        assert_eq!(r.poll(&p, 0, 2, t), Standing::Waiting { position: Some(1) });
+        r.end(&p, 0, 3, b3, t);
+        // Its returning place lapses; the free place goes to ticket 4.
+        let later = t + p.claim_grace().as_millis() as u64 + 1;
+        assert_eq!(r.tick(&p, later), 1);
+        assert!(matches!(r.poll(&p, 0, 4, later), Standing::Admitted { .. }));
     }
 
     #[test]
@@ -1125,6 +1284,70 @@ mod tests {
                     }
                 }
                 waiting.retain(|w| w.1);
+            }
+            prop_assert!(waiting.is_empty(), "stalled: {waiting:?}, state {r:?}");
+        }
+
+        /// Phones that sleep and wake (stop polling, then poll again, any time later),
+        /// and copies of tickets polling too: capacity is never exceeded, no ticket is
+        /// let in twice, and everyone polling in the end gets in (nobody asleep stalls
+        /// the room).
+        #[test]
+        fn sleeping_phones_and_copies(
+            capacity in 1u32..8,
+            ops in proptest::collection::vec((0u8..5, 0u64..20_000), 1..200),
+        ) {
+            let p = params(capacity, 600);
+            let mut r = RoomState::new(&p, 0);
+            let mut now = 0u64;
+            // (number, awake?)
+            let mut waiting: Vec<(u64, bool)> = Vec::new();
+            let mut sessions: Vec<(u64, u64)> = Vec::new();
+            let mut admitted = HashSet::new();
+            let admit = |n: u64, admitted: &mut HashSet<u64>| {
+                assert!(admitted.insert(n), "ticket {n} let in twice");
+            };
+            for (op, dt) in ops {
+                now += dt;
+                match op {
+                    0 => match r.arrive(&p, 0, now) {
+                        Arrival::Admit { bucket, number } => { admit(number, &mut admitted); sessions.push((number, bucket)); }
+                        Arrival::Queue { number } => waiting.push((number, true)),
+                        Arrival::Closed => {}
+                    },
+                    1 => { if let Some(w) = waiting.iter_mut().find(|w| w.1) { w.1 = false; } }
+                    2 => { if let Some(w) = waiting.iter_mut().find(|w| !w.1) { w.1 = true; } }
+                    3 => { if let Some((n, b)) = sessions.pop() { r.end(&p, 0, n, b, now); } }
+                    _ => { r.tick(&p, now); }
+                }
+                for w in waiting.iter_mut().filter(|w| w.1) {
+                    if let Standing::Admitted { bucket } = r.poll(&p, 0, w.0, now) {
+                        admit(w.0, &mut admitted);
+                        sessions.push((w.0, bucket));
+                        // The copy left behind on another device.
+                        prop_assert_eq!(r.poll(&p, 0, w.0, now), Standing::Used);
+                        w.1 = false;
+                        w.0 = u64::MAX;
+                    }
+                }
+                waiting.retain(|w| w.0 != u64::MAX);
+                prop_assert!(r.active() <= u64::from(capacity), "active {} > capacity {capacity}", r.active());
+            }
+            // Everyone wakes; sessions leave; every ticket gets in.
+            for (n, b) in sessions.drain(..) { r.end(&p, 0, n, b, now); }
+            for w in waiting.iter_mut() { w.1 = true; }
+            for _ in 0..10_000 {
+                if waiting.is_empty() { break; }
+                now += 1000;
+                r.tick(&p, now);
+                for w in waiting.iter_mut() {
+                    if let Standing::Admitted { bucket } = r.poll(&p, 0, w.0, now) {
+                        admit(w.0, &mut admitted);
+                        r.end(&p, 0, w.0, bucket, now);
+                        w.0 = u64::MAX;
+                    }
+                }
+                waiting.retain(|w| w.0 != u64::MAX);
             }
             prop_assert!(waiting.is_empty(), "stalled: {waiting:?}, state {r:?}");
         }

@@ -757,7 +757,8 @@ impl EcluseProxy {
                     return Ok(false);
                 }
                 TicketState::Waiting
-                    if now_s.saturating_sub(t.seen) <= params.abandon_timeout.as_secs() =>
+                    if now_s.saturating_sub(t.seen)
+                        <= params.waiting_ticket_lifetime().as_secs() =>
                 {
                     let standing = self.poll_room(room, &params, t.class, t.number, now).await;
                     match standing {
@@ -999,7 +1000,8 @@ impl EcluseProxy {
             }
             Some(t)
                 if t.state == TicketState::Waiting
-                    && now_s.saturating_sub(t.seen) <= params.abandon_timeout.as_secs() =>
+                    && now_s.saturating_sub(t.seen)
+                        <= params.waiting_ticket_lifetime().as_secs() =>
             {
                 StatusPoll::Waiting(t)
             }
