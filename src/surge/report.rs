@@ -96,6 +96,30 @@ pub fn table(arms: &[Value]) -> String {
             }),
         ),
         (
+            "wait estimate error p50 / p90 (waits ≥ 30 s)".into(),
+            Box::new(|a: &Value| {
+                let e = &a["estimate"];
+                match (e["rel_p50"].as_f64(), e["rel_p90"].as_f64()) {
+                    (Some(p50), Some(p90)) => format!(
+                        "{:.0}% / {:.0}% (of {}; ±{} / ±{})",
+                        100.0 * p50,
+                        100.0 * p90,
+                        e["long_waits"].as_u64().unwrap_or(0),
+                        secs(&e["abs_p50_s"]),
+                        secs(&e["abs_p90_s"])
+                    ),
+                    _ => match e["abs_p90_s"].as_f64() {
+                        Some(_) => format!(
+                            "±{} / ±{} (short waits only)",
+                            secs(&e["abs_p50_s"]),
+                            secs(&e["abs_p90_s"])
+                        ),
+                        None => "- (no estimate given)".into(),
+                    },
+                }
+            }),
+        ),
+        (
             "FIFO inversions (students overtaken)".into(),
             Box::new(move |a: &Value| thousands(u(a, "fifo_inversions"))),
         ),

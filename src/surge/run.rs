@@ -506,6 +506,42 @@ pub fn fifo_inversions(recs: &[StudentRec]) -> (u64, &'static str) {
     (overtaken, if by_ticket { "ticket" } else { "arrival" })
 }
 
+/// How far the queue's first estimate of the wait was from the wait each admitted
+/// student had: absolute error (seconds) p50/p90, and relative error p50/p90 over the
+/// waits of at least `MIN_WAIT` seconds (shorter ones are within a poll interval, where
+/// any relative figure is noise).
+pub fn estimate_errors(recs: &[StudentRec]) -> Value {
+    const MIN_WAIT: f64 = 30.0;
+    let pairs: Vec<(f64, f64)> = recs
+        .iter()
+        .filter_map(|r| {
+            let (sent, predicted) = r.first_eta?;
+            Some((predicted, (r.admitted? - sent).max(0.0)))
+        })
+        .collect();
+    let mut abs: Vec<f64> = pairs.iter().map(|(p, a)| (p - a).abs()).collect();
+    let mut rel: Vec<f64> = pairs
+        .iter()
+        .filter(|(_, a)| *a >= MIN_WAIT)
+        .map(|(p, a)| (p - a).abs() / a)
+        .collect();
+    let mut under: Vec<f64> = pairs
+        .iter()
+        .filter(|(_, a)| *a >= MIN_WAIT)
+        .map(|(p, a)| (a - p) / a)
+        .collect();
+    json!({
+        "students": pairs.len(),
+        "abs_p50_s": percentile(&mut abs, 50.0),
+        "abs_p90_s": percentile(&mut abs, 90.0),
+        "long_waits": rel.len(),
+        "rel_p50": percentile(&mut rel, 50.0),
+        "rel_p90": percentile(&mut rel, 90.0),
+        // Positive: the wait was longer than told (the worse way to be wrong).
+        "signed_p50": percentile(&mut under, 50.0),
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn summarize(
     o: &RunOpts,
@@ -534,6 +570,7 @@ fn summarize(
         .collect();
     let p50 = percentile(&mut adm, 50.0);
     let p95 = percentile(&mut adm, 95.0);
+    let estimate = estimate_errors(recs);
     let (inversions, order) = fifo_inversions(recs);
     // Uploads: what the origin holds, by checksum.
     let count = |stats: &Value, sha: &str| {
@@ -632,6 +669,7 @@ fn summarize(
         "admission_p50_s": p50,
         "admission_p95_s": p95,
         "admission_max_s": adm.last(),
+        "estimate": estimate,
         "fifo_inversions": inversions,
         "fifo_order": order,
         "admission_efficiency": efficiency,
@@ -663,6 +701,33 @@ mod tests {
             queued: last_waiting.is_some(),
             ..StudentRec::default()
         }
+    }
+
+    #[test]
+    fn estimate_errors_compare_the_first_estimate_with_the_wait_had() {
+        let told = |sent: f64, eta: f64, admitted: f64| StudentRec {
+            first_eta: Some((sent, eta)),
+            admitted: Some(admitted),
+            ..StudentRec::default()
+        };
+        let recs = vec![
+            told(0.0, 60.0, 60.0),   // exact
+            told(10.0, 40.0, 110.0), // told 40 s, waited 100 s: 60% off, too optimistic
+            told(0.0, 5.0, 8.0),     // a short wait: absolute only
+            StudentRec::default(),   // never told
+        ];
+        let e = estimate_errors(&recs);
+        assert_eq!(e["students"], 3);
+        assert_eq!(e["long_waits"], 2);
+        assert_eq!(e["rel_p90"].as_f64(), Some(0.6));
+        assert_eq!(e["rel_p50"].as_f64(), Some(0.6), "nearest rank of two");
+        assert_eq!(e["abs_p50_s"].as_f64(), Some(3.0));
+        assert!(
+            e["signed_p50"].as_f64().unwrap() > 0.0,
+            "waited longer than told"
+        );
+        let t = super::super::report::table(&[json!({"arm": "x", "estimate": e})]);
+        assert!(t.contains("60% / 60% (of 2"), "{t}");
     }
 
     #[test]

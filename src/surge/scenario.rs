@@ -164,6 +164,9 @@ pub struct StudentRec {
     pub last_refused: Option<f64>,
     /// The waiting-room ticket number, when a waiting room gave one.
     pub ticket: Option<u64>,
+    /// The first estimate of the wait the queue told this student: (sent time, seconds
+    /// predicted), to compare with the wait they had.
+    pub first_eta: Option<(f64, f64)>,
     pub queued: bool,
     pub served: Option<f64>,
     pub errors: u32,
@@ -347,6 +350,11 @@ impl Person<'_> {
                         Some("waiting") => {
                             if self.outside {
                                 self.rec.last_waiting = Some(sent);
+                            }
+                            if self.rec.first_eta.is_none() {
+                                if let Some(eta) = v["eta_seconds"].as_f64() {
+                                    self.rec.first_eta = Some((sent, eta));
+                                }
                             }
                             let a = v["poll_after_ms"].as_u64().unwrap_or(0);
                             wait = if a > 0 {
