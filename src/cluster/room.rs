@@ -201,12 +201,27 @@ if last == nil or now - last >= 200 then
     end
     total = total - back
   end
-  if dt > 0 then
+  -- The queue's speed over about 30 s of a standing queue, a moving average divided by
+  -- its weight (so a new queue's first estimates are not several times too long);
+  -- unknown again once nobody waits.
+  local waiting = 0
+  for i = 1, #pol do
+    waiting = waiting + num(redis.call('HGET', r, 'next:' .. (i - 1)), 0)
+      - num(redis.call('HGET', r, 'frontier:' .. (i - 1)), 0)
+  end
+  local ema = num(redis.call('HGET', r, 'rate_ema'), 0)
+  local w = num(redis.call('HGET', r, 'rate_w'), 0)
+  if waiting <= 0 and total == 0 then
+    ema = 0; w = 0; rate = 0
+  elseif dt > 0 then
     local inst = total * 1000 / dt
     local alpha = math.min(dt / 30000, 1)
-    rate = alpha * inst + (1 - alpha) * rate
+    ema = alpha * inst + (1 - alpha) * ema
+    w = alpha + (1 - alpha) * w
+    rate = ema / w
   end
-  redis.call('HSET', r, 'last_tick', now, 'tokens', tostring(tokens), 'rate', tostring(rate))
+  redis.call('HSET', r, 'last_tick', now, 'tokens', tostring(tokens), 'rate', tostring(rate),
+    'rate_ema', tostring(ema), 'rate_w', tostring(w))
 end
 local out = {}
 for i = 1, #pol do

@@ -203,8 +203,16 @@ pub struct RoomState {
     pending: VecDeque<(u64, u32)>,
     tokens: f64,
     last_tick_ms: u64,
-    /// Frontier advances per second, smoothed.
+    /// Frontier advances per second while a queue stands, smoothed over about 30 s
+    /// (the estimate of the wait divides a position by it).
     pub rate: f64,
+    /// The moving average behind `rate` and its weight: an average started from zero
+    /// is divided by its weight so that the first estimates of a new queue are not
+    /// several times too long (a bias-corrected moving average).
+    #[serde(default)]
+    ema: f64,
+    #[serde(default)]
+    ema_weight: f64,
     pub paused: bool,
     pub opened: bool,
     pub counters: Counters,
@@ -349,6 +357,8 @@ impl RoomState {
             tokens: params.burst(),
             last_tick_ms: now_ms,
             rate: 0.0,
+            ema: 0.0,
+            ema_weight: 0.0,
             paused: false,
             opened: params.opens_at.is_none(),
             counters: Counters::default(),
@@ -406,6 +416,7 @@ impl RoomState {
         self.paused = paused;
         self.opened = opened || params.opens_at.is_none();
         self.rate = rate;
+        (self.ema, self.ema_weight) = (rate, 1.0);
         self.last_tick_ms = now_ms;
     }
 
@@ -570,11 +581,17 @@ impl RoomState {
                     .push_back((deadline, total.min(u64::from(u32::MAX)) as u32));
             }
         }
-        // Smoothed frontier speed (per second), over roughly the last 30 s.
-        if dt_ms > 0 {
+        // The queue's speed (frontier advances per second), over roughly the last 30 s
+        // of a standing queue; with nobody waiting it is unknown again, and the next
+        // queue is measured afresh.
+        if self.waiting() == 0 && advanced == 0 {
+            (self.ema, self.ema_weight, self.rate) = (0.0, 0.0, 0.0);
+        } else if dt_ms > 0 {
             let inst = advanced as f64 * 1000.0 / dt_ms as f64;
             let alpha = (dt_ms as f64 / 30_000.0).min(1.0);
-            self.rate = alpha * inst + (1.0 - alpha) * self.rate;
+            self.ema = alpha * inst + (1.0 - alpha) * self.ema;
+            self.ema_weight = alpha + (1.0 - alpha) * self.ema_weight;
+            self.rate = self.ema / self.ema_weight.max(f64::MIN_POSITIVE);
         }
         total
     }
@@ -787,10 +804,11 @@ impl RoomState {
     /// Estimated wait for `position`, from the measured frontier speed; `None` while the
     /// speed is unknown (nothing admitted yet) or the room is paused.
     pub fn eta(&self, position: u64) -> Option<Duration> {
-        if self.paused || self.rate < 0.01 {
+        // (Written so that a NaN rate gives no estimate rather than a panic.)
+        if self.paused || self.rate.is_nan() || self.rate < 0.01 {
             return None;
         }
-        Some(Duration::from_secs_f64(position as f64 / self.rate))
+        Duration::try_from_secs_f64(position as f64 / self.rate).ok()
     }
 }
 
@@ -963,6 +981,33 @@ mod tests {
         let later = t + p.claim_grace().as_millis() as u64 + 1;
         assert_eq!(r.tick(&p, later), 1);
         assert!(matches!(r.poll(&p, 0, 4, later), Standing::Admitted { .. }));
+    }
+
+    #[test]
+    fn a_new_queue_is_estimated_from_its_first_seconds() {
+        // A full room where one place frees every second: the queue moves at 1/s, and
+        // its first estimates say so (an average started from zero said 6x that).
+        let p = params(1, 6000);
+        let mut r = RoomState::new(&p, 0);
+        let Arrival::Admit { mut bucket, .. } = r.arrive(&p, 0, 0) else {
+            panic!("admitted")
+        };
+        for _ in 0..40 {
+            r.arrive(&p, 0, 0);
+        }
+        let mut inside = 1;
+        for k in 1..=5u64 {
+            let now = k * 1000;
+            r.end(&p, 0, inside, bucket, now);
+            assert_eq!(r.tick(&p, now), 1);
+            inside += 1;
+            let Standing::Admitted { bucket: b } = r.poll(&p, 0, inside, now) else {
+                panic!("next in")
+            };
+            bucket = b;
+        }
+        let eta = r.eta(10).expect("an estimate").as_secs_f64();
+        assert!((8.0..=12.5).contains(&eta), "10 places at 1/s: {eta} s");
     }
 
     #[test]

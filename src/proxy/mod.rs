@@ -1118,7 +1118,9 @@ impl EcluseProxy {
         // so an admission is not left unclaimed for most of a poll interval while it
         // holds a place in the room.
         if let Some(eta) = eta.filter(|e| (e.as_millis() as u64) < poll_after) {
-            poll_after = (eta.as_millis() as u64 + 250).clamp(1000, poll_after);
+            // (`clamp` panics when its floor is above its ceiling: a poll interval under
+            // a second keeps its own pace.)
+            poll_after = (eta.as_millis() as u64 + 250).clamp(1000.min(poll_after), poll_after);
         }
         let opens_at = params.opens_at.filter(|t| *t > now).map(queue::clock_text);
         let status = queue::Status {

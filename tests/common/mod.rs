@@ -130,8 +130,13 @@ impl Ecluse {
             });
             let err = child.stderr.take().expect("stderr");
             let sink = stderr.clone();
+            // ECLUSE_TEST_ECHO=1 shows each instance's log as it runs (debugging).
+            let echo = std::env::var_os("ECLUSE_TEST_ECHO").is_some();
             std::thread::spawn(move || {
                 for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if echo {
+                        eprintln!("ecluse: {line}");
+                    }
                     sink.lock().expect("lock").push(line);
                 }
             });
