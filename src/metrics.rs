@@ -80,6 +80,7 @@ pub struct Metrics {
     pub request_bodies: IntCounterVec,
     /// Bytes of request bodies buffered on disk now.
     pub request_body_disk_bytes: IntGauge,
+    pub request_body_memory_bytes: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -207,15 +208,26 @@ impl Metrics {
         let request_bodies = counter_vec(
             &r,
             "ecluse_request_bodies_total",
-            "Request bodies by outcome: memory or disk (buffered whole before the origin slot), streamed (request_buffering off), too_large (413), length_required (411: no length and more than pingora can replay), no_space (503: the disk budget was full).",
+            "Request bodies by outcome: memory or disk (buffered whole before the origin slot), streamed (request_buffering off), too_large (413), length_required (411: no length and more than pingora can replay), no_space (503: neither max_memory nor max_disk had room), client_cap (503: the client's address held max_per_client already), error (503: the temporary file could not be written).",
             &["outcome"],
         );
+        // Every outcome is a series from the start, at 0: alerts on a rate see the first one.
+        for o in REQUEST_BODY_OUTCOMES {
+            request_bodies.with_label_values(&[o]);
+        }
         let request_body_disk_bytes = IntGauge::new(
             "ecluse_request_body_disk_bytes",
-            "Bytes of request bodies buffered on disk now (bounded by server.request_bodies.max_disk).",
+            "Bytes of request bodies buffered on disk now, claimed as they arrive (bounded by server.request_bodies.max_disk).",
         )
         .expect("static metric definition");
         r.register(Box::new(request_body_disk_bytes.clone()))
+            .expect("unique metric name");
+        let request_body_memory_bytes = IntGauge::new(
+            "ecluse_request_body_memory_bytes",
+            "Bytes of memory held by request bodies being buffered or sent now (buffer capacity; bounded by server.request_bodies.max_memory).",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(request_body_memory_bytes.clone()))
             .expect("unique metric name");
         let ratelimit_decisions = counter_vec(
             &r,
@@ -417,6 +429,7 @@ impl Metrics {
             status_polls,
             request_bodies,
             request_body_disk_bytes,
+            request_body_memory_bytes,
         }
     }
 
@@ -464,6 +477,18 @@ pub fn status_class(code: u16) -> usize {
         _ => 0,
     }
 }
+
+/// The `outcome` values of `ecluse_request_bodies_total`.
+pub const REQUEST_BODY_OUTCOMES: [&str; 8] = [
+    "memory",
+    "disk",
+    "streamed",
+    "too_large",
+    "length_required",
+    "no_space",
+    "client_cap",
+    "error",
+];
 
 /// Label values matching [`status_class`] indices.
 pub const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];

@@ -191,6 +191,38 @@ fn request_body_limits_are_checked_with_positions() {
 }
 
 #[test]
+fn request_body_budgets_are_checked_with_positions() {
+    let (code, _, err) = check(
+        b"listen: [\"0.0.0.0:8080\"]\nserver:\n  request_bodies: { max_memory: lots, max_per_client: 0 }\norigins:\n  ent: { servers: [\"127.0.0.1:1\"] }\nroutes: [{ name: ent, origin: ent }]\n",
+    );
+    assert_eq!(code, 1, "{err}");
+    for want in [
+        "FILE:3:33: server.request_bodies.max_memory: `lots` is not a size",
+        "FILE:3:55: server.request_bodies.max_per_client: must be larger than 0",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    // A per-client share smaller than a buffering route's limit: that upload could never
+    // be received, so it is refused, naming the route.
+    let (code, _, err) = check(
+        b"listen: [\"0.0.0.0:8080\"]\nserver:\n  request_bodies: { max_per_client: 1MiB }\norigins:\n  ent: { servers: [\"127.0.0.1:1\"] }\nroutes: [{ name: uploads, origin: ent, max_body_size: 50MB }]\n",
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.lines().any(
+            |l| l.starts_with("FILE:3:37: server.request_bodies.max_per_client:")
+                && l.contains("route `uploads`")
+        ),
+        "{err}"
+    );
+    // The same route streaming, and `max_memory: 0` (every body to disk), are accepted.
+    let (code, _, err) = check(
+        b"listen: [\"0.0.0.0:8080\"]\nserver:\n  request_bodies: { max_per_client: 1MiB, max_memory: 0 }\norigins:\n  ent: { servers: [\"127.0.0.1:1\"] }\nroutes: [{ name: uploads, origin: ent, max_body_size: 50MB, request_buffering: false }]\n",
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
 fn garbage_never_panics() {
     let cases: Vec<Vec<u8>> = vec![
         b"".to_vec(),

@@ -433,10 +433,23 @@ pub struct RequestBodiesFile {
     /// ends, however it ends. Default `ecluse-bodies` in the system temp directory.
     #[serde(default)]
     pub temp_dir: Option<String>,
-    /// Disk all buffered bodies may use together; a body that would go over it is
-    /// answered `503` before it is read. Default `1GiB`.
+    /// Disk all buffered bodies may use together, claimed as bytes arrive (never from a
+    /// `Content-Length`); a body that finds neither memory nor disk left is answered `503`
+    /// with `Retry-After`. Default `1GiB`.
     #[serde(default)]
     pub max_disk: Option<SizeText>,
+    /// Memory all buffered bodies may use together; when it is used up, bodies go to
+    /// disk. A body's buffer grows with the bytes that arrived, up to `memory_buffer`.
+    /// `0`: every body to disk. Default `64MiB`.
+    #[serde(default)]
+    pub max_memory: Option<SizeText>,
+    /// What one client address (IPv6 grouped by /64) may hold in memory and on disk
+    /// together, over all its bodies at once; past it that client's upload is answered
+    /// `503` with `Retry-After`, nobody else's. Default: a quarter of `max_memory` +
+    /// `max_disk`, at least the largest buffering route's `max_body_size`. A school
+    /// behind one address shares it: see docs/policy.md.
+    #[serde(default)]
+    pub max_per_client: Option<SizeText>,
 }
 
 /// The one canonical path (README, "One canonical path"). Every decision reads it, and it

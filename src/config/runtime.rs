@@ -149,6 +149,21 @@ pub struct RequestBodies {
     pub temp_dir: PathBuf,
     /// Bytes all buffered bodies may hold on disk together.
     pub max_disk: u64,
+    /// Bytes all buffered bodies may hold in memory together; past it bodies go to disk.
+    pub max_memory: u64,
+    /// Bytes one client address (IPv6 by /64) may hold in memory and on disk together,
+    /// over all its bodies.
+    pub max_per_client: u64,
+}
+
+impl RequestBodies {
+    /// The default `max_per_client`: a quarter of the two budgets, so that one address
+    /// never holds more than a quarter of what every upload shares, and never less than
+    /// `largest_body` (the largest body a buffering route accepts), so that the default
+    /// never makes a route's own limit unreachable.
+    pub fn default_per_client(max_memory: u64, max_disk: u64, largest_body: u64) -> u64 {
+        (max_memory.saturating_add(max_disk) / 4).max(largest_body)
+    }
 }
 
 impl Default for RequestBodies {
@@ -158,6 +173,8 @@ impl Default for RequestBodies {
             memory_buffer: 128 << 10,
             temp_dir: std::env::temp_dir().join("ecluse-bodies"),
             max_disk: 1 << 30,
+            max_memory: 64 << 20,
+            max_per_client: RequestBodies::default_per_client(64 << 20, 1 << 30, 1 << 20),
         }
     }
 }
@@ -717,7 +734,7 @@ pub fn build(
             ),
         }
     }
-    let server = Server {
+    let mut server = Server {
         threads,
         trusted_proxies,
         grace_period: match &sf.grace_period {
@@ -795,6 +812,12 @@ pub fn build(
         &cache,
         ctx,
         server.request_bodies.max_body_size,
+    );
+    per_client_for_routes(
+        &mut p,
+        &mut server.request_bodies,
+        sf.request_bodies.as_ref(),
+        router.routes(),
     );
     let degradation = build_degradation(&mut p, file);
 
@@ -1005,11 +1028,57 @@ fn build_request_bodies(
         }
         Some(dir) => ctx.base_dir.join(dir),
     };
+    let max_memory = match &f.max_memory {
+        None => d.max_memory,
+        Some(s) => parse_size(&s.0).unwrap_or_else(|e| {
+            p.at(at("max_memory"), e);
+            d.max_memory
+        }),
+    };
+    // Set below from the routes when absent (`per_client_for_routes`).
+    let max_per_client = size_or(p, &f.max_per_client, 0, at("max_per_client"));
     RequestBodies {
         max_body_size,
         memory_buffer,
         temp_dir,
         max_disk,
+        max_memory,
+        max_per_client,
+    }
+}
+
+/// Settle `max_per_client` once the routes are known: the default when ops left it out;
+/// when they set it, a buffering route whose `max_body_size` is larger is a problem (such
+/// an upload could never be received whole).
+fn per_client_for_routes(
+    p: &mut Problems,
+    rb: &mut RequestBodies,
+    file: Option<&super::file::RequestBodiesFile>,
+    routes: &[Arc<Route>],
+) {
+    let largest = routes
+        .iter()
+        .filter(|r| r.buffer_body)
+        .map(|r| r.max_body_size)
+        .max()
+        .unwrap_or(0);
+    if file.is_none_or(|f| f.max_per_client.is_none()) {
+        rb.max_per_client = RequestBodies::default_per_client(rb.max_memory, rb.max_disk, largest);
+        return;
+    }
+    if rb.max_per_client == 0 {
+        return; // already reported by `size_or`
+    }
+    for r in routes.iter().filter(|r| r.buffer_body) {
+        if r.max_body_size > rb.max_per_client {
+            p.at(
+                path!["server", "request_bodies", "max_per_client"],
+                format!(
+                    "is {} bytes, smaller than route `{}`'s max_body_size ({} bytes): such an upload could never be received; raise max_per_client or lower the route's limit",
+                    rb.max_per_client, r.name, r.max_body_size
+                ),
+            );
+        }
     }
 }
 

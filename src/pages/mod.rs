@@ -109,8 +109,11 @@ pub enum Problem {
     PayloadTooLarge,
     /// A body without a length, larger than ecluse can hold back on a buffering route.
     LengthRequired,
-    /// No room to buffer the body now (the disk budget is in use).
+    /// No room to buffer the body now (the memory and disk budgets are in use).
     NoBodySpace,
+    /// This client's address already holds its share of the body budgets
+    /// (`max_per_client`): its other uploads must end first.
+    ClientBodyCap,
 }
 
 impl Problem {
@@ -126,6 +129,7 @@ impl Problem {
             Problem::PayloadTooLarge => 413,
             Problem::LengthRequired => 411,
             Problem::NoBodySpace => 503,
+            Problem::ClientBodyCap => 503,
         }
     }
 
@@ -141,6 +145,7 @@ impl Problem {
             Problem::PayloadTooLarge => "payload_too_large",
             Problem::LengthRequired => "length_required",
             Problem::NoBodySpace => "body_storage_full",
+            Problem::ClientBodyCap => "client_uploads_full",
         }
     }
 
@@ -166,6 +171,8 @@ impl Problem {
             (Problem::LengthRequired, Lang::En) => ("Length required", "The upload must announce its size (Content-Length). Try again from a browser or the ENT app."),
             (Problem::NoBodySpace, Lang::Fr) => ("Envois très nombreux", "Trop d'envois de fichiers en même temps : réessayez dans quelques instants. Votre fichier n'a pas été transmis."),
             (Problem::NoBodySpace, Lang::En) => ("Too many uploads at once", "Too many files are being sent right now: please try again in a moment. Your file was not sent."),
+            (Problem::ClientBodyCap, Lang::Fr) => ("Envois en cours depuis votre réseau", "Beaucoup de fichiers sont déjà en cours d'envoi depuis votre adresse : attendez qu'ils se terminent, puis réessayez. Votre fichier n'a pas été transmis."),
+            (Problem::ClientBodyCap, Lang::En) => ("Uploads already in progress from your network", "Many files are already being sent from your address: wait for them to finish, then try again. Your file was not sent."),
         }
     }
 }

@@ -9,7 +9,8 @@
 //! How, with pingora 0.9 as published: the body is read in `request_filter` (after the
 //! cheap refusals: rate limit, switched-off feature, waiting room), through pingora's own
 //! framing (`read_request_body`: Content-Length, chunked, HTTP/2 DATA), into a
-//! [`Spool`] (memory, then an unnamed temporary file). Only then does
+//! [`Spool`] (memory, then an unnamed temporary file; its memory, disk and per-client
+//! budgets are claimed as bytes arrive, see `body_spool`). Only then does
 //! `proxy_upstream_filter` take the slot. pingora has no API to hand a body read early back
 //! to its forwarding loop: the loop sends only what is still unread, plus, on entry, its
 //! *retry buffer* (`get_retry_buffer`, the bytes read since `enable_retry_buffering`,
@@ -101,10 +102,13 @@ impl EcluseProxy {
             return Ok(false);
         };
         let rb = &config.server.request_bodies;
-        let mut spool = match Spool::new(rb.memory_buffer, &rb.temp_dir, rb.max_disk, announced) {
-            Ok(s) => s,
-            Err(e) => return self.spool_failed(session, ctx, e).await.map(|_| true),
-        };
+        // Nothing is claimed or allocated yet: the budgets are drawn as bytes arrive (a
+        // `Content-Length` costs the client nothing to announce).
+        let client = ctx
+            .client_ip
+            .map(|ip| crate::policy::rate_limit::aggregate_ip(ip, 32, 64))
+            .unwrap_or([0u8; 17]);
+        let mut spool = Spool::new(rb, client);
         if expects_continue(session.req_header()) {
             session.as_mut().write_continue_response().await?;
         }
@@ -185,20 +189,30 @@ impl EcluseProxy {
         Ok(false)
     }
 
+    /// Answer a body that cannot be buffered: `503` with `Retry-After` (the budgets free
+    /// up as other uploads end); the connection closes (the rest of the body is unread).
     async fn spool_failed(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
         e: SpoolError,
     ) -> Result<()> {
-        match &e {
-            SpoolError::NoSpace { .. } => count("no_space"),
-            _ => {
+        let problem = match &e {
+            SpoolError::NoSpace { .. } => {
                 count("no_space");
-                log::error!("cannot buffer a request body: {e}");
+                Problem::NoBodySpace
             }
-        }
-        self.respond_problem(session, ctx, Problem::NoBodySpace, Some(5), &[])
+            SpoolError::ClientCap { .. } => {
+                count("client_cap");
+                Problem::ClientBodyCap
+            }
+            _ => {
+                count("error");
+                log::error!("cannot buffer a request body: {e}");
+                Problem::NoBodySpace
+            }
+        };
+        self.respond_problem(session, ctx, problem, Some(5), &[])
             .await
     }
 }
