@@ -223,6 +223,31 @@ fn request_body_budgets_are_checked_with_positions() {
 }
 
 #[test]
+fn trust_strong_etags_is_checked_with_positions() {
+    // Only `revalidate` routes send a stored copy's validators for credentials; anywhere
+    // else the key would promise something it does not do. A wrong type is reported too.
+    let (code, _, err) = check(
+        b"listen: [\"0.0.0.0:8080\"]\norigins:\n  ent: { servers: [\"127.0.0.1:1\"] }\nroutes:\n  - { name: a, origin: ent, cache: { mode: public, ttl: 1m, trust_strong_etags: true } }\n  - { name: b, origin: ent, cache: { mode: revalidate, trust_strong_etags: maybe } }\n",
+    );
+    assert_eq!(code, 1, "{err}");
+    for want in [
+        "FILE:5:",
+        "routes[0].cache.trust_strong_etags: only applies to `mode: revalidate`",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("FILE:6:") && l.contains("trust_strong_etags")),
+        "the wrong type is not reported with its position:\n{err}"
+    );
+    let (code, _, err) = check(
+        b"listen: [\"0.0.0.0:8080\"]\norigins:\n  ent: { servers: [\"127.0.0.1:1\"] }\nroutes:\n  - { name: a, origin: ent, cache: { mode: revalidate, stale_if_error: 1h, trust_strong_etags: true } }\n",
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
 fn garbage_never_panics() {
     let cases: Vec<Vec<u8>> = vec![
         b"".to_vec(),

@@ -46,10 +46,21 @@ fn start(ent: &LenientEnt) -> Ecluse {
     Ecluse::start_with(&yaml(ent.addr), &[("keys", KEY.as_bytes())], |_| {})
 }
 
+/// The same routes, with `trust_strong_etags: true` on the `revalidate` ones (an ENT ops
+/// know to check credentials on conditional requests).
+fn start_trusting(ent: &LenientEnt) -> Ecluse {
+    let y = yaml(ent.addr).replace(
+        "cache: { mode: revalidate, stale_if_error: 1h }",
+        "cache: { mode: revalidate, stale_if_error: 1h, trust_strong_etags: true }",
+    );
+    Ecluse::start_with(&y, &[("keys", KEY.as_bytes())], |_| {})
+}
+
 struct Answer {
     status: u16,
     cache_status: String,
     body: String,
+    etag: Option<String>,
 }
 
 async fn get(e: &Ecluse, path: &str, headers: &[(&str, &str)]) -> Answer {
@@ -69,6 +80,11 @@ async fn send(e: &Ecluse, method: reqwest::Method, path: &str, headers: &[(&str,
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let etag = r
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     assert!(
         r.headers().get("x-ecluse-version").is_none(),
         "ecluse's bookkeeping reached a client"
@@ -78,6 +94,7 @@ async fn send(e: &Ecluse, method: reqwest::Method, path: &str, headers: &[(&str,
         status,
         cache_status,
         body,
+        etag,
     }
 }
 
@@ -261,13 +278,14 @@ async fn a_date_validator_never_serves_one_pupils_body_to_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_body_for_every_pupil_is_shared_by_etag_and_never_by_anonymous_visitors() {
+    // An ENT that checks who asks before its 304, vouched for by ops.
     let ent = LenientEnt::start().await;
-    let e = start(&ent);
+    let e = start_trusting(&ent);
     let url = "/class/exam";
     let body = "/class/exam for the class";
     assert_eq!(get(&e, url, ALICE).await.body, body);
-    // Bob asks with the stored strong ETag: the ENT's 304 says his version is the stored
-    // one (same bytes), so the stored body is his.
+    // Bob asks with the stored strong ETag (`trust_strong_etags`): the ENT's 304 says his
+    // version is the stored one (same bytes), so the stored body is his.
     let b = get(&e, url, BOB).await;
     assert_eq!(b.body, body);
     assert!(
@@ -389,7 +407,19 @@ async fn a_304_that_does_not_name_the_stored_version_is_an_error_not_a_body() {
         get(&e, url, ALICE).await.body,
         "/private/exam-copy for alice"
     );
-    // The ENT says 304 to bob's question about alice's ETag, under bob's own ETag.
+    // By default bob is asked without alice's validators: nothing for a careless ENT to
+    // say 304 to.
+    ent.set_careless_304(true);
+    let b = get(&e, url, BOB).await;
+    assert_eq!(b.body, "/private/exam-copy for bob", "{}", b.cache_status);
+    // With `trust_strong_etags` the tag goes to the ENT for him, and the ENT says 304 to
+    // bob's question about alice's ETag, under bob's own ETag.
+    let ent = LenientEnt::start().await;
+    let e = start_trusting(&ent);
+    assert_eq!(
+        get(&e, url, ALICE).await.body,
+        "/private/exam-copy for alice"
+    );
     ent.set_careless_304(true);
     let b = get(&e, url, BOB).await;
     assert!(b.status >= 500, "{} {}", b.status, b.cache_status);
@@ -577,4 +607,223 @@ async fn each_vary_variant_goes_stale_only_to_the_pupil_and_language_it_was_give
             r.cache_status
         );
     }
+}
+
+/// An ENT that answers `If-None-Match` by the tag alone (`set_lazy_304`): with a stored
+/// copy of alice's file, neither bob with his own cookie (with alice's ETag or without)
+/// nor an anonymous visitor ever gets it, before or during an outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_ents_304_never_hands_a_stored_body_to_another_pupil() {
+    let ent = LenientEnt::start().await;
+    ent.set_lazy_304(true);
+    let e = start(&ent);
+    let mine = |url: &str, who: &str| format!("{url} for {who}");
+    // Bob without any validator: ecluse must not send alice's for him.
+    let url = "/private/lazy-report";
+    let a = get(&e, url, ALICE).await;
+    assert_eq!(a.body, mine(url, "alice"));
+    let tag_a = a.etag.clone().expect("alice's ETag");
+    for (who, h) in [
+        ("anonymous", vec![]),
+        (
+            "anonymous with alice's tag",
+            vec![("if-none-match", tag_a.as_str())],
+        ),
+    ] {
+        let r = get(&e, url, &h).await;
+        assert_eq!(r.status, 200, "{who}: {}", r.cache_status);
+        assert!(r.body.contains("login page"), "{who}: {}", r.body);
+    }
+    let b = get(&e, url, BOB).await;
+    assert_eq!(
+        (b.status, b.body.as_str()),
+        (200, mine(url, "bob").as_str()),
+        "{}",
+        b.cache_status
+    );
+    // Bob with alice's ETag (read over her shoulder, or guessed from the URL).
+    let url = "/private/lazy-exam";
+    let a = get(&e, url, ALICE).await;
+    let tag_a = a.etag.clone().expect("alice's ETag");
+    let b = get(
+        &e,
+        url,
+        &[("cookie", "session=bob"), ("if-none-match", tag_a.as_str())],
+    )
+    .await;
+    assert_eq!(
+        (b.status, b.body.as_str()),
+        (200, mine(url, "bob").as_str()),
+        "{}",
+        b.cache_status
+    );
+    // The same through an outage: whoever the lazy ENT said 304 to gets nothing of
+    // alice's when it is down.
+    let url = "/private/lazy-marks";
+    let a = get(&e, url, ALICE).await;
+    let tag_a = a.etag.clone().expect("alice's ETag");
+    let c = get(&e, url, CAROL).await;
+    assert_eq!(c.body, mine(url, "carol"), "{}", c.cache_status);
+    let b = get(
+        &e,
+        url,
+        &[("cookie", "session=bob"), ("if-none-match", tag_a.as_str())],
+    )
+    .await;
+    assert_eq!(b.body, mine(url, "bob"), "{}", b.cache_status);
+    let anon = get(&e, url, &[("if-none-match", tag_a.as_str())]).await;
+    assert!(anon.body.contains("login page"), "{}", anon.body);
+    ent.set_failing(true);
+    let tagged_bob = [("cookie", "session=bob"), ("if-none-match", tag_a.as_str())];
+    let tagged_anon = [("if-none-match", tag_a.as_str())];
+    let dave = [("cookie", "session=dave")];
+    for (who, h) in [
+        ("carol", CAROL),
+        ("bob", BOB),
+        ("bob with alice's tag", &tagged_bob[..]),
+        ("dave", &dave[..]),
+        ("anonymous", ANON),
+        ("anonymous with alice's tag", &tagged_anon[..]),
+    ] {
+        let r = get(&e, url, h).await;
+        assert_ne!(r.status, 304, "{who}: {}", r.cache_status);
+        assert_not_theirs(&r, &["alice"], &format!("{who} during the outage"));
+    }
+}
+
+/// A client's own validators: ecluse never answers 304 about a stored copy to
+/// credentials the ENT did not give that copy (a 304 would tell bob that alice's tag
+/// names the file stored for this URL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_304_tells_a_pupil_that_a_tag_names_another_pupils_stored_file() {
+    let ent = LenientEnt::start().await;
+    ent.set_lazy_304(true);
+    let e = start(&ent);
+    let url = "/private/lazy-oracle";
+    let a = get(&e, url, ALICE).await;
+    let tag_a = a.etag.clone().expect("alice's ETag");
+    // Alice herself may be told her copy is unchanged (the tag is right).
+    let a = get(
+        &e,
+        url,
+        &[
+            ("cookie", "session=alice"),
+            ("if-none-match", tag_a.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, 304, "{}", a.cache_status);
+    let tagged_bob = [("cookie", "session=bob"), ("if-none-match", tag_a.as_str())];
+    let tagged_anon = [("if-none-match", tag_a.as_str())];
+    let listed = format!("\"x\", W/\"y\", {tag_a}");
+    let tagged_carol = [
+        ("cookie", "session=carol"),
+        ("if-none-match", listed.as_str()),
+    ];
+    let cases: [(&str, &[(&str, &str)]); 3] = [
+        ("bob", &tagged_bob),
+        ("anonymous", &tagged_anon),
+        ("carol, alice's tag in a list", &tagged_carol),
+    ];
+    for (who, h) in cases {
+        let r = get(&e, url, h).await;
+        assert_ne!(
+            r.status, 304,
+            "{who} learnt alice's tag: {}",
+            r.cache_status
+        );
+        assert_not_theirs(&r, &["alice"], who);
+    }
+    // Nor during an outage.
+    ent.set_failing(true);
+    for (who, h) in cases {
+        let r = get(&e, url, h).await;
+        assert_ne!(r.status, 304, "{who} in the outage: {}", r.cache_status);
+        assert_not_theirs(&r, &["alice"], who);
+    }
+    // Bob's and carol's answers replaced alice's copy since: she is not told 304 either.
+    let a = get(
+        &e,
+        url,
+        &[
+            ("cookie", "session=alice"),
+            ("if-none-match", tag_a.as_str()),
+        ],
+    )
+    .await;
+    assert_ne!(a.status, 304, "{}", a.cache_status);
+    assert_not_theirs(&a, &["bob", "carol"], "alice in the outage");
+}
+
+/// One body for every pupil, by default (no `trust_strong_etags`): pupils the ENT never
+/// gave the stored copy are asked without its validators, and their full answer, the
+/// same bytes, authorizes them for it (through an outage too). With
+/// `trust_strong_etags` an ENT that checks credentials answers them 304 (no body), and a
+/// pupil given their own body is still never given another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strong_etags_are_sent_for_strangers_only_when_ops_trust_the_ent() {
+    let ent = LenientEnt::start().await;
+    let e = start(&ent);
+    let url = "/class/quiz";
+    let body = "/class/quiz for the class";
+    assert_eq!(get(&e, url, ALICE).await.body, body);
+    let b = get(&e, url, BOB).await;
+    assert_eq!(b.body, body);
+    assert!(
+        b.cache_status.contains("fwd-status=200"),
+        "bob was asked with alice's validators: {}",
+        b.cache_status
+    );
+    let sent_bob = ent
+        .seen()
+        .into_iter()
+        .rev()
+        .find(|s| s.user.as_deref() == Some("bob"));
+    let sent_bob = sent_bob.expect("bob's request");
+    assert!(
+        !sent_bob
+            .headers
+            .iter()
+            .any(|(k, _)| k == "if-none-match" || k == "if-modified-since"),
+        "{:?}",
+        sent_bob.headers
+    );
+    // Bob's own answer was these bytes: his now, cheaply (a 304) and through an outage.
+    let b = get(&e, url, BOB).await;
+    assert!(
+        b.cache_status.contains("fwd-status=304"),
+        "{}",
+        b.cache_status
+    );
+    ent.set_failing(true);
+    for who in [ALICE, BOB] {
+        let r = get(&e, url, who).await;
+        assert_eq!((r.status, r.body.as_str()), (200, body), "{who:?}");
+    }
+    let c = get(&e, url, CAROL).await;
+    assert_eq!(c.status, 503, "{}", c.cache_status);
+
+    // Trusted: the cheap path for strangers, and per-pupil bodies stay apart.
+    let ent = LenientEnt::start().await;
+    let e = start_trusting(&ent);
+    assert_eq!(get(&e, url, ALICE).await.body, body);
+    let b = get(&e, url, BOB).await;
+    assert_eq!(b.body, body);
+    assert!(
+        b.cache_status.contains("fwd-status=304"),
+        "{}",
+        b.cache_status
+    );
+    let purl = "/private/trusted";
+    assert_eq!(
+        get(&e, purl, ALICE).await.body,
+        "/private/trusted for alice"
+    );
+    let b = get(&e, purl, BOB).await;
+    assert_eq!(b.body, "/private/trusted for bob", "{}", b.cache_status);
+    ent.set_failing(true);
+    let a = get(&e, purl, ALICE).await;
+    assert_not_theirs(&a, &["bob"], "alice, trusted");
+    let c = get(&e, purl, CAROL).await;
+    assert_eq!(c.status, 503, "{}", c.cache_status);
 }

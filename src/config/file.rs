@@ -276,6 +276,14 @@ pub struct RouteCacheFile {
     /// `sort` (default), `keep` or `ignore`: how the query string enters the key.
     #[serde(default)]
     pub query: Option<CacheQueryFile>,
+    /// `revalidate` mode only (default false): send the stored copy's strong `ETag` on
+    /// behalf of credentials the origin never gave that copy, and serve it on the
+    /// origin's 304. Only for an ENT known to check the asker's credentials before it
+    /// answers a conditional request: many answer 304 by the tag alone, and then one
+    /// pupil's stored file reaches another. Off, such credentials are asked without
+    /// validators. See `docs/policy.md`.
+    #[serde(default)]
+    pub trust_strong_etags: Option<bool>,
 }
 
 /// TLS termination.

@@ -1344,12 +1344,21 @@ fn build_route_cache(
             ),
         );
     }
+    let mode = match c.mode {
+        None | Some(CacheModeFile::Public) => CacheMode::Public,
+        Some(CacheModeFile::Shared) => CacheMode::Shared,
+        Some(CacheModeFile::Revalidate) => CacheMode::Revalidate,
+    };
+    let trust_strong_etags = c.trust_strong_etags.unwrap_or(false);
+    if trust_strong_etags && mode != CacheMode::Revalidate {
+        p.at(
+            at(path!["cache", "trust_strong_etags"]),
+            "only applies to `mode: revalidate` (other modes never send a stored copy's \
+             validators on behalf of credentials)",
+        );
+    }
     RouteCache {
-        mode: match c.mode {
-            None | Some(CacheModeFile::Public) => CacheMode::Public,
-            Some(CacheModeFile::Shared) => CacheMode::Shared,
-            Some(CacheModeFile::Revalidate) => CacheMode::Revalidate,
-        },
+        mode,
         ttl,
         max_ttl,
         stale_while_revalidate: opt(p, &c.stale_while_revalidate, "stale_while_revalidate")
@@ -1361,6 +1370,7 @@ fn build_route_cache(
             Some(CacheQueryFile::Keep) => QueryMode::Keep,
             Some(CacheQueryFile::Ignore) => QueryMode::Ignore,
         },
+        trust_strong_etags,
     }
 }
 

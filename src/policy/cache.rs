@@ -51,6 +51,9 @@ pub struct RouteCache {
     pub stale_if_error: Duration,
     pub max_object_bytes: u64,
     pub query: QueryMode,
+    /// `revalidate` only: a stored copy's strong `ETag` may be sent for credentials the
+    /// origin never gave that copy (their 304 is believed), see `docs/policy.md`.
+    pub trust_strong_etags: bool,
 }
 
 /// The storage settings, fixed at start.
@@ -278,6 +281,7 @@ mod tests {
             stale_if_error: Duration::from_secs(3600),
             max_object_bytes: 1 << 20,
             query: QueryMode::Sort,
+            trust_strong_etags: false,
         }
     }
 

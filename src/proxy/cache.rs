@@ -262,49 +262,91 @@ impl EcluseProxy {
 
     /// After pingora added the stored copy's validators to the origin request (on a
     /// `revalidate` route): keep them only where the origin's 304 will name the stored
-    /// version for these credentials. A strong `ETag` identifies the bytes (RFC 9110
-    /// §8.8.3), so it is sent alone (a lenient origin answering `If-Modified-Since` by date
-    /// would say 304 to a pupil whose own body differs). A weak `ETag` or a date only say
-    /// so for credentials the origin already gave this very version; anyone else is asked
-    /// without validators and gets the full answer, whose bytes then say which version it
-    /// is.
+    /// version **for these credentials**. Many ENTs answer `If-None-Match` by the tag
+    /// alone, without looking at who asks (or derive the tag from the URL), so a 304 to a
+    /// stored copy's validators says nothing about a pupil the origin never gave that
+    /// copy. Validators therefore go only:
+    /// - with credentials whose latest answer from the origin was this very version (the
+    ///   304 then only says "still yours"); a strong `ETag` alone, when there is one (a
+    ///   lenient origin answering `If-Modified-Since` by its template's date would keep a
+    ///   re-uploaded body from them);
+    /// - on a route with `trust_strong_etags`, the strong `ETag` alone, for anyone: ops
+    ///   vouch that this ENT checks the asker's credentials before it says 304.
+    ///
+    /// Anyone else is asked without any validator (the client's own went already), and
+    /// the full answer's bytes say which version it is.
     pub(super) fn revalidate_conditionals(
         &self,
         session: &Session,
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) {
-        let revalidate = ctx
-            .route
-            .as_ref()
-            .and_then(|r| r.cache.as_ref())
-            .is_some_and(|c| c.mode == CacheMode::Revalidate);
-        if !revalidate || session.cache.maybe_cache_meta().is_none() {
+        let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.as_ref()) else {
+            return;
+        };
+        if policy.mode != CacheMode::Revalidate || session.cache.maybe_cache_meta().is_none() {
             return;
         }
+        let trust = policy.trust_strong_etags;
         let personal = Self::object_id(ctx, ctx.binding.variance.as_ref())
             .zip(self.app.cache.get())
             .is_some_and(|(o, c)| c.variants.is_personal(&o));
-        let keep = if ctx.binding.stored.is_none() || personal {
-            false
-        } else if ctx.binding.stored_strong_etag.is_some() {
-            req.remove_header(&http::header::IF_MODIFIED_SINCE);
-            true
-        } else {
-            let given = match (ctx.auth_grant, self.app.cache.get()) {
-                (Some(g), Some(c)) => c
-                    .authorizations
-                    .current_within(&g, std::time::Duration::MAX),
-                _ => None,
-            };
-            given.is_some() && given == ctx.binding.stored.map(|(v, _)| v)
+        let granted = match (ctx.auth_grant, self.app.cache.get(), ctx.binding.stored) {
+            (Some(g), Some(c), Some((stored, _))) => c.authorizations.current(&g) == Some(stored),
+            _ => false,
         };
+        let strong = ctx.binding.stored_strong_etag.is_some();
+        let keep = ctx.binding.stored.is_some() && !personal && (granted || (trust && strong));
+        if keep && strong {
+            req.remove_header(&http::header::IF_MODIFIED_SINCE);
+        }
         if !keep {
             req.remove_header(&http::header::IF_NONE_MATCH);
             req.remove_header(&http::header::IF_MODIFIED_SINCE);
         }
         ctx.binding.conditional_sent = req.headers.contains_key(http::header::IF_NONE_MATCH)
             || req.headers.contains_key(http::header::IF_MODIFIED_SINCE);
+    }
+
+    /// Whether the client may be told 304 (its own `If-None-Match` / `If-Modified-Since`
+    /// matched) for the response about to go out, on a `revalidate` route. A 304 says
+    /// "your validator names this response": when the response is the stored copy (a
+    /// revalidation, a stale-if-error), it may be said only to credentials the origin
+    /// gave that very version, or a pupil could learn that a tag matches another
+    /// pupil's stored file (an oracle, even without the body). An answer fresh from the
+    /// origin to these credentials is theirs to compare with.
+    pub(super) fn may_answer_not_modified(&self, session: &Session, ctx: &Ctx) -> bool {
+        let revalidate = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.cache.as_ref())
+            .is_some_and(|c| c.mode == CacheMode::Revalidate);
+        if !revalidate || !session.cache.enabled() {
+            return true;
+        }
+        let from_store = matches!(
+            session.cache.phase(),
+            CachePhase::Hit
+                | CachePhase::Stale
+                | CachePhase::StaleUpdating
+                | CachePhase::Revalidated
+                | CachePhase::RevalidatedNoCache(_)
+        );
+        if !from_store {
+            return true;
+        }
+        let (Some(g), Some(cache), Some(meta)) = (
+            ctx.auth_grant,
+            self.app.cache.get(),
+            session.cache.maybe_cache_meta(),
+        ) else {
+            return false;
+        };
+        let stored = meta
+            .headers()
+            .get(auth::VERSION_HEADER)
+            .and_then(|v| auth::parse_version_header(v.as_bytes()));
+        stored.is_some_and(|(v, _)| cache.authorizations.current(&g) == Some(v))
     }
 
     /// The origin's answer head arrived, on a `revalidate` route: its version becomes
@@ -345,7 +387,7 @@ impl EcluseProxy {
             };
             match ctx.binding.stored {
                 Some((v, _)) if ctx.binding.conditional_sent && etag_ok => {
-                    cache.authorizations.allow(g, v, window)
+                    cache.authorizations.allow(g, v, window, true)
                 }
                 _ => {
                     ctx.binding.untrusted_304 = true;
@@ -386,9 +428,16 @@ impl EcluseProxy {
         let (Some(g), Some(cache)) = (ctx.auth_grant, self.app.cache.get()) else {
             return;
         };
+        // Kept only for the version that is (or is becoming) the stored copy's: any other
+        // serves nothing, and forgetting it means the same (`cache::auth`).
+        let current = ctx.cache_storable
+            || ctx
+                .binding
+                .stored
+                .is_some_and(|(stored, _)| stored == version);
         cache
             .authorizations
-            .allow(g, version, Self::stale_window(ctx));
+            .allow(g, version, Self::stale_window(ctx), current);
         if !ctx.credentialed || ctx.binding.answer_status != 200 {
             return;
         }

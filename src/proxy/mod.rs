@@ -1624,6 +1624,22 @@ impl ProxyHttp for EcluseProxy {
         Ok(c)
     }
 
+    fn cache_not_modified_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<bool> {
+        // The client's own validators are answered here (pingora strips them from the
+        // origin request): on a `revalidate` route, never with a 304 about a stored copy
+        // these credentials were not given.
+        Ok(self.may_answer_not_modified(session, ctx)
+            && pingora_core::protocols::http::conditional_filter::not_modified_filter(
+                session.req_header(),
+                resp,
+            ))
+    }
+
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,

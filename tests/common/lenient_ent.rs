@@ -26,7 +26,10 @@
 //!   by date to any `If-Modified-Since` (whoever asks: the habit that makes a date say
 //!   nothing about one pupil's body); `set_edition` changes every private body (a
 //!   re-upload); `set_careless_304(true)` answers 304 (with the asker's own ETag) to
-//!   any `If-None-Match` at `/private/`, whatever tag it names (a broken cache layer).
+//!   any `If-None-Match` at `/private/`, whatever tag it names (a broken cache layer);
+//!   `set_lazy_304(true)` answers 304 **without an ETag** to an `If-None-Match` naming
+//!   any tag it has served at that `/private/` URL, to whoever asks (a lazy ENT: it
+//!   checks the tag, not the credentials), with per-pupil strong ETags.
 //! - **content negotiation on command**: `set_vary(Some("accept-language"))` adds
 //!   `Vary: accept-language` to `/private/` and `/class/` answers and ends each body with
 //!   ` [VALUE]`, the request's value of that header (another body, another ETag).
@@ -80,6 +83,9 @@ const TEMPLATE_DATE: &str = "Mon, 30 Nov 2026 07:00:00 GMT";
 
 struct State {
     careless_304: AtomicBool,
+    lazy_304: AtomicBool,
+    /// Every ETag served at each `/private/` path (see `set_lazy_304`).
+    issued: Mutex<std::collections::HashMap<String, Vec<String>>>,
     validators: Mutex<Validators>,
     edition: Mutex<String>,
     failing: AtomicBool,
@@ -160,6 +166,8 @@ impl LenientEnt {
         let addr = l.local_addr().expect("addr");
         let state = Arc::new(State {
             careless_304: AtomicBool::new(false),
+            lazy_304: AtomicBool::new(false),
+            issued: Mutex::new(std::collections::HashMap::new()),
             validators: Mutex::new(Validators::StrongEtag),
             edition: Mutex::new(String::new()),
             failing: AtomicBool::new(false),
@@ -227,6 +235,12 @@ impl LenientEnt {
     /// Answer 304 to any `If-None-Match` at `/private/`, whatever it names.
     pub fn set_careless_304(&self, on: bool) {
         self.state.careless_304.store(on, Ordering::SeqCst);
+    }
+
+    /// Answer 304 (without ETag) to an `If-None-Match` naming any tag served at that
+    /// `/private/` URL so far, whoever asks.
+    pub fn set_lazy_304(&self, on: bool) {
+        self.state.lazy_304.store(on, Ordering::SeqCst);
     }
 
     /// A suffix of every later `/private/` and `/class/` body (a new edition: a re-upload).
@@ -423,6 +437,27 @@ async fn answer(
             None => "<html><form action=/login>login page</form></html>".to_string(),
         };
         let etag = etag_of(&text);
+        let lazy = st.lazy_304.load(Ordering::SeqCst)
+            && inm.as_ref().is_some_and(|t| {
+                st.issued
+                    .lock()
+                    .expect("lock")
+                    .get(&path)
+                    .is_some_and(|tags| tags.contains(t))
+            });
+        if lazy {
+            return resp
+                .status(304)
+                .header("cache-control", cc)
+                .body(Full::new(Bytes::new()))
+                .expect("response");
+        }
+        st.issued
+            .lock()
+            .expect("lock")
+            .entry(path.clone())
+            .or_default()
+            .push(etag.clone());
         let careless = st.careless_304.load(Ordering::SeqCst) && inm.is_some();
         if careless || inm.as_deref() == Some(etag.as_str()) {
             return resp
