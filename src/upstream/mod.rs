@@ -673,7 +673,7 @@ mod tests {
     #[test]
     fn passive_ejection_and_permits() {
         let reg = Registry::default();
-        let s = servers(&reg, 1);
+        let s = servers(&reg, 2);
         let fail = |s: &ServerState| s.record_failure(3, Duration::from_secs(30), None, || 0);
         assert!(!fail(&s[0]));
         s[0].record_success();
