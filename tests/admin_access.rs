@@ -222,3 +222,76 @@ async fn a_reload_cannot_drop_the_token_of_a_listener_that_stays_open() {
     })
     .await;
 }
+
+/// With a token configured, everything on the admin listener but `/metrics`, `/healthz`
+/// and `/readyz` needs it: the state (rooms, node ids, origin addresses) included, any
+/// method, any spelling, any endpoint added later; the token opens each of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_only_metrics_and_probes_are_open() {
+    let e = Ecluse::start_with(
+        &policy("{ listen: \"127.0.0.1:0\", token_file: admin.token }"),
+        &[("admin.token", TOKEN.as_bytes())],
+        |_| {},
+    );
+    let c = client();
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        eventually(path, DEADLINE, async || {
+            c.get(e.admin_url(path))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+    }
+    let guarded = [
+        ("GET", "/admin/state"),
+        ("GET", "/admin/state?x=1"),
+        ("HEAD", "/admin/state"),
+        ("GET", "/admin//state"),
+        ("GET", "/admin/./state"),
+        ("GET", "/%61dmin/state"),
+        ("GET", "/metrics/../admin/state"),
+        ("GET", "/admin/"),
+        ("GET", "/admin/reload"),
+        ("POST", "/admin/reload"),
+        ("POST", "/admin/level"),
+        ("POST", "/admin/features/x"),
+        ("POST", "/admin/rooms/ent/pause"),
+        ("POST", "/admin/cache/purge"),
+        ("POST", "/admin/cache/warm"),
+        ("DELETE", "/admin/state"),
+        ("GET", "/admin/added-later"),
+        ("GET", "/state"),
+    ];
+    for (method, path) in guarded {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let r = c
+            .request(m.clone(), e.admin_url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{method} {path} without the token");
+        assert!(
+            r.headers().contains_key("www-authenticate"),
+            "{method} {path}"
+        );
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("\"rooms\""), "{method} {path}: {body}");
+        let r = c
+            .request(m, e.admin_url(path))
+            .bearer_auth(format!("{TOKEN}x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{method} {path} with a wrong token");
+    }
+    let r = c
+        .get(e.admin_url("/admin/state"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let state: serde_json::Value = r.json().await.unwrap();
+    assert!(state["origins"].is_array(), "{state}");
+}

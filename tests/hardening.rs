@@ -343,6 +343,7 @@ async fn every_mutating_admin_endpoint_needs_the_token_and_no_secret_leaks() {
     }
     let state = c
         .get(e.admin_url("/admin/state"))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap()

@@ -145,8 +145,16 @@ async fn admin_api_token_state_and_reload() {
         );
     }
 
+    // The state is for ops: with a token configured it needs it too.
+    let r = c
+        .get(e.admin_url("/admin/state"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 401);
     let state: serde_json::Value = c
         .get(e.admin_url("/admin/state"))
+        .bearer_auth(token)
         .send()
         .await
         .expect("req")
@@ -179,6 +187,7 @@ async fn admin_api_token_state_and_reload() {
     assert_eq!(r.status(), 401);
     let r = c
         .get(e.admin_url("/admin/reload"))
+        .bearer_auth(token)
         .send()
         .await
         .expect("req");

@@ -70,13 +70,16 @@ async fn signals(e: &Ecluse) -> serde_json::Value {
     state(e).await["signals"][0].clone()
 }
 
+/// An extra URL for the pupils: its switch, the URL of the i-th request, how often.
+type Extra = (Arc<AtomicBool>, fn(usize) -> String, usize);
+
 /// Normal traffic: `n` pupils on their own addresses (127.0.0.10…), each asking for its
 /// pages in turn at a calm pace, and an extra URL every `every`-th request when given,
 /// once its flag is set. Returns the stop flag and the counts of answers (200, other).
 fn pupils(
     e: &Arc<Ecluse>,
     n: u8,
-    extra: Option<(Arc<AtomicBool>, &'static str, usize)>,
+    extra: Option<Extra>,
 ) -> (Arc<AtomicBool>, Arc<[AtomicUsize; 2]>) {
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
@@ -89,7 +92,7 @@ fn pupils(
                 i += 1;
                 let path = match &extra {
                     Some((on, url, every)) if i % *every == 0 && on.load(Ordering::Relaxed) => {
-                        url.to_string()
+                        url(i)
                     }
                     _ => format!("/pages/{p}/cahier?n={}", i % 40),
                 };
@@ -239,7 +242,11 @@ async fn a_url_failing_for_everyone_is_a_bug_not_an_overload() {
     // The ENT in use, then a deployment breaks a widget on every pupil's page (a 500 for
     // everyone): a quarter of all exchanges fail, from every client.
     let broken = Arc::new(AtomicBool::new(false));
-    let (stop, _) = pupils(&e, 8, Some((broken.clone(), "/fail/widget", 4)));
+    let (stop, _) = pupils(
+        &e,
+        8,
+        Some((broken.clone(), |_| "/fail/widget".to_string(), 4)),
+    );
     in_use(&e, 150).await;
     broken.store(true, Ordering::Relaxed);
     eventually(
@@ -302,5 +309,105 @@ async fn one_client_on_slow_urls_or_holding_requests_moves_nothing_a_slow_ent_do
     for s in [stop_pupils, stop_slow, stop_held] {
         s.store(true, Ordering::Relaxed);
     }
+    assert!(served[0].load(Ordering::Relaxed) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_made_up_per_request_does_not_scatter_a_failing_url() {
+    let ent = LenientEnt::start().await;
+    let e = Arc::new(Ecluse::start(&yaml(ent.addr, 60, "")));
+    // The broken widget, asked with a query made up on every request (a cache buster):
+    // the same resource to the ENT, so the same URL key.
+    let broken = Arc::new(AtomicBool::new(false));
+    let (stop, _) = pupils(
+        &e,
+        8,
+        Some((broken.clone(), |i| format!("/fail/widget?r={i}"), 4)),
+    );
+    in_use(&e, 150).await;
+    broken.store(true, Ordering::Relaxed);
+    eventually(
+        "the broken widget weighs on the raw error rate",
+        Duration::from_secs(15),
+        async || signals(&e).await["left_out"]["raw_error_rate"].as_f64() >= Some(0.15),
+    )
+    .await;
+    level_holds(&e, 4, "a URL failing for everyone, with a made-up query").await;
+    let s = signals(&e).await;
+    assert!(s["left_out"]["url_keys"].as_u64() >= Some(1), "{s}");
+    stop.store(true, Ordering::Relaxed);
+}
+
+/// Two servers with passive ejection after 3 failures in a row.
+fn two_servers(a: std::net::SocketAddr, b: std::net::SocketAddr) -> String {
+    format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+server: {{ threads: 2 }}
+access_log: {{ enabled: false }}
+origins:
+  ent: {{ servers: ["{a}", "{b}"], retries: 0, health_check: {{ disabled: true }}, passive: {{ max_failures: 3, ejection_time: 1m }} }}
+routes:
+  - {{ name: ent, origin: ent }}
+"#
+    )
+}
+
+/// Whether each server of the origin is ejected, in declaration order.
+async fn ejected(e: &Ecluse) -> Vec<bool> {
+    state(e).await["origins"][0]["servers"]
+        .as_array()
+        .map(|v| v.iter().map(|s| s["ejected"] == true).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_eject_a_healthy_server_a_failing_server_is_ejected() {
+    let a = LenientEnt::start().await;
+    let b = LenientEnt::start().await;
+    let e = Arc::new(Ecluse::start(&two_servers(a.addr, b.addr)));
+    let (stop_pupils, served) = pupils(&e, 8, None);
+    in_use(&e, 150).await;
+    // One address asks, on 4 connections at once, for a URL both servers refuse with a
+    // 503: failures in a row on each server, as many as it likes.
+    let refused = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let c = client_at(200, Duration::from_secs(15));
+    for w in 0..4usize {
+        let (e, stop, c, refused) = (e.clone(), stop.clone(), c.clone(), refused.clone());
+        tokio::spawn(async move {
+            let mut i = w * 1_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                if let Ok(r) = c.get(e.url(&format!("/busy/export{i}"))).send().await {
+                    if r.status() == 503 {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    eventually(
+        "the attacker's failures pile up",
+        Duration::from_secs(15),
+        async || refused.load(Ordering::Relaxed) >= 200,
+    )
+    .await;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let ej = ejected(&e).await;
+        assert_eq!(ej, [false, false], "one client ejected a healthy server");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    // Server a now fails for everyone: the pupils' requests fail there too, and it goes.
+    a.set_failing(true);
+    eventually(
+        "a server failing for everyone is ejected",
+        Duration::from_secs(15),
+        async || ejected(&e).await == [true, false],
+    )
+    .await;
+    stop_pupils.store(true, Ordering::Relaxed);
     assert!(served[0].load(Ordering::Relaxed) > 0);
 }

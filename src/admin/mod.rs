@@ -1,5 +1,6 @@
-//! The admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/admin/state` and the
-//! mutating `/admin/*` endpoints (bearer token when `admin.token_file` is set).
+//! The admin HTTP listener: `/metrics`, `/healthz`, `/readyz` (open), `/admin/state` and
+//! the mutating `/admin/*` endpoints (bearer token when `admin.token_file` is set; see
+//! `OPEN_ENDPOINTS`).
 //!
 //! It runs on its own small server (hyper), apart from the proxy listeners, so that ops
 //! can still see and steer ecluse when the proxy side is saturated.
@@ -55,7 +56,7 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp {
     json_resp(status, json!({ "error": code, "message": message.into() }))
 }
 
-/// Whether a mutating request may proceed: with a token configured, a constant-time
+/// Whether a request to a guarded endpoint (`access`) may proceed: with a token configured, a constant-time
 /// check of `Authorization: Bearer …`; without one, only a client on this machine
 /// (`peer` on loopback) unless ops opted out with `insecure_open_admin_network`. The
 /// config refuses a tokenless non-loopback listener already (`config::runtime::
@@ -135,9 +136,51 @@ async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, Resp> {
     })
 }
 
+/// Who may call an admin endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Anyone who reaches the listener: load balancers and Prometheus hold no token.
+    Open,
+    /// The token when one is configured; without one, loopback peers only (`authorized`).
+    Guarded,
+}
+
+/// The endpoints anyone reaching the listener may call, in one table (`GET` only; any
+/// other method gets a 405 there). Every other path, `/admin/state` included and any
+/// endpoint added later, is [`Access::Guarded`]: a new endpoint is closed unless it is
+/// written here, and the check runs before any dispatch, so an unknown or oddly spelled
+/// path (`/admin//state`, `/metrics/../admin/state`) is refused like a known one.
+const OPEN_ENDPOINTS: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
+
+fn access(path: &str) -> Access {
+    if OPEN_ENDPOINTS.contains(&path) {
+        Access::Open
+    } else {
+        Access::Guarded
+    }
+}
+
+fn unauthorized() -> Resp {
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this endpoint needs `Authorization: Bearer <token>` (admin.token_file)",
+    );
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"ecluse-admin\""),
+    );
+    r
+}
+
 async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Option<SocketAddr>) -> Resp {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    // Room state, node ids and origin addresses are for ops, not for whoever reaches the
+    // listener: everything but the open table needs what the mutating endpoints need.
+    if access(&path) == Access::Guarded && !authorized(&app, &req, peer) {
+        return unauthorized();
+    }
     match (method.clone(), path.as_str()) {
         (Method::GET, "/metrics") => {
             if let Some(c) = app.cache.get() {
@@ -153,53 +196,39 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Option<SocketAddr>)
         (Method::GET, "/healthz") => text_resp(StatusCode::OK, "ok\n"),
         (Method::GET, "/readyz") => readyz(&app).await,
         (Method::GET, "/admin/state") => json_resp(StatusCode::OK, state(&app)),
-        (Method::POST, p) if p.starts_with("/admin/") => {
-            if !authorized(&app, &req, peer) {
-                let mut r = error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "this endpoint needs `Authorization: Bearer <token>` (admin.token_file)",
-                );
-                r.headers_mut().insert(
-                    http::header::WWW_AUTHENTICATE,
-                    http::HeaderValue::from_static("Bearer realm=\"ecluse-admin\""),
-                );
-                return r;
-            }
-            match p {
-                "/admin/reload" => {
-                    if let Err(r) = read_json(req).await {
-                        return r;
-                    }
-                    let a = app.clone();
-                    match tokio::task::spawn_blocking(move || a.reload("admin API")).await {
-                        Ok(Ok(outcome)) => json_resp(
-                            StatusCode::OK,
-                            json!({ "result": if outcome.changed { "reloaded" } else { "unchanged" }, "version": outcome.version, "hash": outcome.hash, "restart_required": outcome.restart_required }),
-                        ),
-                        Ok(Err(e)) => json_resp(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            json!({ "error": "invalid_config", "message": "the new file was rejected; the running config is unchanged", "diagnostics": e.lines() }),
-                        ),
-                        Err(_) => error(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "internal",
-                            "reload task failed",
-                        ),
-                    }
+        (Method::POST, p) if p.starts_with("/admin/") => match p {
+            "/admin/reload" => {
+                if let Err(r) = read_json(req).await {
+                    return r;
                 }
-                p if p.starts_with("/admin/rooms/") => room_admin(&app, p, req).await,
-                "/admin/level" => level_admin(&app, req).await,
-                "/admin/cache/purge" => cache::purge(&app, req).await,
-                "/admin/cache/warm" => cache::warm(&app, req).await,
-                p if p.starts_with("/admin/features/") => feature_admin(&app, p, req).await,
-                _ => error(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("no admin endpoint {p}"),
-                ),
+                let a = app.clone();
+                match tokio::task::spawn_blocking(move || a.reload("admin API")).await {
+                    Ok(Ok(outcome)) => json_resp(
+                        StatusCode::OK,
+                        json!({ "result": if outcome.changed { "reloaded" } else { "unchanged" }, "version": outcome.version, "hash": outcome.hash, "restart_required": outcome.restart_required }),
+                    ),
+                    Ok(Err(e)) => json_resp(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        json!({ "error": "invalid_config", "message": "the new file was rejected; the running config is unchanged", "diagnostics": e.lines() }),
+                    ),
+                    Err(_) => error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "reload task failed",
+                    ),
+                }
             }
-        }
+            p if p.starts_with("/admin/rooms/") => room_admin(&app, p, req).await,
+            "/admin/level" => level_admin(&app, req).await,
+            "/admin/cache/purge" => cache::purge(&app, req).await,
+            "/admin/cache/warm" => cache::warm(&app, req).await,
+            p if p.starts_with("/admin/features/") => feature_admin(&app, p, req).await,
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no admin endpoint {p}"),
+            ),
+        },
         (_, "/metrics" | "/healthz" | "/readyz" | "/admin/state") => {
             let mut r = error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -637,4 +666,34 @@ fn state(app: &App) -> serde_json::Value {
         "routes": routes,
         "origins": origins,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_probes_and_metrics_are_open() {
+        for p in OPEN_ENDPOINTS {
+            assert_eq!(access(p), Access::Open, "{p}");
+        }
+        for p in [
+            "/admin/state",
+            "/admin/reload",
+            "/admin/level",
+            "/admin/cache/purge",
+            "/admin/cache/warm",
+            "/admin/rooms/ent/pause",
+            "/admin/features/visio",
+            "/admin/anything-added-later",
+            "/admin//state",
+            "/metrics/../admin/state",
+            "/metrics/",
+            "/Metrics",
+            "/",
+            "",
+        ] {
+            assert_eq!(access(p), Access::Guarded, "{p}");
+        }
+    }
 }

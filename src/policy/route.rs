@@ -149,7 +149,8 @@ impl Router {
     }
 }
 
-/// The host part of a Host header value: strips the port and IPv6 brackets' port.
+/// The host part of a Host header value: strips the port and IPv6 brackets' port, and
+/// the trailing dot of a fully qualified name.
 #[inline]
 pub fn host_without_port(h: &str) -> &str {
     if h.starts_with('[') {
@@ -159,10 +160,13 @@ pub fn host_without_port(h: &str) -> &str {
             None => h,
         };
     }
-    match h.rfind(':') {
+    let h = match h.rfind(':') {
         Some(i) if h[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &h[..i],
         _ => h,
-    }
+    };
+    // `ent.fr.` (the fully qualified spelling, with the root label) is `ent.fr` to DNS
+    // and to every vhost: without this a host-based route is dodged by one dot.
+    h.strip_suffix('.').unwrap_or(h)
 }
 
 #[cfg(test)]
@@ -216,6 +220,15 @@ mod tests {
         assert_eq!(host_without_port("ent.fr:8080"), "ent.fr");
         assert_eq!(host_without_port("ent.fr"), "ent.fr");
         assert_eq!(host_without_port("[::1]:80"), "[::1]");
+        assert_eq!(host_without_port("ent.fr."), "ent.fr");
+        assert_eq!(host_without_port("ENT.FR.:443"), "ENT.FR");
+        let visio = m(Some(&["visio.ent.fr"]), "/", None);
+        for h in ["visio.ent.fr.", "VISIO.ENT.FR.:443", "Visio.Ent.Fr:80"] {
+            assert!(
+                visio.matches(host_without_port(h), b"/", &Method::GET),
+                "{h}"
+            );
+        }
         assert!(HostPattern::parse("http://x").is_err());
         assert!(HostPattern::parse("x.fr:80").is_err());
     }

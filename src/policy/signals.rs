@@ -6,7 +6,10 @@
 //!
 //! - a **client key**: the client's address (IPv6 aggregated to its /64) hashed with a
 //!   per-process secret into one of [`CLIENT_KEYS`] buckets;
-//! - a **URL key**: the request's path and query hashed into one of [`URL_KEYS`] buckets.
+//! - a **URL key**: the request's canonical path (`policy::path`) without its query,
+//!   hashed into one of [`URL_KEYS`] buckets: a query made up per request (`?r=random`)
+//!   names the same resource to the ENT, so it must not scatter one failing URL over
+//!   every bucket (where it would be no outlier anywhere).
 //!
 //! Memory is fixed (a few tables per one-second slot), whatever the number of clients or
 //! URLs, and the secret hash means nobody can pick an address that lands in a chosen
@@ -86,9 +89,14 @@ impl KeyHasher {
         (self.0.hash_one(aggregated) % CLIENT_KEYS as u64) as u8
     }
 
-    /// The key of a URL (path and query, as requested).
-    pub fn url(&self, path_and_query: &[u8]) -> u8 {
-        (self.0.hash_one((b'u', path_and_query)) % URL_KEYS as u64) as u8
+    /// The key of a URL: its canonical path, without the query (a query invented per
+    /// request must land in the same key). A `?` and what follows are ignored here too.
+    pub fn url(&self, path: &[u8]) -> u8 {
+        let path = match path.iter().position(|&b| b == b'?') {
+            Some(i) => &path[..i],
+            None => path,
+        };
+        (self.0.hash_one((b'u', path)) % URL_KEYS as u64) as u8
     }
 }
 
@@ -162,6 +170,22 @@ pub fn failures_without_top_key(tallies: &[(u32, u32)]) -> usize {
     }
     let top = tallies.iter().map(|(_, f)| *f as usize).max().unwrap_or(0);
     total - top
+}
+
+/// Whether a streak of consecutive failures on one server may eject it (passive health),
+/// so that no single client can take a healthy server out of rotation for everyone by
+/// asking for URLs that make it answer 502-504 or time out.
+///
+/// - `server_caused`: one failure of the streak was the server's alone (the connection
+///   could not be opened: nothing of any request had been sent): the streak counts.
+/// - `streak`: the client keys whose requests failed in the streak (bit mask). Two keys
+///   or more: the server fails for several clients, it counts.
+/// - `active`: the client keys with exchanges with the origin in the signals' window.
+///   One key failing while others are served is that client's doing, not the server's;
+///   one key alone on the origin (a school alone on the ENT) has nobody to be compared
+///   with and counts as it is, like the signals (`outliers`).
+pub fn streak_ejects(server_caused: bool, streak: u32, active: u32) -> bool {
+    server_caused || streak.count_ones() >= 2 || active & !streak == 0
 }
 
 /// Whether key `k` is in `mask`.
@@ -261,6 +285,19 @@ mod tests {
     }
 
     #[test]
+    fn one_client_alone_in_a_streak_does_not_eject() {
+        // Key 3 failing while keys 1 and 5 are served: its doing.
+        assert!(!streak_ejects(false, 1 << 3, 0b10_1010));
+        // Two keys fail on it: the server.
+        assert!(streak_ejects(false, 1 << 3 | 1 << 5, 0b10_1010));
+        // A connection refused is the server's, whoever asked.
+        assert!(streak_ejects(true, 1 << 3, 0b10_1010));
+        // Key 3 alone on the origin: nobody to compare with.
+        assert!(streak_ejects(false, 1 << 3, 1 << 3));
+        assert!(streak_ejects(false, 1 << 3, 0));
+    }
+
+    #[test]
     fn failures_status_classes() {
         assert_eq!(Failure::of_status(503), Some(Failure::Overload));
         assert_eq!(Failure::of_status(504), Some(Failure::Overload));
@@ -295,5 +332,8 @@ mod tests {
         }
         assert!(seen.iter().all(|s| *s));
         assert!(h.url(b"/fail/x") < URL_KEYS as u8);
+        // One failing URL, whatever query is made up for it: one key.
+        let u = h.url(b"/fail/x");
+        assert!((0..200).all(|i| h.url(format!("/fail/x?r={i}").as_bytes()) == u));
     }
 }

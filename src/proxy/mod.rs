@@ -294,10 +294,31 @@ fn signal_keys(session: &Session, ctx: &mut Ctx) -> (u8, u8) {
             .client_ip
             .map(|ip| aggregate_ip(ip, 32, 64))
             .unwrap_or([0u8; 17]);
-        let uri = &session.req_header().uri;
-        let url = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        (k.client(&client), k.url(url.as_bytes()))
+        // The URI is canonical by now (step 0b); the query is left out (`signals`).
+        let path = session.req_header().uri.path();
+        (k.client(&client), k.url(path.as_bytes()))
     })
+}
+
+/// Passive health: the exchange with `ctx.server` failed after the request was sent (a
+/// 502-504, a time-out, a broken connection), which the request itself may have caused.
+/// A client the signals already leave out counts for nothing; otherwise the failure is
+/// counted under its client key, so that one client alone never ejects a server others
+/// are served by (`ServerState::record_failure`).
+fn passive_failure(session: &Session, ctx: &mut Ctx, origin: &Origin) {
+    ctx.failure_recorded = true;
+    let client = signal_keys(session, ctx).0;
+    if origin.shared.is_outlier_client(client) {
+        return;
+    }
+    if let Some(g) = ctx.server.as_ref() {
+        g.server().record_failure(
+            origin.passive_max_failures,
+            origin.passive_ejection,
+            Some(client),
+            || origin.shared.active_clients(now_ms()),
+        );
+    }
 }
 
 /// How an exchange with the origin ended, for the signals: the failure if any, and when
@@ -2029,13 +2050,11 @@ impl ProxyHttp for EcluseProxy {
                 .cloned()
                 .collect();
         }
-        if let (Some(origin), Some(g)) = (ctx.origin(), ctx.server.as_ref()) {
+        if let (Some(origin), Some(_)) = (ctx.origin().cloned(), ctx.server.as_ref()) {
             if matches!(status, 502..=504) {
                 origin.metrics.err_status_5xx.inc();
-                g.server()
-                    .record_failure(origin.passive_max_failures, origin.passive_ejection);
-                ctx.failure_recorded = true;
-            } else {
+                passive_failure(session, ctx, &origin);
+            } else if let Some(g) = ctx.server.as_ref() {
                 g.server().record_success();
             }
         }
@@ -2102,8 +2121,13 @@ impl ProxyHttp for EcluseProxy {
         if let Some(origin) = ctx.origin().cloned() {
             origin.metrics.err_connect.inc();
             if let Some(g) = ctx.server.take() {
-                g.server()
-                    .record_failure(origin.passive_max_failures, origin.passive_ejection);
+                // Nothing of the request was sent: the server's failure, whoever asked.
+                g.server().record_failure(
+                    origin.passive_max_failures,
+                    origin.passive_ejection,
+                    None,
+                    || 0,
+                );
             }
             // Nothing reached the origin: safe to try another server, whatever the method.
             let more_servers = ctx.tried.count_ones() < origin.servers.len() as u32;
@@ -2208,11 +2232,9 @@ impl ProxyHttp for EcluseProxy {
             },
         };
         // Passive health: a connection that broke mid-exchange counts against the server.
-        if let (Some(origin), Some(g)) = (ctx.origin().cloned(), ctx.server.as_ref()) {
+        if let (Some(origin), true) = (ctx.origin().cloned(), ctx.server.is_some()) {
             if !ctx.failure_recorded && e.esource() == &ErrorSource::Upstream {
-                g.server()
-                    .record_failure(origin.passive_max_failures, origin.passive_ejection);
-                ctx.failure_recorded = true;
+                passive_failure(session, ctx, &origin);
             }
         }
         if session.response_written().is_some() {

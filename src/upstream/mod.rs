@@ -31,6 +31,12 @@ pub struct ServerState {
     healthy: AtomicBool,
     /// Consecutive failures seen on live traffic.
     passive_failures: AtomicU32,
+    /// The client keys (`policy::signals`, bit mask) whose requests failed in the current
+    /// streak, and whether one failure of it was the server's alone (connect): one
+    /// client's requests alone never eject a server others are served by
+    /// (`signals::streak_ejects`).
+    streak_clients: AtomicU32,
+    streak_server_caused: AtomicBool,
     /// Until when (ms since `epoch`) the server is ejected by passive checks; 0 = not.
     ejected_until_ms: AtomicU64,
     epoch: Instant,
@@ -53,6 +59,8 @@ impl ServerState {
             name: name.to_string(),
             healthy: AtomicBool::new(true),
             passive_failures: AtomicU32::new(0),
+            streak_clients: AtomicU32::new(0),
+            streak_server_caused: AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             inflight: AtomicUsize::new(0),
@@ -105,15 +113,49 @@ impl ServerState {
     pub fn record_success(&self) {
         if self.passive_failures.load(Ordering::Relaxed) != 0 {
             self.passive_failures.store(0, Ordering::Relaxed);
+            self.streak_clients.store(0, Ordering::Relaxed);
+            self.streak_server_caused.store(false, Ordering::Relaxed);
         }
     }
 
-    /// Live traffic failed on this server. After `max_failures` in a row the server is
-    /// ejected for `ejection`; returns true when this call ejected it.
-    pub fn record_failure(&self, max_failures: u32, ejection: Duration) -> bool {
-        let n = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+    /// Live traffic failed on this server: `by` is the client key of the request that
+    /// failed, `None` when the failure was the server's alone (the connection could not
+    /// be opened). After `max_failures` in a row the server is ejected for `ejection`,
+    /// unless the streak is one client's doing while others are served (`active`: the
+    /// client keys with recent exchanges, asked only then); returns true when this call
+    /// ejected it.
+    pub fn record_failure(
+        &self,
+        max_failures: u32,
+        ejection: Duration,
+        by: Option<u8>,
+        active: impl FnOnce() -> u32,
+    ) -> bool {
+        match by {
+            Some(k) => {
+                self.streak_clients.fetch_or(
+                    1u32 << (u32::from(k) % CLIENT_KEYS as u32),
+                    Ordering::Relaxed,
+                );
+            }
+            None => self.streak_server_caused.store(true, Ordering::Relaxed),
+        }
+        let n = self
+            .passive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
         if max_failures > 0 && n >= max_failures {
+            let streak = self.streak_clients.load(Ordering::Relaxed);
+            let server_caused = self.streak_server_caused.load(Ordering::Relaxed);
+            if !crate::policy::signals::streak_ejects(server_caused, streak, active()) {
+                // One client's failures: the server stays; the streak goes on, so the
+                // first failure of another client (or a refused connection) ejects it.
+                self.passive_failures.store(max_failures, Ordering::Relaxed);
+                return false;
+            }
             self.passive_failures.store(0, Ordering::Relaxed);
+            self.streak_clients.store(0, Ordering::Relaxed);
+            self.streak_server_caused.store(false, Ordering::Relaxed);
             let until = self.now_ms() + ejection.as_millis() as u64;
             self.ejected_until_ms.store(until, Ordering::Relaxed);
             log::warn!(
@@ -264,6 +306,27 @@ impl OriginShared {
             queue_depth: 0.0,
         };
         (s, m, excused)
+    }
+
+    /// The client keys with exchanges in the signals' window (bit mask), for passive
+    /// ejection (`ServerState::record_failure`).
+    pub fn active_clients(&self, now_ms: u64) -> u32 {
+        let tallies = self
+            .window
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .client_tallies(now_ms);
+        tallies
+            .iter()
+            .enumerate()
+            .filter(|(_, (n, _))| *n > 0)
+            .fold(0u32, |m, (k, _)| m | 1 << k)
+    }
+
+    /// Whether client key `k` is one the last measure left out of the signals: its
+    /// failures say nothing of the servers either.
+    pub fn is_outlier_client(&self, k: u8) -> bool {
+        in_mask(self.client_outliers.load(Ordering::Relaxed), k)
     }
 
     /// The concurrency limit in force: the adaptive one when adaptive concurrency is on,
@@ -610,12 +673,24 @@ mod tests {
     #[test]
     fn passive_ejection_and_permits() {
         let reg = Registry::default();
-        let s = servers(&reg, 1);
-        assert!(!s[0].record_failure(3, Duration::from_secs(30)));
+        let s = servers(&reg, 2);
+        let fail = |s: &ServerState| s.record_failure(3, Duration::from_secs(30), None, || 0);
+        assert!(!fail(&s[0]));
         s[0].record_success();
-        assert!(!s[0].record_failure(3, Duration::from_secs(30)));
-        assert!(!s[0].record_failure(3, Duration::from_secs(30)));
-        assert!(s[0].record_failure(3, Duration::from_secs(30)));
+        assert!(!fail(&s[0]));
+        assert!(!fail(&s[0]));
+        assert!(fail(&s[0]));
+        // One client's failures while key 7 is served elsewhere: no ejection, until a
+        // second client fails there too.
+        let by = |s: &ServerState, k: u8| {
+            s.record_failure(3, Duration::from_secs(30), Some(k), || 1 << 7 | 1 << 2)
+        };
+        assert!(!by(&s[1], 2));
+        assert!(!by(&s[1], 2));
+        assert!(!by(&s[1], 2));
+        assert!(!by(&s[1], 2));
+        assert!(s[1].in_rotation());
+        assert!(by(&s[1], 7));
         assert!(!s[0].in_rotation());
 
         let o = reg.origin("t");

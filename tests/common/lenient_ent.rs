@@ -14,7 +14,11 @@
 //!   `If-None-Match`), and answers anonymous requests with a **200 login page**, as many
 //!   ENTs do;
 //! - **fails on command**: `set_failing(true)` makes every answer a 503; any path under
-//!   `/fail/` always answers 500 (a URL that fails for everyone).
+//!   `/fail/` always answers 500 (a URL that fails for everyone), and any path under
+//!   `/busy/` always 503 (a URL the ENT refuses when pressed, a heavy export).
+//! - **case-insensitive on command**: `set_case_insensitive(true)` folds the path to lower
+//!   case before routing, as IIS and other Windows-hosted backends do (`/VISIO` is
+//!   `/visio`).
 //! - **slow on command**: `/slow/MS/...` answers after MS milliseconds (at most 30 s; a
 //!   heavy search); `set_delay(d)` makes every answer wait `d` first (the ENT is slow);
 //!   `set_holding(true)` holds every answer (once recorded in `seen()`) until
@@ -89,6 +93,7 @@ struct State {
     validators: Mutex<Validators>,
     edition: Mutex<String>,
     failing: AtomicBool,
+    case_insensitive: AtomicBool,
     /// Every answer waits this long first (ms).
     delay_ms: std::sync::atomic::AtomicU64,
     cache_control: Mutex<String>,
@@ -171,6 +176,7 @@ impl LenientEnt {
             validators: Mutex::new(Validators::StrongEtag),
             edition: Mutex::new(String::new()),
             failing: AtomicBool::new(false),
+            case_insensitive: AtomicBool::new(false),
             delay_ms: std::sync::atomic::AtomicU64::new(0),
             cache_control: Mutex::new("public, max-age=60".to_string()),
             holding: tokio::sync::watch::channel(false).0,
@@ -207,6 +213,11 @@ impl LenientEnt {
     /// Every answer a 503 while `true` (the ENT is down).
     pub fn set_failing(&self, on: bool) {
         self.state.failing.store(on, Ordering::SeqCst);
+    }
+
+    /// While `true`, paths are folded to lower case before routing (and in `seen()`).
+    pub fn set_case_insensitive(&self, on: bool) {
+        self.state.case_insensitive.store(on, Ordering::SeqCst);
     }
 
     /// Every later answer waits `d` before it is sent (the ENT is slow for everyone).
@@ -294,7 +305,10 @@ async fn answer(
         .or_else(|| h("x-rewrite-url"))
         .unwrap_or_else(|| req.uri().path().to_string());
     let routed = routed.split('?').next().unwrap_or("").to_string();
-    let path = lenient_normalize(&routed);
+    let mut path = lenient_normalize(&routed);
+    if st.case_insensitive.load(Ordering::SeqCst) {
+        path = path.to_lowercase();
+    }
     let cookies: Vec<String> = req
         .headers()
         .get_all("cookie")
@@ -383,6 +397,13 @@ async fn answer(
             .status(503)
             .header("content-type", "text/plain")
             .body(Full::new(Bytes::from_static(b"ENT down")))
+            .expect("response");
+    }
+    if path.starts_with("/busy/") {
+        return resp
+            .status(503)
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from_static(b"too busy for this one")))
             .expect("response");
     }
     if path.starts_with("/fail/") {
