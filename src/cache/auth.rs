@@ -21,7 +21,7 @@
 //!
 //! [`Variants`] remembers, per stored object, which versions the origin answered lately,
 //! to find URLs whose body differs by credential: those are then not stored at all (see
-//! the README's Cache section for why not per credential).
+//! docs/policy.md's Cache section for why not per credential).
 //!
 //! Bounded: [`CAPACITY`] entries over [`SHARDS`] shards. A full shard first drops entries
 //! older than the longest window seen, then the oldest eighth. An evicted user gets the
