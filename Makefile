@@ -42,7 +42,7 @@ test: deps deb-tools
 	$(CARGO) fmt --all -- --check
 	@echo "== cargo clippy --all-targets -- -D warnings"
 	$(CARGO) clippy --all-targets -- -D warnings
-	@echo "== cargo test"
+	@echo "== cargo test (tests/doc_commands.rs runs the shell blocks of README.md and docs/operations.md)"
 	$(CARGO) test --all-targets
 	@$(MAKE) --no-print-directory check-configs
 

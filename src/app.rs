@@ -168,6 +168,15 @@ impl App {
                     changed: true,
                     restart_required,
                 };
+                // The disk tier's filesystem may have changed since start (the tier itself
+                // needs a restart to change): say what a restart would find.
+                if let Some((path, size)) = &new.cache.disk {
+                    if let Ok(fit) = crate::cache::space::fit(path, *size) {
+                        if let Some(msg) = crate::cache::space::describe(path, *size, &fit) {
+                            log::warn!("reload ({trigger}): {msg}");
+                        }
+                    }
+                }
                 publish_metrics(&new, Some(&old));
                 if let Some(c) = self.cache.get() {
                     c.init_series(&new);

@@ -1,5 +1,5 @@
 //! ecluse: an edge reverse proxy, built on pingora, that keeps a school's digital
-//! workspace (ENT) alive through a surge. See `DESIGN.md` in the shared folder and the README.
+//! workspace (ENT) alive through a surge. See docs/architecture.md for the layout and docs/operations.md for running it.
 
 pub mod access_log;
 pub mod admin;

@@ -326,6 +326,6 @@ fn main() -> ExitCode {
 
 /// mimalloc instead of glibc malloc: pingora allocates and frees a 64 KB body buffer per
 /// upstream response, which glibc handles with costly consolidation; measured -12% CPU
-/// per proxied request (bench/proxy.sh, see the README).
+/// per proxied request (bench/proxy.sh, see docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

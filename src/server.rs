@@ -1,7 +1,7 @@
 //! Assembling the process: pingora server, proxy listeners, the admin listener and the
 //! background tasks (health checks, config file watch, SIGHUP), and running until a signal.
 //!
-//! Signals, as nginx's (a table in the README): SIGTERM drains gracefully (readiness goes
+//! Signals, as nginx's (a table in docs/operations.md): SIGTERM drains gracefully (readiness goes
 //! 503, listeners stay open for `grace_period`, then in-flight requests get
 //! `shutdown_timeout`), SIGINT stops fast, SIGQUIT hands the listening sockets to a new
 //! process started with `--upgrade`; SIGHUP reloads the policy and reopens the logs,

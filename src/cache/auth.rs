@@ -21,7 +21,7 @@
 //!
 //! [`Variants`] remembers, per stored object, which versions the origin answered lately,
 //! to find URLs whose body differs by credential: those are then not stored at all (see
-//! the README's Cache section for why not per credential).
+//! docs/policy.md's Cache section for why not per credential).
 //!
 //! Bounded: [`CAPACITY`] grants over [`SHARDS`] shards, at most [`PER_OBJECT`] per
 //! object. Only grants of the stored version are kept (any other serves nothing, and

@@ -3,13 +3,15 @@
 //! coalesces concurrent misses and the cache metrics.
 
 pub mod auth;
+mod guard;
+pub mod space;
 pub mod store;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::CacheOptionOverrides;
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 use crate::policy::cache::CacheStorage;
 pub use store::{PurgeScope, Store};
@@ -101,6 +103,9 @@ impl Cache {
             .with_label_values(&["disk"])
             .set(s.disk_capacity_bytes as i64);
         m.disk_written.set_to(s.disk_written_bytes);
+        m.disk_enabled.set(i64::from(s.disk_enabled));
+        m.disk_free.set(s.disk_free_bytes as i64);
+        m.disk_write_errors.set_to(s.disk_write_errors);
         m.evictions_memory.set_to(s.memory_evictions);
         m.evictions_disk.set_to(s.disk_evictions);
     }
@@ -139,6 +144,10 @@ pub struct CacheMetrics {
     pub bytes: IntGaugeVec,
     pub capacity: IntGaugeVec,
     pub disk_written: MirroredCounter,
+    /// 1 while new objects go to the disk tier; 0 without one or while it is off.
+    pub disk_enabled: IntGauge,
+    pub disk_free: IntGauge,
+    pub disk_write_errors: MirroredCounter,
     pub evictions_memory: MirroredCounter,
     pub evictions_disk: MirroredCounter,
     pub purges: IntCounterVec,
@@ -159,6 +168,16 @@ impl CacheMetrics {
                 IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
             let _ = r.register(Box::new(g.clone()));
             g
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("static metric definition");
+            let _ = r.register(Box::new(g.clone()));
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("static metric definition");
+            let _ = r.register(Box::new(c.clone()));
+            c
         };
         let evictions = counter_vec(
             "ecluse_cache_evictions_total",
@@ -195,6 +214,18 @@ impl CacheMetrics {
                 let _ = r.register(Box::new(c.clone()));
                 c
             }),
+            disk_enabled: gauge(
+                "ecluse_cache_disk_enabled",
+                "1 while new objects are written to the cache's disk tier; 0 without a disk tier, or while it is off (filesystem short of space, or a failed write).",
+            ),
+            disk_free: gauge(
+                "ecluse_cache_disk_free_bytes",
+                "Free bytes of the filesystem holding the cache's disk tier (0 without one).",
+            ),
+            disk_write_errors: MirroredCounter::new(counter(
+                "ecluse_cache_disk_write_errors_total",
+                "Writes to the cache's disk tier that failed (the tier is then off until a restart).",
+            )),
             evictions_memory: MirroredCounter::new(evictions.with_label_values(&["memory"])),
             evictions_disk: MirroredCounter::new(evictions.with_label_values(&["disk"])),
             purges: counter_vec(

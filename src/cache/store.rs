@@ -28,7 +28,8 @@ use bytes::Bytes;
 use foyer::{
     BlockEngineConfig, Code, DeviceBuilder, ErrorKind, Event, EventListener, EvictionInfo,
     EvictionPicker, FifoPicker, FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCacheEntry,
-    HybridCachePolicy, HybridCacheProperties, InvalidRatioPicker, RecoverMode, Source, Spawner,
+    HybridCachePolicy, HybridCacheProperties, InvalidRatioPicker, Location, RecoverMode, Source,
+    Spawner,
 };
 use pingora_cache::key::CacheHashKey;
 use pingora_cache::max_file_size::ERR_RESPONSE_TOO_LARGE;
@@ -42,6 +43,9 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
+
+use super::guard::DiskGuard;
+use super::space;
 
 /// Where and how large the disk tier is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,10 +95,10 @@ pub struct StoreStats {
     /// Bytes reserved on disk for the disk tier (0 without one). A small part of it holds
     /// foyer's deletion log; the rest is split into blocks of `disk_block_bytes`.
     pub disk_capacity_bytes: u64,
-    /// Bytes of the disk tier in blocks that hold objects (full, or being filled), as
-    /// foyer counts its blocks: whole blocks of `disk_block_bytes`, including the space
-    /// of objects deleted or replaced but not yet reclaimed. foyer does not count the
-    /// bytes of the objects themselves on disk. 0 without a disk tier.
+    /// Bytes of the disk tier really on disk: what the filesystem gave foyer's (sparse)
+    /// files, bounded by foyer's blocks that hold objects (full, or being filled: whole
+    /// blocks of `disk_block_bytes`, including the space of objects deleted or replaced but
+    /// not yet reclaimed). Includes foyer's deletion log. 0 without a disk tier.
     pub disk_used_bytes: u64,
     /// Bytes written to the disk device since this process opened the store, as foyer's
     /// device statistics count them: every write I/O, i.e. objects padded to 4 KiB pages
@@ -113,6 +117,13 @@ pub struct StoreStats {
     /// Responses stored by this process (revalidations that only refresh the headers of a
     /// stored object are not counted).
     pub objects_inserted: u64,
+    /// Whether new objects are written to the disk tier (false without one, and while the
+    /// guard keeps it off: see `guard`).
+    pub disk_enabled: bool,
+    /// Writes foyer reported as failed.
+    pub disk_write_errors: u64,
+    /// Free bytes of the disk tier's filesystem at the last look (0 without a tier).
+    pub disk_free_bytes: u64,
 }
 
 /// The URL form used as pingora CacheKey primary and for purges: "scheme://host/path?query"
@@ -1042,6 +1053,8 @@ pub struct Store {
     shard_capacity: usize,
     disk_block_bytes: u64,
     empty_header: Vec<u8>,
+    /// Keeps the disk tier off a full filesystem (None without a disk tier).
+    guard: Option<DiskGuard>,
 }
 
 impl Store {
@@ -1068,9 +1081,26 @@ impl Store {
             .map(|d| DiskPlan::new(d, cfg.max_object_bytes))
             .transpose()?;
         if let Some(plan) = &disk {
+            // Before creating anything: a tier larger than its whole filesystem can never
+            // work, and a filesystem short of space is worth a loud word at start.
+            let fit = space::fit(&plan.path, plan.capacity as u64)
+                .map_err(|e| format!("cache disk {}: {e}", plan.path.display()))?;
+            let msg = space::describe(&plan.path, plan.capacity as u64, &fit);
+            match (&fit, msg) {
+                (space::Fit::Short { .. }, Some(msg)) => log::warn!("{msg}"),
+                (_, Some(msg)) => return Err(msg),
+                (_, None) => {}
+            }
             std::fs::create_dir_all(&plan.path)
                 .map_err(|e| format!("cache disk {}: {e}", plan.path.display()))?;
+            super::guard::install_foyer_hook();
         }
+        let guard = disk
+            .as_ref()
+            .map(|p| DiskGuard::new(p.path.clone(), p.block as u64, cfg.max_object_bytes));
+        let log_file = disk
+            .as_ref()
+            .map(|p| p.path.join(format!("{}{:08}", space::FOYER_FILE_PREFIX, 0)));
         let disk_block_bytes = disk.as_ref().map_or(0, |p| p.block as u64);
         let tombstones = Arc::new(Tombstones::load(
             disk.as_ref().map(|p| p.path.join(TOMBSTONES_FILE)),
@@ -1117,8 +1147,19 @@ impl Store {
             .map_err(|e| format!("cache: cannot start a thread to open it: {e}"))?
             .join()
             .map_err(|_| "cache: opening the store failed unexpectedly (panic)".to_string())??;
+        // foyer's deletion log (its first file) is written by every removal, including
+        // while the guard keeps new objects off the disk: its blocks are reserved now so
+        // those writes cannot meet a full filesystem.
+        if let Some(file) = &log_file {
+            if let Err(e) = space::preallocate(file) {
+                return Err(format!(
+                    "cache disk {}: cannot reserve the deletion log's space: {e}",
+                    file.display()
+                ));
+            }
+        }
 
-        Ok(Box::leak(Box::new(Store {
+        let store: &'static Store = Box::leak(Box::new(Store {
             cache,
             runtime: handle,
             _spawner: spawner,
@@ -1131,7 +1172,31 @@ impl Store {
             shard_capacity,
             disk_block_bytes,
             empty_header,
-        })))
+            guard,
+        }));
+        Ok(store.watch())
+    }
+
+    /// Start the guard's poll (every second, on the store's runtime).
+    fn watch(&'static self) -> &'static Store {
+        if let Some(guard) = &self.guard {
+            guard.poll();
+            self.runtime.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    // statvfs and a directory listing: off the runtime's workers.
+                    let _ = tokio::task::spawn_blocking(move || guard.poll()).await;
+                }
+            });
+        }
+        self
+    }
+
+    /// Whether foyer's disk engine may be used at all (lookups, removals).
+    fn disk_usable(&self) -> bool {
+        self.cache.is_hybrid() && !self.guard.as_ref().is_some_and(DiskGuard::has_failed)
     }
 
     /// This store as pingora sees it.
@@ -1220,12 +1285,14 @@ impl Store {
             } else {
                 0
             },
-            disk_used_bytes: if hybrid {
-                (self.blocks.writing.load(Ordering::Relaxed)
+            disk_used_bytes: match &self.guard {
+                Some(guard) if hybrid => (self.blocks.writing.load(Ordering::Relaxed)
                     + self.blocks.evictable.load(Ordering::Relaxed))
                 .saturating_mul(self.disk_block_bytes)
-            } else {
-                0
+                // foyer counts a block as used from its first write, and even when the
+                // write failed: what the filesystem holds is the true figure.
+                .min(space::allocated_bytes(guard.dir())),
+                _ => 0,
             },
             disk_written_bytes: if hybrid {
                 self.cache.statistics().disk_write_bytes() as u64
@@ -1236,6 +1303,9 @@ impl Store {
             disk_evictions: self.disk_evictions.load(Ordering::Relaxed),
             disk_block_bytes: self.disk_block_bytes,
             objects_inserted: self.objects_inserted.load(Ordering::Relaxed),
+            disk_enabled: hybrid && self.guard.as_ref().is_some_and(DiskGuard::is_on),
+            disk_write_errors: self.guard.as_ref().map_or(0, DiskGuard::write_errors),
+            disk_free_bytes: self.guard.as_ref().map_or(0, DiskGuard::free_bytes),
         }
     }
 
@@ -1269,7 +1339,7 @@ impl Store {
     /// The entry under `key`, from memory or disk. A disk read error is a miss (and the
     /// entry is dropped so the next request refetches it rather than fail again).
     async fn entry(&self, key: u128) -> Option<HybridCacheEntry<u128, CachedObject>> {
-        if !self.cache.is_hybrid() {
+        if !self.disk_usable() {
             // Memory only: no need to go through foyer's fetch machinery (a task per miss).
             return self.cache.memory().get(&key);
         }
@@ -1277,7 +1347,7 @@ impl Store {
             Ok(entry) => entry,
             Err(e) => {
                 log::warn!("cache: unreadable stored object, dropped: {e}");
-                self.cache.remove(&key);
+                self.remove_key(key);
                 None
             }
         }
@@ -1296,11 +1366,30 @@ impl Store {
         if object.weight <= self.shard_capacity {
             self.shared.index_add(&object.url, key);
         }
-        self.cache.insert(key, object);
+        match &self.guard {
+            Some(guard) if !guard.admit() => {
+                // Memory only. An older copy on disk must not come back once this one
+                // leaves memory (removing it writes only the reserved deletion log).
+                if !guard.has_failed() && self.cache.storage().may_contains(&key) {
+                    self.cache.storage().delete(&key);
+                }
+                self.cache.insert_with_properties(
+                    key,
+                    object,
+                    HybridCacheProperties::default().with_location(Location::InMem),
+                );
+            }
+            _ => {
+                self.cache.insert(key, object);
+            }
+        }
     }
 
     /// Remove `key` from both tiers; whether it was there.
     fn remove_key(&self, key: u128) -> bool {
+        if !self.disk_usable() {
+            return self.cache.memory().remove(&key).is_some();
+        }
         // `contains` first: a removal always logs a deletion on disk.
         if self.cache.contains(&key) {
             self.cache.remove(&key);
@@ -1329,7 +1418,7 @@ impl Storage for Store {
         }
         if self.tombstones.matches(&object.url, object.meta.created()) {
             drop(entry);
-            self.cache.remove(&k);
+            self.remove_key(k);
             return Ok(None);
         }
         if entry.source() == Source::Disk && object.weight <= self.shard_capacity {
@@ -1343,7 +1432,7 @@ impl Storage for Store {
                     object.url
                 );
                 drop(entry);
-                self.cache.remove(&k);
+                self.remove_key(k);
                 return Ok(None);
             }
         };
@@ -1406,7 +1495,7 @@ impl Storage for Store {
         let old = entry.value();
         if self.tombstones.matches(&old.url, old.meta.created()) {
             drop(entry);
-            self.cache.remove(&k);
+            self.remove_key(k);
             return Ok(false);
         }
         // A revalidation updates the copy it revalidated, never one stored since (another
@@ -2238,7 +2327,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn disk_bytes_held_count_the_blocks_holding_objects() {
+    async fn disk_bytes_held_are_what_the_filesystem_holds() {
         let dir = TempDir::new();
         {
             let store = disk_store(&dir, 8 << 20);
@@ -2253,15 +2342,16 @@ mod tests {
                 .await;
             }
             store.close();
+            // What the filesystem holds: the four bodies, not the 16 MiB block foyer
+            // counts as used from its first write.
             let s = store.stats();
-            assert!(s.disk_used_bytes >= s.disk_block_bytes, "{s:?}");
-            assert_eq!(s.disk_used_bytes % s.disk_block_bytes, 0, "{s:?}");
-            assert!(s.disk_used_bytes <= s.disk_capacity_bytes, "{s:?}");
+            assert!(s.disk_used_bytes >= 4 * 300 * KIB as u64, "{s:?}");
+            assert!(s.disk_used_bytes < s.disk_block_bytes, "{s:?}");
         }
-        // After a restart: the recovered blocks count too.
+        // After a restart: the recovered objects count too.
         let store = disk_store(&dir, 8 << 20);
         let s = store.stats();
-        assert!(s.disk_used_bytes >= s.disk_block_bytes, "{s:?}");
+        assert!(s.disk_used_bytes >= 4 * 300 * KIB as u64, "{s:?}");
         // Without a disk tier: nothing on disk.
         let mem = Store::open(&StoreConfig {
             memory_bytes: 1 << 20,

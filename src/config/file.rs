@@ -212,6 +212,9 @@ pub struct CacheDiskFile {
     /// Directory of the cache files (created if missing; relative to the config file).
     pub path: String,
     /// Disk space the tier may use, e.g. `10GiB`. At least 4 × the largest object.
+    /// Larger than the whole filesystem holding `path`: refused at start; more than its
+    /// free space: a warning, and the tier turns itself off while the filesystem is short
+    /// of space (docs/operations.md, "A cache disk that fills up").
     pub size: SizeText,
 }
 
@@ -460,7 +463,7 @@ pub struct RequestBodiesFile {
     pub max_per_client: Option<SizeText>,
 }
 
-/// The one canonical path (README, "One canonical path"). Every decision reads it, and it
+/// The one canonical path (docs/policy.md, "One canonical path"). Every decision reads it, and it
 /// is what the ENT receives.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -655,7 +658,7 @@ pub struct OriginFile {
 }
 
 /// Adaptive concurrency limit (TCP Vegas on latency, with a slow start and a probe of the
-/// unloaded latency; see the README).
+/// unloaded latency; see docs/policy.md, "Degradation").
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdaptiveFile {
@@ -1078,7 +1081,7 @@ pub struct RateLimitFile {
     /// Most distinct keys remembered (default 100000, rounded up to a multiple of 128).
     /// The table takes 16 bytes a key, allocated at load, whatever the traffic. At the
     /// cap, a new key takes the slot of the least-charged of the 8 keys sharing its slot
-    /// group (see the README).
+    /// group (see docs/policy.md, "Rate limits").
     #[serde(default)]
     pub max_keys: Option<u32>,
 }

@@ -472,6 +472,15 @@ impl<'t> Problems<'t> {
             false
         }
     }
+    /// Something that does not stop the load but deserves a look (reported by
+    /// `ecluse check` as a warning).
+    pub fn warn_at(&mut self, path: Vec<Seg>, msg: impl Into<String>) {
+        let pos = self.tree.locate(&path);
+        self.warnings.push(Diagnostic::at(
+            pos,
+            format!("{}: {}", show_path(&path), msg.into()),
+        ));
+    }
     /// A problem with the value at `path`.
     pub fn at(&mut self, path: Vec<Seg>, msg: impl Into<String>) {
         let pos = self.tree.locate(&path);
@@ -969,7 +978,7 @@ fn build_forwarding(
         if !builtin.always.contains(&c) && !builtin.untrusted.contains(&c) {
             p.at(
                 path!["server", "forwarding", "pass_through", i],
-                format!("`{n}` is not one of the headers ecluse removes (see the README's forwarding headers): nothing to pass through"),
+                format!("`{n}` is not one of the headers ecluse removes (see docs/policy.md, \"Forwarding headers\"): nothing to pass through"),
             );
         }
     }
@@ -1293,7 +1302,22 @@ fn build_cache_storage(p: &mut Problems, file: &FileConfig, ctx: &BuildContext) 
                 ),
             );
         }
-        (ctx.base_dir.join(&disk.path), bytes)
+        let dir = ctx.base_dir.join(&disk.path);
+        // Against the filesystem of this machine: a warning only, since `check` often
+        // runs elsewhere (a config repository's CI); `ecluse run` refuses a tier larger
+        // than its whole filesystem and warns when free space is short.
+        if bytes >= floor {
+            if let Ok(fit) = crate::cache::space::fit(&dir, bytes) {
+                if let Some(msg) = crate::cache::space::describe(&dir, bytes, &fit) {
+                    let msg = match fit {
+                        crate::cache::space::Fit::Short { .. } => msg,
+                        _ => format!("{msg} (`ecluse run` refuses to start on this machine)"),
+                    };
+                    p.warn_at(path!["cache", "disk", "size"], msg);
+                }
+            }
+        }
+        (dir, bytes)
     });
     CacheStorage {
         memory_bytes,
