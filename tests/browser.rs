@@ -537,9 +537,9 @@ const PAGES: [(&str, &str, u16); 7] = [
     ("bad-request", "/a%00b", 400),
 ];
 
-/// The rendered page's violations of WCAG 2.1 A/AA as axe-core reports them.
+/// The rendered page's violations of WCAG 2.1 A/AA as axe-core reports them. `b` must
+/// run scripts (axe is asynchronous: a page without scripting never fires its timers).
 async fn axe(b: &Client, axe_js: &str, javascript: bool) -> Vec<String> {
-    // WebDriver's script runs even where the page's own scripts are disabled.
     b.execute(&format!("{axe_js}\n;return true;"), vec![])
         .await
         .expect("inject axe-core");
@@ -561,6 +561,38 @@ axe.run(document, {{ runOnly: {{ type: 'tag', values: ['wcag2a', 'wcag2aa', 'wca
     );
     let v = b.execute_async(&script, vec![]).await.expect("run axe");
     serde_json::from_value(v).expect("a list of violations")
+}
+
+/// The page as a browser without JavaScript built it (`src`, the live DOM of the
+/// no-JS session), written into `twin` (a scripting session at the same address, size,
+/// language and colour scheme) so that axe can run: `<noscript>` unwrapped as the
+/// no-JS parser does, scripts removed, the refresh neutralised while axe runs.
+async fn load_as_without_javascript(twin: &Client, url: &str, src: &str) {
+    twin.goto(url).await.expect("open in the twin");
+    let html = src
+        .replace("<noscript>", "")
+        .replace("</noscript>", "")
+        .replace(
+            "http-equiv=\"refresh\"",
+            "http-equiv=\"x-refresh-checked-apart\"",
+        );
+    // Drop every <script>…</script>.
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html.as_str();
+    while let Some(i) = rest.find("<script") {
+        out.push_str(&rest[..i]);
+        rest = match rest[i..].find("</script>") {
+            Some(j) => &rest[i + j + "</script>".len()..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    twin.execute(
+        "document.open(); document.write(arguments[0]); document.close(); return document.readyState;",
+        vec![serde_json::Value::String(out)],
+    )
+    .await
+    .expect("write the no-JS page");
 }
 
 async fn js_value(b: &Client, script: &str) -> serde_json::Value {
@@ -660,8 +692,16 @@ async fn every_page_passes_axe_in_both_languages_widths_schemes_with_and_without
         for dark in [false, true] {
             for (lang, languages) in [("fr", "fr-FR,fr"), ("en", "en-GB,en")] {
                 let b = driver.browser_with(javascript, dark, languages).await;
+                let twin = if javascript {
+                    None
+                } else {
+                    Some(driver.browser_with(true, dark, languages).await)
+                };
                 for (width, height, device) in [(390u32, 844u32, "phone"), (1280, 900, "desktop")] {
                     b.set_window_size(width, height).await.expect("window size");
+                    if let Some(t) = &twin {
+                        t.set_window_size(width, height).await.expect("window size");
+                    }
                     for (name, path, _) in PAGES {
                         b.goto(&e.url(path)).await.expect("open the page");
                         let html_lang = js_value(&b, "return document.documentElement.lang;").await;
@@ -683,7 +723,15 @@ async fn every_page_passes_axe_in_both_languages_widths_schemes_with_and_without
                                 "JavaScript {javascript} in this session"
                             );
                         }
-                        for v in axe(&b, &axe_js, javascript).await {
+                        let audited = match &twin {
+                            None => &b,
+                            Some(t) => {
+                                let src = b.source().await.expect("the no-JS DOM");
+                                load_as_without_javascript(t, &e.url(path), &src).await;
+                                t
+                            }
+                        };
+                        for v in axe(audited, &axe_js, javascript).await {
                             violations.push(format!(
                                 "{name} [{lang}, {device}, {}, {}]: {v}",
                                 if dark { "dark" } else { "light" },

@@ -189,28 +189,28 @@ impl Problem {
                 "Une petite pause",
                 "Beaucoup de demandes sont arrivées de votre appareil en peu de temps, alors le site attend quelques secondes avant de répondre.",
                 "Ce n'est pas de votre faute : cela arrive quand beaucoup de personnes partagent la même connexion, au collège par exemple.",
-                "La page va se recharger toute seule dans {n} secondes. Votre travail n'est pas perdu.",
+                "La page va se recharger toute seule dans {n}. Votre travail n'est pas perdu.",
                 "Attendez quelques secondes, puis réessayez. Votre travail n'est pas perdu.",
             ),
             (Problem::RateLimited, Lang::En) => w(
                 "A short pause",
                 "Many requests came from your device in a short time, so the site waits a few seconds before answering.",
                 "It is not your fault: this happens when many people share the same connection, at school for example.",
-                "This page will reload by itself in {n} seconds. Your work is not lost.",
+                "This page will reload by itself in {n}. Your work is not lost.",
                 "Wait a few seconds, then try again. Your work is not lost.",
             ),
             (Problem::OriginBusy, Lang::Fr) => w(
                 "Le site est très chargé",
                 "Beaucoup de personnes utilisent le site en même temps, et il ne peut pas répondre à tout le monde tout de suite.",
                 "Ce n'est pas de votre faute, et votre appareil fonctionne bien.",
-                "La page va se recharger toute seule dans {n} secondes. Votre travail n'est pas perdu.",
+                "La page va se recharger toute seule dans {n}. Votre travail n'est pas perdu.",
                 "Réessayez dans quelques instants. Votre travail n'est pas perdu.",
             ),
             (Problem::OriginBusy, Lang::En) => w(
                 "The site is very busy",
                 "Many people are using the site at the same time, and it cannot answer everyone straight away.",
                 "It is not your fault, and your device is working fine.",
-                "This page will reload by itself in {n} seconds. Your work is not lost.",
+                "This page will reload by itself in {n}. Your work is not lost.",
                 "Try again in a moment. Your work is not lost.",
             ),
             (Problem::NoBodySpace, Lang::Fr) => w(
@@ -375,7 +375,7 @@ pub fn problem_page(
     if json {
         let words = problem.words(lang);
         let next = match retry_after {
-            Some(n) => words.next.replace("{n}", &n.to_string()),
+            Some(n) => words.next.replace("{n}", &render::delay_words(n, lang)),
             None => words.next_plain.to_string(),
         };
         let v = serde_json::json!({

@@ -178,6 +178,20 @@ pub fn check_url(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// A `Retry-After` in words: "7 secondes", "1 minute", "60 minutes".
+pub fn delay_words(secs: u64, lang: Lang) -> String {
+    let (n, unit_fr, unit_en) = if secs < 120 {
+        (secs, "seconde", "second")
+    } else {
+        (secs.div_ceil(60), "minute", "minute")
+    };
+    let plural = if n > 1 { "s" } else { "" };
+    match lang {
+        Lang::Fr => format!("{n} {unit_fr}{plural}"),
+        Lang::En => format!("{n} {unit_en}{plural}"),
+    }
+}
+
 /// Words shared by every page.
 #[derive(Serialize)]
 struct Ui {
@@ -451,7 +465,7 @@ impl Pages {
         let words = problem.words(lang);
         let auto_retry = problem.auto_retry() && retry_after.is_some();
         let next = match retry_after.filter(|_| auto_retry) {
-            Some(n) => words.next.replace("{n}", &n.to_string()),
+            Some(n) => words.next.replace("{n}", &delay_words(n, lang)),
             None => words.next_plain.to_string(),
         };
         let kind = problem.kind();
@@ -589,6 +603,8 @@ mod tests {
         let html = p.render_problem(Problem::RateLimited, Lang::Fr, Some(7), None);
         assert!(html.contains(r#"<meta http-equiv="refresh" content="7">"#));
         assert!(html.contains("dans 7 secondes"));
+        assert_eq!(delay_words(3593, Lang::Fr), "60 minutes");
+        assert_eq!(delay_words(1, Lang::En), "1 second");
         assert!(!html.contains("class=\"rid\""), "no request id, no line");
         let html = p.render_feature_off(Lang::Fr, Some("La visio"), "msg", 300, None);
         assert!(html.contains("« La visio » est en pause"), "{html}");
