@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: demo test lint fmt schema bench deps check-configs build fuzz deb deb-tools
+.PHONY: demo test lint fmt schema bench deps check-configs build fuzz deb deb-tools test-tools
 
 # System packages the build needs (pingora builds a C library with cmake).
 deps:
@@ -30,8 +30,18 @@ deb-tools:
 	  echo "ecluse: installing cargo-deb with cargo install (builds the Debian package)" >&2; \
 	  $(CARGO) install cargo-deb --locked --version "~3.8"; }
 
+# Node test tools, from npm into target/test-tools (never committed): axe-core, the
+# accessibility engine the browser tests inject into every page ecluse writes.
+AXE_CORE_VERSION ?= 4.14.1
+test-tools:
+	@scripts/need.sh npm
+	@test -f target/test-tools/node_modules/axe-core/axe.min.js && \
+	  grep -q '"version": "$(AXE_CORE_VERSION)"' target/test-tools/node_modules/axe-core/package.json || { \
+	  echo "ecluse: installing axe-core $(AXE_CORE_VERSION) with npm (accessibility audit of the pages)" >&2; \
+	  npm install --prefix target/test-tools --no-save --no-audit --no-fund axe-core@$(AXE_CORE_VERSION) >&2; }
+
 ## Everything CI checks: formatting, clippy, all tests, every file in config/.
-test: deps deb-tools
+test: deps deb-tools test-tools
 	@# Tests start real servers and a real browser: Chromium, and Prometheus (the
 	@# dashboard test scrapes a running demo; promtool checks the alert rules) and Redis
 	@# (fleet mode: three nodes share state through it). The package test builds the

@@ -17,6 +17,7 @@ pkg_for() {
     taskset) echo util-linux ;;
     systemd-analyze) echo systemd ;;
     dpkg-deb) echo dpkg ;;
+    npm) echo npm ;;
     *) echo "$1" ;;
   esac
 }

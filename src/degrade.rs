@@ -16,12 +16,26 @@ use crate::rooms::now_ms;
 /// The message of a switched-off feature.
 #[derive(Debug, Clone)]
 pub struct FeatureMessage {
+    /// The name pupils know the feature by (`name_fr` / `name_en`), never the internal one.
+    pub name_fr: Option<String>,
+    pub name_en: Option<String>,
     pub fr: String,
     pub en: String,
     pub retry_after: Duration,
     /// Grace before what is open on the feature's routes is closed once it is switched
     /// off (`drain`); `None`: never.
     pub drain: Option<Duration>,
+}
+
+/// The message of a switched-off feature when ops wrote none: its display name when
+/// given, never its internal name (pupils do not know the word `visio`).
+pub fn default_message(name: Option<&str>, fr: bool) -> String {
+    match (name, fr) {
+        (Some(n), true) => format!("« {n} » est en pause pendant que le site est très chargé."),
+        (None, true) => "Ce service est en pause pendant que le site est très chargé.".into(),
+        (Some(n), false) => format!("“{n}” is paused while the site is very busy."),
+        (None, false) => "This service is paused while the site is very busy.".into(),
+    }
 }
 
 /// `drain` when the file says nothing.
@@ -43,12 +57,17 @@ pub struct Degradation {
 
 impl Degradation {
     pub fn message(&self, feature: &str) -> FeatureMessage {
-        self.messages.get(feature).cloned().unwrap_or_else(|| FeatureMessage {
-            fr: format!("« {feature} » est suspendu pendant la forte affluence ; vos cours et devoirs restent accessibles."),
-            en: format!("“{feature}” is paused while the ENT is very busy; your lessons and homework stay available."),
-            retry_after: Duration::from_secs(300),
-            drain: DEFAULT_DRAIN,
-        })
+        self.messages
+            .get(feature)
+            .cloned()
+            .unwrap_or_else(|| FeatureMessage {
+                name_fr: None,
+                name_en: None,
+                fr: default_message(None, true),
+                en: default_message(None, false),
+                retry_after: Duration::from_secs(300),
+                drain: DEFAULT_DRAIN,
+            })
     }
 }
 

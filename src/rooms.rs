@@ -441,8 +441,10 @@ pub struct Room {
     /// New tickets per client address.
     pub ticket_limiter: Arc<KeyedLimiter>,
     pub ticket_fingerprint: String,
-    pub template: Arc<crate::pages::queue::QueueTemplate>,
-    pub brand: String,
+    /// The config's pages with this room's queue template and name.
+    pub pages: Arc<crate::pages::Pages>,
+    /// A chime when the turn comes in a background tab (`turn_sound`).
+    pub turn_sound: bool,
     pub end_header: http::HeaderName,
     pub metrics: RoomMetrics,
 }

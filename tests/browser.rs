@@ -126,6 +126,12 @@ impl Driver {
 
     /// A new browser session with a fresh profile; French is the preferred language.
     async fn browser(&self, javascript: bool) -> Client {
+        self.browser_with(javascript, false, "fr-FR,fr").await
+    }
+
+    /// A session with JavaScript on or off, a dark or light colour scheme
+    /// (`prefers-color-scheme`), and the given `Accept-Language`.
+    async fn browser_with(&self, javascript: bool, dark: bool, languages: &str) -> Client {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let profile = self.dir.path().join(format!("profile-{n}"));
@@ -141,13 +147,19 @@ impl Driver {
             "--disable-sync".into(),
             "--disable-dev-shm-usage".into(),
             "--window-size=900,1000".into(),
-            "--lang=fr-FR".into(),
+            format!("--lang={}", languages.split(',').next().unwrap_or("fr-FR")),
             format!("--user-data-dir={}", profile.display()),
         ];
-        let mut prefs = serde_json::json!({ "intl.accept_languages": "fr-FR,fr" });
+        let mut prefs = serde_json::json!({ "intl.accept_languages": languages });
+        // Blink's PreferredColorScheme: 0 dark, 1 light.
+        let mut blink = vec![format!("preferredColorScheme={}", if dark { 0 } else { 1 })];
         if !javascript {
-            args.push("--blink-settings=scriptEnabled=false".into());
+            blink.push("scriptEnabled=false".into());
             prefs["profile.managed_default_content_settings.javascript"] = 2.into();
+        }
+        args.push(format!("--blink-settings={}", blink.join(",")));
+        if dark {
+            args.push("--force-dark-mode".into());
         }
         let caps = serde_json::json!({
             "browserName": "chrome",
@@ -437,4 +449,373 @@ async fn a_french_student_waits_then_lands_on_the_ent_with_and_without_javascrip
         shot_dir().display(),
         t0.elapsed()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Every page ecluse writes, audited with axe-core (WCAG 2.1 A and AA), in French and
+// English, phone and desktop widths, light and dark, with and without JavaScript; a
+// keyboard walk through each; and "C'est votre tour !" in a background tab.
+
+/// axe-core, installed from npm by `make test` (`scripts/test-tools.sh`).
+fn axe_source() -> String {
+    let p = std::env::var_os("AXE_CORE_JS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target/test-tools/node_modules/axe-core/axe.min.js")
+        });
+    std::fs::read_to_string(&p).unwrap_or_else(|e| {
+        panic!(
+            "axe-core is missing ({}: {e}). Run `make test-tools` (npm install of axe-core), \
+             or set AXE_CORE_JS to an axe.min.js",
+            p.display()
+        )
+    })
+}
+
+/// A port nothing listens on (bound then closed): the origin of the 502 page.
+fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+fn rfc3339_in(secs: i64) -> String {
+    let now = jiff::Timestamp::now();
+    jiff::Timestamp::from_second(now.as_second() + secs)
+        .expect("time")
+        .to_string()
+}
+
+fn start_pages_ecluse(origin: SocketAddr) -> Ecluse {
+    let yaml = format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+server: {{ state_dir: state, grace_period: 0s, shutdown_timeout: 2s }}
+access_log: {{ enabled: false }}
+pages:
+  time_zone: Europe/Paris
+  brand: {{ name: "Collège Jean Moulin", help_url: /aide }}
+waiting_rooms:
+  ent: {{ active_users: 1, new_users_per_minute: 600, poll_interval: 1s, abandon_timeout: 10m, secret_file: keys }}
+  exam: {{ active_users: 100, new_users_per_minute: 600, poll_interval: 1s, abandon_timeout: 10m, secret_file: keys, event: {{ opens_at: "{far}", prequeue: 30m }} }}
+  draw: {{ active_users: 100, new_users_per_minute: 600, poll_interval: 1s, abandon_timeout: 10m, secret_file: keys, method: random, event: {{ opens_at: "{soon}", prequeue: 30m }} }}
+degradation:
+  levels: [{{ name: normal }}]
+  force_features: {{ visio: false }}
+  features: {{ visio: {{ name_fr: "la classe virtuelle", name_en: "the virtual classroom" }} }}
+origins:
+  ent: {{ servers: ["{origin}"], health_check: {{ disabled: true }} }}
+  down: {{ servers: ["{closed}"], health_check: {{ disabled: true }} }}
+routes:
+  - {{ name: visio, match: {{ path_prefix: /visio/ }}, origin: ent, feature: visio }}
+  - name: limited
+    match: {{ path_prefix: /limited/ }}
+    origin: ent
+    rate_limits: [{{ key: route, rate: 1/h, burst: 1 }}]
+  - {{ name: down, match: {{ path_prefix: /down/ }}, origin: down }}
+  - {{ name: exam, match: {{ path_prefix: /exam/ }}, origin: ent, waiting_room: exam }}
+  - {{ name: draw, match: {{ path_prefix: /draw/ }}, origin: ent, waiting_room: draw }}
+  - {{ name: ent, origin: ent, waiting_room: ent }}
+"#,
+        far = rfc3339_in(3 * 86_400),
+        soon = rfc3339_in(600),
+        closed = closed_port(),
+    );
+    Ecluse::start_with(&yaml, &[("keys", KEY.as_bytes())], |_| {})
+}
+
+/// (name, path, expected status): every page ecluse writes that a browser can reach.
+/// `shed` (503, origin at capacity) and 504 share the error template audited here
+/// through 429 and 502 (same layout, same words structure).
+const PAGES: [(&str, &str, u16); 7] = [
+    ("queue", PAGE, 200),
+    ("prequeue", "/draw/devoir", 200),
+    ("not-open-yet", "/exam/sujet", 200),
+    ("rate-limited", "/limited/recherche", 429),
+    ("feature-off", "/visio/salle", 503),
+    ("origin-error", "/down/cours", 502),
+    ("bad-request", "/a%00b", 400),
+];
+
+/// The rendered page's violations of WCAG 2.1 A/AA as axe-core reports them. `b` must
+/// run scripts (axe is asynchronous: a page without scripting never fires its timers).
+async fn axe(b: &Client, axe_js: &str, javascript: bool) -> Vec<String> {
+    b.execute(&format!("{axe_js}\n;return true;"), vec![])
+        .await
+        .expect("inject axe-core");
+    // Without JavaScript the queue, "not open yet" and 429 pages refresh with
+    // `<meta http-equiv=refresh>` (inside <noscript>, so a scripting browser never
+    // sees it): the only way a page without scripts can follow a live queue, which
+    // WCAG 2.2.1 allows as a real-time event. `meta-refresh` is off in that case
+    // only; the delay is checked apart (at least 5 s).
+    let rules = if javascript {
+        "{}"
+    } else {
+        "{ 'meta-refresh': { enabled: false } }"
+    };
+    let script = format!(
+        r#"const done = arguments[arguments.length - 1];
+axe.run(document, {{ runOnly: {{ type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] }}, rules: {rules}, resultTypes: ['violations'] }})
+  .then(r => done(r.violations.map(v => v.id + ' (' + v.impact + '): ' + v.nodes.map(n => n.target.join(' ') + ' — ' + n.failureSummary.replace(/\s+/g, ' ')).join(' | '))))
+  .catch(e => done(['axe failed: ' + e]));"#
+    );
+    let v = b.execute_async(&script, vec![]).await.expect("run axe");
+    serde_json::from_value(v).expect("a list of violations")
+}
+
+/// The page as a browser without JavaScript built it (`src`, the live DOM of the
+/// no-JS session), written into `twin` (a scripting session at the same address, size,
+/// language and colour scheme) so that axe can run: `<noscript>` unwrapped as the
+/// no-JS parser does, scripts removed, the refresh neutralised while axe runs.
+async fn load_as_without_javascript(twin: &Client, url: &str, src: &str) {
+    twin.goto(url).await.expect("open in the twin");
+    let html = src
+        .replace("<noscript>", "")
+        .replace("</noscript>", "")
+        .replace(
+            "http-equiv=\"refresh\"",
+            "http-equiv=\"x-refresh-checked-apart\"",
+        );
+    // Drop every <script>…</script>.
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html.as_str();
+    while let Some(i) = rest.find("<script") {
+        out.push_str(&rest[..i]);
+        rest = match rest[i..].find("</script>") {
+            Some(j) => &rest[i + j + "</script>".len()..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    twin.execute(
+        "document.open(); document.write(arguments[0]); document.close(); return document.readyState;",
+        vec![serde_json::Value::String(out)],
+    )
+    .await
+    .expect("write the no-JS page");
+}
+
+async fn js_value(b: &Client, script: &str) -> serde_json::Value {
+    b.execute(script, vec![]).await.expect("script")
+}
+
+/// Tab through the page: each stop shows a visible focus indicator, and every
+/// focusable element is reached (nothing traps the focus, nothing is skipped).
+async fn keyboard_walk(b: &Client, name: &str) {
+    let count = js_value(
+        b,
+        r#"return [...document.querySelectorAll('a[href], button, summary, input, select, textarea, [tabindex]:not([tabindex="-1"])')].filter(e => e.offsetParent !== null).length;"#,
+    )
+    .await
+    .as_u64()
+    .expect("a count");
+    js_value(
+        b,
+        "document.activeElement && document.activeElement.blur(); window.focus(); return 0;",
+    )
+    .await;
+    let body = b.find(Locator::Css("body")).await.expect("body");
+    let mut seen = Vec::new();
+    for _ in 0..count + 1 {
+        body.send_keys("\u{E004}").await.expect("Tab");
+        let v = js_value(
+            b,
+            r#"const e = document.activeElement; if (!e || e === document.body) return null;
+const s = getComputedStyle(e);
+return { id: e.tagName + '#' + (e.id || '') + ':' + (e.textContent || '').trim().slice(0, 30),
+         visible: (s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0) || s.boxShadow !== 'none' };"#,
+        )
+        .await;
+        if v.is_null() {
+            continue;
+        }
+        assert_eq!(
+            v["visible"], true,
+            "{name}: the focused element {} shows no focus indicator",
+            v["id"]
+        );
+        let id = v["id"].as_str().unwrap_or("").to_string();
+        if !seen.contains(&id) {
+            seen.push(id);
+        }
+    }
+    assert_eq!(
+        seen.len() as u64,
+        count,
+        "{name}: Tab reached {seen:?}, the page has {count} focusable elements (trapped or skipped)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_passes_axe_in_both_languages_widths_schemes_with_and_without_javascript() {
+    let t0 = Instant::now();
+    let axe_js = axe_source();
+    let origin = EchoOrigin::start("ent").await;
+    let e = start_pages_ecluse(origin.addr);
+    let _inside = fill_the_room(&e).await;
+    // Each page answers with its status (reqwest, French).
+    let c = cookie_client();
+    for (name, path, status) in PAGES {
+        let r = c
+            .get(e.url(path))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .expect("GET");
+        // The first request on the limited route passes; the next ones are the 429.
+        let r = if status == 429 && r.status() == 200 {
+            c.get(e.url(path))
+                .header("accept", "text/html")
+                .send()
+                .await
+                .expect("GET")
+        } else {
+            r
+        };
+        assert_eq!(r.status().as_u16(), status, "{name} at {path}");
+        let html = r.text().await.expect("body");
+        assert!(
+            html.contains("Collège Jean Moulin"),
+            "{name}: the brand from `pages.brand`"
+        );
+        assert!(
+            html.contains("href=\"&#x2f;aide\""),
+            "{name}: the help link"
+        );
+    }
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-output/pages");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let driver = Driver::start().await;
+    let mut violations = Vec::new();
+    let mut audits = 0;
+    for javascript in [true, false] {
+        for dark in [false, true] {
+            for (lang, languages) in [("fr", "fr-FR,fr"), ("en", "en-GB,en")] {
+                let b = driver.browser_with(javascript, dark, languages).await;
+                let twin = if javascript {
+                    None
+                } else {
+                    Some(driver.browser_with(true, dark, languages).await)
+                };
+                for (width, height, device) in [(390u32, 844u32, "phone"), (1280, 900, "desktop")] {
+                    b.set_window_size(width, height).await.expect("window size");
+                    if let Some(t) = &twin {
+                        t.set_window_size(width, height).await.expect("window size");
+                    }
+                    for (name, path, _) in PAGES {
+                        b.goto(&e.url(path)).await.expect("open the page");
+                        let html_lang = js_value(&b, "return document.documentElement.lang;").await;
+                        assert_eq!(html_lang, lang, "{name}: a page in {lang}");
+                        let is_dark = js_value(
+                            &b,
+                            "return matchMedia('(prefers-color-scheme: dark)').matches;",
+                        )
+                        .await;
+                        assert_eq!(is_dark, dark, "the browser's colour scheme");
+                        let scripts_ran = js_value(
+                            &b,
+                            "return !!document.querySelector('noscript') && document.querySelector('noscript').children.length === 0;",
+                        )
+                        .await;
+                        if name == "queue" {
+                            assert_eq!(
+                                scripts_ran, javascript,
+                                "JavaScript {javascript} in this session"
+                            );
+                        }
+                        let audited = match &twin {
+                            None => &b,
+                            Some(t) => {
+                                let src = b.source().await.expect("the no-JS DOM");
+                                load_as_without_javascript(t, &e.url(path), &src).await;
+                                t
+                            }
+                        };
+                        for v in axe(audited, &axe_js, javascript).await {
+                            violations.push(format!(
+                                "{name} [{lang}, {device}, {}, {}]: {v}",
+                                if dark { "dark" } else { "light" },
+                                if javascript { "JS" } else { "no JS" }
+                            ));
+                        }
+                        audits += 1;
+                        if !javascript {
+                            // The no-JS refresh is never faster than every 5 s.
+                            let delay = js_value(&b, r#"const m = document.querySelector('meta[http-equiv="refresh"]'); return m ? parseInt(m.content, 10) : null;"#).await;
+                            if let Some(d) = delay.as_u64() {
+                                assert!(d >= 5, "{name}: refresh every {d} s");
+                            }
+                        }
+                        if javascript
+                            && ((lang == "fr" && device == "phone" && !dark)
+                                || (lang == "en" && device == "desktop" && dark))
+                        {
+                            let png = b.screenshot().await.expect("screenshot");
+                            let file = format!(
+                                "{name}-{lang}-{device}-{}.png",
+                                if dark { "dark" } else { "light" }
+                            );
+                            std::fs::write(shots.join(file), png).expect("write screenshot");
+                        }
+                        if javascript && !dark && lang == "fr" && device == "desktop" {
+                            keyboard_walk(&b, name).await;
+                        }
+                    }
+                }
+                b.close().await.expect("close the browser session");
+            }
+        }
+    }
+    eprintln!(
+        "{audits} axe audits in {:?}; screenshots in {}",
+        t0.elapsed(),
+        shots.display()
+    );
+    assert_eq!(audits, 2 * 2 * 2 * 2 * PAGES.len());
+    assert!(
+        violations.is_empty(),
+        "WCAG 2.1 A/AA violations:\n{}",
+        violations.join("\n")
+    );
+}
+
+/// The turn comes while the queue tab is in the background: the tab's title says so,
+/// then the page goes on to where the pupil was going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn its_your_turn_in_a_background_tab_changes_the_title_then_lands() {
+    let driver = Driver::start().await;
+    let origin = EchoOrigin::start("ent").await;
+    let e = start_ecluse(origin.addr);
+    let inside = fill_the_room(&e).await;
+    let b = driver.browser(true).await;
+    b.goto(&e.url(PAGE)).await.expect("open the ENT page");
+    assert_queue_page(&b, &e).await;
+    // Hide the page (what a switched tab or app reports) and record every title it
+    // takes in sessionStorage, which outlives the navigation to the ENT page (same
+    // origin, same tab).
+    js_value(
+        &b,
+        r#"Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'hidden' });
+Object.defineProperty(document, 'hidden', { configurable: true, get: () => true });
+document.dispatchEvent(new Event('visibilitychange'));
+sessionStorage.setItem('titles', JSON.stringify([document.title]));
+new MutationObserver(() => {
+  const t = JSON.parse(sessionStorage.getItem('titles') || '[]'); t.push(document.title);
+  sessionStorage.setItem('titles', JSON.stringify(t));
+}).observe(document.querySelector('title'), { childList: true, characterData: true, subtree: true });
+return document.visibilityState;"#,
+    )
+    .await;
+    log_out(&inside, &e).await;
+    let (v, took) = wait_landed(&b, PAGE, Duration::from_secs(20)).await;
+    assert_ent_saw_the_browser(&v);
+    let titles = js_value(&b, "return sessionStorage.getItem('titles');").await;
+    let titles: Vec<String> =
+        serde_json::from_str(titles.as_str().expect("titles recorded")).expect("json");
+    assert!(
+        titles.iter().any(|t| t == "C'est votre tour !"),
+        "the hidden tab's title announced the turn: {titles:?}"
+    );
+    eprintln!("hidden tab: titles {titles:?}, landed {took:?} after the logout");
+    b.close().await.expect("close the browser session");
 }

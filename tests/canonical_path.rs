@@ -222,6 +222,7 @@ fn answer(body: &str) -> serde_json::Value {
     if let Some(o) = v.as_object_mut() {
         o.remove("poll_after_ms");
         o.remove("updated_at");
+        o.remove("updated_at_text");
     }
     v
 }

@@ -731,3 +731,49 @@ routes:
         "{err}"
     );
 }
+
+#[test]
+fn pages_time_zone_branding_and_templates_are_checked_with_their_file() {
+    let dir = TempDir::new("check-pages");
+    std::fs::write(
+        dir.path().join("broken.j2"),
+        "{% extends \"layout\" %}{% block content %}{{ t.title | nosuchfilter }}{% endblock %}",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("fine.j2"),
+        "{% extends \"layout\" %}{% block content %}<h1>{{ t.title }}</h1>{% endblock %}",
+    )
+    .expect("write");
+    let run = |pages: &str| {
+        let f = dir.path().join("policy.yaml");
+        std::fs::write(
+            &f,
+            format!("listen: [\"0.0.0.0:8080\"]\norigins:\n  ent: {{ servers: [\"127.0.0.1:1\"] }}\nroutes: [{{ name: ent, origin: ent }}]\npages:\n{pages}"),
+        )
+        .expect("write");
+        let out = Command::new(bin())
+            .arg("check")
+            .arg(&f)
+            .output()
+            .expect("run");
+        let err =
+            String::from_utf8_lossy(&out.stderr).replace(&dir.path().display().to_string(), "DIR");
+        (out.status.code().unwrap_or(-1), err)
+    };
+    let (code, err) = run("  time_zone: America/Cayenne\n  brand: { name: Mon ENT, logo_url: /logo.svg, help_url: \"https://aide.example.fr/\", accent: \"#7a1f5c\", accent_dark: \"#ffb3d9\" }\n  templates: { bad_request: fine.j2 }\n");
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = run("  time_zone: Europe/Pariss\n  brand: { accent: \"#ffff00\", accent_dark: \"#1d4f91\", help_url: \"javascript:alert(1)\" }\n  templates: { rate_limited: broken.j2, shed: missing.j2 }\n");
+    assert_eq!(code, 1, "{err}");
+    for want in [
+        "DIR/policy.yaml:6:14: pages.time_zone: unknown time zone `Europe/Pariss`",
+        "pages.brand.accent: `#ffff00` has a contrast of",
+        "pages.brand.accent_dark: `#1d4f91` has a contrast of",
+        "pages.brand.help_url: `javascript:alert(1)` must start with",
+        "pages.templates.shed: cannot read `DIR/missing.j2`",
+        "pages.templates.rate_limited: template `DIR/broken.j2` (page `rate_limited`)",
+        "nosuchfilter",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}

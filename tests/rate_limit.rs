@@ -74,14 +74,14 @@ async fn refuses_at_the_expected_request_with_standard_headers() {
         .expect("ascii")
         .starts_with("\"per_ip\";r=0;t="));
     assert_eq!(h["cache-control"], "no-store");
-    assert!(r.text().await.expect("body").contains("Too many requests"));
+    assert!(r.text().await.expect("body").contains("A short pause"));
     let r = get(&c, &e.url("/"), &[("accept", "application/json")]).await;
     assert_eq!(r.status(), 429);
     let v: serde_json::Value = r.json().await.expect("json");
     assert_eq!(v["error"], "rate_limited");
     let r = get(&c, &e.url("/"), &[]).await;
     assert!(
-        r.text().await.expect("body").contains("Trop de requêtes"),
+        r.text().await.expect("body").contains("Une petite pause"),
         "French by default"
     );
     assert_eq!(o.hits(), 3, "refused requests never reach the origin");

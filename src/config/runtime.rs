@@ -55,6 +55,8 @@ pub struct Config {
     pub cache: CacheStorage,
     /// Fleet mode (Redis), when configured.
     pub cluster: Option<crate::cluster::ClusterSettings>,
+    /// The pages ecluse writes itself (`pages`): templates, branding, time zone.
+    pub pages: Arc<crate::pages::Pages>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -810,7 +812,8 @@ pub fn build(
     let cache = build_cache_storage(&mut p, file, ctx);
     let cluster = build_cluster(&mut p, file);
     let classes = build_classes(&mut p, &file.priority_classes, &server.paths);
-    let rooms = build_rooms(&mut p, file, &classes, ctx);
+    let pages = build_pages(&mut p, file, ctx);
+    let rooms = build_rooms(&mut p, file, &classes, ctx, &pages);
     let router = build_routes(
         &mut p,
         &file.routes,
@@ -858,7 +861,103 @@ pub fn build(
         degradation,
         cache,
         cluster,
+        pages: Arc::new(pages),
     })
+}
+
+/// `pages`: time zone, branding, template files. Each template file is read, compiled
+/// and rendered with sample values; a problem is reported at the file's key. On any
+/// problem the built-in pages stand in (the config is refused anyway).
+fn build_pages(p: &mut Problems, file: &FileConfig, ctx: &BuildContext) -> crate::pages::Pages {
+    use crate::pages::render::{check_accent, check_url};
+    use crate::pages::{time::Zone, Brand, PageKind, Pages};
+    let f = file.pages.clone().unwrap_or_default();
+    let zone = match f.time_zone.as_deref() {
+        None => Zone::default_zone(),
+        Some(name) => match Zone::named(name.trim()) {
+            Ok(z) => z,
+            Err(e) => {
+                p.at(path!["pages", "time_zone"], e);
+                Zone::default_zone()
+            }
+        },
+    };
+    let mut brand = Brand::default();
+    if let Some(b) = &f.brand {
+        if let Some(n) = &b.name {
+            if n.trim().is_empty() || n.chars().count() > 80 {
+                p.at(
+                    path!["pages", "brand", "name"],
+                    "a name of 1 to 80 characters",
+                );
+            } else {
+                brand.name = n.trim().to_string();
+            }
+        }
+        for (key, value, slot) in [
+            ("logo_url", &b.logo_url, &mut brand.logo_url),
+            ("help_url", &b.help_url, &mut brand.help_url),
+        ] {
+            if let Some(v) = value {
+                match check_url(v.trim()) {
+                    Ok(u) => *slot = Some(u),
+                    Err(e) => p.at(path!["pages", "brand", key], e),
+                }
+            }
+        }
+        for (key, value, dark) in [
+            ("accent", &b.accent, false),
+            ("accent_dark", &b.accent_dark, true),
+        ] {
+            if let Some(v) = value {
+                match check_accent(v, dark) {
+                    Ok(c) if dark => brand.accent_dark = c,
+                    Ok(c) => brand.accent = c,
+                    Err(e) => p.at(path!["pages", "brand", key], e),
+                }
+            }
+        }
+    }
+    let mut overrides = Vec::new();
+    let mut files = Vec::new();
+    for (name, rel) in f
+        .templates
+        .as_ref()
+        .map(|t| t.entries())
+        .unwrap_or_default()
+    {
+        let full = ctx.base_dir.join(rel);
+        match (PageKind::from_name(name), std::fs::read_to_string(&full)) {
+            (Some(kind), Ok(src)) => {
+                overrides.push((kind, src));
+                files.push((name, full));
+            }
+            (_, Err(e)) => p.at(
+                path!["pages", "templates", name],
+                format!("cannot read `{}`: {e}", full.display()),
+            ),
+            (None, Ok(_)) => {}
+        }
+    }
+    match Pages::build(&overrides, brand.clone(), zone.clone()) {
+        Ok(pages) => pages,
+        Err(e) => {
+            // Blame the file of the page that failed, or the layout (every page
+            // extends it) when the page itself is built in.
+            let (key, shown) = match files.iter().find(|(n, _)| *n == e.kind) {
+                Some((n, full)) => (*n, full.display().to_string()),
+                None => match files.iter().find(|(n, _)| *n == "layout") {
+                    Some((n, full)) => (*n, full.display().to_string()),
+                    None => (e.kind, String::from("built-in")),
+                },
+            };
+            p.at(
+                path!["pages", "templates", key],
+                format!("template `{shown}` (page `{}`): {}", e.kind, e.message),
+            );
+            Pages::build(&[], brand, zone).unwrap_or_else(|_| (*Pages::builtin()).clone())
+        }
+    }
 }
 
 fn build_cluster(p: &mut Problems, file: &FileConfig) -> Option<crate::cluster::ClusterSettings> {
@@ -1721,6 +1820,7 @@ fn build_rooms(
     file: &FileConfig,
     classes: &[PriorityClass],
     ctx: &BuildContext,
+    pages: &crate::pages::Pages,
 ) -> Vec<Arc<Room>> {
     let mut out = Vec::new();
     for (name, w) in &file.waiting_rooms {
@@ -1888,21 +1988,13 @@ fn build_rooms(
         if ticket_burst.is_none() {
             p.at(at(path!["ticket_burst"]), "must be at least 1");
         }
-        let template = match &w.template_file {
-            None => Some(crate::pages::queue::QueueTemplate::builtin()),
+        // The room's pages: its own queue template and name over the config's.
+        let queue_source = match &w.template_file {
+            None => Some(None),
             Some(f) => {
                 let full = ctx.base_dir.join(f);
                 match std::fs::read_to_string(&full) {
-                    Ok(t) => match crate::pages::queue::QueueTemplate::compile(&t) {
-                        Ok(q) => Some(Arc::new(q)),
-                        Err(e) => {
-                            p.at(
-                                at(path!["template_file"]),
-                                format!("template `{}`: {e}", full.display()),
-                            );
-                            None
-                        }
-                    },
+                    Ok(t) => Some(Some(t)),
                     Err(e) => {
                         p.at(
                             at(path!["template_file"]),
@@ -1913,6 +2005,24 @@ fn build_rooms(
                 }
             }
         };
+        let template =
+            queue_source.and_then(
+                |src| match pages.for_room(src.as_deref(), w.brand.as_deref()) {
+                    Ok(room_pages) => Some(Arc::new(room_pages)),
+                    Err(e) => {
+                        let file = w.template_file.as_deref().unwrap_or("");
+                        p.at(
+                            at(path!["template_file"]),
+                            format!(
+                                "template `{}`: {}",
+                                ctx.base_dir.join(file).display(),
+                                e.message
+                            ),
+                        );
+                        None
+                    }
+                },
+            );
         let end_header = match http::HeaderName::from_bytes(
             w.end_session_header
                 .as_deref()
@@ -1974,8 +2084,8 @@ fn build_rooms(
             class_map,
             ticket_limiter,
             ticket_fingerprint: fp,
-            template,
-            brand: w.brand.clone().unwrap_or_else(|| "ENT".to_string()),
+            pages: template,
+            turn_sound: w.turn_sound.unwrap_or(false),
             end_header,
             metrics: RoomMetrics::new(name),
         }));
@@ -2224,16 +2334,31 @@ fn build_degradation(p: &mut Problems, file: &FileConfig) -> Option<crate::degra
         messages.insert(
             f.clone(),
             crate::degrade::FeatureMessage {
-                fr: m.message_fr.clone().unwrap_or_else(|| format!("« {f} » est suspendu pendant la forte affluence ; vos cours et devoirs restent accessibles.")),
-                en: m.message_en.clone().unwrap_or_else(|| format!("“{f}” is paused while the ENT is very busy; your lessons and homework stay available.")),
-                retry_after: duration_or(p, &m.retry_after, Duration::from_secs(300), path!["degradation", "features", f.as_str(), "retry_after"]),
+                name_fr: m.name_fr.clone(),
+                name_en: m.name_en.clone(),
+                fr: m
+                    .message_fr
+                    .clone()
+                    .unwrap_or_else(|| crate::degrade::default_message(m.name_fr.as_deref(), true)),
+                en: m.message_en.clone().unwrap_or_else(|| {
+                    crate::degrade::default_message(m.name_en.as_deref(), false)
+                }),
+                retry_after: duration_or(
+                    p,
+                    &m.retry_after,
+                    Duration::from_secs(300),
+                    path!["degradation", "features", f.as_str(), "retry_after"],
+                ),
                 drain: match &m.drain {
                     None => crate::degrade::DEFAULT_DRAIN,
                     Some(t) if t.0.trim() == "never" => None,
                     Some(t) => match parse_duration(&t.0) {
                         Ok(d) => Some(d),
                         Err(e) => {
-                            p.at(path!["degradation", "features", f.as_str(), "drain"], format!("{e}, or `never`"));
+                            p.at(
+                                path!["degradation", "features", f.as_str(), "drain"],
+                                format!("{e}, or `never`"),
+                            );
                             crate::degrade::DEFAULT_DRAIN
                         }
                     },

@@ -4,6 +4,10 @@
 use bytes::Bytes;
 
 pub mod queue;
+pub mod render;
+pub mod time;
+
+pub use render::{Brand, PageKind, Pages};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lang {
@@ -73,22 +77,7 @@ pub struct Page {
     pub body: Bytes,
 }
 
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// What went wrong, in words for students, plus a machine-readable code.
+/// What went wrong, in words for pupils, plus a machine-readable code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Problem {
     /// No route matches the request.
@@ -114,6 +103,34 @@ pub enum Problem {
     /// This client's address already holds its share of the body budgets
     /// (`max_per_client`): its other uploads must end first.
     ClientBodyCap,
+}
+
+/// A page's words: what happened, why (and that it is not the pupil's fault), what
+/// happens next. `{n}` in `next` is replaced by the `Retry-After` seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Words {
+    pub title: &'static str,
+    pub what: &'static str,
+    pub why: &'static str,
+    pub next: &'static str,
+    /// `next` when there is no `Retry-After` to count down from.
+    pub next_plain: &'static str,
+}
+
+const fn w(
+    title: &'static str,
+    what: &'static str,
+    why: &'static str,
+    next: &'static str,
+    next_plain: &'static str,
+) -> Words {
+    Words {
+        title,
+        what,
+        why,
+        next,
+        next_plain,
+    }
 }
 
 impl Problem {
@@ -149,42 +166,201 @@ impl Problem {
         }
     }
 
-    fn words(self, lang: Lang) -> (&'static str, &'static str) {
+    /// Which page (and so which template ops may replace) shows this problem.
+    pub fn kind(self) -> PageKind {
+        match self {
+            Problem::RateLimited => PageKind::RateLimited,
+            Problem::OriginBusy | Problem::NoBodySpace | Problem::ClientBodyCap => PageKind::Shed,
+            Problem::BadGateway | Problem::GatewayTimeout => PageKind::OriginError,
+            Problem::BadRequest => PageKind::BadRequest,
+            Problem::NoRoute
+            | Problem::Internal
+            | Problem::PayloadTooLarge
+            | Problem::LengthRequired => PageKind::Error,
+        }
+    }
+
+    /// Whether the page goes back to the same address by itself after `Retry-After`
+    /// (a plain GET: never for what was an upload).
+    pub fn auto_retry(self) -> bool {
+        matches!(self, Problem::RateLimited | Problem::OriginBusy)
+    }
+
+    /// Words for pupils (read by a 12-year-old): what happened, that it is not their
+    /// fault, and what happens next. No internal names, no brand in sentences.
+    pub fn words(self, lang: Lang) -> Words {
         match (self, lang) {
-            (Problem::NoRoute, Lang::Fr) => ("Page introuvable", "Cette adresse ne correspond à aucun service de l'ENT."),
-            (Problem::NoRoute, Lang::En) => ("Page not found", "This address does not belong to any service of the ENT."),
-            (Problem::OriginBusy, Lang::Fr) => ("L'ENT est très sollicité", "Trop de connexions en même temps : réessayez dans quelques instants. Votre travail n'est pas perdu."),
-            (Problem::OriginBusy, Lang::En) => ("The ENT is very busy", "Too many people at once: please try again in a moment. Your work is not lost."),
-            (Problem::BadGateway, Lang::Fr) => ("L'ENT ne répond pas correctement", "Le serveur de l'ENT a rencontré un problème. Réessayez dans quelques instants."),
-            (Problem::BadGateway, Lang::En) => ("The ENT did not answer properly", "The ENT server ran into a problem. Please try again in a moment."),
-            (Problem::GatewayTimeout, Lang::Fr) => ("L'ENT met trop de temps à répondre", "Le serveur de l'ENT est lent en ce moment. Réessayez dans quelques instants."),
-            (Problem::GatewayTimeout, Lang::En) => ("The ENT is taking too long", "The ENT server is slow right now. Please try again in a moment."),
-            (Problem::BadRequest, Lang::Fr) => ("Requête invalide", "Votre navigateur a envoyé une requête que nous ne comprenons pas."),
-            (Problem::BadRequest, Lang::En) => ("Bad request", "Your browser sent a request we could not understand."),
-            (Problem::RateLimited, Lang::Fr) => ("Trop de requêtes", "Vous avez envoyé beaucoup de requêtes en peu de temps. Patientez quelques secondes, puis réessayez : votre travail n'est pas perdu."),
-            (Problem::RateLimited, Lang::En) => ("Too many requests", "You sent many requests in a short time. Wait a few seconds, then try again: your work is not lost."),
-            (Problem::Internal, Lang::Fr) => ("Erreur interne", "Un problème est survenu de notre côté. Réessayez dans quelques instants."),
-            (Problem::Internal, Lang::En) => ("Internal error", "Something went wrong on our side. Please try again in a moment."),
-            (Problem::PayloadTooLarge, Lang::Fr) => ("Fichier trop volumineux", "Ce que vous envoyez dépasse la taille acceptée ici. Réduisez le fichier (ou découpez-le), puis réessayez."),
-            (Problem::PayloadTooLarge, Lang::En) => ("File too large", "What you are sending is larger than this service accepts. Make the file smaller (or split it), then try again."),
-            (Problem::LengthRequired, Lang::Fr) => ("Taille manquante", "L'envoi doit annoncer sa taille (Content-Length). Réessayez depuis un navigateur ou l'application de l'ENT."),
-            (Problem::LengthRequired, Lang::En) => ("Length required", "The upload must announce its size (Content-Length). Try again from a browser or the ENT app."),
-            (Problem::NoBodySpace, Lang::Fr) => ("Envois très nombreux", "Trop d'envois de fichiers en même temps : réessayez dans quelques instants. Votre fichier n'a pas été transmis."),
-            (Problem::NoBodySpace, Lang::En) => ("Too many uploads at once", "Too many files are being sent right now: please try again in a moment. Your file was not sent."),
-            (Problem::ClientBodyCap, Lang::Fr) => ("Envois en cours depuis votre réseau", "Beaucoup de fichiers sont déjà en cours d'envoi depuis votre adresse : attendez qu'ils se terminent, puis réessayez. Votre fichier n'a pas été transmis."),
-            (Problem::ClientBodyCap, Lang::En) => ("Uploads already in progress from your network", "Many files are already being sent from your address: wait for them to finish, then try again. Your file was not sent."),
+            (Problem::RateLimited, Lang::Fr) => w(
+                "Une petite pause",
+                "Beaucoup de demandes sont arrivées de votre appareil en peu de temps, alors le site attend quelques secondes avant de répondre.",
+                "Ce n'est pas de votre faute : cela arrive quand beaucoup de personnes partagent la même connexion, au collège par exemple.",
+                "La page va se recharger toute seule dans {n}. Votre travail n'est pas perdu.",
+                "Attendez quelques secondes, puis réessayez. Votre travail n'est pas perdu.",
+            ),
+            (Problem::RateLimited, Lang::En) => w(
+                "A short pause",
+                "Many requests came from your device in a short time, so the site waits a few seconds before answering.",
+                "It is not your fault: this happens when many people share the same connection, at school for example.",
+                "This page will reload by itself in {n}. Your work is not lost.",
+                "Wait a few seconds, then try again. Your work is not lost.",
+            ),
+            (Problem::OriginBusy, Lang::Fr) => w(
+                "Le site est très chargé",
+                "Beaucoup de personnes utilisent le site en même temps, et il ne peut pas répondre à tout le monde tout de suite.",
+                "Ce n'est pas de votre faute, et votre appareil fonctionne bien.",
+                "La page va se recharger toute seule dans {n}. Votre travail n'est pas perdu.",
+                "Réessayez dans quelques instants. Votre travail n'est pas perdu.",
+            ),
+            (Problem::OriginBusy, Lang::En) => w(
+                "The site is very busy",
+                "Many people are using the site at the same time, and it cannot answer everyone straight away.",
+                "It is not your fault, and your device is working fine.",
+                "This page will reload by itself in {n}. Your work is not lost.",
+                "Try again in a moment. Your work is not lost.",
+            ),
+            (Problem::NoBodySpace, Lang::Fr) => w(
+                "Beaucoup d'envois en même temps",
+                "Beaucoup de fichiers sont envoyés en même temps, et le site ne peut pas prendre le vôtre tout de suite.",
+                "Ce n'est pas de votre faute, et votre fichier n'a rien.",
+                "Votre fichier n'a pas été envoyé : renvoyez-le dans quelques instants.",
+                "Votre fichier n'a pas été envoyé : renvoyez-le dans quelques instants.",
+            ),
+            (Problem::NoBodySpace, Lang::En) => w(
+                "Many uploads at once",
+                "Many files are being sent at the same time, and the site cannot take yours straight away.",
+                "It is not your fault, and nothing is wrong with your file.",
+                "Your file was not sent: send it again in a moment.",
+                "Your file was not sent: send it again in a moment.",
+            ),
+            (Problem::ClientBodyCap, Lang::Fr) => w(
+                "Des envois sont déjà en cours",
+                "Beaucoup de fichiers sont déjà en cours d'envoi depuis votre réseau (votre école, par exemple), alors le site ne peut pas prendre le vôtre tout de suite.",
+                "Ce n'est pas de votre faute, et votre fichier n'a rien.",
+                "Votre fichier n'a pas été envoyé : renvoyez-le quand les autres envois seront finis.",
+                "Votre fichier n'a pas été envoyé : renvoyez-le quand les autres envois seront finis.",
+            ),
+            (Problem::ClientBodyCap, Lang::En) => w(
+                "Uploads already in progress",
+                "Many files are already being sent from your network (your school, for example), so the site cannot take yours straight away.",
+                "It is not your fault, and nothing is wrong with your file.",
+                "Your file was not sent: send it again once the other uploads have finished.",
+                "Your file was not sent: send it again once the other uploads have finished.",
+            ),
+            (Problem::BadGateway, Lang::Fr) => w(
+                "Le site a un problème",
+                "Le serveur du site n'a pas répondu correctement.",
+                "Ce n'est pas de votre faute, et votre appareil fonctionne bien.",
+                "Réessayez dans quelques minutes. Si cela dure, prévenez votre professeur.",
+                "Réessayez dans quelques minutes. Si cela dure, prévenez votre professeur.",
+            ),
+            (Problem::BadGateway, Lang::En) => w(
+                "The site has a problem",
+                "The site's server did not answer properly.",
+                "It is not your fault, and your device is working fine.",
+                "Try again in a few minutes. If it goes on, tell your teacher.",
+                "Try again in a few minutes. If it goes on, tell your teacher.",
+            ),
+            (Problem::GatewayTimeout, Lang::Fr) => w(
+                "Le site met trop de temps à répondre",
+                "Le serveur du site est très lent en ce moment.",
+                "Ce n'est pas de votre faute, et votre appareil fonctionne bien.",
+                "Réessayez dans quelques minutes. Si cela dure, prévenez votre professeur.",
+                "Réessayez dans quelques minutes. Si cela dure, prévenez votre professeur.",
+            ),
+            (Problem::GatewayTimeout, Lang::En) => w(
+                "The site is taking too long",
+                "The site's server is very slow right now.",
+                "It is not your fault, and your device is working fine.",
+                "Try again in a few minutes. If it goes on, tell your teacher.",
+                "Try again in a few minutes. If it goes on, tell your teacher.",
+            ),
+            (Problem::BadRequest, Lang::Fr) => w(
+                "Cette demande n'a pas pu être lue",
+                "Votre navigateur a envoyé une demande que le site ne comprend pas.",
+                "Ce n'est pas de votre faute : cela peut venir d'un lien abîmé ou d'un ancien cookie.",
+                "Retournez à l'accueil et réessayez. Si cela recommence, fermez le navigateur puis rouvrez-le.",
+                "Retournez à l'accueil et réessayez. Si cela recommence, fermez le navigateur puis rouvrez-le.",
+            ),
+            (Problem::BadRequest, Lang::En) => w(
+                "This request could not be read",
+                "Your browser sent a request the site does not understand.",
+                "It is not your fault: a broken link or an old cookie can cause this.",
+                "Go back to the home page and try again. If it happens again, close the browser and open it again.",
+                "Go back to the home page and try again. If it happens again, close the browser and open it again.",
+            ),
+            (Problem::NoRoute, Lang::Fr) => w(
+                "Page introuvable",
+                "Cette adresse ne mène à aucune page du site.",
+                "Le lien est peut-être incomplet ou trop ancien.",
+                "Retournez à l'accueil pour retrouver ce que vous cherchez.",
+                "Retournez à l'accueil pour retrouver ce que vous cherchez.",
+            ),
+            (Problem::NoRoute, Lang::En) => w(
+                "Page not found",
+                "This address does not lead to any page of the site.",
+                "The link may be incomplete or too old.",
+                "Go back to the home page to find what you are looking for.",
+                "Go back to the home page to find what you are looking for.",
+            ),
+            (Problem::Internal, Lang::Fr) => w(
+                "Un problème est survenu",
+                "Quelque chose n'a pas marché de notre côté.",
+                "Ce n'est pas de votre faute.",
+                "Réessayez dans quelques instants.",
+                "Réessayez dans quelques instants.",
+            ),
+            (Problem::Internal, Lang::En) => w(
+                "Something went wrong",
+                "Something did not work on our side.",
+                "It is not your fault.",
+                "Try again in a moment.",
+                "Try again in a moment.",
+            ),
+            (Problem::PayloadTooLarge, Lang::Fr) => w(
+                "Fichier trop gros",
+                "Ce que vous envoyez est plus gros que ce que ce service accepte.",
+                "",
+                "Réduisez le fichier (ou découpez-le), puis réessayez.",
+                "Réduisez le fichier (ou découpez-le), puis réessayez.",
+            ),
+            (Problem::PayloadTooLarge, Lang::En) => w(
+                "File too large",
+                "What you are sending is larger than this service accepts.",
+                "",
+                "Make the file smaller (or split it), then try again.",
+                "Make the file smaller (or split it), then try again.",
+            ),
+            (Problem::LengthRequired, Lang::Fr) => w(
+                "Taille manquante",
+                "L'envoi doit annoncer sa taille (Content-Length).",
+                "",
+                "Réessayez depuis un navigateur ou depuis l'application.",
+                "Réessayez depuis un navigateur ou depuis l'application.",
+            ),
+            (Problem::LengthRequired, Lang::En) => w(
+                "Length required",
+                "The upload must announce its size (Content-Length).",
+                "",
+                "Try again from a browser or from the app.",
+                "Try again from a browser or from the app.",
+            ),
         }
     }
 }
 
-/// The 503 page of a feature switched off under load: the ops-written message, and a
-/// link home (the rest of the ENT stays up).
+/// The 503 page of a feature switched off under load: the feature's display name, the
+/// ops-written message, and a link home (the rest of the workspace stays up).
+/// `feature` (the internal name) appears in JSON only.
+#[allow(clippy::too_many_arguments)]
 pub fn feature_off_page(
+    pages: &Pages,
     lang: Lang,
     json: bool,
     feature: &str,
+    display_name: Option<&str>,
     message: &str,
     retry_after: u64,
+    request_id: Option<&str>,
 ) -> Page {
     if json {
         let v = serde_json::json!({
@@ -199,23 +375,7 @@ pub fn feature_off_page(
             body: Bytes::from(v.to_string()),
         };
     }
-    let (title, home) = match lang {
-        Lang::Fr => (
-            "Service momentanément suspendu",
-            "Retour à l'accueil de l'ENT",
-        ),
-        Lang::En => ("Service paused for now", "Back to the ENT home page"),
-    };
-    let html = format!(
-        "<!doctype html>\n<html lang=\"{lang}\"><head><meta charset=\"utf-8\">\
-<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-<title>{title}</title><style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;line-height:1.5;color:#1b1b1b}}h1{{font-size:1.4rem}}</style>\
-</head><body><main><h1>{title}</h1><p>{text}</p><p><a href=\"/\">{home}</a></p></main></body></html>\n",
-        lang = lang.code(),
-        title = escape(title),
-        text = escape(message),
-        home = escape(home),
-    );
+    let html = pages.render_feature_off(lang, display_name, message, retry_after, request_id);
     Page {
         content_type: "text/html; charset=utf-8",
         body: Bytes::from(html),
@@ -223,14 +383,25 @@ pub fn feature_off_page(
 }
 
 /// The page for a problem, HTML or JSON.
-pub fn problem_page(problem: Problem, lang: Lang, json: bool, retry_after: Option<u64>) -> Page {
-    let (title, text) = problem.words(lang);
+pub fn problem_page(
+    pages: &Pages,
+    problem: Problem,
+    lang: Lang,
+    json: bool,
+    retry_after: Option<u64>,
+    request_id: Option<&str>,
+) -> Page {
     if json {
+        let words = problem.words(lang);
+        let next = match retry_after {
+            Some(n) => words.next.replace("{n}", &render::delay_words(n, lang)),
+            None => words.next_plain.to_string(),
+        };
         let v = serde_json::json!({
             "error": problem.code(),
             "status": problem.status(),
-            "title": title,
-            "message": text,
+            "title": words.title,
+            "message": format!("{} {next}", words.what),
             "retry_after": retry_after,
         });
         return Page {
@@ -238,21 +409,12 @@ pub fn problem_page(problem: Problem, lang: Lang, json: bool, retry_after: Optio
             body: Bytes::from(v.to_string()),
         };
     }
-    let html = format!(
-        "<!doctype html>\n<html lang=\"{lang}\"><head><meta charset=\"utf-8\">\
-<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-<title>{title}</title><style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;line-height:1.5;color:#1b1b1b}}h1{{font-size:1.4rem}}</style>\
-</head><body><main><h1>{title}</h1><p>{text}</p></main></body></html>\n",
-        lang = lang.code(),
-        title = escape(title),
-        text = escape(text),
-    );
+    let html = pages.render_problem(problem, lang, retry_after, request_id);
     Page {
         content_type: "text/html; charset=utf-8",
         body: Bytes::from(html),
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,7 +436,14 @@ mod tests {
         assert!(wants_json(Some(b"application/json")));
         assert!(!wants_json(Some(b"text/html,application/json;q=0.9")));
         assert!(!wants_json(None));
-        let p = problem_page(Problem::OriginBusy, Lang::En, true, Some(2));
+        let p = problem_page(
+            &Pages::builtin(),
+            Problem::OriginBusy,
+            Lang::En,
+            true,
+            Some(2),
+            None,
+        );
         let v: serde_json::Value = serde_json::from_slice(&p.body).expect("json");
         assert_eq!(v["error"], "origin_busy");
         assert_eq!(v["retry_after"], 2);

@@ -1,78 +1,153 @@
 //! The queue page (HTML through a minijinja template, built in or supplied by ops) and
 //! the JSON status the page and mobile apps poll.
 
-use std::sync::{Arc, OnceLock};
-
-use minijinja::{context, AutoEscape, Environment};
+use minijinja::Value;
 use serde::Serialize;
 
+use super::render::{Common, PageKind, Pages};
 use super::Lang;
 
-/// The built-in template, good enough to ship; ops may replace it per room.
-pub const BUILTIN: &str = include_str!("queue.html.j2");
-
-/// A compiled queue template.
-pub struct QueueTemplate {
-    env: Environment<'static>,
+#[derive(Serialize)]
+struct QueueContext<'a> {
+    #[serde(flatten)]
+    common: Common<'a>,
+    t: Texts,
+    position: Option<u64>,
+    position_text: &'a str,
+    eta_text: &'a str,
+    updated_at: &'a str,
+    poll_ms: u64,
+    refresh_s: u64,
+    status_url: &'a str,
+    room: &'a str,
+    paused: bool,
+    opens_at: &'a str,
+    phase: &'a str,
+    draw: bool,
+    sound: bool,
 }
 
-impl std::fmt::Debug for QueueTemplate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("QueueTemplate")
+impl Pages {
+    pub(crate) fn try_render_queue(
+        &self,
+        v: &QueueView,
+        rid: Option<&str>,
+    ) -> Result<String, String> {
+        let ctx = QueueContext {
+            common: self.common(PageKind::Queue, v.lang, rid),
+            t: texts(v.lang, v.refresh_s),
+            position: v.position,
+            position_text: &v.position_text,
+            eta_text: &v.eta_text,
+            updated_at: &v.updated_at,
+            poll_ms: v.poll_ms,
+            refresh_s: v.refresh_s,
+            status_url: &v.status_url,
+            room: &v.room,
+            paused: v.paused,
+            opens_at: &v.opens_at,
+            phase: v.phase,
+            draw: v.draw,
+            sound: v.sound,
+        };
+        self.render_value(PageKind::Queue, Value::from_serialize(&ctx))
+    }
+
+    /// The queue page's HTML.
+    pub fn render_queue(&self, v: &QueueView, rid: Option<&str>) -> String {
+        self.render_or_builtin(PageKind::Queue, |p| p.try_render_queue(v, rid))
+    }
+
+    pub(crate) fn try_render_not_open(
+        &self,
+        v: &NotOpenView,
+        rid: Option<&str>,
+    ) -> Result<String, String> {
+        let t = match v.lang {
+            Lang::Fr => NotOpenTexts {
+                title: "Ce n'est pas encore ouvert",
+                what: "Le site ouvre ses portes à une heure prévue, et il est encore trop tôt : personne n'a de place pour l'instant, vous n'avez rien perdu.",
+                opens_label: "Ouverture :",
+                next: if v.draw {
+                    "Un peu avant l'ouverture, cette page vous inscrira dans la file. L'ordre de passage sera tiré au sort à l'ouverture : arriver en avance ne fait pas passer avant."
+                } else {
+                    "Un peu avant l'ouverture, cette page vous inscrira dans la file, dans l'ordre d'arrivée. Gardez-la ouverte : elle se recharge toute seule."
+                },
+                window: "Inscriptions dans la file à partir de",
+            },
+            Lang::En => NotOpenTexts {
+                title: "It is not open yet",
+                what: "The site opens at a set time and it is still too early: nobody has a place yet, so you have lost nothing.",
+                opens_label: "Opens:",
+                next: if v.draw {
+                    "A little before the opening, this page will put you in the queue. The order will be drawn at random at the opening: coming early does not put you first."
+                } else {
+                    "A little before the opening, this page will put you in the queue, in order of arrival. Keep it open: it reloads by itself."
+                },
+                window: "Joining the queue starts",
+            },
+        };
+        let ctx = NotOpenContext {
+            common: self.common(PageKind::NotOpenYet, v.lang, rid),
+            t,
+            opens_at: &v.opens_at,
+            window_at: &v.window_at,
+            reload_in: v.reload_in,
+            draw: v.draw,
+        };
+        self.render_value(PageKind::NotOpenYet, Value::from_serialize(&ctx))
+    }
+
+    /// The "not open yet" page's HTML.
+    pub fn render_not_open(&self, v: &NotOpenView, rid: Option<&str>) -> String {
+        self.render_or_builtin(PageKind::NotOpenYet, |p| p.try_render_not_open(v, rid))
     }
 }
 
-impl QueueTemplate {
-    pub fn compile(source: &str) -> Result<QueueTemplate, String> {
-        let mut env = Environment::new();
-        // Everything is HTML-escaped, whatever the file is called.
-        env.set_auto_escape_callback(|_| AutoEscape::Html);
-        env.add_template_owned("queue", source.to_string())
-            .map_err(|e| e.to_string())?;
-        let t = QueueTemplate { env };
-        // Render once with sample values so that a template referring to unknown filters
-        // or failing at run time is refused at load, not in front of students.
-        t.render(&QueueView::sample()).map(|_| t)
-    }
-
-    pub fn builtin() -> Arc<QueueTemplate> {
-        static T: OnceLock<Arc<QueueTemplate>> = OnceLock::new();
-        T.get_or_init(|| {
-            Arc::new(QueueTemplate::compile(BUILTIN).unwrap_or_else(|e| {
-                // The built-in template is tested; this cannot happen in a release.
-                log::error!("built-in queue template is broken: {e}");
-                QueueTemplate {
-                    env: Environment::new(),
-                }
-            }))
-        })
-        .clone()
-    }
-
-    pub fn render(&self, v: &QueueView) -> Result<String, String> {
-        let tmpl = self.env.get_template("queue").map_err(|e| e.to_string())?;
-        tmpl.render(context! {
-            lang => v.lang.code(),
-            t => texts(v.lang, v.refresh_s),
-            position => v.position,
-            position_text => v.position_text,
-            eta_text => v.eta_text,
-            updated_at => v.updated_at,
-            poll_ms => v.poll_ms,
-            refresh_s => v.refresh_s,
-            status_url => v.status_url,
-            room => v.room,
-            paused => v.paused,
-            opens_at => v.opens_at,
-            brand => v.brand,
-        })
-        .map_err(|e| e.to_string())
-    }
+#[derive(Serialize)]
+struct NotOpenTexts {
+    title: &'static str,
+    what: &'static str,
+    opens_label: &'static str,
+    next: &'static str,
+    window: &'static str,
 }
 
-/// Check a template supplied by ops (used by config validation).
-pub fn compile_check(source: &str) -> Result<(), String> {
-    QueueTemplate::compile(source).map(|_| ())
+#[derive(Serialize)]
+struct NotOpenContext<'a> {
+    #[serde(flatten)]
+    common: Common<'a>,
+    t: NotOpenTexts,
+    opens_at: &'a str,
+    window_at: &'a str,
+    reload_in: u64,
+    draw: bool,
+}
+
+/// What the "not open yet" page shows (before a scheduled opening's pre-queue window).
+#[derive(Debug, Clone)]
+pub struct NotOpenView {
+    pub lang: Lang,
+    /// The opening, in words ("lundi 16 mars à 08:00").
+    pub opens_at: String,
+    /// When places start being handed out, in words.
+    pub window_at: String,
+    /// Seconds before the page reloads itself (until the window, capped).
+    pub reload_in: u64,
+    /// The order is drawn at the opening (`method: random`).
+    pub draw: bool,
+}
+
+impl NotOpenView {
+    pub(crate) fn sample() -> NotOpenView {
+        NotOpenView {
+            lang: Lang::Fr,
+            opens_at: "lundi 16 mars à 08:00".into(),
+            window_at: "lundi 16 mars à 07:30".into(),
+            reload_in: 300,
+            draw: true,
+        }
+    }
 }
 
 /// What the queue page shows.
@@ -89,11 +164,16 @@ pub struct QueueView {
     pub room: String,
     pub paused: bool,
     pub opens_at: String,
-    pub brand: String,
+    /// `waiting`, or `prequeue` (before a scheduled opening, holding a place).
+    pub phase: &'static str,
+    /// The pre-queue's order is drawn at the opening (`method: random`).
+    pub draw: bool,
+    /// Play a short sound when the turn comes in a background tab (`turn_sound`).
+    pub sound: bool,
 }
 
 impl QueueView {
-    fn sample() -> QueueView {
+    pub(crate) fn sample() -> QueueView {
         QueueView {
             lang: Lang::Fr,
             position: Some(1234),
@@ -106,7 +186,9 @@ impl QueueView {
             room: "x".into(),
             paused: false,
             opens_at: String::new(),
-            brand: "ENT".into(),
+            phase: "waiting",
+            draw: false,
+            sound: false,
         }
     }
 }
@@ -124,14 +206,21 @@ struct Texts {
     admitted: &'static str,
     paused: &'static str,
     lost: &'static str,
+    reload: &'static str,
     opens_label: &'static str,
+    prequeue_draw: &'static str,
+    prequeue_fifo: &'static str,
+    after_draw: &'static str,
+    turn_title: &'static str,
+    why_title: &'static str,
+    why_text: &'static str,
 }
 
 fn texts(lang: Lang, refresh_s: u64) -> Texts {
     match lang {
         Lang::Fr => Texts {
             title: "Vous êtes dans la file d'attente",
-            intro: "L'ENT accueille beaucoup d'élèves en ce moment. Les places sont attribuées dans l'ordre d'arrivée et cette page se met à jour toute seule. Gardez cet onglet ouvert : ouvrir d'autres onglets ne fait pas avancer plus vite.",
+            intro: "Beaucoup d'élèves se connectent en ce moment. Les places sont données dans l'ordre et cette page se met à jour toute seule. Gardez cet onglet ouvert : ouvrir d'autres onglets ne fait pas avancer plus vite.",
             position_label: "Votre position",
             ahead_label: "personnes devant vous",
             wait_label: "Attente estimée",
@@ -139,13 +228,20 @@ fn texts(lang: Lang, refresh_s: u64) -> Texts {
             estimating: "estimation en cours…",
             noscript: format!("Cette page se recharge toute seule toutes les {refresh_s} secondes."),
             admitted: "C'est votre tour ! Chargement…",
-            paused: "Les entrées sont momentanément suspendues. Vous gardez votre place.",
-            lost: "Votre place a expiré ; rechargez la page pour en reprendre une.",
-            opens_label: "Ouverture à",
+            paused: "Les entrées sont en pause un moment. Vous gardez votre place.",
+            lost: "Votre place a expiré, parce que la page est restée fermée trop longtemps. Rechargez la page pour en reprendre une.",
+            reload: "Recharger la page",
+            opens_label: "Ouverture :",
+            prequeue_draw: "Vous êtes inscrit dans la file. L'ordre de passage sera tiré au sort à l'ouverture : tout le monde a la même chance, même en arrivant en avance.",
+            prequeue_fifo: "Vous êtes inscrit dans la file. Les entrées commencent à l'ouverture, dans l'ordre d'arrivée.",
+            after_draw: "tirée au sort à l'ouverture",
+            turn_title: "C'est votre tour !",
+            why_title: "Pourquoi cette attente ?",
+            why_text: "Beaucoup d'élèves se connectent en même temps. Pour que le site reste rapide pour tout le monde, nous faisons entrer les personnes petit à petit, dans l'ordre. Ce n'est pas de votre faute.",
         },
         Lang::En => Texts {
             title: "You are in the queue",
-            intro: "The ENT is welcoming many students right now. Places are given in order of arrival and this page updates by itself. Keep this tab open: opening more tabs does not make it faster.",
+            intro: "Many students are signing in right now. Places are given in order and this page updates by itself. Keep this tab open: opening more tabs does not make it faster.",
             position_label: "Your position",
             ahead_label: "people ahead of you",
             wait_label: "Estimated wait",
@@ -154,8 +250,15 @@ fn texts(lang: Lang, refresh_s: u64) -> Texts {
             noscript: format!("This page reloads by itself every {refresh_s} seconds."),
             admitted: "It's your turn! Loading…",
             paused: "Admissions are paused for a moment. You keep your place.",
-            lost: "Your place has expired; reload the page to get a new one.",
-            opens_label: "Opens at",
+            lost: "Your place has expired because the page stayed closed too long. Reload the page to get a new one.",
+            reload: "Reload the page",
+            opens_label: "Opens:",
+            prequeue_draw: "You are in the queue. The order will be drawn at random at the opening: everyone has the same chance, even those who came early.",
+            prequeue_fifo: "You are in the queue. Admissions start at the opening, in order of arrival.",
+            after_draw: "drawn at the opening",
+            turn_title: "It's your turn!",
+            why_title: "Why wait?",
+            why_text: "Many students are signing in at the same time. To keep the site fast for everyone, we let people in a few at a time, in order. It is not your fault.",
         },
     }
 }
@@ -209,22 +312,6 @@ pub fn eta_text(lang: Lang, eta: Option<std::time::Duration>) -> String {
     }
 }
 
-/// `HH:MM:SS` (UTC+0 unless the TZ offset is known; we show the server's UTC time with
-/// the offset ops configure later).
-pub fn clock_text(now_ms: u64) -> String {
-    let s = (now_ms / 1000) % 86_400;
-    let mut out = String::with_capacity(8);
-    for (i, n) in [s / 3600, (s % 3600) / 60, s % 60].into_iter().enumerate() {
-        if i > 0 {
-            out.push(':');
-        }
-        // Two digits each (hours < 24).
-        out.push(char::from(b'0' + (n / 10) as u8));
-        out.push(char::from(b'0' + (n % 10) as u8));
-    }
-    out
-}
-
 /// The JSON status of a ticket.
 #[derive(Debug, Serialize)]
 pub struct Status<'a> {
@@ -235,10 +322,16 @@ pub struct Status<'a> {
     pub position_text: String,
     pub eta_seconds: Option<u64>,
     pub eta_text: String,
+    /// RFC 3339 with the offset of `pages.time_zone`.
     pub updated_at: String,
+    /// Local time, `15:27:19`.
+    pub updated_at_text: String,
     pub poll_after_ms: u64,
     pub paused: bool,
+    /// The scheduled opening, RFC 3339 with its offset, while it is ahead.
     pub opens_at: Option<String>,
+    /// The same in words ("lundi 16 mars à 08:00").
+    pub opens_at_text: Option<String>,
 }
 
 #[cfg(test)]
@@ -247,11 +340,10 @@ mod tests {
 
     #[test]
     fn builtin_template_renders_and_escapes() {
-        let t = QueueTemplate::compile(BUILTIN).expect("builtin compiles");
+        let pages = Pages::for_room(&Pages::builtin(), None, Some("<b>ENT</b>")).expect("pages");
         let mut v = QueueView::sample();
         v.room = "\"><script>alert(1)</script>".into();
-        v.brand = "<b>ENT</b>".into();
-        let html = t.render(&v).expect("render");
+        let html = pages.try_render_queue(&v, None).expect("render");
         assert!(html.contains("lang=\"fr\""));
         assert!(html.contains("aria-live"));
         assert!(html.contains("http-equiv=\"refresh\""));
@@ -259,15 +351,41 @@ mod tests {
         assert!(!html.contains("<b>ENT</b>"), "escaped");
         v.lang = Lang::En;
         v.position = None;
-        let html = t.render(&v).expect("render en");
+        let html = pages.try_render_queue(&v, None).expect("render en");
         assert!(html.contains("lang=\"en\""));
     }
 
     #[test]
+    fn prequeue_and_not_open_pages() {
+        let pages = Pages::builtin();
+        let mut v = QueueView::sample();
+        v.phase = "prequeue";
+        v.draw = true;
+        v.position = None;
+        v.position_text.clear();
+        let html = pages.try_render_queue(&v, None).expect("render");
+        assert!(html.contains("tiré au sort à l&#x27;ouverture"), "{html}");
+        let n = NotOpenView::sample();
+        let html = pages
+            .try_render_not_open(&n, Some("rid-1"))
+            .expect("render");
+        assert!(html.contains("Ce n&#x27;est pas encore ouvert"));
+        assert!(html.contains("lundi 16 mars à 08:00"));
+        assert!(
+            !html.contains("Votre position"),
+            "no position before the window"
+        );
+        assert!(html.contains("rid-1"));
+    }
+
+    #[test]
     fn broken_templates_are_refused() {
-        assert!(compile_check("{% if %}").is_err());
-        assert!(compile_check("{{ position | nosuchfilter }}").is_err());
-        assert!(compile_check("<p>{{ position_text }}</p>").is_ok());
+        let p = Pages::builtin();
+        assert!(p.for_room(Some("{% if %}"), None).is_err());
+        assert!(p
+            .for_room(Some("{{ position | nosuchfilter }}"), None)
+            .is_err());
+        assert!(p.for_room(Some("<p>{{ position_text }}</p>"), None).is_ok());
     }
 
     #[test]
@@ -291,9 +409,6 @@ mod tests {
             eta_text(Lang::En, Some(std::time::Duration::from_secs(3540))),
             "59 min"
         );
-        assert_eq!(clock_text(3_723_000), "01:02:03");
-        assert_eq!(clock_text(86_399_999), "23:59:59");
-        assert_eq!(clock_text(86_400_000 + 45_296_000), "12:34:56");
         assert_eq!(position_text(Lang::En, Some(1_234_567)), "about 1,234,600");
         assert_eq!(position_text(Lang::Fr, Some(99)), "99");
     }

@@ -394,7 +394,14 @@ impl EcluseProxy {
         let req = session.req_header();
         let lang = pages::negotiate_lang(header(req, "accept-language"));
         let json = pages::wants_json(header(req, "accept"));
-        let page = pages::problem_page(problem, lang, json, retry_after);
+        let set = ctx
+            .config
+            .as_ref()
+            .map(|c| c.pages.clone())
+            .unwrap_or_else(pages::Pages::builtin);
+        // `request_id`: the footer prints it once requests carry one (the edge's request
+        // ids); `None` leaves the line out.
+        let page = pages::problem_page(&set, problem, lang, json, retry_after, None);
         let mut resp = ResponseHeader::build(problem.status(), Some(5))?;
         resp.insert_header("content-type", page.content_type)?;
         resp.insert_header("content-length", page.body.len().to_string())?;
@@ -937,7 +944,7 @@ impl EcluseProxy {
             }
             Arrival::Closed => {
                 ctx.room_decision = Some("closed");
-                self.respond_queue(session, ctx, room, "waiting", None, None)
+                self.respond_queue(session, ctx, room, "closed", None, None)
                     .await?;
                 Ok(true)
             }
@@ -1143,7 +1150,8 @@ impl EcluseProxy {
             // a second keeps its own pace.)
             poll_after = (eta.as_millis() as u64 + 250).clamp(1000.min(poll_after), poll_after);
         }
-        let opens_at = params.opens_at.filter(|t| *t > now).map(queue::clock_text);
+        let zone = &room.pages.zone;
+        let opens = params.opens_at.filter(|t| *t > now);
         let status = queue::Status {
             room: &room.name,
             state,
@@ -1151,10 +1159,12 @@ impl EcluseProxy {
             position_text: queue::position_text(lang, position),
             eta_seconds: eta.map(|d| d.as_secs()),
             eta_text: queue::eta_text(lang, eta),
-            updated_at: queue::clock_text(now),
+            updated_at: zone.rfc3339(now),
+            updated_at_text: zone.clock(now),
             poll_after_ms: poll_after,
             paused,
-            opens_at,
+            opens_at: opens.map(|t| zone.rfc3339(t)),
+            opens_at_text: opens.map(|t| zone.when(t, now, lang)),
         };
         (lang, status, base)
     }
@@ -1195,42 +1205,52 @@ impl EcluseProxy {
                 .respond_queue_json(session, ctx, room, state, position, set_cookie)
                 .await;
         }
-        let (lang, status, poll_ms) = self.status_of(
-            session.req_header(),
-            room,
-            &room.effective(),
-            state,
-            position,
-            now_ms(),
-        );
-        let view = queue::QueueView {
-            lang,
-            position,
-            position_text: status.position_text,
-            eta_text: status.eta_text,
-            updated_at: status.updated_at,
-            poll_ms,
-            refresh_s: (poll_ms / 1000).max(5),
-            status_url: format!("{STATUS_PATH}?room={}", room.name),
-            room: room.name.clone(),
-            paused: status.paused,
-            opens_at: status.opens_at.unwrap_or_default(),
-            brand: room.brand.clone(),
-        };
-        let body = match room.template.render(&view) {
-            Ok(html) => Bytes::from(html),
-            Err(e) => {
-                log::error!(
-                    "room {}: queue template failed: {e}; using the built-in page",
-                    room.name
-                );
-                Bytes::from(
-                    queue::QueueTemplate::builtin()
-                        .render(&view)
-                        .unwrap_or_default(),
-                )
+        let params = room.effective();
+        let now = now_ms();
+        let (lang, status, poll_ms) =
+            self.status_of(session.req_header(), room, &params, state, position, now);
+        let before_opening = params.opens_at.filter(|t| *t > now);
+        let draw = params.method == crate::policy::waiting_room::Method::Random;
+        let html = match before_opening {
+            // Before the pre-queue window: nobody holds a place, so no position.
+            Some(opens) if state == "closed" => {
+                let window = opens.saturating_sub(params.prequeue.as_millis() as u64);
+                let view = queue::NotOpenView {
+                    lang,
+                    opens_at: room.pages.zone.when(opens, now, lang),
+                    window_at: room.pages.zone.when(window, now, lang),
+                    // Back when the window opens; at most every 5 minutes meanwhile
+                    // (a changed opening time is seen), at least 5 s apart.
+                    reload_in: (window.saturating_sub(now) / 1000).clamp(5, 300),
+                    draw,
+                };
+                room.pages.render_not_open(&view, None)
+            }
+            _ => {
+                let view = queue::QueueView {
+                    lang,
+                    position,
+                    position_text: status.position_text,
+                    eta_text: status.eta_text,
+                    updated_at: status.updated_at_text,
+                    poll_ms,
+                    refresh_s: (poll_ms / 1000).max(5),
+                    status_url: format!("{STATUS_PATH}?room={}", room.name),
+                    room: room.name.clone(),
+                    paused: status.paused,
+                    opens_at: status.opens_at_text.unwrap_or_default(),
+                    phase: if before_opening.is_some() {
+                        "prequeue"
+                    } else {
+                        "waiting"
+                    },
+                    draw,
+                    sound: room.turn_sound,
+                };
+                room.pages.render_queue(&view, None)
             }
         };
+        let body = Bytes::from(html);
         self.respond_raw(
             session,
             ctx,
@@ -1513,18 +1533,33 @@ impl ProxyHttp for EcluseProxy {
                 let req = session.req_header();
                 let lang = pages::negotiate_lang(header(req, "accept-language"));
                 let json = pages::wants_json(header(req, "accept"));
-                let (text, retry) = match &msg {
+                let fr = lang == pages::Lang::Fr;
+                let (text, name, retry) = match &msg {
                     Some(m) => (
-                        if lang == pages::Lang::Fr {
-                            m.fr.clone()
+                        if fr { m.fr.clone() } else { m.en.clone() },
+                        if fr {
+                            m.name_fr.clone()
                         } else {
-                            m.en.clone()
+                            m.name_en.clone()
                         },
                         m.retry_after.as_secs().max(1),
                     ),
-                    None => (String::new(), 300),
+                    None => (crate::degrade::default_message(None, fr), None, 300),
                 };
-                let page = pages::feature_off_page(lang, json, feature, &text, retry);
+                let set = cfg
+                    .as_ref()
+                    .map(|c| c.pages.clone())
+                    .unwrap_or_else(pages::Pages::builtin);
+                let page = pages::feature_off_page(
+                    &set,
+                    lang,
+                    json,
+                    feature,
+                    name.as_deref(),
+                    &text,
+                    retry,
+                    None,
+                );
                 ctx.decision = Some("feature_off");
                 let mut resp = ResponseHeader::build(503, Some(5))?;
                 resp.insert_header("content-type", page.content_type)?;
