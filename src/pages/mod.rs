@@ -88,6 +88,23 @@ fn escape(s: &str) -> String {
     out
 }
 
+/// The request id, small at the bottom of a page, for a pupil to read out or copy when
+/// reporting a problem (ops find the request in the access log and the ENT's logs by it).
+fn request_id_line(lang: Lang, request_id: &str) -> String {
+    if request_id.is_empty() {
+        return String::new();
+    }
+    let label = match lang {
+        Lang::Fr => "Référence à donner si vous signalez un problème :",
+        Lang::En => "Reference to give if you report a problem:",
+    };
+    format!(
+        "<p style=\"font-size:.75rem;color:#595959\">{} <code class=\"request-id\">{}</code></p>",
+        escape(label),
+        escape(request_id)
+    )
+}
+
 /// What went wrong, in words for students, plus a machine-readable code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Problem {
@@ -178,6 +195,7 @@ pub fn feature_off_page(
     feature: &str,
     message: &str,
     retry_after: u64,
+    request_id: &str,
 ) -> Page {
     if json {
         let v = serde_json::json!({
@@ -186,6 +204,7 @@ pub fn feature_off_page(
             "feature": feature,
             "message": message,
             "retry_after": retry_after,
+            "request_id": request_id,
         });
         return Page {
             content_type: "application/json",
@@ -203,11 +222,12 @@ pub fn feature_off_page(
         "<!doctype html>\n<html lang=\"{lang}\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <title>{title}</title><style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;line-height:1.5;color:#1b1b1b}}h1{{font-size:1.4rem}}</style>\
-</head><body><main><h1>{title}</h1><p>{text}</p><p><a href=\"/\">{home}</a></p></main></body></html>\n",
+</head><body><main><h1>{title}</h1><p>{text}</p><p><a href=\"/\">{home}</a></p>{rid}</main></body></html>\n",
         lang = lang.code(),
         title = escape(title),
         text = escape(message),
         home = escape(home),
+        rid = request_id_line(lang, request_id),
     );
     Page {
         content_type: "text/html; charset=utf-8",
@@ -216,7 +236,13 @@ pub fn feature_off_page(
 }
 
 /// The page for a problem, HTML or JSON.
-pub fn problem_page(problem: Problem, lang: Lang, json: bool, retry_after: Option<u64>) -> Page {
+pub fn problem_page(
+    problem: Problem,
+    lang: Lang,
+    json: bool,
+    retry_after: Option<u64>,
+    request_id: &str,
+) -> Page {
     let (title, text) = problem.words(lang);
     if json {
         let v = serde_json::json!({
@@ -225,6 +251,7 @@ pub fn problem_page(problem: Problem, lang: Lang, json: bool, retry_after: Optio
             "title": title,
             "message": text,
             "retry_after": retry_after,
+            "request_id": request_id,
         });
         return Page {
             content_type: "application/json",
@@ -235,10 +262,11 @@ pub fn problem_page(problem: Problem, lang: Lang, json: bool, retry_after: Optio
         "<!doctype html>\n<html lang=\"{lang}\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <title>{title}</title><style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;line-height:1.5;color:#1b1b1b}}h1{{font-size:1.4rem}}</style>\
-</head><body><main><h1>{title}</h1><p>{text}</p></main></body></html>\n",
+</head><body><main><h1>{title}</h1><p>{text}</p>{rid}</main></body></html>\n",
         lang = lang.code(),
         title = escape(title),
         text = escape(text),
+        rid = request_id_line(lang, request_id),
     );
     Page {
         content_type: "text/html; charset=utf-8",
@@ -267,9 +295,10 @@ mod tests {
         assert!(wants_json(Some(b"application/json")));
         assert!(!wants_json(Some(b"text/html,application/json;q=0.9")));
         assert!(!wants_json(None));
-        let p = problem_page(Problem::OriginBusy, Lang::En, true, Some(2));
+        let p = problem_page(Problem::OriginBusy, Lang::En, true, Some(2), "rid-1");
         let v: serde_json::Value = serde_json::from_slice(&p.body).expect("json");
         assert_eq!(v["error"], "origin_busy");
         assert_eq!(v["retry_after"], 2);
+        assert_eq!(v["request_id"], "rid-1");
     }
 }

@@ -65,6 +65,7 @@ impl QueueTemplate {
             paused => v.paused,
             opens_at => v.opens_at,
             brand => v.brand,
+            request_id => v.request_id,
         })
         .map_err(|e| e.to_string())
     }
@@ -90,6 +91,8 @@ pub struct QueueView {
     pub paused: bool,
     pub opens_at: String,
     pub brand: String,
+    /// This request's id, shown small for a pupil to quote (`policy::request_id`).
+    pub request_id: String,
 }
 
 impl QueueView {
@@ -107,6 +110,7 @@ impl QueueView {
             paused: false,
             opens_at: String::new(),
             brand: "ENT".into(),
+            request_id: "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".into(),
         }
     }
 }
@@ -239,6 +243,8 @@ pub struct Status<'a> {
     pub poll_after_ms: u64,
     pub paused: bool,
     pub opens_at: Option<String>,
+    /// The id of the request this answers (`X-Request-Id`).
+    pub request_id: String,
 }
 
 #[cfg(test)]
