@@ -46,8 +46,9 @@ test: deps deb-tools test-tools
 	@# dashboard test scrapes a running demo; promtool checks the alert rules) and Redis
 	@# (fleet mode: three nodes share state through it). The package test builds the
 	@# .deb with cargo-deb and checks it with dpkg-deb, lintian, systemd-analyze and a
-	@# real logrotate run.
-	@scripts/need.sh chromium chromedriver prometheus promtool redis-server lintian logrotate systemd-analyze dpkg-deb
+	@# real logrotate run. HAProxy stands in front of ecluse as the L4 load balancer
+	@# speaking the PROXY protocol (tests/proxy_protocol.rs).
+	@scripts/need.sh chromium chromedriver prometheus promtool redis-server lintian logrotate systemd-analyze dpkg-deb haproxy
 	@echo "== cargo fmt --check"
 	$(CARGO) fmt --all -- --check
 	@echo "== cargo clippy --all-targets -- -D warnings"

@@ -4,6 +4,7 @@
 //! thread. If the writer falls behind by more than `QUEUE` lines, new lines are dropped and
 //! counted (`ecluse_access_log_dropped_total`) rather than slowing the proxy during a surge.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Mutex;
@@ -30,14 +31,22 @@ pub struct AccessLogger {
 pub struct Entry<'a> {
     /// RFC 3339 UTC time the request started.
     pub time: String,
+    /// The request's id (`X-Request-Id`, on the response, the ENT's request and pages).
+    pub request_id: &'a str,
     pub client_ip: String,
     pub method: &'a str,
     pub path: &'a str,
+    /// The query string, with the values of `access_log.redact_query` parameters
+    /// replaced by `REDACTED`; null without a query.
+    pub query: Option<Cow<'a, str>>,
     pub host: &'a str,
+    /// The `User-Agent`, cut at 256 bytes; null without one.
+    pub user_agent: Option<&'a str>,
     pub status: u16,
     /// Route name, or null when none matched.
     pub route: Option<&'a str>,
-    /// Origin server `ip:port` that answered, or null.
+    /// Origin server `ip:port` of the last attempt (the one that answered, or the one
+    /// that could not be reached), or null when none was tried.
     pub upstream: Option<String>,
     pub duration_ms: f64,
     /// Response body bytes sent to the client.
@@ -177,6 +186,108 @@ fn writer(rx: Receiver<Msg>, target: AccessLogTarget) {
     }
 }
 
+/// Query parameters hidden by default (`access_log.redact_query` replaces the list):
+/// credentials that travel in URLs in an ENT's world (CAS `ticket`, OAuth/OIDC `code`
+/// and tokens, SAML messages, session ids in URLs, passwords of old forms, signed-URL
+/// signatures).
+pub const DEFAULT_REDACT: &[&str] = &[
+    "ticket",
+    "code",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "client_secret",
+    "api_key",
+    "apikey",
+    "key",
+    "auth",
+    "session",
+    "sessionid",
+    "jsessionid",
+    "phpsessid",
+    "sid",
+    "samlresponse",
+    "samlrequest",
+    "signature",
+    "sig",
+];
+
+/// The query as logged: each `name=value` pair (separated by `&` or `;`) whose name,
+/// percent-decoded (`+` as space), without case and without a trailing `[...]`, is in
+/// `redact` (lowercase) gets the value `REDACTED`. Other bytes are kept as sent.
+pub fn redact_query<'q>(query: &'q str, redact: &[String]) -> Cow<'q, str> {
+    if redact.is_empty() {
+        return Cow::Borrowed(query);
+    }
+    let hidden = |name: &str| {
+        let decoded = percent_decode_lower(name);
+        let base = match decoded.find('[') {
+            Some(i) => &decoded[..i],
+            None => decoded.as_str(),
+        };
+        redact.iter().any(|r| r == base.trim())
+    };
+    let mut out = String::new();
+    let mut changed = false;
+    let mut rest = query;
+    loop {
+        let end = rest.find(['&', ';']).unwrap_or(rest.len());
+        let pair = &rest[..end];
+        match pair.split_once('=') {
+            Some((name, value)) if !value.is_empty() && hidden(name) => {
+                out.push_str(name);
+                out.push_str("=REDACTED");
+                changed = true;
+            }
+            _ => out.push_str(pair),
+        }
+        if end == rest.len() {
+            break;
+        }
+        out.push_str(&rest[end..end + 1]);
+        rest = &rest[end + 1..];
+    }
+    if changed {
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(query)
+    }
+}
+
+/// `%XX` decoded (invalid escapes kept), `+` as a space, lowercased; bytes that are not
+/// UTF-8 after decoding are replaced.
+fn percent_decode_lower(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).to_ascii_lowercase()
+}
+
 /// RFC 3339 UTC timestamp with milliseconds, without pulling a date crate.
 pub fn rfc3339(t: std::time::SystemTime) -> String {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -215,6 +326,32 @@ mod tests {
     }
 
     #[test]
+    fn query_redaction() {
+        let names: Vec<String> = DEFAULT_REDACT.iter().map(|s| s.to_string()).collect();
+        assert_eq!(redact_query("a=1&b=2", &names), "a=1&b=2");
+        assert_eq!(
+            redact_query("service=x&ticket=ST-123-abc", &names),
+            "service=x&ticket=REDACTED"
+        );
+        // Other spellings of the same name: case, percent-encoding, array form, `;`.
+        assert_eq!(redact_query("TOKEN=s3cr3t", &names), "TOKEN=REDACTED");
+        assert_eq!(redact_query("to%6Ben=s3cr3t", &names), "to%6Ben=REDACTED");
+        assert_eq!(
+            redact_query("password[]=x&q=1", &names),
+            "password[]=REDACTED&q=1"
+        );
+        assert_eq!(redact_query("q=1;sid=abc", &names), "q=1;sid=REDACTED");
+        assert_eq!(
+            redact_query("token=a&token=b", &names),
+            "token=REDACTED&token=REDACTED"
+        );
+        // A name that only contains a redacted one is kept; an empty value has nothing to hide.
+        assert_eq!(redact_query("tokens=1&token=", &names), "tokens=1&token=");
+        assert_eq!(redact_query("%zz=1&%", &names), "%zz=1&%");
+        assert_eq!(redact_query("ticket=1", &[]), "ticket=1");
+    }
+
+    #[test]
     fn file_target_gets_lines() {
         let dir = std::env::temp_dir().join(format!("ecluse-al-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
@@ -223,10 +360,13 @@ mod tests {
         let l = AccessLogger::start(AccessLogTarget::File(path.clone()));
         l.log(&Entry {
             time: rfc3339(UNIX_EPOCH),
+            request_id: "r1",
             client_ip: "192.0.2.1".into(),
             method: "GET",
             path: "/",
+            query: None,
             host: "ent",
+            user_agent: None,
             status: 200,
             route: Some("ent"),
             upstream: None,

@@ -56,13 +56,18 @@ impl App {
         let registry = crate::config::runtime::Shared::default();
         let cfg = config::load_file(path, &registry, 1)?;
         let access_log = AccessLogger::start(cfg.access_log.target.clone());
-        publish_metrics(&cfg, None);
+        publish_metrics(&cfg);
         registry.limiters.publish(live_limiters(&cfg));
         apply_degradation(&registry.degrade, &cfg);
         let fleet = cfg
             .cluster
             .clone()
             .map(|s| Arc::new(crate::cluster::Fleet::new(s)));
+        if let Some(f) = &fleet {
+            // Each route's share as it stands before the first sync, so the series
+            // exists from the start (the first sync refines it).
+            f.publish_initial_shares(&cfg);
+        }
         Ok(Arc::new(App {
             config: ArcSwap::from_pointee(cfg),
             registry,
@@ -121,7 +126,9 @@ impl App {
                     });
                 }
                 let mut restart_required = Vec::new();
-                if new.listen != old.listen {
+                if new.listen != old.listen
+                    || new.listen_proxy_protocol != old.listen_proxy_protocol
+                {
                     restart_required.push("listen");
                 }
                 if new.tls != old.tls {
@@ -177,7 +184,7 @@ impl App {
                         }
                     }
                 }
-                publish_metrics(&new, Some(&old));
+                publish_metrics(&new);
                 if let Some(c) = self.cache.get() {
                     c.init_series(&new);
                 }
@@ -272,22 +279,24 @@ pub fn sweep_limiters(cfg: &Config) {
     }
 }
 
-fn publish_metrics(new: &Config, old: Option<&Config>) {
+fn publish_metrics(new: &Config) {
     let m = crate::metrics::get();
-    if let Some(old) = old {
-        let _ = m
-            .config_info
-            .remove_label_values(&[&old.hash, &old.version.to_string()]);
-    }
-    m.config_info
-        .with_label_values(&[&new.hash, &new.version.to_string()])
-        .set(1);
+    m.config_hash.set(hash_number(&new.hash));
+    m.config_version.set(new.version as i64);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     m.config_last_reload_success.set(now);
     init_series(new);
+}
+
+/// The config hash as a gauge value: its first 13 hex digits (52 bits, exact in an f64).
+fn hash_number(hash: &str) -> f64 {
+    let head = hash.get(..13).unwrap_or(hash);
+    u64::from_str_radix(head, 16)
+        .map(|n| n as f64)
+        .unwrap_or(0.0)
 }
 
 /// Create every bounded series the config implies at 0, so dashboards and alerts see a

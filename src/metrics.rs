@@ -25,8 +25,14 @@ pub struct Metrics {
     pub origin_rejected: IntCounterVec,
     /// 1 when a server is in rotation (healthy and not ejected), else 0.
     pub origin_server_up: IntGaugeVec,
-    /// Always 1; the labels carry the running config's hash and version.
-    pub config_info: IntGaugeVec,
+    /// Always 1, without labels: every instance exports it (dashboards list instances
+    /// by it). Which config runs is in `config_hash` and `config_version`: numbers, so a
+    /// reload changes a value instead of adding a series.
+    pub config_info: IntGauge,
+    /// The running config's hash (its first 13 hex digits, 52 bits: exact in a float).
+    pub config_hash: Gauge,
+    /// The running config's version (1 at start, +1 per successful reload).
+    pub config_version: IntGauge,
     /// Reload attempts by result (`ok`, `error`, `unchanged`).
     pub config_reloads: IntCounterVec,
     /// Unix time of the last successful config load.
@@ -95,6 +101,41 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
     g
 }
 
+/// Reasons of `ecluse_client_connections_refused_total` (`proxy::conn`).
+pub const CONNECTIONS_REFUSED_REASONS: [&str; 3] = [
+    "max_connections",
+    "max_connections_per_ip",
+    "proxy_protocol",
+];
+
+/// Phases of `ecluse_client_timeouts_total`.
+pub const CLIENT_TIMEOUT_PHASES: [&str; 6] = [
+    "handshake",
+    "header",
+    "body",
+    "send",
+    "tunnel_idle",
+    "tunnel_lifetime",
+];
+
+/// The process's own figures (open and maximum file descriptors, resident and virtual
+/// memory, CPU seconds, start time, threads) as `ecluse_process_*`, read from /proc at
+/// each scrape by the prometheus crate's collector. Linux only, like the collector.
+fn process_metrics(r: &Registry) {
+    #[cfg(target_os = "linux")]
+    {
+        // `for_self` has no namespace: the same collector, under ours (every metric name
+        // starts with `ecluse_`).
+        let pid = std::process::id() as i32;
+        let pc = prometheus::process_collector::ProcessCollector::new(pid, "ecluse");
+        if let Err(e) = r.register(Box::new(pc)) {
+            log::error!("process metrics unavailable: {e}");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = r;
+}
+
 impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
@@ -147,12 +188,38 @@ impl Metrics {
             "1 when the server is in rotation (healthy, not ejected), else 0.",
             &["origin", "server"],
         );
-        let config_info = gauge_vec(
-            &r,
+        let config_info = IntGauge::new(
             "ecluse_config_info",
-            "Always 1; labels carry the running config's hash and version.",
-            &["hash", "version"],
+            "Always 1: this instance runs (ecluse_config_hash and ecluse_config_version say which config).",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(config_info.clone()))
+            .expect("unique metric name");
+        config_info.set(1);
+        let config_hash = Gauge::new(
+            "ecluse_config_hash",
+            "The running config's hash: its first 13 hex digits (GET /admin/state shows all 16) read as a number.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(config_hash.clone()))
+            .expect("unique metric name");
+        let config_version = IntGauge::new(
+            "ecluse_config_version",
+            "The running config's version: 1 at start, one more per successful reload.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(config_version.clone()))
+            .expect("unique metric name");
+        process_metrics(&r);
+        let build_info = gauge_vec(
+            &r,
+            "ecluse_build_info",
+            "Always 1; labels carry the version and the git commit ecluse was built from.",
+            &["version", "commit"],
         );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("ECLUSE_COMMIT")])
+            .set(1);
         let config_reloads = counter_vec(
             &r,
             "ecluse_config_reloads_total",
@@ -205,6 +272,17 @@ impl Metrics {
             "Queue-status polls answered, by layer: connection (a whole poll on a kept-alive HTTP/1.1 connection, answered before pingora's HTTP layer) or http (every other poll).",
             &["layer"],
         );
+        // Every label value these take exists at 0 from the start (documented as such):
+        // an alert on `increase(...)` sees the first event, a dashboard sees 0, not nothing.
+        for reason in CONNECTIONS_REFUSED_REASONS {
+            client_connections_refused.with_label_values(&[reason]);
+        }
+        for phase in CLIENT_TIMEOUT_PHASES {
+            client_timeouts.with_label_values(&[phase]);
+        }
+        for layer in ["connection", "http"] {
+            status_polls.with_label_values(&[layer]);
+        }
         let request_bodies = counter_vec(
             &r,
             "ecluse_request_bodies_total",
@@ -419,6 +497,8 @@ impl Metrics {
             origin_rejected,
             origin_server_up,
             config_info,
+            config_hash,
+            config_version,
             config_reloads,
             config_last_reload_success,
             access_log_dropped,

@@ -495,14 +495,46 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
     o.h2c = true;
     o.h2_idle_timeout = Some(cfg.server.clients.keepalive_timeout);
     proxy.server_options = Some(o);
+    // Which PROXY protocol each listener reads (none when the addresses come from the
+    // command line).
+    let pp: Vec<Option<Vec<ipnet::IpNet>>> = match &opts.listen {
+        Some(_) => vec![None; proxy_addrs.len()],
+        None => cfg.listen_proxy_protocol.clone(),
+    };
     let mut svc = pingora::services::listening::Service::new(
         "ecluse proxy".to_string(),
         crate::proxy::conn::Edge::new(proxy, app.clone()),
     );
-    for (a, held) in proxy_addrs.iter().zip(&proxy_held) {
-        svc.add_tcp_with_settings(&a.to_string(), tcp_options(*held));
+    for ((a, held), pp) in proxy_addrs.iter().zip(&proxy_held).zip(&pp) {
+        if pp.is_none() {
+            svc.add_tcp_with_settings(&a.to_string(), tcp_options(*held));
+        }
     }
-    server.add_service(svc);
+    if pp.iter().any(Option::is_none) {
+        server.add_service(svc);
+    }
+    // A listener behind load balancers gets its own service: the PROXY header is read
+    // by its Edge, before the connection caps and the HTTP layer.
+    for ((a, held), from) in proxy_addrs.iter().zip(&proxy_held).zip(&pp) {
+        let Some(from) = from else { continue };
+        let mut proxy = pingora::proxy::http_proxy(
+            &server.configuration,
+            EcluseProxy {
+                app: app.clone(),
+                tls: false,
+            },
+        );
+        let mut o = pingora::apps::HttpServerOptions::default();
+        o.h2c = true;
+        o.h2_idle_timeout = Some(cfg.server.clients.keepalive_timeout);
+        proxy.server_options = Some(o);
+        let mut svc = pingora::services::listening::Service::new(
+            format!("ecluse proxy {a} (PROXY protocol)"),
+            crate::proxy::conn::Edge::new(proxy, app.clone()).with_proxy_protocol(from.clone()),
+        );
+        svc.add_tcp_with_settings(&a.to_string(), tcp_options(*held));
+        server.add_service(svc);
+    }
 
     let mut tls_addrs = Vec::new();
     if let Some(t) = &cfg.tls {

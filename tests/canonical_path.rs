@@ -223,6 +223,7 @@ fn answer(body: &str) -> serde_json::Value {
         o.remove("poll_after_ms");
         o.remove("updated_at");
         o.remove("updated_at_text");
+        o.remove("request_id");
     }
     v
 }

@@ -277,6 +277,17 @@ impl Fleet {
     }
 
     /// This node's factor on the route's rate limits (1.0 = the whole limit).
+    /// Set `ecluse_cluster_limit_share_ratio` for every route to the share in force
+    /// before the first sync (the metric exists from the start; nothing else changes).
+    pub fn publish_initial_shares(&self, cfg: &crate::config::Config) {
+        for r in cfg.router.routes() {
+            self.metrics
+                .share
+                .with_label_values(&[&r.name])
+                .set(self.share(&r.name));
+        }
+    }
+
     #[inline]
     pub fn share(&self, route: &str) -> f64 {
         if !self.redis_up.load(Ordering::Relaxed) && self.settings.fail_mode == FailMode::LocalFull

@@ -95,8 +95,10 @@ impl JsonSchema for SizeText {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Plain-HTTP listen addresses of the proxy (HTTP/1.1, and HTTP/2 cleartext by prior
-    /// knowledge). Port 0 picks a free port (tests). Changing it needs a restart.
-    pub listen: Vec<String>,
+    /// knowledge): `"IP:PORT"`, or `{ address: "IP:PORT", proxy_protocol: true,
+    /// proxy_protocol_from: [CIDR…] }` behind an L4 load balancer. Port 0 picks a free
+    /// port (tests). Changing it needs a restart.
+    pub listen: Vec<ListenFile>,
     /// Optional TLS listener (rustls). HTTP/2 is negotiated by ALPN.
     #[serde(default)]
     pub tls: Option<TlsFile>,
@@ -678,6 +680,12 @@ pub struct AccessLogFile {
     /// `stdout` (default) or a file path (appended to).
     #[serde(default)]
     pub path: Option<String>,
+    /// Query parameters whose values are written as `REDACTED` in the log's `query`
+    /// field (names compared without case, after percent-decoding, `name[]` included).
+    /// Replaces the default list (CAS `ticket`, OAuth `code`/`token`s, `password`,
+    /// `session`…, see docs/policy.md); `[]` logs queries whole.
+    #[serde(default)]
+    pub redact_query: Option<Vec<String>>,
 }
 
 /// How the next server of an origin is chosen.
@@ -967,6 +975,35 @@ pub struct DegradationFile {
     /// Messages per feature.
     #[serde(default)]
     pub features: BTreeMap<String, FeatureFile>,
+}
+
+/// One plain-HTTP listener.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ListenFile {
+    /// `IP:PORT`, like `0.0.0.0:8080` or `[::]:8080`.
+    Address(String),
+    /// An address with options.
+    Full(ListenEntryFile),
+}
+
+/// A listener with options.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenEntryFile {
+    /// `IP:PORT`, like `0.0.0.0:8080` or `[::]:8080`.
+    pub address: String,
+    /// Connections from `proxy_protocol_from` start with a PROXY protocol header (v1 or
+    /// v2, HAProxy `send-proxy`/`send-proxy-v2`, cloud NLBs) naming the client: its
+    /// address is then the client's everywhere (limits, log, forwarding headers). A
+    /// connection from there without a header is closed. Default false.
+    #[serde(default)]
+    pub proxy_protocol: Option<bool>,
+    /// The load balancers' addresses (CIDRs) whose PROXY header is believed; required
+    /// with `proxy_protocol: true`. Other peers are served as direct clients, and a
+    /// PROXY header from them is a malformed request (400).
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<String>,
 }
 
 /// A level forced from the file.

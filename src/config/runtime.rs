@@ -40,6 +40,8 @@ pub struct Config {
     pub version: u64,
     pub loaded_at: SystemTime,
     pub listen: Vec<SocketAddr>,
+    /// For each of `listen`: the load balancers whose PROXY protocol header it reads.
+    pub listen_proxy_protocol: Vec<Option<Vec<IpNet>>>,
     pub tls: Option<Tls>,
     pub admin: Admin,
     pub server: Server,
@@ -242,6 +244,8 @@ pub enum AccessLogTarget {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AccessLog {
     pub target: AccessLogTarget,
+    /// Query parameter names (lowercase) whose values the log hides.
+    pub redact_query: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -564,6 +568,44 @@ fn duration_or(
     }
 }
 
+/// A listener's `proxy_protocol_from`, when it reads PROXY protocol headers.
+fn build_proxy_protocol(
+    p: &mut Problems,
+    e: &super::file::ListenEntryFile,
+    i: usize,
+) -> Option<Vec<IpNet>> {
+    let mut from = Vec::new();
+    for (j, c) in e.proxy_protocol_from.iter().enumerate() {
+        match parse_cidr(c) {
+            Some(n) => from.push(n.trunc()),
+            None => p.at(
+                path!["listen", i, "proxy_protocol_from", j],
+                format!("`{c}` is not a CIDR: write it like `10.0.0.0/8`, `192.0.2.7` or `2001:db8::/32`"),
+            ),
+        }
+    }
+    match e.proxy_protocol {
+        Some(true) => {
+            if e.proxy_protocol_from.is_empty() {
+                p.at(
+                    path!["listen", i, "proxy_protocol"],
+                    "needs `proxy_protocol_from`: the load balancers' addresses (a PROXY header is believed from them only)",
+                );
+            }
+            Some(from)
+        }
+        _ => {
+            if !e.proxy_protocol_from.is_empty() {
+                p.at(
+                    path!["listen", i, "proxy_protocol_from"],
+                    "has no effect without `proxy_protocol: true`",
+                );
+            }
+            None
+        }
+    }
+}
+
 fn parse_listen(p: &mut Problems, s: &str, path: Vec<Seg>) -> Option<SocketAddr> {
     match s.parse::<SocketAddr>() {
         Ok(a) => Some(a),
@@ -635,9 +677,19 @@ pub fn build(
             "needs at least one address, like `0.0.0.0:8080`",
         );
     }
+    let mut listen_proxy_protocol = Vec::new();
     for (i, l) in file.listen.iter().enumerate() {
-        if let Some(a) = parse_listen(&mut p, l, path!["listen", i]) {
+        let (addr, at) = match l {
+            super::file::ListenFile::Address(a) => (a, path!["listen", i]),
+            super::file::ListenFile::Full(e) => (&e.address, path!["listen", i, "address"]),
+        };
+        let pp = match l {
+            super::file::ListenFile::Full(e) => build_proxy_protocol(&mut p, e, i),
+            super::file::ListenFile::Address(_) => None,
+        };
+        if let Some(a) = parse_listen(&mut p, addr, at) {
             listen.push(a);
+            listen_proxy_protocol.push(pp);
         }
     }
 
@@ -784,18 +836,42 @@ pub fn build(
     // Rooms restore their snapshot on first use: tell the registry where they are.
     ctx.registry.rooms.set_state_dir(server.state_dir.clone());
 
+    let redact_query = match file
+        .access_log
+        .as_ref()
+        .and_then(|a| a.redact_query.as_ref())
+    {
+        None => crate::access_log::DEFAULT_REDACT
+            .iter()
+            .map(|n| n.to_string())
+            .collect(),
+        Some(names) => {
+            for (i, n) in names.iter().enumerate() {
+                if n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_graphic()) {
+                    p.at(
+                        path!["access_log", "redact_query", i],
+                        format!("`{n}`: a parameter name is 1 to 64 visible ASCII characters"),
+                    );
+                }
+            }
+            names.iter().map(|n| n.to_ascii_lowercase()).collect()
+        }
+    };
     let access_log = match &file.access_log {
         None => AccessLog {
             target: AccessLogTarget::Stdout,
+            redact_query,
         },
         Some(a) if a.enabled == Some(false) => AccessLog {
             target: AccessLogTarget::Off,
+            redact_query,
         },
         Some(a) => AccessLog {
             target: match a.path.as_deref() {
                 None | Some("stdout") | Some("-") => AccessLogTarget::Stdout,
                 Some(f) => AccessLogTarget::File(ctx.base_dir.join(f)),
             },
+            redact_query,
         },
     };
 
@@ -810,7 +886,7 @@ pub fn build(
     }
 
     let cache = build_cache_storage(&mut p, file, ctx);
-    let cluster = build_cluster(&mut p, file);
+    let cluster = build_cluster(&mut p, file, &meta.0);
     let classes = build_classes(&mut p, &file.priority_classes, &server.paths);
     let pages = build_pages(&mut p, file, ctx);
     let rooms = build_rooms(&mut p, file, &classes, ctx, &pages);
@@ -846,6 +922,7 @@ pub fn build(
         version,
         loaded_at: SystemTime::now(),
         listen,
+        listen_proxy_protocol,
         tls,
         admin: Admin {
             listen: admin_listen,
@@ -960,7 +1037,25 @@ fn build_pages(p: &mut Problems, file: &FileConfig, ctx: &BuildContext) -> crate
     }
 }
 
-fn build_cluster(p: &mut Problems, file: &FileConfig) -> Option<crate::cluster::ClusterSettings> {
+/// The default `node_id`: the host name and a short hash of the policy file's absolute
+/// path. Stable across restarts (it is a metric label: a pid would add series at every
+/// restart), and two instances on one host with their own policy files differ.
+fn default_node_id(policy_path: &std::path::Path) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty() && valid_name(&h.replace('.', "_")))
+        .unwrap_or_else(|| "node".to_string());
+    let abs = std::fs::canonicalize(policy_path).unwrap_or_else(|_| policy_path.to_path_buf());
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(abs.as_os_str().as_encoded_bytes());
+    format!("{host}-{}", hex::encode(&digest[..3]))
+}
+
+fn build_cluster(
+    p: &mut Problems,
+    file: &FileConfig,
+    policy_path: &std::path::Path,
+) -> Option<crate::cluster::ClusterSettings> {
     use super::file::FailModeFile;
     let c = file.cluster.as_ref()?;
     if c.redis.starts_with("rediss://") {
@@ -989,20 +1084,10 @@ fn build_cluster(p: &mut Problems, file: &FileConfig) -> Option<crate::cluster::
             format!("`{prefix}`: use letters, digits, `_`, `-`, `:` and `.` (no braces: ecluse adds the hash tag)"),
         );
     }
-    let node_id = c.node_id.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default();
-        format!(
-            "{}-{}",
-            if host.is_empty() {
-                "node"
-            } else {
-                host.as_str()
-            },
-            std::process::id()
-        )
-    });
+    let node_id = c
+        .node_id
+        .clone()
+        .unwrap_or_else(|| default_node_id(policy_path));
     if !valid_name(&node_id.replace('.', "_")) {
         p.at(
             path!["cluster", "node_id"],
@@ -2742,6 +2827,30 @@ fn build_routes(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn default_node_id_is_stable_across_restarts() {
+        let p = std::path::Path::new("/etc/ecluse/ecluse.yaml");
+        let a = super::default_node_id(p);
+        assert_eq!(
+            a,
+            super::default_node_id(p),
+            "same host, same policy: same id"
+        );
+        assert!(
+            !a.ends_with(&format!("-{}", std::process::id())),
+            "no pid in {a}"
+        );
+        assert_ne!(
+            a,
+            super::default_node_id(std::path::Path::new("/etc/ecluse/other.yaml")),
+            "two instances with their own policies on one host differ"
+        );
+        assert!(
+            super::valid_name(&a.replace('.', "_")),
+            "{a} is a valid label"
+        );
+    }
+
     use super::parse_rfc3339_ms;
 
     #[test]

@@ -369,6 +369,7 @@ pub fn feature_off_page(
             "feature": feature,
             "message": message,
             "retry_after": retry_after,
+            "request_id": request_id,
         });
         return Page {
             content_type: "application/json",
@@ -403,6 +404,7 @@ pub fn problem_page(
             "title": words.title,
             "message": format!("{} {next}", words.what),
             "retry_after": retry_after,
+            "request_id": request_id,
         });
         return Page {
             content_type: "application/json",
@@ -447,5 +449,6 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&p.body).expect("json");
         assert_eq!(v["error"], "origin_busy");
         assert_eq!(v["retry_after"], 2);
+        assert_eq!(v["request_id"], "rid-1");
     }
 }

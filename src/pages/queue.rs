@@ -332,6 +332,8 @@ pub struct Status<'a> {
     pub opens_at: Option<String>,
     /// The same in words ("lundi 16 mars à 08:00").
     pub opens_at_text: Option<String>,
+    /// The id of the request this answers (`X-Request-Id`).
+    pub request_id: String,
 }
 
 #[cfg(test)]

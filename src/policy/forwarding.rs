@@ -73,6 +73,9 @@ pub const FORWARDING_HEADERS: &[&str] = &[
     "x-scheme",
     "x-arr-ssl",
     "x-arr-clientcert",
+    // The request id a load balancer gave the request (`policy::request_id`): from anyone
+    // else, every spelling is removed and ecluse writes its own.
+    "x-request-id",
     "x-original-host",
     "x-host",
     "x-real-ip",

@@ -8,6 +8,7 @@ pub mod degrade;
 pub mod forwarding;
 pub mod path;
 pub mod rate_limit;
+pub mod request_id;
 pub mod route;
 pub mod signals;
 pub mod ticket;

@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,6 +69,9 @@ pub struct Edge {
     conns: Arc<ConnCount>,
     /// The TLS listener's certificate and ALPN: handshakes are made here.
     tls: Option<pingora::listeners::tls::Acceptor>,
+    /// The load balancers whose PROXY protocol header this listener reads
+    /// (`proxy_protocol_from`), when the listener has `proxy_protocol: true`.
+    proxy_protocol: Option<Arc<Vec<ipnet::IpNet>>>,
 }
 
 impl Edge {
@@ -82,7 +85,15 @@ impl Edge {
             app,
             conns: conn_count(),
             tls: None,
+            proxy_protocol: None,
         }
+    }
+
+    /// A listener behind L4 load balancers: connections from `from` start with a PROXY
+    /// protocol header (`proxy_protocol.rs`).
+    pub fn with_proxy_protocol(mut self, from: Vec<ipnet::IpNet>) -> Edge {
+        self.proxy_protocol = Some(Arc::new(from));
+        self
     }
 
     /// The TLS listener: every accepted connection is handshaken with `acceptor`.
@@ -129,6 +140,32 @@ async fn tls_accept(
     }
 }
 
+/// Make `client` the connection's peer address for everything above (pingora's
+/// `client_addr`, hence the rate limits, the access log and forwarding headers): a new
+/// socket digest on the same socket, its local address kept.
+fn set_peer(stream: &mut Stream, client: SocketAddr) {
+    use std::os::unix::io::AsRawFd;
+    let Some(fd) = stream
+        .as_any()
+        .downcast_ref::<pingora::protocols::l4::stream::Stream>()
+        .map(|s| s.as_raw_fd())
+    else {
+        log::error!("PROXY protocol: accepted stream is not a TCP stream");
+        return;
+    };
+    let old = stream.get_socket_digest();
+    let digest = SocketDigest::from_raw_fd(fd);
+    let _ = digest
+        .peer_addr
+        .set(Some(pingora::protocols::l4::socket::SocketAddr::Inet(
+            client,
+        )));
+    if let Some(local) = old.as_ref().and_then(|d| d.local_addr().cloned()) {
+        let _ = digest.local_addr.set(Some(local));
+    }
+    stream.set_socket_digest(digest);
+}
+
 /// One count for every proxy listener (plain and TLS services share the cap).
 fn conn_count() -> Arc<ConnCount> {
     static C: std::sync::OnceLock<Arc<ConnCount>> = std::sync::OnceLock::new();
@@ -143,10 +180,32 @@ impl ServerApp for Edge {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let limits = self.app.config().server.clients.clone();
-        let ip = stream
+        let mut ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
             .map(canonical);
+        if let (Some(from), Some(peer)) = (&self.proxy_protocol, ip) {
+            if from.iter().any(|n| n.contains(&peer)) {
+                let deadline = Instant::now() + limits.header_timeout;
+                match super::proxy_protocol::read_header(&mut stream, peer, deadline).await {
+                    Ok(Some(client)) => {
+                        set_peer(&mut stream, client);
+                        ip = Some(canonical(client.ip()));
+                    }
+                    // The balancer's own connection (LOCAL, UNKNOWN): its address stays.
+                    Ok(None) => {}
+                    Err(e) => {
+                        log::info!("connection refused: {e}");
+                        crate::metrics::get()
+                            .client_connections_refused
+                            .with_label_values(&["proxy_protocol"])
+                            .inc();
+                        Shutdown::shutdown(&mut *stream).await;
+                        return None;
+                    }
+                }
+            }
+        }
         let slot =
             match self
                 .conns

@@ -55,6 +55,8 @@ mod body;
 mod cache;
 pub mod conn;
 mod hygiene;
+mod proxy_protocol;
+mod request_id;
 use crate::policy::forwarding;
 
 /// Replace the request-target of `req` by its canonical form (`policy::path`). Leaves
@@ -190,6 +192,11 @@ pub struct EcluseProxy {
 
 /// Per-request state, alive for every phase of one request.
 pub struct Ctx {
+    /// This request's id (`policy::request_id`), decided first in `request_filter`.
+    request_id: String,
+    /// The origin server of the last attempt, kept for the log when the connection to it
+    /// failed (the in-flight guard is given back then).
+    upstream_addr: Option<SocketAddr>,
     start: Instant,
     wall_start: SystemTime,
     config: Option<Arc<Config>>,
@@ -366,6 +373,17 @@ fn client_ip(config: &Config, peer: Option<IpAddr>, xff: Option<&[u8]>) -> Optio
     Some(leftmost.unwrap_or(peer))
 }
 
+/// The `User-Agent` as logged: visible ASCII and spaces, at most 256 bytes (JSON escaping
+/// keeps the line one line whatever it holds; the cap keeps it short).
+fn log_user_agent(v: Option<&http::HeaderValue>) -> Option<&str> {
+    let s = v?.to_str().ok()?;
+    let mut end = s.len().min(256);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(&s[..end])
+}
+
 fn request_has_body(session: &mut Session) -> bool {
     let req = session.req_header();
     if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
@@ -401,7 +419,14 @@ impl EcluseProxy {
             .unwrap_or_else(pages::Pages::builtin);
         // `request_id`: the footer prints it once requests carry one (the edge's request
         // ids); `None` leaves the line out.
-        let page = pages::problem_page(&set, problem, lang, json, retry_after, None);
+        let page = pages::problem_page(
+            &set,
+            problem,
+            lang,
+            json,
+            retry_after,
+            (!ctx.request_id.is_empty()).then_some(ctx.request_id.as_str()),
+        );
         let mut resp = ResponseHeader::build(problem.status(), Some(5))?;
         resp.insert_header("content-type", page.content_type)?;
         resp.insert_header("content-length", page.body.len().to_string())?;
@@ -1068,7 +1093,15 @@ impl EcluseProxy {
             _ => None,
         };
         let (state, position, set) = status_answer(&room, poll, standing, secure, now / 1000);
-        let (_, status, _) = self.status_of(req, &room, &params, state, position, now);
+        let (_, mut status, _) = self.status_of(req, &room, &params, state, position, now);
+        let trusted = peer_ip.is_some_and(|ip| config.server.is_trusted(ip));
+        let request_id = crate::policy::request_id::decide(
+            trusted,
+            req.values(&http::HeaderName::from_static(
+                crate::policy::request_id::HEADER,
+            )),
+        );
+        status.request_id = request_id.clone();
         let mut body = Vec::with_capacity(256);
         if serde_json::to_writer(&mut body, &status).is_err() {
             body.clear();
@@ -1078,7 +1111,10 @@ impl EcluseProxy {
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ",
         );
         out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
-        out.extend_from_slice(b"\r\ncache-control: no-store\r\n");
+        out.extend_from_slice(b"\r\ncache-control: no-store\r\nx-request-id: ");
+        // `policy::request_id` keeps or makes header-safe ASCII only.
+        out.extend_from_slice(request_id.as_bytes());
+        out.extend_from_slice(b"\r\n");
         if let Some(c) = set {
             out.extend_from_slice(b"set-cookie: ");
             out.extend_from_slice(c.as_bytes());
@@ -1095,12 +1131,20 @@ impl EcluseProxy {
             let host = first(req, &http::header::HOST)
                 .and_then(visible_ascii)
                 .unwrap_or("");
+            let redact = config.access_log.redact_query.as_slice();
             let entry = Entry {
                 time: rfc3339(started.1),
+                request_id: &request_id,
                 client_ip: client.map(|i| i.to_string()).unwrap_or_default(),
                 method: req.method().as_str(),
                 path: req.path(),
+                query: req
+                    .query()
+                    .map(|q| crate::access_log::redact_query(q, redact)),
                 host,
+                user_agent: first(req, &http::header::USER_AGENT)
+                    .and_then(visible_ascii)
+                    .map(|u| u.get(..256).unwrap_or(u)),
                 status: 200,
                 route: None,
                 upstream: None,
@@ -1165,6 +1209,7 @@ impl EcluseProxy {
             paused,
             opens_at: opens.map(|t| zone.rfc3339(t)),
             opens_at_text: opens.map(|t| zone.when(t, now, lang)),
+            request_id: String::new(),
         };
         (lang, status, base)
     }
@@ -1178,7 +1223,7 @@ impl EcluseProxy {
         position: Option<u64>,
         set_cookie: Option<String>,
     ) -> Result<()> {
-        let (_, status, _) = self.status_of(
+        let (_, mut status, _) = self.status_of(
             session.req_header(),
             room,
             &room.effective(),
@@ -1186,6 +1231,7 @@ impl EcluseProxy {
             position,
             now_ms(),
         );
+        status.request_id = ctx.request_id.clone();
         let body = Bytes::from(serde_json::to_vec(&status).unwrap_or_default());
         self.respond_raw(session, ctx, 200, "application/json", body, set_cookie)
             .await
@@ -1224,7 +1270,10 @@ impl EcluseProxy {
                     reload_in: (window.saturating_sub(now) / 1000).clamp(5, 300),
                     draw,
                 };
-                room.pages.render_not_open(&view, None)
+                room.pages.render_not_open(
+                    &view,
+                    (!ctx.request_id.is_empty()).then_some(ctx.request_id.as_str()),
+                )
             }
             _ => {
                 let view = queue::QueueView {
@@ -1247,7 +1296,10 @@ impl EcluseProxy {
                     draw,
                     sound: room.turn_sound,
                 };
-                room.pages.render_queue(&view, None)
+                room.pages.render_queue(
+                    &view,
+                    (!ctx.request_id.is_empty()).then_some(ctx.request_id.as_str()),
+                )
             }
         };
         let body = Bytes::from(html);
@@ -1335,8 +1387,17 @@ impl EcluseProxy {
 impl ProxyHttp for EcluseProxy {
     type CTX = Ctx;
 
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        // pingora's default (response compression, off) and the request id header.
+        modules
+            .add_module(pingora::modules::http::compression::ResponseCompressionBuilder::enable(0));
+        modules.add_module(Box::new(request_id::RequestIdBuilder));
+    }
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            request_id: String::new(),
+            upstream_addr: None,
             start: Instant::now(),
             wall_start: SystemTime::now(),
             config: None,
@@ -1383,6 +1444,25 @@ impl ProxyHttp for EcluseProxy {
         // refused before anything else, and the connection closed (what follows the head
         // is unframed).
         let config = self.app.config();
+        // The request id first, so every answer from here on carries it (the downstream
+        // module adds the header to every response head, `request_id.rs`).
+        let trusted_peer =
+            socket_ip(session.client_addr()).is_some_and(|ip| config.server.is_trusted(ip));
+        ctx.request_id = crate::policy::request_id::decide(
+            trusted_peer,
+            session
+                .req_header()
+                .headers
+                .get_all(crate::policy::request_id::HEADER)
+                .iter()
+                .map(|v| v.as_bytes()),
+        );
+        if let Some(m) = session
+            .downstream_modules_ctx
+            .get_mut::<request_id::RequestIdHeader>()
+        {
+            m.set(&ctx.request_id);
+        }
         let clients = &config.server.clients;
         let limits = hygiene::Limits {
             max_request_line: clients.max_request_line,
@@ -1406,8 +1486,6 @@ impl ProxyHttp for EcluseProxy {
         // any phase (route, limits, cache key and credentials, Vary) reads the request,
         // so the ENT and the cache see the same request for everyone; ecluse writes its
         // own in `upstream_request_filter`.
-        let trusted_peer =
-            socket_ip(session.client_addr()).is_some_and(|ip| config.server.is_trusted(ip));
         let verdict = forwarding::decide(
             &config.server.forwarding,
             session.req_header().headers.keys().map(|k| k.as_str()),
@@ -1419,6 +1497,8 @@ impl ProxyHttp for EcluseProxy {
                 for n in names {
                     req.remove_header(n.as_str());
                 }
+                // The ENT gets the id the client sees and the access log records.
+                req.insert_header(crate::policy::request_id::HEADER, ctx.request_id.as_str())?;
             }
             forwarding::Verdict::Reject(_) => {
                 ctx.start = Instant::now();
@@ -1558,7 +1638,7 @@ impl ProxyHttp for EcluseProxy {
                     name.as_deref(),
                     &text,
                     retry,
-                    None,
+                    (!ctx.request_id.is_empty()).then_some(ctx.request_id.as_str()),
                 );
                 ctx.decision = Some("feature_off");
                 let mut resp = ResponseHeader::build(503, Some(5))?;
@@ -1828,6 +1908,7 @@ impl ProxyHttp for EcluseProxy {
             origin.metrics.retries.inc();
         }
         let server = origin.servers[idx].clone();
+        ctx.upstream_addr = Some(server.addr);
         let now = Instant::now();
         let first_start = *ctx.upstream_start.get_or_insert(now);
         let mut peer = HttpPeer::new(server.addr, origin.tls, origin.sni.clone());
@@ -2400,15 +2481,35 @@ impl ProxyHttp for EcluseProxy {
                         .and_then(|h| h.to_str().ok())
                 })
                 .unwrap_or("");
+            if ctx.request_id.is_empty() {
+                // pingora refused the head before `request_filter` ran.
+                ctx.request_id = crate::policy::request_id::generate();
+            }
+            let redact = ctx
+                .config
+                .as_ref()
+                .map(|c| c.access_log.redact_query.as_slice())
+                .unwrap_or(&[]);
             let entry = Entry {
                 time: rfc3339(ctx.wall_start),
+                request_id: &ctx.request_id,
                 client_ip: ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
                 method: req.method.as_str(),
                 path: req.uri.path(),
+                query: req
+                    .uri
+                    .query()
+                    .map(|q| crate::access_log::redact_query(q, redact)),
                 host,
+                user_agent: log_user_agent(req.headers.get(http::header::USER_AGENT)),
                 status,
                 route: ctx.route.as_ref().map(|r| r.name.as_str()),
-                upstream: ctx.server.as_ref().map(|g| g.server().addr.to_string()),
+                upstream: ctx
+                    .server
+                    .as_ref()
+                    .map(|g| g.server().addr)
+                    .or(ctx.upstream_addr)
+                    .map(|a| a.to_string()),
                 duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
                 bytes_sent: session.body_bytes_sent(),
                 attempts: ctx.attempts,

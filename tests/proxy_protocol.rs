@@ -1,0 +1,293 @@
+//! Behind an L4 load balancer: a real HAProxy (Debian's) in TCP mode in front of ecluse,
+//! speaking the PROXY protocol v2 (`send-proxy-v2`) and v1 (`send-proxy`). Loopback has
+//! many addresses: the client connects from 127.0.0.3/127.0.0.4, HAProxy reaches ecluse
+//! from 127.0.0.2 (the only address in `proxy_protocol_from`), direct clients come from
+//! 127.0.0.1.
+
+mod common;
+
+use common::lenient_ent::LenientEnt;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const LB: &str = "127.0.0.2";
+
+fn yaml(origin: SocketAddr) -> String {
+    format!(
+        r#"listen:
+  - {{ address: "127.0.0.1:0", proxy_protocol: true, proxy_protocol_from: ["{LB}/32"] }}
+admin: {{ listen: "127.0.0.1:0" }}
+server: {{ grace_period: 0s, shutdown_timeout: 2s }}
+access_log: {{ path: access.log }}
+origins:
+  ent: {{ servers: ["{origin}"], health_check: {{ disabled: true }} }}
+routes:
+  - name: limited
+    match: {{ path_prefix: /limited }}
+    origin: ent
+    rate_limits: [{{ key: client_ip, rate: 1/m, burst: 1 }}]
+  - name: ent
+    match: {{ path_prefix: / }}
+    origin: ent
+"#
+    )
+}
+
+/// HAProxy with two TCP frontends (v2 and v1) on listening sockets made here on port 0
+/// and handed over as fds 3 and 4 (`bind fd@N`): no fixed port, nothing to wait for.
+struct Haproxy {
+    child: Child,
+    v2: SocketAddr,
+    v1: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Haproxy {
+    fn start(ecluse: SocketAddr) -> Haproxy {
+        let dir = TempDir::new("haproxy");
+        let l2 = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let l1 = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (v2, v1) = (
+            l2.local_addr().expect("addr"),
+            l1.local_addr().expect("addr"),
+        );
+        let cfg = format!(
+            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+frontend v2\n  bind fd@3\n  default_backend v2\n\
+frontend v1\n  bind fd@4\n  default_backend v1\n\
+backend v2\n  server ecluse {ecluse} source {LB} send-proxy-v2\n\
+backend v1\n  server ecluse {ecluse} source {LB} send-proxy\n"
+        );
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, cfg).expect("write cfg");
+        let (f2, f1) = (l2.as_raw_fd(), l1.as_raw_fd());
+        let bin = ["/usr/sbin/haproxy", "haproxy"]
+            .into_iter()
+            .find(|b| Command::new(b).arg("-v").output().is_ok())
+            .expect("haproxy installed (make test installs it: scripts/need.sh haproxy)");
+        let mut cmd = Command::new(bin);
+        cmd.arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Copies above 3 and 4 first, so neither dup2 overwrites the other's
+                // source; dup2's copies do not close on exec.
+                let (a, b) = (
+                    libc::fcntl(f2, libc::F_DUPFD, 10),
+                    libc::fcntl(f1, libc::F_DUPFD, 10),
+                );
+                if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn haproxy");
+        // The sockets live on in HAProxy.
+        drop((l2, l1));
+        Haproxy {
+            child,
+            v2,
+            v1,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client on its own loopback address.
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<IpAddr>().expect("ip"))
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client")
+}
+
+fn log_lines(e: &Ecluse) -> Vec<serde_json::Value> {
+    let path = e.config.parent().expect("dir").join("access.log");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+async fn logged_client(e: &Ecluse, path: &str) -> String {
+    let mut found = String::new();
+    eventually("the access log line", Duration::from_secs(10), async || {
+        found = log_lines(e)
+            .into_iter()
+            .rev()
+            .find(|l| l["path"] == path)
+            .and_then(|l| l["client_ip"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        !found.is_empty()
+    })
+    .await;
+    found
+}
+
+fn header_seen(ent: &LenientEnt, path: &str, name: &str) -> Option<String> {
+    ent.seen()
+        .into_iter()
+        .rev()
+        .find(|s| s.path == path)?
+        .headers
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_haproxy_the_client_address_is_the_real_one_everywhere() {
+    let ent = LenientEnt::start().await;
+    let e = Ecluse::start(&yaml(ent.addr));
+    let lb = Haproxy::start(e.proxy);
+    for (front, version) in [(lb.v2, "v2"), (lb.v1, "v1")] {
+        let path = format!("/page/{version}");
+        let r = client_from("127.0.0.3")
+            .get(format!("http://{front}{path}"))
+            .send()
+            .await
+            .expect("through haproxy");
+        assert_eq!(r.status(), 200, "{version}");
+        assert_eq!(
+            header_seen(&ent, &path, "x-forwarded-for").as_deref(),
+            Some("127.0.0.3"),
+            "{version}: the ENT sees the client, not the balancer"
+        );
+        assert_eq!(
+            header_seen(&ent, &path, "x-real-ip").as_deref(),
+            Some("127.0.0.3")
+        );
+        assert_eq!(logged_client(&e, &path).await, "127.0.0.3", "{version}");
+    }
+    // Rate limits key on the client: two clients behind the one balancer each get their
+    // own allowance, and the second request of one of them is refused.
+    for ip in ["127.0.0.4", "127.0.0.5"] {
+        let r = client_from(ip)
+            .get(format!("http://{}/limited/x", lb.v2))
+            .send()
+            .await
+            .expect("first");
+        assert_eq!(r.status(), 200, "{ip}'s first request");
+    }
+    let r = client_from("127.0.0.4")
+        .get(format!("http://{}/limited/x", lb.v2))
+        .send()
+        .await
+        .expect("second");
+    assert_eq!(r.status(), 429);
+}
+
+/// Write `bytes` from `from`, return what came back until the connection closed.
+fn exchange(from: &str, to: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.bind(
+        &format!("{from}:0")
+            .parse::<SocketAddr>()
+            .expect("addr")
+            .into(),
+    )
+    .expect("bind");
+    sock.connect_timeout(&to.into(), Duration::from_secs(5))
+        .expect("connect");
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_header_is_believed_from_the_balancer_only() {
+    let ent = LenientEnt::start().await;
+    let e = Ecluse::start(&yaml(ent.addr));
+    // A direct client claiming another address: read as HTTP, a malformed request.
+    for claim in [
+        b"PROXY TCP4 6.6.6.6 127.0.0.1 1234 80\r\n".to_vec(),
+        [
+            b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".as_slice(),
+            &[6, 6, 6, 6, 127, 0, 0, 1, 4, 210, 0, 80],
+        ]
+        .concat(),
+    ] {
+        let mut req = claim.clone();
+        req.extend_from_slice(b"GET /claimed HTTP/1.1\r\nHost: ent\r\nConnection: close\r\n\r\n");
+        let answer = exchange("127.0.0.1", e.proxy, &req);
+        assert_eq!(
+            status_of(&answer),
+            Some(400),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    assert!(ent.seen().iter().all(|s| s.path != "/claimed"));
+    assert!(log_lines(&e).iter().all(|l| l["client_ip"] != "6.6.6.6"));
+    // A direct client without a header is served as itself.
+    let answer = exchange(
+        "127.0.0.1",
+        e.proxy,
+        b"GET /direct HTTP/1.1\r\nHost: ent\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&answer), Some(200));
+    assert_eq!(logged_client(&e, "/direct").await, "127.0.0.1");
+    // The balancer's address without a header: closed without an answer (guessing would
+    // give every client behind it the balancer's address).
+    let answer = exchange(
+        LB,
+        e.proxy,
+        b"GET /nolb HTTP/1.1\r\nHost: ent\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+    assert!(ent.seen().iter().all(|s| s.path != "/nolb"));
+    assert!(
+        e.metric(
+            "ecluse_client_connections_refused_total",
+            &[("reason", "proxy_protocol")]
+        ) >= 1.0
+    );
+}
+
+#[test]
+fn check_refuses_a_proxy_protocol_listener_without_its_balancers() {
+    let dir = TempDir::new("pp-check");
+    let path = dir.path().join("e.yaml");
+    std::fs::write(
+        &path,
+        "listen:\n  - { address: \"127.0.0.1:0\", proxy_protocol: true }\n  - { address: \"127.0.0.1:0\", proxy_protocol_from: [\"10.0.0.0/8\"] }\n  - { address: \"127.0.0.1:0\", proxy_protocol: true, proxy_protocol_from: [\"10.0.0.300/8\"] }\norigins:\n  ent: { servers: [\"127.0.0.1:1\"] }\nroutes:\n  - { name: ent, origin: ent }\n",
+    )
+    .expect("write");
+    let out = Command::new(bin())
+        .arg("check")
+        .arg(&path)
+        .output()
+        .expect("check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(":2:") && err.contains("proxy_protocol_from"),
+        "{err}"
+    );
+    assert!(err.contains(":3:") && err.contains("no effect"), "{err}");
+    assert!(err.contains(":4:") && err.contains("10.0.0.300/8"), "{err}");
+}
