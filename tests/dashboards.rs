@@ -223,8 +223,9 @@ async fn every_panel_returns_data_from_a_real_prometheus_scraping_the_demo() {
     let fleet_origin = EchoOrigin::start("ent").await;
     // With a TLS listener, for the certificate expiry series.
     let cert = SelfSigned::localhost();
-    let fleet_node = Ecluse::start_with(&format!(
-        r#"listen: ["127.0.0.1:0"]
+    let fleet_node = Ecluse::start_with(
+        &format!(
+            r#"listen: ["127.0.0.1:0"]
 tls: {{ listen: ["127.0.0.1:0"], cert_file: cert.pem, key_file: key.pem }}
 admin: {{ listen: "127.0.0.1:0" }}
 access_log: {{ enabled: false }}
@@ -234,8 +235,11 @@ origins:
 routes:
   - {{ name: fleet, match: {{ path_prefix: / }}, origin: ent, rate_limits: [{{ key: route, rate: 100/s, burst: 100 }}] }}
 "#,
-        redis.port, fleet_origin.addr
-    ), &cert.files(), |_| {});
+            redis.port, fleet_origin.addr
+        ),
+        &cert.files(),
+        |_| {},
+    );
     eventually("the fleet node reaches Redis", DEADLINE, async || {
         fleet_node.metric("ecluse_cluster_redis_up", &[]) == 1.0
     })

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -184,31 +183,31 @@ fn check_refuses_origin_tls_that_cannot_work() {
         ),
         // Half a client certificate.
         (
-            r#"{ servers: ["ent.test:443"], tls: { client_cert: c.pem } }"#,
+            r#"{ servers: ["localhost:443"], tls: { client_cert: c.pem } }"#,
             "FILE:3:",
             "needs `client_key`",
         ),
         // A key that is another certificate's.
         (
-            r#"{ servers: ["ent.test:443"], tls: { client_cert: c.pem, client_key: other.key } }"#,
+            r#"{ servers: ["localhost:443"], tls: { client_cert: c.pem, client_key: other.key } }"#,
             "FILE:3:",
             "does not belong",
         ),
         // An unreadable CA file.
         (
-            r#"{ servers: ["ent.test:443"], tls: { ca_file: nope.pem } }"#,
+            r#"{ servers: ["localhost:443"], tls: { ca_file: nope.pem } }"#,
             "FILE:3:",
             "cannot read",
         ),
         // Servers with different names and no `sni`.
         (
-            r#"{ servers: ["a.test:443", "b.test:443"], tls: true }"#,
+            r#"{ servers: ["localhost:443", "127.0.0.1:443"], tls: true }"#,
             "FILE:3:",
             "different host names",
         ),
         // Two spellings of the SNI.
         (
-            r#"{ servers: ["a.test:443"], sni: a.test, tls: { sni: b.test } }"#,
+            r#"{ servers: ["localhost:443"], sni: localhost, tls: { sni: b.test } }"#,
             "FILE:3:",
             "not both",
         ),
@@ -222,7 +221,7 @@ fn check_refuses_origin_tls_that_cannot_work() {
     for ok in [
         r#"{ servers: ["10.0.0.5:443"], tls: { sni: ent.test } }"#,
         r#"{ servers: ["10.0.0.5:443"], tls: { verify: false } }"#,
-        r#"{ servers: ["ent.test:443"], tls: { client_cert: c.pem, client_key: k.pem, ca_file: c.pem } }"#,
+        r#"{ servers: ["localhost:443"], tls: { client_cert: c.pem, client_key: k.pem, ca_file: c.pem } }"#,
     ] {
         let (code, err) = check_file(&yaml(ok), &files);
         assert_eq!(code, 0, "{ok}: {err}");
