@@ -562,7 +562,10 @@ mod tests {
     async fn warming_through_tls_trusts_only_our_own_certificate() {
         let ours = rcgen::generate_simple_self_signed(vec!["ent.example".into()]).expect("cert");
         let (addr, head) = tls_server(&ours).await;
-        let via = Via::Tls(addr, tls_connector(ours.cert.der()).expect("connector"));
+        let via = Via::Tls(
+            addr,
+            tls_connector(&[ours.cert.der().to_vec()]).expect("connector"),
+        );
         let r = fetch(&via, "https", "ent.example", "/f?a=1", "tok", &[]).await;
         assert_eq!(r, Ok((200, Some("ok".to_string()), 2)));
         let head = head.await.expect("server");
@@ -572,7 +575,10 @@ mod tests {
         // A listener presenting any other certificate is not talked to.
         let other = rcgen::generate_simple_self_signed(vec!["ent.example".into()]).expect("cert");
         let (addr, head) = tls_server(&other).await;
-        let via = Via::Tls(addr, tls_connector(ours.cert.der()).expect("connector"));
+        let via = Via::Tls(
+            addr,
+            tls_connector(&[ours.cert.der().to_vec()]).expect("connector"),
+        );
         let r = fetch(&via, "https", "ent.example", "/f", "tok", &[]).await;
         assert!(
             r.as_ref().is_err_and(|e| e.contains("TLS handshake")),
