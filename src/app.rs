@@ -26,10 +26,9 @@ pub struct App {
     pub proxy_ready: AtomicBool,
     /// The proxy addresses actually bound (port 0 resolved), set once at startup.
     pub bound: std::sync::OnceLock<Vec<std::net::SocketAddr>>,
-    /// The TLS listeners among `bound`, with the DER of the certificate they present
-    /// (read once at start, like the listeners do): cache warming reaches a TLS-only
-    /// ecluse through them, trusting exactly that certificate.
-    pub tls_bound: std::sync::OnceLock<(Vec<std::net::SocketAddr>, Option<Vec<u8>>)>,
+    /// The TLS listeners among `bound`: cache warming reaches a TLS-only ecluse through
+    /// them, trusting exactly the certificates they present (`crate::tls::serving`).
+    pub tls_bound: std::sync::OnceLock<Vec<std::net::SocketAddr>>,
     /// The cache store and lock, opened once by `server::build` (storage settings need a
     /// restart to change).
     pub cache: std::sync::OnceLock<crate::cache::Cache>,
@@ -115,7 +114,9 @@ impl App {
         match config::load_file(&self.config_path, &self.registry, next_version) {
             Ok(new) => {
                 let old = self.config.load_full();
-                if new.hash == old.hash {
+                // Certificates renewed under the same file names change the material,
+                // not the policy file: compared apart.
+                if new.hash == old.hash && tls_material_same(&new, &old) {
                     m.config_reloads.with_label_values(&["unchanged"]).inc();
                     log::info!("reload ({trigger}): file unchanged (hash {})", old.hash);
                     return Ok(ReloadOutcome {
@@ -131,8 +132,17 @@ impl App {
                 {
                     restart_required.push("listen");
                 }
-                if new.tls != old.tls {
-                    restart_required.push("tls");
+                match (&new.tls, &old.tls) {
+                    (Some(n), Some(o)) => {
+                        if n.listen != o.listen {
+                            restart_required.push("tls.listen");
+                        }
+                        if n.http2 != o.http2 {
+                            restart_required.push("tls.http2");
+                        }
+                    }
+                    (None, None) => {}
+                    _ => restart_required.push("tls"),
                 }
                 if new.admin.listen != old.admin.listen {
                     restart_required.push("admin.listen");
@@ -199,6 +209,11 @@ impl App {
                 self.registry.limiters.publish(live_limiters(&new));
                 apply_degradation(&self.registry.degrade, &new);
                 self.version.store(next_version, Ordering::Relaxed);
+                if let (Some(t), Some(_)) = (&new.tls, crate::tls::serving()) {
+                    // New handshakes present the renewed certificates; open connections
+                    // keep the session they negotiated.
+                    crate::tls::serve(t.certs.clone());
+                }
                 self.config.store(Arc::new(new));
                 m.config_reloads.with_label_values(&["ok"]).inc();
                 log::info!(
@@ -277,6 +292,23 @@ pub fn sweep_limiters(cfg: &Config) {
             }
         }
     }
+}
+
+/// Whether the TLS files (listener certificates, origins' CA and client certificates)
+/// read by two loads are the same bytes.
+fn tls_material_same(a: &Config, b: &Config) -> bool {
+    let listener = match (&a.tls, &b.tls) {
+        (Some(x), Some(y)) => x.certs == y.certs,
+        (None, None) => true,
+        _ => false,
+    };
+    let digests = |c: &Config| -> Vec<Option<[u8; 32]>> {
+        c.origins
+            .iter()
+            .map(|o| o.tls_client.as_ref().map(|t| t.digest))
+            .collect()
+    };
+    listener && digests(a) == digests(b)
 }
 
 fn publish_metrics(new: &Config) {

@@ -19,4 +19,5 @@ pub mod policy;
 pub mod proxy;
 pub mod rooms;
 pub mod server;
+pub mod tls;
 pub mod upstream;

@@ -139,6 +139,9 @@ fn process_metrics(r: &Registry) {
 impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
+        // Computed at each scrape from the certificates being served (crate::tls).
+        r.register(Box::new(crate::tls::ExpiryCollector::new()))
+            .expect("static metric definition");
         let requests = counter_vec(
             &r,
             "ecluse_requests_total",

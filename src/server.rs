@@ -548,19 +548,30 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
         let mut o = pingora::apps::HttpServerOptions::default();
         o.h2_idle_timeout = Some(cfg.server.clients.keepalive_timeout);
         proxy.server_options = Some(o);
-        let mut settings = pingora::listeners::tls::TlsSettings::intermediate(
-            &t.cert_file.display().to_string(),
-            &t.key_file.display().to_string(),
-        )
-        .map_err(|e| format!("TLS certificate or key unusable: {e}"))?;
+        if t.certs.certs.is_empty() {
+            return Err("tls: no usable certificate".to_string());
+        }
+        // The certificate is chosen at each handshake (by SNI) from the set the last good
+        // load published: a reload swaps it for new connections without a restart.
+        crate::tls::serve(t.certs.clone());
+        pingora::tls::install_default_crypto_provider();
+        let mut sc = rustls::ServerConfig::builder_with_protocol_versions(&[
+            &rustls::version::TLS12,
+            &rustls::version::TLS13,
+        ])
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(crate::tls::Resolver));
         if t.http2 {
-            settings.enable_h2();
+            // What pingora's `enable_h2` sets: HTTP/2 preferred, HTTP/1.1 allowed.
+            sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         }
         // Plain TCP listeners: the Edge makes the handshake itself, under the connection
         // caps and the head deadline (pingora's listener would give it 60 s, uncounted).
         let mut tsvc = pingora::services::listening::Service::new(
             "ecluse tls proxy".to_string(),
-            crate::proxy::conn::Edge::new(proxy, app.clone()).with_tls(settings.build()),
+            crate::proxy::conn::Edge::new(proxy, app.clone()).with_tls(
+                pingora::listeners::tls::Acceptor::from_server_config(Arc::new(sc)),
+            ),
         );
         for a in &t.listen {
             let (a, held) = resolve_port_zero(*a).map_err(|e| format!("cannot bind {a}: {e}"))?;
@@ -610,16 +621,7 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
     let mut all = proxy_addrs.clone();
     all.extend(tls_addrs.iter().copied());
     let _ = app.bound.set(all);
-    let tls_cert = cfg.tls.as_ref().and_then(|t| {
-        pingora::tls::load_certs_and_key_files(
-            &t.cert_file.display().to_string(),
-            &t.key_file.display().to_string(),
-        )
-        .ok()
-        .flatten()
-        .and_then(|(certs, _)| certs.first().map(|c| c.to_vec()))
-    });
-    let _ = app.tls_bound.set((tls_addrs.clone(), tls_cert));
+    let _ = app.tls_bound.set(tls_addrs.clone());
     Ok((
         server,
         Bound {

@@ -221,8 +221,12 @@ async fn every_panel_returns_data_from_a_real_prometheus_scraping_the_demo() {
     // A fleet-mode node too (Redis), so the fleet panels have something to show.
     let redis = Redis::start();
     let fleet_origin = EchoOrigin::start("ent").await;
-    let fleet_node = Ecluse::start(&format!(
-        r#"listen: ["127.0.0.1:0"]
+    // With a TLS listener, for the certificate expiry series.
+    let cert = SelfSigned::localhost();
+    let fleet_node = Ecluse::start_with(
+        &format!(
+            r#"listen: ["127.0.0.1:0"]
+tls: {{ listen: ["127.0.0.1:0"], cert_file: cert.pem, key_file: key.pem }}
 admin: {{ listen: "127.0.0.1:0" }}
 access_log: {{ enabled: false }}
 cluster: {{ redis: "redis://127.0.0.1:{}/", node_id: dash, sync_interval: 100ms }}
@@ -231,8 +235,11 @@ origins:
 routes:
   - {{ name: fleet, match: {{ path_prefix: / }}, origin: ent, rate_limits: [{{ key: route, rate: 100/s, burst: 100 }}] }}
 "#,
-        redis.port, fleet_origin.addr
-    ));
+            redis.port, fleet_origin.addr
+        ),
+        &cert.files(),
+        |_| {},
+    );
     eventually("the fleet node reaches Redis", DEADLINE, async || {
         fleet_node.metric("ecluse_cluster_redis_up", &[]) == 1.0
     })

@@ -282,7 +282,7 @@ pub async fn warm(app: &App, req: Request<Incoming>) -> Resp {
     let local = |a: &&SocketAddr| a.ip().is_loopback() || a.ip().is_unspecified();
     let via = match (plain.iter().find(local), tls.iter().find(local), pin) {
         (Some(a), _, _) => Via::Plain(*a),
-        (None, Some(a), Some(der)) => match tls_connector(der) {
+        (None, Some(a), Some(ders)) => match tls_connector(&ders) {
             Ok(c) => Via::Tls(*a, c),
             Err(m) => return error(StatusCode::INTERNAL_SERVER_ERROR, "tls", m),
         },
@@ -335,12 +335,18 @@ pub async fn warm(app: &App, req: Request<Incoming>) -> Resp {
 }
 
 /// The proxy listeners: plain ones, TLS ones, and the certificate the TLS ones present.
-fn listeners(app: &App) -> (Vec<SocketAddr>, Vec<SocketAddr>, Option<&[u8]>) {
+fn listeners(app: &App) -> (Vec<SocketAddr>, Vec<SocketAddr>, Option<Vec<Vec<u8>>>) {
     let all = app.bound.get().cloned().unwrap_or_default();
-    let (tls, pin) = match app.tls_bound.get() {
-        Some((t, p)) => (t.clone(), p.as_deref()),
-        None => (Vec::new(), None),
-    };
+    let tls = app.tls_bound.get().cloned().unwrap_or_default();
+    // The certificates presented now (a reload may have renewed them).
+    let pin = crate::tls::serving()
+        .map(|set| {
+            set.certs
+                .iter()
+                .map(|c| c.leaf_der().to_vec())
+                .collect::<Vec<_>>()
+        })
+        .filter(|v| !v.is_empty());
     let plain = all.into_iter().filter(|a| !tls.contains(a)).collect();
     (plain, tls, pin)
 }
@@ -351,11 +357,11 @@ enum Via {
     Tls(SocketAddr, pingora::tls::TlsConnector),
 }
 
-/// Trusts exactly one certificate (ours): the warm request carries this process's token
-/// and goes only to the listener that presents it.
+/// Trusts exactly our certificates: the warm request carries this process's token and
+/// goes only to the listener that presents one of them.
 #[derive(Debug)]
 struct Pinned {
-    der: Vec<u8>,
+    ders: Vec<Vec<u8>>,
     /// Checks the handshake signatures (proof that the peer holds the key).
     signatures: std::sync::Arc<pingora::tls::WebPkiServerVerifier>,
 }
@@ -369,7 +375,11 @@ impl pingora::tls::ServerCertVerifier for Pinned {
         _ocsp_response: &[u8],
         _now: pingora::tls::UnixTime,
     ) -> Result<pingora::tls::ServerCertVerified, pingora::tls::RusTlsError> {
-        if end_entity.as_ref() == self.der.as_slice() {
+        if self
+            .ders
+            .iter()
+            .any(|d| end_entity.as_ref() == d.as_slice())
+        {
             Ok(pingora::tls::ServerCertVerified::assertion())
         } else {
             Err(pingora::tls::RusTlsError::InvalidCertificate(
@@ -401,20 +411,21 @@ impl pingora::tls::ServerCertVerifier for Pinned {
     }
 }
 
-fn tls_connector(der: &[u8]) -> Result<pingora::tls::TlsConnector, String> {
+fn tls_connector(ders: &[Vec<u8>]) -> Result<pingora::tls::TlsConnector, String> {
     pingora::tls::install_default_crypto_provider();
-    let cert = pingora::tls::CertificateDer::from(der.to_vec());
     let mut roots = pingora::tls::RootCertStore::empty();
-    roots
-        .add(cert)
-        .map_err(|e| format!("our own TLS certificate is unusable: {e}"))?;
+    for der in ders {
+        roots
+            .add(pingora::tls::CertificateDer::from(der.clone()))
+            .map_err(|e| format!("our own TLS certificate is unusable: {e}"))?;
+    }
     let signatures = pingora::tls::WebPkiServerVerifier::builder(std::sync::Arc::new(roots))
         .build()
         .map_err(|e| format!("TLS verifier: {e}"))?;
     let config = pingora::tls::ClientConfig::builder()
         .dangerous()
         .with_custom_certificate_verifier(std::sync::Arc::new(Pinned {
-            der: der.to_vec(),
+            ders: ders.to_vec(),
             signatures,
         }))
         .with_no_client_auth();
@@ -551,7 +562,10 @@ mod tests {
     async fn warming_through_tls_trusts_only_our_own_certificate() {
         let ours = rcgen::generate_simple_self_signed(vec!["ent.example".into()]).expect("cert");
         let (addr, head) = tls_server(&ours).await;
-        let via = Via::Tls(addr, tls_connector(ours.cert.der()).expect("connector"));
+        let via = Via::Tls(
+            addr,
+            tls_connector(&[ours.cert.der().to_vec()]).expect("connector"),
+        );
         let r = fetch(&via, "https", "ent.example", "/f?a=1", "tok", &[]).await;
         assert_eq!(r, Ok((200, Some("ok".to_string()), 2)));
         let head = head.await.expect("server");
@@ -561,7 +575,10 @@ mod tests {
         // A listener presenting any other certificate is not talked to.
         let other = rcgen::generate_simple_self_signed(vec!["ent.example".into()]).expect("cert");
         let (addr, head) = tls_server(&other).await;
-        let via = Via::Tls(addr, tls_connector(ours.cert.der()).expect("connector"));
+        let via = Via::Tls(
+            addr,
+            tls_connector(&[ours.cert.der().to_vec()]).expect("connector"),
+        );
         let r = fetch(&via, "https", "ent.example", "/f", "tok", &[]).await;
         assert!(
             r.as_ref().is_err_and(|e| e.contains("TLS handshake")),

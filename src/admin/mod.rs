@@ -572,6 +572,7 @@ fn state(app: &App) -> serde_json::Value {
                     "ejected": s.ejected(),
                     "in_rotation": s.in_rotation(),
                     "inflight": s.inflight(),
+                    "check_error": s.check_error(),
                 })).collect::<Vec<_>>(),
             })
         })

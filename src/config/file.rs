@@ -393,19 +393,43 @@ pub struct RouteCacheFile {
     pub trust_strong_etags: Option<bool>,
 }
 
-/// TLS termination.
+/// TLS termination. Certificates are read at every load: a reload (SIGHUP,
+/// `POST /admin/reload`, or a change of one of the files when `watch_config` is on)
+/// presents renewed ones to new connections; open connections keep theirs.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
-    /// TLS listen addresses, e.g. `["0.0.0.0:443"]`.
+    /// TLS listen addresses, e.g. `["0.0.0.0:443"]`. Changing them needs a restart.
     pub listen: Vec<String>,
-    /// PEM certificate chain.
-    pub cert_file: String,
-    /// PEM private key.
-    pub key_file: String,
-    /// Offer HTTP/2 by ALPN (default true).
+    /// PEM certificate chain (leaf first): the default certificate, presented when no
+    /// other one carries the name the client asks for (SNI).
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    /// PEM private key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// More certificates, chosen by the name the client asks for (SNI) among each
+    /// certificate's DNS names (`*.example.org` covers one label). Without `cert_file`,
+    /// the first one is the default.
+    #[serde(default)]
+    pub certificates: Vec<CertificateFile>,
+    /// Offer HTTP/2 by ALPN (default true). Changing it needs a restart.
     #[serde(default)]
     pub http2: Option<bool>,
+}
+
+/// One certificate of the TLS listener.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFile {
+    /// PEM certificate chain (leaf first).
+    pub cert_file: String,
+    /// PEM private key of this certificate.
+    pub key_file: String,
+    /// The `name` label of `ecluse_tls_certificate_expiry_seconds` (default: the
+    /// certificate's first DNS name).
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// The admin listener.
@@ -745,10 +769,13 @@ pub struct OriginFile {
     /// How long an idle pooled connection to this origin is kept. Default `60s`.
     #[serde(default)]
     pub idle_timeout: Option<DurationText>,
-    /// Connect to the servers over TLS.
+    /// Connect to the servers over TLS: `true`, or the settings
+    /// `{ sni, verify, ca_file, client_cert, client_key }`. Proxied requests and active
+    /// health checks use the same settings.
     #[serde(default)]
-    pub tls: Option<bool>,
-    /// SNI and certificate name when `tls` is on (default: the server's host).
+    pub tls: Option<OriginTlsFile>,
+    /// SNI and certificate name when `tls` is on (default: the servers' host name). Same
+    /// as `tls.sni`; set one of them.
     #[serde(default)]
     pub sni: Option<String>,
     /// Attempts on another server after a failure that is safe to retry. Default 2.
@@ -765,6 +792,41 @@ pub struct OriginFile {
     /// `max_inflight` (which it needs), refusing the excess at once with a 503.
     #[serde(default)]
     pub adaptive_concurrency: Option<AdaptiveFile>,
+}
+
+/// `tls:` of an origin.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OriginTlsFile {
+    /// `true`: TLS with the defaults (verify against the system's authorities);
+    /// `false`: plain TCP.
+    On(bool),
+    /// TLS with these settings.
+    Settings(OriginTlsSettingsFile),
+}
+
+/// TLS settings of an origin.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OriginTlsSettingsFile {
+    /// The name sent as SNI and checked on the servers' certificate (default: the servers'
+    /// host name). Needed with `verify` when servers are given as IP addresses.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Check the servers' certificate chain and name (default true). `false` accepts any
+    /// certificate: for a test bench only.
+    #[serde(default)]
+    pub verify: Option<bool>,
+    /// PEM file of the authorities trusted for these servers, instead of the system's
+    /// (an ENT behind an internal CA).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// PEM client certificate presented to the servers (mutual TLS); needs `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    /// PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<String>,
 }
 
 /// Adaptive concurrency limit (TCP Vegas on latency, with a slow start and a probe of the

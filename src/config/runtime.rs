@@ -61,11 +61,11 @@ pub struct Config {
     pub pages: Arc<crate::pages::Pages>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Tls {
     pub listen: Vec<SocketAddr>,
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
+    /// Loaded and checked; published for new handshakes by a successful (re)load.
+    pub certs: Arc<crate::tls::CertSet>,
     pub http2: bool,
 }
 
@@ -286,6 +286,8 @@ pub struct Origin {
     pub idle_timeout: Duration,
     pub tls: bool,
     pub sni: String,
+    /// TLS to the servers (proxied requests and health checks alike), when `tls` is on.
+    pub tls_client: Option<Arc<crate::tls::OriginTls>>,
     pub retries: u32,
     pub health: HealthCheck,
     pub passive_max_failures: u32,
@@ -700,22 +702,83 @@ pub fn build(
                 addrs.push(a);
             }
         }
-        let cert_file = ctx.base_dir.join(&t.cert_file);
-        let key_file = ctx.base_dir.join(&t.key_file);
-        for (f, key) in [(&cert_file, "cert_file"), (&key_file, "key_file")] {
-            if let Err(e) = std::fs::metadata(f) {
-                // The certificate and its key are installed on the server (by the
-                // certificate tooling), not kept with the policy: secrets for `check`.
-                p.missing_secret(
-                    path!["tls", key],
-                    format!("cannot read `{}`: {e}", f.display()),
-                );
+        // (cert_file, key_file, name, where in the file)
+        let mut pairs: Vec<(String, String, Option<String>, Vec<Seg>)> = Vec::new();
+        match (&t.cert_file, &t.key_file) {
+            (Some(c), Some(k)) => pairs.push((c.clone(), k.clone(), None, path!["tls"])),
+            (None, None) => {}
+            (Some(_), None) => {
+                p.at(path!["tls", "cert_file"], "needs `key_file`, its private key");
+            }
+            (None, Some(_)) => {
+                p.at(path!["tls", "key_file"], "needs `cert_file`, its certificate");
+            }
+        }
+        for (i, c) in t.certificates.iter().enumerate() {
+            pairs.push((
+                c.cert_file.clone(),
+                c.key_file.clone(),
+                c.name.clone(),
+                path!["tls", "certificates", i],
+            ));
+        }
+        if pairs.is_empty() && t.cert_file.is_none() && t.key_file.is_none() {
+            p.at(
+                path!["tls"],
+                "needs a certificate: `cert_file` and `key_file`, or `certificates`",
+            );
+        }
+        let mut certs = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for (c, k, name, at) in pairs {
+            if let Some(n) = &name {
+                if n.is_empty() || n.len() > 128 || n.chars().any(|ch| ch.is_control()) {
+                    p.at(
+                        [at.clone(), path!["name"]].concat(),
+                        "must be 1 to 128 printable characters (a metric label)",
+                    );
+                }
+            }
+            let cert_file = ctx.base_dir.join(&c);
+            let key_file = ctx.base_dir.join(&k);
+            match crate::tls::load_server_cert(&cert_file, &key_file, name.as_deref()) {
+                Ok(cert) => {
+                    if let Some(prev) = names.insert(cert.name.clone(), certs.len()) {
+                        p.at(
+                            at,
+                            format!(
+                                "two certificates are named `{}` (the metric label; certificate {} has it too): give one a `name:`",
+                                cert.name, prev
+                            ),
+                        );
+                    }
+                    certs.push(cert);
+                }
+                Err(e) => {
+                    use crate::tls::TlsError as E;
+                    let key = match &e {
+                        E::Read { path, .. } | E::NoKey { path }
+                            if *path == key_file.display().to_string() =>
+                        {
+                            "key_file"
+                        }
+                        E::KeyMismatch { .. } | E::BadKey { .. } => "key_file",
+                        _ => "cert_file",
+                    };
+                    let at = [at, vec![Seg::Key(key.into())]].concat();
+                    if matches!(e, E::Read { .. }) {
+                        // The certificate and its key are installed on the server (by the
+                        // certificate tooling), not kept with the policy: secrets for `check`.
+                        p.missing_secret(at, e.to_string());
+                    } else {
+                        p.at(at, e.to_string());
+                    }
+                }
             }
         }
         Tls {
             listen: addrs,
-            cert_file,
-            key_file,
+            certs: Arc::new(crate::tls::CertSet::new(certs)),
             http2: t.http2.unwrap_or(true),
         }
     });
@@ -1589,6 +1652,160 @@ fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// An origin's SNI and TLS client side. Refuses what cannot work at the first handshake:
+/// verification without a name to check (servers given as IP addresses, or servers with
+/// different names and no `sni`), half a client certificate, unreadable or unusable files.
+fn origin_tls(
+    p: &mut Problems,
+    of: &OriginFile,
+    ctx: &BuildContext,
+    at: &dyn Fn(Vec<Seg>) -> Vec<Seg>,
+) -> (String, Option<Arc<crate::tls::OriginTls>>) {
+    use super::file::OriginTlsFile;
+    let hosts: Vec<String> = of
+        .servers
+        .iter()
+        .filter_map(|s| {
+            s.rsplit_once(':')
+                .map(|(h, _)| h.trim_matches(['[', ']']).to_ascii_lowercase())
+        })
+        .collect();
+    let default_sni = hosts.first().cloned().unwrap_or_default();
+    let settings = match &of.tls {
+        None | Some(OriginTlsFile::On(false)) => None,
+        Some(OriginTlsFile::On(true)) => Some(super::file::OriginTlsSettingsFile {
+            sni: None,
+            verify: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+        }),
+        Some(OriginTlsFile::Settings(t)) => Some(t.clone()),
+    };
+    let Some(t) = settings else {
+        if of.sni.is_some() {
+            p.at(
+                at(path!["sni"]),
+                "has no effect without `tls: true`: the servers are spoken to in plain HTTP",
+            );
+        }
+        return (of.sni.clone().unwrap_or(default_sni), None);
+    };
+    if of.sni.is_some() && t.sni.is_some() {
+        p.at(at(path!["sni"]), "set either `sni` or `tls.sni`, not both");
+    }
+    let explicit = t.sni.clone().or_else(|| of.sni.clone());
+    let sni_at = if t.sni.is_some() {
+        at(path!["tls", "sni"])
+    } else if of.sni.is_some() {
+        at(path!["sni"])
+    } else {
+        at(path!["tls"])
+    };
+    let verify = t.verify.unwrap_or(true);
+    let sni = explicit.clone().unwrap_or_else(|| default_sni.clone());
+    if verify && explicit.is_none() {
+        if default_sni.parse::<std::net::IpAddr>().is_ok() {
+            p.at(
+                sni_at.clone(),
+                format!(
+                    "the servers are IP addresses: set `tls.sni` to the name on the ENT's certificate (the name checked and sent), or `tls.verify: false` on a test bench; `{default_sni}` would be checked against the certificate"
+                ),
+            );
+            return (sni, None);
+        }
+        if hosts.iter().any(|h| *h != default_sni) {
+            p.at(
+                sni_at.clone(),
+                "the servers have different host names: set `tls.sni` to the name on their certificate",
+            );
+            return (sni, None);
+        }
+    }
+    if sni.is_empty()
+        || sni.len() > 253
+        || rustls_pki_types::ServerName::try_from(sni.clone()).is_err()
+    {
+        p.at(sni_at, format!("`{sni}` is not a host name to send as SNI"));
+        return (sni, None);
+    }
+    let file = |f: &Option<String>| f.as_ref().map(|f| ctx.base_dir.join(f));
+    let ca_file = file(&t.ca_file);
+    let client = match (file(&t.client_cert), file(&t.client_key)) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) => {
+            p.at(
+                at(path!["tls", "client_cert"]),
+                "needs `client_key`, the private key of this certificate",
+            );
+            return (sni, None);
+        }
+        (None, Some(_)) => {
+            p.at(
+                at(path!["tls", "client_key"]),
+                "needs `client_cert`, the certificate of this key",
+            );
+            return (sni, None);
+        }
+    };
+    if ca_file.is_some() && !verify {
+        p.at(
+            at(path!["tls", "ca_file"]),
+            "is unused with `verify: false` (no certificate is checked)",
+        );
+    }
+    match crate::tls::load_origin_tls(
+        &sni,
+        verify,
+        ca_file.as_deref(),
+        client.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+    ) {
+        Ok(t) => (sni, Some(Arc::new(t))),
+        Err(e) => {
+            // Which key the file came from, for FILE:LINE:COL.
+            let key = match &e {
+                crate::tls::TlsError::KeyMismatch { .. } | crate::tls::TlsError::BadKey { .. } => {
+                    "client_key"
+                }
+                crate::tls::TlsError::Read { path, .. }
+                | crate::tls::TlsError::NoCertificate { path }
+                | crate::tls::TlsError::BadCertificate { path, .. }
+                | crate::tls::TlsError::NoKey { path }
+                | crate::tls::TlsError::Expired { path, .. }
+                | crate::tls::TlsError::NotYetValid { path, .. } => {
+                    if ca_file
+                        .as_ref()
+                        .is_some_and(|c| c.display().to_string() == *path)
+                    {
+                        "ca_file"
+                    } else if client
+                        .as_ref()
+                        .is_some_and(|(_, k)| k.display().to_string() == *path)
+                    {
+                        "client_key"
+                    } else {
+                        "client_cert"
+                    }
+                }
+                crate::tls::TlsError::Client(_) => "sni",
+            };
+            let where_ = if matches!(of.tls, Some(OriginTlsFile::Settings(_))) {
+                at(path!["tls", key])
+            } else {
+                at(path!["tls"])
+            };
+            if matches!(e, crate::tls::TlsError::Read { .. }) && key != "ca_file" {
+                // A client key pair is installed on the server, not kept with the policy.
+                p.missing_secret(where_, e.to_string());
+            } else {
+                p.at(where_, e.to_string());
+            }
+            (sni, None)
+        }
+    }
+}
+
 fn build_origin(
     p: &mut Problems,
     name: &str,
@@ -1703,15 +1920,7 @@ fn build_origin(
             "must be an HTTP status between 100 and 599",
         );
     }
-    let sni = of.sni.clone().unwrap_or_else(|| {
-        of.servers
-            .first()
-            .and_then(|s| {
-                s.rsplit_once(':')
-                    .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
-            })
-            .unwrap_or_default()
-    });
+    let (sni, tls_client) = origin_tls(p, of, ctx, &at);
     let connect_timeout = duration_or(
         p,
         &of.connect_timeout,
@@ -1769,8 +1978,9 @@ fn build_origin(
             Duration::from_secs(60),
             at(path!["idle_timeout"]),
         ),
-        tls: of.tls.unwrap_or(false),
+        tls: tls_client.is_some(),
         sni,
+        tls_client,
         retries: of.retries.unwrap_or(2),
         health,
         passive_max_failures: of

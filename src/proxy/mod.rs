@@ -1912,6 +1912,13 @@ impl ProxyHttp for EcluseProxy {
         let now = Instant::now();
         let first_start = *ctx.upstream_start.get_or_insert(now);
         let mut peer = HttpPeer::new(server.addr, origin.tls, origin.sni.clone());
+        if let Some(t) = &origin.tls_client {
+            // The origin's TLS settings, the same the health checks use.
+            peer.options.verify_cert = t.verify;
+            peer.options.verify_hostname = t.verify;
+            peer.options.ca = t.ca.clone();
+            peer.client_cert_key = t.client.clone();
+        }
         peer.options.connection_timeout = Some(origin.connect_timeout);
         peer.options.idle_timeout = Some(origin.idle_timeout);
         // Timeouts mean what nginx's mean: each read and each write from and to the

@@ -17,12 +17,43 @@ use crate::config::runtime::HealthCheck;
 
 use super::ServerState;
 
-/// One check: Ok when the server answered as expected.
-pub async fn probe(addr: SocketAddr, check: &HealthCheck, host: &str) -> Result<(), String> {
+/// One check: Ok when the server answered as expected. With `tls`, the check speaks TLS
+/// with the origin's settings (SNI, verification, CA, client certificate), so a TCP
+/// check also proves the handshake, and a wrong certificate is a failed check.
+pub async fn probe(
+    addr: SocketAddr,
+    check: &HealthCheck,
+    host: &str,
+    tls: Option<&crate::tls::OriginTls>,
+) -> Result<(), String> {
     let fut = async {
-        let mut s = TcpStream::connect(addr)
+        let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
+        match tls {
+            None => exchange(tcp, check, host).await,
+            Some(t) => {
+                let connector = pingora::tls::TlsConnector::from(t.probe.clone());
+                let s = connector
+                    .connect(t.server_name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake with `{}`: {e}", t.sni))?;
+                exchange(s, check, host).await
+            }
+        }
+    };
+    match tokio::time::timeout(check.timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+    }
+}
+
+/// The HTTP part of a check (nothing for a TCP check).
+async fn exchange<S>(mut s: S, check: &HealthCheck, host: &str) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    {
         let Some(path) = &check.path else {
             return Ok(());
         };
@@ -55,15 +86,12 @@ pub async fn probe(addr: SocketAddr, check: &HealthCheck, host: &str) -> Result<
         } else {
             Err(format!("status {status}, expected {}", check.expect_status))
         }
-    };
-    match tokio::time::timeout(check.timeout, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no answer within {:?}", check.timeout)),
     }
 }
 
 fn apply(server: &ServerState, ok: bool, check: &HealthCheck, why: &str) {
     if ok {
+        server.set_check_error(None);
         server.check_fail_streak.store(0, Ordering::Relaxed);
         let n = server.check_ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
         if !server.healthy() && n >= check.healthy_threshold {
@@ -72,6 +100,7 @@ fn apply(server: &ServerState, ok: bool, check: &HealthCheck, why: &str) {
     } else {
         server.check_ok_streak.store(0, Ordering::Relaxed);
         let n = server.check_fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
+        server.set_check_error(Some(why));
         if server.healthy() && n >= check.unhealthy_threshold {
             log::warn!("health check of {} failed {n} times: {why}", server.addr);
             server.set_healthy(false);
@@ -115,7 +144,13 @@ pub async fn run(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>
                 let origin = origin.clone();
                 tokio::spawn(async move {
                     let host = origin.sni.clone();
-                    let r = probe(server.addr, &origin.health, &host).await;
+                    let r = probe(
+                        server.addr,
+                        &origin.health,
+                        &host,
+                        origin.tls_client.as_deref(),
+                    )
+                    .await;
                     let why = r.as_ref().err().cloned().unwrap_or_default();
                     apply(&server, r.is_ok(), &origin.health, &why);
                 });

@@ -45,6 +45,8 @@ pub struct ServerState {
     /// Active check streaks, owned by the health checker.
     pub(crate) check_ok_streak: AtomicU32,
     pub(crate) check_fail_streak: AtomicU32,
+    /// Why the last active check failed (None after a success), for `/admin/state`.
+    check_error: std::sync::Mutex<Option<String>>,
     up_gauge: IntGauge,
 }
 
@@ -66,8 +68,21 @@ impl ServerState {
             inflight: AtomicUsize::new(0),
             check_ok_streak: AtomicU32::new(0),
             check_fail_streak: AtomicU32::new(0),
+            check_error: std::sync::Mutex::new(None),
             up_gauge,
         }
+    }
+
+    /// Why the last active check failed, if it did.
+    pub fn check_error(&self) -> Option<String> {
+        self.check_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_check_error(&self, why: Option<&str>) {
+        *self.check_error.lock().unwrap_or_else(|p| p.into_inner()) = why.map(str::to_string);
     }
 
     fn now_ms(&self) -> u64 {
