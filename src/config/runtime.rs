@@ -765,6 +765,16 @@ pub fn build(
                         E::KeyMismatch { .. } | E::BadKey { .. } => "key_file",
                         _ => "cert_file",
                     };
+                    // An unreadable certificate stops its loading before the key is read:
+                    // say about the key too, so one run lists every missing file.
+                    if key == "cert_file" && matches!(e, E::Read { .. }) {
+                        if let Err(ke) = std::fs::File::open(&key_file) {
+                            p.missing_secret(
+                                [at.clone(), vec![Seg::Key("key_file".into())]].concat(),
+                                format!("cannot read `{}`: {ke}", key_file.display()),
+                            );
+                        }
+                    }
                     let at = [at, vec![Seg::Key(key.into())]].concat();
                     if matches!(e, E::Read { .. }) {
                         // The certificate and its key are installed on the server (by the

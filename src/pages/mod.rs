@@ -444,7 +444,7 @@ mod tests {
             Lang::En,
             true,
             Some(2),
-            None,
+            Some("rid-1"),
         );
         let v: serde_json::Value = serde_json::from_slice(&p.body).expect("json");
         assert_eq!(v["error"], "origin_busy");

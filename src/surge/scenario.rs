@@ -215,21 +215,24 @@ fn unescape(s: &str) -> String {
         .replace("&amp;", "&")
 }
 
-/// A queue page: ecluse's `<main id="q" data-url="STATUS" data-poll="MS">`.
+/// A queue page: the element `id="q"` of ecluse's page, carrying `data-url="STATUS"` and
+/// `data-poll="MS"` (attributes in any order: templates are ops' to change).
 fn queue_page(r: &Resp) -> Option<(String, u64)> {
     if r.status != 200 {
         return None;
     }
     let body = std::str::from_utf8(&r.body).ok()?;
-    let i = body.find("id=\"q\" data-url=\"")?;
-    let rest = &body[i + "id=\"q\" data-url=\"".len()..];
-    let url = unescape(&rest[..rest.find('"')?]);
-    let poll = rest
-        .find("data-poll=\"")
-        .and_then(|j| {
-            let r2 = &rest[j + "data-poll=\"".len()..];
-            r2[..r2.find('"')?].parse().ok()
-        })
+    let i = body.find(" id=\"q\"")?;
+    let start = body[..i].rfind('<')?;
+    let tag = &body[start..i + body[i..].find('>')?];
+    let attr = |name: &str| -> Option<&str> {
+        let key = format!(" {name}=\"");
+        let j = tag.find(&key)? + key.len();
+        Some(&tag[j..j + tag[j..].find('"')?])
+    };
+    let url = unescape(attr("data-url")?);
+    let poll = attr("data-poll")
+        .and_then(|p| p.parse().ok())
         .unwrap_or(10_000);
     Some((url, poll))
 }
@@ -734,6 +737,17 @@ mod tests {
             body: Bytes::from_static(b"<h2>Cahier de textes</h2>"),
         };
         assert_eq!(queue_page(&page), None);
+        // The attributes in another order, as the built-in template writes them.
+        let r = Resp {
+            status: 200,
+            body: Bytes::from_static(
+                br#"<div id="q" class="card" data-url="/.ecluse/queue/status?room=ent" data-poll="3000">"#,
+            ),
+        };
+        assert_eq!(
+            queue_page(&r),
+            Some(("/.ecluse/queue/status?room=ent".to_string(), 3000))
+        );
     }
 
     #[test]
