@@ -124,6 +124,10 @@ fn refused(a: &str, b: &str) -> Vec<String> {
         format!("/{a}/{b}%4"),
         format!("/{a}/%00{b}"),
         format!("/{a}/%0a{b}"),
+        // Double encoding: `.` or `/` to a backend that decodes twice.
+        format!("/x/%252e%252e/{a}/{b}"),
+        format!("/x%252F..%252F{a}/{b}"),
+        format!("/x/%25%32%65%25%32%65/{a}/{b}"),
     ]
 }
 

@@ -129,6 +129,8 @@ pub enum PathError {
     Overlong { lead: u8, next: u8 },
     #[error("the request target is neither a path starting with `/`, an absolute URL, nor `*`")]
     NotAPath,
+    #[error("a double-encoded escape in the path (`%25` then two hex digits, at byte {at})")]
+    DoubleEncoded { at: usize },
 }
 
 impl PathError {
@@ -141,6 +143,7 @@ impl PathError {
             PathError::PathParam => "bad_path_param",
             PathError::Overlong { .. } => "bad_path_overlong",
             PathError::NotAPath => "bad_path_form",
+            PathError::DoubleEncoded { .. } => "bad_path_double_encoded",
         }
     }
 }
@@ -330,6 +333,7 @@ pub fn canonical_path<'a>(path: &'a [u8], policy: &PathPolicy) -> Result<Cow<'a,
                 (Some(h), Some(l)) => (h << 4) | l,
                 _ => return Err(PathError::BadEscape { at: i }),
             };
+
             i += 3;
             (v, true)
         } else {
@@ -372,6 +376,16 @@ pub fn canonical_path<'a>(path: &'a [u8], policy: &PathPolicy) -> Result<Cow<'a,
             b if plain(b) => out.push(b),
             b => push_escaped(&mut out, b),
         }
+    }
+    // `%252e` (or `%25%32%65`) is `%2e` once decoded and `.` to a backend that decodes
+    // twice (IIS, some frameworks, a second proxy): no single meaning, so refused, as
+    // IIS's `allowDoubleEscaping=false` does. Checked on the decoded-once form, so every
+    // spelling of it is caught and a canonical path never holds one.
+    if let Some(at) = out
+        .windows(5)
+        .position(|w| w[..3] == *b"%25" && hex(w[3]).is_some() && hex(w[4]).is_some())
+    {
+        return Err(PathError::DoubleEncoded { at });
     }
     // 2. Path parameters: `;…` up to the end of each segment, before dot segments (so
     // `/..;x/` is `/../`, as Tomcat reads it).
@@ -470,8 +484,11 @@ mod tests {
         );
         assert_eq!(canon("/caf%c3%a9").unwrap(), "/caf%C3%A9");
         assert_eq!(canon("/{x}|^").unwrap(), "/%7Bx%7D%7C%5E");
-        // Decoded once: `%252e` is `%2e`, not `.`.
-        assert_eq!(canon("/a/%252e%252e/visio").unwrap(), "/a/%252e%252e/visio");
+        // Decoded once `%252e` is `%2e`, and `.` to a backend decoding twice: refused.
+        assert!(matches!(
+            canon("/a/%252e%252e/visio"),
+            Err(PathError::DoubleEncoded { .. })
+        ));
     }
 
     #[test]
@@ -540,6 +557,18 @@ mod tests {
 
     #[test]
     fn invalid_escapes_controls_and_overlong_are_refused() {
+        for p in ["/%252e%252e/visio", "/a/%252F", "/%2541", "/x%25%32%65"] {
+            assert!(
+                matches!(canon(p), Err(PathError::DoubleEncoded { .. })),
+                "{p}: {:?}",
+                canon(p)
+            );
+        }
+        // A lone `%25` (a percent sign in a name) is kept, encoded, and is canonical.
+        for p in ["/100%25", "/a%25b", "/%25zz"] {
+            let c = canon(p).expect(p);
+            assert_eq!(canon(&c).expect("canonical"), c, "{p}");
+        }
         for p in ["/%zz", "/%4", "/a%", "/%g0", "/%%30"] {
             assert!(matches!(canon(p), Err(PathError::BadEscape { .. })), "{p}");
         }
