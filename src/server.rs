@@ -484,17 +484,23 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
     }
     // pingora's HTTP service behind the connection guards (proxy::conn): head deadline,
     // body rate, connection caps.
-    let mut proxy = pingora::proxy::http_proxy(
-        &server.configuration,
-        EcluseProxy {
-            app: app.clone(),
-            tls: false,
-        },
-    );
-    let mut o = pingora::apps::HttpServerOptions::default();
-    o.h2c = true;
-    o.h2_idle_timeout = Some(cfg.server.clients.keepalive_timeout);
-    proxy.server_options = Some(o);
+    // The plain-HTTP proxy (h2c allowed), one per listening service.
+    let conf = server.configuration.clone();
+    let plain_proxy = || {
+        let mut proxy = pingora::proxy::http_proxy(
+            &conf,
+            EcluseProxy {
+                app: app.clone(),
+                tls: false,
+            },
+        );
+        let mut o = pingora::apps::HttpServerOptions::default();
+        o.h2c = true;
+        o.h2_idle_timeout = Some(cfg.server.clients.keepalive_timeout);
+        proxy.server_options = Some(o);
+        proxy
+    };
+    let proxy = plain_proxy();
     // Which PROXY protocol each listener reads (none when the addresses come from the
     // command line).
     let pp: Vec<Option<Vec<ipnet::IpNet>>> = match &opts.listen {
@@ -517,17 +523,7 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
     // by its Edge, before the connection caps and the HTTP layer.
     for ((a, held), from) in proxy_addrs.iter().zip(&proxy_held).zip(&pp) {
         let Some(from) = from else { continue };
-        let mut proxy = pingora::proxy::http_proxy(
-            &server.configuration,
-            EcluseProxy {
-                app: app.clone(),
-                tls: false,
-            },
-        );
-        let mut o = pingora::apps::HttpServerOptions::default();
-        o.h2c = true;
-        o.h2_idle_timeout = Some(cfg.server.clients.keepalive_timeout);
-        proxy.server_options = Some(o);
+        let proxy = plain_proxy();
         let mut svc = pingora::services::listening::Service::new(
             format!("ecluse proxy {a} (PROXY protocol)"),
             crate::proxy::conn::Edge::new(proxy, app.clone()).with_proxy_protocol(from.clone()),
