@@ -1018,3 +1018,95 @@ async fn a_phone_that_slept_through_its_turn_gets_the_next_place_fleet_wide() {
     })
     .await;
 }
+
+/// Redis came back empty and the first node put the room back from its view (the five
+/// sessions inside counted in a seed bucket). Within the settle window, a session moved
+/// out of the seed bucket (it made a request in the next bucket), then another node
+/// brought a fresher view of the same room: the seed must follow the difference between
+/// the views, not be set again, or the session that moved counts twice and one place is
+/// lost until it times out. (Seen as "4 of 5 admitted after the restart" above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresher_view_after_a_restart_counts_no_session_twice() {
+    use ecluse::cluster::conn::RedisConn;
+    use ecluse::cluster::room::{Arrived, FleetRoom};
+    use ecluse::policy::waiting_room::{ClassPolicy, Method, RoomParams};
+    let _alone = ONE_FLEET_AT_A_TIME.lock().await;
+    let redis = Redis::start();
+    let url = format!("redis://127.0.0.1:{}/", redis.port);
+    let p = RoomParams {
+        active_users: 5,
+        new_users_per_minute: 6000,
+        idle_timeout: Duration::from_secs(300),
+        abandon_timeout: Duration::from_secs(60),
+        return_grace: Duration::ZERO,
+        poll_interval: Duration::from_secs(1),
+        classes: vec![ClassPolicy::Default],
+        method: Method::Fifo,
+        opens_at: None,
+        prequeue: Duration::ZERO,
+        fleet: None,
+        shuffle_key: 0,
+    };
+    // Buckets are idle_timeout / 16 = 18.75 s; t0 sits 500 ms before a bucket boundary.
+    let bucket_ms = 18_750u64;
+    let k = 100_000u64;
+    let t0 = k * bucket_ms - 500;
+    let nodes: Vec<FleetRoom> = (0..3).map(|_| FleetRoom::new("flake", "ent")).collect();
+    let mut conns: Vec<RedisConn> = (0..3)
+        .map(|_| RedisConn::single(&url, Duration::from_secs(2)).unwrap())
+        .collect();
+    nodes[0].sync(&mut conns[0], &p, t0, None).await.unwrap();
+    let mut inside = Vec::new();
+    for _ in 0..5 {
+        match nodes[0].arrive(&mut conns[0], &p, 0, t0).await.unwrap() {
+            Arrived::Admit { number, bucket } => inside.push((number, bucket)),
+            _ => panic!("the first five are let in"),
+        }
+    }
+    // Each node's view: five inside; node 2's view is the freshest.
+    for (i, n) in nodes.iter().enumerate() {
+        n.sync(&mut conns[i], &p, t0 + 10 * i as u64, None)
+            .await
+            .unwrap();
+    }
+    let mut raw = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let active = |c: &mut redis::aio::MultiplexedConnection| {
+        let mut c = c.clone();
+        async move {
+            let vals: Vec<i64> = redis::cmd("HVALS")
+                .arg("{flake}:room:ent:active")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            vals.into_iter().sum::<i64>()
+        }
+    };
+    assert_eq!(active(&mut raw).await, 5);
+    // Redis restarts empty; node 0 (oldest view) puts the room back first.
+    let () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    nodes[0]
+        .sync(&mut conns[0], &p, t0 + 100, None)
+        .await
+        .unwrap();
+    assert_eq!(active(&mut raw).await, 5, "the five inside, seeded");
+    // A session inside makes a request in the next bucket, through node 1.
+    let (number, bucket) = inside[0];
+    let now = t0 + 600;
+    assert_eq!(nodes[1].touch(&p, 0, number, bucket, now), Some(k));
+    nodes[1].sync(&mut conns[1], &p, now, None).await.unwrap();
+    assert_eq!(active(&mut raw).await, 5, "a move changes no count");
+    // Node 2's fresher view of the same room arrives within the settle window.
+    nodes[2]
+        .sync(&mut conns[2], &p, t0 + 700, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        active(&mut raw).await,
+        5,
+        "the fresher view (five inside) counts the session that moved once"
+    );
+}

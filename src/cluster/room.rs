@@ -99,11 +99,18 @@ if ARGV[8] ~= '' and redis.call('EXISTS', r) == 1 and now - restored < settle
     if f > num(redis.call('HGET', r, 'frontier:' .. i), 0) then redis.call('HSET', r, 'frontier:' .. i, f) end
     i = i + 1
   end
-  redis.call('HSET', KEYS[2], redis.call('HGET', r, 'seed_bucket'), ARGV[9])
+  -- The seed is raised or lowered by the difference between the views, never set:
+  -- sessions may already have moved out of it (or ended) since the restore, and setting
+  -- it would count them twice.
+  local sb = redis.call('HGET', r, 'seed_bucket')
+  local d = tonumber(ARGV[9]) - num(redis.call('HGET', r, 'seeded'), 0)
+  if d ~= 0 and sb then
+    redis.call('HSET', KEYS[2], sb, math.max(0, num(redis.call('HGET', KEYS[2], sb), 0) + d))
+  end
   redis.call('DEL', KEYS[3])
   local pd = tonumber(ARGV[10])
   if pd > 0 then redis.call('RPUSH', KEYS[3], (restored + grace) .. ':' .. pd) end
-  redis.call('HSET', r, 'restored_view_at', view_at, 'paused', ARGV[11])
+  redis.call('HSET', r, 'restored_view_at', view_at, 'paused', ARGV[11], 'seeded', ARGV[9])
 elseif ARGV[8] ~= '' and redis.call('EXISTS', r) == 0 then
   local i = 0
   for f, n in string.gmatch(ARGV[8], '(%d+):(%d+)') do
@@ -118,7 +125,7 @@ elseif ARGV[8] ~= '' and redis.call('EXISTS', r) == 0 then
   local pd = tonumber(ARGV[10])
   if pd > 0 then redis.call('RPUSH', KEYS[3], (now + grace) .. ':' .. pd) end
   redis.call('HSET', r, 'paused', ARGV[11], 'restored', now, 'seed_bucket', seed,
-    'restored_view_at', ARGV[14])
+    'restored_view_at', ARGV[14], 'seeded', a)
   restored = now
 elseif ARGV[12] == '1' then
   -- Numbers handed out alone are taken. The frontier stays: those the node let in are
