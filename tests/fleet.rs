@@ -32,7 +32,7 @@ routes:
   - name: api
     match: {{ path_prefix: /api/ }}
     origin: ent
-    rate_limits: [{{ key: route, rate: 60/s, burst: 30 }}]
+    rate_limits: [{{ key: route, rate: 30/s, burst: 15 }}]
   - name: ent
     match: {{ path_prefix: / }}
     origin: ent
@@ -264,7 +264,7 @@ async fn a_global_rate_limit_holds_fleet_wide() {
         async move {
             let t0 = Instant::now();
             let mut tasks = Vec::new();
-            for w in 0..12 {
+            for w in 0..16 {
                 let (c, urls) = (c.clone(), urls.clone());
                 tasks.push(tokio::spawn(async move {
                     let (mut ok, mut limited, mut i) = (0u64, 0u64, w);
@@ -298,9 +298,11 @@ async fn a_global_rate_limit_holds_fleet_wide() {
             .sum()
     };
     let commands_before = commands();
-    let (ok, limited, took) = run(6).await;
+    // The limit is low (30/s) so that even a loaded debug build offers several times
+    // more: the property is the fleet-wide count, not how fast this machine serves.
+    let (ok, limited, took) = run(8).await;
     let commands_during = commands() - commands_before;
-    let configured = 60.0 * took.as_secs_f64();
+    let configured = 30.0 * took.as_secs_f64();
     let ratio = ok as f64 / configured;
     assert!(
         limited > ok,
