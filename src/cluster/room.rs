@@ -72,9 +72,9 @@ local function num(v, d) if v then return tonumber(v) else return d end end
 /// numbers it handed out are taken); then the
 /// scheduled opening (unix ms, 0 for none): until then nobody is admitted, and at it the
 /// pre-queue is frozen (its size per class, over which its tickets are shuffled); then
-/// when this node's view was read (unix ms, 0 for never); then "1" on the first exchange
-/// with a new master after a Sentinel failover (with "1" before the opening: the view's
-/// counters, plus a margin for other nodes' last numbers, are raised to).
+/// when this node's view was read (unix ms, 0 for never). After a Sentinel failover the
+/// caller passes "1" before the opening, with its view's counters plus a margin for
+/// other nodes' last numbers: the new master may lack the old one's last `ARRIVE`s.
 /// Returns {frontier_0, next_0, prequeue_0, frontier_1, …, rate*1000, paused, active,
 /// pending, tokens*1000, admitted, abandoned, issued, direct, opened}.
 const LUA_TICK: &str = r#"
@@ -130,16 +130,6 @@ elseif ARGV[12] == '1' then
     n = tonumber(n)
     if n > num(redis.call('HGET', r, 'next:' .. i), 0) then redis.call('HSET', r, 'next:' .. i, n) end
     i = i + 1
-  end
-  -- After a Sentinel failover (ARGV[15]): the new master may lack the last writes the
-  -- old one acknowledged (replication is asynchronous). Sessions this node saw inside
-  -- count at least (into the current bucket), so lost admissions do not make room for
-  -- more than the capacity.
-  if ARGV[15] == '1' then
-    local cur = math.floor(now / bucket_ms)
-    local have = active_sum(KEYS[2], cur)
-    local seen_active = tonumber(ARGV[9])
-    if seen_active > have then redis.call('HINCRBY', KEYS[2], cur, seen_active - have) end
   end
 end
 local opens = tonumber(ARGV[13])
@@ -682,7 +672,6 @@ impl FleetRoom {
             })
             .arg(opening(p).0)
             .arg(view_at)
-            .arg(if failover { "1" } else { "0" })
             .invoke_async(conn)
             .await?;
         sent += 1;
