@@ -248,6 +248,42 @@ fn trust_strong_etags_is_checked_with_positions() {
 }
 
 #[test]
+fn redis_tls_and_sentinel_are_checked_with_positions() {
+    let base = "listen: [\"0.0.0.0:8080\"]\norigins:\n  ent: { servers: [\"127.0.0.1:1\"] }\nroutes:\n  - { name: a, origin: ent }\n";
+    // TLS is accepted; skipping the certificate check is not, in any spelling the URL
+    // parser takes; Sentinels must all speak TLS or none; `redis` and `sentinel` are
+    // exclusive; a CA file must hold a certificate.
+    let (code, _, err) =
+        check(format!("{base}cluster: {{ redis: \"rediss://redis.lan:6380/\" }}\n").as_bytes());
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = check(
+        format!(
+            "{base}cluster:\n  redis: \"rediss://redis.lan:6380/#insecure\"\n  sentinel: {{ addresses: [\"redis://10.0.0.1:26379/\", \"rediss://10.0.0.2:26379/#insecure\"], master_name: \"a b\" }}\n  tls_ca_file: policy.yaml\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(code, 1, "{err}");
+    for want in [
+        "FILE:7:10: cluster.redis: `rediss://redis.lan:6380/#insecure`: no `#…` fragment",
+        "cluster.sentinel: give `redis` or `sentinel`, not both",
+        "cluster.sentinel.addresses: the Sentinels speak TLS or they do not",
+        "cluster.sentinel.addresses[1]: `rediss://10.0.0.2:26379/#insecure`: no `#…` fragment",
+        "cluster.sentinel.master_name: `a b`",
+        "cluster.tls_ca_file: ",
+        "holds no PEM certificate",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    let (code, _, err) = check(
+        format!("{base}cluster: {{ sentinel: {{ addresses: [\"redis://10.0.0.1:26379/\"], master_name: ent }} }}\n").as_bytes(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = check(format!("{base}cluster: {{ node_id: a }}\n").as_bytes());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("needs `redis`"), "{err}");
+}
+
+#[test]
 fn garbage_never_panics() {
     let cases: Vec<Vec<u8>> = vec![
         b"".to_vec(),

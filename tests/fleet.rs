@@ -813,7 +813,7 @@ async fn a_fleet_on_a_redis_cluster() {
     let _alone = ONE_FLEET_AT_A_TIME.lock().await;
     use_test_keys();
     let cluster = RedisCluster::start();
-    let port = cluster.port_not_holding("{ecluse}:room:ent");
+    let port = cluster.port_not_holding("{ecluse:room:ent}");
     let origin = EchoOrigin::start("ent").await;
     let nodes = room_fleet(["c1", "c2", "c3"], |id| {
         let yaml = room_node_yaml(origin.addr, port, id)
@@ -1080,7 +1080,7 @@ async fn a_fresher_view_after_a_restart_counts_no_session_twice() {
         let mut c = c.clone();
         async move {
             let vals: Vec<i64> = redis::cmd("HVALS")
-                .arg("{flake}:room:ent:active")
+                .arg("{flake:room:ent}:active")
                 .query_async(&mut c)
                 .await
                 .unwrap();
@@ -1110,5 +1110,394 @@ async fn a_fresher_view_after_a_restart_counts_no_session_twice() {
         active(&mut raw).await,
         5,
         "the fresher view (five inside) counts the session that moved once"
+/// Start one node per id from `yaml(id)`, once each sees Redis and all of them.
+async fn fleet_of(ids: &[&str], yaml: impl Fn(&str) -> String) -> Vec<Ecluse> {
+    let nodes: Vec<Ecluse> = ids.iter().map(|id| Ecluse::start(&yaml(id))).collect();
+    let admin = client();
+    for e in &nodes {
+        eventually(
+            "every node sees Redis and the others",
+            DEADLINE,
+            async || {
+                let s = state(&admin, e).await;
+                s["cluster"]["redis_up"] == true && s["cluster"]["live_nodes"] == ids.len()
+            },
+        )
+        .await;
+    }
+    nodes
+}
+
+/// Two rooms on a Redis Cluster of three masters: each room's keys carry a hash tag of
+/// their own, so the two rooms live on different masters (a room's arrivals are
+/// bounded by one Redis core, not every room's by the same one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_rooms_live_on_two_cluster_masters() {
+    let _alone = ONE_FLEET_AT_A_TIME.lock().await;
+    use_test_keys();
+    let cluster = RedisCluster::start();
+    // The master that serves a key (the others answer MOVED).
+    let holder = |key: &str| {
+        cluster
+            .nodes
+            .iter()
+            .map(|n| n.port)
+            .find(|p| !redis_cli(*p, &["get", key]).contains("MOVED"))
+            .expect("one master holds the key")
+    };
+    let ent = holder("{ecluse:room:ent}");
+    let other = [
+        "maths", "lycee", "college", "exam", "bac", "brevet", "sciences",
+    ]
+    .into_iter()
+    .find(|r| holder(&format!("{{ecluse:room:{r}}}")) != ent)
+    .expect("a room name hashed to another master");
+    let origin = EchoOrigin::start("ent").await;
+    let nodes = fleet_of(&["s1", "s2"], |id| {
+        format!(
+            r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+server: {{ threads: 1, grace_period: 0s, shutdown_timeout: 2s }}
+access_log: {{ enabled: false }}
+cluster: {{ redis: "redis://127.0.0.1:{port}/", node_id: {id}, sync_interval: 100ms, timeout: 1s, redis_cluster: true }}
+waiting_rooms:
+  ent: {{ active_users: 2, new_users_per_minute: 600, secret_env: ECLUSE_FLEET_TEST_KEYS, poll_interval: 1s }}
+  {other}: {{ active_users: 2, new_users_per_minute: 600, secret_env: ECLUSE_FLEET_TEST_KEYS, poll_interval: 1s }}
+origins:
+  ent: {{ servers: ["{origin}"], health_check: {{ disabled: true }} }}
+routes:
+  - {{ name: other, match: {{ path_prefix: /other/ }}, origin: ent, waiting_room: {other} }}
+  - {{ name: ent, match: {{ path_prefix: / }}, origin: ent, waiting_room: ent }}
+"#,
+            origin = origin.addr,
+            port = cluster.nodes[0].port,
+        )
+    })
+    .await;
+    // Each room fills and queues on its own.
+    for (path, room) in [("/home", "ent"), ("/other/home", other)] {
+        for i in 0..3 {
+            let v = get_json(&student(), &nodes[i % 2], path).await;
+            if i < 2 {
+                assert_eq!(v["server"], "ent", "{room}, student {i}: {v}");
+            } else {
+                assert_eq!(v["state"], "waiting", "{room}, student {i}: {v}");
+                assert_eq!(v["position"], 1, "{room}: {v}");
+            }
+        }
+    }
+    // Where each room's keys are, whatever their names: one master per room, not the same.
+    let masters_of = |room: &str| {
+        let needle = format!("room:{room}");
+        cluster
+            .nodes
+            .iter()
+            .filter(|n| {
+                redis_cli(n.port, &["--scan"])
+                    .lines()
+                    .any(|k| k.contains(&needle))
+            })
+            .map(|n| n.port)
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (masters_of("ent"), masters_of(other));
+    println!("room ent on master(s) {a:?}, room {other} on {b:?}");
+    assert_eq!(a.len(), 1, "room ent's keys on one master: {a:?}");
+    assert_eq!(b.len(), 1, "room {other}'s keys on one master: {b:?}");
+    assert_ne!(a, b, "the two rooms share a master");
+}
+
+/// `rediss://`: the fleet talks TLS to Redis, checking its certificate against the
+/// configured authority; a node given another authority refuses the server (and serves
+/// in fallback) rather than talking to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_over_tls_checks_the_authority() {
+    let _alone = ONE_FLEET_AT_A_TIME.lock().await;
+    use_test_keys();
+    let ca = TestCa::new("ecluse test Redis CA");
+    let (cert, key) = ca.server(&["localhost", "127.0.0.1"]);
+    let dir = TempDir::new("redis-tls");
+    for (name, text) in [
+        ("cert.pem", &cert),
+        ("key.pem", &key),
+        ("ca.pem", &ca.cert_pem),
+    ] {
+        std::fs::write(dir.path().join(name), text).expect("write");
+    }
+    let tls_port = free_port();
+    let f = |n: &str| dir.path().join(n).display().to_string();
+    let redis = Redis::start_with(&[
+        "--tls-port".into(),
+        tls_port.to_string(),
+        "--tls-cert-file".into(),
+        f("cert.pem"),
+        "--tls-key-file".into(),
+        f("key.pem"),
+        "--tls-ca-cert-file".into(),
+        f("ca.pem"),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ]);
+    let origin = EchoOrigin::start("ent").await;
+    let yaml = |id: &str| {
+        room_node_yaml(origin.addr, redis.port, id).replace(
+            &format!("redis: \"redis://127.0.0.1:{}/\",", redis.port),
+            &format!("redis: \"rediss://localhost:{tls_port}/\", tls_ca_file: ca.pem,"),
+        )
+    };
+    assert!(yaml("t1").contains("rediss://"));
+    let good = Ecluse::start_with(&yaml("t1"), &[("ca.pem", ca.cert_pem.as_bytes())], |_| {});
+    let admin = client();
+    eventually("the node talks to Redis over TLS", DEADLINE, async || {
+        state(&admin, &good).await["cluster"]["redis_up"] == true
+    })
+    .await;
+    let v = get_json(&student(), &good, "/home").await;
+    assert_eq!(v["server"], "ent", "{v}");
+    assert!(
+        redis_cli(redis.port, &["--scan"]).contains("room:ent"),
+        "the room reached Redis over TLS"
+    );
+    // Another authority: the server's certificate does not check out.
+    let other = TestCa::new("some other CA");
+    let bad = Ecluse::start_with(
+        &yaml("t2"),
+        &[("ca.pem", other.cert_pem.as_bytes())],
+        |_| {},
+    );
+    eventually(
+        "the node keeps failing the handshake",
+        DEADLINE,
+        async || bad.metric("ecluse_cluster_sync_failures_total", &[]) >= 3.0,
+    )
+    .await;
+    let s = state(&admin, &bad).await;
+    assert_eq!(s["cluster"]["redis_up"], false, "{s}");
+    assert_eq!(bad.metric("ecluse_cluster_fallback", &[]), 1.0);
+    assert_eq!(
+        state(&admin, &good).await["cluster"]["live_nodes"],
+        1,
+        "the refused node never reached Redis"
+    );
+}
+
+/// Redis with Sentinel: a master, a replica, three Sentinels; two nodes find the master
+/// through the Sentinels. In the middle of a surge (students arriving, others leaving,
+/// a queue) the master is killed (SIGKILL). The Sentinels promote the replica, the nodes
+/// follow, and: the capacity is never exceeded, nobody let in before the failure or
+/// through the new master is sent back to the queue, admissions through Redis keep the
+/// arrival order, and the room lets people in again through the new master (the time is
+/// printed). What the fallback rules do not keep (with a plain Redis outage too, see
+/// docs/operations.md) is printed, not asserted: a student let in by a node alone may
+/// be sent back, a waiting ticket may be refused as used, and positions differ between
+/// nodes while they run alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sentinel_failover_mid_surge_loses_no_place() {
+    let _alone = ONE_FLEET_AT_A_TIME.lock().await;
+    use_test_keys();
+    let mut set = SentinelSet::start(&[]);
+    let addresses = set
+        .sentinels
+        .iter()
+        .map(|(p, _)| format!("\"redis://127.0.0.1:{p}/\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let origin = EchoOrigin::start("ent").await;
+    let cap = 6usize;
+    let nodes = fleet_of(&["f1", "f2"], |id| {
+        room_node_yaml(origin.addr, 1, id)
+            .replace(
+                "redis: \"redis://127.0.0.1:1/\",",
+                &format!("sentinel: {{ addresses: [{addresses}], master_name: ent }},"),
+            )
+            .replace("active_users: 5,", &format!("active_users: {cap},"))
+    })
+    .await;
+    let admin = client();
+    let total = 30usize;
+    let students: Vec<reqwest::Client> = (0..total).map(|_| student()).collect();
+    // Per student: queued on arrival; the round it was seen let in; logged out; its
+    // ticket refused (lost); when it came: 0 before the kill, 1 while the nodes ran
+    // alone, 2 after both followed the failover.
+    let mut queued = vec![false; total];
+    let mut let_in: Vec<Option<usize>> = vec![None; total];
+    let mut left = vec![false; total];
+    let mut lost = vec![false; total];
+    let mut phase = vec![0u8; total];
+    // When each was let in (same phases), and whether it was later sent back.
+    let mut in_phase = vec![0u8; total];
+    let mut sent_back = vec![false; total];
+    let mut arrived = 0usize;
+    let mut round = 0usize;
+    let mut killed: Option<Instant> = None;
+    let mut back: Option<Duration> = None;
+    let mut first_in_after_back: Option<Duration> = None;
+    let mut in_after_back = 0usize;
+    let mut last_arrival = Instant::now();
+    // Waiting tickets refused: (student, round, time since the kill, after the failover).
+    let mut lost_at: Vec<(usize, usize, Option<Duration>, bool)> = Vec::new();
+    const HALF_S: Duration = Duration::from_millis(500);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        round += 1;
+        assert!(
+            Instant::now() < deadline,
+            "the surge did not finish: arrived {arrived}, let in {let_in:?}, back {back:?}"
+        );
+        // One newcomer per round (one per 500 ms while the nodes run alone, so that
+        // some come then and the others after the failover).
+        let pace = killed.is_none() || back.is_some() || last_arrival.elapsed() >= HALF_S;
+        if arrived < total && pace {
+            last_arrival = Instant::now();
+            let i = arrived;
+            arrived += 1;
+            phase[i] = match (killed, back) {
+                (None, _) => 0,
+                (Some(_), None) => 1,
+                _ => 2,
+            };
+            let v = get_json(&students[i], &nodes[i % 2], "/home").await;
+            match standing(&v) {
+                Ok(()) => {
+                    let_in[i] = Some(round);
+                    in_phase[i] = phase[i];
+                }
+                Err(p) => {
+                    assert!(p.is_some(), "student {i} queued without a place: {v}");
+                    queued[i] = true
+                }
+            }
+        }
+        // Every other round, the one inside longest leaves.
+        if round % 2 == 0 {
+            if let Some(i) = (0..total).find(|&i| let_in[i].is_some() && !left[i]) {
+                let r = students[i]
+                    .get(nodes[(i + 1) % 2].url("/logout"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                left[i] = true;
+            }
+        }
+        // Those inside keep using the ENT, through either node: never sent back (but
+        // those let in while the nodes ran alone: see below).
+        for i in 0..total {
+            if let_in[i].is_some() && !left[i] && !sent_back[i] {
+                let v = get_json(&students[i], &nodes[(i + round) % 2], "/page").await;
+                if v["server"] != "ent" && in_phase[i] == 1 {
+                    sent_back[i] = true;
+                    continue;
+                }
+                assert_eq!(
+                    v["server"], "ent",
+                    "student {i}, inside since round {:?}, sent back at round {round}: {v}",
+                    let_in[i]
+                );
+            }
+        }
+        // Those waiting poll, through either node.
+        for i in 0..arrived {
+            if queued[i] && let_in[i].is_none() && !lost[i] {
+                let v = get_json(
+                    &students[i],
+                    &nodes[(i + round) % 2],
+                    "/.ecluse/queue/status?room=ent",
+                )
+                .await;
+                if v["state"] == "lost" {
+                    lost[i] = true;
+                    lost_at.push((i, round, killed.map(|k| k.elapsed()), back.is_some()));
+                    continue;
+                }
+                if standing(&v).is_ok() {
+                    let_in[i] = Some(round);
+                    in_phase[i] = match (killed, back) {
+                        (None, _) => 0,
+                        (Some(_), None) => 1,
+                        _ => 2,
+                    };
+                    if let (Some(k), Some(_)) = (killed, back) {
+                        first_in_after_back.get_or_insert(k.elapsed());
+                        in_after_back += 1;
+                    }
+                }
+            }
+        }
+        let inside = (0..total)
+            .filter(|&i| let_in[i].is_some() && !left[i] && !sent_back[i])
+            .count();
+        assert!(
+            inside <= cap,
+            "{inside} inside, capacity {cap} (round {round})"
+        );
+        // The master dies mid-surge: a queue stands, people come and go.
+        if killed.is_none() && arrived >= 14 {
+            assert!(
+                queued.iter().any(|q| *q),
+                "a queue stands when the master dies"
+            );
+            set.master.kill();
+            killed = Some(Instant::now());
+        }
+        if let (Some(k), None) = (killed, back) {
+            let mut up = 0;
+            for e in &nodes {
+                if state(&admin, e).await["cluster"]["redis_up"] == true {
+                    up += 1;
+                }
+            }
+            if up == nodes.len() && set.master_port() == Some(set.replica.port) {
+                back = Some(k.elapsed());
+            }
+        }
+        if arrived == total && back.is_some() && in_after_back >= 3 {
+            break;
+        }
+    }
+    let alone: Vec<String> = (0..total)
+        .filter(|&i| phase[i] == 1)
+        .map(|i| {
+            format!(
+                "{i}: {}",
+                match (queued[i], let_in[i], lost[i]) {
+                    _ if sent_back[i] => "let in, then sent back to the queue".to_string(),
+                    (_, _, true) => "ticket refused (lost)".to_string(),
+                    (false, Some(r), _) => format!("let in on arrival, round {r}"),
+                    (true, Some(r), _) => format!("queued, let in at round {r}"),
+                    _ => "still waiting".to_string(),
+                }
+            )
+        })
+        .collect();
+    println!(
+        "sentinel failover: master SIGKILLed; both nodes on the new master after {back:?}; first student let in through the new master {first_in_after_back:?} after the kill; arrivals while the nodes ran alone: {alone:?}; let in (round) {let_in:?}"
+    );
+    // Not asserted (docs/operations.md): a waiting ticket refused as used, while the
+    // nodes run alone or at the failover (a number handed out twice).
+    println!("waiting tickets refused: {lost_at:?}");
+    // Arrival order, through Redis (before the kill, and after the failover, for
+    // students that did not arrive while the nodes ran alone): nobody let in before an
+    // earlier queued one, but within one polling round (both turns came between two
+    // polls). While the nodes run alone, each grants its share of the turns and
+    // positions differ by a few places between nodes (the fallback rules).
+    for i in 0..total {
+        for j in i + 1..total {
+            if !queued[i] || phase[i] == 1 || phase[j] == 1 || in_phase[j] == 1 {
+                continue;
+            }
+            if let Some(b) = let_in[j] {
+                // Not yet let in: only if the later one got in at the very last poll.
+                let a = let_in[i].unwrap_or(round + 1);
+                assert!(
+                    a <= b + 1,
+                    "student {j} let in at round {b}, before student {i} (round {a}), who came first: {let_in:?}"
+                );
+            }
+        }
+    }
+    assert!(
+        back.is_some_and(|b| b < Duration::from_secs(60)),
+        "the nodes follow the failover: {back:?}"
     );
 }

@@ -16,10 +16,12 @@
 //! drops to its own level, and it says so in the log and in `ecluse_cluster_*`. It
 //! resynchronises by itself when Redis answers again (the connection manager reconnects).
 //!
-//! Keys, all under one Redis Cluster hash tag `{prefix}` (one slot):
+//! Keys of the fleet, under one Redis Cluster hash tag `{prefix}` (one slot):
 //! `{p}:nodes` (sorted set node → last heartbeat ms), `{p}:node_info` (hash node → JSON),
 //! `{p}:seq` (counter), `{p}:forced_level` (JSON), `{p}:forced_features` (hash),
-//! `{p}:purges` (stream, capped).
+//! `{p}:purges` (stream, capped). Each waiting room's keys are under a hash tag of their
+//! own, `{p:room:NAME}` (see `room.rs`): a room's scripts touch only its own slot, and a
+//! Redis Cluster spreads the rooms over its masters.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,9 +47,14 @@ pub enum FailMode {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterSettings {
+    /// One Redis or a Cluster node (empty with `sentinel`).
     pub redis_url: String,
     /// `redis_url` is a node of a Redis Cluster.
     pub redis_cluster: bool,
+    /// The master is found through Sentinel (and followed across its failovers).
+    pub sentinel: Option<SentinelSettings>,
+    /// PEM certificate authority for TLS to Redis (`None`: the system's roots).
+    pub tls_ca: Option<Vec<u8>>,
     pub prefix: String,
     pub node_id: String,
     pub timeout: Duration,
@@ -55,6 +62,30 @@ pub struct ClusterSettings {
     pub fail_mode: FailMode,
     /// Fleet size assumed until Redis has answered once.
     pub expected_nodes: u32,
+}
+
+/// Where the Sentinels are and which master they watch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentinelSettings {
+    /// Sentinel URLs (`redis://host:26379/`, auth and TLS of the Sentinels themselves).
+    pub addresses: Vec<String>,
+    pub master_name: String,
+    /// ACL user and password on the master (and its replicas).
+    pub username: Option<String>,
+    pub password: Option<Redacted>,
+    /// The master speaks TLS.
+    pub tls: bool,
+    pub db: i64,
+}
+
+/// A secret that never shows in logs or `Debug` output.
+#[derive(Clone, PartialEq)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl ClusterSettings {
@@ -430,13 +461,14 @@ pub async fn run(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
         return;
     };
     let s = fleet.settings.clone();
-    // One Redis: a lazy connection manager, now. A Redis Cluster: connected at the first
-    // exchange that reaches it (the node serves in fallback until then).
+    // One Redis, or the master Sentinel names: a lazy connection, now. A Redis Cluster:
+    // connected at the first exchange that reaches it (the node serves in fallback until
+    // then).
     let mut conn: Option<conn::RedisConn> = None;
     if !s.redis_cluster {
-        match conn::RedisConn::single(&s.redis_url, s.timeout) {
+        match conn::RedisConn::new(&s) {
             Ok(c) => {
-                let _ = fleet.conn.set(c.clone());
+                let _ = fleet.conn.set(c.for_requests());
                 conn = Some(c);
             }
             Err(e) => {
@@ -464,12 +496,7 @@ pub async fn run(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let config = app.config();
         meter.sample(&config, now);
         if conn.is_none() {
-            match tokio::time::timeout(
-                s.timeout * 4,
-                conn::RedisConn::cluster(&s.redis_url, s.timeout),
-            )
-            .await
-            {
+            match tokio::time::timeout(s.timeout * 4, conn::RedisConn::cluster(&s)).await {
                 Ok(Ok(c)) => {
                     let _ = fleet.conn.set(c.clone());
                     conn = Some(c);

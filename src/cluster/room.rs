@@ -72,7 +72,9 @@ local function num(v, d) if v then return tonumber(v) else return d end end
 /// numbers it handed out are taken); then the
 /// scheduled opening (unix ms, 0 for none): until then nobody is admitted, and at it the
 /// pre-queue is frozen (its size per class, over which its tickets are shuffled); then
-/// when this node's view was read (unix ms, 0 for never).
+/// when this node's view was read (unix ms, 0 for never). After a Sentinel failover the
+/// caller passes "1" before the opening, with its view's counters plus a margin for
+/// other nodes' last numbers: the new master may lack the old one's last `ARRIVE`s.
 /// Returns {frontier_0, next_0, prequeue_0, frontier_1, …, rate*1000, paused, active,
 /// pending, tokens*1000, admitted, abandoned, issued, direct, opened}.
 const LUA_TICK: &str = r#"
@@ -456,6 +458,8 @@ pub struct FleetRoom {
     /// Waiting tickets let in by this node alone: marked used in Redis once it is back,
     /// so that a copy is not let in again (at most `MAX_OUTAGE_CLAIMS`).
     outage_claims: Mutex<Vec<(u8, u64)>>,
+    /// The connection's master count at this room's last exchange (Sentinel failovers).
+    masters_seen: AtomicU64,
 }
 
 /// Waiting tickets let in during an outage, remembered for Redis at most.
@@ -487,7 +491,10 @@ fn burst(p: &RoomParams) -> f64 {
 
 impl FleetRoom {
     pub fn new(prefix: &str, name: &str) -> FleetRoom {
-        let base = format!("{{{prefix}}}:room:{name}");
+        // The room's own hash tag: all its keys in one slot (the Lua scripts touch them
+        // together), and each room in a slot of its own, so a Redis Cluster spreads rooms
+        // over its masters. Room names and the prefix never hold braces (checked at load).
+        let base = format!("{{{prefix}:room:{name}}}");
         FleetRoom {
             name: name.to_string(),
             room_key: base.clone(),
@@ -505,6 +512,7 @@ impl FleetRoom {
             diverged: AtomicU64::new(0),
             followed: AtomicBool::new(false),
             outage_claims: Mutex::new(Vec::new()),
+            masters_seen: AtomicU64::new(0),
         }
     }
 
@@ -610,8 +618,14 @@ impl FleetRoom {
             g.drain(..n);
             sent += claims.len() as u64;
         }
+        // A new master (Sentinel failover) since this room's last exchange: it may lack
+        // the old master's last writes.
+        let masters = conn.masters();
+        let failover = masters > 1
+            && masters != self.masters_seen.load(Ordering::Relaxed)
+            && self.followed.load(Ordering::Relaxed);
         // The room as last seen here, for Redis to start again from if it lost it (or,
-        // after an outage, to raise its own to).
+        // after an outage or a failover, to raise its own to).
         let (seen, active, pending, paused, view_at) = {
             let v = self.view();
             let classes = p.classes.len().max(1);
@@ -624,6 +638,14 @@ impl FleetRoom {
                 q.resize(classes, (0, 0));
                 for (a, b) in q.iter_mut().zip(local) {
                     *a = (a.0.max(b.0), a.1.max(b.1));
+                }
+            }
+            if failover {
+                // Numbers the other nodes handed out just before the failover, which the
+                // new master may have lost, are past this node's view by less than
+                // the margin (twice what the fleet handed out between two views).
+                for (i, a) in q.iter_mut().enumerate() {
+                    a.1 += v.margin.get(i).copied().unwrap_or(4);
                 }
             }
             let seen = q
@@ -650,12 +672,23 @@ impl FleetRoom {
             .arg(active)
             .arg(pending)
             .arg(paused)
-            .arg(if ran_alone.is_some() { "1" } else { "0" })
+            .arg(if ran_alone.is_some() || failover {
+                "1"
+            } else {
+                "0"
+            })
             .arg(opening(p).0)
             .arg(view_at)
             .invoke_async(conn)
             .await?;
         sent += 1;
+        if failover {
+            log::warn!(
+                "cluster: room {}: new master after a Sentinel failover; ticket counters raised to this node's view",
+                self.name
+            );
+        }
+        self.masters_seen.store(masters, Ordering::Relaxed);
         let classes = p.classes.len().max(1);
         if out.len() == classes * 3 + 10 {
             let mut v = self.view();

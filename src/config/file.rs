@@ -253,11 +253,24 @@ pub enum FailModeFile {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterFile {
-    /// Redis URL: `redis://[:password@]host:6379/db`. Plain TCP: keep Redis on a private
-    /// network or behind a local TLS tunnel (`rediss://` is refused).
-    pub redis: String,
-    /// Prefix of every key. Keys are written `{PREFIX}:…`: the braces are a Redis Cluster
-    /// hash tag, so all of a fleet's keys live in one slot. Default `ecluse`.
+    /// Redis URL: `redis://[:password@]host:6379/db`, or `rediss://…` for TLS (the
+    /// certificate is checked against `tls_ca_file`, else the system's roots). Give
+    /// `redis` or `sentinel`, not both.
+    #[serde(default)]
+    pub redis: Option<String>,
+    /// Find the master through Redis Sentinel and follow its failovers, instead of one
+    /// fixed `redis` address. See docs/operations.md (fleet).
+    #[serde(default)]
+    pub sentinel: Option<SentinelFile>,
+    /// PEM file of the certificate authority that signed the Redis servers' (and
+    /// Sentinels') TLS certificates, for `rediss://` and `sentinel.tls`. Default: the
+    /// system's roots. Relative to the policy file.
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    /// Prefix of every key. The fleet's own keys are written `{PREFIX}:…` (one Redis
+    /// Cluster hash tag, one slot); each waiting room's keys are written
+    /// `{PREFIX:room:NAME}:…`, a hash tag of their own, so rooms spread over a Cluster's
+    /// masters. Default `ecluse`.
     #[serde(default)]
     pub key_prefix: Option<String>,
     /// This node's name in the fleet (default: host name and process id).
@@ -280,11 +293,36 @@ pub struct ClusterFile {
     #[serde(default)]
     pub expected_nodes: Option<u32>,
     /// `true` when `redis` is a node of a Redis Cluster: the client learns the cluster's
-    /// slots from it and follows `MOVED` / `ASK` redirections (every key of a fleet is in
-    /// one slot, so one shard serves the fleet). Default `false` (one Redis, or a master
-    /// that Sentinel moves behind a virtual address).
+    /// slots from it and follows `MOVED` / `ASK` redirections (the fleet's own keys are in
+    /// one slot; each waiting room has a slot of its own). Default `false` (one Redis).
     #[serde(default)]
     pub redis_cluster: bool,
+}
+
+/// Redis Sentinel: where the Sentinels are and which master they watch.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelFile {
+    /// The Sentinels, as URLs: `redis://host:26379/` (`redis://:password@…` when the
+    /// Sentinels require a password; `rediss://…` when they speak TLS). At least one; give
+    /// them all (a node asks the next one when one does not answer).
+    pub addresses: Vec<String>,
+    /// The master's name in the Sentinels' configuration (`sentinel monitor NAME …`).
+    pub master_name: String,
+    /// User name on the master (Redis ACL). Default: none.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Environment variable holding the master's password (`requirepass` / ACL). Default:
+    /// none.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// The master and its replicas speak TLS (checked against `tls_ca_file`). Default
+    /// `false`.
+    #[serde(default)]
+    pub tls: bool,
+    /// Database number on the master. Default 0.
+    #[serde(default)]
+    pub db: Option<i64>,
 }
 
 /// Cache storage (pingora-cache over a foyer memory + disk store).

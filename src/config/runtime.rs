@@ -959,7 +959,7 @@ pub fn build(
     }
 
     let cache = build_cache_storage(&mut p, file, ctx);
-    let cluster = build_cluster(&mut p, file, &meta.0);
+    let cluster = build_cluster(&mut p, file, &meta.0, &ctx.base_dir);
     let classes = build_classes(&mut p, &file.priority_classes, &server.paths);
     let pages = build_pages(&mut p, file, ctx);
     let rooms = build_rooms(&mut p, file, &classes, ctx, &pages);
@@ -1128,23 +1128,130 @@ fn build_cluster(
     p: &mut Problems,
     file: &FileConfig,
     policy_path: &std::path::Path,
+    base_dir: &std::path::Path,
 ) -> Option<crate::cluster::ClusterSettings> {
     use super::file::FailModeFile;
     let c = file.cluster.as_ref()?;
-    if c.redis.starts_with("rediss://") {
-        p.at(
+    // A Redis URL the client accepts, TLS included; never the crate's `#insecure` (no
+    // certificate check), which it is built without anyway: refused here, clearly.
+    let check_url = |p: &mut Problems, url: &str, at: Vec<Seg>, example: &str| {
+        if url.contains('#') {
+            p.at(
+                at,
+                format!("`{url}`: no `#…` fragment (`#insecure` would skip the certificate check, which ecluse never does): use `tls_ca_file` for a private authority"),
+            );
+        } else if let Err(e) = redis::Client::open(url) {
+            p.at(
+                at,
+                format!("`{url}` is not a Redis URL ({e}): write it like `{example}`"),
+            );
+        }
+    };
+    if let Some(url) = &c.redis {
+        check_url(
+            p,
+            url,
             path!["cluster", "redis"],
-            "TLS to Redis (`rediss://`) is not built into ecluse: keep Redis on a private network, or reach it through a local TLS tunnel (stunnel, spiped) and write `redis://127.0.0.1:PORT/`",
-        );
-    } else if let Err(e) = redis::Client::open(c.redis.as_str()) {
-        p.at(
-            path!["cluster", "redis"],
-            format!(
-                "`{}` is not a Redis URL ({e}): write it like `redis://10.0.0.9:6379/`",
-                c.redis
-            ),
+            "redis://10.0.0.9:6379/ (or rediss://… for TLS)",
         );
     }
+    match (&c.redis, &c.sentinel) {
+        (Some(_), None) => {}
+        (None, None) => p.at(
+            path!["cluster"],
+            "needs `redis` (one Redis or a Cluster node) or `sentinel` (Sentinels and a master name)",
+        ),
+        (Some(_), Some(_)) => p.at(
+            path!["cluster", "sentinel"],
+            "give `redis` or `sentinel`, not both: with Sentinel the master's address comes from the Sentinels",
+        ),
+        (None, Some(_)) => {}
+    }
+    let sentinel = c.sentinel.as_ref().map(|sf| {
+        if sf.addresses.is_empty() {
+            p.at(
+                path!["cluster", "sentinel", "addresses"],
+                "list the Sentinels, like `[\"redis://10.0.0.1:26379/\", \"redis://10.0.0.2:26379/\", \"redis://10.0.0.3:26379/\"]`",
+            );
+        }
+        for (i, a) in sf.addresses.iter().enumerate() {
+            check_url(
+                p,
+                a,
+                path!["cluster", "sentinel", "addresses", i],
+                "redis://10.0.0.1:26379/",
+            );
+        }
+        let tls = |a: &String| a.starts_with("rediss://");
+        if sf.addresses.iter().any(tls) && !sf.addresses.iter().all(tls) {
+            p.at(
+                path!["cluster", "sentinel", "addresses"],
+                "the Sentinels speak TLS or they do not: write every address `rediss://…`, or none",
+            );
+        }
+        if sf.master_name.is_empty()
+            || sf.master_name.len() > 128
+            || !sf.master_name.bytes().all(|b| b.is_ascii_graphic())
+        {
+            p.at(
+                path!["cluster", "sentinel", "master_name"],
+                format!(
+                    "`{}`: the name the Sentinels monitor (`sentinel monitor NAME …`), one word",
+                    sf.master_name
+                ),
+            );
+        }
+        if c.redis_cluster {
+            p.at(
+                path!["cluster", "redis_cluster"],
+                "a Redis Cluster fails over by itself: `redis_cluster` and `sentinel` do not go together",
+            );
+        }
+        let password = sf.password_env.as_ref().and_then(|var| match std::env::var(var) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                let _ = p.missing_secret(
+                    path!["cluster", "sentinel", "password_env"],
+                    format!("environment variable `{var}` is not set"),
+                );
+                None
+            }
+        });
+        crate::cluster::SentinelSettings {
+            addresses: sf.addresses.clone(),
+            master_name: sf.master_name.clone(),
+            username: sf.username.clone(),
+            password: password.map(crate::cluster::Redacted),
+            tls: sf.tls,
+            db: sf.db.unwrap_or(0),
+        }
+    });
+    let tls_ca = c.tls_ca_file.as_ref().and_then(|f| {
+        let full = base_dir.join(f);
+        match std::fs::read(&full) {
+            Ok(pem) => {
+                let certs: Vec<_> = <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(&pem)
+                    .filter_map(Result::ok)
+                    .collect();
+                if certs.is_empty() {
+                    p.at(
+                        path!["cluster", "tls_ca_file"],
+                        format!("`{}` holds no PEM certificate", full.display()),
+                    );
+                    None
+                } else {
+                    Some(pem)
+                }
+            }
+            Err(e) => {
+                p.at(
+                    path!["cluster", "tls_ca_file"],
+                    format!("cannot read `{}`: {e}", full.display()),
+                );
+                None
+            }
+        }
+    });
     let prefix = c.key_prefix.clone().unwrap_or_else(|| "ecluse".to_string());
     if prefix.is_empty()
         || prefix.len() > 64
@@ -1182,8 +1289,10 @@ fn build_cluster(
         );
     }
     Some(crate::cluster::ClusterSettings {
-        redis_url: c.redis.clone(),
+        redis_url: c.redis.clone().unwrap_or_default(),
         redis_cluster: c.redis_cluster,
+        sentinel,
+        tls_ca,
         prefix,
         node_id,
         timeout: duration_or(

@@ -433,6 +433,8 @@ pub struct Redis {
     dir: TempDir,
     /// Run as a Redis Cluster node.
     cluster: bool,
+    /// More `redis-server` arguments (TLS, `--replicaof`).
+    extra: Vec<String>,
 }
 
 fn redis_bin() -> &'static str {
@@ -465,7 +467,16 @@ impl Redis {
         Redis::start_as(false)
     }
 
+    /// With more `redis-server` arguments (TLS, `--replicaof`).
+    pub fn start_with(extra: &[String]) -> Redis {
+        Redis::start_full(false, extra)
+    }
+
     fn start_as(cluster: bool) -> Redis {
+        Redis::start_full(cluster, &[])
+    }
+
+    fn start_full(cluster: bool, extra: &[String]) -> Redis {
         let dir = TempDir::new("redis");
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -477,6 +488,7 @@ impl Redis {
                 port,
                 dir: TempDir(dir.path().to_path_buf()),
                 cluster,
+                extra: extra.to_vec(),
             };
             if r.spawn() {
                 std::mem::forget(dir);
@@ -499,6 +511,7 @@ impl Redis {
             })
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -539,7 +552,7 @@ impl Redis {
     }
 }
 
-fn redis_cli(port: u16, args: &[&str]) -> String {
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
@@ -583,6 +596,147 @@ impl RedisCluster {
             .map(|n| n.port)
             .find(|p| redis_cli(*p, &["get", key]).contains("MOVED"))
             .expect("some node redirects")
+    }
+}
+
+/// A free port on 127.0.0.1 (bound then released), for servers that take a port number.
+pub fn free_port() -> u16 {
+    dead_port().port()
+}
+
+/// A certificate authority made for one test, and server certificates it signs.
+pub struct TestCa {
+    pub cert_pem: String,
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("ca");
+        TestCa {
+            cert_pem: cert.pem(),
+            params,
+            key,
+        }
+    }
+
+    /// (certificate, key) in PEM for `names` (DNS names or IP addresses).
+    pub fn server(&self, names: &[&str]) -> (String, String) {
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Redis with Sentinel on loopback: a master, one replica, three Sentinels watching the
+/// master under the name `ent` (quorum 2, a master silent for 1 s is down).
+pub struct SentinelSet {
+    pub master: Redis,
+    pub replica: Redis,
+    pub sentinels: Vec<(u16, Proc)>,
+    _dir: TempDir,
+}
+
+impl SentinelSet {
+    /// `tls`: extra arguments for the master and the replica, and (when it is `Some`)
+    /// the replica also talks TLS to its master.
+    pub fn start(tls: &[String]) -> SentinelSet {
+        let master = Redis::start_with(tls);
+        let mut replica_args = tls.to_vec();
+        replica_args.extend([
+            "--replicaof".to_string(),
+            "127.0.0.1".to_string(),
+            master.port.to_string(),
+        ]);
+        let replica = Redis::start_with(&replica_args);
+        let deadline = Instant::now() + DEADLINE;
+        while !redis_cli(replica.port, &["info", "replication"]).contains("master_link_status:up") {
+            assert!(Instant::now() < deadline, "the replica did not sync");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let dir = TempDir::new("sentinel");
+        let mut sentinels = Vec::new();
+        for i in 0..3 {
+            let port = free_port();
+            let conf = dir.path().join(format!("s{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor ent 127.0.0.1 {} 2\nsentinel down-after-milliseconds ent 1000\nsentinel failover-timeout ent 10000\nsentinel parallel-syncs ent 1\n",
+                    dir.path().display(),
+                    master.port
+                ),
+            )
+            .expect("write sentinel.conf");
+            let child = Command::new(redis_bin())
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server --sentinel");
+            sentinels.push((port, Proc(child)));
+        }
+        // Every Sentinel knows the two others and the replica (a failover needs a
+        // majority of them to agree).
+        for (port, _) in &sentinels {
+            loop {
+                let m = redis_cli(*port, &["sentinel", "master", "ent"]);
+                let field = |name: &str| {
+                    let mut it = m.lines();
+                    while let Some(l) = it.next() {
+                        if l.trim() == name {
+                            return it.next().unwrap_or("").trim().to_string();
+                        }
+                    }
+                    String::new()
+                };
+                if field("num-other-sentinels") == "2" && field("num-slaves") == "1" {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline + Duration::from_secs(20),
+                    "the Sentinels did not find each other: {m}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        SentinelSet {
+            master,
+            replica,
+            sentinels,
+            _dir: dir,
+        }
+    }
+
+    /// The master's port as the Sentinels name it now.
+    pub fn master_port(&self) -> Option<u16> {
+        let out = redis_cli(
+            self.sentinels[0].0,
+            &["sentinel", "get-master-addr-by-name", "ent"],
+        );
+        out.lines().nth(1)?.trim().parse().ok()
     }
 }
 
