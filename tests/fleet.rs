@@ -1031,6 +1031,7 @@ async fn a_phone_that_slept_through_its_turn_gets_the_next_place_fleet_wide() {
 async fn a_fresher_view_after_a_restart_counts_no_session_twice() {
     use ecluse::cluster::conn::RedisConn;
     use ecluse::cluster::room::{Arrived, FleetRoom};
+    use ecluse::cluster::{ClusterSettings, FailMode};
     use ecluse::policy::waiting_room::{ClassPolicy, Method, RoomParams};
     let _alone = ONE_FLEET_AT_A_TIME.lock().await;
     let redis = Redis::start();
@@ -1054,9 +1055,19 @@ async fn a_fresher_view_after_a_restart_counts_no_session_twice() {
     let k = 100_000u64;
     let t0 = k * bucket_ms - 500;
     let nodes: Vec<FleetRoom> = (0..3).map(|_| FleetRoom::new("flake", "ent")).collect();
-    let mut conns: Vec<RedisConn> = (0..3)
-        .map(|_| RedisConn::single(&url, Duration::from_secs(2)).unwrap())
-        .collect();
+    let settings = ClusterSettings {
+        redis_url: url.clone(),
+        redis_cluster: false,
+        sentinel: None,
+        tls_ca: None,
+        prefix: "flake".into(),
+        node_id: "test".into(),
+        timeout: Duration::from_secs(2),
+        sync_interval: Duration::from_millis(100),
+        fail_mode: FailMode::LocalShare,
+        expected_nodes: 3,
+    };
+    let mut conns: Vec<RedisConn> = (0..3).map(|_| RedisConn::new(&settings).unwrap()).collect();
     nodes[0].sync(&mut conns[0], &p, t0, None).await.unwrap();
     let mut inside = Vec::new();
     for _ in 0..5 {
@@ -1110,6 +1121,9 @@ async fn a_fresher_view_after_a_restart_counts_no_session_twice() {
         active(&mut raw).await,
         5,
         "the fresher view (five inside) counts the session that moved once"
+    );
+}
+
 /// Start one node per id from `yaml(id)`, once each sees Redis and all of them.
 async fn fleet_of(ids: &[&str], yaml: impl Fn(&str) -> String) -> Vec<Ecluse> {
     let nodes: Vec<Ecluse> = ids.iter().map(|id| Ecluse::start(&yaml(id))).collect();
