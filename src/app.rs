@@ -204,7 +204,8 @@ impl App {
                         .shared
                         .overrides
                         .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = crate::rooms::Overrides::default();
+                        .unwrap_or_else(|p| p.into_inner()) =
+                        crate::waiting_room::Overrides::default();
                 }
                 self.registry.limiters.publish(live_limiters(&new));
                 apply_degradation(&self.registry.degrade, &new);
@@ -247,7 +248,7 @@ fn apply_degradation(state: &crate::degrade::DegradeState, cfg: &Config) {
                 messages: Default::default(),
                 features: Vec::new(),
             },
-            crate::rooms::now_ms(),
+            crate::waiting_room::now_ms(),
         ),
     }
 }

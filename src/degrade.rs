@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::Config;
 use crate::policy::degrade::{Change, Degrader, Level, Signals};
-use crate::rooms::now_ms;
+use crate::waiting_room::now_ms;
 
 /// The message of a switched-off feature.
 #[derive(Debug, Clone)]

@@ -141,7 +141,7 @@ proptest! {
                 req.append_header(http::header::COOKIE, v).expect("header");
             }
         }
-        let credentialed = ecluse::policy::cache::has_credentials(&req, &own);
+        let credentialed = ecluse::policy::cache_rules::has_credentials(&req, &own);
         let lenient_finds_another = req
             .headers
             .get_all(http::header::COOKIE)
@@ -157,7 +157,7 @@ proptest! {
         }
         prop_assert_eq!(
             credentialed,
-            !ecluse::policy::cache::credential_items(&req, &own).is_empty()
+            !ecluse::policy::cache_rules::credential_items(&req, &own).is_empty()
         );
     }
 }

@@ -5,9 +5,9 @@
 //! It runs on its own small server (hyper), apart from the proxy listeners, so that ops
 //! can still see and steer ecluse when the proxy side is saturated.
 
-mod cache;
+mod cache_endpoints;
 
-pub use cache::{WARM_HEADER, WARM_SCHEME_HEADER};
+pub use cache_endpoints::{WARM_HEADER, WARM_SCHEME_HEADER};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -220,8 +220,8 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Option<SocketAddr>)
             }
             p if p.starts_with("/admin/rooms/") => room_admin(&app, p, req).await,
             "/admin/level" => level_admin(&app, req).await,
-            "/admin/cache/purge" => cache::purge(&app, req).await,
-            "/admin/cache/warm" => cache::warm(&app, req).await,
+            "/admin/cache/purge" => cache_endpoints::purge(&app, req).await,
+            "/admin/cache/warm" => cache_endpoints::warm(&app, req).await,
             p if p.starts_with("/admin/features/") => feature_admin(&app, p, req).await,
             _ => error(
                 StatusCode::NOT_FOUND,
@@ -321,13 +321,13 @@ async fn level_admin(app: &App, req: Request<Incoming>) -> Resp {
     };
     app.registry.degrade.force(d, level, for_);
     if let Some(f) = &app.fleet {
-        let until = for_.map(|x| crate::rooms::now_ms() + x.as_millis() as u64);
+        let until = for_.map(|x| crate::waiting_room::now_ms() + x.as_millis() as u64);
         f.publish_level(
             level.and_then(|i| d.levels.get(i)).map(|l| l.name.clone()),
             until,
         );
     }
-    let now = crate::rooms::now_ms();
+    let now = crate::waiting_room::now_ms();
     let l = app.registry.degrade.lock().level(now);
     json_resp(
         StatusCode::OK,
@@ -375,7 +375,7 @@ async fn feature_admin(app: &App, p: &str, req: Request<Incoming>) -> Resp {
     };
     app.registry.degrade.force_feature(d, name, on, for_);
     if let Some(f) = &app.fleet {
-        let until = for_.map(|x| crate::rooms::now_ms() + x.as_millis() as u64);
+        let until = for_.map(|x| crate::waiting_room::now_ms() + x.as_millis() as u64);
         f.publish_feature(name, on, until);
     }
     json_resp(
@@ -610,7 +610,7 @@ fn state(app: &App) -> serde_json::Value {
             })
         })
         .collect();
-    let now = crate::rooms::now_ms();
+    let now = crate::waiting_room::now_ms();
     let degradation = cfg.degradation.as_ref().map(|d| {
         let g = app.registry.degrade.lock();
         let level = g.level(now);

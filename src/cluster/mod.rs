@@ -30,12 +30,12 @@ use arc_swap::ArcSwap;
 use prometheus::{GaugeVec, IntCounter, IntGauge, IntGaugeVec, Opts};
 use serde::{Deserialize, Serialize};
 
-pub mod conn;
-pub mod room;
+pub mod fleet_room;
+pub mod redis_conn;
 
 use crate::app::App;
 use crate::cache::PurgeScope;
-use crate::rooms::now_ms;
+use crate::waiting_room::now_ms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailMode {
@@ -133,9 +133,9 @@ pub struct Fleet {
     /// Changes not yet in Redis, each with its number in this node's sequence.
     outgoing: Mutex<(u64, Vec<(u64, Outgoing)>)>,
     /// The Redis connection, once the sync loop made it (shared by the rooms' calls).
-    conn: std::sync::OnceLock<conn::RedisConn>,
+    conn: std::sync::OnceLock<redis_conn::RedisConn>,
     /// Shared waiting rooms, by name.
-    rooms: Mutex<HashMap<String, Arc<room::FleetRoom>>>,
+    rooms: Mutex<HashMap<String, Arc<fleet_room::FleetRoom>>>,
     /// Last change applied, per forced item (`level`, `feature:NAME`): (at_ms, seq).
     applied: Mutex<HashMap<String, (u64, u64)>>,
     metrics: FleetMetrics,
@@ -229,17 +229,17 @@ impl Fleet {
     }
 
     /// The shared room `name` (created on first use).
-    pub fn room(&self, name: &str) -> Arc<room::FleetRoom> {
+    pub fn room(&self, name: &str) -> Arc<fleet_room::FleetRoom> {
         self.rooms
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(name.to_string())
-            .or_insert_with(|| Arc::new(room::FleetRoom::new(&self.settings.prefix, name)))
+            .or_insert_with(|| Arc::new(fleet_room::FleetRoom::new(&self.settings.prefix, name)))
             .clone()
     }
 
     /// A handle on the Redis connection while Redis answers; `None` in fallback.
-    pub fn conn(&self) -> Option<conn::RedisConn> {
+    pub fn conn(&self) -> Option<redis_conn::RedisConn> {
         if !self.redis_up.load(Ordering::Relaxed) {
             return None;
         }
@@ -432,9 +432,9 @@ pub async fn run(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let s = fleet.settings.clone();
     // One Redis: a lazy connection manager, now. A Redis Cluster: connected at the first
     // exchange that reaches it (the node serves in fallback until then).
-    let mut conn: Option<conn::RedisConn> = None;
+    let mut conn: Option<redis_conn::RedisConn> = None;
     if !s.redis_cluster {
-        match conn::RedisConn::single(&s.redis_url, s.timeout) {
+        match redis_conn::RedisConn::single(&s.redis_url, s.timeout) {
             Ok(c) => {
                 let _ = fleet.conn.set(c.clone());
                 conn = Some(c);
@@ -466,7 +466,7 @@ pub async fn run(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
         if conn.is_none() {
             match tokio::time::timeout(
                 s.timeout * 4,
-                conn::RedisConn::cluster(&s.redis_url, s.timeout),
+                redis_conn::RedisConn::cluster(&s.redis_url, s.timeout),
             )
             .await
             {
@@ -535,7 +535,7 @@ fn publish_shares(fleet: &Fleet, shares: HashMap<String, f64>) {
 async fn sync_once(
     app: &App,
     fleet: &Fleet,
-    conn: &mut conn::RedisConn,
+    conn: &mut redis_conn::RedisConn,
     meter: &RateMeter,
     cursor: &mut Option<String>,
     now: u64,

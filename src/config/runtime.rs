@@ -18,14 +18,14 @@ use super::tree::{SNode, Seg};
 use super::units::{parse_duration, parse_size};
 use super::Diagnostic;
 use crate::path;
-use crate::policy::cache::{CacheMode, CacheStorage, QueryMode, RouteCache};
+use crate::policy::cache_rules::{CacheMode, CacheStorage, QueryMode, RouteCache};
 use crate::policy::classes::PriorityClass;
 use crate::policy::rate_limit::{KeyedLimiter, Rate};
 use crate::policy::route::{HostPattern, Matcher, Router};
 use crate::policy::ticket::Keyring;
 use crate::policy::waiting_room::{ClassPolicy, Method, RoomParams};
-use crate::rooms::{Room, RoomMetrics};
 use crate::upstream::{self, Balance, OriginShared, ServerState};
+use crate::waiting_room::{Room, RoomMetrics};
 
 /// Most servers an origin may list (retries track tried servers in a 64-bit mask).
 pub const MAX_SERVERS_PER_ORIGIN: usize = 64;
@@ -183,7 +183,7 @@ impl Default for RequestBodies {
     }
 }
 
-/// Limits on one client (`server.clients`), read by `proxy::conn` when a connection opens
+/// Limits on one client (`server.clients`), read by `proxy::conn_guard` when a connection opens
 /// and by `proxy::hygiene` on every request head.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Clients {
@@ -640,7 +640,7 @@ fn parse_listen(p: &mut Problems, s: &str, path: Vec<Seg>) -> Option<SocketAddr>
 pub struct Shared {
     pub upstream: upstream::Registry,
     pub limiters: crate::policy::rate_limit::LimiterRegistry,
-    pub rooms: crate::rooms::RoomRegistry,
+    pub rooms: crate::waiting_room::RoomRegistry,
     pub degrade: crate::degrade::DegradeState,
     /// The admin listener actually bound (set once at start). A reload cannot move it
     /// (restart required), so a reload is checked against it too: it may not drop the

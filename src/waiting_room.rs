@@ -493,7 +493,7 @@ impl Room {
     }
 
     /// Fleet mode: the gauges from the shared room's view.
-    pub fn publish_fleet_view(&self, v: &crate::cluster::room::View) {
+    pub fn publish_fleet_view(&self, v: &crate::cluster::fleet_room::View) {
         let p = self.effective();
         self.metrics.waiting.set(v.waiting() as i64);
         self.metrics.active.set(v.active as i64);
@@ -542,7 +542,7 @@ impl Room {
     /// Fleet mode, Redis answering: the local room follows the shared one (so that it
     /// can go on from there if Redis becomes unreachable), this node's share of its
     /// sessions counted in a seed bucket.
-    pub fn follow_fleet(&self, v: &crate::cluster::room::View, nodes: u64, now: u64) {
+    pub fn follow_fleet(&self, v: &crate::cluster::fleet_room::View, nodes: u64, now: u64) {
         let p = self.effective();
         let n = nodes.max(1);
         self.shared.lock().follow(
