@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
@@ -248,7 +248,7 @@ fn apply_degradation(state: &crate::degrade::DegradeState, cfg: &Config) {
                 messages: Default::default(),
                 features: Vec::new(),
             },
-            crate::waiting_room::now_ms(),
+            crate::clock::now_ms(),
         ),
     }
 }
@@ -316,10 +316,7 @@ fn publish_metrics(new: &Config) {
     let m = crate::metrics::get();
     m.config_hash.set(hash_number(&new.hash));
     m.config_version.set(new.version as i64);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let now = crate::clock::unix_secs_f64(SystemTime::now());
     m.config_last_reload_success.set(now);
     init_series(new);
 }

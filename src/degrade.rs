@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::clock::{now_ms, rfc3339_ms as until_text};
 use crate::config::Config;
 use crate::policy::degrade::{Change, Degrader, Level, Signals};
-use crate::waiting_room::now_ms;
 
 /// The message of a switched-off feature.
 #[derive(Debug, Clone)]
@@ -295,11 +295,6 @@ impl DegradeState {
         record_feature_change(feature, on, until, "the admin API");
         self.publish(d, now);
     }
-}
-
-/// An expiry (unix ms) for the log.
-fn until_text(ms: u64) -> String {
-    crate::access_log::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 fn record_feature_change(feature: &str, on: Option<bool>, until: Option<u64>, who: &str) {

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod app;
 pub mod body_spool;
 pub mod cache;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod degrade;

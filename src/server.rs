@@ -113,7 +113,7 @@ impl BackgroundService for Control {
                         _ = stop.changed() => return,
                     }
                     let cfg = app.config();
-                    let now = crate::waiting_room::now_ms();
+                    let now = crate::clock::now_ms();
                     // Fleet mode: the shared rooms tick in the fleet sync; the local room
                     // takes over (with its share of capacity) only while Redis is away.
                     match &app.fleet {

@@ -5,20 +5,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::{IntCounter, IntGauge};
 
+use crate::clock::now_ms;
 use crate::policy::rate_limit::KeyedLimiter;
 use crate::policy::ticket::Keyring;
 use crate::policy::waiting_room::{Arrival, FleetShare, RoomParams, RoomState, PREQUEUE_BIT};
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Ops overrides from the admin API, cleared by the next successful reload.
 #[derive(Debug, Clone, Copy, Default)]

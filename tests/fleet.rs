@@ -865,7 +865,7 @@ async fn a_scheduled_opening_shuffles_the_prequeue_fleet_wide() {
     let redis = Redis::start();
     let origin = EchoOrigin::start("ent").await;
     let opens = std::time::SystemTime::now() + Duration::from_secs(4);
-    let opens_text = ecluse::access_log::rfc3339(opens);
+    let opens_text = ecluse::clock::rfc3339(opens);
     let nodes = room_fleet(["e1", "e2", "e3"], |id| {
         let yaml = room_node_yaml(origin.addr, redis.port, id).replace(
             "session_idle_timeout: 5m }",

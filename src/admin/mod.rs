@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -321,13 +321,13 @@ async fn level_admin(app: &App, req: Request<Incoming>) -> Resp {
     };
     app.registry.degrade.force(d, level, for_);
     if let Some(f) = &app.fleet {
-        let until = for_.map(|x| crate::waiting_room::now_ms() + x.as_millis() as u64);
+        let until = for_.map(|x| crate::clock::now_ms() + x.as_millis() as u64);
         f.publish_level(
             level.and_then(|i| d.levels.get(i)).map(|l| l.name.clone()),
             until,
         );
     }
-    let now = crate::waiting_room::now_ms();
+    let now = crate::clock::now_ms();
     let l = app.registry.degrade.lock().level(now);
     json_resp(
         StatusCode::OK,
@@ -375,7 +375,7 @@ async fn feature_admin(app: &App, p: &str, req: Request<Incoming>) -> Resp {
     };
     app.registry.degrade.force_feature(d, name, on, for_);
     if let Some(f) = &app.fleet {
-        let until = for_.map(|x| crate::waiting_room::now_ms() + x.as_millis() as u64);
+        let until = for_.map(|x| crate::clock::now_ms() + x.as_millis() as u64);
         f.publish_feature(name, on, until);
     }
     json_resp(
@@ -551,11 +551,7 @@ pub fn connectable(addr: SocketAddr) -> SocketAddr {
 
 fn state(app: &App) -> serde_json::Value {
     let cfg = app.config();
-    let loaded = cfg
-        .loaded_at
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let loaded = crate::clock::unix_secs_f64(cfg.loaded_at);
     let origins: Vec<_> = cfg
         .origins
         .iter()
@@ -610,7 +606,7 @@ fn state(app: &App) -> serde_json::Value {
             })
         })
         .collect();
-    let now = crate::waiting_room::now_ms();
+    let now = crate::clock::now_ms();
     let degradation = cfg.degradation.as_ref().map(|d| {
         let g = app.registry.degrade.lock();
         let level = g.level(now);
@@ -658,7 +654,7 @@ fn state(app: &App) -> serde_json::Value {
             "path": cfg.path.display().to_string(),
             "hash": cfg.hash,
             "version": cfg.version,
-            "loaded_at": crate::access_log::rfc3339(cfg.loaded_at),
+            "loaded_at": crate::clock::rfc3339(cfg.loaded_at),
             "loaded_at_unix": loaded,
         },
         "uptime_seconds": app.started.elapsed().as_secs(),

@@ -35,7 +35,7 @@ pub mod redis_conn;
 
 use crate::app::App;
 use crate::cache::PurgeScope;
-use crate::waiting_room::now_ms;
+use crate::clock::now_ms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailMode {

@@ -17,6 +17,7 @@ use super::file::{
 use super::tree::{SNode, Seg};
 use super::units::{parse_duration, parse_size};
 use super::Diagnostic;
+use crate::clock::parse_rfc3339_ms;
 use crate::path;
 use crate::policy::cache_rules::{CacheMode, CacheStorage, QueryMode, RouteCache};
 use crate::policy::classes::PriorityClass;
@@ -2425,43 +2426,6 @@ fn thresholds(
     }
 }
 
-/// An RFC 3339 time (`2026-12-01T18:00:00+01:00`, `2026-12-01T17:00:00Z`) as unix ms.
-pub fn parse_rfc3339_ms(t: &str) -> Result<u64, String> {
-    let bad = |why: &str| {
-        format!("`{t}` is not an RFC 3339 time like `2026-12-01T18:00:00+01:00`: {why}")
-    };
-    let (utc, offset_s) = match t
-        .len()
-        .checked_sub(6)
-        .and_then(|i| t.get(i..).map(|o| (i, o)))
-    {
-        Some((i, o)) if (o.starts_with('+') || o.starts_with('-')) && o.as_bytes()[3] == b':' => {
-            let num = |r: std::ops::Range<usize>| {
-                o.get(r)
-                    .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|d| d.parse::<i64>().ok())
-            };
-            let (Some(h), Some(m)) = (num(1..3), num(4..6)) else {
-                return Err(bad("bad time zone offset"));
-            };
-            if h > 23 || m > 59 {
-                return Err(bad("bad time zone offset"));
-            }
-            let sign = if o.starts_with('-') { -1 } else { 1 };
-            (format!("{}Z", &t[..i]), sign * (h * 3600 + m * 60))
-        }
-        _ if t.ends_with('Z') || t.ends_with('z') => (t.to_string(), 0),
-        _ => return Err(bad("it needs a time zone (`Z` or an offset like `+01:00`)")),
-    };
-    let local = humantime::parse_rfc3339_weak(&utc).map_err(|e| bad(&e.to_string()))?;
-    let ms = local
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| bad("before 1970"))?
-        .as_millis() as i64
-        - offset_s * 1000;
-    u64::try_from(ms).map_err(|_| bad("before 1970"))
-}
-
 fn build_degradation(p: &mut Problems, file: &FileConfig) -> Option<crate::degrade::Degradation> {
     let route_features: Vec<&String> = file
         .routes
@@ -3069,28 +3033,5 @@ mod tests {
             super::valid_name(&a.replace('.', "_")),
             "{a} is a valid label"
         );
-    }
-
-    use super::parse_rfc3339_ms;
-
-    #[test]
-    fn rfc3339_times_with_offsets() {
-        let utc = parse_rfc3339_ms("2026-12-01T17:00:00Z").expect("utc");
-        assert_eq!(utc, 1_796_144_400_000);
-        assert_eq!(parse_rfc3339_ms("2026-12-01T18:00:00+01:00"), Ok(utc));
-        assert_eq!(parse_rfc3339_ms("2026-12-01T12:30:00-04:30"), Ok(utc));
-        assert_eq!(parse_rfc3339_ms("2026-12-01T17:00:00.250Z"), Ok(utc + 250));
-        for bad in [
-            "2026-12-01T18:00:00",
-            "tomorrow",
-            "2026-12-01T18:00:00+1:00",
-            "2026-12-01T18:00:00+25:00",
-            "2026-13-01T18:00:00Z",
-            "",
-            "+01:00",
-        ] {
-            let e = parse_rfc3339_ms(bad).expect_err(bad);
-            assert!(e.contains("RFC 3339"), "{e}");
-        }
     }
 }

@@ -36,8 +36,9 @@ use pingora_cache::{
 use pingora_error::{ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 
-use crate::access_log::{rfc3339, Entry};
+use crate::access_log::Entry;
 use crate::app::App;
+use crate::clock::{now_ms, rfc3339, unix_ms};
 use crate::config::runtime::{LimitKey, Origin, Route, RouteLimit};
 use crate::config::Config;
 use crate::pages::queue;
@@ -49,7 +50,7 @@ use crate::policy::route::host_without_port;
 use crate::policy::ticket::{Ticket, TicketError, TicketState};
 use crate::policy::waiting_room::{Arrival, Standing};
 use crate::upstream::{self, InflightGuard, OriginPermit};
-use crate::waiting_room::{now_ms, Room};
+use crate::waiting_room::Room;
 
 mod body;
 mod cache_phase;
@@ -648,13 +649,6 @@ fn cookie_with(room: &Room, secure: bool, value: impl FnOnce(&mut String)) -> St
         out.push_str("; Secure");
     }
     out
-}
-
-/// `t` in unix ms (what [`now_ms`] reads, for a time already taken).
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl EcluseProxy {
