@@ -186,37 +186,6 @@ fn writer(rx: Receiver<Msg>, target: AccessLogTarget) {
     }
 }
 
-/// Query parameters hidden by default (`access_log.redact_query` replaces the list):
-/// credentials that travel in URLs in an ENT's world (CAS `ticket`, OAuth/OIDC `code`
-/// and tokens, SAML messages, session ids in URLs, passwords of old forms, signed-URL
-/// signatures).
-pub const DEFAULT_REDACT: &[&str] = &[
-    "ticket",
-    "code",
-    "token",
-    "access_token",
-    "refresh_token",
-    "id_token",
-    "password",
-    "passwd",
-    "pwd",
-    "secret",
-    "client_secret",
-    "api_key",
-    "apikey",
-    "key",
-    "auth",
-    "session",
-    "sessionid",
-    "jsessionid",
-    "phpsessid",
-    "sid",
-    "samlresponse",
-    "samlrequest",
-    "signature",
-    "sig",
-];
-
 /// The query as logged: each `name=value` pair (separated by `&` or `;`) whose name,
 /// percent-decoded (`+` as space), without case and without a trailing `[...]`, is in
 /// `redact` (lowercase) gets the value `REDACTED`. Other bytes are kept as sent.
@@ -292,6 +261,7 @@ fn percent_decode_lower(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::clock::rfc3339;
+    use crate::config::runtime::DEFAULT_REDACT;
     use std::time::{Duration, UNIX_EPOCH};
 
     #[test]

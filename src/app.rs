@@ -14,6 +14,8 @@ use crate::config::{self, Config, LoadError};
 pub struct App {
     config: ArcSwap<Config>,
     pub registry: crate::config::runtime::Shared,
+    /// The degradation level and switched-off features (outlives every config).
+    pub degrade: crate::degrade::DegradeState,
     pub access_log: AccessLogger,
     pub config_path: PathBuf,
     version: AtomicU64,
@@ -36,7 +38,7 @@ pub struct App {
     /// proxy (they skip rate limits and the waiting room). Never printed.
     pub warm_token: String,
     /// Fleet mode (`cluster:` in the file), fixed at start.
-    pub fleet: Option<Arc<crate::cluster::Fleet>>,
+    pub fleet: Option<Arc<crate::cluster::fleet::Fleet>>,
 }
 
 /// What a successful reload changed that only a restart can apply.
@@ -57,11 +59,12 @@ impl App {
         let access_log = AccessLogger::start(cfg.access_log.target.clone());
         publish_metrics(&cfg);
         registry.limiters.publish(live_limiters(&cfg));
-        apply_degradation(&registry.degrade, &cfg);
+        let degrade = crate::degrade::DegradeState::default();
+        apply_degradation(&degrade, &cfg);
         let fleet = cfg
             .cluster
             .clone()
-            .map(|s| Arc::new(crate::cluster::Fleet::new(s)));
+            .map(|s| Arc::new(crate::cluster::fleet::Fleet::new(s)));
         if let Some(f) = &fleet {
             // Each route's share as it stands before the first sync, so the series
             // exists from the start (the first sync refines it).
@@ -70,6 +73,7 @@ impl App {
         Ok(Arc::new(App {
             config: ArcSwap::from_pointee(cfg),
             registry,
+            degrade,
             access_log,
             config_path: path.to_path_buf(),
             version: AtomicU64::new(1),
@@ -208,7 +212,7 @@ impl App {
                         crate::waiting_room::Overrides::default();
                 }
                 self.registry.limiters.publish(live_limiters(&new));
-                apply_degradation(&self.registry.degrade, &new);
+                apply_degradation(&self.degrade, &new);
                 self.version.store(next_version, Ordering::Relaxed);
                 if let (Some(t), Some(_)) = (&new.tls, crate::tls::serving()) {
                     // New handshakes present the renewed certificates; open connections
@@ -240,7 +244,7 @@ fn apply_degradation(state: &crate::degrade::DegradeState, cfg: &Config) {
     match &cfg.degradation {
         Some(d) => state.apply_config(d),
         None => state.publish(
-            &crate::degrade::Degradation {
+            &crate::policy::degrade::Degradation {
                 levels: Vec::new(),
                 hold: std::time::Duration::from_secs(30),
                 force_level: None,

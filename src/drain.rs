@@ -259,7 +259,7 @@ pub fn tick(app: &crate::app::App) {
     let Some(d) = cfg.degradation.as_ref() else {
         return;
     };
-    let state = &app.registry.degrade;
+    let state = &app.degrade;
     let m = crate::metrics::get();
     for f in &d.features {
         // Present at 0 from the start, for dashboards and alerts.

@@ -148,7 +148,7 @@ impl BackgroundService for Control {
             &stop_rx,
             Duration::from_millis(500),
             MissedTickBehavior::Burst,
-            |app| crate::degrade::evaluate(&app.config(), &app.registry.degrade),
+            |app| crate::degrade::evaluate(&app.config(), &app.degrade),
         );
         // Adaptive concurrency limits, every 100 ms.
         every(

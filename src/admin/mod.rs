@@ -319,7 +319,7 @@ async fn level_admin(app: &App, req: Request<Incoming>) -> Resp {
             )
         }
     };
-    app.registry.degrade.force(d, level, for_);
+    app.degrade.force(d, level, for_);
     if let Some(f) = &app.fleet {
         let until = for_.map(|x| crate::clock::now_ms() + x.as_millis() as u64);
         f.publish_level(
@@ -328,7 +328,7 @@ async fn level_admin(app: &App, req: Request<Incoming>) -> Resp {
         );
     }
     let now = crate::clock::now_ms();
-    let l = app.registry.degrade.lock().level(now);
+    let l = app.degrade.lock().level(now);
     json_resp(
         StatusCode::OK,
         json!({ "level": d.levels.get(l).map(|x| x.name.clone()), "forced": level.is_some(), "for_seconds": for_.map(|f| f.as_secs()) }),
@@ -373,14 +373,14 @@ async fn feature_admin(app: &App, p: &str, req: Request<Incoming>) -> Resp {
         Ok(f) => f,
         Err(r) => return *r,
     };
-    app.registry.degrade.force_feature(d, name, on, for_);
+    app.degrade.force_feature(d, name, on, for_);
     if let Some(f) = &app.fleet {
         let until = for_.map(|x| crate::clock::now_ms() + x.as_millis() as u64);
         f.publish_feature(name, on, until);
     }
     json_resp(
         StatusCode::OK,
-        json!({ "feature": name, "on": !app.registry.degrade.is_disabled(name) }),
+        json!({ "feature": name, "on": !app.degrade.is_disabled(name) }),
     )
 }
 
@@ -608,7 +608,7 @@ fn state(app: &App) -> serde_json::Value {
         .collect();
     let now = crate::clock::now_ms();
     let degradation = cfg.degradation.as_ref().map(|d| {
-        let g = app.registry.degrade.lock();
+        let g = app.degrade.lock();
         let level = g.level(now);
         let name = |i: usize| d.levels.get(i).map(|l| l.name.clone());
         json!({

@@ -21,8 +21,9 @@ use crate::clock::parse_rfc3339_ms;
 use crate::path;
 use crate::policy::cache_rules::{CacheMode, CacheStorage, QueryMode, RouteCache};
 use crate::policy::classes::PriorityClass;
+use crate::policy::concurrency::Adaptive;
 use crate::policy::rate_limit::{KeyedLimiter, Rate};
-use crate::policy::route::{HostPattern, Matcher, Router};
+use crate::policy::route::{HostPattern, Matcher, Routable, Router};
 use crate::policy::ticket::Keyring;
 use crate::policy::waiting_room::{ClassPolicy, Method, RoomParams};
 use crate::upstream::{self, Balance, OriginShared, ServerState};
@@ -48,16 +49,16 @@ pub struct Config {
     pub server: Server,
     pub access_log: AccessLog,
     pub origins: Vec<Arc<Origin>>,
-    pub router: Router,
+    pub router: Router<Route>,
     /// Priority classes in file order (the first that matches wins).
     pub classes: Vec<PriorityClass>,
     pub rooms: Vec<Arc<Room>>,
-    pub degradation: Option<crate::degrade::Degradation>,
+    pub degradation: Option<crate::policy::degrade::Degradation>,
     /// Cache storage settings (applied at start; a reload that changes them is refused
     /// to take effect until restart, and says so).
     pub cache: CacheStorage,
     /// Fleet mode (Redis), when configured.
-    pub cluster: Option<crate::cluster::ClusterSettings>,
+    pub cluster: Option<crate::config::fleet::ClusterSettings>,
     /// The pages ecluse writes itself (`pages`): templates, branding, time zone.
     pub pages: Arc<crate::pages::Pages>,
 }
@@ -249,6 +250,37 @@ pub struct AccessLog {
     pub redact_query: Vec<String>,
 }
 
+/// Query parameters hidden by default (`access_log.redact_query` replaces the list):
+/// credentials that travel in URLs in an ENT's world (CAS `ticket`, OAuth/OIDC `code`
+/// and tokens, SAML messages, session ids in URLs, passwords of old forms, signed-URL
+/// signatures).
+pub const DEFAULT_REDACT: &[&str] = &[
+    "ticket",
+    "code",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "client_secret",
+    "api_key",
+    "apikey",
+    "key",
+    "auth",
+    "session",
+    "sessionid",
+    "jsessionid",
+    "phpsessid",
+    "sid",
+    "samlresponse",
+    "samlrequest",
+    "signature",
+    "sig",
+];
+
 #[derive(Debug)]
 pub struct HealthCheck {
     pub enabled: bool,
@@ -295,16 +327,6 @@ pub struct Origin {
     pub passive_ejection: Duration,
     pub metrics: OriginMetrics,
     pub adaptive: Option<Adaptive>,
-}
-
-/// Adaptive concurrency settings of an origin.
-#[derive(Debug, Clone)]
-pub struct Adaptive {
-    pub min: usize,
-    pub max: usize,
-    pub tolerance: f64,
-    /// Declared p50 latency target, ms.
-    pub target_p50_ms: Option<f64>,
 }
 
 /// Per-origin metric handles, resolved once at load.
@@ -358,6 +380,12 @@ pub struct Route {
     pub buffer_body: bool,
     /// The whole exchange (`total_timeout` of the route, else of the origin), when set.
     pub total_limit: Option<Duration>,
+}
+
+impl Routable for Route {
+    fn matcher(&self) -> &Matcher {
+        &self.matcher
+    }
 }
 
 /// What a limit counts by, resolved.
@@ -642,7 +670,6 @@ pub struct Shared {
     pub upstream: upstream::Registry,
     pub limiters: crate::policy::rate_limit::LimiterRegistry,
     pub rooms: crate::waiting_room::RoomRegistry,
-    pub degrade: crate::degrade::DegradeState,
     /// The admin listener actually bound (set once at start). A reload cannot move it
     /// (restart required), so a reload is checked against it too: it may not drop the
     /// token of a listener that stays on a non-loopback address.
@@ -915,10 +942,7 @@ pub fn build(
         .as_ref()
         .and_then(|a| a.redact_query.as_ref())
     {
-        None => crate::access_log::DEFAULT_REDACT
-            .iter()
-            .map(|n| n.to_string())
-            .collect(),
+        None => DEFAULT_REDACT.iter().map(|n| n.to_string()).collect(),
         Some(names) => {
             for (i, n) in names.iter().enumerate() {
                 if n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_graphic()) {
@@ -1129,7 +1153,7 @@ fn build_cluster(
     p: &mut Problems,
     file: &FileConfig,
     policy_path: &std::path::Path,
-) -> Option<crate::cluster::ClusterSettings> {
+) -> Option<crate::config::fleet::ClusterSettings> {
     use super::file::FailModeFile;
     let c = file.cluster.as_ref()?;
     if c.redis.starts_with("rediss://") {
@@ -1182,7 +1206,7 @@ fn build_cluster(
             "must be between 50ms and 10s",
         );
     }
-    Some(crate::cluster::ClusterSettings {
+    Some(crate::config::fleet::ClusterSettings {
         redis_url: c.redis.clone(),
         redis_cluster: c.redis_cluster,
         prefix,
@@ -1195,8 +1219,8 @@ fn build_cluster(
         ),
         sync_interval,
         fail_mode: match c.fail_mode {
-            None | Some(FailModeFile::LocalShare) => crate::cluster::FailMode::LocalShare,
-            Some(FailModeFile::LocalFull) => crate::cluster::FailMode::LocalFull,
+            None | Some(FailModeFile::LocalShare) => crate::config::fleet::FailMode::LocalShare,
+            Some(FailModeFile::LocalFull) => crate::config::fleet::FailMode::LocalFull,
         },
         expected_nodes: match c.expected_nodes {
             None => 1,
@@ -2426,7 +2450,10 @@ fn thresholds(
     }
 }
 
-fn build_degradation(p: &mut Problems, file: &FileConfig) -> Option<crate::degrade::Degradation> {
+fn build_degradation(
+    p: &mut Problems,
+    file: &FileConfig,
+) -> Option<crate::policy::degrade::Degradation> {
     let route_features: Vec<&String> = file
         .routes
         .iter()
@@ -2602,15 +2629,14 @@ fn build_degradation(p: &mut Problems, file: &FileConfig) -> Option<crate::degra
         }
         messages.insert(
             f.clone(),
-            crate::degrade::FeatureMessage {
+            crate::policy::degrade::FeatureMessage {
                 name_fr: m.name_fr.clone(),
                 name_en: m.name_en.clone(),
-                fr: m
-                    .message_fr
-                    .clone()
-                    .unwrap_or_else(|| crate::degrade::default_message(m.name_fr.as_deref(), true)),
+                fr: m.message_fr.clone().unwrap_or_else(|| {
+                    crate::policy::degrade::default_message(m.name_fr.as_deref(), true)
+                }),
                 en: m.message_en.clone().unwrap_or_else(|| {
-                    crate::degrade::default_message(m.name_en.as_deref(), false)
+                    crate::policy::degrade::default_message(m.name_en.as_deref(), false)
                 }),
                 retry_after: duration_or(
                     p,
@@ -2619,7 +2645,7 @@ fn build_degradation(p: &mut Problems, file: &FileConfig) -> Option<crate::degra
                     path!["degradation", "features", f.as_str(), "retry_after"],
                 ),
                 drain: match &m.drain {
-                    None => crate::degrade::DEFAULT_DRAIN,
+                    None => crate::policy::degrade::DEFAULT_DRAIN,
                     Some(t) if t.0.trim() == "never" => None,
                     Some(t) => match parse_duration(&t.0) {
                         Ok(d) => Some(d),
@@ -2628,14 +2654,14 @@ fn build_degradation(p: &mut Problems, file: &FileConfig) -> Option<crate::degra
                                 path!["degradation", "features", f.as_str(), "drain"],
                                 format!("{e}, or `never`"),
                             );
-                            crate::degrade::DEFAULT_DRAIN
+                            crate::policy::degrade::DEFAULT_DRAIN
                         }
                     },
                 },
             },
         );
     }
-    Some(crate::degrade::Degradation {
+    Some(crate::policy::degrade::Degradation {
         levels,
         hold: duration_or(
             p,
@@ -2841,7 +2867,7 @@ fn build_routes(
     cache: &CacheStorage,
     ctx: &BuildContext,
     default_body_size: u64,
-) -> Router {
+) -> Router<Route> {
     let mut built: Vec<Route> = Vec::new();
     if routes.is_empty() {
         p.at(path!["routes"], "needs at least one route");

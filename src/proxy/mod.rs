@@ -563,7 +563,7 @@ impl EcluseProxy {
     ) -> Result<bool> {
         // The degradation level in force may tighten every limit.
         // In fleet mode, this node enforces its share of the fleet-wide limit.
-        let factor = self.app.registry.degrade.rate_factor()
+        let factor = self.app.degrade.rate_factor()
             * self
                 .app
                 .fleet
@@ -1006,7 +1006,6 @@ impl EcluseProxy {
     fn level_name<'c>(&self, config: &'c Config) -> Option<&'c str> {
         let i = self
             .app
-            .registry
             .degrade
             .level
             .load(std::sync::atomic::Ordering::Relaxed);
@@ -1592,7 +1591,7 @@ impl ProxyHttp for EcluseProxy {
         // 3. Degradation gate: a switched-off feature answers 503 now, before any other
         // work (and before a byte of an upload is read).
         if let Some(feature) = &route.feature {
-            let state = &self.app.registry.degrade;
+            let state = &self.app.degrade;
             if state.is_disabled(feature) {
                 let class = self.class_label(session, ctx);
                 crate::metrics::get()
@@ -1618,7 +1617,7 @@ impl ProxyHttp for EcluseProxy {
                         },
                         m.retry_after.as_secs().max(1),
                     ),
-                    None => (crate::degrade::default_message(None, fr), None, 300),
+                    None => (crate::policy::degrade::default_message(None, fr), None, 300),
                 };
                 let set = cfg
                     .as_ref()
@@ -1708,7 +1707,7 @@ impl ProxyHttp for EcluseProxy {
         if !revalidate {
             // A survival level keeps serving what is stored, however old, and spares the
             // origin the refetch.
-            if !is_fresh && self.app.registry.degrade.serve_stale() {
+            if !is_fresh && self.app.degrade.serve_stale() {
                 ctx.forced_stale = true;
                 return Ok(Some(ForcedFreshness::ForceFresh));
             }
