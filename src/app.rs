@@ -13,7 +13,7 @@ use crate::config::{self, Config, LoadError};
 
 pub struct App {
     config: ArcSwap<Config>,
-    pub registry: crate::config::runtime::Shared,
+    pub registry: crate::config::runtime::Retained,
     /// The degradation level and switched-off features (outlives every config).
     pub degrade: crate::degrade::DegradeState,
     pub access_log: AccessLogger,
@@ -54,7 +54,7 @@ pub struct ReloadOutcome {
 impl App {
     /// Load the config at startup. Errors here stop the process (there is nothing to keep).
     pub fn new(path: &Path) -> Result<Arc<App>, LoadError> {
-        let registry = crate::config::runtime::Shared::default();
+        let registry = crate::config::runtime::Retained::default();
         let cfg = config::load_file(path, &registry, 1)?;
         let access_log = AccessLogger::start(cfg.access_log.target.clone());
         publish_metrics(&cfg);

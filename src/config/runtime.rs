@@ -664,9 +664,10 @@ fn parse_listen(p: &mut Problems, s: &str, path: Vec<Seg>) -> Option<SocketAddr>
 }
 
 /// Everything the builder needs besides the file.
-/// State that outlives any one config: upstream health and counters, rate-limit buckets.
+/// State retained across reloads (upstream health and counters, rate-limit buckets, rooms):
+/// the builder attaches it to each new config. One registry per process, in `App`.
 #[derive(Default)]
-pub struct Shared {
+pub struct Retained {
     pub upstream: upstream::Registry,
     pub limiters: crate::policy::rate_limit::LimiterRegistry,
     pub rooms: crate::waiting_room::RoomRegistry,
@@ -677,7 +678,7 @@ pub struct Shared {
 }
 
 pub struct BuildContext<'a> {
-    pub registry: &'a Shared,
+    pub registry: &'a Retained,
     /// Directory relative paths (token files, certificates) are resolved against.
     pub base_dir: PathBuf,
     /// Resolve host names of servers (false in `ecluse check --offline`-like uses).

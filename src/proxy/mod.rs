@@ -2532,14 +2532,14 @@ impl ProxyHttp for EcluseProxy {
 mod tests {
     use super::*;
     use crate::config::check_text;
-    use crate::config::runtime::Shared;
+    use crate::config::runtime::Retained;
     use std::path::Path;
 
     fn cfg(trusted: &str) -> Config {
         let y = format!(
             "listen: [\"127.0.0.1:0\"]\nserver: {{ trusted_proxies: [{trusted}] }}\norigins:\n  o: {{ servers: [\"127.0.0.1:1\"] }}\nroutes:\n  - {{ name: r, origin: o }}\n"
         );
-        check_text(&y, Path::new("t.yaml"), &Shared::default(), 1).expect("valid")
+        check_text(&y, Path::new("t.yaml"), &Retained::default(), 1).expect("valid")
     }
 
     #[test]
