@@ -186,37 +186,6 @@ fn writer(rx: Receiver<Msg>, target: AccessLogTarget) {
     }
 }
 
-/// Query parameters hidden by default (`access_log.redact_query` replaces the list):
-/// credentials that travel in URLs in an ENT's world (CAS `ticket`, OAuth/OIDC `code`
-/// and tokens, SAML messages, session ids in URLs, passwords of old forms, signed-URL
-/// signatures).
-pub const DEFAULT_REDACT: &[&str] = &[
-    "ticket",
-    "code",
-    "token",
-    "access_token",
-    "refresh_token",
-    "id_token",
-    "password",
-    "passwd",
-    "pwd",
-    "secret",
-    "client_secret",
-    "api_key",
-    "apikey",
-    "key",
-    "auth",
-    "session",
-    "sessionid",
-    "jsessionid",
-    "phpsessid",
-    "sid",
-    "samlresponse",
-    "samlrequest",
-    "signature",
-    "sig",
-];
-
 /// The query as logged: each `name=value` pair (separated by `&` or `;`) whose name,
 /// percent-decoded (`+` as space), without case and without a trailing `[...]`, is in
 /// `redact` (lowercase) gets the value `REDACTED`. Other bytes are kept as sent.
@@ -288,42 +257,12 @@ fn percent_decode_lower(s: &str) -> String {
     String::from_utf8_lossy(&out).to_ascii_lowercase()
 }
 
-/// RFC 3339 UTC timestamp with milliseconds, without pulling a date crate.
-pub fn rfc3339(t: std::time::SystemTime) -> String {
-    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let ms = d.subsec_millis();
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = if month <= 2 { y + 1 } else { y };
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::rfc3339;
+    use crate::config::runtime::DEFAULT_REDACT;
     use std::time::{Duration, UNIX_EPOCH};
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        // 2020-03-16T08:00:00Z, the Monday the ENTs fell over.
-        let t = UNIX_EPOCH + Duration::from_secs(1_584_345_600);
-        assert_eq!(rfc3339(t), "2020-03-16T08:00:00.000Z");
-        let t = UNIX_EPOCH + Duration::from_millis(951_782_400_123); // 2000-02-29
-        assert_eq!(rfc3339(t), "2000-02-29T00:00:00.123Z");
-    }
 
     #[test]
     fn query_redaction() {

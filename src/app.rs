@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
@@ -13,7 +13,9 @@ use crate::config::{self, Config, LoadError};
 
 pub struct App {
     config: ArcSwap<Config>,
-    pub registry: crate::config::runtime::Shared,
+    pub registry: crate::config::runtime::Retained,
+    /// The degradation level and switched-off features (outlives every config).
+    pub degrade: crate::degrade::DegradeState,
     pub access_log: AccessLogger,
     pub config_path: PathBuf,
     version: AtomicU64,
@@ -36,7 +38,7 @@ pub struct App {
     /// proxy (they skip rate limits and the waiting room). Never printed.
     pub warm_token: String,
     /// Fleet mode (`cluster:` in the file), fixed at start.
-    pub fleet: Option<Arc<crate::cluster::Fleet>>,
+    pub fleet: Option<Arc<crate::cluster::fleet::Fleet>>,
 }
 
 /// What a successful reload changed that only a restart can apply.
@@ -52,16 +54,17 @@ pub struct ReloadOutcome {
 impl App {
     /// Load the config at startup. Errors here stop the process (there is nothing to keep).
     pub fn new(path: &Path) -> Result<Arc<App>, LoadError> {
-        let registry = crate::config::runtime::Shared::default();
+        let registry = crate::config::runtime::Retained::default();
         let cfg = config::load_file(path, &registry, 1)?;
         let access_log = AccessLogger::start(cfg.access_log.target.clone());
         publish_metrics(&cfg);
         registry.limiters.publish(live_limiters(&cfg));
-        apply_degradation(&registry.degrade, &cfg);
+        let degrade = crate::degrade::DegradeState::default();
+        apply_degradation(&degrade, &cfg);
         let fleet = cfg
             .cluster
             .clone()
-            .map(|s| Arc::new(crate::cluster::Fleet::new(s)));
+            .map(|s| Arc::new(crate::cluster::fleet::Fleet::new(s)));
         if let Some(f) = &fleet {
             // Each route's share as it stands before the first sync, so the series
             // exists from the start (the first sync refines it).
@@ -70,6 +73,7 @@ impl App {
         Ok(Arc::new(App {
             config: ArcSwap::from_pointee(cfg),
             registry,
+            degrade,
             access_log,
             config_path: path.to_path_buf(),
             version: AtomicU64::new(1),
@@ -204,10 +208,11 @@ impl App {
                         .shared
                         .overrides
                         .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = crate::rooms::Overrides::default();
+                        .unwrap_or_else(|p| p.into_inner()) =
+                        crate::waiting_room::Overrides::default();
                 }
                 self.registry.limiters.publish(live_limiters(&new));
-                apply_degradation(&self.registry.degrade, &new);
+                apply_degradation(&self.degrade, &new);
                 self.version.store(next_version, Ordering::Relaxed);
                 if let (Some(t), Some(_)) = (&new.tls, crate::tls::serving()) {
                     // New handshakes present the renewed certificates; open connections
@@ -239,7 +244,7 @@ fn apply_degradation(state: &crate::degrade::DegradeState, cfg: &Config) {
     match &cfg.degradation {
         Some(d) => state.apply_config(d),
         None => state.publish(
-            &crate::degrade::Degradation {
+            &crate::policy::degrade::Degradation {
                 levels: Vec::new(),
                 hold: std::time::Duration::from_secs(30),
                 force_level: None,
@@ -247,7 +252,7 @@ fn apply_degradation(state: &crate::degrade::DegradeState, cfg: &Config) {
                 messages: Default::default(),
                 features: Vec::new(),
             },
-            crate::rooms::now_ms(),
+            crate::clock::now_ms(),
         ),
     }
 }
@@ -315,10 +320,7 @@ fn publish_metrics(new: &Config) {
     let m = crate::metrics::get();
     m.config_hash.set(hash_number(&new.hash));
     m.config_version.set(new.version as i64);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let now = crate::clock::unix_secs_f64(SystemTime::now());
     m.config_last_reload_success.set(now);
     init_series(new);
 }

@@ -357,6 +357,7 @@ impl Spool {
         // SAFETY: the file has no name, lives in a private directory, and this process
         // holds its only descriptor (dropped below) and never writes to it again, so no
         // one can truncate or change it under the map.
+        #[allow(unsafe_code)] // the crate's one unsafe block (Cargo.toml [lints])
         let map = unsafe { memmap2::Mmap::map(&f)? };
         if map.len() as u64 != self.len {
             return Err(SpoolError::Io(std::io::Error::other(format!(

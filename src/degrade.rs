@@ -2,74 +2,15 @@
 //! that turns measured signals into a level every 500 ms, the adaptive concurrency limit
 //! of each origin, and the metrics. Decisions are in `policy::degrade`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::clock::{now_ms, rfc3339_ms as until_text};
 use crate::config::Config;
-use crate::policy::degrade::{Change, Degrader, Level, Signals};
-use crate::rooms::now_ms;
-
-/// The message of a switched-off feature.
-#[derive(Debug, Clone)]
-pub struct FeatureMessage {
-    /// The name pupils know the feature by (`name_fr` / `name_en`), never the internal one.
-    pub name_fr: Option<String>,
-    pub name_en: Option<String>,
-    pub fr: String,
-    pub en: String,
-    pub retry_after: Duration,
-    /// Grace before what is open on the feature's routes is closed once it is switched
-    /// off (`drain`); `None`: never.
-    pub drain: Option<Duration>,
-}
-
-/// The message of a switched-off feature when ops wrote none: its display name when
-/// given, never its internal name (pupils do not know the word `visio`).
-pub fn default_message(name: Option<&str>, fr: bool) -> String {
-    match (name, fr) {
-        (Some(n), true) => format!("« {n} » est en pause pendant que le site est très chargé."),
-        (None, true) => "Ce service est en pause pendant que le site est très chargé.".into(),
-        (Some(n), false) => format!("“{n}” is paused while the site is very busy."),
-        (None, false) => "This service is paused while the site is very busy.".into(),
-    }
-}
-
-/// `drain` when the file says nothing.
-pub const DEFAULT_DRAIN: Option<Duration> = Some(Duration::from_secs(30));
-
-/// Degradation settings of a config.
-#[derive(Debug, Clone)]
-pub struct Degradation {
-    pub levels: Vec<Level>,
-    pub hold: Duration,
-    /// `force_level` of the file: the level and its expiry (unix ms).
-    pub force_level: Option<(usize, Option<u64>)>,
-    /// `force_features` of the file: feature, forced on, expiry (unix ms).
-    pub force_features: Vec<(String, bool, Option<u64>)>,
-    pub messages: HashMap<String, FeatureMessage>,
-    /// Every feature named by a route or a level.
-    pub features: Vec<String>,
-}
-
-impl Degradation {
-    pub fn message(&self, feature: &str) -> FeatureMessage {
-        self.messages
-            .get(feature)
-            .cloned()
-            .unwrap_or_else(|| FeatureMessage {
-                name_fr: None,
-                name_en: None,
-                fr: default_message(None, true),
-                en: default_message(None, false),
-                retry_after: Duration::from_secs(300),
-                drain: DEFAULT_DRAIN,
-            })
-    }
-}
+use crate::policy::degrade::{Change, Degradation, Degrader, Signals};
 
 /// State shared by every config: the level machine and what the hot path reads.
 pub struct DegradeState {
@@ -297,11 +238,6 @@ impl DegradeState {
     }
 }
 
-/// An expiry (unix ms) for the log.
-fn until_text(ms: u64) -> String {
-    crate::access_log::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(ms))
-}
-
 fn record_feature_change(feature: &str, on: Option<bool>, until: Option<u64>, who: &str) {
     log::warn!(
         "feature {feature} {} by {who}{}",
@@ -339,7 +275,7 @@ fn record_change(d: &Degradation, c: &Change, cause: &str) {
 pub fn adapt_limits(cfg: &Config) {
     let now = now_ms();
     for o in &cfg.origins {
-        o.shared.adapt(o, now);
+        o.shared.adapt(o.adaptive.as_ref(), o.max_inflight, now);
     }
 }
 

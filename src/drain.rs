@@ -7,7 +7,7 @@
 //! background tick ([`Drains::tick`], every 100 ms) compares the registered features with
 //! the ones switched off, whatever switched them off (admin API, `force_features` in the
 //! file, a level): once a feature has been off for its `drain` grace, each of its open
-//! sessions is marked closing and woken. The connection guard (`proxy::conn`) then closes
+//! sessions is marked closing and woken. The connection guard (`proxy::conn_guard`) then closes
 //! it: a WebSocket with a close frame `1013 Try Again Later` carrying the ops' message,
 //! anything else by cutting the connection. Switching the feature back on before the grace
 //! is over stops the drain; sessions already closed stay closed.
@@ -259,7 +259,7 @@ pub fn tick(app: &crate::app::App) {
     let Some(d) = cfg.degradation.as_ref() else {
         return;
     };
-    let state = &app.registry.degrade;
+    let state = &app.degrade;
     let m = crate::metrics::get();
     for f in &d.features {
         // Present at 0 from the start, for dashboards and alerts.

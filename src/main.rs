@@ -318,7 +318,7 @@ fn main() -> ExitCode {
             port,
             admin_port,
             origin_port,
-        } => ecluse::demo_run::demo(port, admin_port, origin_port, |path, opts, banner| {
+        } => ecluse::demo::run::demo(port, admin_port, origin_port, |path, opts, banner| {
             run(path, opts, banner)
         }),
     }

@@ -101,7 +101,7 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
     g
 }
 
-/// Reasons of `ecluse_client_connections_refused_total` (`proxy::conn`).
+/// Reasons of `ecluse_client_connections_refused_total` (`proxy::conn_guard`).
 pub const CONNECTIONS_REFUSED_REASONS: [&str; 3] = [
     "max_connections",
     "max_connections_per_ip",

@@ -113,7 +113,7 @@ impl BackgroundService for Control {
                         _ = stop.changed() => return,
                     }
                     let cfg = app.config();
-                    let now = crate::rooms::now_ms();
+                    let now = crate::clock::now_ms();
                     // Fleet mode: the shared rooms tick in the fleet sync; the local room
                     // takes over (with its share of capacity) only while Redis is away.
                     match &app.fleet {
@@ -148,7 +148,7 @@ impl BackgroundService for Control {
             &stop_rx,
             Duration::from_millis(500),
             MissedTickBehavior::Burst,
-            |app| crate::degrade::evaluate(&app.config(), &app.registry.degrade),
+            |app| crate::degrade::evaluate(&app.config(), &app.degrade),
         );
         // Adaptive concurrency limits, every 100 ms.
         every(
@@ -482,7 +482,7 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
             HELD.lock().unwrap_or_else(|p| p.into_inner()).push(h);
         }
     }
-    // pingora's HTTP service behind the connection guards (proxy::conn): head deadline,
+    // pingora's HTTP service behind the connection guards (proxy::conn_guard): head deadline,
     // body rate, connection caps.
     // The plain-HTTP proxy (h2c allowed), one per listening service.
     let conf = server.configuration.clone();
@@ -509,7 +509,7 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
     };
     let mut svc = pingora::services::listening::Service::new(
         "ecluse proxy".to_string(),
-        crate::proxy::conn::Edge::new(proxy, app.clone()),
+        crate::proxy::conn_guard::Edge::new(proxy, app.clone()),
     );
     for ((a, held), pp) in proxy_addrs.iter().zip(&proxy_held).zip(&pp) {
         if pp.is_none() {
@@ -526,7 +526,8 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
         let proxy = plain_proxy();
         let mut svc = pingora::services::listening::Service::new(
             format!("ecluse proxy {a} (PROXY protocol)"),
-            crate::proxy::conn::Edge::new(proxy, app.clone()).with_proxy_protocol(from.clone()),
+            crate::proxy::conn_guard::Edge::new(proxy, app.clone())
+                .with_proxy_protocol(from.clone()),
         );
         svc.add_tcp_with_settings(&a.to_string(), tcp_options(*held));
         server.add_service(svc);
@@ -565,7 +566,7 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
         // caps and the head deadline (pingora's listener would give it 60 s, uncounted).
         let mut tsvc = pingora::services::listening::Service::new(
             "ecluse tls proxy".to_string(),
-            crate::proxy::conn::Edge::new(proxy, app.clone()).with_tls(
+            crate::proxy::conn_guard::Edge::new(proxy, app.clone()).with_tls(
                 pingora::listeners::tls::Acceptor::from_server_config(Arc::new(sc)),
             ),
         );

@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -132,17 +131,6 @@ fn certified(
     })
 }
 
-fn utc(ts: i64) -> String {
-    httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(ts.max(0) as u64))
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// The leaf's DNS names (SAN, else the common name), lowercased, and its validity.
 fn leaf_facts(leaf: &[u8], path: &Path) -> Result<(Vec<String>, i64, i64), TlsError> {
     let (_, x) = X509Certificate::from_der(leaf).map_err(|e| TlsError::BadCertificate {
@@ -214,17 +202,17 @@ pub fn load_server_cert(
     let (chain, cert_bytes) = read_chain(cert_file)?;
     let (key, key_bytes) = read_key(key_file)?;
     let (names, not_before, not_after) = leaf_facts(chain[0].as_ref(), cert_file)?;
-    let now = unix_now();
+    let now = crate::clock::unix_now();
     if not_after <= now {
         return Err(TlsError::Expired {
             path: cert_file.display().to_string(),
-            not_after: utc(not_after),
+            not_after: crate::clock::http_date(not_after),
         });
     }
     if not_before > now {
         return Err(TlsError::NotYetValid {
             path: cert_file.display().to_string(),
-            not_before: utc(not_before),
+            not_before: crate::clock::http_date(not_before),
         });
     }
     let key = certified(chain, key, cert_file, key_file)?;
@@ -366,7 +354,7 @@ impl prometheus::core::Collector for ExpiryCollector {
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
         self.gauge.reset();
         if let Some(set) = serving() {
-            let now = unix_now();
+            let now = crate::clock::unix_now();
             for c in &set.certs {
                 self.gauge
                     .with_label_values(&[c.name.as_str()])

@@ -6,6 +6,9 @@
 //! Chromium and chromedriver are system packages (`make test` installs them). When they
 //! are missing this test fails, it never skips.
 
+// kill(2) and pre_exec on the processes under test; the crate denies unsafe code.
+#![allow(unsafe_code)]
+
 mod common;
 
 use common::*;

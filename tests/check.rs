@@ -356,7 +356,7 @@ fn safe_defaults_admin_on_loopback_and_client_limits_on() {
     let cfg = ecluse::config::check_text(
         "listen: [\"0.0.0.0:8080\"]\norigins:\n  ent: { servers: [\"127.0.0.1:1\"] }\nroutes: [{ name: ent, origin: ent }]\n",
         std::path::Path::new("/tmp/defaults.yaml"),
-        &ecluse::config::runtime::Shared::default(),
+        &ecluse::config::runtime::Retained::default(),
         1,
     )
     .expect("valid");

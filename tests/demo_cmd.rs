@@ -1,5 +1,8 @@
 //! `ecluse demo`: starts the simulated ENT and ecluse, prints URLs that work.
 
+// kill(2) and pre_exec on the processes under test; the crate denies unsafe code.
+#![allow(unsafe_code)]
+
 mod common;
 
 use common::*;

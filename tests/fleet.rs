@@ -867,7 +867,7 @@ async fn a_scheduled_opening_shuffles_the_prequeue_fleet_wide() {
     let redis = Redis::start();
     let origin = EchoOrigin::start("ent").await;
     let opens = std::time::SystemTime::now() + Duration::from_secs(4);
-    let opens_text = ecluse::access_log::rfc3339(opens);
+    let opens_text = ecluse::clock::rfc3339(opens);
     let nodes = room_fleet(["e1", "e2", "e3"], |id| {
         let yaml = room_node_yaml(origin.addr, redis.port, id).replace(
             "session_idle_timeout: 5m }",
@@ -1029,9 +1029,9 @@ async fn a_phone_that_slept_through_its_turn_gets_the_next_place_fleet_wide() {
 /// lost until it times out. (Seen as "4 of 5 admitted after the restart" above.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresher_view_after_a_restart_counts_no_session_twice() {
-    use ecluse::cluster::conn::RedisConn;
-    use ecluse::cluster::room::{Arrived, FleetRoom};
-    use ecluse::cluster::{ClusterSettings, FailMode};
+    use ecluse::cluster::redis_conn::RedisConn;
+    use ecluse::cluster::fleet_room::{Arrived, FleetRoom};
+    use ecluse::config::fleet::{ClusterSettings, FailMode};
     use ecluse::policy::waiting_room::{ClassPolicy, Method, RoomParams};
     let _alone = ONE_FLEET_AT_A_TIME.lock().await;
     let redis = Redis::start();

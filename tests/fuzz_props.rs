@@ -8,7 +8,7 @@ use std::path::Path;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use ecluse::config::check_text;
-use ecluse::config::runtime::Shared;
+use ecluse::config::runtime::Retained;
 use ecluse::policy::ticket::{Keyring, Ticket, TicketError, TicketState};
 use proptest::prelude::*;
 
@@ -35,7 +35,7 @@ fn load(text: &str) {
         "ECLUSE_FUZZ_KEYS",
         "k1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
     );
-    let registry = Shared::default();
+    let registry = Retained::default();
     if let Err(problems) = check_text(text, Path::new("/tmp/fuzz.yaml"), &registry, 1) {
         assert!(!problems.is_empty());
         for p in problems {
@@ -50,7 +50,7 @@ fn the_seed_policy_is_valid() {
         "ECLUSE_FUZZ_KEYS",
         "k1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
     );
-    let registry = Shared::default();
+    let registry = Retained::default();
     check_text(VALID, Path::new("/tmp/fuzz.yaml"), &registry, 1).expect("seed is valid");
 }
 
@@ -87,7 +87,7 @@ proptest! {
             "ECLUSE_FUZZ_KEYS",
             "k1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
         );
-        let registry = Shared::default();
+        let registry = Retained::default();
         let cfg = check_text(VALID, Path::new("/tmp/fuzz.yaml"), &registry, 1).expect("valid");
         let Ok(m) = http::Method::from_bytes(method.as_bytes()) else { return Ok(()); };
         let found = cfg.router.find(&host, path.as_bytes(), &m).map(|r| r.name.clone());
@@ -141,7 +141,7 @@ proptest! {
                 req.append_header(http::header::COOKIE, v).expect("header");
             }
         }
-        let credentialed = ecluse::policy::cache::has_credentials(&req, &own);
+        let credentialed = ecluse::policy::cache_rules::has_credentials(&req, &own);
         let lenient_finds_another = req
             .headers
             .get_all(http::header::COOKIE)
@@ -157,7 +157,7 @@ proptest! {
         }
         prop_assert_eq!(
             credentialed,
-            !ecluse::policy::cache::credential_items(&req, &own).is_empty()
+            !ecluse::policy::cache_rules::credential_items(&req, &own).is_empty()
         );
     }
 }
@@ -485,7 +485,7 @@ proptest! {
         choices in proptest::collection::vec(any::<u8>(), 1..64),
         query in "(\\?[a-z=&%2F./]{0,12})?",
     ) {
-        let registry = Shared::default();
+        let registry = Retained::default();
         let cfg = check_text(PATH_ROUTES, Path::new("/tmp/fuzz.yaml"), &registry, 1).expect("valid");
         let base = ["/visio", "/exam/papers/", "/api/search+v2/", "/notes/"][which];
         let c = format!("{base}{tail}");

@@ -504,7 +504,7 @@ async fn http11_without_host_is_400() {
 
 /// With `h2c` on (src/server.rs), pingora sniffs for the 24-byte HTTP/2 preface with a
 /// `read_exact` that has no timeout (pingora-core `apps/mod.rs`): alone, it never answers
-/// a complete HTTP/1.0 head shorter than 24 bytes. `proxy::conn` stops the sniff at the
+/// a complete HTTP/1.0 head shorter than 24 bytes. `proxy::conn_guard` stops the sniff at the
 /// first byte that differs from the preface.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_shorter_than_the_h2c_preface_is_answered() {

@@ -3,6 +3,9 @@
 //! running ecluse, and the Debian package built by cargo-deb, checked with `dpkg-deb`,
 //! `lintian` and `systemd-analyze verify`. `make test` installs the tools (scripts/need.sh).
 
+// kill(2) and pre_exec on the processes under test; the crate denies unsafe code.
+#![allow(unsafe_code)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

@@ -4,6 +4,9 @@
 //! from 127.0.0.2 (the only address in `proxy_protocol_from`), direct clients come from
 //! 127.0.0.1.
 
+// kill(2) and pre_exec on the processes under test; the crate denies unsafe code.
+#![allow(unsafe_code)]
+
 mod common;
 
 use common::lenient_ent::LenientEnt;

@@ -5,15 +5,15 @@
 //! It runs on its own small server (hyper), apart from the proxy listeners, so that ops
 //! can still see and steer ecluse when the proxy side is saturated.
 
-mod cache;
+mod cache_endpoints;
 
-pub use cache::{WARM_HEADER, WARM_SCHEME_HEADER};
+pub use cache_endpoints::{WARM_HEADER, WARM_SCHEME_HEADER};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -220,8 +220,8 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Option<SocketAddr>)
             }
             p if p.starts_with("/admin/rooms/") => room_admin(&app, p, req).await,
             "/admin/level" => level_admin(&app, req).await,
-            "/admin/cache/purge" => cache::purge(&app, req).await,
-            "/admin/cache/warm" => cache::warm(&app, req).await,
+            "/admin/cache/purge" => cache_endpoints::purge(&app, req).await,
+            "/admin/cache/warm" => cache_endpoints::warm(&app, req).await,
             p if p.starts_with("/admin/features/") => feature_admin(&app, p, req).await,
             _ => error(
                 StatusCode::NOT_FOUND,
@@ -319,16 +319,16 @@ async fn level_admin(app: &App, req: Request<Incoming>) -> Resp {
             )
         }
     };
-    app.registry.degrade.force(d, level, for_);
+    app.degrade.force(d, level, for_);
     if let Some(f) = &app.fleet {
-        let until = for_.map(|x| crate::rooms::now_ms() + x.as_millis() as u64);
+        let until = for_.map(|x| crate::clock::now_ms() + x.as_millis() as u64);
         f.publish_level(
             level.and_then(|i| d.levels.get(i)).map(|l| l.name.clone()),
             until,
         );
     }
-    let now = crate::rooms::now_ms();
-    let l = app.registry.degrade.lock().level(now);
+    let now = crate::clock::now_ms();
+    let l = app.degrade.lock().level(now);
     json_resp(
         StatusCode::OK,
         json!({ "level": d.levels.get(l).map(|x| x.name.clone()), "forced": level.is_some(), "for_seconds": for_.map(|f| f.as_secs()) }),
@@ -373,14 +373,14 @@ async fn feature_admin(app: &App, p: &str, req: Request<Incoming>) -> Resp {
         Ok(f) => f,
         Err(r) => return *r,
     };
-    app.registry.degrade.force_feature(d, name, on, for_);
+    app.degrade.force_feature(d, name, on, for_);
     if let Some(f) = &app.fleet {
-        let until = for_.map(|x| crate::rooms::now_ms() + x.as_millis() as u64);
+        let until = for_.map(|x| crate::clock::now_ms() + x.as_millis() as u64);
         f.publish_feature(name, on, until);
     }
     json_resp(
         StatusCode::OK,
-        json!({ "feature": name, "on": !app.registry.degrade.is_disabled(name) }),
+        json!({ "feature": name, "on": !app.degrade.is_disabled(name) }),
     )
 }
 
@@ -551,11 +551,7 @@ pub fn connectable(addr: SocketAddr) -> SocketAddr {
 
 fn state(app: &App) -> serde_json::Value {
     let cfg = app.config();
-    let loaded = cfg
-        .loaded_at
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let loaded = crate::clock::unix_secs_f64(cfg.loaded_at);
     let origins: Vec<_> = cfg
         .origins
         .iter()
@@ -610,9 +606,9 @@ fn state(app: &App) -> serde_json::Value {
             })
         })
         .collect();
-    let now = crate::rooms::now_ms();
+    let now = crate::clock::now_ms();
     let degradation = cfg.degradation.as_ref().map(|d| {
-        let g = app.registry.degrade.lock();
+        let g = app.degrade.lock();
         let level = g.level(now);
         let name = |i: usize| d.levels.get(i).map(|l| l.name.clone());
         json!({
@@ -658,7 +654,7 @@ fn state(app: &App) -> serde_json::Value {
             "path": cfg.path.display().to_string(),
             "hash": cfg.hash,
             "version": cfg.version,
-            "loaded_at": crate::access_log::rfc3339(cfg.loaded_at),
+            "loaded_at": crate::clock::rfc3339(cfg.loaded_at),
             "loaded_at_unix": loaded,
         },
         "uptime_seconds": app.started.elapsed().as_secs(),

@@ -20,6 +20,8 @@ mod client;
 mod plot;
 #[path = "../surge/report.rs"]
 mod report;
+#[path = "../surge/row.rs"]
+mod row;
 #[path = "../surge/run.rs"]
 mod run;
 #[path = "../surge/scenario.rs"]
@@ -367,7 +369,7 @@ fn report(dir: PathBuf, arms: Vec<String>, svg: Option<PathBuf>) -> Result<(), S
         let csv = std::fs::read_to_string(dir.join(format!("{arm}.csv"))).unwrap_or_default();
         series.push((
             arm.clone(),
-            csv.lines().skip(1).filter_map(run::Row::parse).collect(),
+            csv.lines().skip(1).filter_map(row::Row::parse).collect(),
         ));
     }
     print!("{}", report::table(&summaries));

@@ -13,7 +13,7 @@ use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::CacheOptionOverrides;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
-use crate::policy::cache::CacheStorage;
+use crate::policy::cache_rules::CacheStorage;
 pub use store::{PurgeScope, Store};
 
 /// The process's one cache: fixed at start (storage settings need a restart to change).

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::file::FileConfig;
-use super::runtime::{build, BuildContext, Config, Shared};
+use super::runtime::{build, BuildContext, Config, Retained};
 use super::tree::{self, Node, Pos, SNode};
 use super::{schema_check, Diagnostic};
 
@@ -116,7 +116,7 @@ fn tidy(mut d: Vec<Diagnostic>) -> Vec<Diagnostic> {
 pub fn check_text(
     src: &str,
     path: &Path,
-    registry: &Shared,
+    registry: &Retained,
     version: u64,
 ) -> Result<Config, Vec<Diagnostic>> {
     let r = check_text_with(src, path, registry, version, LoadOptions::default());
@@ -130,7 +130,7 @@ pub fn check_text(
 pub fn check_text_with(
     src: &str,
     path: &Path,
-    registry: &Shared,
+    registry: &Retained,
     version: u64,
     opts: LoadOptions,
 ) -> Report {
@@ -183,7 +183,7 @@ pub fn check_text_with(
     if let Some(repaired) = &checked.repaired {
         // A scratch registry: building a repaired copy must not touch live state (a reload
         // runs this with the running process's registry at hand).
-        let scratch = Shared::default();
+        let scratch = Retained::default();
         let ctx = BuildContext {
             registry: &scratch,
             base_dir,
@@ -357,7 +357,7 @@ fn quote(s: &str) -> String {
 }
 
 /// Read and build the config at `path`.
-pub fn load_file(path: &Path, registry: &Shared, version: u64) -> Result<Config, LoadError> {
+pub fn load_file(path: &Path, registry: &Retained, version: u64) -> Result<Config, LoadError> {
     let shown = path.display().to_string();
     let src = read_policy(path).map_err(|e| match e {
         ReadFailure::Io(source) => LoadError::Read {
@@ -387,7 +387,7 @@ pub fn check_file(path: &Path, opts: LoadOptions) -> Result<Report, LoadError> {
         }
         Err(ReadFailure::Unreadable(d)) => return Ok(Report::failed(vec![d])),
     };
-    let registry = Shared::default();
+    let registry = Retained::default();
     Ok(check_text_with(&src, path, &registry, 1, opts))
 }
 

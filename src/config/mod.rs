@@ -3,6 +3,7 @@
 //! Loading never panics: every problem comes back as a [`Diagnostic`] with its position.
 
 pub mod file;
+pub mod fleet;
 pub mod load;
 pub mod runtime;
 pub mod schema_check;

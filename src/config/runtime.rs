@@ -17,15 +17,17 @@ use super::file::{
 use super::tree::{SNode, Seg};
 use super::units::{parse_duration, parse_size};
 use super::Diagnostic;
+use crate::clock::parse_rfc3339_ms;
 use crate::path;
-use crate::policy::cache::{CacheMode, CacheStorage, QueryMode, RouteCache};
+use crate::policy::cache_rules::{CacheMode, CacheStorage, QueryMode, RouteCache};
 use crate::policy::classes::PriorityClass;
+use crate::policy::concurrency::Adaptive;
 use crate::policy::rate_limit::{KeyedLimiter, Rate};
-use crate::policy::route::{HostPattern, Matcher, Router};
+use crate::policy::route::{HostPattern, Matcher, Routable, Router};
 use crate::policy::ticket::Keyring;
 use crate::policy::waiting_room::{ClassPolicy, Method, RoomParams};
-use crate::rooms::{Room, RoomMetrics};
 use crate::upstream::{self, Balance, OriginShared, ServerState};
+use crate::waiting_room::{Room, RoomMetrics};
 
 /// Most servers an origin may list (retries track tried servers in a 64-bit mask).
 pub const MAX_SERVERS_PER_ORIGIN: usize = 64;
@@ -47,16 +49,16 @@ pub struct Config {
     pub server: Server,
     pub access_log: AccessLog,
     pub origins: Vec<Arc<Origin>>,
-    pub router: Router,
+    pub router: Router<Route>,
     /// Priority classes in file order (the first that matches wins).
     pub classes: Vec<PriorityClass>,
     pub rooms: Vec<Arc<Room>>,
-    pub degradation: Option<crate::degrade::Degradation>,
+    pub degradation: Option<crate::policy::degrade::Degradation>,
     /// Cache storage settings (applied at start; a reload that changes them is refused
     /// to take effect until restart, and says so).
     pub cache: CacheStorage,
     /// Fleet mode (Redis), when configured.
-    pub cluster: Option<crate::cluster::ClusterSettings>,
+    pub cluster: Option<crate::config::fleet::ClusterSettings>,
     /// The pages ecluse writes itself (`pages`): templates, branding, time zone.
     pub pages: Arc<crate::pages::Pages>,
 }
@@ -183,7 +185,7 @@ impl Default for RequestBodies {
     }
 }
 
-/// Limits on one client (`server.clients`), read by `proxy::conn` when a connection opens
+/// Limits on one client (`server.clients`), read by `proxy::conn_guard` when a connection opens
 /// and by `proxy::hygiene` on every request head.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Clients {
@@ -248,6 +250,37 @@ pub struct AccessLog {
     pub redact_query: Vec<String>,
 }
 
+/// Query parameters hidden by default (`access_log.redact_query` replaces the list):
+/// credentials that travel in URLs in an ENT's world (CAS `ticket`, OAuth/OIDC `code`
+/// and tokens, SAML messages, session ids in URLs, passwords of old forms, signed-URL
+/// signatures).
+pub const DEFAULT_REDACT: &[&str] = &[
+    "ticket",
+    "code",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "client_secret",
+    "api_key",
+    "apikey",
+    "key",
+    "auth",
+    "session",
+    "sessionid",
+    "jsessionid",
+    "phpsessid",
+    "sid",
+    "samlresponse",
+    "samlrequest",
+    "signature",
+    "sig",
+];
+
 #[derive(Debug)]
 pub struct HealthCheck {
     pub enabled: bool,
@@ -294,16 +327,6 @@ pub struct Origin {
     pub passive_ejection: Duration,
     pub metrics: OriginMetrics,
     pub adaptive: Option<Adaptive>,
-}
-
-/// Adaptive concurrency settings of an origin.
-#[derive(Debug, Clone)]
-pub struct Adaptive {
-    pub min: usize,
-    pub max: usize,
-    pub tolerance: f64,
-    /// Declared p50 latency target, ms.
-    pub target_p50_ms: Option<f64>,
 }
 
 /// Per-origin metric handles, resolved once at load.
@@ -357,6 +380,12 @@ pub struct Route {
     pub buffer_body: bool,
     /// The whole exchange (`total_timeout` of the route, else of the origin), when set.
     pub total_limit: Option<Duration>,
+}
+
+impl Routable for Route {
+    fn matcher(&self) -> &Matcher {
+        &self.matcher
+    }
 }
 
 /// What a limit counts by, resolved.
@@ -635,13 +664,13 @@ fn parse_listen(p: &mut Problems, s: &str, path: Vec<Seg>) -> Option<SocketAddr>
 }
 
 /// Everything the builder needs besides the file.
-/// State that outlives any one config: upstream health and counters, rate-limit buckets.
+/// State retained across reloads (upstream health and counters, rate-limit buckets, rooms):
+/// the builder attaches it to each new config. One registry per process, in `App`.
 #[derive(Default)]
-pub struct Shared {
+pub struct Retained {
     pub upstream: upstream::Registry,
     pub limiters: crate::policy::rate_limit::LimiterRegistry,
-    pub rooms: crate::rooms::RoomRegistry,
-    pub degrade: crate::degrade::DegradeState,
+    pub rooms: crate::waiting_room::RoomRegistry,
     /// The admin listener actually bound (set once at start). A reload cannot move it
     /// (restart required), so a reload is checked against it too: it may not drop the
     /// token of a listener that stays on a non-loopback address.
@@ -649,7 +678,7 @@ pub struct Shared {
 }
 
 pub struct BuildContext<'a> {
-    pub registry: &'a Shared,
+    pub registry: &'a Retained,
     /// Directory relative paths (token files, certificates) are resolved against.
     pub base_dir: PathBuf,
     /// Resolve host names of servers (false in `ecluse check --offline`-like uses).
@@ -914,10 +943,7 @@ pub fn build(
         .as_ref()
         .and_then(|a| a.redact_query.as_ref())
     {
-        None => crate::access_log::DEFAULT_REDACT
-            .iter()
-            .map(|n| n.to_string())
-            .collect(),
+        None => DEFAULT_REDACT.iter().map(|n| n.to_string()).collect(),
         Some(names) => {
             for (i, n) in names.iter().enumerate() {
                 if n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_graphic()) {
@@ -1129,7 +1155,7 @@ fn build_cluster(
     file: &FileConfig,
     policy_path: &std::path::Path,
     base_dir: &std::path::Path,
-) -> Option<crate::cluster::ClusterSettings> {
+) -> Option<crate::config::fleet::ClusterSettings> {
     use super::file::FailModeFile;
     let c = file.cluster.as_ref()?;
     // A Redis URL the client accepts, TLS included; never the crate's `#insecure` (no
@@ -1217,11 +1243,11 @@ fn build_cluster(
                 None
             }
         });
-        crate::cluster::SentinelSettings {
+        crate::config::fleet::SentinelSettings {
             addresses: sf.addresses.clone(),
             master_name: sf.master_name.clone(),
             username: sf.username.clone(),
-            password: password.map(crate::cluster::Redacted),
+            password: password.map(crate::config::fleet::Redacted),
             tls: sf.tls,
             db: sf.db.unwrap_or(0),
         }
@@ -1288,7 +1314,7 @@ fn build_cluster(
             "must be between 50ms and 10s",
         );
     }
-    Some(crate::cluster::ClusterSettings {
+    Some(crate::config::fleet::ClusterSettings {
         redis_url: c.redis.clone().unwrap_or_default(),
         redis_cluster: c.redis_cluster,
         sentinel,
@@ -1303,8 +1329,8 @@ fn build_cluster(
         ),
         sync_interval,
         fail_mode: match c.fail_mode {
-            None | Some(FailModeFile::LocalShare) => crate::cluster::FailMode::LocalShare,
-            Some(FailModeFile::LocalFull) => crate::cluster::FailMode::LocalFull,
+            None | Some(FailModeFile::LocalShare) => crate::config::fleet::FailMode::LocalShare,
+            Some(FailModeFile::LocalFull) => crate::config::fleet::FailMode::LocalFull,
         },
         expected_nodes: match c.expected_nodes {
             None => 1,
@@ -2534,44 +2560,10 @@ fn thresholds(
     }
 }
 
-/// An RFC 3339 time (`2026-12-01T18:00:00+01:00`, `2026-12-01T17:00:00Z`) as unix ms.
-pub fn parse_rfc3339_ms(t: &str) -> Result<u64, String> {
-    let bad = |why: &str| {
-        format!("`{t}` is not an RFC 3339 time like `2026-12-01T18:00:00+01:00`: {why}")
-    };
-    let (utc, offset_s) = match t
-        .len()
-        .checked_sub(6)
-        .and_then(|i| t.get(i..).map(|o| (i, o)))
-    {
-        Some((i, o)) if (o.starts_with('+') || o.starts_with('-')) && o.as_bytes()[3] == b':' => {
-            let num = |r: std::ops::Range<usize>| {
-                o.get(r)
-                    .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|d| d.parse::<i64>().ok())
-            };
-            let (Some(h), Some(m)) = (num(1..3), num(4..6)) else {
-                return Err(bad("bad time zone offset"));
-            };
-            if h > 23 || m > 59 {
-                return Err(bad("bad time zone offset"));
-            }
-            let sign = if o.starts_with('-') { -1 } else { 1 };
-            (format!("{}Z", &t[..i]), sign * (h * 3600 + m * 60))
-        }
-        _ if t.ends_with('Z') || t.ends_with('z') => (t.to_string(), 0),
-        _ => return Err(bad("it needs a time zone (`Z` or an offset like `+01:00`)")),
-    };
-    let local = humantime::parse_rfc3339_weak(&utc).map_err(|e| bad(&e.to_string()))?;
-    let ms = local
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| bad("before 1970"))?
-        .as_millis() as i64
-        - offset_s * 1000;
-    u64::try_from(ms).map_err(|_| bad("before 1970"))
-}
-
-fn build_degradation(p: &mut Problems, file: &FileConfig) -> Option<crate::degrade::Degradation> {
+fn build_degradation(
+    p: &mut Problems,
+    file: &FileConfig,
+) -> Option<crate::policy::degrade::Degradation> {
     let route_features: Vec<&String> = file
         .routes
         .iter()
@@ -2747,15 +2739,14 @@ fn build_degradation(p: &mut Problems, file: &FileConfig) -> Option<crate::degra
         }
         messages.insert(
             f.clone(),
-            crate::degrade::FeatureMessage {
+            crate::policy::degrade::FeatureMessage {
                 name_fr: m.name_fr.clone(),
                 name_en: m.name_en.clone(),
-                fr: m
-                    .message_fr
-                    .clone()
-                    .unwrap_or_else(|| crate::degrade::default_message(m.name_fr.as_deref(), true)),
+                fr: m.message_fr.clone().unwrap_or_else(|| {
+                    crate::policy::degrade::default_message(m.name_fr.as_deref(), true)
+                }),
                 en: m.message_en.clone().unwrap_or_else(|| {
-                    crate::degrade::default_message(m.name_en.as_deref(), false)
+                    crate::policy::degrade::default_message(m.name_en.as_deref(), false)
                 }),
                 retry_after: duration_or(
                     p,
@@ -2764,7 +2755,7 @@ fn build_degradation(p: &mut Problems, file: &FileConfig) -> Option<crate::degra
                     path!["degradation", "features", f.as_str(), "retry_after"],
                 ),
                 drain: match &m.drain {
-                    None => crate::degrade::DEFAULT_DRAIN,
+                    None => crate::policy::degrade::DEFAULT_DRAIN,
                     Some(t) if t.0.trim() == "never" => None,
                     Some(t) => match parse_duration(&t.0) {
                         Ok(d) => Some(d),
@@ -2773,14 +2764,14 @@ fn build_degradation(p: &mut Problems, file: &FileConfig) -> Option<crate::degra
                                 path!["degradation", "features", f.as_str(), "drain"],
                                 format!("{e}, or `never`"),
                             );
-                            crate::degrade::DEFAULT_DRAIN
+                            crate::policy::degrade::DEFAULT_DRAIN
                         }
                     },
                 },
             },
         );
     }
-    Some(crate::degrade::Degradation {
+    Some(crate::policy::degrade::Degradation {
         levels,
         hold: duration_or(
             p,
@@ -2986,7 +2977,7 @@ fn build_routes(
     cache: &CacheStorage,
     ctx: &BuildContext,
     default_body_size: u64,
-) -> Router {
+) -> Router<Route> {
     let mut built: Vec<Route> = Vec::new();
     if routes.is_empty() {
         p.at(path!["routes"], "needs at least one route");
@@ -3178,28 +3169,5 @@ mod tests {
             super::valid_name(&a.replace('.', "_")),
             "{a} is a valid label"
         );
-    }
-
-    use super::parse_rfc3339_ms;
-
-    #[test]
-    fn rfc3339_times_with_offsets() {
-        let utc = parse_rfc3339_ms("2026-12-01T17:00:00Z").expect("utc");
-        assert_eq!(utc, 1_796_144_400_000);
-        assert_eq!(parse_rfc3339_ms("2026-12-01T18:00:00+01:00"), Ok(utc));
-        assert_eq!(parse_rfc3339_ms("2026-12-01T12:30:00-04:30"), Ok(utc));
-        assert_eq!(parse_rfc3339_ms("2026-12-01T17:00:00.250Z"), Ok(utc + 250));
-        for bad in [
-            "2026-12-01T18:00:00",
-            "tomorrow",
-            "2026-12-01T18:00:00+1:00",
-            "2026-12-01T18:00:00+25:00",
-            "2026-13-01T18:00:00Z",
-            "",
-            "+01:00",
-        ] {
-            let e = parse_rfc3339_ms(bad).expect_err(bad);
-            assert!(e.contains("RFC 3339"), "{e}");
-        }
     }
 }

@@ -36,6 +36,7 @@
 
 mod content;
 mod origin;
+pub mod run;
 mod sessions;
 mod stats;
 

@@ -165,7 +165,7 @@ pub enum OriginError {
 
 /// State shared by every connection of one origin.
 #[derive(Debug)]
-struct Shared {
+struct OriginState {
     opts: OriginOptions,
     stats: Arc<OriginStats>,
     sessions: SessionStore,
@@ -177,7 +177,7 @@ struct Shared {
     over_limit: AtomicU64,
 }
 
-impl Shared {
+impl OriginState {
     fn fault(&self) -> Fault {
         Fault::from_u8(self.fault.load(Ordering::Acquire))
     }
@@ -188,7 +188,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct DemoOrigin {
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<OriginState>,
     shutdown_tx: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -211,7 +211,7 @@ impl DemoOrigin {
     ) -> std::io::Result<DemoOrigin> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(OriginState {
             stats: Arc::new(OriginStats::new(opts.files + exam_slots)),
             sessions: SessionStore::new(DEFAULT_MAX_SESSIONS),
             files: FileCatalog::with_exam_slots(opts.files, exam_slots, SystemTime::now()),
@@ -284,7 +284,7 @@ impl DemoOrigin {
 /// then aborts every connection task.
 async fn accept_loop(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<OriginState>,
     mut shutdown_rx: oneshot::Receiver<()>,
 ) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
@@ -316,7 +316,7 @@ async fn accept_loop(
 async fn serve_connection(
     builder: Arc<auto::Builder<TokioExecutor>>,
     stream: TcpStream,
-    shared: Arc<Shared>,
+    shared: Arc<OriginState>,
 ) {
     // Small responses must not wait for Nagle; latency here is simulated, not accidental.
     let _ = stream.set_nodelay(true);
@@ -338,7 +338,7 @@ type Resp = Response<Full<Bytes>>;
 
 /// Entry point of every request: fault injection, routing and status accounting.
 async fn handle(
-    shared: Arc<Shared>,
+    shared: Arc<OriginState>,
     req: Request<Incoming>,
     seq_on_conn: u64,
 ) -> Result<Resp, OriginError> {
@@ -368,7 +368,11 @@ async fn handle(
     Ok(resp)
 }
 
-async fn route(shared: &Shared, req: Request<Incoming>, path: &str) -> Result<Resp, OriginError> {
+async fn route(
+    shared: &OriginState,
+    req: Request<Incoming>,
+    path: &str,
+) -> Result<Resp, OriginError> {
     let method = req.method().clone();
     let get = method == Method::GET || method == Method::HEAD;
     let post = method == Method::POST;
@@ -409,7 +413,7 @@ async fn route(shared: &Shared, req: Request<Incoming>, path: &str) -> Result<Re
 /// Runs `work` under the capacity model: counts the request in flight for its whole life,
 /// refuses it past `hard_limit` (503, or every 4th refusal a hang then a dropped
 /// connection), else waits the simulated service time and then does the work.
-async fn modelled<F>(shared: &Shared, work: F) -> Result<Resp, OriginError>
+async fn modelled<F>(shared: &OriginState, work: F) -> Result<Resp, OriginError>
 where
     F: std::future::Future<Output = Result<Resp, OriginError>>,
 {
@@ -448,13 +452,13 @@ where
     resp
 }
 
-fn page(path: &str, shared: &Shared) -> Resp {
+fn page(path: &str, shared: &OriginState) -> Resp {
     html(StatusCode::OK, content::page_html(path, shared.opts.files))
 }
 
 /// `POST /login`: any credentials are accepted (this is a load simulator, not an identity
 /// provider); issues a session cookie and redirects to the home page.
-async fn login(shared: &Shared, req: Request<Incoming>) -> Result<Resp, OriginError> {
+async fn login(shared: &OriginState, req: Request<Incoming>) -> Result<Resp, OriginError> {
     if let Err(resp) = read_small_body(req.into_body()).await? {
         return Ok(resp);
     }
@@ -505,7 +509,7 @@ fn parse_file_id(path: &str) -> Option<usize> {
 }
 
 /// `GET /files/assignments/{id}.pdf`: private to logged-in users, revalidatable.
-fn file(shared: &Shared, req: &Request<Incoming>, path: &str) -> Resp {
+fn file(shared: &OriginState, req: &Request<Incoming>, path: &str) -> Resp {
     let not_found = || {
         html(
             StatusCode::NOT_FOUND,
@@ -594,7 +598,7 @@ fn not_modified(h: &HeaderMap, etag: &str, last_modified: SystemTime) -> bool {
 
 /// `GET /visio`: the heavy feature. Burns `visio_cpu` on a blocking thread so it competes
 /// for real CPU with everything else, like video-conference signalling on a shared box.
-async fn visio(shared: &Shared, path: &str) -> Result<Resp, OriginError> {
+async fn visio(shared: &OriginState, path: &str) -> Result<Resp, OriginError> {
     let cpu = shared.opts.visio_cpu;
     if !cpu.is_zero() {
         if let Err(e) = tokio::task::spawn_blocking(move || burn_cpu(cpu)).await {
@@ -620,7 +624,7 @@ fn burn_cpu(d: Duration) {
 
 /// `POST /files/upload`: reads the body (413 past [`UPLOAD_LIMIT`]), records its SHA-256
 /// and answers `201 {"sha256": "...", "len": N}`.
-async fn upload(shared: &Shared, req: Request<Incoming>) -> Result<Resp, OriginError> {
+async fn upload(shared: &OriginState, req: Request<Incoming>) -> Result<Resp, OriginError> {
     if declared_len(req.headers()).is_some_and(|n| n > UPLOAD_LIMIT as u64) {
         return Ok(too_large(UPLOAD_LIMIT));
     }
@@ -730,7 +734,7 @@ async fn read_small_body(body: Incoming) -> Result<Result<Bytes, Resp>, OriginEr
 }
 
 /// `POST /__origin/fault` with body `none` or `drop_reused`.
-async fn set_fault(shared: &Shared, req: Request<Incoming>) -> Result<Resp, OriginError> {
+async fn set_fault(shared: &OriginState, req: Request<Incoming>) -> Result<Resp, OriginError> {
     let body = match read_small_body(req.into_body()).await? {
         Ok(b) => b,
         Err(resp) => return Ok(resp),
@@ -750,7 +754,7 @@ async fn set_fault(shared: &Shared, req: Request<Incoming>) -> Result<Resp, Orig
 
 /// `GET /__origin/stats`: [`OriginStats::to_json`] plus the fault mode and options, for
 /// out-of-process benches.
-fn stats_json(shared: &Shared) -> Resp {
+fn stats_json(shared: &OriginState) -> Resp {
     let mut v = shared.stats.to_json();
     if let Some(obj) = v.as_object_mut() {
         let o = &shared.opts;

@@ -25,6 +25,16 @@
 //!
 //! The limit stays between `min` and the hard `max` (`max_inflight`).
 
+/// Adaptive concurrency settings of an origin.
+#[derive(Debug, Clone)]
+pub struct Adaptive {
+    pub min: usize,
+    pub max: usize,
+    pub tolerance: f64,
+    /// Declared p50 latency target, ms.
+    pub target_p50_ms: Option<f64>,
+}
+
 /// Settings (from `adaptive_concurrency` and `max_inflight`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Params {

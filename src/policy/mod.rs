@@ -1,6 +1,6 @@
 //! Pure decisions over plain types: no pingora types, no I/O, testable without a socket.
 
-pub mod cache;
+pub mod cache_rules;
 pub mod classes;
 pub mod concurrency;
 pub mod cookies;

@@ -6,7 +6,6 @@
 //! and prefixes are refused at load unless written in that form, so no other spelling of a
 //! path can fall through to another route.
 
-use crate::config::runtime::Route;
 use http::Method;
 
 /// A host condition: `ent.example.fr` (exact) or `*.example.fr` (any subdomain).
@@ -123,14 +122,20 @@ impl Matcher {
     }
 }
 
+/// A route as the router sees it: whatever carries a [`Matcher`] (the compiled route of
+/// `config::runtime`; the router needs nothing else of it).
+pub trait Routable {
+    fn matcher(&self) -> &Matcher;
+}
+
 /// Routes in file order; the first match wins.
 #[derive(Debug)]
-pub struct Router {
+pub struct Router<Route> {
     routes: Vec<std::sync::Arc<Route>>,
 }
 
-impl Router {
-    pub fn new(routes: Vec<Route>) -> Router {
+impl<Route: Routable> Router<Route> {
+    pub fn new(routes: Vec<Route>) -> Router<Route> {
         Router {
             routes: routes.into_iter().map(std::sync::Arc::new).collect(),
         }
@@ -145,7 +150,7 @@ impl Router {
     pub fn find(&self, host: &str, path: &[u8], method: &Method) -> Option<&std::sync::Arc<Route>> {
         self.routes
             .iter()
-            .find(|r| r.matcher.matches(host, path, method))
+            .find(|r| r.matcher().matches(host, path, method))
     }
 }
 

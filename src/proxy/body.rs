@@ -171,7 +171,7 @@ impl EcluseProxy {
                 return self.spool_failed(session, ctx, e).await.map(|_| true);
             }
         }
-        if let Some(guard) = super::conn::guard_of(session) {
+        if let Some(guard) = super::conn_guard::guard_of(session) {
             guard.body_done();
         }
         // pingora must find the body's tail in its retry buffer, or it would send nothing.

@@ -36,24 +36,25 @@ use pingora_cache::{
 use pingora_error::{ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 
-use crate::access_log::{rfc3339, Entry};
+use crate::access_log::Entry;
 use crate::app::App;
+use crate::clock::{now_ms, rfc3339, unix_ms};
 use crate::config::runtime::{LimitKey, Origin, Route, RouteLimit};
 use crate::config::Config;
 use crate::pages::queue;
 use crate::pages::{self, Problem};
-use crate::policy::cache::CacheMode;
+use crate::policy::cache_rules::CacheMode;
 use crate::policy::classes::{classify, cookie, cookie_in, visible_ascii, RequestFacts};
 use crate::policy::rate_limit::{aggregate_ip, Verdict};
 use crate::policy::route::host_without_port;
 use crate::policy::ticket::{Ticket, TicketError, TicketState};
 use crate::policy::waiting_room::{Arrival, Standing};
-use crate::rooms::{now_ms, Room};
 use crate::upstream::{self, InflightGuard, OriginPermit};
+use crate::waiting_room::Room;
 
 mod body;
-mod cache;
-pub mod conn;
+mod cache_phase;
+pub mod conn_guard;
 mod hygiene;
 mod proxy_protocol;
 mod request_id;
@@ -151,7 +152,7 @@ fn status_answer(
 }
 
 /// What a status poll's answer reads of its request: pingora's header, or a head parsed
-/// below pingora (`conn::PollHead`).
+/// below pingora (`conn_guard::PollHead`).
 pub(crate) trait PollRequest: hygiene::Head {
     fn path(&self) -> &str;
     fn query(&self) -> Option<&str>;
@@ -243,7 +244,7 @@ pub struct Ctx {
     /// `Set-Cookie` values of this request's own origin response (a 304 during
     /// revalidation): a response built from the cache carries these and no other.
     upstream_set_cookies: Vec<http::HeaderValue>,
-    /// A cache-warming request from our own admin API (`admin::cache::warm`).
+    /// A cache-warming request from our own admin API (`admin::cache_endpoints::warm`).
     warming: bool,
     /// A stale copy served as fresh because the level says `serve_stale`.
     forced_stale: bool,
@@ -269,7 +270,7 @@ pub struct Ctx {
     drain: Option<Arc<crate::drain::Session>>,
     /// On a `revalidate` route: the stored version looked up, what was asked of the
     /// origin, and the version it is answering (`cache::auth`).
-    binding: cache::Binding,
+    binding: cache_phase::Binding,
 }
 
 impl Ctx {
@@ -562,7 +563,7 @@ impl EcluseProxy {
     ) -> Result<bool> {
         // The degradation level in force may tighten every limit.
         // In fleet mode, this node enforces its share of the fleet-wide limit.
-        let factor = self.app.registry.degrade.rate_factor()
+        let factor = self.app.degrade.rate_factor()
             * self
                 .app
                 .fleet
@@ -650,13 +651,6 @@ fn cookie_with(room: &Room, secure: bool, value: impl FnOnce(&mut String)) -> St
     out
 }
 
-/// `t` in unix ms (what [`now_ms`] reads, for a time already taken).
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl EcluseProxy {
     fn secure(&self, session: &Session, ctx: &Ctx) -> bool {
         if self.tls {
@@ -678,8 +672,8 @@ impl EcluseProxy {
         &self,
         room: &Room,
     ) -> Option<(
-        Arc<crate::cluster::room::FleetRoom>,
-        crate::cluster::conn::RedisConn,
+        Arc<crate::cluster::fleet_room::FleetRoom>,
+        crate::cluster::redis_conn::RedisConn,
     )> {
         let f = self.app.fleet.as_ref()?;
         let conn = f.conn()?;
@@ -688,7 +682,7 @@ impl EcluseProxy {
 
     /// Fleet mode with Redis unreachable: the shared room, for what this node does alone
     /// to reach the fleet once Redis is back.
-    fn fleet_room_alone(&self, room: &Room) -> Option<Arc<crate::cluster::room::FleetRoom>> {
+    fn fleet_room_alone(&self, room: &Room) -> Option<Arc<crate::cluster::fleet_room::FleetRoom>> {
         let f = self.app.fleet.as_ref()?;
         f.conn().is_none().then(|| f.room(&room.name))
     }
@@ -894,14 +888,14 @@ impl EcluseProxy {
                 f.count_commands(1);
             }
             match fr.arrive(&mut conn, &params, usize::from(class), now).await {
-                Ok(crate::cluster::room::Arrived::Admit { number, bucket }) => {
+                Ok(crate::cluster::fleet_room::Arrived::Admit { number, bucket }) => {
                     arrival = Some(Arrival::Admit { number, bucket })
                 }
-                Ok(crate::cluster::room::Arrived::Queue { number, position }) => {
+                Ok(crate::cluster::fleet_room::Arrived::Queue { number, position }) => {
                     fleet_position = Some(position);
                     arrival = Some(Arrival::Queue { number });
                 }
-                Ok(crate::cluster::room::Arrived::Closed) => arrival = Some(Arrival::Closed),
+                Ok(crate::cluster::fleet_room::Arrived::Closed) => arrival = Some(Arrival::Closed),
                 Err(e) => {
                     if let Some(f) = &self.app.fleet {
                         f.call_failed(&e);
@@ -1012,7 +1006,6 @@ impl EcluseProxy {
     fn level_name<'c>(&self, config: &'c Config) -> Option<&'c str> {
         let i = self
             .app
-            .registry
             .degrade
             .level
             .load(std::sync::atomic::Ordering::Relaxed);
@@ -1063,7 +1056,7 @@ impl EcluseProxy {
         Some((room, params, poll))
     }
 
-    /// A status poll answered below pingora's HTTP layer (`conn.rs`), in one-node mode:
+    /// A status poll answered below pingora's HTTP layer (`conn_guard.rs`), in one-node mode:
     /// the whole HTTP/1.1 response and its access-log line, exactly as the normal path
     /// would make them. `None`: take the normal path (fleet mode, unknown room).
     pub(crate) fn fast_status(
@@ -1358,7 +1351,7 @@ impl EcluseProxy {
                 ws,
             )
         });
-        let guard = conn::guard_of(session);
+        let guard = conn_guard::guard_of(session);
         let guarded = guard.is_some();
         if let Some(g) = guard {
             g.response_started(tunnel);
@@ -1435,7 +1428,7 @@ impl ProxyHttp for EcluseProxy {
             body_limit: 0,
             body_seen: 0,
             drain: None,
-            binding: cache::Binding::default(),
+            binding: cache_phase::Binding::default(),
         }
     }
 
@@ -1518,7 +1511,7 @@ impl ProxyHttp for EcluseProxy {
         ctx.has_body = request_has_body(session);
         // The head is in: from here the client is held to the body rate (if any), and
         // after the response to the keep-alive timeout.
-        if let Some(guard) = conn::guard_of(session) {
+        if let Some(guard) = conn_guard::guard_of(session) {
             guard.head_done(ctx.has_body, raw.as_ref().map(|r| r.len()));
         }
         // Only where the request allows keep-alive (not HTTP/1.0 without it, not `close`).
@@ -1554,7 +1547,7 @@ impl ProxyHttp for EcluseProxy {
         }
 
         // The queue page's status URL belongs to ecluse, whatever the routes say. (Its
-        // fast path below pingora, conn.rs, only takes the exact canonical spelling, so
+        // fast path below pingora, conn_guard.rs, only takes the exact canonical spelling, so
         // any other spelling of it arrives here normalized and gets the same answer.)
         if session.req_header().uri.path() == STATUS_PATH {
             ctx.config = Some(config.clone());
@@ -1598,7 +1591,7 @@ impl ProxyHttp for EcluseProxy {
         // 3. Degradation gate: a switched-off feature answers 503 now, before any other
         // work (and before a byte of an upload is read).
         if let Some(feature) = &route.feature {
-            let state = &self.app.registry.degrade;
+            let state = &self.app.degrade;
             if state.is_disabled(feature) {
                 let class = self.class_label(session, ctx);
                 crate::metrics::get()
@@ -1624,7 +1617,7 @@ impl ProxyHttp for EcluseProxy {
                         },
                         m.retry_after.as_secs().max(1),
                     ),
-                    None => (crate::degrade::default_message(None, fr), None, 300),
+                    None => (crate::policy::degrade::default_message(None, fr), None, 300),
                 };
                 let set = cfg
                     .as_ref()
@@ -1663,7 +1656,7 @@ impl ProxyHttp for EcluseProxy {
         if let (Some(feature), false) = (&route.feature, ctx.has_body) {
             let lang = pages::negotiate_lang(header(session.req_header(), "accept-language"));
             let d = crate::drain::registry().open(feature, lang == pages::Lang::Fr);
-            if let Some(guard) = conn::guard_of(session) {
+            if let Some(guard) = conn_guard::guard_of(session) {
                 guard.watch_drain(d.clone());
             }
             ctx.drain = Some(d);
@@ -1714,7 +1707,7 @@ impl ProxyHttp for EcluseProxy {
         if !revalidate {
             // A survival level keeps serving what is stored, however old, and spares the
             // origin the refetch.
-            if !is_fresh && self.app.registry.degrade.serve_stale() {
+            if !is_fresh && self.app.degrade.serve_stale() {
                 ctx.forced_stale = true;
                 return Ok(Some(ForcedFreshness::ForceFresh));
             }
@@ -1745,7 +1738,7 @@ impl ProxyHttp for EcluseProxy {
         let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.as_ref()) else {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
-        let c = crate::policy::cache::response_cacheable(
+        let c = crate::policy::cache_rules::response_cacheable(
             policy,
             resp,
             ctx.credentialed,
@@ -1782,7 +1775,7 @@ impl ProxyHttp for EcluseProxy {
         ctx: &mut Ctx,
         req: &RequestHeader,
     ) -> Option<pingora_cache::key::HashBinary> {
-        let v = crate::policy::cache::variance(meta, req);
+        let v = crate::policy::cache_rules::variance(meta, req);
         ctx.binding.variance = v;
         v
     }
@@ -1931,7 +1924,7 @@ impl ProxyHttp for EcluseProxy {
             // connection (a visio whose origin is quiet for 30 s would be cut): it is
             // off, the connection guard bounds the wait for the answer instead, and the
             // upgraded connection has `tunnel_idle_timeout` (either way, counted there).
-            if let Some(g) = conn::guard_of(session) {
+            if let Some(g) = conn_guard::guard_of(session) {
                 g.await_origin(now + origin.connect_timeout + origin.read_timeout);
                 peer.options.read_timeout = None;
             } else {
@@ -2224,7 +2217,7 @@ impl ProxyHttp for EcluseProxy {
             .drain
             .as_ref()
             .and_then(|d| d.closing())
-            .filter(|_| conn::guard_of(session).is_none())
+            .filter(|_| conn_guard::guard_of(session).is_none())
         {
             return Error::e_explain(
                 ErrorType::ConnectionClosed,
@@ -2306,7 +2299,7 @@ impl ProxyHttp for EcluseProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let origin_slow = conn::guard_of(session).is_some_and(|g| g.origin_timed_out());
+        let origin_slow = conn_guard::guard_of(session).is_some_and(|g| g.origin_timed_out());
         if origin_slow {
             if let Some(o) = ctx.origin() {
                 o.metrics.err_timeout.inc();
@@ -2399,7 +2392,7 @@ impl ProxyHttp for EcluseProxy {
             None => body::count_streamed(ctx, body)?,
         }
         if end_of_stream {
-            if let Some(guard) = conn::guard_of(session) {
+            if let Some(guard) = conn_guard::guard_of(session) {
                 guard.body_done();
             }
         }
@@ -2407,7 +2400,7 @@ impl ProxyHttp for EcluseProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if let Some(guard) = conn::guard_of(session) {
+        if let Some(guard) = conn_guard::guard_of(session) {
             guard.request_done();
         }
         let m = crate::metrics::get();
@@ -2457,13 +2450,13 @@ impl ProxyHttp for EcluseProxy {
                 let word = if ctx.forced_stale {
                     "stale"
                 } else {
-                    cache::result_word(session.cache.phase())
+                    cache_phase::result_word(session.cache.phase())
                 };
                 c.metrics
                     .requests
                     .with_label_values(&[&route.name, word])
                     .inc();
-                if cache::fetch_saved(session.cache.phase()) {
+                if cache_phase::fetch_saved(session.cache.phase()) {
                     c.metrics
                         .fetches_saved
                         .with_label_values(&[&route.name])
@@ -2539,14 +2532,14 @@ impl ProxyHttp for EcluseProxy {
 mod tests {
     use super::*;
     use crate::config::check_text;
-    use crate::config::runtime::Shared;
+    use crate::config::runtime::Retained;
     use std::path::Path;
 
     fn cfg(trusted: &str) -> Config {
         let y = format!(
             "listen: [\"127.0.0.1:0\"]\nserver: {{ trusted_proxies: [{trusted}] }}\norigins:\n  o: {{ servers: [\"127.0.0.1:1\"] }}\nroutes:\n  - {{ name: r, origin: o }}\n"
         );
-        check_text(&y, Path::new("t.yaml"), &Shared::default(), 1).expect("valid")
+        check_text(&y, Path::new("t.yaml"), &Retained::default(), 1).expect("valid")
     }
 
     #[test]

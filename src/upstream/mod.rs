@@ -358,9 +358,14 @@ impl OriginShared {
     /// Adaptive concurrency, every 100 ms: the exchanges since the last update go to the
     /// origin's [`Controller`](crate::policy::concurrency::Controller) (Vegas with a slow
     /// start and a latency probe; see `policy::concurrency`), whose limit is stored.
-    pub fn adapt(&self, o: &crate::config::runtime::Origin, now_ms: u64) {
+    pub fn adapt(
+        &self,
+        adaptive: Option<&crate::policy::concurrency::Adaptive>,
+        max_inflight: Option<u32>,
+        now_ms: u64,
+    ) {
         use crate::policy::concurrency::{Controller, Params, Window, MIN_SAMPLES};
-        let Some(ac) = &o.adaptive else {
+        let Some(ac) = adaptive else {
             self.adaptive_on.store(false, Ordering::Relaxed);
             self.limit.store(0, Ordering::Relaxed);
             return;
@@ -368,7 +373,7 @@ impl OriginShared {
         self.adaptive_on.store(true, Ordering::Relaxed);
         let p = Params {
             min: ac.min,
-            max: o.max_inflight.map(|m| m as usize).unwrap_or(ac.max),
+            max: max_inflight.map(|m| m as usize).unwrap_or(ac.max),
             tolerance: ac.tolerance,
             target_p50_ms: ac.target_p50_ms,
         };

@@ -197,6 +197,7 @@ impl Ecluse {
         format!("http://{}{}", self.admin, path)
     }
 
+    #[allow(unsafe_code)] // kill(2); the crate denies unsafe code (Cargo.toml [lints])
     pub fn signal(&self, sig: i32) {
         unsafe {
             libc::kill(self.child.id() as i32, sig);

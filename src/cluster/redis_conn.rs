@@ -16,7 +16,7 @@ use redis::{
     TlsCertificates, TlsMode, Value,
 };
 
-use super::ClusterSettings;
+use crate::config::fleet::{ClusterSettings, SentinelSettings};
 
 #[derive(Clone)]
 pub enum RedisConn {
@@ -129,7 +129,7 @@ fn timed_out(what: &'static str) -> RedisError {
 }
 
 impl SentinelConn {
-    fn new(s: &ClusterSettings, sent: &super::SentinelSettings) -> RedisResult<SentinelConn> {
+    fn new(s: &ClusterSettings, sent: &SentinelSettings) -> RedisResult<SentinelConn> {
         let mut addrs = Vec::new();
         let mut auth: (Option<String>, Option<String>) = (None, None);
         let mut sentinel_tls = false;

@@ -5,20 +5,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::{IntCounter, IntGauge};
 
+use crate::clock::now_ms;
 use crate::policy::rate_limit::KeyedLimiter;
 use crate::policy::ticket::Keyring;
 use crate::policy::waiting_room::{Arrival, FleetShare, RoomParams, RoomState, PREQUEUE_BIT};
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Ops overrides from the admin API, cleared by the next successful reload.
 #[derive(Debug, Clone, Copy, Default)]
@@ -493,7 +486,7 @@ impl Room {
     }
 
     /// Fleet mode: the gauges from the shared room's view.
-    pub fn publish_fleet_view(&self, v: &crate::cluster::room::View) {
+    pub fn publish_fleet_view(&self, v: &crate::cluster::fleet_room::View) {
         let p = self.effective();
         self.metrics.waiting.set(v.waiting() as i64);
         self.metrics.active.set(v.active as i64);
@@ -542,7 +535,7 @@ impl Room {
     /// Fleet mode, Redis answering: the local room follows the shared one (so that it
     /// can go on from there if Redis becomes unreachable), this node's share of its
     /// sessions counted in a seed bucket.
-    pub fn follow_fleet(&self, v: &crate::cluster::room::View, nodes: u64, now: u64) {
+    pub fn follow_fleet(&self, v: &crate::cluster::fleet_room::View, nodes: u64, now: u64) {
         let p = self.effective();
         let n = nodes.max(1);
         self.shared.lock().follow(

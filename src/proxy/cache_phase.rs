@@ -1,6 +1,6 @@
 //! The cache phases of the proxy (step 5 of the request path): which requests use the
 //! cache, their key, the `Cache-Status` header, and invalidation after a successful
-//! unsafe request. The rules themselves are in `policy::cache`.
+//! unsafe request. The rules themselves are in `policy::cache_rules`.
 
 use std::time::SystemTime;
 
@@ -13,7 +13,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use super::{header, Ctx, EcluseProxy};
 use crate::cache::auth::{self, Version, VersionHasher};
 use crate::cache::{store, PurgeScope};
-use crate::policy::cache::{credential_items, has_credentials, normalize_query, CacheMode};
+use crate::policy::cache_rules::{credential_items, has_credentials, normalize_query, CacheMode};
 use crate::policy::route::host_without_port;
 
 /// The request's host, lowercased, without port.
@@ -201,7 +201,7 @@ impl EcluseProxy {
         let revalidate = policy.is_some_and(|c| c.mode == CacheMode::Revalidate);
         let query_mode = policy
             .map(|c| c.query)
-            .unwrap_or(crate::policy::cache::QueryMode::Sort);
+            .unwrap_or(crate::policy::cache_rules::QueryMode::Sort);
         let q = normalize_query(req.uri.query(), query_mode);
         let path_and_query = if q.is_empty() {
             req.uri.path().to_string()
@@ -456,7 +456,7 @@ impl EcluseProxy {
         }
     }
 
-    /// On a `revalidate` route, what may be stored beyond `policy::cache`'s rules:
+    /// On a `revalidate` route, what may be stored beyond `policy::cache_rules`'s rules:
     /// - nothing of an object whose body differs by credential;
     /// - nothing after a 304 that does not name the stored version;
     /// - an anonymous answer never replaces a copy made for credentials (an ENT's login
@@ -476,7 +476,7 @@ impl EcluseProxy {
         if ctx.binding.untrusted_304 {
             return uncacheable("untrusted-304");
         }
-        let variance = crate::policy::cache::variance(&meta, session.req_header());
+        let variance = crate::policy::cache_rules::variance(&meta, session.req_header());
         let personal = Self::object_id(ctx, variance.as_ref())
             .zip(self.app.cache.get())
             .is_some_and(|(o, c)| c.variants.is_personal(&o));

@@ -569,7 +569,7 @@ impl FleetRoom {
     /// outage, for Redis to raise its own to.
     pub async fn sync(
         &self,
-        conn: &mut super::conn::RedisConn,
+        conn: &mut super::redis_conn::RedisConn,
         p: &RoomParams,
         now: u64,
         ran_alone: Option<&[(u64, u64)]>,
@@ -746,7 +746,7 @@ impl FleetRoom {
 
     pub async fn arrive(
         &self,
-        conn: &mut super::conn::RedisConn,
+        conn: &mut super::redis_conn::RedisConn,
         p: &RoomParams,
         class: usize,
         now: u64,
@@ -801,7 +801,7 @@ impl FleetRoom {
     /// view, and asking there keeps one order whichever node a student polls.
     pub async fn poll(
         &self,
-        conn: &mut super::conn::RedisConn,
+        conn: &mut super::redis_conn::RedisConn,
         p: &RoomParams,
         class: usize,
         number: u64,
@@ -893,7 +893,7 @@ impl FleetRoom {
     /// Pause or resume admissions fleet-wide.
     pub async fn set_paused(
         &self,
-        conn: &mut super::conn::RedisConn,
+        conn: &mut super::redis_conn::RedisConn,
         paused: bool,
     ) -> redis::RedisResult<()> {
         let _: () = redis::cmd("HSET")

@@ -10,7 +10,7 @@ use crate::demo::{DemoOrigin, OriginOptions};
 use crate::server::{Bound, RunOptions};
 
 /// The demo policy, embedded so that `ecluse demo` works from any directory.
-pub const DEMO_YAML: &str = include_str!("../config/demo.yaml");
+pub const DEMO_YAML: &str = include_str!("../../config/demo.yaml");
 
 /// Start the simulated ENT on its own runtime thread, write the demo policy pointing at
 /// it, and hand over to `run` (which blocks until a signal).

@@ -16,7 +16,7 @@ use serde_json::json;
 use super::{error, json_resp, read_json, Resp};
 use crate::app::App;
 use crate::cache::PurgeScope;
-use crate::policy::cache::{normalize_query, QueryMode};
+use crate::policy::cache_rules::{normalize_query, QueryMode};
 use crate::policy::path::{self as canon, canonical_prefix, canonical_target};
 
 /// Header carrying the per-process warm token (`App::warm_token`).
