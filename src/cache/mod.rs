@@ -224,7 +224,7 @@ impl CacheMetrics {
             ),
             disk_write_errors: MirroredCounter::new(counter(
                 "ecluse_cache_disk_write_errors_total",
-                "Writes to the cache's disk tier that failed (the tier is then off until a restart).",
+                "Writes to the cache's disk tier that failed (the tier is then off until space has stayed free, and comes back empty).",
             )),
             evictions_memory: MirroredCounter::new(evictions.with_label_values(&["memory"])),
             evictions_disk: MirroredCounter::new(evictions.with_label_values(&["disk"])),

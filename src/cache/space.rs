@@ -147,6 +147,30 @@ pub fn describe(dir: &Path, size: u64, fit: &Fit) -> Option<String> {
     }
 }
 
+/// Give back every block of foyer's files in `dir` (truncated to nothing, not removed: a
+/// new disk engine opens them again at their size, sparse and empty). For a disk engine
+/// replaced after a failure, whose content is dropped.
+pub fn empty_foyer_files(dir: &Path) -> Result<(), String> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(FOYER_FILE_PREFIX)
+        {
+            continue;
+        }
+        let path = entry.path();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(0))
+            .map_err(|e| format!("cannot empty {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Give foyer's file `file` its blocks now (its deletion log: every removal writes there,
 /// and a failed write there leaves foyer's writer broken). Best effort: a filesystem
 /// without fallocate keeps the sparse file.

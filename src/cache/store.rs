@@ -44,7 +44,7 @@ use pingora_http::ResponseHeader;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 
-use super::guard::DiskGuard;
+use super::guard::{DiskGuard, EngineFreeze};
 use super::space;
 
 /// Where and how large the disk tier is.
@@ -716,6 +716,9 @@ impl Shared {
 
 struct Listener {
     shared: Arc<Shared>,
+    /// Set when this listener's cache has been replaced (a rebuilt disk tier): what it
+    /// drops then was carried over to the new one and stays indexed.
+    retired: Arc<AtomicBool>,
     /// Objects heavier than this were never resident (see the memory filter): foyer still
     /// reports them as evicted when the caller drops them, which is not an eviction.
     shard_capacity: usize,
@@ -726,6 +729,9 @@ impl EventListener for Listener {
     type Value = CachedObject;
 
     fn on_leave(&self, reason: Event, key: &u128, value: &CachedObject) {
+        if self.retired.load(Ordering::Acquire) {
+            return;
+        }
         match reason {
             Event::Evict if value.weight > self.shard_capacity => {}
             Event::Evict => {
@@ -850,7 +856,7 @@ async fn build_hybrid(
     shard_capacity: usize,
     disk: Option<DiskPlan>,
     spawner: Spawner,
-    shared: Arc<Shared>,
+    (shared, retired): (Arc<Shared>, Arc<AtomicBool>),
     (disk_evictions, blocks): (Arc<AtomicU64>, Arc<BlockGauges>),
 ) -> std::result::Result<Hybrid, String> {
     let builder = HybridCacheBuilder::new()
@@ -868,6 +874,7 @@ async fn build_hybrid(
         .with_flush_on_close(false)
         .with_event_listener(Arc::new(Listener {
             shared,
+            retired,
             shard_capacity,
         }))
         .memory(memory)
@@ -1035,19 +1042,108 @@ fn empty_header_bytes() -> std::result::Result<Vec<u8>, String> {
 // The store.
 // ---------------------------------------------------------------------------------------
 
+/// One foyer hybrid cache and what belongs to it alone. The store replaces it when a
+/// failed disk tier is rebuilt (see `DiskGuard`).
+struct Gen {
+    cache: Hybrid,
+    /// The disk engine's own runtime, and whether it was frozen by a failure (a default,
+    /// never frozen one without a disk tier).
+    freeze: Arc<EngineFreeze>,
+    /// Set once replaced (the listener stops touching the shared index).
+    retired: Arc<AtomicBool>,
+    /// foyer's disk blocks holding data (see `BlockGauges`).
+    blocks: Arc<BlockGauges>,
+}
+
+/// What building a [`Gen`] takes, kept to build it again.
+struct GenPlan {
+    memory: usize,
+    shards: usize,
+    shard_capacity: usize,
+    disk: Option<DiskPlan>,
+}
+
+impl GenPlan {
+    /// Build a cache (runs on the store's runtime). With a disk tier, foyer runs on a
+    /// runtime of its own with one worker thread (see `EngineFreeze`), armed once open.
+    async fn open(
+        &self,
+        store_spawner: &Spawner,
+        shared: &Arc<Shared>,
+        disk_evictions: &Arc<AtomicU64>,
+    ) -> std::result::Result<Gen, String> {
+        let freeze = Arc::new(EngineFreeze::default());
+        let spawner = match &self.disk {
+            None => store_spawner.clone(),
+            Some(plan) => {
+                let on_start = freeze.clone();
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("ecluse-cache-disk")
+                    .on_thread_start(move || super::guard::engine_thread(on_start.clone()))
+                    .enable_all()
+                    .build()
+                    .map_err(|e| {
+                        format!(
+                            "cache disk {}: cannot start its runtime: {e}",
+                            plan.path.display()
+                        )
+                    })?;
+                Spawner::from(runtime)
+            }
+        };
+        let retired = Arc::new(AtomicBool::new(false));
+        let blocks = Arc::new(BlockGauges::default());
+        let cache = build_hybrid(
+            self.memory,
+            self.shards,
+            self.shard_capacity,
+            self.disk.clone(),
+            spawner,
+            (shared.clone(), retired.clone()),
+            (disk_evictions.clone(), blocks.clone()),
+        )
+        .await?;
+        if let Some(plan) = &self.disk {
+            // foyer's deletion log (its first file) is written by every removal, including
+            // while the guard keeps new objects off the disk: its blocks are reserved now
+            // so those writes cannot meet a full filesystem.
+            let file = plan
+                .path
+                .join(format!("{}{:08}", space::FOYER_FILE_PREFIX, 0));
+            space::preallocate(&file).map_err(|e| {
+                format!(
+                    "cache disk {}: cannot reserve the deletion log's space: {e}",
+                    file.display()
+                )
+            })?;
+        }
+        freeze.arm();
+        Ok(Gen {
+            cache,
+            freeze,
+            retired,
+            blocks,
+        })
+    }
+}
+
 /// pingora-cache storage over a foyer hybrid cache. Opened once and leaked (`&'static`):
 /// pingora requires `'static` storage.
 pub struct Store {
-    cache: Hybrid,
-    /// The store's own runtime (foyer's I/O, reads from disk, tombstone saves); kept
-    /// alive by `_spawner`.
+    /// The current cache; replaced only when a failed disk tier is rebuilt. Insertions and
+    /// removals hold the read lock while they call foyer, so none reaches a replaced one.
+    gen: RwLock<Arc<Gen>>,
+    plan: GenPlan,
+    /// The store's own runtime (tombstone saves, the guard's poll, rebuilds; foyer itself
+    /// without a disk tier); kept alive by `spawner`.
     runtime: Handle,
-    _spawner: Spawner,
+    spawner: Spawner,
     shared: Arc<Shared>,
     tombstones: Arc<Tombstones>,
     disk_evictions: Arc<AtomicU64>,
-    /// foyer's disk blocks holding data (see `BlockGauges`).
-    blocks: Arc<BlockGauges>,
+    /// Bytes written by the disk engines replaced so far (the counter goes on).
+    written_before: AtomicU64,
     objects_inserted: AtomicU64,
     max_object_bytes: u64,
     shard_capacity: usize,
@@ -1062,9 +1158,8 @@ impl Store {
     /// runtime (it is called from #[tokio::test]s and from sync startup code): create a
     /// dedicated multi-thread tokio runtime (2 workers, thread name "ecluse-cache") owned by
     /// the Store, build foyer from a std::thread that block_on's that runtime (never block_on
-    /// from the caller's thread), pass the runtime to foyer as its spawner. Leak the Store
-    /// (Box::leak) and return &'static: pingora needs 'static storage. Errors as readable
-    /// Strings ("cache disk /x: ..."), never panics.
+    /// from the caller's thread). Leak the Store (Box::leak) and return &'static: pingora
+    /// needs 'static storage. Errors as readable Strings ("cache disk /x: ..."), never panics.
     pub fn open(cfg: &StoreConfig) -> std::result::Result<&'static Store, String> {
         let memory = usize::try_from(cfg.memory_bytes).map_err(|_| {
             format!(
@@ -1098,9 +1193,6 @@ impl Store {
         let guard = disk
             .as_ref()
             .map(|p| DiskGuard::new(p.path.clone(), p.block as u64, cfg.max_object_bytes));
-        let log_file = disk
-            .as_ref()
-            .map(|p| p.path.join(format!("{}{:08}", space::FOYER_FILE_PREFIX, 0)));
         let disk_block_bytes = disk.as_ref().map_or(0, |p| p.block as u64);
         let tombstones = Arc::new(Tombstones::load(
             disk.as_ref().map(|p| p.path.join(TOMBSTONES_FILE)),
@@ -1119,54 +1211,33 @@ impl Store {
         let spawner = Spawner::from(runtime);
         let shared = Arc::new(Shared::default());
         let disk_evictions = Arc::new(AtomicU64::new(0));
-        let blocks = Arc::new(BlockGauges::default());
-
-        let build = {
-            let (handle, spawner, shared, disk_evictions, blocks) = (
-                handle.clone(),
-                spawner.clone(),
-                shared.clone(),
-                disk_evictions.clone(),
-                blocks.clone(),
-            );
-            move || {
-                handle.block_on(build_hybrid(
-                    memory,
-                    shards,
-                    shard_capacity,
-                    disk,
-                    spawner,
-                    shared,
-                    (disk_evictions, blocks),
-                ))
-            }
+        let plan = GenPlan {
+            memory,
+            shards,
+            shard_capacity,
+            disk,
         };
-        let cache = std::thread::Builder::new()
-            .name("ecluse-cache-open".into())
-            .spawn(build)
-            .map_err(|e| format!("cache: cannot start a thread to open it: {e}"))?
-            .join()
-            .map_err(|_| "cache: opening the store failed unexpectedly (panic)".to_string())??;
-        // foyer's deletion log (its first file) is written by every removal, including
-        // while the guard keeps new objects off the disk: its blocks are reserved now so
-        // those writes cannot meet a full filesystem.
-        if let Some(file) = &log_file {
-            if let Err(e) = space::preallocate(file) {
-                return Err(format!(
-                    "cache disk {}: cannot reserve the deletion log's space: {e}",
-                    file.display()
-                ));
-            }
-        }
+
+        let gen = std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("ecluse-cache-open".into())
+                .spawn_scoped(scope, || {
+                    handle.block_on(plan.open(&spawner, &shared, &disk_evictions))
+                })
+                .map_err(|e| format!("cache: cannot start a thread to open it: {e}"))?
+                .join()
+                .map_err(|_| "cache: opening the store failed unexpectedly (panic)".to_string())?
+        })?;
 
         let store: &'static Store = Box::leak(Box::new(Store {
-            cache,
+            gen: RwLock::new(Arc::new(gen)),
+            plan,
             runtime: handle,
-            _spawner: spawner,
+            spawner,
             shared,
             tombstones,
             disk_evictions,
-            blocks,
+            written_before: AtomicU64::new(0),
             objects_inserted: AtomicU64::new(0),
             max_object_bytes: cfg.max_object_bytes,
             shard_capacity,
@@ -1177,7 +1248,8 @@ impl Store {
         Ok(store.watch())
     }
 
-    /// Start the guard's poll (every second, on the store's runtime).
+    /// Start the guard's poll (every second, on the store's runtime); it rebuilds a failed
+    /// disk tier when the guard says so.
     fn watch(&'static self) -> &'static Store {
         if let Some(guard) = &self.guard {
             guard.poll();
@@ -1187,16 +1259,123 @@ impl Store {
                 loop {
                     tick.tick().await;
                     // statvfs and a directory listing: off the runtime's workers.
-                    let _ = tokio::task::spawn_blocking(move || guard.poll()).await;
+                    let due = tokio::task::spawn_blocking(move || guard.poll()).await;
+                    if due.unwrap_or(false) {
+                        self.rebuild(guard).await;
+                    }
                 }
             });
         }
         self
     }
 
-    /// Whether foyer's disk engine may be used at all (lookups, removals).
-    fn disk_usable(&self) -> bool {
-        self.cache.is_hybrid() && !self.guard.as_ref().is_some_and(DiskGuard::has_failed)
+    /// The current cache.
+    fn gen(&self) -> Arc<Gen> {
+        self.gen
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replace a failed disk tier by a new, empty one over the same files, carrying the
+    /// memory tier over. Runs on the store's runtime while the guard keeps everything off
+    /// the old engine (memory only), so requests in flight go on from memory and the
+    /// origin throughout.
+    async fn rebuild(&'static self, guard: &DiskGuard) {
+        let Some(plan) = &self.plan.disk else {
+            return;
+        };
+        let old = self.gen();
+        if !old.freeze.is_frozen() {
+            // Failed on something else than a write (a read, statvfs): its writer is
+            // sound, and closing it waits for what it still had to write, so nothing of
+            // it lands in the files the new engine is given.
+            if let Err(e) = old.cache.close().await {
+                log::warn!(
+                    "cache disk {}: closing the old engine: {e}",
+                    plan.path.display()
+                );
+            }
+        }
+        let dir = plan.path.clone();
+        let emptied = tokio::task::spawn_blocking(move || space::empty_foyer_files(&dir))
+            .await
+            .map_err(|e| format!("cannot empty its files: {e}"))
+            .and_then(|r| r);
+        let new = match emptied {
+            Ok(()) => {
+                self.plan
+                    .open(&self.spawner, &self.shared, &self.disk_evictions)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let new = match new {
+            Ok(new) => Arc::new(new),
+            Err(e) => {
+                guard.rebuild_failed(&e);
+                return;
+            }
+        };
+        {
+            let mut current = self.gen.write().unwrap_or_else(PoisonError::into_inner);
+            *current = new.clone();
+        }
+        old.retired.store(true, Ordering::Release);
+        self.written_before.fetch_add(
+            old.cache.statistics().disk_write_bytes() as u64,
+            Ordering::Relaxed,
+        );
+        let carried = self.carry_over(&old, &new);
+        // The old memory tier may be held by the frozen engine's tasks: emptied now, so a
+        // failure does not cost the memory tier twice.
+        old.cache.memory().clear();
+        log::info!(
+            "cache disk {}: {carried} objects of the memory tier carried over to the new disk engine",
+            plan.path.display()
+        );
+        guard.rebuilt();
+    }
+
+    /// Copy what the old memory tier holds (the entries the index knows) into the new one,
+    /// in memory only. Returns how many.
+    fn carry_over(&self, old: &Gen, new: &Gen) -> usize {
+        let keys: Vec<u128> = self.shared.index().values().flatten().copied().collect();
+        let mut carried = 0;
+        for key in keys {
+            if new.cache.memory().contains(&key) {
+                // Stored since the swap: newer.
+                continue;
+            }
+            let Some(entry) = old.cache.memory().get(&key) else {
+                continue;
+            };
+            let object = entry.value();
+            let Ok(meta) = self.copy_meta(object) else {
+                continue;
+            };
+            let copy = CachedObject::new(
+                object.url.clone(),
+                object.internal.clone(),
+                meta,
+                object.body.clone(),
+            );
+            drop(entry);
+            new.cache.insert_with_properties(
+                key,
+                copy,
+                HybridCacheProperties::default().with_location(Location::InMem),
+            );
+            carried += 1;
+        }
+        carried
+    }
+
+    /// Whether foyer's disk engine of `gen` may be used at all (lookups, removals).
+    fn disk_usable(&self, gen: &Gen) -> bool {
+        gen.cache.is_hybrid()
+            && !gen.freeze.is_frozen()
+            && !self.guard.as_ref().is_some_and(DiskGuard::has_failed)
     }
 
     /// This store as pingora sees it.
@@ -1275,19 +1454,20 @@ impl Store {
 
     /// Current figures (cheap: a few atomics and one read lock per memory shard).
     pub fn stats(&self) -> StoreStats {
-        let memory = self.cache.memory();
-        let hybrid = self.cache.is_hybrid();
+        let gen = self.gen();
+        let memory = gen.cache.memory();
+        let hybrid = gen.cache.is_hybrid();
         StoreStats {
             memory_used_bytes: memory.usage() as u64,
             memory_capacity_bytes: memory.capacity() as u64,
             disk_capacity_bytes: if hybrid {
-                self.cache.storage().device().capacity() as u64
+                gen.cache.storage().device().capacity() as u64
             } else {
                 0
             },
             disk_used_bytes: match &self.guard {
-                Some(guard) if hybrid => (self.blocks.writing.load(Ordering::Relaxed)
-                    + self.blocks.evictable.load(Ordering::Relaxed))
+                Some(guard) if hybrid => (gen.blocks.writing.load(Ordering::Relaxed)
+                    + gen.blocks.evictable.load(Ordering::Relaxed))
                 .saturating_mul(self.disk_block_bytes)
                 // foyer counts a block as used from its first write, and even when the
                 // write failed: what the filesystem holds is the true figure.
@@ -1295,7 +1475,8 @@ impl Store {
                 _ => 0,
             },
             disk_written_bytes: if hybrid {
-                self.cache.statistics().disk_write_bytes() as u64
+                self.written_before.load(Ordering::Relaxed)
+                    + gen.cache.statistics().disk_write_bytes() as u64
             } else {
                 0
             },
@@ -1316,7 +1497,14 @@ impl Store {
     /// them, a power loss may not), then saves the tombstones. The store keeps serving
     /// afterwards, but nothing more reaches the disk.
     pub fn close(&self) {
-        let cache = self.cache.clone();
+        let gen = self.gen();
+        if gen.freeze.is_frozen() {
+            // Its writer is broken (and its thread parked): nothing more can be written.
+            log::warn!("cache: the disk tier failed earlier; nothing to flush");
+            self.tombstones.save_now();
+            return;
+        }
+        let cache = gen.cache.clone();
         let runtime = self.runtime.clone();
         let closed = std::thread::Builder::new()
             .name("ecluse-cache-close".into())
@@ -1339,11 +1527,18 @@ impl Store {
     /// The entry under `key`, from memory or disk. A disk read error is a miss (and the
     /// entry is dropped so the next request refetches it rather than fail again).
     async fn entry(&self, key: u128) -> Option<HybridCacheEntry<u128, CachedObject>> {
-        if !self.disk_usable() {
+        let gen = self.gen();
+        if !self.disk_usable(&gen) {
             // Memory only: no need to go through foyer's fetch machinery (a task per miss).
-            return self.cache.memory().get(&key);
+            return gen.cache.memory().get(&key);
         }
-        match self.cache.get(&key).await {
+        let got = tokio::select! {
+            biased;
+            got = gen.cache.get(&key) => got,
+            // A read waiting on an engine frozen by a failure would wait for ever.
+            () = gen.freeze.frozen() => return gen.cache.memory().get(&key),
+        };
+        match got {
             Ok(entry) => entry,
             Err(e) => {
                 log::warn!("cache: unreadable stored object, dropped: {e}");
@@ -1366,33 +1561,36 @@ impl Store {
         if object.weight <= self.shard_capacity {
             self.shared.index_add(&object.url, key);
         }
+        // Held while foyer is called: a rebuild never swaps the cache under this insertion.
+        let gen = self.gen.read().unwrap_or_else(PoisonError::into_inner);
         match &self.guard {
-            Some(guard) if !guard.admit() => {
+            Some(guard) if !guard.admit() || gen.freeze.is_frozen() => {
                 // Memory only. An older copy on disk must not come back once this one
                 // leaves memory (removing it writes only the reserved deletion log).
-                if !guard.has_failed() && self.cache.storage().may_contains(&key) {
-                    self.cache.storage().delete(&key);
+                if self.disk_usable(&gen) && gen.cache.storage().may_contains(&key) {
+                    gen.cache.storage().delete(&key);
                 }
-                self.cache.insert_with_properties(
+                gen.cache.insert_with_properties(
                     key,
                     object,
                     HybridCacheProperties::default().with_location(Location::InMem),
                 );
             }
             _ => {
-                self.cache.insert(key, object);
+                gen.cache.insert(key, object);
             }
         }
     }
 
     /// Remove `key` from both tiers; whether it was there.
     fn remove_key(&self, key: u128) -> bool {
-        if !self.disk_usable() {
-            return self.cache.memory().remove(&key).is_some();
+        let gen = self.gen.read().unwrap_or_else(PoisonError::into_inner);
+        if !self.disk_usable(&gen) {
+            return gen.cache.memory().remove(&key).is_some();
         }
         // `contains` first: a removal always logs a deletion on disk.
-        if self.cache.contains(&key) {
-            self.cache.remove(&key);
+        if gen.cache.contains(&key) {
+            gen.cache.remove(&key);
             true
         } else {
             false
@@ -2090,7 +2288,7 @@ mod tests {
         });
         assert_eq!(removed, 0);
         assert!(get(store, &k).await.is_none());
-        assert!(!store.cache.contains(&hash_key(&k)));
+        assert!(!store.gen().cache.contains(&hash_key(&k)));
     }
 
     #[tokio::test]

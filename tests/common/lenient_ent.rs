@@ -413,6 +413,21 @@ async fn answer(
             .body(Full::new(Bytes::from_static(b"this URL always fails")))
             .expect("response");
     }
+    // `/big/<KiB>/...`: a body of that many KiB (at most 4 MiB), the path first.
+    if let Some(kib) = path
+        .strip_prefix("/big/")
+        .and_then(|r| r.split('/').next())
+        .and_then(|k| k.parse::<usize>().ok())
+    {
+        let mut body = format!("{path}\n").into_bytes();
+        body.resize((kib.min(4096) * 1024).max(body.len()), b'.');
+        return resp
+            .status(200)
+            .header("content-type", "text/plain")
+            .header("cache-control", cc)
+            .body(Full::new(Bytes::from(body)))
+            .expect("response");
+    }
     let validators = *st.validators.lock().expect("lock");
     let edition = format!("{}{variant}", st.edition.lock().expect("lock"));
     if path.starts_with("/class/")
