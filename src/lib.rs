@@ -21,3 +21,4 @@ pub mod rooms;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+pub mod watch;
