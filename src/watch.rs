@@ -95,10 +95,13 @@ struct DirWatch {
 impl DirWatch {
     fn new(events: tokio::sync::mpsc::Sender<()>) -> DirWatch {
         let watcher = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
-            // Any event in the directories: the contents decide (an error too, since an
-            // event may have been lost). One pending wake-up is enough: a busy directory
-            // is not queued event by event.
-            let _ = r;
+            // Any change in the directories: the contents decide (an error too, since an
+            // event may have been lost). Not an open or a read: the check's own reading
+            // of the files would wake it again, for ever. One pending wake-up is enough:
+            // a busy directory is not queued event by event.
+            if matches!(&r, Ok(ev) if ev.kind.is_access()) {
+                return;
+            }
             let _ = events.try_send(());
         });
         let watcher = match watcher {
