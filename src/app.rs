@@ -138,7 +138,9 @@ impl App {
                 }
                 match (&new.tls, &old.tls) {
                     (Some(n), Some(o)) => {
-                        if n.listen != o.listen {
+                        if n.listen != o.listen
+                            || n.listen_proxy_protocol != o.listen_proxy_protocol
+                        {
                             restart_required.push("tls.listen");
                         }
                         if n.http2 != o.http2 {

@@ -21,3 +21,4 @@ pub mod server;
 pub mod tls;
 pub mod upstream;
 pub mod waiting_room;
+pub mod watch;

@@ -8,7 +8,6 @@
 //! SIGUSR1 reopens the logs, SIGUSR2 and SIGWINCH are logged and ignored.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -176,8 +175,8 @@ impl BackgroundService for Control {
         );
         // HUP, USR1, USR2, WINCH.
         tokio::spawn(signals(app.clone(), stop_rx.clone()));
-        // Reload on file change.
-        tokio::spawn(watch_file(app.clone(), stop_rx.clone()));
+        // Reload on a change of the policy file or of a certificate.
+        tokio::spawn(crate::watch::run(app.clone(), stop_rx.clone()));
         // Draining: /readyz turns 503 as soon as a graceful stop begins.
         if let Some(mut phases) = self.phases.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let app = app.clone();
@@ -397,36 +396,6 @@ pub fn run_args(app: &Arc<App>) -> pingora::server::RunArgs {
     }
 }
 
-/// Poll the config file's metadata (size, mtime, inode) every 500 ms. Editors save by
-/// writing a new file and renaming it, and Kubernetes swaps symlinked directories: a
-/// stat of the path sees all of these, where inotify watches on the old inode miss some.
-async fn watch_file(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    fn stamp(p: &Path) -> Option<(u64, std::time::SystemTime, u64)> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(p).ok()?;
-        Some((m.len(), m.modified().ok()?, m.ino()))
-    }
-    let path: PathBuf = app.config_path.clone();
-    let mut last = stamp(&path);
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        if !app.config().server.watch_config {
-            last = stamp(&path);
-            continue;
-        }
-        let now = stamp(&path);
-        if now.is_some() && now != last {
-            last = now;
-            let a = app.clone();
-            let _ = tokio::task::spawn_blocking(move || a.reload("file changed")).await;
-        }
-    }
-}
-
 /// Addresses the process serves, once resolved (port 0 replaced by the real port).
 #[derive(Debug, Clone)]
 pub struct Bound {
@@ -535,16 +504,19 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
 
     let mut tls_addrs = Vec::new();
     if let Some(t) = &cfg.tls {
-        let mut proxy = pingora::proxy::http_proxy(
-            &server.configuration,
-            EcluseProxy {
-                app: app.clone(),
-                tls: true,
-            },
-        );
-        let mut o = pingora::apps::HttpServerOptions::default();
-        o.h2_idle_timeout = Some(cfg.server.clients.keepalive_timeout);
-        proxy.server_options = Some(o);
+        let tls_proxy = || {
+            let mut proxy = pingora::proxy::http_proxy(
+                &conf,
+                EcluseProxy {
+                    app: app.clone(),
+                    tls: true,
+                },
+            );
+            let mut o = pingora::apps::HttpServerOptions::default();
+            o.h2_idle_timeout = Some(cfg.server.clients.keepalive_timeout);
+            proxy.server_options = Some(o);
+            proxy
+        };
         if t.certs.certs.is_empty() {
             return Err("tls: no usable certificate".to_string());
         }
@@ -562,24 +534,44 @@ pub fn build(app: Arc<App>, opts: &RunOptions) -> anyhow_like::Result<(Server, B
             // What pingora's `enable_h2` sets: HTTP/2 preferred, HTTP/1.1 allowed.
             sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         }
+        let sc = Arc::new(sc);
+        let acceptor = || pingora::listeners::tls::Acceptor::from_server_config(sc.clone());
         // Plain TCP listeners: the Edge makes the handshake itself, under the connection
         // caps and the head deadline (pingora's listener would give it 60 s, uncounted).
         let mut tsvc = pingora::services::listening::Service::new(
             "ecluse tls proxy".to_string(),
-            crate::proxy::conn_guard::Edge::new(proxy, app.clone()).with_tls(
-                pingora::listeners::tls::Acceptor::from_server_config(Arc::new(sc)),
-            ),
+            crate::proxy::conn_guard::Edge::new(tls_proxy(), app.clone()).with_tls(acceptor()),
         );
-        for a in &t.listen {
+        let mut plain_tls = false;
+        for (a, pp) in t.listen.iter().zip(&t.listen_proxy_protocol) {
             let (a, held) = resolve_port_zero(*a).map_err(|e| format!("cannot bind {a}: {e}"))?;
             let opts = tcp_options(held.is_some());
             if let Some(h) = held {
                 HELD.lock().unwrap_or_else(|p| p.into_inner()).push(h);
             }
-            tsvc.add_tcp_with_settings(&a.to_string(), opts);
+            match pp {
+                None => {
+                    tsvc.add_tcp_with_settings(&a.to_string(), opts);
+                    plain_tls = true;
+                }
+                // Behind an L4 balancer: its PROXY header comes first, then the client's
+                // ClientHello; the Edge reads the one, then makes the handshake.
+                Some(from) => {
+                    let mut svc = pingora::services::listening::Service::new(
+                        format!("ecluse tls proxy {a} (PROXY protocol)"),
+                        crate::proxy::conn_guard::Edge::new(tls_proxy(), app.clone())
+                            .with_tls(acceptor())
+                            .with_proxy_protocol(from.clone()),
+                    );
+                    svc.add_tcp_with_settings(&a.to_string(), opts);
+                    server.add_service(svc);
+                }
+            }
             tls_addrs.push(a);
         }
-        server.add_service(tsvc);
+        if plain_tls {
+            server.add_service(tsvc);
+        }
     }
 
     let admin_addr = opts.admin_listen.unwrap_or(cfg.admin.listen);

@@ -216,10 +216,6 @@ pub fn load_server_cert(
         });
     }
     let key = certified(chain, key, cert_file, key_file)?;
-    let mut h = Sha256::new();
-    h.update(&cert_bytes);
-    h.update([0]);
-    h.update(&key_bytes);
     let name = name
         .map(str::to_string)
         .or_else(|| names.first().cloned())
@@ -236,8 +232,26 @@ pub fn load_server_cert(
         names,
         not_after,
         key: Arc::new(key),
-        digest: h.finalize().into(),
+        digest: pair_digest(&cert_bytes, &key_bytes),
     })
+}
+
+/// What [`ServerCert::digest`] holds: both files' bytes, so the file watcher can tell
+/// whether what is on disk is what is being served without loading it.
+pub fn pair_digest(cert: &[u8], key: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(cert);
+    h.update([0]);
+    h.update(key);
+    h.finalize().into()
+}
+
+/// [`pair_digest`] of the files as they are now; `None` when one cannot be read (in the
+/// middle of a swap, or removed).
+pub fn files_digest(cert_file: &Path, key_file: &Path) -> Option<[u8; 32]> {
+    let cert = std::fs::read(cert_file).ok()?;
+    let key = std::fs::read(key_file).ok()?;
+    Some(pair_digest(&cert, &key))
 }
 
 /// The listener's certificates, in file order. The first is the default: it answers a

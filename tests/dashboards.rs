@@ -721,3 +721,61 @@ fn alert_rules(path: &Path) -> Vec<(String, String)> {
     assert!(!out.is_empty(), "no alert in {}", path.display());
     out
 }
+
+/// The panels the edge's operators asked for: days to expiry of each certificate (with
+/// thresholds that go red before the expiry alert's 14 days run out), file descriptors
+/// against their limit, and memory. Their queries are also run against a real Prometheus
+/// above (the fleet node there has a TLS listener).
+#[test]
+fn the_dashboard_shows_certificate_expiry_and_process_resources() {
+    let text = std::fs::read_to_string(root().join(DASHBOARD)).expect("dashboard file");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    let ps = panels(&v);
+    let with = |metric: &str| {
+        ps.iter()
+            .find(|(_, _, exprs)| exprs.iter().any(|e| metric_names(e).contains(metric)))
+            .map(|(title, id, _)| (title.clone(), *id))
+            .unwrap_or_else(|| panic!("no panel queries {metric}"))
+    };
+    for m in [
+        "ecluse_process_open_fds",
+        "ecluse_process_max_fds",
+        "ecluse_process_resident_memory_bytes",
+    ] {
+        with(m);
+    }
+    let (title, id) = with("ecluse_tls_certificate_expiry_seconds");
+    let all: Vec<&serde_json::Value> = v["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| std::iter::once(p).chain(p["panels"].as_array().into_iter().flatten()))
+        .collect();
+    let panel = all.iter().find(|p| p["id"] == id).expect("panel");
+    let expr = panel["targets"][0]["expr"].as_str().unwrap_or_default();
+    assert!(expr.contains("/ 86400"), "`{title}` shows days: {expr}");
+    assert!(
+        expr.contains("by (instance, name)"),
+        "per certificate: {expr}"
+    );
+    assert_eq!(panel["fieldConfig"]["defaults"]["unit"], "d", "{title}");
+    let steps: Vec<(String, Option<f64>)> = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        .as_array()
+        .expect("thresholds")
+        .iter()
+        .map(|s| {
+            (
+                s["color"].as_str().unwrap_or_default().to_string(),
+                s["value"].as_f64(),
+            )
+        })
+        .collect();
+    // Red below the alert's 14 days, green only with a month to go.
+    assert_eq!(
+        steps.first().map(|s| s.0.as_str()),
+        Some("red"),
+        "{steps:?}"
+    );
+    assert!(steps.iter().any(|s| s.1 == Some(14.0)), "{steps:?}");
+    assert_eq!(steps.last(), Some(&("green".to_string(), Some(30.0))));
+}

@@ -294,3 +294,200 @@ fn check_refuses_a_proxy_protocol_listener_without_its_balancers() {
     assert!(err.contains(":3:") && err.contains("no effect"), "{err}");
     assert!(err.contains(":4:") && err.contains("10.0.0.300/8"), "{err}");
 }
+
+struct Pem {
+    cert: String,
+    key: String,
+}
+
+fn cert_for(name: &str) -> Pem {
+    let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).expect("cert");
+    Pem {
+        cert: c.cert.pem(),
+        key: c.signing_key.serialize_pem(),
+    }
+}
+
+fn der(pem: &Pem) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem.cert.as_bytes())
+        .expect("pem")
+        .as_ref()
+        .to_vec()
+}
+
+/// An HTTPS request from `from` to `to` asking for `sni` (the host name is resolved to
+/// `to`): the status and the leaf certificate presented.
+async fn https_from(
+    from: &str,
+    to: SocketAddr,
+    sni: &str,
+    path: &str,
+) -> Result<(u16, Vec<u8>), reqwest::Error> {
+    let c = reqwest::Client::builder()
+        .local_address(from.parse::<IpAddr>().expect("ip"))
+        .resolve(sni, to)
+        .danger_accept_invalid_certs(true)
+        .tls_info(true)
+        .http1_only()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client");
+    let r = c
+        .get(format!("https://{sni}:{}{path}", to.port()))
+        .send()
+        .await?;
+    let leaf = r
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|t| t.peer_certificate())
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
+    Ok((r.status().as_u16(), leaf))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_haproxy_the_tls_listener_sees_the_client_and_still_picks_by_sni() {
+    let ent = LenientEnt::start().await;
+    let (a, b) = (cert_for("a.test"), cert_for("b.test"));
+    let yaml = format!(
+        r#"listen: ["127.0.0.1:0"]
+tls:
+  listen:
+    - {{ address: "127.0.0.1:0", proxy_protocol: true, proxy_protocol_from: ["{LB}/32"] }}
+  http2: false
+  certificates:
+    - {{ cert_file: a.crt, key_file: a.key }}
+    - {{ cert_file: b.crt, key_file: b.key }}
+admin: {{ listen: "127.0.0.1:0" }}
+server: {{ grace_period: 0s, shutdown_timeout: 2s }}
+access_log: {{ path: access.log }}
+origins:
+  ent: {{ servers: ["{}"], health_check: {{ disabled: true }} }}
+routes:
+  - {{ name: ent, match: {{ path_prefix: / }}, origin: ent }}
+"#,
+        ent.addr
+    );
+    let e = Ecluse::start_with(
+        &yaml,
+        &[
+            ("a.crt", a.cert.as_bytes()),
+            ("a.key", a.key.as_bytes()),
+            ("b.crt", b.cert.as_bytes()),
+            ("b.key", b.key.as_bytes()),
+        ],
+        |_| {},
+    );
+    let tls = e.tls.expect("tls listener");
+    // HAProxy in TCP mode passes the TLS bytes through, after its PROXY header.
+    let lb = Haproxy::start(tls);
+    for (front, version) in [(lb.v2, "v2"), (lb.v1, "v1")] {
+        for (sni, pem) in [("a.test", &a), ("b.test", &b)] {
+            let path = format!("/tls/{version}/{sni}");
+            let (status, leaf) = https_from("127.0.0.3", front, sni, &path)
+                .await
+                .expect("through haproxy");
+            assert_eq!(status, 200, "{version} {sni}");
+            assert_eq!(leaf, der(pem), "{version}: the certificate for {sni}");
+            assert_eq!(
+                header_seen(&ent, &path, "x-forwarded-for").as_deref(),
+                Some("127.0.0.3"),
+                "{version}: the ENT sees the client, not the balancer"
+            );
+            assert_eq!(logged_client(&e, &path).await, "127.0.0.3", "{version}");
+        }
+    }
+    // A direct client (not a balancer) is served as itself, by SNI too.
+    let (status, leaf) = https_from("127.0.0.1", tls, "b.test", "/tls/direct")
+        .await
+        .expect("direct");
+    assert_eq!((status, leaf), (200, der(&b)));
+    assert_eq!(logged_client(&e, "/tls/direct").await, "127.0.0.1");
+    // A direct client sending a PROXY header of its own: read as the TLS handshake,
+    // which it is not; nothing is served and its claimed address is never used.
+    for claim in [
+        b"PROXY TCP4 6.6.6.6 127.0.0.1 1234 443\r\n".to_vec(),
+        [
+            b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".as_slice(),
+            &[6, 6, 6, 6, 127, 0, 0, 1, 4, 210, 1, 187],
+        ]
+        .concat(),
+    ] {
+        let mut req = claim.clone();
+        req.extend_from_slice(b"GET /claimed HTTP/1.1\r\nHost: a.test\r\n\r\n");
+        let answer = exchange("127.0.0.1", tls, &req);
+        assert!(
+            !answer.starts_with(b"HTTP/"),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    assert!(ent.seen().iter().all(|s| s.path != "/claimed"));
+    assert!(log_lines(&e).iter().all(|l| l["client_ip"] != "6.6.6.6"));
+    // The balancer's address without a header (a TLS ClientHello straight away): closed.
+    let refused = e.metric(
+        "ecluse_client_connections_refused_total",
+        &[("reason", "proxy_protocol")],
+    );
+    assert!(https_from(LB, tls, "a.test", "/tls/nolb").await.is_err());
+    assert!(ent.seen().iter().all(|s| s.path != "/tls/nolb"));
+    assert!(
+        e.metric(
+            "ecluse_client_connections_refused_total",
+            &[("reason", "proxy_protocol")]
+        ) > refused
+    );
+}
+
+#[test]
+fn check_refuses_a_tls_proxy_protocol_listener_without_its_balancers() {
+    let dir = TempDir::new("pp-tls-check");
+    let a = cert_for("a.test");
+    std::fs::write(dir.path().join("a.crt"), &a.cert).expect("write");
+    std::fs::write(dir.path().join("a.key"), &a.key).expect("write");
+    let path = dir.path().join("e.yaml");
+    std::fs::write(
+        &path,
+        "listen: [\"127.0.0.1:0\"]\ntls:\n  cert_file: a.crt\n  key_file: a.key\n  listen:\n    - { address: \"127.0.0.1:0\", proxy_protocol: true }\n    - { address: \"127.0.0.1:0\", proxy_protocol_from: [\"10.0.0.0/8\"] }\n    - { address: \"127.0.0.1:0\", proxy_protocol: true, proxy_protocol_from: [\"10.0.0.300/8\"] }\n    - { address: \"127.0.0.1:0\", proxy_protocol: true, proxy_protocol_from: [\"10.0.0.0/8\"] }\norigins:\n  ent: { servers: [\"127.0.0.1:1\"] }\nroutes:\n  - { name: ent, origin: ent }\n",
+    )
+    .expect("write");
+    let check = |p: &std::path::Path| {
+        let out = Command::new(bin())
+            .arg("check")
+            .arg(p)
+            .output()
+            .expect("check");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, err) = check(&path);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("e.yaml:6:") && err.contains("proxy_protocol_from"),
+        "{err}"
+    );
+    assert!(
+        err.contains("e.yaml:7:") && err.contains("no effect"),
+        "{err}"
+    );
+    assert!(
+        err.contains("e.yaml:8:") && err.contains("10.0.0.300/8"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("e.yaml:9:"),
+        "the complete entry is fine: {err}"
+    );
+    // The same listener, complete, passes.
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "listen: [\"127.0.0.1:0\"]\ntls:\n  cert_file: a.crt\n  key_file: a.key\n  listen:\n    - \"127.0.0.1:0\"\n    - { address: \"127.0.0.1:0\", proxy_protocol: true, proxy_protocol_from: [\"10.0.0.0/8\"] }\norigins:\n  ent: { servers: [\"127.0.0.1:1\"] }\nroutes:\n  - { name: ent, origin: ent }\n",
+    )
+    .expect("write");
+    let (ok, err) = check(&good);
+    assert!(ok, "{err}");
+}

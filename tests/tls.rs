@@ -420,3 +420,149 @@ routes:
     );
     assert_eq!(handshake(tls, "a.test").await.0, der(&a2));
 }
+
+/// A certificate for `names` with a given serial number (what the client checks).
+fn cert_serial(names: &[&str], serial: u64) -> Pem {
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("params");
+    params.serial_number = Some(rcgen::SerialNumber::from(serial));
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("cert");
+    Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    }
+}
+
+/// The serial number of the leaf a client is presented for `sni`.
+async fn served_serial(tls: SocketAddr, sni: &str) -> u64 {
+    use x509_parser::prelude::FromDer;
+    let (leaf, _) = handshake(tls, sni).await;
+    let (_, x) = x509_parser::certificate::X509Certificate::from_der(&leaf).expect("x509");
+    x.tbs_certificate
+        .serial
+        .to_u64_digits()
+        .first()
+        .copied()
+        .unwrap_or(0)
+}
+
+/// `link` now points at `target`, swapped atomically (a new link renamed over the old),
+/// as certbot does in `live/`.
+fn swap_link(link: &std::path::Path, target: &str) {
+    let tmp = link.with_extension("new-link");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).expect("symlink");
+    std::fs::rename(&tmp, link).expect("rename link");
+}
+
+/// `path` replaced by a new file renamed over it (an editor, most renewal tools).
+fn rename_over(path: &std::path::Path, body: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_reload_when_their_files_change_and_a_half_written_pair_is_never_served() {
+    let origin = EchoOrigin::start("ent").await;
+    let a1 = cert_serial(&["a.test"], 101);
+    let b1 = cert_serial(&["b.test"], 201);
+    // No HUP, no admin call: only the files change (`watch_config` is on by default).
+    let yaml = format!(
+        r#"
+listen: ["127.0.0.1:0"]
+tls:
+  listen: ["127.0.0.1:0"]
+  http2: false
+  certificates:
+    - {{ cert_file: live/a/fullchain.pem, key_file: live/a/privkey.pem }}
+    - {{ cert_file: b.crt, key_file: b.key }}
+admin: {{ listen: "127.0.0.1:0" }}
+origins:
+  ent: {{ servers: ["{}"] }}
+routes:
+  - {{ name: all, match: {{ path_prefix: / }}, origin: ent }}
+"#,
+        origin.addr
+    );
+    let e = Ecluse::start_with(
+        &yaml,
+        &[("b.crt", b1.cert.as_bytes()), ("b.key", b1.key.as_bytes())],
+        |dir| {
+            // certbot's layout: live/ holds relative symlinks into archive/.
+            std::fs::create_dir_all(dir.join("live/a")).expect("mkdir");
+            std::fs::create_dir_all(dir.join("archive/a")).expect("mkdir");
+            std::fs::write(dir.join("archive/a/fullchain1.pem"), &a1.cert).expect("write");
+            std::fs::write(dir.join("archive/a/privkey1.pem"), &a1.key).expect("write");
+            std::os::unix::fs::symlink(
+                "../../archive/a/fullchain1.pem",
+                dir.join("live/a/fullchain.pem"),
+            )
+            .expect("link");
+            std::os::unix::fs::symlink(
+                "../../archive/a/privkey1.pem",
+                dir.join("live/a/privkey.pem"),
+            )
+            .expect("link");
+        },
+    );
+    let tls = e.tls.expect("tls listener");
+    let dir = e.config.parent().expect("dir").to_path_buf();
+    assert_eq!(served_serial(tls, "a.test").await, 101);
+    assert_eq!(served_serial(tls, "b.test").await, 201);
+
+    // certbot renews: new files in archive/, then the symlinks swapped one after the
+    // other. Between the two swaps the certificate is new and the key still the old one.
+    let a2 = cert_serial(&["a.test"], 102);
+    std::fs::write(dir.join("archive/a/fullchain2.pem"), &a2.cert).expect("write");
+    std::fs::write(dir.join("archive/a/privkey2.pem"), &a2.key).expect("write");
+    let errors = e.metric("ecluse_config_reloads_total", &[("result", "error")]);
+    swap_link(
+        &dir.join("live/a/fullchain.pem"),
+        "../../archive/a/fullchain2.pem",
+    );
+    // The half-written pair is seen and refused, not served: the old pair keeps serving.
+    eventually("the mismatched pair is refused", DEADLINE, async || {
+        e.metric("ecluse_config_reloads_total", &[("result", "error")]) > errors
+    })
+    .await;
+    assert!(
+        e.stderr_text().contains("does not belong"),
+        "{}",
+        e.stderr_text()
+    );
+    for _ in 0..3 {
+        assert_eq!(served_serial(tls, "a.test").await, 101);
+    }
+    // The key's swap completes the pair: new connections get the renewed certificate.
+    swap_link(
+        &dir.join("live/a/privkey.pem"),
+        "../../archive/a/privkey2.pem",
+    );
+    eventually("the renewed certificate is served", DEADLINE, async || {
+        served_serial(tls, "a.test").await == 102
+    })
+    .await;
+    assert_eq!(served_serial(tls, "b.test").await, 201);
+    assert!(
+        e.metric(
+            "ecluse_tls_certificate_expiry_seconds",
+            &[("name", "a.test")]
+        ) > 86400.0
+    );
+
+    // Another tool renames new files over the old ones (key first this time: the
+    // certificate and the old key do not go together either).
+    let b2 = cert_serial(&["b.test"], 202);
+    rename_over(&dir.join("b.key"), &b2.key);
+    rename_over(&dir.join("b.crt"), &b2.cert);
+    eventually(
+        "the renamed-over certificate is served",
+        DEADLINE,
+        async || served_serial(tls, "b.test").await == 202,
+    )
+    .await;
+    assert_eq!(served_serial(tls, "a.test").await, 102);
+}

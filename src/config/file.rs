@@ -432,13 +432,16 @@ pub struct RouteCacheFile {
 }
 
 /// TLS termination. Certificates are read at every load: a reload (SIGHUP,
-/// `POST /admin/reload`, or a change of one of the files when `watch_config` is on)
+/// `POST /admin/reload`, or a change of the policy file or of a certificate or key file
+/// when `watch_config` is on)
 /// presents renewed ones to new connections; open connections keep theirs.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
-    /// TLS listen addresses, e.g. `["0.0.0.0:443"]`. Changing them needs a restart.
-    pub listen: Vec<String>,
+    /// TLS listen addresses, e.g. `["0.0.0.0:443"]`, or `{ address: "IP:PORT",
+    /// proxy_protocol: true, proxy_protocol_from: [CIDR…] }` behind an L4 load balancer
+    /// (the PROXY header comes before the TLS handshake). Changing them needs a restart.
+    pub listen: Vec<ListenFile>,
     /// PEM certificate chain (leaf first): the default certificate, presented when no
     /// other one carries the name the client asks for (SNI).
     #[serde(default)]
@@ -525,8 +528,9 @@ pub struct ServerFile {
     /// directory in production. Created with mode 0700; refused if another user owns it.
     #[serde(default)]
     pub state_dir: Option<String>,
-    /// Watch the config file and reload when it changes (default true). SIGHUP and
-    /// `POST /admin/reload` always work.
+    /// Watch the config file, and the TLS listener's certificate and key files, and
+    /// reload when one changes (default true): a certificate renewal needs no HUP. SIGHUP
+    /// and `POST /admin/reload` always work. See `docs/policy.md`.
     #[serde(default)]
     pub watch_config: Option<bool>,
     /// Protections against slow, greedy or oversized clients on the proxy listeners
@@ -1077,7 +1081,7 @@ pub struct DegradationFile {
     pub features: BTreeMap<String, FeatureFile>,
 }
 
-/// One plain-HTTP listener.
+/// One listener (plain HTTP in `listen`, TLS in `tls.listen`).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum ListenFile {

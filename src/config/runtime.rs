@@ -66,6 +66,9 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Tls {
     pub listen: Vec<SocketAddr>,
+    /// Which listeners read a PROXY protocol header before the handshake, and from whom
+    /// (one entry per `listen` address).
+    pub listen_proxy_protocol: Vec<Option<Vec<IpNet>>>,
     /// Loaded and checked; published for new handshakes by a successful (re)load.
     pub certs: Arc<crate::tls::CertSet>,
     pub http2: bool,
@@ -603,14 +606,15 @@ fn duration_or(
 fn build_proxy_protocol(
     p: &mut Problems,
     e: &super::file::ListenEntryFile,
-    i: usize,
+    at: Vec<Seg>,
 ) -> Option<Vec<IpNet>> {
+    let under = |rest: Vec<Seg>| [at.clone(), rest].concat();
     let mut from = Vec::new();
     for (j, c) in e.proxy_protocol_from.iter().enumerate() {
         match parse_cidr(c) {
             Some(n) => from.push(n.trunc()),
             None => p.at(
-                path!["listen", i, "proxy_protocol_from", j],
+                under(path!["proxy_protocol_from", j]),
                 format!("`{c}` is not a CIDR: write it like `10.0.0.0/8`, `192.0.2.7` or `2001:db8::/32`"),
             ),
         }
@@ -619,7 +623,7 @@ fn build_proxy_protocol(
         Some(true) => {
             if e.proxy_protocol_from.is_empty() {
                 p.at(
-                    path!["listen", i, "proxy_protocol"],
+                    under(path!["proxy_protocol"]),
                     "needs `proxy_protocol_from`: the load balancers' addresses (a PROXY header is believed from them only)",
                 );
             }
@@ -628,7 +632,7 @@ fn build_proxy_protocol(
         _ => {
             if !e.proxy_protocol_from.is_empty() {
                 p.at(
-                    path!["listen", i, "proxy_protocol_from"],
+                    under(path!["proxy_protocol_from"]),
                     "has no effect without `proxy_protocol: true`",
                 );
             }
@@ -715,7 +719,7 @@ pub fn build(
             super::file::ListenFile::Full(e) => (&e.address, path!["listen", i, "address"]),
         };
         let pp = match l {
-            super::file::ListenFile::Full(e) => build_proxy_protocol(&mut p, e, i),
+            super::file::ListenFile::Full(e) => build_proxy_protocol(&mut p, e, path!["listen", i]),
             super::file::ListenFile::Address(_) => None,
         };
         if let Some(a) = parse_listen(&mut p, addr, at) {
@@ -726,9 +730,19 @@ pub fn build(
 
     let tls = file.tls.as_ref().map(|t| {
         let mut addrs = Vec::new();
+        let mut listen_proxy_protocol = Vec::new();
         for (i, l) in t.listen.iter().enumerate() {
-            if let Some(a) = parse_listen(&mut p, l, path!["tls", "listen", i]) {
+            let (addr, at, pp) = match l {
+                super::file::ListenFile::Address(a) => (a, path!["tls", "listen", i], None),
+                super::file::ListenFile::Full(e) => (
+                    &e.address,
+                    path!["tls", "listen", i, "address"],
+                    build_proxy_protocol(&mut p, e, path!["tls", "listen", i]),
+                ),
+            };
+            if let Some(a) = parse_listen(&mut p, addr, at) {
                 addrs.push(a);
+                listen_proxy_protocol.push(pp);
             }
         }
         // (cert_file, key_file, name, where in the file)
@@ -817,6 +831,7 @@ pub fn build(
         }
         Tls {
             listen: addrs,
+            listen_proxy_protocol,
             certs: Arc::new(crate::tls::CertSet::new(certs)),
             http2: t.http2.unwrap_or(true),
         }
