@@ -435,6 +435,15 @@ mod tests {
     }
 
     #[test]
+    fn the_request_id_is_printed_once() {
+        // The layout's footer prints it; the queue page printed it a second time.
+        let html = Pages::builtin()
+            .try_render_queue(&QueueView::sample(), Some("rid-42"))
+            .expect("render");
+        assert_eq!(html.matches("rid-42").count(), 1, "{html}");
+    }
+
+    #[test]
     fn broken_templates_are_refused() {
         let p = Pages::builtin();
         assert!(p.for_room(Some("{% if %}"), None).is_err());

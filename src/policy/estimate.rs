@@ -52,7 +52,7 @@ pub const SINGLE_FIGURE: f64 = 0.15;
 const MAX_U: f64 = 0.75;
 
 /// The room's measure of its queue's speed. Serialized in the room's snapshot under
-/// the names the first version used (`ema`, `ema_weight`), the two new sums defaulting
+/// the names the first version used (`ema`, `ema_weight`), the new sums defaulting
 /// to zero (an old snapshot reads as "few samples": a wide range at first).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct SpeedMeter {
