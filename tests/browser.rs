@@ -502,6 +502,7 @@ waiting_rooms:
   ent: {{ active_users: 1, new_users_per_minute: 600, poll_interval: 1s, abandon_timeout: 10m, secret_file: keys }}
   exam: {{ active_users: 100, new_users_per_minute: 600, poll_interval: 1s, abandon_timeout: 10m, secret_file: keys, event: {{ opens_at: "{far}", prequeue: 30m }} }}
   draw: {{ active_users: 100, new_users_per_minute: 600, poll_interval: 1s, abandon_timeout: 10m, secret_file: keys, method: random, event: {{ opens_at: "{soon}", prequeue: 30m }} }}
+  moving: {{ active_users: 1, new_users_per_minute: 600, poll_interval: 1s, abandon_timeout: 10m, session_idle_timeout: 2s, ticket_burst: 1000, secret_file: keys }}
 degradation:
   levels: [{{ name: normal }}]
   force_features: {{ visio: false }}
@@ -518,6 +519,7 @@ routes:
   - {{ name: down, match: {{ path_prefix: /down/ }}, origin: down }}
   - {{ name: exam, match: {{ path_prefix: /exam/ }}, origin: ent, waiting_room: exam }}
   - {{ name: draw, match: {{ path_prefix: /draw/ }}, origin: ent, waiting_room: draw }}
+  - {{ name: moving, match: {{ path_prefix: /moving/ }}, origin: ent, waiting_room: moving }}
   - {{ name: ent, origin: ent, waiting_room: ent }}
 "#,
         far = rfc3339_in(3 * 86_400),
@@ -530,8 +532,9 @@ routes:
 /// (name, path, expected status): every page ecluse writes that a browser can reach.
 /// `shed` (503, origin at capacity) and 504 share the error template audited here
 /// through 429 and 502 (same layout, same words structure).
-const PAGES: [(&str, &str, u16); 7] = [
+const PAGES: [(&str, &str, u16); 8] = [
     ("queue", PAGE, 200),
+    ("queue-range", "/moving/devoir", 200),
     ("prequeue", "/draw/devoir", 200),
     ("not-open-yet", "/exam/sujet", 200),
     ("rate-limited", "/limited/recherche", 429),
@@ -656,6 +659,47 @@ async fn every_page_passes_axe_in_both_languages_widths_schemes_with_and_without
     let origin = EchoOrigin::start("ent").await;
     let e = start_pages_ecluse(origin.addr);
     let _inside = fill_the_room(&e).await;
+    // A queue on the move, measured over a few seconds only: the pupil who got the
+    // `moving` room's one place never comes back (the session idles out), nor do those
+    // queued behind (each turn goes unclaimed for 7 s, then to the next). Its wait is a
+    // range.
+    let r = client()
+        .get(e.url("/moving/devoir"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 200);
+    // Enough tickets that the browsers' own, behind them, are not reached before the
+    // test ends (one every 7 s: 35 minutes).
+    for _ in 0..300 {
+        client()
+            .get(e.url("/moving/devoir"))
+            .send()
+            .await
+            .expect("GET");
+    }
+    let watcher = cookie_client();
+    watcher
+        .get(e.url("/moving/devoir"))
+        .send()
+        .await
+        .expect("GET");
+    eventually(
+        "the moving queue's wait as a range",
+        Duration::from_secs(90),
+        async || {
+            let Ok(r) = watcher
+                .get(e.url("/.ecluse/queue/status?room=moving"))
+                .send()
+                .await
+            else {
+                return false;
+            };
+            let s: serde_json::Value = r.json().await.unwrap_or_default();
+            matches!((s["eta_low_seconds"].as_u64(), s["eta_high_seconds"].as_u64()), (Some(l), Some(h)) if l < h)
+        },
+    )
+    .await;
     // Each page answers with its status (reqwest, French).
     let c = cookie_client();
     for (name, path, status) in PAGES {
@@ -685,6 +729,12 @@ async fn every_page_passes_axe_in_both_languages_widths_schemes_with_and_without
             html.contains("href=\"&#x2f;aide\""),
             "{name}: the help link"
         );
+        if name == "queue-range" {
+            assert!(
+                html.contains("id=\"q-eta-v\">entre ") || html.contains("id=\"q-eta-v\">moins de "),
+                "the wait as a range:\n{html}"
+            );
+        }
     }
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-output/pages");
     std::fs::create_dir_all(&shots).expect("screenshot dir");
@@ -724,6 +774,18 @@ async fn every_page_passes_axe_in_both_languages_widths_schemes_with_and_without
                             assert_eq!(
                                 scripts_ran, javascript,
                                 "JavaScript {javascript} in this session"
+                            );
+                        }
+                        if name == "queue-range" {
+                            let shown = text_of(&b, "#q-eta-v").await;
+                            let words: [&str; 2] = if lang == "fr" {
+                                ["entre ", "moins de "]
+                            } else {
+                                ["between ", "less than "]
+                            };
+                            assert!(
+                                words.iter().any(|w| shown.starts_with(w)),
+                                "the wait as a range in {lang}: {shown:?}"
                             );
                         }
                         let audited = match &twin {
@@ -821,4 +883,256 @@ return document.visibilityState;"#,
     );
     eprintln!("hidden tab: titles {titles:?}, landed {took:?} after the logout");
     b.close().await.expect("close the browser session");
+}
+
+// ---------------------------------------------------------------------------------------
+// A phone that sleeps: the queue page frozen through Chromium's page-lifecycle controls
+// (what a mobile browser does to a background tab: timers and polls stop), kept frozen
+// past `abandon_timeout` while another pupil is let in on its turn, then woken.
+
+/// Abandon timeout of the freeze test's room: the page stays frozen longer than this.
+const ABANDON: Duration = Duration::from_secs(4);
+
+fn start_sleep_ecluse(origin: SocketAddr, return_grace: &str) -> Ecluse {
+    let yaml = format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+server: {{ state_dir: state, grace_period: 0s, shutdown_timeout: 2s }}
+access_log: {{ enabled: false }}
+waiting_rooms:
+  ent: {{ active_users: 1, new_users_per_minute: 600, poll_interval: 1s, abandon_timeout: {}s, return_grace: {return_grace}, secret_file: keys }}
+origins:
+  ent: {{ servers: ["{origin}"], health_check: {{ disabled: true }} }}
+routes:
+  - {{ name: ent, origin: ent, waiting_room: ent }}
+"#,
+        ABANDON.as_secs()
+    );
+    Ecluse::start_with(&yaml, &[("keys", KEY.as_bytes())], |_| {})
+}
+
+/// A Chrome DevTools Protocol command on the browser's page, through chromedriver's
+/// `goog/cdp/execute` endpoint (it does not run anything in the page, so it answers
+/// while the page is frozen).
+async fn cdp(driver: &Driver, b: &Client, cmd: &str, params: serde_json::Value) {
+    let sid = b
+        .session_id()
+        .await
+        .expect("session id")
+        .expect("a session");
+    let r = client()
+        .post(format!("{}/session/{sid}/goog/cdp/execute", driver.url))
+        .json(&serde_json::json!({ "cmd": cmd, "params": params }))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let ok = r.status().is_success();
+    let v: serde_json::Value = r.json().await.unwrap_or_default();
+    assert!(ok, "{cmd} refused by chromedriver: {v}");
+}
+
+/// A pupil outside the browser who keeps polling the status (every 250 ms, as its page
+/// would), until admitted; `state` holds the last state seen.
+fn keep_polling(
+    c: reqwest::Client,
+    url: String,
+) -> (
+    std::sync::Arc<std::sync::Mutex<String>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let state = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let s = state.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            if let Ok(r) = c.get(&url).send().await {
+                if let Ok(v) = r.json::<serde_json::Value>().await {
+                    let st = v["state"].as_str().unwrap_or("").to_string();
+                    let done = st == "admitted";
+                    *s.lock().unwrap_or_else(|p| p.into_inner()) = st;
+                    if done {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    (state, task)
+}
+
+/// Whether the page shows "your place has expired".
+async fn lost_shown(b: &Client) -> bool {
+    match b.find(Locator::Css("#q-lost")).await {
+        Ok(el) => el.is_displayed().await.unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+fn state_of(s: &std::sync::Mutex<String>) -> String {
+    s.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// The browser's queue page is frozen while its turn comes and goes to the next pupil,
+/// past `abandon_timeout`; it is woken. Returns the ecluse, the browser, the pupil let
+/// in meanwhile and the state of the pupil who was behind the browser.
+async fn sleep_through_the_turn(
+    driver: &Driver,
+    e: &Ecluse,
+) -> (
+    Client,
+    reqwest::Client,
+    std::sync::Arc<std::sync::Mutex<String>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let inside = fill_the_room(e).await;
+    let b = driver.browser(true).await;
+    b.goto(&e.url(PAGE)).await.expect("open the ENT page");
+    assert_queue_page(&b, e).await;
+    // Two pupils queue behind the browser and keep polling.
+    let status_url = e.url("/.ecluse/queue/status?room=ent");
+    let next = cookie_client();
+    let later = cookie_client();
+    for c in [&next, &later] {
+        let r = c.get(e.url("/")).send().await.expect("GET /");
+        assert_eq!(ticket_state(&r), Some(TicketState::Waiting));
+    }
+    let (next_state, _next_task) = keep_polling(next.clone(), status_url.clone());
+    let (later_state, later_task) = keep_polling(later.clone(), status_url);
+    // The page has polled at least once (its "updated at" time moved on).
+    let first = text_of(&b, "#q-upd").await;
+    eventually("the page polls", DEADLINE, async || {
+        text_of(&b, "#q-upd").await != first
+    })
+    .await;
+    let before = text_of(&b, "#q-upd").await;
+    cdp(
+        driver,
+        &b,
+        "Page.setWebLifecycleState",
+        serde_json::json!({ "state": "frozen" }),
+    )
+    .await;
+    let frozen = Instant::now();
+    // The browser's turn comes while it is frozen: its grant lapses unclaimed and the
+    // next pupil is let in (which only happens if the page really stopped polling).
+    log_out(&inside, e).await;
+    eventually("the next pupil gets in meanwhile", DEADLINE, async || {
+        state_of(&next_state) == "admitted"
+    })
+    .await;
+    assert_eq!(state_of(&later_state), "waiting");
+    assert!(
+        frozen.elapsed() > ABANDON,
+        "frozen for {:?}, past abandon_timeout",
+        frozen.elapsed()
+    );
+    cdp(
+        driver,
+        &b,
+        "Page.setWebLifecycleState",
+        serde_json::json!({ "state": "active" }),
+    )
+    .await;
+    eprintln!("page frozen for {:?}", frozen.elapsed());
+    // Awake: the page polls again by itself (and shows the answer: a new time, or the
+    // place lost).
+    eventually("the page polls again once woken", DEADLINE, async || {
+        text_of(&b, "#q-upd").await != before || lost_shown(&b).await
+    })
+    .await;
+    (b, next, later_state, later_task)
+}
+
+/// Within the return grace, the woken page gets the next free place, ahead of the pupil
+/// who was behind it, and lands on the page it asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_page_woken_within_the_return_grace_gets_the_next_place() {
+    let driver = Driver::start().await;
+    let origin = EchoOrigin::start("ent").await;
+    let e = start_sleep_ecluse(origin.addr, "15m");
+    let (b, next, later, _task) = sleep_through_the_turn(&driver, &e).await;
+    assert!(!lost_shown(&b).await, "the place is kept");
+    assert_eq!(text_of(&b, "#q-pos-v").await, "1", "first in line again");
+    // The pupil let in meanwhile leaves: the free place is the browser's.
+    log_out(&next, &e).await;
+    let (v, took) = wait_landed(&b, PAGE, Duration::from_secs(30)).await;
+    assert_ent_saw_the_browser(&v);
+    assert_eq!(state_of(&later), "waiting", "the pupil behind still waits");
+    eprintln!("woken page landed {took:?} after the place freed");
+    b.close().await.expect("close the browser session");
+}
+
+/// Without a return grace (`return_grace: 0s`) the same sleep loses the place: the woken
+/// page says so, and the free place goes to the pupil who was behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_page_without_return_grace_loses_its_place() {
+    let driver = Driver::start().await;
+    let origin = EchoOrigin::start("ent").await;
+    let e = start_sleep_ecluse(origin.addr, "0s");
+    let (b, next, later, _task) = sleep_through_the_turn(&driver, &e).await;
+    eventually("the page says the place is lost", DEADLINE, async || {
+        lost_shown(&b).await
+    })
+    .await;
+    log_out(&next, &e).await;
+    eventually("the pupil behind gets the place", DEADLINE, async || {
+        state_of(&later) == "admitted"
+    })
+    .await;
+    let src = b.source().await.expect("source");
+    assert!(
+        !src.contains("\"server\":\"ent\""),
+        "the browser did not get in"
+    );
+    b.close().await.expect("close the browser session");
+}
+
+// ---------------------------------------------------------------------------------------
+// The 429 page tries again by itself after Retry-After, with and without JavaScript.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_429_page_tries_again_by_itself_with_and_without_javascript() {
+    let driver = Driver::start().await;
+    let origin = EchoOrigin::start("ent").await;
+    // One request every 5 s on the route, for everyone together.
+    let yaml = format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+server: {{ state_dir: state, grace_period: 0s, shutdown_timeout: 2s }}
+access_log: {{ enabled: false }}
+origins:
+  ent: {{ servers: ["{}"], health_check: {{ disabled: true }} }}
+routes:
+  - name: limited
+    match: {{ path_prefix: /limited/ }}
+    origin: ent
+    rate_limits: [{{ key: route, rate: 12/m, burst: 1 }}]
+  - {{ name: ent, origin: ent }}
+"#,
+        origin.addr
+    );
+    let e = Ecluse::start(&yaml);
+    let path = "/limited/recherche";
+    for javascript in [true, false] {
+        // Someone else takes the route's request: the browser's is refused for ~5 s.
+        eventually("the route's request taken", DEADLINE, async || {
+            client()
+                .get(e.url(path))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        let b = driver.browser(javascript).await;
+        b.goto(&e.url(path)).await.expect("open the page");
+        assert_eq!(
+            text_of(&b, "h1").await,
+            "Une petite pause",
+            "the 429 page (JavaScript {javascript})"
+        );
+        let (v, took) = wait_landed(&b, path, Duration::from_secs(30)).await;
+        assert_eq!(v["server"], "ent");
+        eprintln!("429 page, JavaScript {javascript}: landed {took:?} later by itself");
+        b.close().await.expect("close the browser session");
+    }
 }

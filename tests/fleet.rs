@@ -494,6 +494,23 @@ async fn one_waiting_room_across_three_nodes_fifo_and_capacity() {
         10,
         "nobody else was let in"
     );
+    // The fleet measured the queue's speed: a student still waiting is told a wait and
+    // the range it should fall in, whichever node answers.
+    let mut told = serde_json::Value::Null;
+    eventually("a wait told fleet-wide", DEADLINE, async || {
+        told = get_json(&students[19], &nodes[1], "/.ecluse/queue/status?room=ent").await;
+        told["eta_seconds"].as_u64().is_some()
+    })
+    .await;
+    let (low, eta, high) = (
+        told["eta_low_seconds"].as_u64(),
+        told["eta_seconds"].as_u64(),
+        told["eta_high_seconds"].as_u64(),
+    );
+    assert!(
+        matches!((low, eta, high), (Some(l), Some(e), Some(h)) if l <= e && e <= h),
+        "low <= estimate <= high: {told}"
+    );
 
     // Redis restarted empty (no persistence): the room starts again from where the nodes
     // last saw it. Those inside stay inside, nobody waiting loses their place, and a

@@ -576,3 +576,66 @@ async fn a_phone_that_slept_through_its_turn_gets_the_next_place() {
     .await;
     assert_eq!(status(&later, &e).await["state"], "waiting");
 }
+
+/// A queue that has just started moving is measured over a second or two: its status
+/// gives the wait as a range (`eta_low_seconds` <= `eta_seconds` <= `eta_high_seconds`,
+/// the low end below the high one), and the page says it as a range in both languages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_just_started_gives_its_wait_as_a_range() {
+    let o = EchoOrigin::start("o").await;
+    let e = start(
+        o.addr,
+        "active_users: 1, new_users_per_minute: 600, poll_interval: 1s, abandon_timeout: 5m",
+    );
+    let inside = cookie_client();
+    inside.get(e.url("/")).send().await.expect("r");
+    // Enough of them that even the fastest first measure (one place in a 250 ms tick)
+    // puts the last one more than a minute away at the high end.
+    let pupils: Vec<reqwest::Client> = (0..100).map(|_| cookie_client()).collect();
+    for c in &pupils {
+        c.get(e.url("/")).send().await.expect("r");
+    }
+    // One place frees: the queue moves once, and the room has measured one tick of it.
+    inside.get(e.url("/logout")).send().await.expect("logout");
+    let last = &pupils[pupils.len() - 1];
+    let mut s = serde_json::Value::Null;
+    eventually("an estimate", DEADLINE, async || {
+        s = status(last, &e).await;
+        s["eta_seconds"].as_u64().is_some()
+    })
+    .await;
+    let (low, eta, high) = (
+        s["eta_low_seconds"].as_u64().expect("low"),
+        s["eta_seconds"].as_u64().expect("eta"),
+        s["eta_high_seconds"].as_u64().expect("high"),
+    );
+    assert!(low <= eta && eta <= high, "{s}");
+    assert!(low < high, "a range from a queue measured this little: {s}");
+    // The page in French and English: the range in words (JavaScript or not, it is the
+    // same text: the page's script shows the status's eta_text).
+    for (lang, words) in [
+        ("fr", ["entre ", "moins de "]),
+        ("en", ["between ", "less than "]),
+    ] {
+        let html = last
+            .get(e.url("/"))
+            .header("accept-language", lang)
+            .header("accept", "text/html")
+            .send()
+            .await
+            .expect("page")
+            .text()
+            .await
+            .expect("html");
+        let shown = html
+            .split("id=\"q-eta-v\"")
+            .nth(1)
+            .and_then(|r| r.split('>').nth(1))
+            .and_then(|r| r.split('<').next())
+            .unwrap_or("");
+        assert!(
+            words.iter().any(|w| shown.starts_with(w)),
+            "{lang}: the wait as a range, not {shown:?}"
+        );
+    }
+}

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use redis::Script;
 
+use crate::policy::estimate::{estimate, Speed, Wait};
 use crate::policy::waiting_room::{
     place_in_order, ClassPolicy, Method, RoomParams, Standing, PREQUEUE_BIT,
 };
@@ -76,7 +77,9 @@ local function num(v, d) if v then return tonumber(v) else return d end end
 /// caller passes "1" before the opening, with its view's counters plus a margin for
 /// other nodes' last numbers: the new master may lack the old one's last `ARRIVE`s.
 /// Returns {frontier_0, next_0, prequeue_0, frontier_1, …, rate*1000, paused, active,
-/// pending, tokens*1000, admitted, abandoned, issued, direct, opened}.
+/// pending, tokens*1000, admitted, abandoned, issued, direct, opened, spread*1000,
+/// seconds*1000} (spread and seconds of measure: how sure the rate is, see
+/// `policy::estimate`).
 const LUA_TICK: &str = r#"
 local now = tonumber(ARGV[1]); local cap = tonumber(ARGV[2]); local per_ms = tonumber(ARGV[3]) / 60000
 local burst = tonumber(ARGV[4]); local grace = tonumber(ARGV[5]); local bucket_ms = tonumber(ARGV[6])
@@ -218,19 +221,47 @@ if last == nil or now - last >= 200 then
     waiting = waiting + num(redis.call('HGET', r, 'next:' .. (i - 1)), 0)
       - num(redis.call('HGET', r, 'frontier:' .. (i - 1)), 0)
   end
+  -- Beside it, the average of the squared rates and the sum of the squared weights:
+  -- the spread of the recent rates and the samples the average rests on (how sure the
+  -- wait is; the same sums as src/policy/estimate.rs). A queue not allowed to move
+  -- (before the opening, paused) is not measured.
   local ema = num(redis.call('HGET', r, 'rate_ema'), 0)
   local w = num(redis.call('HGET', r, 'rate_w'), 0)
+  local ema2 = num(redis.call('HGET', r, 'rate_ema2'), 0)
+  local w2 = num(redis.call('HGET', r, 'rate_w2'), 0)
+  local tick = num(redis.call('HGET', r, 'rate_tick'), 0)
   if waiting <= 0 and total == 0 then
-    ema = 0; w = 0; rate = 0
-  elseif dt > 0 then
+    ema = 0; w = 0; rate = 0; ema2 = 0; w2 = 0; tick = 0
+  elseif dt > 0 and paused == 0 and opened == 1 then
     local inst = total * 1000 / dt
     local alpha = math.min(dt / 30000, 1)
     ema = alpha * inst + (1 - alpha) * ema
+    ema2 = alpha * inst * inst + (1 - alpha) * ema2
     w = alpha + (1 - alpha) * w
+    w2 = alpha * alpha + (1 - alpha) * (1 - alpha) * w2
+    tick = alpha * dt / 1000 + (1 - alpha) * tick
     rate = ema / w
   end
   redis.call('HSET', r, 'last_tick', now, 'tokens', tostring(tokens), 'rate', tostring(rate),
-    'rate_ema', tostring(ema), 'rate_w', tostring(w))
+    'rate_ema', tostring(ema), 'rate_w', tostring(w), 'rate_ema2', tostring(ema2),
+    'rate_w2', tostring(w2), 'rate_tick', tostring(tick))
+end
+local spread = 0
+local seconds = 1
+do
+  local w = num(redis.call('HGET', r, 'rate_w'), 0)
+  local w2 = num(redis.call('HGET', r, 'rate_w2'), 0)
+  local tick = num(redis.call('HGET', r, 'rate_tick'), 0)
+  if w > 0 then
+    local samples = 1
+    if w2 > 0 then samples = math.max(w * w / w2, 1) end
+    local t = 1
+    if tick > 0 then t = math.min(math.max(tick / w, 0.001), 60) end
+    seconds = samples * t
+    local var = math.max(num(redis.call('HGET', r, 'rate_ema2'), 0) / w - rate * rate, 0) * t
+    var = math.max(var, rate * 3 / (seconds + 3))
+    spread = math.sqrt(var)
+  end
 end
 local out = {}
 for i = 1, #pol do
@@ -247,6 +278,8 @@ for _, k in ipairs({'admitted', 'abandoned', 'issued', 'direct'}) do
   table.insert(out, num(redis.call('HGET', r, k), 0))
 end
 table.insert(out, opened)
+table.insert(out, math.floor(spread * 1000))
+table.insert(out, math.floor(seconds * 1000))
 return out
 "#;
 
@@ -373,6 +406,10 @@ pub struct View {
     pub at: u64,
     /// Frontier advances per second.
     pub rate: f64,
+    /// Spread of the number admitted per second and the seconds of measure `rate`
+    /// rests on (see `policy::estimate`).
+    pub spread: f64,
+    pub seconds: f64,
     pub paused: bool,
     pub active: u64,
     pub pending: u64,
@@ -398,6 +435,19 @@ impl View {
 
     pub fn waiting(&self) -> u64 {
         self.queues.iter().map(|(f, n)| n.saturating_sub(*f)).sum()
+    }
+
+    /// The wait for `position`, one figure or a range (see `policy::estimate`).
+    pub fn wait(&self, p: &RoomParams, position: u64, now: u64) -> Option<Wait> {
+        if self.paused {
+            return None;
+        }
+        let speed = Speed {
+            rate: self.rate,
+            spread: self.spread,
+            seconds: self.seconds,
+        };
+        estimate(&speed, position, &p.limits(self.is_open(p), now))
     }
 
     /// Estimated wait for `position`, from the measured admission rate.
@@ -690,7 +740,7 @@ impl FleetRoom {
         }
         self.masters_seen.store(masters, Ordering::Relaxed);
         let classes = p.classes.len().max(1);
-        if out.len() == classes * 3 + 10 {
+        if out.len() == classes * 3 + 12 {
             let mut v = self.view();
             let g = |i: usize| out[i].max(0) as u64;
             let queues: Vec<(u64, u64)> = (0..classes).map(|i| (g(3 * i), g(3 * i + 1))).collect();
@@ -714,6 +764,8 @@ impl FleetRoom {
                 v.counters[i] = out[b + 5 + i].max(0) as u64;
             }
             v.opened = out[b + 9] != 0;
+            v.spread = out[b + 10].max(0) as f64 / 1000.0;
+            v.seconds = (out[b + 11] as f64 / 1000.0).max(0.001);
             v.at = now;
             self.followed.store(true, Ordering::Relaxed);
         }
@@ -888,6 +940,10 @@ impl FleetRoom {
 
     pub fn eta(&self, position: u64) -> Option<Duration> {
         self.view().eta(position)
+    }
+
+    pub fn wait(&self, p: &RoomParams, position: u64, now: u64) -> Option<Wait> {
+        self.view().wait(p, position, now)
     }
 
     /// Pause or resume admissions fleet-wide.

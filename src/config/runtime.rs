@@ -2344,7 +2344,15 @@ fn build_rooms(
         };
         let idle = d(p, &w.session_idle_timeout, 1200, "session_idle_timeout");
         let abandon = d(p, &w.abandon_timeout, 120, "abandon_timeout");
-        let return_grace = d(p, &w.return_grace, 900, "return_grace");
+        // `0s` is allowed here: it turns the return grace off (a ticket is lost at
+        // `abandon_timeout`, as before the grace existed).
+        let return_grace = match &w.return_grace {
+            None => Duration::from_secs(900),
+            Some(t) => parse_duration(&t.0).unwrap_or_else(|e| {
+                p.at(at(path!["return_grace"]), e);
+                Duration::from_secs(900)
+            }),
+        };
         let poll = d(p, &w.poll_interval, 10, "poll_interval");
         if poll * 2 > abandon {
             p.at(

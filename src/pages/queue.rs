@@ -312,6 +312,54 @@ pub fn eta_text(lang: Lang, eta: Option<std::time::Duration>) -> String {
     }
 }
 
+/// "3 min", "1 h 10": a number of minutes as a range's end, with no-break spaces so a
+/// narrow phone never breaks "1 h 10" over two lines.
+fn minutes_text(m: u64) -> String {
+    if m < 60 {
+        let mut t = String::with_capacity(8);
+        t.push_str(itoa::Buffer::new().format(m));
+        t.push_str("\u{a0}min");
+        t
+    } else {
+        format!("{}\u{a0}h\u{a0}{:02}", m / 60, m % 60)
+    }
+}
+
+/// The wait as shown: one figure when the room is sure enough ([`eta_text`] of the
+/// estimate), otherwise a range whose ends hold the measured bounds (the low end
+/// rounded down, the high end up): "entre 3 et 5 min", "between 45 min and 1 h 10",
+/// "moins de 3 min" when the low end is under a minute.
+pub fn wait_text(lang: Lang, wait: Option<crate::policy::estimate::Wait>) -> String {
+    let Some(w) = wait else {
+        return String::new();
+    };
+    if !w.is_range() {
+        return eta_text(lang, Some(w.estimate));
+    }
+    let lo = w.low.as_secs() / 60;
+    let hi = w.high.as_secs_f64().ceil() as u64;
+    let hi = hi.div_ceil(60);
+    if hi <= 1 || lo >= hi {
+        return eta_text(lang, Some(w.estimate));
+    }
+    if lo == 0 {
+        return match lang {
+            Lang::Fr => format!("moins de {}", minutes_text(hi)),
+            Lang::En => format!("less than {}", minutes_text(hi)),
+        };
+    }
+    // The unit once when both ends are in minutes: "entre 3 et 5 min".
+    let low = if hi < 60 {
+        itoa::Buffer::new().format(lo).to_string()
+    } else {
+        minutes_text(lo)
+    };
+    match lang {
+        Lang::Fr => format!("entre {low} et {}", minutes_text(hi)),
+        Lang::En => format!("between {low} and {}", minutes_text(hi)),
+    }
+}
+
 /// The JSON status of a ticket.
 #[derive(Debug, Serialize)]
 pub struct Status<'a> {
@@ -320,7 +368,13 @@ pub struct Status<'a> {
     pub state: &'static str,
     pub position: Option<u64>,
     pub position_text: String,
+    /// The single best estimate of the wait (seconds).
     pub eta_seconds: Option<u64>,
+    /// The range the wait should fall in (seconds, rounded outwards); both equal to
+    /// `eta_seconds` when the room is sure enough to show one figure.
+    pub eta_low_seconds: Option<u64>,
+    pub eta_high_seconds: Option<u64>,
+    /// The wait as the page shows it: one figure or a range ("entre 3 et 5 min").
     pub eta_text: String,
     /// RFC 3339 with the offset of `pages.time_zone`.
     pub updated_at: String,
@@ -381,6 +435,15 @@ mod tests {
     }
 
     #[test]
+    fn the_request_id_is_printed_once() {
+        // The layout's footer prints it; the queue page printed it a second time.
+        let html = Pages::builtin()
+            .try_render_queue(&QueueView::sample(), Some("rid-42"))
+            .expect("render");
+        assert_eq!(html.matches("rid-42").count(), 1, "{html}");
+    }
+
+    #[test]
     fn broken_templates_are_refused() {
         let p = Pages::builtin();
         assert!(p.for_room(Some("{% if %}"), None).is_err());
@@ -388,6 +451,65 @@ mod tests {
             .for_room(Some("{{ position | nosuchfilter }}"), None)
             .is_err());
         assert!(p.for_room(Some("<p>{{ position_text }}</p>"), None).is_ok());
+    }
+
+    fn range(est: u64, low: u64, high: u64) -> Option<crate::policy::estimate::Wait> {
+        Some(crate::policy::estimate::Wait {
+            estimate: std::time::Duration::from_secs(est),
+            low: std::time::Duration::from_secs(low),
+            high: std::time::Duration::from_secs(high),
+        })
+    }
+
+    #[test]
+    fn waits_as_one_figure_or_a_range() {
+        assert_eq!(
+            wait_text(Lang::Fr, range(240, 200, 290)),
+            "entre 3 et 5\u{a0}min"
+        );
+        assert_eq!(
+            wait_text(Lang::En, range(240, 200, 290)),
+            "between 3 and 5\u{a0}min"
+        );
+        assert_eq!(wait_text(Lang::Fr, range(240, 240, 240)), "4 min");
+        assert_eq!(wait_text(Lang::En, range(240, 240, 240)), "4 min");
+        assert_eq!(
+            wait_text(Lang::Fr, range(3000, 2700, 4200)),
+            "entre 45\u{a0}min et 1\u{a0}h\u{a0}10"
+        );
+        assert_eq!(
+            wait_text(Lang::En, range(4500, 4200, 6000)),
+            "between 1\u{a0}h\u{a0}10 and 1\u{a0}h\u{a0}40"
+        );
+        assert_eq!(
+            wait_text(Lang::Fr, range(60, 30, 150)),
+            "moins de 3\u{a0}min"
+        );
+        assert_eq!(
+            wait_text(Lang::En, range(60, 30, 150)),
+            "less than 3\u{a0}min"
+        );
+        // A range inside one minute says what one figure says.
+        assert_eq!(wait_text(Lang::Fr, range(20, 10, 40)), "moins d'une minute");
+        assert_eq!(wait_text(Lang::Fr, None), "");
+    }
+
+    #[test]
+    fn the_queue_page_shows_the_range_in_both_languages() {
+        let pages = Pages::builtin();
+        for (lang, want) in [
+            (Lang::Fr, "entre 3 et 5\u{a0}min"),
+            (Lang::En, "between 3 and 5\u{a0}min"),
+        ] {
+            let mut v = QueueView::sample();
+            v.lang = lang;
+            v.eta_text = wait_text(lang, range(240, 200, 290));
+            let html = pages.try_render_queue(&v, None).expect("render");
+            assert!(
+                html.contains(&format!(">{want}</dd>")),
+                "{lang:?}: the wait as a range:\n{html}"
+            );
+        }
     }
 
     #[test]

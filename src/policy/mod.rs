@@ -5,6 +5,7 @@ pub mod classes;
 pub mod concurrency;
 pub mod cookies;
 pub mod degrade;
+pub mod estimate;
 pub mod forwarding;
 pub mod path;
 pub mod rate_limit;

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::estimate::{estimate, Limits, SpeedMeter, Wait};
+
 /// Pre-queue tickets (method `random`) carry this bit over their number in issue order;
 /// their place is that number shuffled at the opening (see [`shuffled_place`]).
 pub const PREQUEUE_BIT: u64 = 1 << 62;
@@ -156,6 +158,21 @@ impl RoomParams {
         (self.idle_timeout.as_millis() as u64 / BUCKETS as u64).max(1000)
     }
 
+    /// What the settings alone say of a wait: the frontier never moves faster than
+    /// the pace (the fleet's, in an outage), nobody enters before the opening.
+    pub fn limits(&self, opened: bool, now_ms: u64) -> Limits {
+        let spread = FleetShare::spread(self.fleet) as f64;
+        let until_open = match self.opens_at {
+            Some(t) if !opened => Duration::from_millis(t.saturating_sub(now_ms)),
+            _ => Duration::ZERO,
+        };
+        Limits {
+            max_rate: Some(f64::from(self.new_users_per_minute) / 60.0 * spread),
+            burst: self.burst() * spread,
+            until_open,
+        }
+    }
+
     fn burst(&self) -> f64 {
         // Five seconds' worth, at least one.
         (f64::from(self.new_users_per_minute) / 12.0).max(1.0)
@@ -206,13 +223,11 @@ pub struct RoomState {
     /// Frontier advances per second while a queue stands, smoothed over about 30 s
     /// (the estimate of the wait divides a position by it).
     pub rate: f64,
-    /// The moving average behind `rate` and its weight: an average started from zero
-    /// is divided by its weight so that the first estimates of a new queue are not
-    /// several times too long (a bias-corrected moving average).
-    #[serde(default)]
-    ema: f64,
-    #[serde(default)]
-    ema_weight: f64,
+    /// The measure behind `rate`: a bias-corrected moving average, with the spread of
+    /// the recent rates and the number of samples it rests on (how sure the wait is,
+    /// see [`crate::policy::estimate`]).
+    #[serde(flatten)]
+    meter: SpeedMeter,
     pub paused: bool,
     pub opened: bool,
     pub counters: Counters,
@@ -357,8 +372,7 @@ impl RoomState {
             tokens: params.burst(),
             last_tick_ms: now_ms,
             rate: 0.0,
-            ema: 0.0,
-            ema_weight: 0.0,
+            meter: SpeedMeter::default(),
             paused: false,
             opened: params.opens_at.is_none(),
             counters: Counters::default(),
@@ -416,7 +430,7 @@ impl RoomState {
         self.paused = paused;
         self.opened = opened || params.opens_at.is_none();
         self.rate = rate;
-        (self.ema, self.ema_weight) = (rate, 1.0);
+        self.meter = SpeedMeter::seeded(rate);
         self.last_tick_ms = now_ms;
     }
 
@@ -583,15 +597,15 @@ impl RoomState {
         }
         // The queue's speed (frontier advances per second), over roughly the last 30 s
         // of a standing queue; with nobody waiting it is unknown again, and the next
-        // queue is measured afresh.
+        // queue is measured afresh. A queue not allowed to move (before a scheduled
+        // opening, paused) says nothing of its speed: measuring its zeros made the
+        // first estimates after the opening or a resume far too long.
         if self.waiting() == 0 && advanced == 0 {
-            (self.ema, self.ema_weight, self.rate) = (0.0, 0.0, 0.0);
-        } else if dt_ms > 0 {
-            let inst = advanced as f64 * 1000.0 / dt_ms as f64;
-            let alpha = (dt_ms as f64 / 30_000.0).min(1.0);
-            self.ema = alpha * inst + (1.0 - alpha) * self.ema;
-            self.ema_weight = alpha + (1.0 - alpha) * self.ema_weight;
-            self.rate = self.ema / self.ema_weight.max(f64::MIN_POSITIVE);
+            self.meter.reset();
+            self.rate = 0.0;
+        } else if self.opened && !self.paused && dt_ms > 0 {
+            self.meter.record(advanced, dt_ms);
+            self.rate = self.meter.rate();
         }
         total
     }
@@ -801,6 +815,20 @@ impl RoomState {
         }
     }
 
+    /// The wait for `position` as a single figure or a range (see
+    /// [`crate::policy::estimate`]); `None` while the speed is unknown (nothing admitted
+    /// yet) or the room is paused.
+    pub fn wait(&self, params: &RoomParams, position: u64, now_ms: u64) -> Option<Wait> {
+        if self.paused {
+            return None;
+        }
+        estimate(
+            &self.meter.speed(),
+            position,
+            &params.limits(self.opened, now_ms),
+        )
+    }
+
     /// Estimated wait for `position`, from the measured frontier speed; `None` while the
     /// speed is unknown (nothing admitted yet) or the room is paused.
     pub fn eta(&self, position: u64) -> Option<Duration> {
@@ -1008,6 +1036,69 @@ mod tests {
         }
         let eta = r.eta(10).expect("an estimate").as_secs_f64();
         assert!((8.0..=12.5).contains(&eta), "10 places at 1/s: {eta} s");
+    }
+
+    #[test]
+    fn a_new_queue_shows_a_range_then_one_figure() {
+        // A full room where one place frees every second. Its first seconds give a
+        // range around the estimate; two minutes of the same give one figure.
+        let p = params(1, 6000);
+        let mut r = RoomState::new(&p, 0);
+        let Arrival::Admit { mut bucket, .. } = r.arrive(&p, 0, 0) else {
+            panic!("admitted")
+        };
+        for _ in 0..200 {
+            r.arrive(&p, 0, 0);
+        }
+        let mut inside = 1;
+        let mut widths = Vec::new();
+        for k in 1..=120u64 {
+            let now = k * 1000;
+            r.end(&p, 0, inside, bucket, now);
+            assert_eq!(r.tick(&p, now), 1);
+            inside += 1;
+            let Standing::Admitted { bucket: b } = r.poll(&p, 0, inside, now) else {
+                panic!("next in")
+            };
+            bucket = b;
+            let w = r.wait(&p, 10, now).expect("an estimate");
+            assert!(w.low <= w.estimate && w.estimate <= w.high, "{w:?}");
+            assert_eq!(Some(w.estimate), r.eta(10), "the same figure as before");
+            widths.push((w.high - w.low).as_secs_f64());
+        }
+        assert!(widths[4] > 2.0, "after 5 s, a range: {widths:?}");
+        assert_eq!(widths[119], 0.0, "after 2 min, one figure: {widths:?}");
+        assert!(
+            widths.windows(2).all(|w| w[1] <= w[0] + 1e-9),
+            "never wider as measures accumulate: {widths:?}"
+        );
+    }
+
+    #[test]
+    fn a_scheduled_opening_is_measured_from_the_opening() {
+        // Fifty seconds of a pre-queue that may not move, then the opening at a pace of
+        // 10 a second: the speed is measured from the opening, not averaged with the
+        // zeros of a queue that was not allowed to move.
+        let mut p = params(10_000, 600);
+        p.opens_at = Some(100_000);
+        p.prequeue = Duration::from_secs(60);
+        let mut r = RoomState::new(&p, 0);
+        for _ in 0..500 {
+            assert!(matches!(r.arrive(&p, 0, 50_000), Arrival::Queue { .. }));
+        }
+        for k in 50..100u64 {
+            assert_eq!(r.tick(&p, k * 1000), 0);
+        }
+        assert_eq!(r.wait(&p, 100, 99_000), None, "nothing measured before");
+        for k in 100..=105u64 {
+            r.tick(&p, k * 1000);
+        }
+        assert!(r.rate > 8.0, "10 a second and a burst: {}", r.rate);
+        let w = r.wait(&p, 100, 105_000).expect("an estimate");
+        assert!(w.is_range(), "five seconds measured: {w:?}");
+        // The room cannot go faster than its pace: 100 places take at least
+        // (100 - burst) / 10 s.
+        assert!(w.low >= Duration::from_secs(5), "{w:?}");
     }
 
     #[test]

@@ -1168,13 +1168,14 @@ impl EcluseProxy {
         now: u64,
     ) -> (pages::Lang, queue::Status<'r>, u64) {
         let lang = pages::negotiate_lang(first(req, &http::header::ACCEPT_LANGUAGE));
-        let (eta, paused) = match self.fleet_room(room) {
-            Some((fr, _)) => (position.and_then(|p| fr.eta(p)), fr.paused()),
+        let (wait, paused) = match self.fleet_room(room) {
+            Some((fr, _)) => (position.and_then(|p| fr.wait(params, p, now)), fr.paused()),
             None => {
                 let s = room.shared.lock();
-                (position.and_then(|p| s.eta(p)), s.paused)
+                (position.and_then(|p| s.wait(params, p, now)), s.paused)
             }
         };
+        let eta = wait.map(|w| w.estimate);
         // ±20% jitter so that a crowd that arrived together does not poll together.
         let base = params.poll_interval.as_millis() as u64;
         let jitter = (base / 5).max(1);
@@ -1195,7 +1196,9 @@ impl EcluseProxy {
             position,
             position_text: queue::position_text(lang, position),
             eta_seconds: eta.map(|d| d.as_secs()),
-            eta_text: queue::eta_text(lang, eta),
+            eta_low_seconds: wait.map(|w| w.low.as_secs()),
+            eta_high_seconds: wait.map(|w| w.high.as_secs_f64().ceil() as u64),
+            eta_text: queue::wait_text(lang, wait),
             updated_at: zone.rfc3339(now),
             updated_at_text: zone.clock(now),
             poll_after_ms: poll_after,

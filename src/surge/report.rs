@@ -99,7 +99,15 @@ pub fn table(arms: &[Value]) -> String {
             "wait estimate error p50 / p90 (waits ≥ 30 s)".into(),
             Box::new(|a: &Value| {
                 let e = &a["estimate"];
-                match (e["rel_p50"].as_f64(), e["rel_p90"].as_f64()) {
+                // Those told a range: how many, and how many waited within it.
+                let ranges = match e["ranges"].as_u64() {
+                    Some(n) if n > 0 => format!(
+                        "; range told {n}, held {}",
+                        e["ranges_held"].as_u64().unwrap_or(0)
+                    ),
+                    _ => String::new(),
+                };
+                let figures = match (e["rel_p50"].as_f64(), e["rel_p90"].as_f64()) {
                     (Some(p50), Some(p90)) => format!(
                         "{:.0}% / {:.0}% (of {}; ±{} / ±{})",
                         100.0 * p50,
@@ -116,7 +124,8 @@ pub fn table(arms: &[Value]) -> String {
                         ),
                         None => "- (no estimate given)".into(),
                     },
-                }
+                };
+                figures + &ranges
             }),
         ),
         (

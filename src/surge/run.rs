@@ -450,8 +450,22 @@ pub fn estimate_errors(recs: &[StudentRec]) -> Value {
         .filter(|(_, a)| *a >= MIN_WAIT)
         .map(|(p, a)| (a - p) / a)
         .collect();
+    // Those told a range (rather than one figure): how many, and how many had a wait
+    // inside it (the ends are whole seconds, rounded outwards by the status).
+    let ranged: Vec<bool> = recs
+        .iter()
+        .filter_map(|r| {
+            let (sent, _) = r.first_eta?;
+            let (low, high) = r.first_range.filter(|(l, h)| l < h)?;
+            let had = (r.admitted? - sent).max(0.0);
+            Some(low <= had && had <= high + 1.0)
+        })
+        .collect();
+    let held = ranged.iter().filter(|h| **h).count();
     json!({
         "students": pairs.len(),
+        "ranges": ranged.len(),
+        "ranges_held": held,
         "abs_p50_s": percentile(&mut abs, 50.0),
         "abs_p90_s": percentile(&mut abs, 90.0),
         "long_waits": rel.len(),
@@ -635,19 +649,29 @@ mod tests {
             told(10.0, 40.0, 110.0), // told 40 s, waited 100 s: 60% off, too optimistic
             told(0.0, 5.0, 8.0),     // a short wait: absolute only
             StudentRec::default(),   // never told
+            StudentRec {
+                first_range: Some((20.0, 50.0)),
+                ..told(0.0, 30.0, 45.0) // told "between 20 and 50 s", waited 45 s
+            },
+            StudentRec {
+                first_range: Some((20.0, 50.0)),
+                ..told(0.0, 30.0, 80.0) // waited 80 s: outside
+            },
         ];
         let e = estimate_errors(&recs);
-        assert_eq!(e["students"], 3);
-        assert_eq!(e["long_waits"], 2);
-        assert_eq!(e["rel_p90"].as_f64(), Some(0.6));
-        assert_eq!(e["rel_p50"].as_f64(), Some(0.6), "nearest rank of two");
-        assert_eq!(e["abs_p50_s"].as_f64(), Some(3.0));
+        assert_eq!(e["students"], 5);
+        assert_eq!(e["ranges"], 2);
+        assert_eq!(e["ranges_held"], 1);
+        assert_eq!(e["long_waits"], 4);
+        assert_eq!(e["rel_p90"].as_f64(), Some(0.625));
+        assert_eq!(e["abs_p50_s"].as_f64(), Some(15.0));
         assert!(
             e["signed_p50"].as_f64().unwrap() > 0.0,
             "waited longer than told"
         );
         let t = super::super::report::table(&[json!({"arm": "x", "estimate": e})]);
-        assert!(t.contains("60% / 60% (of 2"), "{t}");
+        assert!(t.contains("% (of 4"), "{t}");
+        assert!(t.contains("range told 2, held 1"), "{t}");
     }
 
     #[test]

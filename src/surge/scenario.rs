@@ -167,6 +167,9 @@ pub struct StudentRec {
     /// The first estimate of the wait the queue told this student: (sent time, seconds
     /// predicted), to compare with the wait they had.
     pub first_eta: Option<(f64, f64)>,
+    /// The range told with it (`eta_low_seconds`, `eta_high_seconds`; equal ends: one
+    /// figure was shown).
+    pub first_range: Option<(f64, f64)>,
     pub queued: bool,
     pub served: Option<f64>,
     pub errors: u32,
@@ -357,6 +360,9 @@ impl Person<'_> {
                             if self.rec.first_eta.is_none() {
                                 if let Some(eta) = v["eta_seconds"].as_f64() {
                                     self.rec.first_eta = Some((sent, eta));
+                                    self.rec.first_range = v["eta_low_seconds"]
+                                        .as_f64()
+                                        .zip(v["eta_high_seconds"].as_f64());
                                 }
                             }
                             let a = v["poll_after_ms"].as_u64().unwrap_or(0);
