@@ -659,6 +659,15 @@ impl Room {
             let s = self.shared.lock();
             (s.active() + s.pending(), s.waiting())
         };
+        // A degradation level shrinks the room by its factor after the sizer: the sizer
+        // sees the sessions inside at its own scale, or a room at 80% could never count
+        // as in use (and grow) while the level holds.
+        let f = self.shared.factor();
+        let active = if f > 0.0 && f < 1.0 {
+            (active as f64 / f).ceil() as u64
+        } else {
+            active
+        };
         // The strictest tolerance of the guarded origins' adaptive limits (2 without).
         let tolerance = origins
             .iter()
