@@ -14,6 +14,13 @@
 #   ecluse : students -> ecluse (bench/surge-ecluse.yaml: waiting room, visio switched off
 #            when a queue forms, revalidated file cache, max_inflight at the capacity) ->
 #            origin
+#   ecluse-auto : the same policy with `active_users: auto` and `new_users_per_minute:
+#            auto` and no numbers at all: no calibration (issue #23, docs/room-sizing.md)
+#
+# Scenarios (SCENARIO=...): `standard` (default), the Monday 08:00 surge; `half`: half of
+# the ENT's servers die $LOSE_AT after the first request and come back at $RECOVER_AT
+# (`ecluse-surge origin --lose-half-at --recover-at`), to compare a calibrated room that
+# goes on admitting what the whole ENT could take with one that follows it.
 #
 # The students (`ecluse-surge run`): $STUDENTS arrive over $RAMP at a rate growing
 # linearly (open loop: they come whatever the ENT does); each opens the ENT, waits on the
@@ -36,7 +43,8 @@
 # cpu $LOAD_CPU, as in bench/overload.sh.
 #
 # Knobs (environment): STUDENTS RAMP CAP PER_US TEACHERS PAGES POLL TARGET MAX_DURATION
-#   ARMS="direct nginx ecluse" SERVER_CPU=1 LOAD_CPU=0 SEED
+#   ARMS="direct nginx ecluse" (add ecluse-auto) SCENARIO=standard|half LOSE_AT RECOVER_AT
+#   SERVER_CPU=1 LOAD_CPU=0 SEED
 #   ECLUSE_BIN=target/release/ecluse SURGE_BIN=target/release/ecluse-surge
 #   NO_BUILD=1 (use them as they are; otherwise `cargo build --release` first).
 # `--full`: 50,000 students over 3 minutes against a bigger ENT; the plot is copied to
@@ -78,6 +86,16 @@ TARGET=${TARGET:-1.0}
 PENDING_SHARE=${PENDING_SHARE:-1}
 SEED=${SEED:-20200316}
 ARMS=${ARMS:-"direct nginx ecluse"}
+SCENARIO=${SCENARIO:-standard}
+case $SCENARIO in
+  standard) SCHEDULE=() ;;
+  half)
+    LOSE_AT=${LOSE_AT:-$([ "$FULL" = 1 ] && echo 90s || echo 15s)}
+    RECOVER_AT=${RECOVER_AT:-$([ "$FULL" = 1 ] && echo 300s || echo 60s)}
+    SCHEDULE=(--lose-half-at "$LOSE_AT" --recover-at "$RECOVER_AT")
+    ;;
+  *) echo "bench/surge.sh: SCENARIO is standard or half" >&2; exit 2 ;;
+esac
 SERVER_CPU=${SERVER_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 ECLUSE_BIN=${ECLUSE_BIN:-target/release/ecluse}
@@ -145,7 +163,7 @@ wait_200() {
 start_origin() {
   local arm=$1
   taskset -c "$SERVER_CPU" "$SURGE_BIN" origin --port 0 --capacity "$CAP" \
-    --latency-per-inflight-us "$PER_US" --exam-slots "$TEACHERS" \
+    --latency-per-inflight-us "$PER_US" --exam-slots "$TEACHERS" "${SCHEDULE[@]}" \
     >"$OUT/origin-$arm.stdout" 2>"$OUT/origin-$arm.stderr" &
   ORIGIN_PID=$!
   PIDS+=("$ORIGIN_PID")
@@ -197,15 +215,32 @@ for arm in $ARMS; do
       wait_200 "http://$ADMIN/readyz"
       ADMIN_ARG=(--admin "$ADMIN")
       ;;
-    *) die "unknown arm $arm (direct, nginx, ecluse)" ;;
+    ecluse-auto)
+      # No calibration: the room sizes itself from the ENT (the run measures the ENT's
+      # best goodput itself, for the efficiency column only).
+      mkdir -p "$OUT/ecluse-auto"
+      sed -e "s|@ORIGIN@|$ORIGIN|g" -e "s|@CAPACITY@|$CAP|g" -e "s|@PACE@|auto|g" \
+        -e "s|@ACTIVE@|auto|g" -e "s|@POLL@|$POLL|g" bench/surge-ecluse.yaml >"$OUT/ecluse-auto/ecluse.yaml"
+      echo "k1:$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$OUT/ecluse-auto/ticket.key"
+      "$ECLUSE_BIN" check "$OUT/ecluse-auto/ecluse.yaml" >&2
+      RUST_LOG=${RUST_LOG:-warn} taskset -c "$SERVER_CPU" "$ECLUSE_BIN" run --config "$OUT/ecluse-auto/ecluse.yaml" \
+        >"$OUT/ecluse-auto.stdout" 2>"$OUT/ecluse-auto.stderr" &
+      PROXY_PID=$!
+      PIDS+=("$PROXY_PID")
+      TARGET_ADDR=$(wait_listening "$OUT/ecluse-auto.stdout" proxy "$PROXY_PID")
+      ADMIN=$(wait_listening "$OUT/ecluse-auto.stdout" admin "$PROXY_PID")
+      wait_200 "http://$ADMIN/readyz"
+      ADMIN_ARG=(--admin "$ADMIN")
+      ;;
+    *) die "unknown arm $arm (direct, nginx, ecluse, ecluse-auto)" ;;
   esac
   log "$arm: students -> $TARGET_ADDR"
   taskset -c "$LOAD_CPU" "$SURGE_BIN" run --arm "$arm" --target "$TARGET_ADDR" --origin "$ORIGIN" \
     "${ADMIN_ARG[@]}" --students "$STUDENTS" --ramp "$RAMP" --teachers "$TEACHERS" \
     --pages "$PAGES" --max-duration "$MAX_DURATION" --seed "$SEED" --out "$OUT" \
     >"$OUT/$arm.summary" 2>"$OUT/$arm.log" || die "$arm run failed: $(tail -5 "$OUT/$arm.log")"
-  if [ "$arm" = ecluse ]; then
-    curl -s "http://$ADMIN/metrics" >"$OUT/ecluse-metrics.txt" || true
+  if [ "$arm" = ecluse ] || [ "$arm" = ecluse-auto ]; then
+    curl -s "http://$ADMIN/metrics" >"$OUT/$arm-metrics.txt" || true
   fi
   [ -z "$PROXY_PID" ] || stop "$PROXY_PID"
   stop "$ORIGIN_PID"
@@ -215,7 +250,7 @@ cp "$TMP"/nginx/nginx-error.log "$OUT/" 2>/dev/null || true
 {
   echo "Surge replay: $STUDENTS students over $RAMP (rate rising linearly), $TEACHERS teachers;"
   echo "simulated ENT of capacity $CAP in flight (throughput saturating at $((1000000 / PER_US)) req/s),"
-  echo "a fresh one per arm; $(date -u +%Y-%m-%d), $(nproc) cores."
+  echo "a fresh one per arm; scenario $SCENARIO${LOSE_AT:+ (half the servers die at $LOSE_AT, back at $RECOVER_AT)}; $(date -u +%Y-%m-%d), $(nproc) cores."
   echo
   "$SURGE_BIN" report --dir "$OUT" --arms "$(echo "$ARMS" | tr ' ' ',')" --svg "$OUT/surge.svg"
 } | tee "$OUT/table.md"

@@ -49,6 +49,12 @@ pub struct Metrics {
     pub room_active: IntGaugeVec,
     pub room_capacity: IntGaugeVec,
     pub room_frontier: IntGaugeVec,
+    /// `active_users: auto`: the capacity the room sized itself to.
+    pub room_auto_capacity: IntGaugeVec,
+    /// `new_users_per_minute: auto`: the pace the room sized itself to.
+    pub room_auto_pace: IntGaugeVec,
+    /// Changes of the automatic numbers by reason (a fixed set).
+    pub room_auto_changes: IntCounterVec,
     pub room_estimated_wait: prometheus::GaugeVec,
     pub room_admitted: IntCounterVec,
     pub room_abandoned: IntCounterVec,
@@ -346,6 +352,24 @@ impl Metrics {
             "The room's active_users capacity in force.",
             &["room"],
         );
+        let room_auto_capacity = gauge_vec(
+            &r,
+            "ecluse_room_auto_capacity",
+            "Sessions inside at once the room sized itself to from the guarded origin (active_users: auto).",
+            &["room"],
+        );
+        let room_auto_pace = gauge_vec(
+            &r,
+            "ecluse_room_auto_pace",
+            "Admissions per minute the room sized itself to from the guarded origin (new_users_per_minute: auto).",
+            &["room"],
+        );
+        let room_auto_changes = counter_vec(
+            &r,
+            "ecluse_room_auto_changes_total",
+            "Changes of a room's automatic capacity and pace, by reason (start, latency, errors, saturated, headroom, recovered, bounds).",
+            &["room", "reason"],
+        );
         let room_frontier = gauge_vec(
             &r,
             "ecluse_room_frontier",
@@ -482,6 +506,9 @@ impl Metrics {
             room_waiting,
             room_active,
             room_capacity,
+            room_auto_capacity,
+            room_auto_pace,
+            room_auto_changes,
             room_frontier,
             room_estimated_wait,
             room_admitted,

@@ -10,8 +10,42 @@ use prometheus::{IntCounter, IntGauge};
 
 use crate::clock::now_ms;
 use crate::policy::rate_limit::KeyedLimiter;
+use crate::policy::room_sizing::{self, Bounds, Sizer};
 use crate::policy::ticket::Keyring;
 use crate::policy::waiting_room::{Arrival, FleetShare, RoomParams, RoomState, PREQUEUE_BIT};
+
+/// Default lower bound of an `auto` number (`auto.min_active_users`,
+/// `auto.min_new_users_per_minute`).
+pub const AUTO_MIN: u32 = 10;
+/// Default upper bound of an `auto` number.
+pub const AUTO_MAX: u32 = 1_000_000;
+
+/// Bounds of a room's automatic numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutoBounds {
+    pub capacity: Bounds,
+    pub pace: Bounds,
+}
+
+/// A room sized from the origins it guards (`active_users: auto`, `new_users_per_minute:
+/// auto`): which of the two numbers are automatic, and their bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomAuto {
+    pub capacity: bool,
+    pub pace: bool,
+    pub bounds: AutoBounds,
+}
+
+impl RoomAuto {
+    /// The sizer's settings, with the guarded origins' latency tolerance.
+    pub fn params(&self, tolerance: f64) -> room_sizing::Params {
+        room_sizing::Params {
+            capacity: self.bounds.capacity,
+            pace: self.bounds.pace,
+            tolerance,
+        }
+    }
+}
 
 /// Ops overrides from the admin API, cleared by the next successful reload.
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,6 +68,12 @@ pub struct RoomShared {
     identity: Mutex<Vec<String>>,
     /// Ticket numbers made durable ahead of use (see [`RoomShared::make_durable`]).
     reserve: Mutex<Reserve>,
+    /// The automatic sizing (`auto`), once the room first ticks with it; it outlives
+    /// reloads, so a reload does not send a sized room back to its lower bounds.
+    sizer: Mutex<Option<Sizer>>,
+    /// The automatic numbers in force for the hot path: capacity << 32 | pace, 0 before
+    /// the first sizing (both are at least 1 once sized).
+    auto_now: std::sync::atomic::AtomicU64,
 }
 
 /// Ticket numbers reserved on disk ahead of use: no number leaves ecluse before the
@@ -195,6 +235,25 @@ impl RoomShared {
     pub fn lock(&self) -> MutexGuard<'_, RoomState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// The automatic numbers in force (capacity, pace), once sized.
+    fn auto_numbers(&self) -> Option<(u32, u32)> {
+        let v = self.auto_now.load(std::sync::atomic::Ordering::Relaxed);
+        (v != 0).then_some(((v >> 32) as u32, v as u32))
+    }
+
+    /// The automatic sizing's state for `/admin/state`: capacity, pace and the last
+    /// change (`None` before the room first sized itself).
+    pub fn auto_view(&self) -> Option<(u32, u32, Option<room_sizing::Change>)> {
+        let (c, p) = self.auto_numbers()?;
+        let last = self
+            .sizer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|s| s.last_change().cloned());
+        Some((c, p, last))
+    }
 }
 
 #[derive(Default)]
@@ -260,6 +319,8 @@ impl RoomRegistry {
                 dir,
                 failing: false,
             }),
+            sizer: Mutex::new(None),
+            auto_now: std::sync::atomic::AtomicU64::new(0),
         });
         rooms.insert(name.to_string(), shared.clone());
         shared
@@ -440,6 +501,8 @@ pub struct Room {
     pub turn_sound: bool,
     pub end_header: http::HeaderName,
     pub metrics: RoomMetrics,
+    /// `active_users: auto` / `new_users_per_minute: auto`.
+    pub auto: Option<RoomAuto>,
 }
 
 impl std::fmt::Debug for Room {
@@ -460,6 +523,17 @@ impl Room {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let mut p = self.params.clone();
+        // The automatic numbers, once sized (until then the params hold the lower bounds).
+        if let Some(auto) = &self.auto {
+            if let Some((c, n)) = self.shared.auto_numbers() {
+                if auto.capacity {
+                    p.active_users = c;
+                }
+                if auto.pace {
+                    p.new_users_per_minute = n;
+                }
+            }
+        }
         if let Some(a) = o.active_users {
             p.active_users = a;
         }
@@ -564,6 +638,91 @@ impl Room {
         a
     }
 
+    /// `auto` rooms, about once a second: measure the origins the room guards (`origins`:
+    /// those of the routes naming the room) and step the sizer; a change is logged with
+    /// its cause and counted. The room reads the new numbers at its next tick.
+    pub fn size(&self, origins: &[Arc<crate::config::runtime::Origin>], now: u64) {
+        let Some(auto) = &self.auto else {
+            return;
+        };
+        if origins.is_empty() {
+            return;
+        }
+        let (active, waiting) = {
+            let s = self.shared.lock();
+            (s.active() + s.pending(), s.waiting())
+        };
+        // A degradation level shrinks the room by its factor after the sizer: the sizer
+        // sees the sessions inside at its own scale, or a room at 80% could never count
+        // as in use (and grow) while the level holds.
+        let f = self.shared.factor();
+        let active = if f > 0.0 && f < 1.0 {
+            (active as f64 / f).ceil() as u64
+        } else {
+            active
+        };
+        // The strictest tolerance of the guarded origins' adaptive limits (2 without).
+        let tolerance = origins
+            .iter()
+            .filter_map(|o| o.adaptive.as_ref().map(|a| a.tolerance))
+            .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.min(t))))
+            .unwrap_or(2.0);
+        let p = auto.params(tolerance);
+        let samples: Vec<(&str, room_sizing::Sample)> = origins
+            .iter()
+            .map(|o| {
+                (
+                    o.name.as_str(),
+                    o.shared.room_sample(now, o.max_inflight, active, waiting),
+                )
+            })
+            .collect();
+        let mut g = self.shared.sizer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changes = Vec::new();
+        let sizer = g.get_or_insert_with(|| {
+            let s = Sizer::new(&p, now);
+            if let Some(c) = s.last_change() {
+                changes.push(c.clone());
+            }
+            s
+        });
+        changes.extend(sizer.rebound(&p, now));
+        changes.extend(sizer.step_all(&p, &samples, now));
+        let (c, n) = (sizer.capacity(&p), sizer.pace(&p));
+        drop(g);
+        let packed = (u64::from(c.max(1)) << 32) | u64::from(n.max(1));
+        self.shared
+            .auto_now
+            .store(packed, std::sync::atomic::Ordering::Relaxed);
+        let m = crate::metrics::get();
+        if auto.capacity {
+            m.room_auto_capacity
+                .with_label_values(&[&self.name])
+                .set(i64::from(c));
+        }
+        if auto.pace {
+            m.room_auto_pace
+                .with_label_values(&[&self.name])
+                .set(i64::from(n));
+        }
+        for ch in changes {
+            let reason = ch.reason.as_str();
+            let line = format!(
+                "room {}: auto capacity {} -> {}, pace {} -> {}/min ({reason}): {}",
+                self.name, ch.capacity_from, ch.capacity_to, ch.pace_from, ch.pace_to, ch.detail
+            );
+            match ch.reason {
+                room_sizing::Reason::Latency
+                | room_sizing::Reason::Errors
+                | room_sizing::Reason::Saturated => log::warn!("{line}"),
+                _ => log::info!("{line}"),
+            }
+            m.room_auto_changes
+                .with_label_values(&[&self.name, reason])
+                .inc();
+        }
+    }
+
     /// Advance admission and refresh the gauges. Called about once a second.
     pub fn tick(&self, now: u64) {
         self.tick_share(now, None)
@@ -609,5 +768,21 @@ impl Room {
                 seen[i] = totals[i];
             }
         }
+    }
+}
+
+/// Step every `auto` room of `cfg` against the origins it guards: those of the routes that
+/// name it (a room whose routes go to several origins is as large as the most loaded of
+/// them allows; an origin it does not guard never moves it).
+pub fn size_all(cfg: &crate::config::Config, now: u64) {
+    for room in cfg.rooms.iter().filter(|r| r.auto.is_some()) {
+        let mut origins: Vec<Arc<crate::config::runtime::Origin>> = Vec::new();
+        for r in cfg.router.routes() {
+            let guards = r.room.as_ref().is_some_and(|x| x.name == room.name);
+            if guards && !origins.iter().any(|o| o.name == r.origin.name) {
+                origins.push(r.origin.clone());
+            }
+        }
+        room.size(&origins, now);
     }
 }

@@ -48,8 +48,18 @@ const TEACHERS: &str = "4";
 const POLL: &str = "2s";
 
 fn start_origin() -> Origin {
+    start_origin_with(&[])
+}
+
+/// One replay at a time: each needs the machine's cores to itself (cargo runs the tests
+/// of a file in parallel).
+static ONE_REPLAY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The simulated ENT, with `extra` arguments (a capacity-loss schedule).
+fn start_origin_with(extra: &[&str]) -> Origin {
     let child = Command::new(surge_bin())
         .args(["origin", "--port", "0", "--capacity", CAPACITY])
+        .args(extra)
         .args([
             "--latency-per-inflight-us",
             PER_US,
@@ -103,6 +113,7 @@ fn field(text: &str, name: &str) -> String {
 
 #[test]
 fn surge_through_ecluse_meets_the_targets() {
+    let _one = ONE_REPLAY.lock().unwrap_or_else(|p| p.into_inner());
     let origin = start_origin();
 
     // Ops size the room from a load test of their ENT (see bench/surge.sh).
@@ -229,4 +240,112 @@ fn surge_through_ecluse_meets_the_targets() {
     );
     assert!(took < Duration::from_secs(100), "quick scale took {took:?}");
     drop(ecluse);
+}
+
+/// Replays the quick surge through ecluse with `active_users: auto` and
+/// `new_users_per_minute: auto` (no calibration, no numbers), against an origin started
+/// with `origin_args`; returns the summary and what `/admin/state` said of the room after.
+fn replay_auto(origin_args: &[&str], out_name: &str) -> (serde_json::Value, serde_json::Value) {
+    let _one = ONE_REPLAY.lock().unwrap_or_else(|p| p.into_inner());
+    let origin = start_origin_with(origin_args);
+    let template = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/surge-ecluse.yaml"),
+    )
+    .expect("bench/surge-ecluse.yaml");
+    let yaml = template
+        .replace("@ORIGIN@", &origin.addr)
+        .replace("@CAPACITY@", CAPACITY)
+        .replace("@PACE@", "auto")
+        .replace("@ACTIVE@", "auto")
+        .replace("@POLL@", POLL)
+        .replace("threads: 1 ", "threads: 2 ");
+    let key = format!("k1:{}", "5eb0".repeat(16));
+    let ecluse = Ecluse::start_with(&yaml, &[("ticket.key", key.as_bytes())], |_| {});
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(out_name);
+    let _ = std::fs::remove_dir_all(&out);
+    let summary = output(
+        Command::new(surge_bin())
+            .args(["run", "--arm", "ecluse-auto"])
+            .args(["--target", &ecluse.proxy.to_string()])
+            .args(["--origin", &origin.addr])
+            .args(["--admin", &ecluse.admin.to_string()])
+            .args([
+                "--students",
+                STUDENTS,
+                "--ramp",
+                RAMP,
+                "--teachers",
+                TEACHERS,
+            ])
+            .args(["--max-duration", "120s"])
+            .arg("--out")
+            .arg(&out),
+    );
+    let s: serde_json::Value = serde_json::from_str(summary.trim()).expect("summary JSON");
+    let state: serde_json::Value = common::raw_get(ecluse.admin, "/admin/state")
+        .ok()
+        .and_then(|(_, body)| serde_json::from_str(body.split("\r\n\r\n").last()?).ok())
+        .unwrap_or_default();
+    eprintln!("surge replay, auto room ({out_name}):\n{s:#}");
+    (s, state["rooms"][0].clone())
+}
+
+/// Properties every replay through an `auto` room keeps, whatever the machine's speed:
+/// everyone served, no error for the students, the ENT never above its capacity.
+fn assert_served_without_errors(s: &serde_json::Value, room: &serde_json::Value, share: f64) {
+    assert!(
+        s["served_share"].as_f64().is_some_and(|x| x >= share),
+        "at least {share} of the students served: {s:#}"
+    );
+    assert_eq!(
+        s["student_errors"].as_u64(),
+        Some(0),
+        "0 student-visible errors: kinds {}",
+        s["error_kinds"]
+    );
+    assert!(
+        s["origin_peak_inflight"].as_u64() <= s["origin_capacity"].as_u64(),
+        "origin never above its capacity: {s:#}"
+    );
+    assert!(
+        s["queued"].as_u64().is_some_and(|q| q > 0),
+        "a queue formed: {s:#}"
+    );
+    assert!(
+        room["auto"]["capacity"].as_u64().is_some_and(|c| c > 10),
+        "the room grew from its lower bound by itself: {room:#}"
+    );
+}
+
+#[test]
+fn surge_through_an_auto_room_needs_no_calibration() {
+    let (s, room) = replay_auto(&[], "surge-auto");
+    assert_served_without_errors(&s, &room, 1.0);
+    // A floor, not the figure: the calibrated room reaches 90% (above); the auto room
+    // measured 20-47% at this quick scale on a loaded 2-core machine (its latency
+    // signal also sees a CPU-starved debug proxy). It must at least leave its lower
+    // bound and use the ENT.
+    assert!(
+        s["admission_efficiency"].as_f64().is_some_and(|e| e >= 0.1),
+        "admission efficiency >= 10% without any number: {} over {} s",
+        s["admission_efficiency"],
+        s["held_seconds"]
+    );
+}
+
+#[test]
+fn an_auto_room_follows_the_ent_losing_half_its_servers() {
+    // Half the servers die 8 s into the surge and come back at 30 s.
+    let (s, room) = replay_auto(
+        &["--lose-half-at", "8s", "--recover-at", "30s"],
+        "surge-auto-half",
+    );
+    // Those inside get no error while half the ENT is gone; most are served within the
+    // replay's deadline (admissions slow down while it is half).
+    assert_served_without_errors(&s, &room, 0.8);
+    let changes = room["auto"]["last_change"]["reason"].as_str().unwrap_or("");
+    assert!(
+        !changes.is_empty(),
+        "the room says why it moved last: {room:#}"
+    );
 }

@@ -593,6 +593,26 @@ fn state(app: &App) -> serde_json::Value {
                 "pending_admissions": s.pending(),
                 "waiting": s.waiting(),
                 "capacity": { "active_users": p.active_users, "new_users_per_minute": p.new_users_per_minute },
+                "auto": r.auto.map(|a| {
+                    let view = r.shared.auto_view();
+                    json!({
+                        "active_users": a.capacity,
+                        "new_users_per_minute": a.pace,
+                        "bounds": {
+                            "active_users": [a.bounds.capacity.min, a.bounds.capacity.max],
+                            "new_users_per_minute": [a.bounds.pace.min, a.bounds.pace.max],
+                        },
+                        "capacity": view.as_ref().map(|v| v.0),
+                        "pace_per_minute": view.as_ref().map(|v| v.1),
+                        "last_change": view.and_then(|v| v.2).map(|c| json!({
+                            "reason": c.reason.as_str(),
+                            "capacity": [c.capacity_from, c.capacity_to],
+                            "pace_per_minute": [c.pace_from, c.pace_to],
+                            "detail": c.detail,
+                            "at": crate::clock::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(c.at_ms)),
+                        })),
+                    })
+                }),
                 "admission_rate_per_second": (s.rate * 100.0).round() / 100.0,
                 "estimated_wait_seconds": s.eta(s.waiting().max(1)).map(|d| d.as_secs()),
                 "queues": s.queues.iter().map(|q| json!({ "issued": q.next, "frontier": q.frontier, "waiting": q.waiting() })).collect::<Vec<_>>(),

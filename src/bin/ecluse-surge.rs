@@ -74,6 +74,14 @@ enum Cmd {
         port: u16,
         #[command(flatten)]
         shape: OriginArgs,
+        /// Half of the ENT's servers die this long after the replay starts (its `POST
+        /// /__origin/reset_peak`): the capacity-loss scenario; also `POST
+        /// /__origin/capacity` with `50`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        lose_half_at: Option<Duration>,
+        /// They come back this long after the replay starts.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        recover_at: Option<Duration>,
     },
     /// Measure the origin's best goodput (`capacity` closed-loop clients) and size a
     /// waiting room for it the way ops would from a load test and their analytics:
@@ -209,7 +217,12 @@ fn requests_per_student(pages: usize) -> usize {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Origin { port, shape } => origin(port, shape),
+        Cmd::Origin {
+            port,
+            shape,
+            lose_half_at,
+            recover_at,
+        } => origin(port, shape, lose_half_at, recover_at),
         Cmd::Calibrate {
             origin,
             duration,
@@ -269,7 +282,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn origin(port: u16, s: OriginArgs) -> Result<(), String> {
+fn origin(
+    port: u16,
+    s: OriginArgs,
+    lose_half_at: Option<Duration>,
+    recover_at: Option<Duration>,
+) -> Result<(), String> {
     use ecluse::demo::{DemoOrigin, OriginOptions};
     let per = Duration::from_micros(s.latency_per_inflight_us);
     let opts = OriginOptions {
@@ -290,8 +308,33 @@ fn origin(port: u16, s: OriginArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         println!("listening origin http://{}/", o.addr());
+        let o = std::sync::Arc::new(o);
+        if lose_half_at.is_some() || recover_at.is_some() {
+            // The schedule starts with the surge (the replay resets the origin's peak
+            // once its calibration is over), not with the process.
+            let o = o.clone();
+            tokio::spawn(async move {
+                while o.peak_resets() == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let t0 = tokio::time::Instant::now();
+                if let Some(at) = lose_half_at {
+                    tokio::time::sleep_until(t0 + at).await;
+                    o.set_capacity_percent(50);
+                    println!("capacity 50% at {:.1}s", at.as_secs_f64());
+                }
+                if let Some(at) = recover_at {
+                    tokio::time::sleep_until(t0 + at).await;
+                    o.set_capacity_percent(100);
+                    println!("capacity 100% at {:.1}s", at.as_secs_f64());
+                }
+            });
+        }
         let _ = tokio::signal::ctrl_c().await;
-        o.shutdown().await;
+        // The schedule's task may still hold it: then the process exit stops it.
+        if let Ok(o) = std::sync::Arc::try_unwrap(o) {
+            o.shutdown().await;
+        }
         Ok(())
     })
 }

@@ -1191,14 +1191,55 @@ pub struct EventFile {
     pub prequeue: Option<DurationText>,
 }
 
+/// A fixed number, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum CountOrAuto {
+    /// A fixed number.
+    Count(u32),
+    /// `auto`: from what the guarded origin measures.
+    Auto(AutoWord),
+}
+
+/// The word `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AutoWord {
+    Auto,
+}
+
+/// Bounds of a room sized automatically (`active_users: auto`, `new_users_per_minute:
+/// auto`): the room starts at the lower bounds and never leaves them.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoomAutoFile {
+    /// Fewest sessions inside the room lets in, whatever the origin says (default 10).
+    #[serde(default)]
+    pub min_active_users: Option<u32>,
+    /// Most sessions inside (default 1000000).
+    #[serde(default)]
+    pub max_active_users: Option<u32>,
+    /// Slowest pace of admissions per minute (default 10).
+    #[serde(default)]
+    pub min_new_users_per_minute: Option<u32>,
+    /// Fastest pace of admissions per minute (default 1000000).
+    #[serde(default)]
+    pub max_new_users_per_minute: Option<u32>,
+}
+
 /// A waiting room: students beyond capacity wait on a queue page, in order.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaitingRoomFile {
-    /// Most sessions inside at once (active within `session_idle_timeout`).
-    pub active_users: u32,
-    /// Most new sessions let in per minute.
-    pub new_users_per_minute: u32,
+    /// Most sessions inside at once (active within `session_idle_timeout`), or `auto`:
+    /// sized from the guarded origin's measures (see `docs/room-sizing.md`).
+    pub active_users: CountOrAuto,
+    /// Most new sessions let in per minute, or `auto`: paced from the guarded origin's
+    /// measures.
+    pub new_users_per_minute: CountOrAuto,
+    /// Bounds of the `auto` numbers (each optional).
+    #[serde(default)]
+    pub auto: Option<RoomAutoFile>,
     /// File holding the ticket signing keys, one `KID:SECRET` per line, the first signs.
     #[serde(default)]
     pub secret_file: Option<String>,

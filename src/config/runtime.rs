@@ -2270,6 +2270,102 @@ fn build_classes(
     out
 }
 
+/// The `auto` sizing of a room, when `active_users` or `new_users_per_minute` is `auto`;
+/// its bounds checked. Refused in fleet mode: each node measures only its own share of
+/// the origin's traffic, and the shared room takes one capacity (see
+/// `docs/room-sizing.md`).
+fn build_room_auto(
+    p: &mut Problems,
+    file: &FileConfig,
+    w: &super::file::WaitingRoomFile,
+    at: &dyn Fn(Vec<Seg>) -> Vec<Seg>,
+) -> Option<crate::waiting_room::RoomAuto> {
+    use super::file::CountOrAuto;
+    use crate::policy::room_sizing::Bounds;
+    let capacity = matches!(w.active_users, CountOrAuto::Auto(_));
+    let pace = matches!(w.new_users_per_minute, CountOrAuto::Auto(_));
+    if !capacity && !pace {
+        if w.auto.is_some() {
+            p.at(
+                at(path!["auto"]),
+                "bounds of `auto` numbers, but neither `active_users` nor `new_users_per_minute` is `auto`",
+            );
+        }
+        return None;
+    }
+    if file.cluster.is_some() {
+        let key = if capacity {
+            "active_users"
+        } else {
+            "new_users_per_minute"
+        };
+        p.at(
+            at(path![key]),
+            "`auto` is not available in fleet mode (`cluster`): each node measures only its share of the origin; give fixed numbers",
+        );
+        return None;
+    }
+    let a = w.auto.clone().unwrap_or_default();
+    let mut bounds =
+        |lo: Option<u32>, hi: Option<u32>, lo_key: &'static str, hi_key: &'static str| {
+            let min = lo.unwrap_or(crate::waiting_room::AUTO_MIN);
+            let max = hi.unwrap_or(crate::waiting_room::AUTO_MAX);
+            if min == 0 {
+                p.at(at(path!["auto", lo_key]), "must be at least 1");
+            }
+            if max < min.max(1) {
+                p.at(
+                    at(path!["auto", hi_key]),
+                    format!("must be at least `{lo_key}` ({min})"),
+                );
+            }
+            Bounds {
+                min: min.max(1),
+                max: max.max(min).max(1),
+            }
+        };
+    let cap = bounds(
+        a.min_active_users,
+        a.max_active_users,
+        "min_active_users",
+        "max_active_users",
+    );
+    let pc = bounds(
+        a.min_new_users_per_minute,
+        a.max_new_users_per_minute,
+        "min_new_users_per_minute",
+        "max_new_users_per_minute",
+    );
+    // Bounds of a number that is fixed say nothing: a mistake worth telling.
+    for (auto_on, keys, name) in [
+        (
+            capacity,
+            [&a.min_active_users, &a.max_active_users],
+            "active_users",
+        ),
+        (
+            pace,
+            [&a.min_new_users_per_minute, &a.max_new_users_per_minute],
+            "new_users_per_minute",
+        ),
+    ] {
+        if !auto_on && keys.iter().any(|k| k.is_some()) {
+            p.at(
+                at(path!["auto"]),
+                format!("bounds for `{name}`, which is a fixed number, not `auto`"),
+            );
+        }
+    }
+    Some(crate::waiting_room::RoomAuto {
+        capacity,
+        pace,
+        bounds: crate::waiting_room::AutoBounds {
+            capacity: cap,
+            pace: pc,
+        },
+    })
+}
+
 fn build_rooms(
     p: &mut Problems,
     file: &FileConfig,
@@ -2288,12 +2384,17 @@ fn build_rooms(
         if !valid_name(name) {
             p.at_key(at(vec![]), "room names use letters, digits, `_` and `-`");
         }
-        if w.active_users == 0 {
-            p.at(at(path!["active_users"]), "must be at least 1");
+        use super::file::CountOrAuto;
+        if w.active_users == CountOrAuto::Count(0) {
+            p.at(at(path!["active_users"]), "must be at least 1 (or `auto`)");
         }
-        if w.new_users_per_minute == 0 {
-            p.at(at(path!["new_users_per_minute"]), "must be at least 1");
+        if w.new_users_per_minute == CountOrAuto::Count(0) {
+            p.at(
+                at(path!["new_users_per_minute"]),
+                "must be at least 1 (or `auto`)",
+            );
         }
+        let auto = build_room_auto(p, file, w, &at);
         // Keys: from a file or an environment variable, never inline.
         let keys_text = match (&w.secret_file, &w.secret_env) {
             (Some(_), Some(_)) => {
@@ -2506,9 +2607,20 @@ fn build_rooms(
         else {
             continue;
         };
+        // An automatic number starts at its lower bound (the sizer moves it from there).
+        let fixed_or_min = |n: CountOrAuto, min: u32| match n {
+            CountOrAuto::Count(n) => n,
+            CountOrAuto::Auto(_) => min,
+        };
         let params = RoomParams {
-            active_users: w.active_users,
-            new_users_per_minute: w.new_users_per_minute,
+            active_users: fixed_or_min(
+                w.active_users,
+                auto.as_ref().map_or(1, |a| a.bounds.capacity.min),
+            ),
+            new_users_per_minute: fixed_or_min(
+                w.new_users_per_minute,
+                auto.as_ref().map_or(1, |a| a.bounds.pace.min),
+            ),
             idle_timeout: idle,
             abandon_timeout: abandon,
             return_grace,
@@ -2551,6 +2663,7 @@ fn build_rooms(
             turn_sound: w.turn_sound.unwrap_or(false),
             end_header,
             metrics: RoomMetrics::new(name),
+            auto,
         }));
     }
     out

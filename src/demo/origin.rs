@@ -175,6 +175,12 @@ struct OriginState {
     fault: AtomicU8,
     /// Number of requests refused over `hard_limit`, to pick every 4th for a hang.
     over_limit: AtomicU64,
+    /// Share of its servers still up, in percent (100: all; 50: half died). Each request
+    /// then weighs `100 / percent` requests in flight: half the servers, half the
+    /// throughput and half the hard limit (see [`DemoOrigin::set_capacity_percent`]).
+    capacity_percent: std::sync::atomic::AtomicU32,
+    /// `POST /__origin/reset_peak` calls: a replay's arm starts with one.
+    resets: AtomicU64,
 }
 
 impl OriginState {
@@ -218,6 +224,8 @@ impl DemoOrigin {
             exam_slots,
             fault: AtomicU8::new(Fault::None.to_u8()),
             over_limit: AtomicU64::new(0),
+            capacity_percent: std::sync::atomic::AtomicU32::new(100),
+            resets: AtomicU64::new(0),
             opts,
         });
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
@@ -254,6 +262,19 @@ impl DemoOrigin {
     /// Switches the fault mode; applies to requests whose handling starts afterwards.
     pub fn set_fault(&self, fault: Fault) {
         self.shared.fault.store(fault.to_u8(), Ordering::Release);
+    }
+
+    /// Share of the ENT's servers up, in percent (1..=100): `50` is half of them dead,
+    /// the surge replay's capacity loss (also `POST /__origin/capacity` with the number).
+    pub fn set_capacity_percent(&self, percent: u32) {
+        let p = percent.clamp(1, 100);
+        self.shared.capacity_percent.store(p, Ordering::Release);
+    }
+
+    /// How many times the peak in flight was reset (`POST /__origin/reset_peak`): the
+    /// surge replay does it once its calibration is over, as the morning starts.
+    pub fn peak_resets(&self) -> u64 {
+        self.shared.resets.load(Ordering::Acquire)
     }
 
     /// The current fault mode.
@@ -380,8 +401,10 @@ async fn route(
         "/healthz" if get => Ok(text(StatusCode::OK, "ok")),
         "/__origin/stats" if get => Ok(stats_json(shared)),
         "/__origin/fault" if post => set_fault(shared, req).await,
+        "/__origin/capacity" if post => set_capacity(shared, req).await,
         "/__origin/reset_peak" if post => {
             shared.stats.reset_peak();
+            shared.resets.fetch_add(1, Ordering::AcqRel);
             Ok(text(StatusCode::OK, "ok"))
         }
         "/logout" if get || post => modelled(shared, async { Ok(logout()) }).await,
@@ -421,7 +444,12 @@ where
     // Held until this future completes or is dropped (client disconnect), so the count
     // is right on every exit path.
     let guard = shared.stats.enter();
-    let inflight = guard.at_entry();
+    // With servers down, each request in flight weighs on fewer of them.
+    let percent = shared
+        .capacity_percent
+        .load(Ordering::Acquire)
+        .clamp(1, 100) as usize;
+    let inflight = guard.at_entry().saturating_mul(100) / percent;
     if inflight > opts.hard_limit {
         shared.stats.record_rejected();
         let refusal = shared.over_limit.fetch_add(1, Ordering::Relaxed) + 1;
@@ -752,6 +780,29 @@ async fn set_fault(shared: &OriginState, req: Request<Incoming>) -> Result<Resp,
     }
 }
 
+/// `POST /__origin/capacity` with body `1`..=`100`: the share of the servers up.
+async fn set_capacity(shared: &OriginState, req: Request<Incoming>) -> Result<Resp, OriginError> {
+    let body = match read_small_body(req.into_body()).await? {
+        Ok(b) => b,
+        Err(resp) => return Ok(resp),
+    };
+    match std::str::from_utf8(&body)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .filter(|p| (1..=100).contains(p))
+    {
+        Some(p) => {
+            shared.capacity_percent.store(p, Ordering::Release);
+            log::info!("demo origin capacity set to {p}% of its servers");
+            Ok(text(StatusCode::OK, "ok"))
+        }
+        None => Ok(text(
+            StatusCode::BAD_REQUEST,
+            "expected a percentage of the servers up, 1 to 100",
+        )),
+    }
+}
+
 /// `GET /__origin/stats`: [`OriginStats::to_json`] plus the fault mode and options, for
 /// out-of-process benches.
 fn stats_json(shared: &OriginState) -> Resp {
@@ -760,6 +811,10 @@ fn stats_json(shared: &OriginState) -> Resp {
         let o = &shared.opts;
         obj.insert("fault".into(), shared.fault().as_str().into());
         obj.insert("sessions_live".into(), shared.sessions.len().into());
+        obj.insert(
+            "capacity_percent".into(),
+            shared.capacity_percent.load(Ordering::Acquire).into(),
+        );
         obj.insert(
             "options".into(),
             serde_json::json!({

@@ -381,6 +381,10 @@ pub struct Status<'a> {
     /// Local time, `15:27:19`.
     pub updated_at_text: String,
     pub poll_after_ms: u64,
+    /// The room's pace follows the origin (`new_users_per_minute: auto`): the estimate
+    /// follows it too, and may move. Absent for a fixed room.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pace_adaptive: bool,
     pub paused: bool,
     /// The scheduled opening, RFC 3339 with its offset, while it is ahead.
     pub opens_at: Option<String>,

@@ -521,8 +521,21 @@ impl Window {
     /// The `q` quantile over the last `secs` seconds only (a control loop must not
     /// react to what the 10 s window still remembers), with the sample count.
     pub fn recent_quantile_ms(&self, now_ms: u64, q: f64, secs: u64) -> (f64, u64) {
+        self.recent_quantile_ms_without(now_ms, q, secs, 0)
+    }
+
+    /// [`recent_quantile_ms`](Self::recent_quantile_ms) without the client keys of
+    /// `mask` (those the signals left out: one client's slow requests do not move an
+    /// `auto` waiting room either).
+    pub fn recent_quantile_ms_without(
+        &self,
+        now_ms: u64,
+        q: f64,
+        secs: u64,
+        mask: u64,
+    ) -> (f64, u64) {
         let s = self.sums(now_ms, secs);
-        let (m, total) = merged(&s.lat, 0);
+        let (m, total) = merged(&s.lat, mask);
         match quantile_bucket(&m, total, q) {
             Some(b) => (bucket_upper_ms(b), total),
             None => (0.0, 0),

@@ -10,6 +10,7 @@ pub mod forwarding;
 pub mod path;
 pub mod rate_limit;
 pub mod request_id;
+pub mod room_sizing;
 pub mod route;
 pub mod signals;
 pub mod ticket;

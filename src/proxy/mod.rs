@@ -1202,6 +1202,7 @@ impl EcluseProxy {
             updated_at: zone.rfc3339(now),
             updated_at_text: zone.clock(now),
             poll_after_ms: poll_after,
+            pace_adaptive: room.auto.is_some_and(|a| a.pace || a.capacity),
             paused,
             opens_at: opens.map(|t| zone.rfc3339(t)),
             opens_at_text: opens.map(|t| zone.when(t, now, lang)),

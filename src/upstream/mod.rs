@@ -323,6 +323,47 @@ impl OriginShared {
         (s, m, excused)
     }
 
+    /// What an `auto` waiting room needs of this origin (`policy::room_sizing`): the last
+    /// three seconds' median latency and throughput (a control loop must not react to
+    /// what the 10 s window still remembers), the error rate without outliers, requests
+    /// in flight, the limit in force and the adaptive limit's unloaded latency.
+    pub fn room_sample(
+        &self,
+        now_ms: u64,
+        max_inflight: Option<u32>,
+        active: u64,
+        waiting: u64,
+    ) -> crate::policy::room_sizing::Sample {
+        const SECS: u64 = 3;
+        let (p50_ms, exchanges, error_rate) = {
+            let w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+            // What single clients brought beyond the rest is left out, as for the
+            // degradation signals: one client cannot shrink the room for everyone.
+            let m = w.measure(now_ms, 0.5);
+            let mask = m.client_outliers | self.client_outliers.load(Ordering::Relaxed);
+            let (p50, n) = w.recent_quantile_ms_without(now_ms, 0.5, SECS, mask);
+            (p50, n, m.error_rate)
+        };
+        let baseline_ms = self
+            .adaptive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ctl
+            .as_ref()
+            .and_then(|c| c.baseline_ms());
+        crate::policy::room_sizing::Sample {
+            exchanges,
+            throughput: exchanges as f64 / SECS as f64,
+            p50_ms,
+            baseline_ms,
+            error_rate,
+            inflight: self.inflight.load(Ordering::Relaxed) as f64,
+            limit: self.current_limit(max_inflight).map(|l| l as f64),
+            active,
+            waiting,
+        }
+    }
+
     /// The client keys with exchanges in the signals' window (bit mask), for passive
     /// ejection (`ServerState::record_failure`).
     pub fn active_clients(&self, now_ms: u64) -> u32 {

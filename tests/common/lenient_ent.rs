@@ -22,7 +22,9 @@
 //! - **slow on command**: `/slow/MS/...` answers after MS milliseconds (at most 30 s; a
 //!   heavy search); `set_delay(d)` makes every answer wait `d` first (the ENT is slow);
 //!   `set_holding(true)` holds every answer (once recorded in `seen()`) until
-//!   `set_holding(false)`: a request kept in flight for as long as a test needs.
+//!   `set_holding(false)`: a request kept in flight for as long as a test needs;
+//!   `set_servers(Some((n, service)))` models an ENT of `n` servers answering one request
+//!   at a time each: latency rises with the load past `n` (a server dies: a smaller `n`).
 //! - **one body for every pupil** at `/class/...` (`"<path> for the class"`, login page
 //!   for anonymous), like an exam paper every logged-in pupil may read;
 //! - **validators on command** (`set_validators`): a strong ETag of the body (default), a
@@ -102,6 +104,8 @@ struct State {
     /// The header `/private/` and `/class/` bodies vary by (see `set_vary`).
     vary: Mutex<Option<String>>,
     seen: Mutex<Vec<Seen>>,
+    /// A capacity model (see `set_servers`): the slots and each answer's service time.
+    servers: Mutex<Option<(Arc<tokio::sync::Semaphore>, u64)>>,
 }
 
 pub struct LenientEnt {
@@ -182,6 +186,7 @@ impl LenientEnt {
             holding: tokio::sync::watch::channel(false).0,
             vary: Mutex::new(None),
             seen: Mutex::new(Vec::new()),
+            servers: Mutex::new(None),
         });
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let st = state.clone();
@@ -226,6 +231,18 @@ impl LenientEnt {
             .delay_ms
             .store(d.as_millis() as u64, Ordering::SeqCst);
     }
+    /// `Some((n, service))`: a capacity model, an ENT of `n` servers each answering one
+    /// request at a time in `service`; more requests wait their turn, so the latency
+    /// rises with the load past `n` in flight (`n` smaller: a server died). `None`: off.
+    pub fn set_servers(&self, model: Option<(usize, std::time::Duration)>) {
+        *self.state.servers.lock().expect("lock") = model.map(|(n, d)| {
+            (
+                Arc::new(tokio::sync::Semaphore::new(n.max(1))),
+                d.as_millis() as u64,
+            )
+        });
+    }
+
     /// While `on`, every answer waits (after it is recorded in `seen()`) until this is
     /// called with `false`.
     pub fn set_holding(&self, on: bool) {
@@ -381,6 +398,11 @@ async fn answer(
         resp = resp.header("vary", name.as_str());
     }
     let _ = st.holding.subscribe().wait_for(|held| !*held).await;
+    let model = st.servers.lock().expect("lock").clone();
+    if let Some((slots, service_ms)) = model {
+        let _slot = slots.acquire_owned().await;
+        tokio::time::sleep(std::time::Duration::from_millis(service_ms)).await;
+    }
     let mut wait = st.delay_ms.load(Ordering::SeqCst);
     if let Some(ms) = path
         .strip_prefix("/slow/")
