@@ -6,6 +6,7 @@ pub mod concurrency;
 pub mod cookies;
 pub mod degrade;
 pub mod forwarding;
+pub mod host;
 pub mod path;
 pub mod rate_limit;
 pub mod request_id;
