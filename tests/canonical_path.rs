@@ -542,6 +542,8 @@ async fn front_controllers_windows_names_and_path_parameters_meet_the_policy() {
         "/visio%20/room",
         "/visio.%20./room",
         "/index.php/VISIO./room",
+        "/visio::$INDEX_ALLOCATION/room",
+        "/VISIO:$i30:$INDEX_ALLOCATION/room",
     ] {
         let (s, body) = get(addr, t).await;
         assert_eq!(s, 503, "{t}: {body}");

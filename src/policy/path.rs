@@ -144,7 +144,7 @@ pub enum PathError {
     NotAPath,
     #[error("a double-encoded escape in the path (`%25` then two hex digits, at byte {at})")]
     DoubleEncoded { at: usize },
-    #[error("a path segment of only dots and spaces (`...`, `..%20`): a Windows backend reads it as `.` or `..`")]
+    #[error("a path segment of only dots and spaces (`...`, `..%20`) or an NTFS stream (`::$DATA`): a Windows backend reads it as `.` or `..`")]
     DotsAndSpaces,
 }
 
@@ -498,7 +498,9 @@ pub fn fold_case(path: &[u8]) -> Cow<'_, [u8]> {
 ///    as `/visio/room`. (A case-sensitive ENT reads `/VISIO/` as another resource, most
 ///    often a 404; giving it the policy of `/visio/` protects it no less.)
 /// 2. Trailing dots and spaces of each segment dropped (`/visio./room`,
-///    `/visio%20/room`): Windows ignores them in file and directory names. A segment of
+///    `/visio%20/room`): Windows ignores them in file and directory names; so is an NTFS
+///    stream suffix (a segment holding `:$`, cut at its first `:`:
+///    `/visio::$INDEX_ALLOCATION/room` is `/visio/room` to IIS). A segment of
 ///    only dots and spaces other than `.` and `..` (`...`, `..%20`) has no one reading
 ///    and is refused.
 /// 3. Each declared front controller (`server.paths.front_controllers`, canonical and
@@ -511,9 +513,10 @@ pub fn policy_path<'a>(
     front_controllers: &[String],
 ) -> Result<Cow<'a, [u8]>, PathError> {
     let mut key = fold_case(canonical);
+    let stream = |seg: &[u8]| seg.windows(2).any(|w| w == b":$");
     if key
         .split(|&b| b == b'/')
-        .any(|seg| seg.ends_with(b".") || seg.ends_with(b"%20"))
+        .any(|seg| seg.ends_with(b".") || seg.ends_with(b"%20") || stream(seg))
     {
         let mut out = Vec::with_capacity(key.len());
         for (i, seg) in key.split(|&b| b == b'/').enumerate() {
@@ -521,6 +524,13 @@ pub fn policy_path<'a>(
                 out.push(b'/');
             }
             let mut s = seg;
+            // An NTFS stream (`visio::$INDEX_ALLOCATION`, `a.php::$DATA`) names the
+            // directory or file itself to IIS.
+            if stream(s) {
+                if let Some(i) = s.iter().position(|&b| b == b':') {
+                    s = &s[..i];
+                }
+            }
             loop {
                 if let Some(r) = s.strip_suffix(b".") {
                     s = r;
@@ -882,6 +892,10 @@ mod tests {
             "/visio.%20./room",
             "/VISIO%2E/room",
             "/visio/room.",
+            "/visio::$INDEX_ALLOCATION/room",
+            "/visio:$i30:$index_allocation/room",
+            "/visio/room::$DATA",
+            "/visio::%24data/room",
         ] {
             let k = key(p, &[]).unwrap();
             assert!(k == "/visio/room" || k == "/visio/room/", "{p}: {k}");
@@ -899,6 +913,12 @@ mod tests {
         // Dots inside a name are left alone.
         assert_eq!(key("/files/a.b.pdf", &[]).unwrap(), "/files/a.b.pdf");
         assert_eq!(key("/.well-known/x", &[]).unwrap(), "/.well-known/x");
+        // A `:` without `$` is a name (`Special:Search`); `::$…` alone is refused.
+        assert_eq!(
+            key("/wiki/Special:Search", &[]).unwrap(),
+            "/wiki/special:search"
+        );
+        assert_eq!(key("/x/::$DATA", &[]), Err(PathError::DotsAndSpaces));
     }
 
     #[test]

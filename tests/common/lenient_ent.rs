@@ -21,7 +21,8 @@
 //!   `/visio`).
 //! - **more backend habits on command** (`set_habits`): Tomcat's `;params` stripped from
 //!   each segment before decoding (`/visio;x=1/room` is `/visio/room`), Windows' trailing
-//!   dots and spaces ignored in each segment (`/visio./room`, `/visio%20/room`), and a PHP
+//!   dots, spaces and NTFS streams ignored in each segment (`/visio./room`,
+//!   `/visio%20/room`, `/visio::$INDEX_ALLOCATION/room`), and a PHP
 //!   front controller routing by PATH_INFO (`/index.php/visio/room` is `/visio/room`).
 //! - **slow on command**: `/slow/MS/...` answers after MS milliseconds (at most 30 s; a
 //!   heavy search); `set_delay(d)` makes every answer wait `d` first (the ENT is slow);
@@ -114,7 +115,8 @@ struct State {
 pub struct Habits {
     /// Tomcat: `;…` removed from each raw segment before decoding.
     pub strip_path_params: bool,
-    /// Windows (IIS): trailing `.` and ` ` of each decoded segment ignored.
+    /// Windows (IIS): trailing `.` and ` ` and an NTFS stream (`::$DATA`) of each
+    /// decoded segment ignored.
     pub windows_names: bool,
     /// PHP: a path under this script (`/index.php`) is routed by what follows it.
     pub front_controller: Option<String>,
@@ -341,6 +343,10 @@ async fn answer(
     if habits.windows_names {
         path = path
             .split('/')
+            .map(|seg| match seg.find(':').filter(|_| seg.contains(":$")) {
+                Some(i) => &seg[..i],
+                None => seg,
+            })
             .map(|seg| seg.trim_end_matches(['.', ' ']))
             .collect::<Vec<_>>()
             .join("/");
