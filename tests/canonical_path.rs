@@ -745,6 +745,17 @@ async fn every_spelling_of_a_host_is_one_host() {
             .collect();
         assert_eq!(host, ["ent.fr"], "{}", s.raw);
     }
+    // A purge names the host in any spelling too.
+    let r = client()
+        .post(e.admin_url("/admin/cache/purge"))
+        .body(r#"{"url": "/files/a.pdf", "host": "ENT.fr.:80"}"#)
+        .send()
+        .await
+        .expect("purge");
+    assert_eq!(r.status(), 200);
+    let (s, _) = send_head(addr, "GET /files/a.pdf HTTP/1.1\r\nHost: ent.fr\r\n").await;
+    assert_eq!(s, 200);
+    assert_eq!(ent.hits_on("/files/a.pdf"), 2, "purged: {:?}", ent.seen());
     // A non-default port is kept.
     let (s, _) = send_head(addr, "GET /notes/y HTTP/1.1\r\nHost: Ent.fr:8080\r\n").await;
     assert_eq!(s, 200);
