@@ -437,3 +437,333 @@ async fn http2_requests_get_the_same_canonical_path() {
     );
     assert_eq!(ent.hits_on("/visio/room"), 0);
 }
+
+// ---- Case, Windows names, front controllers, path parameters (#17, last classes) ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_case_spelling_of_a_protected_path_meets_its_policy() {
+    // The ENT routes case-insensitively (IIS, a case-insensitive router), ecluse is left at
+    // its defaults (the path's case is kept): policies still fold the case.
+    let ent = LenientEnt::start().await;
+    ent.set_case_insensitive(true);
+    let e = start(ent.addr, "");
+    let addr = e.proxy;
+    for t in [
+        "/VISIO/room",
+        "/Visio/room",
+        "/vIsIo/ROOM",
+        "/%56%49%53%49%4F/room",
+        "/%56isio/room",
+        "/vi%C5%BFio/room",
+        "/v%c4%b1sio/room",
+    ] {
+        let (s, body) = get(addr, t).await;
+        assert_eq!(s, 503, "{t}: {body}");
+    }
+    // The rate limit: one token for every spelling together.
+    assert_eq!(get(addr, "/API/search/q").await.0, 200);
+    for t in ["/api/search/q", "/Api/Search/q", "/%41PI/SEARCH/q"] {
+        let (s, body) = get(addr, t).await;
+        assert_eq!(s, 429, "{t}: {body}");
+    }
+    // The waiting room: its one place taken, every spelling queues.
+    assert_eq!(get(addr, "/exam/paper").await.0, 200);
+    for t in ["/EXAM/paper", "/Exam/Paper", "/%45xam/paper"] {
+        let (s, body) = get_json(addr, t).await;
+        assert_eq!(s, 200, "{t}");
+        assert!(queued(&body), "{t} not queued: {body}");
+    }
+    assert_eq!(ent.hits_on("/visio/room"), 0, "{:?}", ent.seen());
+    assert_eq!(ent.hits_on("/api/search/q"), 1, "{:?}", ent.seen());
+    assert_eq!(ent.hits_on("/exam/paper"), 1, "{:?}", ent.seen());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_case_insensitive_ent_gets_one_path_and_one_cache_entry() {
+    let ent = LenientEnt::start().await;
+    ent.set_case_insensitive(true);
+    let e = start(ent.addr, ", paths: { case_insensitive: true }");
+    let addr = e.proxy;
+    for t in [
+        "/files/A.pdf",
+        "/FILES/a.PDF",
+        "/Files/%41.pdf",
+        "/files/a.pdf",
+    ] {
+        let (s, body) = get(addr, t).await;
+        assert_eq!(s, 200, "{t}: {body}");
+    }
+    assert_eq!(ent.hits_on("/files/a.pdf"), 1, "{:?}", ent.seen());
+    assert_eq!(
+        ent.seen()[0].raw,
+        "/files/a.pdf",
+        "the ENT gets the folded path"
+    );
+    // A purge in any case reaches the one copy.
+    let r = client()
+        .post(e.admin_url("/admin/cache/purge"))
+        .body(r#"{"prefix": "/FILES/"}"#)
+        .send()
+        .await
+        .expect("purge");
+    assert_eq!(r.status(), 200);
+    assert_eq!(get(addr, "/Files/A.PDF").await.0, 200);
+    assert_eq!(ent.hits_on("/files/a.pdf"), 2, "{:?}", ent.seen());
+    drop(e);
+
+    // A case-sensitive ENT (the default): two resources, two entries, each forwarded as
+    // sent.
+    let ent2 = LenientEnt::start().await;
+    let e = start(ent2.addr, "");
+    let addr = e.proxy;
+    assert_eq!(get(addr, "/files/a.pdf").await.0, 200);
+    assert_eq!(get(addr, "/Files/a.pdf").await.0, 200);
+    assert_eq!(get(addr, "/files/a.pdf").await.0, 200);
+    let raws: Vec<String> = ent2.seen().into_iter().map(|s| s.raw).collect();
+    assert_eq!(raws, ["/files/a.pdf", "/Files/a.pdf"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn front_controllers_windows_names_and_path_parameters_meet_the_policy() {
+    let ent = LenientEnt::start().await;
+    ent.set_habits(common::lenient_ent::Habits {
+        strip_path_params: false,
+        windows_names: true,
+        front_controller: Some("/index.php".into()),
+    });
+    let e = start(ent.addr, ", paths: { front_controllers: [/index.php] }");
+    let addr = e.proxy;
+    for t in [
+        "/index.php/visio/room",
+        "/INDEX.PHP/visio/room",
+        "/index.php/index.php/visio/room",
+        "/index.php./visio/room",
+        "/visio./room",
+        "/visio%20/room",
+        "/visio.%20./room",
+        "/index.php/VISIO./room",
+        "/visio::$INDEX_ALLOCATION/room",
+        "/VISIO:$i30:$INDEX_ALLOCATION/room",
+    ] {
+        let (s, body) = get(addr, t).await;
+        assert_eq!(s, 503, "{t}: {body}");
+    }
+    // A segment of only dots and spaces: `.` or `..` to Windows, refused. So are `;`
+    // parameters (default `path_params: reject`).
+    for t in [
+        "/x/..%20/visio/room",
+        "/x/.../visio/room",
+        "/x/.%20/visio/room",
+        "/visio;x=1/room",
+        "/visio;/room",
+        "/;/visio/room",
+        "/index.php;x/visio/room",
+    ] {
+        let (s, body) = get(addr, t).await;
+        assert_eq!(s, 400, "{t}: {body}");
+    }
+    // The rate limit counts the controller's spelling with the plain one.
+    assert_eq!(get(addr, "/api/search/q").await.0, 200);
+    assert_eq!(get(addr, "/index.php/api/search/q").await.0, 429);
+    assert_eq!(get(addr, "/api./search/q").await.0, 429);
+    // The script itself and other paths reach the ENT as sent.
+    assert_eq!(get(addr, "/index.php?page=1").await.0, 200);
+    assert_eq!(ent.seen().last().expect("seen").raw, "/index.php?page=1");
+    assert_eq!(ent.hits_on("/visio/room"), 0, "{:?}", ent.seen());
+    drop(e);
+
+    // Tomcat's reading, declared: `;` stripped, every spelling is visio.
+    ent.set_habits(common::lenient_ent::Habits {
+        strip_path_params: true,
+        ..Default::default()
+    });
+    let e = start(ent.addr, ", paths: { path_params: strip }");
+    for t in [
+        "/visio;x=1/room",
+        "/visio;/room",
+        "/;/visio/room",
+        "/VISIO;a/room",
+    ] {
+        let (s, body) = get(e.proxy, t).await;
+        assert_eq!(s, 503, "{t}: {body}");
+    }
+    assert_eq!(ent.hits_on("/visio/room"), 0, "{:?}", ent.seen());
+}
+
+#[test]
+fn check_refuses_bad_front_controllers_and_dots_only_prefixes() {
+    let dir = TempDir::new("canon-check-fc");
+    let file = dir.path().join("ecluse.yaml");
+    let text = r#"listen: ["127.0.0.1:0"]
+server:
+  paths:
+    front_controllers: ["/index.php/", "index.php", "/app%2Ephp"]
+origins:
+  ent: { servers: ["127.0.0.1:9"] }
+routes:
+  - name: dots
+    match: { path_prefix: "/a/.../" }
+    origin: ent
+"#;
+    std::fs::write(&file, text).expect("write");
+    let out = std::process::Command::new(bin())
+        .arg("check")
+        .arg(&file)
+        .output()
+        .expect("run check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(":4:") && err.contains("no trailing"), "{err}");
+    assert!(err.contains("must start with `/`"), "{err}");
+    assert!(err.contains("write `/app.php`"), "{err}");
+    assert!(
+        err.contains(":9:") && err.contains("only dots and spaces"),
+        "{err}"
+    );
+}
+
+// ---- Host (#17): one syntax, one spelling ----
+
+/// A head sent exactly as written (Host lines included), `Connection: close` added.
+async fn send_head(addr: SocketAddr, head: &str) -> (u16, String) {
+    let head = format!("{head}Connection: close\r\n\r\n");
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(head.as_bytes()).expect("write");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (status, text)
+    })
+    .await
+    .expect("join")
+}
+
+fn host_yaml(origin: SocketAddr) -> String {
+    yaml(origin, "").replacen(
+        "routes:\n",
+        "routes:\n  - name: visio-host\n    match: { hosts: [visio.ent.fr] }\n    origin: ent\n    feature: visio\n",
+        1,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_host_is_refused_with_the_bad_request_page() {
+    let ent = LenientEnt::start().await;
+    let e = Ecluse::start_with(
+        &host_yaml(ent.addr),
+        &[("ticket.key", format!("{KEY}\n").as_bytes())],
+        |_| {},
+    );
+    let addr = e.proxy;
+    for host in [
+        "visio ent.fr",
+        "visio.ent.fr:8o",
+        "visio.ent.fr:99999",
+        "visio.ent.fr:80:80",
+        "visio%2Eent.fr",
+        "visio.ent.fr,other.fr",
+        "visio.ent.fr/x",
+        "[::1",
+    ] {
+        let (s, text) = send_head(addr, &format!("GET /notes HTTP/1.1\r\nHost: {host}\r\n")).await;
+        assert_eq!(s, 400, "{host:?}: {text}");
+        assert!(
+            text.to_ascii_lowercase().contains("<html"),
+            "ecluse's page: {text}"
+        );
+    }
+    // No Host on HTTP/1.1: the page too, in JSON when asked.
+    let (s, text) = send_head(addr, "GET /notes HTTP/1.1\r\nAccept: application/json\r\n").await;
+    assert_eq!(s, 400, "{text}");
+    assert!(text.contains("\"bad_request\""), "{text}");
+    // Refused before ecluse's code runs (pingora's own 400): userinfo, two `Host`, an
+    // absolute-form target naming another host than `Host`. An absolute-form authority
+    // is checked like a Host.
+    for head in [
+        "GET /notes HTTP/1.1\r\nHost: user@visio.ent.fr\r\n",
+        "GET /notes HTTP/1.1\r\nHost: visio.ent.fr@other.fr\r\n",
+        "GET /notes HTTP/1.1\r\nHost: other.fr\r\nHost: visio.ent.fr\r\n",
+        "GET http://user@visio.ent.fr/notes HTTP/1.1\r\nHost: visio.ent.fr\r\n",
+        "GET http://visio.ent.fr/notes HTTP/1.1\r\nHost: other.fr\r\n",
+        "GET http://visio.ent.fr:8o/notes HTTP/1.1\r\nHost: visio.ent.fr:8o\r\n",
+        "GET http://visio%2Eent.fr/notes HTTP/1.0\r\n",
+    ] {
+        let (s, text) = send_head(addr, head).await;
+        assert_eq!(s, 400, "{head}: {text}");
+    }
+    assert!(
+        ent.seen().is_empty(),
+        "nothing reached the ENT: {:?}",
+        ent.seen()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spelling_of_a_host_is_one_host() {
+    let ent = LenientEnt::start().await;
+    let e = Ecluse::start_with(
+        &host_yaml(ent.addr),
+        &[("ticket.key", format!("{KEY}\n").as_bytes())],
+        |_| {},
+    );
+    let addr = e.proxy;
+    // Every spelling of the host route's host meets its policy.
+    for head in [
+        "GET http://visio.ent.fr/notes HTTP/1.1\r\nHost: visio.ent.fr\r\n",
+        "GET HTTP://VISIO.ENT.FR.:80/notes HTTP/1.1\r\nHost: VISIO.ENT.FR.:80\r\n",
+        "GET http://Visio.Ent.Fr/notes HTTP/1.0\r\n",
+        "GET /notes HTTP/1.1\r\nHost: VISIO.Ent.FR.:80\r\n",
+        "GET /notes HTTP/1.1\r\nHost: visio.ent.fr:\r\n",
+    ] {
+        let (s, text) = send_head(addr, head).await;
+        assert_eq!(s, 503, "{head}: {text}");
+    }
+    // The ENT and the cache get one spelling: lower-case, no root dot, no default port.
+    for host in ["ENT.fr", "ent.fr.", "Ent.Fr.:80", "ent.fr:"] {
+        let (s, text) = send_head(
+            addr,
+            &format!("GET /files/a.pdf HTTP/1.1\r\nHost: {host}\r\n"),
+        )
+        .await;
+        assert_eq!(s, 200, "{host}: {text}");
+    }
+    let (s, text) = send_head(addr, "GET http://ENT.FR:80/notes/x HTTP/1.0\r\n").await;
+    assert_eq!(s, 200, "{text}");
+    let seen = ent.seen();
+    assert_eq!(seen.len(), 2, "one copy for every spelling: {seen:?}");
+    for s in &seen {
+        let host: Vec<&str> = s
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "host")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(host, ["ent.fr"], "{}", s.raw);
+    }
+    // A purge names the host in any spelling too.
+    let r = client()
+        .post(e.admin_url("/admin/cache/purge"))
+        .body(r#"{"url": "/files/a.pdf", "host": "ENT.fr.:80"}"#)
+        .send()
+        .await
+        .expect("purge");
+    assert_eq!(r.status(), 200);
+    let (s, _) = send_head(addr, "GET /files/a.pdf HTTP/1.1\r\nHost: ent.fr\r\n").await;
+    assert_eq!(s, 200);
+    assert_eq!(ent.hits_on("/files/a.pdf"), 2, "purged: {:?}", ent.seen());
+    // A non-default port is kept.
+    let (s, _) = send_head(addr, "GET /notes/y HTTP/1.1\r\nHost: Ent.fr:8080\r\n").await;
+    assert_eq!(s, 200);
+    let last = ent.seen().last().cloned().expect("seen");
+    assert!(
+        last.headers
+            .iter()
+            .any(|(k, v)| k == "host" && v == "ent.fr:8080"),
+        "{last:?}"
+    );
+}

@@ -328,7 +328,9 @@ proptest! {
 
 // ---- One canonical path (fuzz/fuzz_targets/path_normalizer.rs) ----
 
-use ecluse::policy::path::{canonical_target, EscapedSlashes, PathParams, PathPolicy, Target};
+use ecluse::policy::path::{
+    canonical_target, policy_path, EscapedSlashes, PathParams, PathPolicy, Target,
+};
 
 fn policies() -> Vec<PathPolicy> {
     PathPolicy::all().collect()
@@ -499,4 +501,94 @@ proptest! {
         prop_assert_eq!(route(&path_of(&sc)), route(&cc), "{} → {}", spelled, String::from_utf8_lossy(&sc));
         prop_assert_eq!(path_of(&sc), path_of(&cc), "{}", spelled);
     }
+
+    #[test]
+    fn every_case_windows_and_controller_spelling_gets_its_route(
+        which in 0usize..4,
+        tail in "[a-z0-9_~-]{0,12}(/[a-z0-9_~-]{1,8}){0,3}",
+        choices in proptest::collection::vec(any::<u8>(), 1..64),
+        controllers in 0usize..3,
+    ) {
+        // Spellings only a case-insensitive, Windows or PHP backend reads as the path:
+        // letters in any case (raw or escaped, or the non-ASCII letters Java and .NET fold
+        // to `s` and `i`), trailing dots and spaces on segments, the front controller in
+        // front (in any case, repeated). Every one gets the canonical path's route, and
+        // under `case_insensitive` the one canonical path (one cache key).
+        let registry = Shared::default();
+        let cfg = check_text(PATH_ROUTES_FC, Path::new("/tmp/fuzz.yaml"), &registry, 1).expect("valid");
+        let base = ["/visio", "/exam/papers/", "/api/search+v2/", "/notes/"][which];
+        let c = format!("{base}{tail}");
+        let mut k = 0;
+        let mut next = || {
+            let v = choices.get(k % choices.len()).copied().unwrap_or(0);
+            k += 1;
+            v
+        };
+        let mut spelled = String::new();
+        for _ in 0..controllers {
+            spelled.push_str(if next() % 2 == 0 { "/index.php" } else { "/INDEX.Php." });
+        }
+        let segs: Vec<&str> = c.split('/').collect();
+        let mut decorated = false;
+        for (i, seg) in segs.iter().enumerate() {
+            if i > 0 {
+                spelled.push('/');
+            }
+            for ch in seg.chars() {
+                match (ch, next() % 6) {
+                    ('s', 5) => spelled.push_str("%C5%BF"),
+                    ('i', 5) => spelled.push_str("%c4%b1"),
+                    (ch, 0 | 1) if ch.is_ascii_alphabetic() => spelled.push(ch.to_ascii_uppercase()),
+                    (ch, 2) => spelled.push_str(&format!("%{:02X}", ch.to_ascii_uppercase() as u8)),
+                    (ch, _) => spelled.push(ch),
+                }
+            }
+            // Trailing dots and spaces on a segment that has a name.
+            if !seg.is_empty() && i + 1 < segs.len() {
+                let d = match next() % 5 {
+                    0 => ".",
+                    1 => "%20",
+                    2 => ".%20.",
+                    _ => "",
+                };
+                spelled.push_str(d);
+                decorated |= !d.is_empty();
+            }
+        }
+        for ci in [false, true] {
+            let p = PathPolicy { case_insensitive: ci, ..PathPolicy::default() };
+            let Some(cc) = canon(c.as_bytes(), &p) else { return Ok(()); };
+            let sc = canon(spelled.as_bytes(), &p).expect("a spelling is accepted");
+            let fcs = &cfg.server.front_controllers;
+            let key = |v: &[u8]| policy_path(v, fcs).map(|k| k.into_owned());
+            let (kc, ks) = (key(&cc), key(&sc));
+            prop_assert!(kc.is_ok() && ks.is_ok(), "{} → {:?}", spelled, ks);
+            let route = |path: &[u8]| cfg.router.find("ent.fr", path, &http::Method::GET).map(|r| r.name.clone());
+            let (kc, ks) = (kc.unwrap_or_default(), ks.unwrap_or_default());
+            prop_assert_eq!(route(&ks), route(&kc), "{} → {}", spelled, String::from_utf8_lossy(&ks));
+            if ci && controllers == 0 && !decorated {
+                // Declared case-insensitive: one canonical path, so one cache key.
+                prop_assert_eq!(&sc, &cc, "{}", spelled);
+            }
+        }
+    }
 }
+
+const PATH_ROUTES_FC: &str = r#"listen: ["127.0.0.1:0"]
+server: { paths: { front_controllers: [/index.php] } }
+origins:
+  ent: { servers: ["127.0.0.1:9"], max_inflight: 10 }
+routes:
+  - name: visio
+    match: { path_prefix: /Visio }
+    origin: ent
+  - name: exam
+    match: { path_prefix: /exam/papers/ }
+    origin: ent
+  - name: search
+    match: { path_prefix: "/api/search+v2" }
+    origin: ent
+  - name: ent
+    match: { path_prefix: / }
+    origin: ent
+"#;

@@ -14,6 +14,11 @@
 #[path = "../../src/proxy/hygiene.rs"]
 mod hygiene;
 
+/// The host syntax check hygiene calls as `crate::policy::host` (public in the crate).
+mod policy {
+    pub use ecluse::policy::host;
+}
+
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::Version;
 use libfuzzer_sys::fuzz_target;

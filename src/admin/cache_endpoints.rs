@@ -76,7 +76,10 @@ fn split_url(u: &str) -> Result<Target, String> {
     }
     Ok(Target {
         scheme,
-        host: uri.host().map(|h| h.to_ascii_lowercase()),
+        // Spelled like a request's host (`proxy::cache::request_host`): no root dot.
+        host: uri
+            .host()
+            .map(|h| crate::policy::route::host_without_port(h).to_ascii_lowercase()),
         path_and_query: pq,
     })
 }
@@ -133,7 +136,13 @@ pub async fn purge(app: &App, req: Request<Incoming>) -> Resp {
         str_field(&v, "prefix"),
         str_field(&v, "host"),
     ) {
-        (Ok(u), Ok(p), Ok(h)) => (u, p, h.map(|h| h.to_ascii_lowercase())),
+        // Spelled like a request's host in the cache key: lower case, no port, no root
+        // dot (`ENT.fr.:443` purges what `ent.fr` stored).
+        (Ok(u), Ok(p), Ok(h)) => (
+            u,
+            p,
+            h.map(|h| crate::policy::route::host_without_port(h).to_ascii_lowercase()),
+        ),
         (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return *r,
     };
     let (scope, kind) = match (url, prefix) {

@@ -651,6 +651,19 @@ pub struct PathsFile {
     /// or `keep` (an ordinary character, for an ENT that never strips them).
     #[serde(default)]
     pub path_params: Option<PathParamsFile>,
+    /// The ENT reads paths case-insensitively (IIS, Windows-hosted or case-insensitive
+    /// routers): the path is lower-cased before the cache key, purges and forwarding, so
+    /// the ENT receives `/visio/room` for `/VISIO/Room` and the cache keeps one copy.
+    /// Default false: the case is kept (a case-sensitive ENT's `/Files/a` and `/files/a`
+    /// are two resources, cached apart). Route prefixes, `inside_paths` and class
+    /// `path_prefixes` match case-insensitively either way.
+    #[serde(default)]
+    pub case_insensitive: Option<bool>,
+    /// Front controllers the ENT routes by PATH_INFO (`["/index.php"]`): for every policy
+    /// decision, `/index.php/visio/room` is `/visio/room`. Written as canonical paths
+    /// without a trailing `/`. Default none.
+    #[serde(default)]
+    pub front_controllers: Option<Vec<String>>,
 }
 
 /// What `%2F`, `%5C` and `\` in a path become.

@@ -145,6 +145,8 @@ pub struct Server {
     pub request_bodies: RequestBodies,
     /// How request paths are normalized (`server.paths`).
     pub paths: crate::policy::path::PathPolicy,
+    /// `server.paths.front_controllers`, in the form `policy::path::policy_path` compares.
+    pub front_controllers: Vec<String>,
 }
 
 /// How request bodies are received (`server.request_bodies`), read by `proxy::body`.
@@ -949,6 +951,7 @@ pub fn build(
         forwarding: build_forwarding(&mut p, sf.forwarding.as_ref()),
         request_bodies: build_request_bodies(&mut p, sf.request_bodies.as_ref(), ctx),
         paths: build_paths(sf.paths.as_ref()),
+        front_controllers: build_front_controllers(&mut p, sf.paths.as_ref()),
     };
     // Rooms restore their snapshot on first use: tell the registry where they are.
     ctx.registry.rooms.set_state_dir(server.state_dir.clone());
@@ -1510,6 +1513,7 @@ fn build_paths(f: Option<&super::file::PathsFile>) -> crate::policy::path::PathP
     let d = PathPolicy::default();
     let Some(f) = f else { return d };
     PathPolicy {
+        case_insensitive: f.case_insensitive.unwrap_or(d.case_insensitive),
         merge_slashes: f.merge_slashes.unwrap_or(d.merge_slashes),
         escaped_slashes: match f.escaped_slashes {
             None => d.escaped_slashes,
@@ -1526,6 +1530,34 @@ fn build_paths(f: Option<&super::file::PathsFile>) -> crate::policy::path::PathP
     }
 }
 
+/// `server.paths.front_controllers`: canonical paths of a script (`/index.php`), stored
+/// in the folded form requests' policy paths are compared in.
+fn build_front_controllers(p: &mut Problems, f: Option<&super::file::PathsFile>) -> Vec<String> {
+    let Some(f) = f else { return Vec::new() };
+    let paths = build_paths(Some(f));
+    let mut out = Vec::new();
+    for (k, fc) in f.front_controllers.iter().flatten().enumerate() {
+        let at = path!["server", "paths", "front_controllers", k];
+        if fc == "/" || fc.ends_with('/') {
+            p.at(
+                at,
+                format!("`{fc}` must name a script, like `/index.php` (no trailing `/`)"),
+            );
+            continue;
+        }
+        if check_prefix(p, at, fc, &paths) {
+            out.push(policy_key_of(fc));
+        }
+    }
+    out
+}
+
+/// A prefix `check_prefix` accepted, in the form policy decisions compare
+/// (`policy::path::policy_prefix`: case folded, trailing dots and spaces dropped).
+fn policy_key_of(prefix: &str) -> String {
+    crate::policy::path::policy_prefix(prefix).unwrap_or_else(|_| prefix.to_string())
+}
+
 /// A path prefix from the config (route `path_prefix`, `inside_paths`, a class's
 /// `path_prefixes`) must be written in the canonical form requests are compared in:
 /// otherwise it silently never matches (`/%76isio`) or matches something else (`/a/../b`).
@@ -1540,7 +1572,13 @@ fn check_prefix(
         return false;
     }
     match crate::policy::path::canonical_prefix(prefix, paths) {
-        Ok(c) if c == prefix => true,
+        Ok(c) if c == prefix => match crate::policy::path::policy_prefix(&c) {
+            Ok(_) => true,
+            Err(e) => {
+                p.at(at, format!("`{prefix}` cannot match any request: {e}"));
+                false
+            }
+        },
         Ok(c) => {
             p.at(
                 at,
@@ -2264,7 +2302,8 @@ fn build_classes(
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            path_prefixes: c.path_prefixes.clone(),
+            // Compared with the request's policy path (case folded…).
+            path_prefixes: c.path_prefixes.iter().map(|pp| policy_key_of(pp)).collect(),
         });
     }
     out
@@ -2538,7 +2577,8 @@ fn build_rooms(
         let paths = paths_of(file);
         for (k, ip) in w.inside_paths.iter().flatten().enumerate() {
             if check_prefix(p, at(path!["inside_paths", k]), ip, &paths) {
-                inside.push(ip.clone());
+                // Compared with the request's policy path (case folded…).
+                inside.push(policy_key_of(ip));
             }
         }
         let ticket_rate = match Rate::parse(w.ticket_rate.as_deref().unwrap_or("60/min")) {
@@ -3195,7 +3235,9 @@ fn build_routes(
         }
         let matcher = Matcher::new(
             if hosts.is_empty() { None } else { Some(hosts) },
-            prefix,
+            // Compared with the request's policy path (case folded…): `/Visio/` and
+            // `/VISIO/room` meet the same route.
+            policy_key_of(&prefix),
             if m.methods.is_some() {
                 Some(methods)
             } else {

@@ -7,6 +7,7 @@ pub mod cookies;
 pub mod degrade;
 pub mod estimate;
 pub mod forwarding;
+pub mod host;
 pub mod path;
 pub mod rate_limit;
 pub mod request_id;

@@ -77,10 +77,17 @@ pub struct PathPolicy {
     pub merge_slashes: bool,
     pub escaped_slashes: EscapedSlashes,
     pub path_params: PathParams,
+    /// The ENT reads paths case-insensitively (IIS, many Windows-hosted or PHP backends):
+    /// the canonical path itself is case-folded ([`fold_case`]), so the cache stores one
+    /// object per resource, purges reach every spelling and the ENT receives the folded
+    /// form. Off (default), the canonical path keeps its case (`/Files/a` and `/files/a`
+    /// are two resources of a case-sensitive ENT) and only the policy decisions fold it
+    /// ([`policy_path`]).
+    pub case_insensitive: bool,
 }
 
 impl PathPolicy {
-    /// Every policy `server.paths` can express (18): for exhaustive tests and fuzzing.
+    /// Every policy `server.paths` can express (36): for exhaustive tests and fuzzing.
     pub fn all() -> impl Iterator<Item = PathPolicy> {
         [true, false].into_iter().flat_map(|merge_slashes| {
             [
@@ -92,10 +99,15 @@ impl PathPolicy {
             .flat_map(move |escaped_slashes| {
                 [PathParams::Reject, PathParams::Strip, PathParams::Keep]
                     .into_iter()
-                    .map(move |path_params| PathPolicy {
-                        merge_slashes,
-                        escaped_slashes,
-                        path_params,
+                    .flat_map(move |path_params| {
+                        [false, true]
+                            .into_iter()
+                            .map(move |case_insensitive| PathPolicy {
+                                merge_slashes,
+                                escaped_slashes,
+                                path_params,
+                                case_insensitive,
+                            })
                     })
             })
         })
@@ -108,6 +120,7 @@ impl Default for PathPolicy {
             merge_slashes: true,
             escaped_slashes: EscapedSlashes::Reject,
             path_params: PathParams::Reject,
+            case_insensitive: false,
         }
     }
 }
@@ -131,6 +144,8 @@ pub enum PathError {
     NotAPath,
     #[error("a double-encoded escape in the path (`%25` then two hex digits, at byte {at})")]
     DoubleEncoded { at: usize },
+    #[error("a path segment of only dots and spaces (`...`, `..%20`) or an NTFS stream (`::$DATA`): a Windows backend reads it as `.` or `..`")]
+    DotsAndSpaces,
 }
 
 impl PathError {
@@ -144,6 +159,7 @@ impl PathError {
             PathError::Overlong { .. } => "bad_path_overlong",
             PathError::NotAPath => "bad_path_form",
             PathError::DoubleEncoded { .. } => "bad_path_double_encoded",
+            PathError::DotsAndSpaces => "bad_path_dots_and_spaces",
         }
     }
 }
@@ -299,7 +315,7 @@ fn already_canonical(path: &[u8], policy: &PathPolicy) -> bool {
             if prev == b'/' && policy.merge_slashes {
                 return false;
             }
-        } else if !plain(b) {
+        } else if !plain(b) || (policy.case_insensitive && b.is_ascii_uppercase()) {
             return false;
         }
         prev = b;
@@ -410,7 +426,150 @@ pub fn canonical_path<'a>(path: &'a [u8], policy: &PathPolicy) -> Result<Cow<'a,
         out.dedup_by(|a, b| *a == b'/' && *b == b'/');
     }
     // 4. Dot segments.
-    Ok(Cow::Owned(remove_dot_segments(&out)))
+    let out = remove_dot_segments(&out);
+    // 5. Case, for an ENT that ignores it: one spelling for the cache and the ENT too.
+    if policy.case_insensitive {
+        if let Cow::Owned(folded) = fold_case(&out) {
+            return Ok(Cow::Owned(folded));
+        }
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// The non-ASCII letters whose simple case mapping is an ASCII letter, in their canonical
+/// (escaped UTF-8) spelling: Java's `equalsIgnoreCase` and .NET's `OrdinalIgnoreCase`
+/// read `/viſio` (U+017F) as `/VISIO`, and a Unicode lower-casing reads the Kelvin sign
+/// (U+212A) as `k`; İ (U+0130) and ı (U+0131) are `i` to Java.
+const UNICODE_FOLDS: [(&[u8], u8); 4] = [
+    (b"%C4%B0", b'i'),
+    (b"%C4%B1", b'i'),
+    (b"%C5%BF", b's'),
+    (b"%E2%84%AA", b'k'),
+];
+
+/// A canonical path with ASCII letters lower-cased and [`UNICODE_FOLDS`] replaced by
+/// their ASCII letter; escapes stay as they are (`%C3%89` is not `%c3%a9`). Borrowed when
+/// nothing changes. Idempotent; the result is still canonical.
+pub fn fold_case(path: &[u8]) -> Cow<'_, [u8]> {
+    let needs = |i: usize, b: u8| {
+        b.is_ascii_uppercase()
+            || (b == b'%' && UNICODE_FOLDS.iter().any(|(s, _)| path[i..].starts_with(s)))
+    };
+    // Escapes' hex digits are upper-case letters too: skip them when looking.
+    let mut i = 0;
+    let mut first = None;
+    while i < path.len() {
+        if needs(i, path[i]) {
+            first = Some(i);
+            break;
+        }
+        i += if path[i] == b'%' { 3 } else { 1 };
+    }
+    let Some(start) = first else {
+        return Cow::Borrowed(path);
+    };
+    let mut out = Vec::with_capacity(path.len());
+    out.extend_from_slice(&path[..start]);
+    let mut i = start;
+    while i < path.len() {
+        let b = path[i];
+        if b == b'%' {
+            if let Some((s, l)) = UNICODE_FOLDS.iter().find(|(s, _)| path[i..].starts_with(s)) {
+                out.push(*l);
+                i += s.len();
+            } else {
+                let end = (i + 3).min(path.len());
+                out.extend_from_slice(&path[i..end]);
+                i = end;
+            }
+        } else {
+            out.push(b.to_ascii_lowercase());
+            i += 1;
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The form of a canonical path every policy decision compares (route prefixes,
+/// `inside_paths`, class `path_prefixes`, the signals' URL key): what the most lenient
+/// backend routes on, so no spelling of a protected path gets a less protected route.
+///
+/// 1. Case folded ([`fold_case`]): IIS and case-insensitive routers serve `/VISIO/room`
+///    as `/visio/room`. (A case-sensitive ENT reads `/VISIO/` as another resource, most
+///    often a 404; giving it the policy of `/visio/` protects it no less.)
+/// 2. Trailing dots and spaces of each segment dropped (`/visio./room`,
+///    `/visio%20/room`): Windows ignores them in file and directory names; so is an NTFS
+///    stream suffix (a segment holding `:$`, cut at its first `:`:
+///    `/visio::$INDEX_ALLOCATION/room` is `/visio/room` to IIS). A segment of
+///    only dots and spaces other than `.` and `..` (`...`, `..%20`) has no one reading
+///    and is refused.
+/// 3. Each declared front controller (`server.paths.front_controllers`, canonical and
+///    folded), when followed by `/`, is dropped from the front: a PHP ENT routes
+///    `/index.php/visio/room` by its PATH_INFO, `/visio/room`.
+///
+/// Borrowed (no allocation) when the path is its own key, the common case.
+pub fn policy_path<'a>(
+    canonical: &'a [u8],
+    front_controllers: &[String],
+) -> Result<Cow<'a, [u8]>, PathError> {
+    let mut key = fold_case(canonical);
+    let stream = |seg: &[u8]| seg.windows(2).any(|w| w == b":$");
+    if key
+        .split(|&b| b == b'/')
+        .any(|seg| seg.ends_with(b".") || seg.ends_with(b"%20") || stream(seg))
+    {
+        let mut out = Vec::with_capacity(key.len());
+        for (i, seg) in key.split(|&b| b == b'/').enumerate() {
+            if i > 0 {
+                out.push(b'/');
+            }
+            let mut s = seg;
+            // An NTFS stream (`visio::$INDEX_ALLOCATION`, `a.php::$DATA`) names the
+            // directory or file itself to IIS.
+            if stream(s) {
+                if let Some(i) = s.iter().position(|&b| b == b':') {
+                    s = &s[..i];
+                }
+            }
+            loop {
+                if let Some(r) = s.strip_suffix(b".") {
+                    s = r;
+                } else if let Some(r) = s.strip_suffix(b"%20") {
+                    s = r;
+                } else {
+                    break;
+                }
+            }
+            if s.is_empty() && !seg.is_empty() {
+                // `.` and `..` are gone from a canonical path; what is left (`...`,
+                // `.%20`) is `.` or `..` to Windows, or a name to others.
+                return Err(PathError::DotsAndSpaces);
+            }
+            out.extend_from_slice(s);
+        }
+        key = Cow::Owned(out);
+    }
+    loop {
+        let next = front_controllers.iter().find_map(|fc| {
+            key.strip_prefix(fc.as_bytes())
+                .filter(|rest| rest.first() == Some(&b'/'))
+                .map(<[u8]>::len)
+        });
+        let Some(rest) = next else { break };
+        let cut = key.len() - rest;
+        key = match key {
+            Cow::Borrowed(b) => Cow::Borrowed(&b[cut..]),
+            Cow::Owned(v) => Cow::Owned(v[cut..].to_vec()),
+        };
+    }
+    Ok(key)
+}
+
+/// A path prefix from the config in the form [`policy_path`] compares: its key, except
+/// that front controllers are left in (a prefix naming one means it).
+pub fn policy_prefix(canonical: &str) -> Result<String, PathError> {
+    let key = policy_path(canonical.as_bytes(), &[])?;
+    Ok(String::from_utf8_lossy(&key).into_owned())
 }
 
 /// RFC 3986 §5.2.4 on an absolute path (starts with `/`); never goes above the root.
@@ -580,6 +739,9 @@ mod tests {
             "/%C1%81",
             "/%e0%80%ae",
             "/%f0%80%80%ae",
+            // Overlong `/`.
+            "/x%c0%af..%c0%afvisio",
+            "/x/%e0%80%af/visio",
         ] {
             assert!(matches!(canon(p), Err(PathError::Overlong { .. })), "{p}");
         }
@@ -670,6 +832,121 @@ mod tests {
             let p = crate::proxy::STATUS_PATH.as_bytes();
             assert_eq!(canonical_path(p, &pol).unwrap(), Cow::Borrowed(p));
         }
+    }
+
+    fn key(p: &str, fcs: &[&str]) -> Result<String, PathError> {
+        let c = canon(p)?;
+        let fcs: Vec<String> = fcs.iter().map(|s| s.to_string()).collect();
+        policy_path(c.as_bytes(), &fcs).map(|k| String::from_utf8_lossy(&k).into_owned())
+    }
+
+    #[test]
+    fn every_case_spelling_has_one_policy_path() {
+        for p in [
+            "/visio/room",
+            "/VISIO/room",
+            "/Visio/Room",
+            "/vIsIo/ROOM",
+            "/%56%49%53%49%4F/room",
+            "/%56isio/room",
+            // Letters only Java's or .NET's case-insensitive comparison reads as ASCII.
+            "/vi%C5%BFio/room",
+            "/v%C4%B0sio/room",
+            "/v%c4%b1sio/room",
+        ] {
+            assert_eq!(key(p, &[]).unwrap(), "/visio/room", "{p}");
+        }
+        assert_eq!(key("/files/%E2%84%AA.pdf", &[]).unwrap(), "/files/k.pdf");
+        // Escapes are not letters: their hex digits keep their case; other non-ASCII
+        // letters are not folded (no backend reads `É` as an ASCII letter).
+        assert_eq!(key("/Caf%C3%89", &[]).unwrap(), "/caf%C3%89");
+        assert_eq!(key("/a%3Fb", &[]).unwrap(), "/a%3Fb");
+        // The canonical path keeps the case unless the ENT is declared case-insensitive.
+        assert_eq!(canon("/Files/A.pdf").unwrap(), "/Files/A.pdf");
+        let ci = PathPolicy {
+            case_insensitive: true,
+            ..PathPolicy::default()
+        };
+        assert_eq!(
+            canon_with("/Files/A.pdf?Q=X", &ci).unwrap(),
+            "/files/a.pdf?Q=X"
+        );
+        assert_eq!(
+            canon_with("/%46iles/vi%c5%bfio", &ci).unwrap(),
+            "/files/visio"
+        );
+        assert_eq!(
+            canon_with("/caf%c3%a9%C3%89", &ci).unwrap(),
+            "/caf%C3%A9%C3%89"
+        );
+        assert!(!canonical_target(b"/files/a", &ci).unwrap().rewritten());
+        assert!(canonical_target(b"/Files/a", &ci).unwrap().rewritten());
+    }
+
+    #[test]
+    fn trailing_dots_and_spaces_of_a_segment_are_dropped_for_policies() {
+        for p in [
+            "/visio./room",
+            "/visio../room",
+            "/visio%20/room",
+            "/visio.%20./room",
+            "/VISIO%2E/room",
+            "/visio/room.",
+            "/visio::$INDEX_ALLOCATION/room",
+            "/visio:$i30:$index_allocation/room",
+            "/visio/room::$DATA",
+            "/visio::%24data/room",
+        ] {
+            let k = key(p, &[]).unwrap();
+            assert!(k == "/visio/room" || k == "/visio/room/", "{p}: {k}");
+        }
+        // A segment only of dots and spaces is `.` or `..` to Windows: refused.
+        for p in [
+            "/x/.../visio",
+            "/x/..%20/visio",
+            "/x/.%20/visio",
+            "/%20/visio",
+            "/...",
+        ] {
+            assert_eq!(key(p, &[]), Err(PathError::DotsAndSpaces), "{p}");
+        }
+        // Dots inside a name are left alone.
+        assert_eq!(key("/files/a.b.pdf", &[]).unwrap(), "/files/a.b.pdf");
+        assert_eq!(key("/.well-known/x", &[]).unwrap(), "/.well-known/x");
+        // A `:` without `$` is a name (`Special:Search`); `::$…` alone is refused.
+        assert_eq!(
+            key("/wiki/Special:Search", &[]).unwrap(),
+            "/wiki/special:search"
+        );
+        assert_eq!(key("/x/::$DATA", &[]), Err(PathError::DotsAndSpaces));
+    }
+
+    #[test]
+    fn front_controllers_are_skipped_for_policies() {
+        let fc = ["/index.php", "/app.php"];
+        for p in [
+            "/index.php/visio/room",
+            "/INDEX.PHP/visio/room",
+            "/index.php./visio/room",
+            "/index.php/index.php/visio/room",
+            "/app.php/index.php/Visio/room",
+            "/%69ndex.php//visio/room",
+        ] {
+            assert_eq!(key(p, &fc).unwrap(), "/visio/room", "{p}");
+        }
+        // The script itself, a longer name and a path without controller are unchanged.
+        assert_eq!(key("/index.php", &fc).unwrap(), "/index.php");
+        assert_eq!(key("/index.php?x", &fc).unwrap(), "/index.php?x");
+        assert_eq!(key("/index.phpx/visio", &fc).unwrap(), "/index.phpx/visio");
+        assert_eq!(
+            key("/visio/index.php/x", &fc).unwrap(),
+            "/visio/index.php/x"
+        );
+        assert_eq!(key("/index.php/visio", &[]).unwrap(), "/index.php/visio");
+        assert!(matches!(
+            policy_path(b"/visio/room", &["/index.php".into()]),
+            Ok(Cow::Borrowed(_))
+        ));
     }
 
     #[test]

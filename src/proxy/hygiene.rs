@@ -16,6 +16,7 @@
 //! | `chunked` applied twice                            | forwards                             | 400  |
 //! | bare LF line endings                               | accepts (httparse), re-serialises    | 400  |
 //! | HTTP/1.1 without `Host`                            | forwards                             | 400  |
+//! | `Host` (or an absolute-form authority) that is no host: spaces, `%`, `,`, `/`, a bad port (`policy::host`) | forwards | 400 |
 //! | HTTP/1.0 POST/PUT/PATCH without `Content-Length`   | forwards as body-less                | 400  |
 //! | request line over `max_request_line`               | forwards up to ~64 KiB               | 414  |
 //! | header section over `max_header_bytes`             | forwards up to 1 MiB                 | 431  |
@@ -157,6 +158,17 @@ pub fn check_request(
     if hosts == 0 && req.version() == Version::HTTP_11 {
         return Err(reject(400, "missing_host"));
     }
+    // RFC 9110 §7.2: the host's syntax (`policy::host`): no userinfo, spaces, escapes or
+    // bad port ever reaches a route, the cache key or the ENT. The authority of an
+    // absolute-form target is checked alike: it is the request's host (RFC 9112 §3.2.2).
+    // An empty `Host` stays allowed (RFC 9112 §3.2: a target without authority); it
+    // names no host, so no host route takes it.
+    if let Some(h) = req.values(&HOST).next().filter(|h| !h.is_empty()) {
+        crate::policy::host::parse(h).map_err(|_| reject(400, "bad_host"))?;
+    }
+    if let Some(a) = absolute_authority(req.raw_target()) {
+        crate::policy::host::parse(a).map_err(|_| reject(400, "bad_host"))?;
+    }
 
     // RFC 1945 §7.2.2 / §8.3: an HTTP/1.0 request with a body must carry a valid
     // Content-Length, and a server that cannot determine the length should answer 400.
@@ -168,6 +180,29 @@ pub fn check_request(
         return Err(reject(400, "http10_body_without_length"));
     }
     Ok(())
+}
+
+/// The authority of an absolute-form target (`http://AUTHORITY/...`), if it is one.
+pub fn absolute_authority(target: &[u8]) -> Option<&[u8]> {
+    let lower = |n: usize| target.get(..n).map(<[u8]>::to_ascii_lowercase);
+    let rest = if lower(7).as_deref() == Some(b"http://") {
+        &target[7..]
+    } else if lower(8).as_deref() == Some(b"https://") {
+        &target[8..]
+    } else {
+        return None;
+    };
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// Whether a refusal is about the host: answered with ecluse's bad-request page (HTML or
+/// JSON), not an empty 400, so a browser or an ENT's API client shows what went wrong.
+pub fn is_host_problem(r: &Reject) -> bool {
+    matches!(r.reason, "missing_host" | "duplicate_host" | "bad_host")
 }
 
 /// What the raw head says that the parsed header may no longer show.
@@ -628,6 +663,50 @@ mod tests {
         let big = |n: usize| format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n", "v".repeat(n));
         assert_eq!(run(&big(191 - 5)), Ok(()));
         assert_eq!(run(&big(192 - 5)), Err(reject(431, "header_too_large")));
+    }
+
+    #[test]
+    fn the_host_must_be_one_well_formed_host() {
+        for h in [
+            "ent.fr",
+            "ENT.fr.",
+            "ent.fr:80",
+            "ent.fr:",
+            "127.0.0.1:8080",
+            "[::1]:443",
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n");
+            assert_eq!(check(&raw), Ok(()), "{h}");
+        }
+        for h in [
+            "user@ent.fr",
+            "ent.fr@evil.fr",
+            "ent fr",
+            "ent.fr:8o",
+            "ent.fr:99999",
+            "ent.fr:80:80",
+            "ent%2efr",
+            "ent.fr/x",
+            "[::1",
+            "ent.fr,evil.fr",
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n");
+            assert_eq!(check(&raw), Err(reject(400, "bad_host")), "{h:?}");
+        }
+        // The authority of an absolute-form target is the request's host: checked alike.
+        for t in [
+            "http://user@ent.fr/x",
+            "http://ent.fr@evil.fr/",
+            "HTTP://ent.fr:99999/",
+        ] {
+            let raw = format!("GET {t} HTTP/1.1\r\nHost: ent.fr\r\n\r\n");
+            assert_eq!(check(&raw), Err(reject(400, "bad_host")), "{t}");
+        }
+        assert_eq!(
+            absolute_authority(b"HTTPS://Ent.fr:443/x?y"),
+            Some(&b"Ent.fr:443"[..])
+        );
+        assert_eq!(absolute_authority(b"/x"), None);
     }
 
     #[test]

@@ -84,8 +84,10 @@ fn canonicalize(
         return Ok(());
     };
     let authority = authority.map(<[u8]>::to_vec);
-    if req.uri.authority().is_some() {
-        // HTTP/2: `:scheme` and `:authority` live in the URI and stay there.
+    if req.version == http::Version::HTTP_2 {
+        // HTTP/2: `:scheme` and `:authority` live in the URI and stay there. (An HTTP/1
+        // absolute-form target has an authority in the URI too: it is made origin-form
+        // below.)
         let mut parts = req.uri.clone().into_parts();
         parts.path_and_query =
             Some(http::uri::PathAndQuery::try_from(pq).map_err(|_| PathError::NotAPath)?);
@@ -94,20 +96,68 @@ fn canonicalize(
     } else {
         // HTTP/1: origin-form from now on. An absolute-form target's authority is the
         // request's host (RFC 9112 §3.2.2); pingora has already refused one that differs
-        // from `Host`, and an HTTP/1.0 request without `Host` gets it as `Host`, so the
-        // route and the ENT read the same host.
+        // from `Host` byte for byte (stricter than the RFC's replacement), and hygiene
+        // has checked its syntax. An HTTP/1.0 request without `Host` gets it as `Host`,
+        // so the route, the cache key and the ENT read the one host the target names.
         req.set_raw_path(&pq).map_err(|_| PathError::NotAPath)?;
         if let Some(a) = authority {
-            if !req.headers.contains_key(http::header::HOST) {
-                let v = http::HeaderValue::from_bytes(&a).map_err(|_| PathError::NotAPath)?;
-                req.insert_header(http::header::HOST, v)
-                    .map_err(|_| PathError::NotAPath)?;
-            }
+            let v = http::HeaderValue::from_bytes(&a).map_err(|_| PathError::NotAPath)?;
+            req.insert_header(http::header::HOST, v)
+                .map_err(|_| PathError::NotAPath)?;
         }
     }
     Ok(())
 }
 mod tunnel;
+
+/// Rewrite the request's host into its one spelling (`policy::host::Authority::spelled`):
+/// the `Host` header over HTTP/1, checked against `:authority` over HTTP/2. `Err` is the
+/// access log's decision for a 400.
+fn spell_host(req: &mut RequestHeader, tls: bool) -> std::result::Result<(), &'static str> {
+    use crate::policy::host;
+    let default_port = if tls { 443 } else { 80 };
+    let spelled = |v: &[u8]| host::parse(v).map(|a| a.spelled(default_port));
+    if let Some(a) = req
+        .uri
+        .authority()
+        .filter(|_| req.version == http::Version::HTTP_2)
+    {
+        // HTTP/2: `:authority` is the host; a `Host` beside it must name the same one.
+        let auth = spelled(a.as_str().as_bytes()).map_err(|_| "bad_host")?;
+        let mut hosts = req.headers.get_all(http::header::HOST).iter();
+        if let Some(h) = hosts.next() {
+            if hosts.next().is_some() {
+                return Err("duplicate_host");
+            }
+            if spelled(h.as_bytes()).map_err(|_| "bad_host")? != auth {
+                return Err("host_mismatch");
+            }
+        }
+        return Ok(());
+    }
+    let Some(h) = req
+        .headers
+        .get(http::header::HOST)
+        .filter(|h| !h.is_empty())
+    else {
+        // HTTP/1.0 without a host, or an empty one: nothing to spell (hygiene refuses a
+        // missing one on HTTP/1.1).
+        return Ok(());
+    };
+    let one = spelled(h.as_bytes()).map_err(|_| "bad_host")?;
+    if one.as_bytes() != h.as_bytes() {
+        let v = http::HeaderValue::from_str(&one).map_err(|_| "bad_host")?;
+        req.insert_header(http::header::HOST, v)
+            .map_err(|_| "bad_host")?;
+    }
+    Ok(())
+}
+
+/// The path policy decisions compare (routes, rooms, classes, signals): the request's
+/// policy path when it differs from its canonical URI path, else that path.
+fn policy_path<'a>(ctx: &'a Ctx, req: &'a RequestHeader) -> &'a str {
+    ctx.policy_path.as_deref().unwrap_or_else(|| req.uri.path())
+}
 
 /// What a status poll's ticket asks.
 enum StatusPoll {
@@ -271,6 +321,9 @@ pub struct Ctx {
     /// On a `revalidate` route: the stored version looked up, what was asked of the
     /// origin, and the version it is answering (`cache::auth`).
     binding: cache_phase::Binding,
+    /// The path every policy decision compares (`policy::path::policy_path`: case folded,
+    /// front controller dropped…), when it differs from the canonical URI path.
+    policy_path: Option<String>,
 }
 
 impl Ctx {
@@ -296,16 +349,20 @@ fn socket_ip(addr: Option<&PSocketAddr>) -> Option<IpAddr> {
 
 /// The client and URL keys of this request for the degradation signals, computed once.
 fn signal_keys(session: &Session, ctx: &mut Ctx) -> (u8, u8) {
-    *ctx.signal_keys.get_or_insert_with(|| {
-        let k = upstream::keys();
-        let client = ctx
-            .client_ip
-            .map(|ip| aggregate_ip(ip, 32, 64))
-            .unwrap_or([0u8; 17]);
-        // The URI is canonical by now (step 0b); the query is left out (`signals`).
-        let path = session.req_header().uri.path();
-        (k.client(&client), k.url(path.as_bytes()))
-    })
+    if let Some(keys) = ctx.signal_keys {
+        return keys;
+    }
+    let k = upstream::keys();
+    let client = ctx
+        .client_ip
+        .map(|ip| aggregate_ip(ip, 32, 64))
+        .unwrap_or([0u8; 17]);
+    // The policy path (canonical, case folded…): the query is left out (`signals`), and
+    // case or controller spellings of one URL are one URL.
+    let path = policy_path(ctx, session.req_header());
+    let keys = (k.client(&client), k.url(path.as_bytes()));
+    ctx.signal_keys = Some(keys);
+    keys
 }
 
 /// Passive health: the exchange with `ctx.server` failed after the request was sent (a
@@ -542,7 +599,7 @@ impl EcluseProxy {
                     &RequestFacts {
                         client_ip: ctx.client_ip,
                         trusted: ctx.peer_ip.is_some_and(|ip| cfg.server.is_trusted(ip)),
-                        path: req.uri.path(),
+                        path: policy_path(ctx, req),
                         headers: &req.headers,
                     },
                 )
@@ -741,7 +798,7 @@ impl EcluseProxy {
         ctx: &mut Ctx,
         room: &Arc<Room>,
     ) -> Result<bool> {
-        if !room.is_inside(session.req_header().uri.path()) {
+        if !room.is_inside(policy_path(ctx, session.req_header())) {
             return Ok(false);
         }
         let now = now_ms();
@@ -1433,6 +1490,7 @@ impl ProxyHttp for EcluseProxy {
             body_seen: 0,
             drain: None,
             binding: cache_phase::Binding::default(),
+            policy_path: None,
         }
     }
 
@@ -1469,8 +1527,22 @@ impl ProxyHttp for EcluseProxy {
         let raw = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
         if let Err(r) = hygiene::check_request(session.req_header(), raw.as_deref(), &limits) {
             ctx.start = Instant::now();
-            ctx.decision = Some(r.reason);
             session.set_keepalive(None);
+            if hygiene::is_host_problem(&r) {
+                // The framing is sound: ecluse's own bad-request page (HTML or JSON) says
+                // what is wrong; the connection still closes.
+                self.respond_problem(
+                    session,
+                    ctx,
+                    Problem::BadRequest,
+                    None,
+                    &[("connection", "close".to_string())],
+                )
+                .await?;
+                ctx.decision = Some(r.reason);
+                return Ok(true);
+            }
+            ctx.decision = Some(r.reason);
             let mut resp = ResponseHeader::build(r.status, Some(3))?;
             resp.insert_header("content-length", "0")?;
             resp.insert_header("cache-control", "no-store")?;
@@ -1549,11 +1621,37 @@ impl ProxyHttp for EcluseProxy {
             ctx.decision = Some(e.code());
             return Ok(true);
         }
+        // One spelling of the host (`policy::host`, syntax checked by hygiene): lower-case,
+        // no trailing dot, no default port, so the route, the cache key, the access log and
+        // the ENT read one host. Over HTTP/2 a `Host` naming another host than
+        // `:authority` is refused (RFC 9113 §8.3.1).
+        if let Err(reason) = spell_host(session.req_header_mut(), self.tls) {
+            ctx.config = Some(config.clone());
+            self.respond_problem(session, ctx, Problem::BadRequest, None, &[])
+                .await?;
+            ctx.decision = Some(reason);
+            return Ok(true);
+        }
+        // The form every policy decision compares: case folded, trailing dots and spaces
+        // of segments dropped, front controllers skipped (`policy_path`), so a spelling
+        // only a lenient ENT reads as a protected path meets that path's policy.
+        let path = session.req_header().uri.path();
+        match crate::policy::path::policy_path(path.as_bytes(), &config.server.front_controllers) {
+            Ok(k) if *k == *path.as_bytes() => {}
+            Ok(k) => ctx.policy_path = Some(String::from_utf8_lossy(&k).into_owned()),
+            Err(e) => {
+                ctx.config = Some(config.clone());
+                self.respond_problem(session, ctx, Problem::BadRequest, None, &[])
+                    .await?;
+                ctx.decision = Some(e.code());
+                return Ok(true);
+            }
+        }
 
         // The queue page's status URL belongs to ecluse, whatever the routes say. (Its
         // fast path below pingora, conn_guard.rs, only takes the exact canonical spelling, so
         // any other spelling of it arrives here normalized and gets the same answer.)
-        if session.req_header().uri.path() == STATUS_PATH {
+        if policy_path(ctx, session.req_header()) == STATUS_PATH {
             ctx.config = Some(config.clone());
             self.queue_status(session, ctx, &config).await?;
             return Ok(true);
@@ -1574,7 +1672,7 @@ impl ProxyHttp for EcluseProxy {
                 .unwrap_or("");
             config
                 .router
-                .find(host, req.uri.path().as_bytes(), &req.method)
+                .find(host, policy_path(ctx, req).as_bytes(), &req.method)
                 .cloned()
         };
         ctx.config = Some(config);

@@ -19,6 +19,11 @@
 //! - **case-insensitive on command**: `set_case_insensitive(true)` folds the path to lower
 //!   case before routing, as IIS and other Windows-hosted backends do (`/VISIO` is
 //!   `/visio`).
+//! - **more backend habits on command** (`set_habits`): Tomcat's `;params` stripped from
+//!   each segment before decoding (`/visio;x=1/room` is `/visio/room`), Windows' trailing
+//!   dots, spaces and NTFS streams ignored in each segment (`/visio./room`,
+//!   `/visio%20/room`, `/visio::$INDEX_ALLOCATION/room`), and a PHP
+//!   front controller routing by PATH_INFO (`/index.php/visio/room` is `/visio/room`).
 //! - **slow on command**: `/slow/MS/...` answers after MS milliseconds (at most 30 s; a
 //!   heavy search); `set_delay(d)` makes every answer wait `d` first (the ENT is slow);
 //!   `set_holding(true)` holds every answer (once recorded in `seen()`) until
@@ -96,6 +101,7 @@ struct State {
     edition: Mutex<String>,
     failing: AtomicBool,
     case_insensitive: AtomicBool,
+    habits: Mutex<Habits>,
     /// Every answer waits this long first (ms).
     delay_ms: std::sync::atomic::AtomicU64,
     cache_control: Mutex<String>,
@@ -106,6 +112,18 @@ struct State {
     seen: Mutex<Vec<Seen>>,
     /// A capacity model (see `set_servers`): the slots and each answer's service time.
     servers: Mutex<Option<(Arc<tokio::sync::Semaphore>, u64)>>,
+}
+
+/// More path habits of real backends (all off by default; see `set_habits`).
+#[derive(Clone, Debug, Default)]
+pub struct Habits {
+    /// Tomcat: `;…` removed from each raw segment before decoding.
+    pub strip_path_params: bool,
+    /// Windows (IIS): trailing `.` and ` ` and an NTFS stream (`::$DATA`) of each
+    /// decoded segment ignored.
+    pub windows_names: bool,
+    /// PHP: a path under this script (`/index.php`) is routed by what follows it.
+    pub front_controller: Option<String>,
 }
 
 pub struct LenientEnt {
@@ -181,6 +199,7 @@ impl LenientEnt {
             edition: Mutex::new(String::new()),
             failing: AtomicBool::new(false),
             case_insensitive: AtomicBool::new(false),
+            habits: Mutex::new(Habits::default()),
             delay_ms: std::sync::atomic::AtomicU64::new(0),
             cache_control: Mutex::new("public, max-age=60".to_string()),
             holding: tokio::sync::watch::channel(false).0,
@@ -221,6 +240,11 @@ impl LenientEnt {
     }
 
     /// While `true`, paths are folded to lower case before routing (and in `seen()`).
+    /// Tomcat, Windows and PHP path habits (see [`Habits`]).
+    pub fn set_habits(&self, h: Habits) {
+        *self.state.habits.lock().expect("lock") = h;
+    }
+
     pub fn set_case_insensitive(&self, on: bool) {
         self.state.case_insensitive.store(on, Ordering::SeqCst);
     }
@@ -322,9 +346,38 @@ async fn answer(
         .or_else(|| h("x-rewrite-url"))
         .unwrap_or_else(|| req.uri().path().to_string());
     let routed = routed.split('?').next().unwrap_or("").to_string();
+    let habits = st.habits.lock().expect("lock").clone();
+    let routed = if habits.strip_path_params {
+        routed
+            .split('/')
+            .map(|seg| seg.split(';').next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("/")
+    } else {
+        routed
+    };
     let mut path = lenient_normalize(&routed);
+    if habits.windows_names {
+        path = path
+            .split('/')
+            .map(|seg| match seg.find(':').filter(|_| seg.contains(":$")) {
+                Some(i) => &seg[..i],
+                None => seg,
+            })
+            .map(|seg| seg.trim_end_matches(['.', ' ']))
+            .collect::<Vec<_>>()
+            .join("/");
+    }
     if st.case_insensitive.load(Ordering::SeqCst) {
         path = path.to_lowercase();
+    }
+    if let Some(fc) = &habits.front_controller {
+        while let Some(rest) = path
+            .strip_prefix(fc.as_str())
+            .filter(|r| r.starts_with('/'))
+        {
+            path = rest.to_string();
+        }
     }
     let cookies: Vec<String> = req
         .headers()
