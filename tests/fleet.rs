@@ -1046,8 +1046,8 @@ async fn a_phone_that_slept_through_its_turn_gets_the_next_place_fleet_wide() {
 /// lost until it times out. (Seen as "4 of 5 admitted after the restart" above.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresher_view_after_a_restart_counts_no_session_twice() {
-    use ecluse::cluster::redis_conn::RedisConn;
     use ecluse::cluster::fleet_room::{Arrived, FleetRoom};
+    use ecluse::cluster::redis_conn::RedisConn;
     use ecluse::config::fleet::{ClusterSettings, FailMode};
     use ecluse::policy::waiting_room::{ClassPolicy, Method, RoomParams};
     let _alone = ONE_FLEET_AT_A_TIME.lock().await;
