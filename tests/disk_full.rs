@@ -344,9 +344,9 @@ async fn a_write_failing_inside_the_engine_turns_the_tier_off_and_a_new_engine_c
         )
         .await;
         // Another process fills the volume while ecluse cannot look.
-        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        signal(pid, "-STOP");
         let filler = fill(fs.path());
-        unsafe { libc::kill(pid, libc::SIGCONT) };
+        signal(pid, "-CONT");
         eventually(
             "the disk tier turns off",
             Duration::from_secs(30),
@@ -432,4 +432,13 @@ async fn a_write_failing_inside_the_engine_turns_the_tier_off_and_a_new_engine_c
     assert!(log.contains("new, empty disk engine"), "{log}");
     assert_eq!(enabled(), 1.0);
     drop(e);
+}
+
+/// Send a signal with the system's `kill` (the crate denies `unsafe`, tests included).
+fn signal(pid: i32, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill {sig} {pid}");
 }

@@ -514,7 +514,7 @@ proptest! {
         // to `s` and `i`), trailing dots and spaces on segments, the front controller in
         // front (in any case, repeated). Every one gets the canonical path's route, and
         // under `case_insensitive` the one canonical path (one cache key).
-        let registry = Shared::default();
+        let registry = Retained::default();
         let cfg = check_text(PATH_ROUTES_FC, Path::new("/tmp/fuzz.yaml"), &registry, 1).expect("valid");
         let base = ["/visio", "/exam/papers/", "/api/search+v2/", "/notes/"][which];
         let c = format!("{base}{tail}");
