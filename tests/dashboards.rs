@@ -245,6 +245,37 @@ routes:
     })
     .await;
 
+    // A node whose room sizes itself (`active_users: auto`, refused in fleet mode and
+    // not in the demo), so the automatic capacity and pace series exist.
+    let auto_node = Ecluse::start_with(
+        &format!(
+            r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+server: {{ state_dir: state }}
+access_log: {{ enabled: false }}
+waiting_rooms:
+  ent:
+    active_users: auto
+    new_users_per_minute: auto
+    secret_file: keys
+origins:
+  ent: {{ servers: ["{}"], health_check: {{ disabled: true }} }}
+routes:
+  - {{ name: ent, origin: ent, waiting_room: ent }}
+"#,
+            fleet_origin.addr
+        ),
+        &[(
+            "keys",
+            b"k1:0123456789abcdef0123456789abcdef0123\n".as_slice(),
+        )],
+        |_| {},
+    );
+    eventually("the auto room is sized", DEADLINE, async || {
+        auto_node.metric("ecluse_room_auto_capacity", &[("room", "ent")]) > 0.0
+    })
+    .await;
+
     // 2. Prometheus scraping them every second, with the alert rules loaded.
     let dir = TempDir::new("prometheus");
     let admin_hostport = admin
@@ -447,9 +478,18 @@ routes:
         .text()
         .await
         .unwrap();
+    let auto_metrics = plain
+        .get(format!("http://{}/metrics", auto_node.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let exported: BTreeSet<String> = metrics
         .lines()
         .chain(fleet_metrics.lines())
+        .chain(auto_metrics.lines())
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)
