@@ -18,6 +18,7 @@ pub mod pages;
 pub mod policy;
 pub mod proxy;
 pub mod server;
+pub mod sizing;
 pub mod tls;
 pub mod upstream;
 pub mod waiting_room;

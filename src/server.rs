@@ -128,7 +128,7 @@ impl BackgroundService for Control {
                             // `auto` rooms size themselves once a second, before the tick
                             // that reads the new numbers (fleet mode refuses `auto`).
                             if n % 4 == 0 {
-                                crate::waiting_room::size_all(&cfg, now);
+                                crate::sizing::size_all(&cfg, now);
                             }
                             for room in &cfg.rooms {
                                 room.tick(now);

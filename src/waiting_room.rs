@@ -641,7 +641,7 @@ impl Room {
     /// `auto` rooms, about once a second: measure the origins the room guards (`origins`:
     /// those of the routes naming the room) and step the sizer; a change is logged with
     /// its cause and counted. The room reads the new numbers at its next tick.
-    pub fn size(&self, origins: &[Arc<crate::config::runtime::Origin>], now: u64) {
+    pub fn size(&self, origins: &[Guarded<'_>], now: u64) {
         let Some(auto) = &self.auto else {
             return;
         };
@@ -664,7 +664,7 @@ impl Room {
         // The strictest tolerance of the guarded origins' adaptive limits (2 without).
         let tolerance = origins
             .iter()
-            .filter_map(|o| o.adaptive.as_ref().map(|a| a.tolerance))
+            .filter_map(|o| o.tolerance)
             .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.min(t))))
             .unwrap_or(2.0);
         let p = auto.params(tolerance);
@@ -672,7 +672,7 @@ impl Room {
             .iter()
             .map(|o| {
                 (
-                    o.name.as_str(),
+                    o.name,
                     o.shared.room_sample(now, o.max_inflight, active, waiting),
                 )
             })
@@ -771,18 +771,27 @@ impl Room {
     }
 }
 
-/// Step every `auto` room of `cfg` against the origins it guards: those of the routes that
-/// name it (a room whose routes go to several origins is as large as the most loaded of
-/// them allows; an origin it does not guard never moves it).
-pub fn size_all(cfg: &crate::config::Config, now: u64) {
-    for room in cfg.rooms.iter().filter(|r| r.auto.is_some()) {
-        let mut origins: Vec<Arc<crate::config::runtime::Origin>> = Vec::new();
-        for r in cfg.router.routes() {
-            let guards = r.room.as_ref().is_some_and(|x| x.name == room.name);
-            if guards && !origins.iter().any(|o| o.name == r.origin.name) {
-                origins.push(r.origin.clone());
-            }
-        }
-        room.size(&origins, now);
+/// An origin an `auto` room guards, as the sizer reads it (built by `crate::sizing` from
+/// the routes that name the room).
+pub struct Guarded<'a> {
+    pub name: &'a str,
+    /// The adaptive limit's latency tolerance, when the origin has one.
+    pub tolerance: Option<f64>,
+    pub max_inflight: Option<u32>,
+    pub shared: &'a crate::upstream::OriginShared,
+}
+
+/// An `auto` room's series exist from the start, at 0 until its first step, like every
+/// other series (a reload leaves the values it finds).
+pub fn touch_auto_series(room: &str, auto: &RoomAuto) {
+    let m = crate::metrics::get();
+    if auto.capacity {
+        let _ = m.room_auto_capacity.with_label_values(&[room]);
+    }
+    if auto.pace {
+        let _ = m.room_auto_pace.with_label_values(&[room]);
+    }
+    for r in room_sizing::Reason::ALL {
+        let _ = m.room_auto_changes.with_label_values(&[room, r.as_str()]);
     }
 }

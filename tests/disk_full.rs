@@ -184,8 +184,13 @@ async fn a_full_disk_turns_the_tier_off_and_it_comes_back_when_space_returns() {
     assert!(fetch(&e, "/files/before.pdf")
         .await
         .starts_with("ecluse; hit"));
-    let written = e.metric("ecluse_cache_disk_written_bytes_total", &[]);
-    assert!(written > 0.0, "the object went to disk");
+    // The disk engine writes in the background (its own runtime): wait for it.
+    eventually(
+        "the object went to disk",
+        Duration::from_secs(20),
+        async || e.metric("ecluse_cache_disk_written_bytes_total", &[]) > 0.0,
+    )
+    .await;
 
     // Another process fills the volume.
     let filler = fill(fs.path());
@@ -195,6 +200,7 @@ async fn a_full_disk_turns_the_tier_off_and_it_comes_back_when_space_returns() {
         async || enabled() == 0.0,
     )
     .await;
+    let written = e.metric("ecluse_cache_disk_written_bytes_total", &[]);
 
     // Pupils are still served: hits from memory, misses from the origin (once).
     assert!(fetch(&e, "/files/before.pdf")

@@ -309,7 +309,16 @@ async fn every_documented_metric_is_there_from_the_start() {
     let y = y.replace("ent: { servers", "ent: { max_inflight: 100, servers");
     let e = Ecluse::start_with(&y, &[("keys", KEY.as_bytes())], |_| {});
     let (_, text) = raw_get(e.admin, "/metrics").expect("metrics");
-    let (fams, _) = series(&text);
+    let (mut fams, _) = series(&text);
+    // A room that sizes itself (`auto`, refused in fleet mode): its series too.
+    let auto = yaml(ent.addr, "").replace(
+        "active_users: 1, new_users_per_minute: 1,",
+        "active_users: auto, new_users_per_minute: auto,",
+    );
+    assert!(auto.contains("active_users: auto"), "{auto}");
+    let a = Ecluse::start_with(&auto, &[("keys", KEY.as_bytes())], |_| {});
+    let (_, auto_text) = raw_get(a.admin, "/metrics").expect("metrics");
+    fams.extend(series(&auto_text).0);
     let documented = documented_families();
     assert!(documented.len() > 50, "{documented:?}");
     let missing: Vec<&String> = documented.iter().filter(|n| !fams.contains(*n)).collect();

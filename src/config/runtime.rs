@@ -2689,6 +2689,9 @@ fn build_rooms(
                         governor::clock::QuantaClock::default(),
                     )
                 });
+        if let Some(a) = &auto {
+            crate::waiting_room::touch_auto_series(name, a);
+        }
         out.push(Arc::new(Room {
             name: name.clone(),
             cookie_name: format!("ecluse_{name}"),
