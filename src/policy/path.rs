@@ -28,8 +28,10 @@
 //! structure of the URL (`/`, `\`, `?`, `#`, `%`, `;`) or that may not appear raw stay
 //! encoded.
 //!
-//! The query is left exactly as sent (`%3F` in the path never becomes a query, and
-//! nothing after `?` changes the path). A fragment is dropped (it is never sent, pingora
+//! The query is left as sent (`%3F` in the path never becomes a query, and nothing
+//! after `?` changes the path), except that bytes which may not appear raw in a URL
+//! (controls, space, non-ASCII) are percent-encoded, as in the path: what is forwarded
+//! and logged is always ASCII. A fragment is dropped (it is never sent, pingora
 //! drops it too). An absolute-form target (`GET http://host/visio HTTP/1.1`) is reduced to
 //! its path and query and its authority returned; `*` (`OPTIONS *`) is passed through;
 //! anything else not starting with `/` is refused.
@@ -220,13 +222,19 @@ pub fn canonical_target<'a>(
     };
     let path: &[u8] = if path.is_empty() { b"/" } else { path };
     let canon = canonical_path(path, policy)?;
+    let raw_query = |b: &u8| *b <= b' ' || *b >= 0x7f;
+    let query_clean = query.is_none_or(|q| !q.iter().any(raw_query));
     let path_and_query = match (canon, query) {
         // Origin-form and canonical already: the target as received.
-        (Cow::Borrowed(_), _) if authority.is_none() => Cow::Borrowed(pq),
+        (Cow::Borrowed(_), _) if authority.is_none() && query_clean => Cow::Borrowed(pq),
         (c, q) => {
             let mut v = c.into_owned();
-            if let Some(q) = q {
-                v.extend_from_slice(q);
+            for &b in q.unwrap_or_default() {
+                if raw_query(&b) {
+                    v.extend_from_slice(format!("%{b:02X}").as_bytes());
+                } else {
+                    v.push(b);
+                }
             }
             Cow::Owned(v)
         }
@@ -775,6 +783,17 @@ mod tests {
             canon_with("/visio;x=1/room", &keep).unwrap(),
             "/visio;x=1/room"
         );
+    }
+
+    #[test]
+    fn a_query_is_forwarded_in_ascii() {
+        let p = PathPolicy::default();
+        match canonical_target(b"/a?x=caf\xc3\xa9 b\x01", &p) {
+            Ok(Target::Path { path_and_query, .. }) => {
+                assert_eq!(&*path_and_query, b"/a?x=caf%C3%A9%20b%01")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
