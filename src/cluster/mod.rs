@@ -159,6 +159,9 @@ pub struct Fleet {
     pub live: AtomicU64,
     /// This node's place among them (by id), for numbering tickets during an outage.
     slot: AtomicU64,
+    /// When Redis last stopped answering (unix ms; 0: never): for a while after it
+    /// answers again, the fleet is not taken to have shrunk (see `sync_once`).
+    down_at: AtomicU64,
     nodes: ArcSwap<Vec<NodeInfo>>,
     shares: ArcSwap<HashMap<String, f64>>,
     /// Changes not yet in Redis, each with its number in this node's sequence.
@@ -249,6 +252,7 @@ impl Fleet {
             reported: AtomicBool::new(false),
             live: AtomicU64::new(expected),
             slot: AtomicU64::new(0),
+            down_at: AtomicU64::new(0),
             nodes: ArcSwap::from_pointee(Vec::new()),
             shares: ArcSwap::from_pointee(HashMap::new()),
             outgoing: Mutex::new((0, Vec::new())),
@@ -265,7 +269,11 @@ impl Fleet {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(name.to_string())
-            .or_insert_with(|| Arc::new(room::FleetRoom::new(&self.settings.prefix, name)))
+            .or_insert_with(|| {
+                let r = room::FleetRoom::new(&self.settings.prefix, name);
+                r.set_claim_fence(self.settings.timeout);
+                Arc::new(r)
+            })
             .clone()
     }
 
@@ -418,6 +426,7 @@ impl Fleet {
                 self.live.load(Ordering::Relaxed)
             );
         } else if was && !up {
+            self.down_at.store(now_ms(), Ordering::Relaxed);
             log::warn!(
                 "cluster: Redis unreachable; enforcing this node's local share of global limits ({} nodes last seen)",
                 self.live.load(Ordering::Relaxed)
@@ -746,9 +755,19 @@ async fn sync_once(
         .collect();
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
     let n = live.len().max(1) as u64;
-    fleet.live.store(n, Ordering::Relaxed);
+    // Right after an outage the other nodes' heartbeats are older than the TTL until each
+    // has made its own first exchange: the fleet has not shrunk. Its size and this
+    // node's place number the tickets handed out alone (`number % nodes == slot`), and a
+    // node that falls back again with a smaller fleet in mind would hand out the
+    // numbers of another node: they hold, never shrink, until a TTL after the outage.
+    let settling = !fleet.redis_up.load(Ordering::Relaxed)
+        || now.saturating_sub(fleet.down_at.load(Ordering::Relaxed)) < 2 * ttl;
+    let shrinks = n < fleet.live.load(Ordering::Relaxed);
+    if !(settling && shrinks) {
+        fleet.live.store(n, Ordering::Relaxed);
+    }
     // This node's place among the live ones, by id.
-    if live.contains(&s.node_id) {
+    if live.contains(&s.node_id) && !(settling && shrinks) {
         let before = live.iter().filter(|id| **id < s.node_id).count();
         fleet.slot.store(before as u64, Ordering::Relaxed);
     }
@@ -873,7 +892,7 @@ async fn sync_once(
         }
         fleet.metrics.commands.inc_by(sent);
         let v = fr.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        r.follow_fleet(&v, n, now);
+        r.follow_fleet(&v, n, now, &fr.alone_next());
         r.publish_fleet_view(&v);
     }
     Ok(())
