@@ -609,10 +609,19 @@ impl Room {
     /// Fleet mode, Redis answering: the local room follows the shared one (so that it
     /// can go on from there if Redis becomes unreachable), this node's share of its
     /// sessions counted in a seed bucket.
-    pub fn follow_fleet(&self, v: &crate::cluster::fleet_room::View, nodes: u64, now: u64) {
+    /// `alone`: per class, the highest number this node handed out alone: its own room
+    /// never numbers below it again, even while Redis has not raised its counter to it.
+    pub fn follow_fleet(
+        &self,
+        v: &crate::cluster::fleet_room::View,
+        nodes: u64,
+        now: u64,
+        alone: &[u64],
+    ) {
         let p = self.effective();
         let n = nodes.max(1);
-        self.shared.lock().follow(
+        let mut s = self.shared.lock();
+        s.follow(
             &p,
             &v.queues,
             &v.prequeue,
@@ -624,6 +633,9 @@ impl Room {
             v.rate,
             now,
         );
+        for (q, a) in s.queues.iter_mut().zip(alone) {
+            q.next = q.next.max(*a);
+        }
     }
 
     /// A newcomer arrives at this node's own room (single node, or a fleet node while

@@ -79,6 +79,9 @@ pub struct Fleet {
     pub live: AtomicU64,
     /// This node's place among them (by id), for numbering tickets during an outage.
     pub(super) slot: AtomicU64,
+    /// When Redis last stopped answering (unix ms; 0: never): for a while after it
+    /// answers again, the fleet is not taken to have shrunk (see `sync_once`).
+    pub(super) down_at: AtomicU64,
     pub(super) nodes: ArcSwap<Vec<NodeInfo>>,
     pub(super) shares: ArcSwap<HashMap<String, f64>>,
     /// Changes not yet in Redis, each with its number in this node's sequence.
@@ -169,6 +172,7 @@ impl Fleet {
             reported: AtomicBool::new(false),
             live: AtomicU64::new(expected),
             slot: AtomicU64::new(0),
+            down_at: AtomicU64::new(0),
             nodes: ArcSwap::from_pointee(Vec::new()),
             shares: ArcSwap::from_pointee(HashMap::new()),
             outgoing: Mutex::new((0, Vec::new())),
@@ -185,7 +189,11 @@ impl Fleet {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(name.to_string())
-            .or_insert_with(|| Arc::new(fleet_room::FleetRoom::new(&self.settings.prefix, name)))
+            .or_insert_with(|| {
+                let r = fleet_room::FleetRoom::new(&self.settings.prefix, name);
+                r.set_claim_fence(self.settings.timeout);
+                Arc::new(r)
+            })
             .clone()
     }
 
@@ -338,6 +346,7 @@ impl Fleet {
                 self.live.load(Ordering::Relaxed)
             );
         } else if was && !up {
+            self.down_at.store(now_ms(), Ordering::Relaxed);
             log::warn!(
                 "cluster: Redis unreachable; enforcing this node's local share of global limits ({} nodes last seen)",
                 self.live.load(Ordering::Relaxed)

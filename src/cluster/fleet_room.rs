@@ -78,9 +78,10 @@ local function num(v, d) if v then return tonumber(v) else return d end end
 /// other nodes' last numbers: the new master may lack the old one's last `ARRIVE`s.
 /// Returns {frontier_0, next_0, prequeue_0, frontier_1, …, rate*1000, paused, active,
 /// pending, tokens*1000, admitted, abandoned, issued, direct, opened, spread*1000,
-/// seconds*1000} (spread and seconds of measure: how sure the rate is, see
-/// `policy::estimate`).
+/// seconds*1000, Redis' clock} (spread and seconds of measure: how sure the rate is, see
+/// `policy::estimate`; Redis' clock in unix ms, for the claim fence).
 const LUA_TICK: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
 local now = tonumber(ARGV[1]); local cap = tonumber(ARGV[2]); local per_ms = tonumber(ARGV[3]) / 60000
 local burst = tonumber(ARGV[4]); local grace = tonumber(ARGV[5]); local bucket_ms = tonumber(ARGV[6])
 local pol = {}
@@ -280,11 +281,15 @@ end
 table.insert(out, opened)
 table.insert(out, math.floor(spread * 1000))
 table.insert(out, math.floor(seconds * 1000))
+local t = redis.call('TIME')
+table.insert(out, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 return out
 "#;
 
 /// KEYS: room, active, pending, returning. ARGV: now, class, policy, cap, bucket_ms, opens (unix ms,
-/// 0 for none), pre-queue window start. Returns {1, number, bucket} (let in),
+/// 0 for none), pre-queue window start, the highest number this node handed out alone in
+/// the class (0 for none: the counter is raised to it first, so that a number is never
+/// handed out again even before the node's next sync reports it). Returns {1, number, bucket} (let in),
 /// {0, number, frontier} (queued), {2, number} (pre-queued before a scheduled opening),
 /// {3} (before the pre-queue window: no ticket).
 const LUA_ARRIVE: &str = r#"
@@ -292,6 +297,8 @@ local now = tonumber(ARGV[1]); local c = ARGV[2]; local policy = ARGV[3]
 local cap = tonumber(ARGV[4]); local bucket_ms = tonumber(ARGV[5])
 local r = KEYS[1]
 local cur = math.floor(now / bucket_ms)
+local floor = tonumber(ARGV[8] or '0')
+if floor > num(redis.call('HGET', r, 'next:' .. c), 0) then redis.call('HSET', r, 'next:' .. c, floor) end
 if policy == 'b' then
   local n = redis.call('HINCRBY', r, 'next:' .. c, 1)
   redis.call('HSET', r, 'frontier:' .. c, n)
@@ -326,10 +333,20 @@ return {0, n, f}
 "#;
 
 /// KEYS: room, active, pending, claimed-marker, returning. ARGV: now, class, number, cap,
-/// bucket_ms, ticket lifetime ms, claim grace ms. A late ticket that finds the room full
+/// bucket_ms, ticket lifetime ms, claim grace ms, and a deadline on Redis' clock (unix ms,
+/// 0 for none) past which the claim does nothing and returns {4}: the node that sent it
+/// gave up waiting (Redis frozen, the commands queued in its socket run when it thaws)
+/// and answered from its own room, so a claim run then would use the ticket (and count a
+/// session) behind the student's back. A late ticket that finds the room full
 /// joins the returning tickets, served first by `TICK`. Returns {1, bucket} (admitted), {0, position} (waiting),
 /// {2} (this ticket was already used).
 const LUA_CLAIM: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
+local deadline = tonumber(ARGV[8] or '0')
+if deadline > 0 then
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > deadline then return {4} end
+end
 local now = tonumber(ARGV[1]); local c = ARGV[2]; local number = tonumber(ARGV[3])
 local cap = tonumber(ARGV[4]); local bucket_ms = tonumber(ARGV[5]); local abandon = tonumber(ARGV[6])
 local r = KEYS[1]
@@ -419,6 +436,8 @@ pub struct View {
     /// Per class, numbers to leave for other nodes' tickets should Redis become
     /// unreachable now: twice what the fleet handed out since the previous view.
     pub margin: Vec<u64>,
+    /// Redis' clock minus this node's (ms), as read at the last sync (`None`: never).
+    pub clock_offset: Option<i64>,
 }
 
 impl View {
@@ -510,6 +529,14 @@ pub struct FleetRoom {
     outage_claims: Mutex<Vec<(u8, u64)>>,
     /// The connection's master count at this room's last exchange (Sentinel failovers).
     masters_seen: AtomicU64,
+    /// Per class, the highest number (without
+    /// [`crate::policy::waiting_room::ALONE_BIT`]) this node handed out alone:
+    /// Redis raises its counter to it at this node's next exchange and at each of its
+    /// arrivals, and this node's own room never numbers below it again.
+    alone_next: Mutex<Vec<u64>>,
+    /// How long after a claim is sent Redis may still run it (ms; 0: no fence): the
+    /// request timeout, after which the node has given up on it.
+    claim_fence_ms: AtomicU64,
 }
 
 /// Waiting tickets let in during an outage, remembered for Redis at most.
@@ -563,7 +590,40 @@ impl FleetRoom {
             followed: AtomicBool::new(false),
             outage_claims: Mutex::new(Vec::new()),
             masters_seen: AtomicU64::new(0),
+            alone_next: Mutex::new(Vec::new()),
+            claim_fence_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Claims run by Redis more than `timeout` (the request timeout: the node has given
+    /// up on them) after they were sent, on Redis' clock, do nothing. The clock offset
+    /// is read when an answer comes back, so it errs early by up to a round trip, and
+    /// the claim is dated before it is sent: the fence is strict, never late (a claim
+    /// refused that way waits at the front and is tried at its next poll).
+    pub fn set_claim_fence(&self, timeout: Duration) {
+        self.claim_fence_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// This node handed out ticket `number` in `class` alone (Redis unreachable).
+    pub fn note_alone(&self, class: usize, number: u64) {
+        let n = number & !PREQUEUE_BIT & !crate::policy::waiting_room::ALONE_BIT;
+        let mut g = self.alone_next.lock().unwrap_or_else(|p| p.into_inner());
+        if class >= 256 {
+            return;
+        }
+        if g.len() <= class {
+            g.resize(class + 1, 0);
+        }
+        g[class] = g[class].max(n);
+    }
+
+    /// Per class, the highest number this node handed out alone (empty: none).
+    pub fn alone_next(&self) -> Vec<u64> {
+        self.alone_next
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// This node runs the room alone (Redis unreachable): what it does is sent to Redis
@@ -668,6 +728,7 @@ impl FleetRoom {
             g.drain(..n);
             sent += claims.len() as u64;
         }
+        let alone = self.alone_next();
         // A new master (Sentinel failover) since this room's last exchange: it may lack
         // the old master's last writes.
         let masters = conn.masters();
@@ -688,6 +749,14 @@ impl FleetRoom {
                 q.resize(classes, (0, 0));
                 for (a, b) in q.iter_mut().zip(local) {
                     *a = (a.0.max(b.0), a.1.max(b.1));
+                }
+            }
+            // Numbers handed out alone, even those after the room above was read (the
+            // node still alone while this exchange was under way): they are taken.
+            // (Not without a view of the room: Redis would start again from it.)
+            if !q.is_empty() {
+                for (a, n) in q.iter_mut().zip(&alone) {
+                    a.1 = a.1.max(*n);
                 }
             }
             if failover {
@@ -722,7 +791,7 @@ impl FleetRoom {
             .arg(active)
             .arg(pending)
             .arg(paused)
-            .arg(if ran_alone.is_some() || failover {
+            .arg(if ran_alone.is_some() || failover || !alone.is_empty() {
                 "1"
             } else {
                 "0"
@@ -731,6 +800,7 @@ impl FleetRoom {
             .arg(view_at)
             .invoke_async(conn)
             .await?;
+        let read_at = crate::clock::now_ms();
         sent += 1;
         if failover {
             log::warn!(
@@ -740,7 +810,7 @@ impl FleetRoom {
         }
         self.masters_seen.store(masters, Ordering::Relaxed);
         let classes = p.classes.len().max(1);
-        if out.len() == classes * 3 + 12 {
+        if out.len() == classes * 3 + 13 {
             let mut v = self.view();
             let g = |i: usize| out[i].max(0) as u64;
             let queues: Vec<(u64, u64)> = (0..classes).map(|i| (g(3 * i), g(3 * i + 1))).collect();
@@ -766,6 +836,9 @@ impl FleetRoom {
             v.opened = out[b + 9] != 0;
             v.spread = out[b + 10].max(0) as f64 / 1000.0;
             v.seconds = (out[b + 11] as f64 / 1000.0).max(0.001);
+            // Read when the answer came back: Redis' clock may look a round trip
+            // early, never late (the fence errs on the strict side by that much).
+            v.clock_offset = Some(out[b + 12] - read_at as i64);
             v.at = now;
             self.followed.store(true, Ordering::Relaxed);
         }
@@ -807,6 +880,7 @@ impl FleetRoom {
             Some(ClassPolicy::Bypass) => "b",
             _ => "d",
         };
+        let floor = self.alone_next().get(class).copied().unwrap_or(0);
         let out: Vec<i64> = self
             .arrive
             .key(&self.room_key)
@@ -820,6 +894,7 @@ impl FleetRoom {
             .arg(bucket_ms(p))
             .arg(opening(p).0)
             .arg(opening(p).1)
+            .arg(floor)
             .invoke_async(conn)
             .await?;
         let g = |i: usize| out.get(i).copied().unwrap_or(0).max(0) as u64;
@@ -859,10 +934,18 @@ impl FleetRoom {
         number: u64,
         now: u64,
     ) -> redis::RedisResult<(Standing, bool)> {
-        let (frontier, place) = {
+        let fence = self.claim_fence_ms.load(Ordering::Relaxed);
+        let (frontier, place, deadline) = {
             let v = self.view();
             let f = v.queues.get(class).map(|q| q.0).unwrap_or(0);
-            (f, v.is_open(p).then(|| v.place(p, class, number)))
+            let deadline = match v.clock_offset {
+                Some(o) if fence > 0 => (now as i64)
+                    .saturating_add(o)
+                    .saturating_add(fence as i64)
+                    .max(1),
+                _ => 0,
+            };
+            (f, v.is_open(p).then(|| v.place(p, class, number)), deadline)
         };
         // Pre-queued: shuffled at the opening, no place before it.
         let Some(place) = place else {
@@ -890,12 +973,18 @@ impl FleetRoom {
             .arg(bucket_ms(p))
             .arg(p.waiting_ticket_lifetime().as_millis() as u64)
             .arg(p.claim_grace().as_millis() as u64)
+            .arg(deadline)
             .invoke_async(conn)
             .await?;
         let g = |i: usize| out.get(i).copied().unwrap_or(0).max(0) as u64;
         let standing = match out.first() {
             Some(1) => Standing::Admitted { bucket: g(1) },
             Some(2) => Standing::Used,
+            // Past the fence (only if the clocks jumped: the node waits less than that):
+            // nothing done, the ticket waits at the front.
+            Some(4) => Standing::Waiting {
+                position: Some(place.saturating_sub(frontier).max(1)),
+            },
             _ => Standing::Waiting {
                 position: Some(g(1).max(1)),
             },

@@ -329,9 +329,19 @@ async fn sync_once(
         .collect();
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
     let n = live.len().max(1) as u64;
-    fleet.live.store(n, Ordering::Relaxed);
+    // Right after an outage the other nodes' heartbeats are older than the TTL until each
+    // has made its own first exchange: the fleet has not shrunk. Its size and this
+    // node's place number the tickets handed out alone (`number % nodes == slot`), and a
+    // node that falls back again with a smaller fleet in mind would hand out the
+    // numbers of another node: they hold, never shrink, until a TTL after the outage.
+    let settling = !fleet.redis_up.load(Ordering::Relaxed)
+        || now.saturating_sub(fleet.down_at.load(Ordering::Relaxed)) < 2 * ttl;
+    let shrinks = n < fleet.live.load(Ordering::Relaxed);
+    if !(settling && shrinks) {
+        fleet.live.store(n, Ordering::Relaxed);
+    }
     // This node's place among the live ones, by id.
-    if live.contains(&s.node_id) {
+    if live.contains(&s.node_id) && !(settling && shrinks) {
         let before = live.iter().filter(|id| **id < s.node_id).count();
         fleet.slot.store(before as u64, Ordering::Relaxed);
     }
@@ -456,7 +466,7 @@ async fn sync_once(
         }
         fleet.metrics.commands.inc_by(sent);
         let v = fr.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        r.follow_fleet(&v, n, now);
+        r.follow_fleet(&v, n, now, &fr.alone_next());
         r.publish_fleet_view(&v);
     }
     Ok(())

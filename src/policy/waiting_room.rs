@@ -23,6 +23,15 @@ use super::estimate::{estimate, Limits, SpeedMeter, Wait};
 /// their place is that number shuffled at the opening (see [`shuffled_place`]).
 pub const PREQUEUE_BIT: u64 = 1 << 62;
 
+/// Tickets handed out by a fleet node alone (Redis unreachable) carry this bit over
+/// their number: their place is the number without it, their identity (the ticket a
+/// copy of which is refused as used, the session a logout ends) keeps it. The node's
+/// numbers are its own (`number % nodes == slot`), but Redis, once back, cannot know
+/// every number every node handed out alone before that node reports them (a node may
+/// still run alone, or be between its snapshot and its report): two students may then
+/// stand at one place, but they never are one student.
+pub const ALONE_BIT: u64 = 1 << 61;
+
 /// The place of pre-queue ticket `index` (1-based, in issue order) among `size`, by a
 /// permutation keyed by `key` (a four-round Feistel network over the smallest even
 /// power of two holding `size`, walking the cycle back into range): every place from 1
@@ -53,9 +62,13 @@ pub fn shuffled_place(key: u64, index: u64, size: u64) -> u64 {
 /// pre-queue ticket its shuffled place among the `prequeue` frozen at the opening.
 pub fn place_in_order(params: &RoomParams, number: u64, prequeue: u64) -> u64 {
     if number & PREQUEUE_BIT == 0 {
-        return number;
+        return number & !ALONE_BIT;
     }
-    shuffled_place(params.shuffle_key, number & (PREQUEUE_BIT - 1), prequeue)
+    shuffled_place(
+        params.shuffle_key,
+        number & (PREQUEUE_BIT - 1) & !ALONE_BIT,
+        prequeue,
+    )
 }
 
 /// SplitMix64's finalizer: a cheap bijective mixing of 64 bits.
@@ -140,6 +153,15 @@ fn take_number(q: &mut Queue, share: Option<FleetShare>) -> u64 {
     }
     q.next = n;
     n
+}
+
+/// A ticket's number as handed out: with [`ALONE_BIT`] by a fleet node alone.
+fn alone_tag(number: u64, share: Option<FleetShare>) -> u64 {
+    if share.is_some() {
+        number | ALONE_BIT
+    } else {
+        number
+    }
 }
 
 impl RoomParams {
@@ -648,6 +670,7 @@ impl RoomState {
             let q = &mut self.queues[class];
             let number = take_number(q, params.fleet);
             q.frontier = q.frontier.max(number);
+            let number = alone_tag(number, params.fleet);
             return Arrival::Admit { number, bucket };
         }
         if !self.opened {
@@ -685,18 +708,21 @@ impl RoomState {
             let q = &mut self.queues[class];
             let number = take_number(q, params.fleet);
             q.frontier = number;
+            let number = alone_tag(number, params.fleet);
             return Arrival::Admit { number, bucket };
         }
         let number = take_number(&mut self.queues[class], params.fleet);
         self.counters.issued += 1;
-        Arrival::Queue { number }
+        Arrival::Queue {
+            number: alone_tag(number, params.fleet),
+        }
     }
 
     /// The number a ticket stands at in its queue (pre-queue tickets are shuffled at
     /// the opening), or `None` before the opening.
     pub fn effective_number(&self, params: &RoomParams, class: usize, number: u64) -> Option<u64> {
         if number & PREQUEUE_BIT == 0 {
-            return Some(number);
+            return Some(number & !ALONE_BIT);
         }
         if !self.opened {
             return None;
@@ -1243,6 +1269,8 @@ mod tests {
                 let Arrival::Queue { number } = s.arrive(p, 0, t0) else {
                     panic!("the room is full: newcomers queue");
                 };
+                assert_ne!(number & ALONE_BIT, 0, "{number} marked as handed out alone");
+                let number = number & !ALONE_BIT;
                 assert!(number > 49, "{number} after the fleet's tickets");
                 assert_eq!(number % 3, i as u64, "interleaved by node");
                 assert!(seen.insert(number), "{number} handed out twice");

@@ -779,6 +779,15 @@ impl EcluseProxy {
                 }
             }
         }
+        // Redis may have failed just now: the node's own room decides, with this node's
+        // share (the params were read while Redis answered: with the whole room, they
+        // would let in the fleet's capacity on this node alone).
+        let alone = self.room_params(room);
+        let params = if self.fleet_room_alone(room).is_some() {
+            &alone
+        } else {
+            params
+        };
         let standing = room
             .shared
             .lock()
@@ -963,9 +972,16 @@ impl EcluseProxy {
         let arrival = match arrival {
             Some(a) => a,
             None => {
+                // Redis may have failed just now: number as the node alone does (its
+                // share, its own numbers), not with the params read while it answered
+                // (every node would hand out the same next numbers).
+                let params = self.room_params(room);
                 let a = room.arrive_local(&params, usize::from(class), now);
                 if let Some(fr) = self.fleet_room_alone(room) {
                     fr.mark_diverged();
+                    if let Arrival::Admit { number, .. } | Arrival::Queue { number } = a {
+                        fr.note_alone(usize::from(class), number);
+                    }
                     if let Arrival::Admit { bucket, .. } = a {
                         fr.record_outage_admission(bucket, None);
                     }
