@@ -311,11 +311,7 @@ routes:
         );
         let f = dir.path().join("ecluse.yaml");
         std::fs::write(&f, yaml).expect("write");
-        let out = std::process::Command::new(bin())
-            .arg("check")
-            .arg(&f)
-            .output()
-            .expect("check");
+        let out = check(&f);
         let err = String::from_utf8_lossy(&out.stderr).to_string()
             + &String::from_utf8_lossy(&out.stdout);
         assert!(!out.status.success(), "{room}: refused");
@@ -343,11 +339,7 @@ routes:
 "#,
     )
     .expect("write");
-    let out = std::process::Command::new(bin())
-        .arg("check")
-        .arg(&f)
-        .output()
-        .expect("check");
+    let out = check(&f);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("fleet mode"), "{err}");
@@ -365,14 +357,19 @@ routes:
 "#,
     )
     .expect("write");
-    let out = std::process::Command::new(bin())
-        .arg("check")
-        .arg(&f)
-        .output()
-        .expect("check");
+    let out = check(&f);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `ecluse check FILE`, its output.
+fn check(f: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(bin())
+        .arg("check")
+        .arg(f)
+        .output()
+        .expect("check")
 }
