@@ -326,7 +326,7 @@ fn no_import_circles() {
     let edges = graph();
     assert!(
         edges
-            .get("config/runtime")
+            .get("config/runtime/routes")
             .is_some_and(|t| t.contains("policy/route")),
         "the import reader found nothing: {edges:?}"
     );
