@@ -183,6 +183,23 @@ async fn demo_surge_fills_the_room_switches_visio_off_and_drains() {
         .text()
         .await
         .expect("html");
+    // The page's button starts another surge, without a token: the demo's admin listener
+    // is tokenless on loopback; a second press while it runs is refused.
+    let button = async || {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client")
+            .post(format!("{admin}status/action"))
+            .form(&[("action", "surge")])
+            .send()
+            .await
+            .expect("button")
+            .status()
+            .as_u16()
+    };
+    let first = button().await;
+    let second = button().await;
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);
     }
@@ -204,4 +221,5 @@ async fn demo_surge_fills_the_room_switches_visio_off_and_drains() {
         html.contains("Demo surge") && html.contains("Last surge over"),
         "{html}"
     );
+    assert_eq!((first, second), (303, 409), "the surge button");
 }

@@ -294,3 +294,60 @@ async fn the_status_page_is_open_shows_the_admin_state_and_its_buttons_need_the_
     assert_eq!(r.status(), 404);
     drop(inside);
 }
+
+/// In fleet mode the page shows Redis's state and the nodes, and says so when Redis goes
+/// away; the Redis address (which may carry a password) is never on the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_fleet_mode_the_page_shows_redis_and_the_nodes() {
+    let mut redis = Redis::start();
+    let ent = LenientEnt::start().await;
+    let node = |id: &str| {
+        format!(
+            r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0" }}
+server: {{ threads: 1, grace_period: 0s, shutdown_timeout: 2s }}
+access_log: {{ enabled: false }}
+cluster: {{ redis: "redis://127.0.0.1:{r}/", node_id: {id}, sync_interval: 100ms, timeout: 1s }}
+origins:
+  ent: {{ servers: ["{o}"], health_check: {{ disabled: true }} }}
+routes:
+  - {{ name: ent, origin: ent }}
+"#,
+            r = redis.port,
+            o = ent.addr
+        )
+    };
+    let a = Ecluse::start(&node("node-a"));
+    let _b = Ecluse::start(&node("node-b"));
+    let c = admin_client();
+    let page = async || {
+        c.get(a.admin_url("/status"))
+            .send()
+            .await
+            .expect("status")
+            .text()
+            .await
+            .expect("html")
+    };
+    eventually(
+        "both nodes on the page, Redis reachable",
+        DEADLINE,
+        async || {
+            let html = page().await;
+            html.contains("data-k=\"redis\">reachable<")
+                && html.contains(">node-a<")
+                && html.contains(">node-b<")
+        },
+    )
+    .await;
+    let html = page().await;
+    assert!(
+        !html.contains(&format!("127.0.0.1:{}", redis.port)),
+        "the Redis URL"
+    );
+    redis.kill();
+    eventually("Redis unreachable on the page", DEADLINE, async || {
+        page().await.contains("data-k=\"redis\">unreachable<")
+    })
+    .await;
+}

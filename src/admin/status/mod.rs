@@ -83,7 +83,7 @@ fn env() -> &'static Environment<'static> {
     E.get_or_init(|| {
         let mut env = Environment::new();
         env.set_auto_escape_callback(|_| AutoEscape::Html);
-        // Both are built in and tested (`renders_every_section`); a failure shows as a
+        // Both are built in and tested (`the_template_compiles`, tests/status_page.rs); a failure shows as a
         // plain-text error, never a panic.
         if let Err(e) = env.add_template("layout", crate::pages::render::LAYOUT) {
             log::error!("status page: layout template: {e}");
