@@ -62,12 +62,13 @@ impl DemoSurge {
             "Running: {PUPILS} simulated pupils arrive within {} s.",
             RAMP.as_secs()
         ));
-        println!(
-            "ecluse demo: surge started: {PUPILS} simulated pupils arrive within {} s",
-            RAMP.as_secs()
-        );
         let me = self.clone();
         self.0.rt.spawn(async move {
+            // Printed from the task, so that `--surge` says it after the URLs.
+            println!(
+                "ecluse demo: surge started: {PUPILS} simulated pupils arrive within {} s",
+                RAMP.as_secs()
+            );
             let line = match run(target).await {
                 Ok(v) => format!(
                     "surge over in {} s: {} pupils, {} queued, {} served, {} gave up, {} visio refused while switched off, {} errors",
