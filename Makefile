@@ -15,7 +15,7 @@ build: deps
 
 ## Run the simulated ENT and ecluse in front of it; prints the URLs to open.
 demo: build
-	$(CARGO) run --release --quiet --bin ecluse -- demo
+	$(CARGO) run --release --quiet --bin ecluse -- demo $(if $(SURGE),--surge)
 
 ## The Debian package (cargo-deb): target/debian/ecluse_<version>_<arch>.deb with the
 ## optimised binary, /etc/ecluse/ecluse.yaml, the systemd unit and logrotate.

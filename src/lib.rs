@@ -1,6 +1,9 @@
 //! ecluse: an edge reverse proxy, built on pingora, that keeps a school's digital
 //! workspace (ENT) alive through a surge. See docs/architecture.md for the layout and docs/operations.md for running it.
 
+// The surge run's summary is one `json!` literal with many fields.
+#![recursion_limit = "256"]
+
 pub mod access_log;
 pub mod admin;
 pub mod app;
@@ -19,6 +22,7 @@ pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod sizing;
+pub mod surge;
 pub mod tls;
 pub mod upstream;
 pub mod waiting_room;

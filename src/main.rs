@@ -61,6 +61,10 @@ enum Cmd {
         /// Simulated ENT port (default: a free one).
         #[arg(long, default_value_t = 0)]
         origin_port: u16,
+        /// Start a surge of simulated pupils as soon as ecluse listens (the status
+        /// page's button starts another).
+        #[arg(long)]
+        surge: bool,
     },
     /// Print the JSON Schema of the policy file (for editors; see config/ecluse.schema.json).
     Schema,
@@ -318,9 +322,14 @@ fn main() -> ExitCode {
             port,
             admin_port,
             origin_port,
-        } => ecluse::demo::run::demo(port, admin_port, origin_port, |path, opts, banner| {
-            run(path, opts, banner)
-        }),
+            surge,
+        } => ecluse::demo::run::demo(
+            port,
+            admin_port,
+            origin_port,
+            surge,
+            |path, opts, banner| run(path, opts, banner),
+        ),
     }
 }
 

@@ -1136,3 +1136,146 @@ routes:
         b.close().await.expect("close the browser session");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The admin listener's status page (issue #26).
+
+const ADMIN_TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+/// The status page with a full room (one inside, one queued), visio switched off and an
+/// origin with a dead server passes axe (WCAG 2.1 A/AA) on a phone and a desktop, light
+/// and dark, with and without JavaScript, and the keyboard reaches every control.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_passes_axe_with_a_full_room_a_feature_off_and_a_server_down() {
+    let axe_js = axe_source();
+    let origin = EchoOrigin::start("ent").await;
+    let dead = closed_port();
+    let yaml = format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0", token_file: admin.token }}
+server: {{ state_dir: state, grace_period: 0s, shutdown_timeout: 2s }}
+access_log: {{ enabled: false }}
+waiting_rooms:
+  ent: {{ active_users: 1, new_users_per_minute: 600, poll_interval: 1s, abandon_timeout: 10m, secret_file: keys }}
+degradation:
+  levels:
+    - name: normal
+    - {{ name: busy, disable: [visio], enter: {{ error_rate: 0.9 }}, exit: {{ error_rate: 0.5 }} }}
+cache: {{ memory: 1MiB }}
+origins:
+  ent: {{ servers: ["{o}"], max_inflight: 40, health_check: {{ disabled: true }} }}
+  files: {{ servers: ["{o}", "{dead}"], health_check: {{ path: /, interval: 200ms, unhealthy_threshold: 1 }} }}
+routes:
+  - {{ name: visio, match: {{ path_prefix: /visio/ }}, origin: ent, feature: visio }}
+  - {{ name: files, match: {{ path_prefix: /files/ }}, origin: files }}
+  - {{ name: search, match: {{ path_prefix: /search/ }}, origin: ent, rate_limits: [{{ key: route, rate: 1/h, burst: 1 }}] }}
+  - {{ name: ent, origin: ent, waiting_room: ent }}
+"#,
+        o = origin.addr
+    );
+    let e = Ecluse::start_with(
+        &yaml,
+        &[
+            ("keys", KEY.as_bytes()),
+            ("admin.token", ADMIN_TOKEN.as_bytes()),
+        ],
+        |_| {},
+    );
+    let _inside = fill_the_room(&e).await;
+    let queued = cookie_client();
+    let r = queued.get(e.url("/")).send().await.expect("queued");
+    assert!(r.text().await.expect("page").contains("id=\"q\""));
+    for _ in 0..2 {
+        let _ = client().get(e.url("/search/x")).send().await;
+    }
+    let r = client()
+        .post(e.admin_url("/admin/features/visio"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "on": false }))
+        .send()
+        .await
+        .expect("visio off");
+    assert_eq!(r.status(), 200);
+    // A server down and two samples, so each chart has a line.
+    let url = e.admin_url("/status");
+    eventually("a server down and the charts drawn", DEADLINE, async || {
+        let Ok(r) = client().get(&url).send().await else {
+            return false;
+        };
+        let html = r.text().await.unwrap_or_default();
+        html.contains("down (health check failing)") && html.matches("<polyline").count() >= 4
+    })
+    .await;
+
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-output/pages");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let driver = Driver::start().await;
+    let held = format!("{url}#pause");
+    let mut violations = Vec::new();
+    let mut audits = 0;
+    for javascript in [true, false] {
+        for dark in [false, true] {
+            let b = driver.browser_with(javascript, dark, "en-GB,en").await;
+            let twin = if javascript {
+                None
+            } else {
+                Some(driver.browser_with(true, dark, "en-GB,en").await)
+            };
+            for (width, height, device) in [(390u32, 844u32, "phone"), (1280, 900, "desktop")] {
+                b.set_window_size(width, height).await.expect("window size");
+                if let Some(t) = &twin {
+                    t.set_window_size(width, height).await.expect("window size");
+                }
+                b.goto(&held).await.expect("open the status page");
+                let text = text_of(&b, "main").await;
+                for section in [
+                    "Waiting rooms",
+                    "Degradation",
+                    "Origins",
+                    "Cache",
+                    "Rate limits",
+                ] {
+                    assert!(text.contains(section), "{section} on the page:\n{text}");
+                }
+                let audited = match &twin {
+                    None => &b,
+                    Some(t) => {
+                        let src = b.source().await.expect("the no-JS DOM");
+                        load_as_without_javascript(t, &held, &src).await;
+                        t
+                    }
+                };
+                for v in axe(audited, &axe_js, javascript).await {
+                    violations.push(format!(
+                        "status [{device}, {}, {}]: {v}",
+                        if dark { "dark" } else { "light" },
+                        if javascript { "JS" } else { "no JS" }
+                    ));
+                }
+                audits += 1;
+                if !javascript {
+                    let delay = js_value(&b, r#"const m = document.querySelector('meta[http-equiv="refresh"]'); return m ? parseInt(m.content, 10) : null;"#).await;
+                    assert!(delay.as_u64().is_some_and(|d| d >= 5), "refresh {delay}");
+                }
+                if javascript {
+                    let png = b.screenshot().await.expect("screenshot");
+                    let file = format!(
+                        "status-{device}-{}.png",
+                        if dark { "dark" } else { "light" }
+                    );
+                    std::fs::write(shots.join(file), png).expect("write screenshot");
+                    if !dark && device == "desktop" {
+                        keyboard_walk(&b, "status").await;
+                    }
+                }
+            }
+            b.close().await.expect("close the browser session");
+        }
+    }
+    assert_eq!(audits, 8);
+    assert!(
+        violations.is_empty(),
+        "WCAG 2.1 A/AA violations:\n{}",
+        violations.join("\n")
+    );
+}

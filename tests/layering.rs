@@ -4,7 +4,7 @@
 //! `crate::…` or `super::…` path outside comments and `#[cfg(test)]` modules, resolved to
 //! the file that defines the item (through a folder's `pub use child::…` re-exports). A
 //! folder's `mod.rs` naming its own children is its table of contents, not an import.
-//! The surge tool (`src/surge/`, built into `ecluse-surge` by `#[path]`) is checked too.
+//! The surge tool (`src/surge/`, in the library since #26: `ecluse-surge` and `ecluse demo --surge` use it) is checked too.
 //!
 //! It also bounds each file's production code (`file_sizes_stay_under_the_bound`): a file
 //! past the bound holds several concepts and becomes a folder (issue #22).

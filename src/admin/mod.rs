@@ -1,11 +1,13 @@
-//! The admin HTTP listener: `/metrics`, `/healthz`, `/readyz` (open), `/admin/state` and
-//! the mutating `/admin/*` endpoints (bearer token when `admin.token_file` is set; see
-//! `OPEN_ENDPOINTS`).
+//! The admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, the status page `/status`
+//! (open), `/admin/state` and the mutating `/admin/*` endpoints (bearer token when
+//! `admin.token_file` is set; see `OPEN_ENDPOINTS`), and the status page's buttons
+//! (`POST /status/action`, the token in the form: [`status`]).
 //!
 //! It runs on its own small server (hyper), apart from the proxy listeners, so that ops
 //! can still see and steer ecluse when the proxy side is saturated.
 
 mod cache_endpoints;
+pub mod status;
 
 pub use cache_endpoints::{WARM_HEADER, WARM_SCHEME_HEADER};
 
@@ -86,6 +88,7 @@ pub async fn serve(
     listener: TcpListener,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    tokio::spawn(status::sample(app.clone(), shutdown.clone()));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -143,6 +146,10 @@ enum Access {
     Open,
     /// The token when one is configured; without one, loopback peers only (`authorized`).
     Guarded,
+    /// The status page's forms: guarded like the rest, but a browser's form cannot send
+    /// a header, so the token may come in the body; `status::action` checks it before
+    /// doing anything.
+    Form,
 }
 
 /// The endpoints anyone reaching the listener may call, in one table (`GET` only; any
@@ -150,11 +157,18 @@ enum Access {
 /// endpoint added later, is [`Access::Guarded`]: a new endpoint is closed unless it is
 /// written here, and the check runs before any dispatch, so an unknown or oddly spelled
 /// path (`/admin//state`, `/metrics/../admin/state`) is refused like a known one.
-const OPEN_ENDPOINTS: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
+/// `/status` shows what `/metrics` already tells (names from the config and numbers,
+/// never an address, a token or a ticket), and `/` only redirects to it.
+const OPEN_ENDPOINTS: [&str; 5] = ["/metrics", "/healthz", "/readyz", "/status", "/"];
+
+/// The one path whose token may come in a form's body.
+const FORM_ENDPOINT: &str = "/status/action";
 
 fn access(path: &str) -> Access {
     if OPEN_ENDPOINTS.contains(&path) {
         Access::Open
+    } else if path == FORM_ENDPOINT {
+        Access::Form
     } else {
         Access::Guarded
     }
@@ -195,6 +209,9 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Option<SocketAddr>)
         }
         (Method::GET, "/healthz") => text_resp(StatusCode::OK, "ok\n"),
         (Method::GET, "/readyz") => readyz(&app).await,
+        (Method::GET, "/status") => status::page(&app, req.uri().query()),
+        (Method::GET, "/") => status::redirect(),
+        (Method::POST, FORM_ENDPOINT) => status::action(app.clone(), req, peer).await,
         (Method::GET, "/admin/state") => json_resp(StatusCode::OK, state(&app)),
         (Method::POST, p) if p.starts_with("/admin/") => match p {
             "/admin/reload" => {
@@ -229,7 +246,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Option<SocketAddr>)
                 format!("no admin endpoint {p}"),
             ),
         },
-        (_, "/metrics" | "/healthz" | "/readyz" | "/admin/state") => {
+        (_, "/metrics" | "/healthz" | "/readyz" | "/admin/state" | "/status" | "/") => {
             let mut r = error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -244,6 +261,16 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Option<SocketAddr>)
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "mutating admin endpoints take POST",
+            );
+            r.headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+            r
+        }
+        (_, FORM_ENDPOINT) => {
+            let mut r = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "the status page's forms take POST",
             );
             r.headers_mut()
                 .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
@@ -280,10 +307,14 @@ fn parse_for(v: &serde_json::Value) -> Result<Option<Duration>, Box<Resp>> {
 /// `POST /admin/level` with `{"level": "busy", "for": "30m"}`; `{"level": null}` returns
 /// to automatic.
 async fn level_admin(app: &App, req: Request<Incoming>) -> Resp {
-    let v = match read_json(req).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    match read_json(req).await {
+        Ok(v) => level_apply(app, &v),
+        Err(r) => r,
+    }
+}
+
+/// What `POST /admin/level` does with its body (also the status page's level form).
+fn level_apply(app: &App, v: &serde_json::Value) -> Resp {
     let cfg = app.config();
     let Some(d) = &cfg.degradation else {
         return error(
@@ -292,7 +323,7 @@ async fn level_admin(app: &App, req: Request<Incoming>) -> Resp {
             "the config declares no `degradation` levels",
         );
     };
-    let for_ = match parse_for(&v) {
+    let for_ = match parse_for(v) {
         Ok(f) => f,
         Err(r) => return *r,
     };
@@ -339,10 +370,14 @@ async fn level_admin(app: &App, req: Request<Incoming>) -> Resp {
 /// follows the level again.
 async fn feature_admin(app: &App, p: &str, req: Request<Incoming>) -> Resp {
     let name = &p["/admin/features/".len()..];
-    let v = match read_json(req).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    match read_json(req).await {
+        Ok(v) => feature_apply(app, name, &v),
+        Err(r) => r,
+    }
+}
+
+/// What `POST /admin/features/{name}` does with its body (also the status page's forms).
+fn feature_apply(app: &App, name: &str, v: &serde_json::Value) -> Resp {
     let cfg = app.config();
     let Some(d) = &cfg.degradation else {
         return error(
@@ -369,7 +404,7 @@ async fn feature_admin(app: &App, p: &str, req: Request<Incoming>) -> Resp {
             )
         }
     };
-    let for_ = match parse_for(&v) {
+    let for_ = match parse_for(v) {
         Ok(f) => f,
         Err(r) => return *r,
     };
@@ -398,32 +433,7 @@ async fn room_admin(app: &App, p: &str, req: Request<Incoming>) -> Resp {
         );
     };
     match action {
-        "pause" | "resume" => {
-            let paused = action == "pause";
-            room.shared.lock().paused = paused;
-            if let Some(f) = &app.fleet {
-                let Some(mut conn) = f.conn() else {
-                    return error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "redis_unreachable",
-                        "fleet mode: Redis is unreachable, the shared room cannot be paused or resumed (this node's local room was)",
-                    );
-                };
-                if let Err(e) = f.room(name).set_paused(&mut conn, paused).await {
-                    f.call_failed(&e);
-                    return error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "redis_unreachable",
-                        format!("fleet mode: cannot reach Redis: {e}"),
-                    );
-                }
-            }
-            log::warn!(
-                "room {name}: admission {} by the admin API",
-                if paused { "paused" } else { "resumed" }
-            );
-            json_resp(StatusCode::OK, json!({ "room": name, "paused": paused }))
-        }
+        "pause" | "resume" => room_pause(app, &room, action == "pause").await,
         "" => {
             let v = match read_json(req).await {
                 Ok(v) => v,
@@ -486,6 +496,35 @@ async fn room_admin(app: &App, p: &str, req: Request<Incoming>) -> Resp {
             format!("no admin endpoint {p}"),
         ),
     }
+}
+
+/// Pause or resume a room's admission (here and, in fleet mode, in Redis): `POST
+/// /admin/rooms/{name}/pause|resume` and the status page's buttons.
+async fn room_pause(app: &App, room: &crate::waiting_room::Room, paused: bool) -> Resp {
+    let name = room.name.as_str();
+    room.shared.lock().paused = paused;
+    if let Some(f) = &app.fleet {
+        let Some(mut conn) = f.conn() else {
+            return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "redis_unreachable",
+                    "fleet mode: Redis is unreachable, the shared room cannot be paused or resumed (this node's local room was)",
+                );
+        };
+        if let Err(e) = f.room(name).set_paused(&mut conn, paused).await {
+            f.call_failed(&e);
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "redis_unreachable",
+                format!("fleet mode: cannot reach Redis: {e}"),
+            );
+        }
+    }
+    log::warn!(
+        "room {name}: admission {} by the admin API",
+        if paused { "paused" } else { "resumed" }
+    );
+    json_resp(StatusCode::OK, json!({ "room": name, "paused": paused }))
 }
 
 /// Ready when the config is loaded, every proxy listener (plain and TLS) accepts
@@ -665,9 +704,16 @@ fn state(app: &App) -> serde_json::Value {
             })
         })
         .collect();
+    if let Some(c) = app.cache.get() {
+        c.refresh_metrics();
+    }
+    let (cache, rate_limits) = status::from_metrics(app.cache.get().is_some());
     json!({
         "degradation": degradation,
         "cluster": app.fleet.as_ref().map(|f| f.state()),
+        // Read from the counters `/metrics` exports (the only record of them).
+        "cache": cache,
+        "rate_limits": rate_limits,
         "signals": signals,
         "rooms": rooms,
         "config": {
@@ -707,10 +753,14 @@ mod tests {
             "/metrics/../admin/state",
             "/metrics/",
             "/Metrics",
-            "/",
+            "/status/",
+            "/status/action/",
+            "/Status",
+            "/status/../admin/state",
             "",
         ] {
             assert_eq!(access(p), Access::Guarded, "{p}");
         }
+        assert_eq!(access("/status/action"), Access::Form);
     }
 }

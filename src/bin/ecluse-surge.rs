@@ -11,22 +11,7 @@
 //!
 //! See `bench/surge.sh` (three arms: direct, nginx, ecluse) and `tests/surge.rs`.
 
-// The summary is one `json!` literal with many fields.
-#![recursion_limit = "256"]
-
-#[path = "../surge/client.rs"]
-mod client;
-#[path = "../surge/plot.rs"]
-mod plot;
-#[path = "../surge/report.rs"]
-mod report;
-#[path = "../surge/row.rs"]
-mod row;
-#[path = "../surge/run.rs"]
-mod run;
-#[path = "../surge/scenario.rs"]
-mod scenario;
-
+use ecluse::surge::{client, plot, report, row, run, scenario};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -39,6 +39,7 @@ mod origin;
 pub mod run;
 mod sessions;
 mod stats;
+pub mod surge;
 
 pub use content::{file_body, file_len, FILE_MAX_LEN, FILE_MIN_LEN};
 pub use origin::{DemoOrigin, Fault, OriginError, OriginOptions, END_SESSION_HEADER, UPLOAD_LIMIT};

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::admin::connectable;
+use crate::demo::surge::DemoSurge;
 use crate::demo::{DemoOrigin, OriginOptions};
 use crate::server::{Bound, RunOptions};
 
@@ -18,6 +19,7 @@ pub fn demo(
     port: u16,
     admin_port: u16,
     origin_port: u16,
+    surge: bool,
     run: impl FnOnce(PathBuf, RunOptions, &dyn Fn(&Bound) -> Vec<String>) -> ExitCode,
 ) -> ExitCode {
     // A fresh ticket key for this demo run (never a key from the repository). Set before
@@ -48,7 +50,8 @@ pub fn demo(
             rt.block_on(async move {
                 match DemoOrigin::start(origin_listen, OriginOptions::default()).await {
                     Ok(o) => {
-                        let _ = tx.send(Ok(o.addr()));
+                        let rt = tokio::runtime::Handle::current();
+                        let _ = tx.send(Ok((o.addr(), rt)));
                         // Serve for the life of the process.
                         std::future::pending::<()>().await;
                         drop(o);
@@ -63,7 +66,7 @@ pub fn demo(
         eprintln!("ecluse demo: cannot start the simulated ENT: {e}");
         return ExitCode::from(1);
     }
-    let origin = match rx.recv() {
+    let (origin, origin_rt) = match rx.recv() {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => {
             eprintln!("ecluse demo: cannot start the simulated ENT on {origin_listen}: {e}");
@@ -102,6 +105,9 @@ pub fn demo(
         listen: Some(vec![SocketAddr::from(([127, 0, 0, 1], port))]),
     };
     let policy = path.display().to_string();
+    // The status page's "Start a surge" button, and `--surge` once the proxy listens.
+    let demo_surge = DemoSurge::new(origin_rt);
+    crate::admin::status::register_surge(std::sync::Arc::new(demo_surge.clone()));
     let banner = move |b: &Bound| -> Vec<String> {
         let mut lines = vec![format!(
             "ecluse demo: a simulated ENT with ecluse in front of it (policy: {policy}). Open:"
@@ -112,6 +118,10 @@ pub fn demo(
                 connectable(*p)
             ));
         }
+        lines.push(format!(
+            "http://{}/status  ecluse status page (live; a button starts a surge)",
+            b.admin
+        ));
         lines.push(format!("http://{}/metrics  Prometheus metrics", b.admin));
         lines.push(format!(
             "http://{}/admin/state  ecluse state (JSON)",
@@ -121,6 +131,14 @@ pub fn demo(
             "http://{origin}/  the simulated ENT, direct (to compare)"
         ));
         lines.push("Stop with Ctrl-C.".to_string());
+        if let Some(p) = b.proxy.first() {
+            demo_surge.set_target(connectable(*p));
+            if surge {
+                if let Err(e) = demo_surge.start() {
+                    lines.push(format!("ecluse demo: no surge: {e}"));
+                }
+            }
+        }
         lines
     };
     run(path, opts, &banner)
