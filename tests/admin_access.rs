@@ -295,3 +295,52 @@ async fn with_a_token_only_metrics_and_probes_are_open() {
     let state: serde_json::Value = r.json().await.unwrap();
     assert!(state["origins"].is_array(), "{state}");
 }
+
+/// Without a token the admin trusts loopback peers, and a browser on the ops machine is
+/// one: a page of another site must not steer it, neither by posting across sites
+/// (`Origin`, `Sec-Fetch-Site`) nor through a DNS name rebound to 127.0.0.1 (`Host`).
+/// curl, which sends neither, still steers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tokenless_admin_refuses_other_sites_and_rebound_names() {
+    let e = Ecluse::start(&policy("{ listen: \"127.0.0.1:0\" }"));
+    let url = e.admin_url("/admin/reload");
+    let own = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .expect("authority")
+        .to_string();
+    let cases: [(&str, &[(&str, &str)]); 6] = [
+        ("cross-site fetch", &[("origin", "http://evil.example")]),
+        ("opaque origin", &[("origin", "null")]),
+        ("sec-fetch-site", &[("sec-fetch-site", "cross-site")]),
+        ("same-site", &[("sec-fetch-site", "same-site")]),
+        ("rebound name", &[("host", "evil.example")]),
+        ("rebound name with port", &[("host", "127.0.0.1.evil.example:80")]),
+    ];
+    for (what, headers) in cases {
+        let mut req = client().post(&url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{what}");
+        let s = client()
+            .get(e.admin_url("/admin/state"))
+            .header("host", "evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(s.status(), 401, "state read through a rebound name");
+    }
+    let r = client()
+        .post(&url)
+        .header("origin", format!("http://{own}"))
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a page of this listener");
+    let r = client().post(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "curl");
+}

@@ -6,6 +6,7 @@
 //! It runs on its own small server (hyper), apart from the proxy listeners, so that ops
 //! can still see and steer ecluse when the proxy side is saturated.
 
+mod browser_guard;
 mod cache_endpoints;
 pub mod status;
 
@@ -67,8 +68,13 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp {
 fn authorized(app: &App, req: &Request<Incoming>, peer: Option<SocketAddr>) -> bool {
     let cfg = app.config();
     let Some(token) = cfg.admin.token.as_ref() else {
-        return cfg.admin.insecure_open_network
-            || peer.is_some_and(|p| crate::config::runtime::is_loopback(p.ip()));
+        // Without a token, a loopback peer may be a browser steered by another site:
+        // its cross-site posts and rebound host names are refused (`browser_guard`).
+        let from_a_page_of_ours = browser_guard::same_origin(req.headers())
+            && (cfg.admin.insecure_open_network || browser_guard::loopback_host(req.headers()));
+        return from_a_page_of_ours
+            && (cfg.admin.insecure_open_network
+                || peer.is_some_and(|p| crate::config::runtime::is_loopback(p.ip())));
     };
     let Some(given) = req
         .headers()

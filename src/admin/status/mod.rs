@@ -415,49 +415,6 @@ fn view(
     })
 }
 
-/// A form posted to `/status/action` from a page of this listener, not from another
-/// site: `Origin` (sent by browsers on every cross-site POST) names this host, and
-/// `Sec-Fetch-Site` does not say cross-site. A client that sends neither (curl) is no
-/// browser a page could steer.
-fn same_origin(h: &http::HeaderMap) -> bool {
-    let host = h.get(http::header::HOST).and_then(|v| v.to_str().ok());
-    let origin_ok = match h.get(http::header::ORIGIN) {
-        None => true,
-        Some(o) => match (o.to_str().ok(), host) {
-            (Some(o), Some(host)) => {
-                o.eq_ignore_ascii_case(&format!("http://{host}"))
-                    || o.eq_ignore_ascii_case(&format!("https://{host}"))
-            }
-            _ => false,
-        },
-    };
-    let site_ok = match h.get("sec-fetch-site").map(|v| v.as_bytes()) {
-        None => true,
-        Some(v) => v == b"same-origin" || v == b"none",
-    };
-    origin_ok && site_ok
-}
-
-/// `Host` names this machine (an IP on loopback or `localhost`): without a token the
-/// admin trusts loopback peers, and a page of another site reaching 127.0.0.1 through
-/// a rebound DNS name would otherwise be one.
-fn loopback_host(h: &http::HeaderMap) -> bool {
-    let Some(host) = h.get(http::header::HOST).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
-    let name = match host.rsplit_once(':') {
-        // A bare IPv6 address without brackets has no port.
-        Some((n, _)) if !n.ends_with(']') && n.contains(':') => host,
-        Some((n, p)) if p.bytes().all(|b| b.is_ascii_digit()) => n,
-        _ => host,
-    };
-    let name = name.trim_start_matches('[').trim_end_matches(']');
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(crate::config::runtime::is_loopback)
-}
-
 fn refused(status: StatusCode, why: &str) -> Resp {
     let body = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>Refused · ecluse status</title></head><body><main><h1>Refused</h1><p>{}</p><p><a href=\"/status\">Back to the status page</a></p></main></body></html>",
@@ -500,14 +457,14 @@ pub(super) async fn action(
     req: Request<Incoming>,
     peer: Option<SocketAddr>,
 ) -> Resp {
-    if !same_origin(req.headers()) {
+    if !super::browser_guard::same_origin(req.headers()) {
         return refused(
             StatusCode::FORBIDDEN,
             "this form was sent from another site; use the status page of this listener",
         );
     }
     let cfg = app.config();
-    if cfg.admin.token.is_none() && !loopback_host(req.headers()) {
+    if cfg.admin.token.is_none() && !super::browser_guard::loopback_host(req.headers()) {
         return refused(
             StatusCode::FORBIDDEN,
             "without admin.token_file the buttons answer only when the page is opened by a loopback address (127.0.0.1, localhost)",
@@ -608,55 +565,6 @@ mod tests {
         assert!(bytes_text(3 * 1024 * 1024).starts_with("3.0 MiB"));
         assert_eq!(wait_text(Some(30)), "30 s");
         assert_eq!(wait_text(Some(600)), "10 min");
-    }
-
-    fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
-        let mut h = http::HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, http::HeaderValue::from_str(v).expect("value"));
-        }
-        h
-    }
-
-    #[test]
-    fn forms_from_another_site_or_a_rebound_name_are_refused() {
-        for host in [
-            "127.0.0.1:9090",
-            "localhost:9090",
-            "LOCALHOST",
-            "[::1]:9090",
-            "::1",
-            "127.3.4.5",
-        ] {
-            assert!(loopback_host(&headers(&[("host", host)])), "{host}");
-        }
-        for host in [
-            "evil.example:9090",
-            "127.0.0.1.evil.example",
-            "10.0.0.1:9090",
-            "localhost.:9090",
-            "[::2]:1",
-            "0.0.0.0:9090",
-        ] {
-            assert!(!loopback_host(&headers(&[("host", host)])), "{host}");
-        }
-        let own = [("host", "127.0.0.1:9090")];
-        assert!(same_origin(&headers(&own)), "curl sends neither");
-        assert!(same_origin(&headers(&[
-            own[0],
-            ("origin", "http://127.0.0.1:9090"),
-            ("sec-fetch-site", "same-origin")
-        ])));
-        for bad in [
-            vec![own[0], ("origin", "http://evil.example")],
-            vec![own[0], ("origin", "http://127.0.0.1:9091")],
-            vec![own[0], ("origin", "null")],
-            vec![own[0], ("sec-fetch-site", "cross-site")],
-            vec![own[0], ("sec-fetch-site", "same-site")],
-            vec![("origin", "http://127.0.0.1:9090")],
-        ] {
-            assert!(!same_origin(&headers(&bad)), "{bad:?}");
-        }
     }
 
     #[test]
