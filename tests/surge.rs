@@ -246,47 +246,89 @@ fn surge_through_ecluse_meets_the_targets() {
 /// `new_users_per_minute: auto` (no calibration, no numbers), against an origin started
 /// with `origin_args`; returns the summary and what `/admin/state` said of the room after.
 fn replay_auto(origin_args: &[&str], out_name: &str) -> (serde_json::Value, serde_json::Value) {
+    replay_room(origin_args, out_name, false)
+}
+
+/// The same replay through a room sized by calibration (`calibrated`: ops load-tested
+/// their ENT at full capacity first, as `bench/surge.sh` does) or `auto`.
+fn replay_room(
+    origin_args: &[&str],
+    out_name: &str,
+    calibrated: bool,
+) -> (serde_json::Value, serde_json::Value) {
     let _one = ONE_REPLAY.lock().unwrap_or_else(|p| p.into_inner());
     let origin = start_origin_with(origin_args);
     let template = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/surge-ecluse.yaml"),
     )
     .expect("bench/surge-ecluse.yaml");
+    let (active, pace, best) = if calibrated {
+        let cal = output(Command::new(surge_bin()).args([
+            "calibrate",
+            "--origin",
+            &origin.addr,
+            "--poll",
+            POLL,
+            "--teachers",
+            TEACHERS,
+        ]));
+        (
+            field(&cal, "active_users"),
+            field(&cal, "new_users_per_minute"),
+            Some(field(&cal, "best_rps")),
+        )
+    } else {
+        ("auto".to_string(), "auto".to_string(), None)
+    };
     let yaml = template
         .replace("@ORIGIN@", &origin.addr)
         .replace("@CAPACITY@", CAPACITY)
-        .replace("@PACE@", "auto")
-        .replace("@ACTIVE@", "auto")
+        .replace("@PACE@", &pace)
+        .replace("@ACTIVE@", &active)
         .replace("@POLL@", POLL)
         .replace("threads: 1 ", "threads: 2 ");
     let key = format!("k1:{}", "5eb0".repeat(16));
     let ecluse = Ecluse::start_with(&yaml, &[("ticket.key", key.as_bytes())], |_| {});
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(out_name);
     let _ = std::fs::remove_dir_all(&out);
-    let summary = output(
-        Command::new(surge_bin())
-            .args(["run", "--arm", "ecluse-auto"])
-            .args(["--target", &ecluse.proxy.to_string()])
-            .args(["--origin", &origin.addr])
-            .args(["--admin", &ecluse.admin.to_string()])
-            .args([
-                "--students",
-                STUDENTS,
-                "--ramp",
-                RAMP,
-                "--teachers",
-                TEACHERS,
-            ])
-            .args(["--max-duration", "120s"])
-            .arg("--out")
-            .arg(&out),
-    );
+    let mut run = Command::new(surge_bin());
+    run.args([
+        "run",
+        "--arm",
+        if calibrated { "ecluse" } else { "ecluse-auto" },
+    ])
+    .args(["--target", &ecluse.proxy.to_string()])
+    .args(["--origin", &origin.addr])
+    .args(["--admin", &ecluse.admin.to_string()])
+    .args([
+        "--students",
+        STUDENTS,
+        "--ramp",
+        RAMP,
+        "--teachers",
+        TEACHERS,
+    ])
+    .args(["--max-duration", "120s"])
+    .arg("--out")
+    .arg(&out);
+    if let Some(b) = &best {
+        run.args(["--best-rps", b]);
+    }
+    let summary = output(&mut run);
     let s: serde_json::Value = serde_json::from_str(summary.trim()).expect("summary JSON");
     let state: serde_json::Value = common::raw_get(ecluse.admin, "/admin/state")
         .ok()
         .and_then(|(_, body)| serde_json::from_str(body.split("\r\n\r\n").last()?).ok())
         .unwrap_or_default();
-    eprintln!("surge replay, auto room ({out_name}):\n{s:#}");
+    eprintln!("surge replay, calibrated {calibrated} ({out_name}):\n{s:#}");
+    // The room's moves and their causes, for a look when a floor is missed.
+    let moves: Vec<String> = ecluse
+        .stderr_text()
+        .lines()
+        .filter(|l| l.contains("auto capacity"))
+        .map(str::to_string)
+        .collect();
+    eprintln!("auto room moves ({}):\n{}", moves.len(), moves.join("\n"));
     (s, state["rooms"][0].clone())
 }
 
