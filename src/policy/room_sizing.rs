@@ -128,6 +128,10 @@ pub struct Sample {
     pub limit: Option<f64>,
     /// Sessions inside the room (active and admitted-not-yet-claimed).
     pub active: u64,
+    /// Of `active`, those admitted but not back yet (their holder's next poll): they
+    /// bring no load yet, so the load per session is measured without them (a room that
+    /// just doubled would otherwise read half the load per session and overshoot).
+    pub pending: u64,
     /// Tickets waiting.
     pub waiting: u64,
 }
@@ -346,10 +350,11 @@ impl Sizer {
     /// = its request rate × the latency); `None` without a limit or a load to measure.
     fn target(s: &Sample) -> Option<f64> {
         let limit = s.limit.filter(|l| *l > 0.0)?;
-        if s.active == 0 || s.inflight <= 0.0 {
+        let clicking = s.active.saturating_sub(s.pending);
+        if clicking == 0 || s.inflight <= 0.0 {
             return None;
         }
-        let per_session = s.inflight / s.active as f64;
+        let per_session = s.inflight / clicking as f64;
         Some(UNSATURATED * limit / per_session)
     }
 
@@ -370,6 +375,9 @@ impl Sizer {
     ) -> Option<Change> {
         let (_, first) = samples.first()?;
         let (active, waiting) = (first.active, first.waiting);
+        // Sessions admitted but not back yet bring no load: an increase counts as in use
+        // (and the next may come) only once its sessions showed up.
+        let claimed = active.saturating_sub(first.pending);
         for (name, s) in samples {
             let measured = s.exchanges >= MIN_SAMPLES && s.p50_ms > 0.0;
             if !measured && s.inflight >= MIN_SAMPLES as f64 {
@@ -423,7 +431,7 @@ impl Sizer {
             }
             Verdict::Headroom => {
                 self.pace_factor = (self.pace_factor + PACE_RECOVERY).min(1.0);
-                let in_use = active as f64 >= self.capacity.floor() * 0.9;
+                let in_use = claimed as f64 >= self.capacity.floor() * 0.9;
                 let calm = self
                     .last_cut_ms
                     .is_none_or(|t| now_ms.saturating_sub(t) >= CALM_AFTER_CUT_MS);
@@ -557,6 +565,7 @@ mod tests {
                 inflight,
                 limit: Some(2.0 * mu * 10.0 / 11.0 * self.service_ms / 1000.0),
                 active: active as u64,
+                pending: 0,
                 waiting: 0,
             }
         }
@@ -722,6 +731,7 @@ mod tests {
             inflight: 1.0,
             limit: Some(100.0),
             active: 50,
+            pending: 0,
             waiting: 10,
         };
         for t in 1..100 {
@@ -912,6 +922,60 @@ mod tests {
         };
         s.step(&p, &busy, 5000 + SETTLE_MS);
         assert!(s.capacity(&p) <= 30, "{}", s.capacity(&p));
+    }
+
+    #[test]
+    fn sessions_not_back_yet_do_not_dilute_the_load_per_session() {
+        // 80 inside, 8 of them admitted a moment ago and not back yet: the 60 in flight
+        // are the other 72's (0.83 each), so the origin would serve 0.8 x 100 / 0.83 = 96
+        // at 80% of its limit: a step of (96 - 80) / 2 = 8 (counting the 8 as loaded:
+        // 0.75 each, 107 sessions, a step of 13).
+        let p = params();
+        let mut s = Sizer::new(&p, 0);
+        s.capacity = 80.0;
+        let fresh = Sample {
+            exchanges: 60,
+            throughput: 20.0,
+            p50_ms: 200.0,
+            baseline_ms: Some(200.0),
+            inflight: 60.0,
+            limit: Some(100.0),
+            active: 80,
+            pending: 8,
+            waiting: 500,
+            ..Sample::default()
+        };
+        s.step(&p, &fresh, 5000);
+        assert_eq!(s.capacity(&p), 88);
+    }
+
+    #[test]
+    fn an_increase_waits_for_its_sessions_to_show_up() {
+        // Measured in the quick surge: 80 -> 160 -> 320 in two seconds, the second step
+        // before the first 80 newcomers were back from their queue page; then 503s.
+        let p = params();
+        let mut s = Sizer::new(&p, 0);
+        s.capacity = 160.0;
+        let half_back = Sample {
+            exchanges: 60,
+            throughput: 20.0,
+            p50_ms: 200.0,
+            baseline_ms: Some(200.0),
+            inflight: 16.0,
+            limit: Some(100.0),
+            active: 160,
+            pending: 80,
+            waiting: 500,
+            ..Sample::default()
+        };
+        s.step(&p, &half_back, 5000);
+        assert_eq!(s.capacity(&p), 160, "not in use yet");
+        let back = Sample {
+            pending: 0,
+            ..half_back
+        };
+        s.step(&p, &back, 6000);
+        assert!(s.capacity(&p) > 160, "then it grows");
     }
 
     #[test]

@@ -373,6 +373,8 @@ impl OriginShared {
                 .saturating_sub(excused) as f64,
             limit: self.current_limit(max_inflight).map(|l| l as f64),
             active,
+            // The room's to say (`Room::size`).
+            pending: 0,
             waiting,
         }
     }
