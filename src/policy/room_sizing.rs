@@ -1030,6 +1030,24 @@ mod tests {
                 prop_assert!(sim.sign_changes(300) <= 2, "oscillates after the loss");
                 prop_assert!(sim.errors[sim.errors.len() - 300..].iter().all(|e| *e == 0.0));
             }
+
+            /// A busy machine reads the answers late (latency and in flight `noise` times
+            /// the origin's, one second in `every`) while the room stays far under the
+            /// origin's limit: the room never cuts and grows to its bound.
+            #[test]
+            fn noise_far_under_the_limit_never_cuts(servers in 20.0f64..400.0, per_session in 0.05f64..1.0, service in 20.0f64..400.0, noise in 1.5f64..4.0, every in 2u64..6) {
+                let mut sim = Sim::new(servers);
+                sim.origin.per_session = per_session;
+                sim.origin.service_ms = service;
+                sim.noise = Some((every, noise));
+                // Sessions whose requests, read `noise` times late, stay at 40% of the limit.
+                let limit = 2.0 * sim.origin.mu() * 10.0 / 11.0 * service / 1000.0;
+                let bound = 0.4 * limit / (per_session * service / 1000.0 * noise);
+                sim.p.capacity.max = (bound.floor() as u32).clamp(20, 100_000);
+                sim.run(600);
+                prop_assert_eq!(sim.sizer.capacity(&sim.p), sim.p.capacity.max, "{:?}", &sim.caps[..60]);
+                prop_assert!(sim.caps.windows(2).all(|w| w[1] >= w[0]), "cut on noise");
+            }
         }
     }
 }
