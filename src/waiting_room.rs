@@ -660,18 +660,21 @@ impl Room {
         if origins.is_empty() {
             return;
         }
-        let (active, waiting) = {
+        let (active, pending, waiting) = {
             let s = self.shared.lock();
-            (s.active() + s.pending(), s.waiting())
+            (s.active() + s.pending(), s.pending(), s.waiting())
         };
         // A degradation level shrinks the room by its factor after the sizer: the sizer
         // sees the sessions inside at its own scale, or a room at 80% could never count
         // as in use (and grow) while the level holds.
         let f = self.shared.factor();
-        let active = if f > 0.0 && f < 1.0 {
-            (active as f64 / f).ceil() as u64
+        let (active, pending) = if f > 0.0 && f < 1.0 {
+            (
+                (active as f64 / f).ceil() as u64,
+                (pending as f64 / f).floor() as u64,
+            )
         } else {
-            active
+            (active, pending)
         };
         // The strictest tolerance of the guarded origins' adaptive limits (2 without).
         let tolerance = origins
@@ -685,7 +688,10 @@ impl Room {
             .map(|o| {
                 (
                     o.name,
-                    o.shared.room_sample(now, o.max_inflight, active, waiting),
+                    room_sizing::Sample {
+                        pending,
+                        ..o.shared.room_sample(now, o.max_inflight, active, waiting)
+                    },
                 )
             })
             .collect();

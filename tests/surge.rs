@@ -246,47 +246,100 @@ fn surge_through_ecluse_meets_the_targets() {
 /// `new_users_per_minute: auto` (no calibration, no numbers), against an origin started
 /// with `origin_args`; returns the summary and what `/admin/state` said of the room after.
 fn replay_auto(origin_args: &[&str], out_name: &str) -> (serde_json::Value, serde_json::Value) {
+    replay_room(origin_args, out_name, false)
+}
+
+/// The same replay through a room sized by calibration (`calibrated`: ops load-tested
+/// their ENT at full capacity first, as `bench/surge.sh` does) or `auto`.
+fn replay_room(
+    origin_args: &[&str],
+    out_name: &str,
+    calibrated: bool,
+) -> (serde_json::Value, serde_json::Value) {
     let _one = ONE_REPLAY.lock().unwrap_or_else(|p| p.into_inner());
     let origin = start_origin_with(origin_args);
     let template = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/surge-ecluse.yaml"),
     )
     .expect("bench/surge-ecluse.yaml");
+    let (active, pace, best) = if calibrated {
+        let cal = output(Command::new(surge_bin()).args([
+            "calibrate",
+            "--origin",
+            &origin.addr,
+            "--poll",
+            POLL,
+            "--teachers",
+            TEACHERS,
+        ]));
+        (
+            field(&cal, "active_users"),
+            field(&cal, "new_users_per_minute"),
+            Some(field(&cal, "best_rps")),
+        )
+    } else {
+        ("auto".to_string(), "auto".to_string(), None)
+    };
     let yaml = template
         .replace("@ORIGIN@", &origin.addr)
         .replace("@CAPACITY@", CAPACITY)
-        .replace("@PACE@", "auto")
-        .replace("@ACTIVE@", "auto")
+        .replace("@PACE@", &pace)
+        .replace("@ACTIVE@", &active)
         .replace("@POLL@", POLL)
         .replace("threads: 1 ", "threads: 2 ");
     let key = format!("k1:{}", "5eb0".repeat(16));
     let ecluse = Ecluse::start_with(&yaml, &[("ticket.key", key.as_bytes())], |_| {});
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(out_name);
     let _ = std::fs::remove_dir_all(&out);
-    let summary = output(
-        Command::new(surge_bin())
-            .args(["run", "--arm", "ecluse-auto"])
-            .args(["--target", &ecluse.proxy.to_string()])
-            .args(["--origin", &origin.addr])
-            .args(["--admin", &ecluse.admin.to_string()])
-            .args([
-                "--students",
-                STUDENTS,
-                "--ramp",
-                RAMP,
-                "--teachers",
-                TEACHERS,
-            ])
-            .args(["--max-duration", "120s"])
-            .arg("--out")
-            .arg(&out),
-    );
-    let s: serde_json::Value = serde_json::from_str(summary.trim()).expect("summary JSON");
+    let mut run = Command::new(surge_bin());
+    run.args([
+        "run",
+        "--arm",
+        if calibrated { "ecluse" } else { "ecluse-auto" },
+    ])
+    .args(["--target", &ecluse.proxy.to_string()])
+    .args(["--origin", &origin.addr])
+    .args(["--admin", &ecluse.admin.to_string()])
+    .args([
+        "--students",
+        STUDENTS,
+        "--ramp",
+        RAMP,
+        "--teachers",
+        TEACHERS,
+    ])
+    .args(["--max-duration", "120s"])
+    .arg("--out")
+    .arg(&out);
+    if let Some(b) = &best {
+        run.args(["--best-rps", b]);
+    }
+    let summary = output(&mut run);
+    let mut s: serde_json::Value = serde_json::from_str(summary.trim()).expect("summary JSON");
+    // The most sessions the room held at once (the per-second CSV's `room_active`).
+    let arm = if calibrated { "ecluse" } else { "ecluse-auto" };
+    let csv = std::fs::read_to_string(out.join(format!("{arm}.csv"))).unwrap_or_default();
+    let mut lines = csv.lines();
+    let col = lines
+        .next()
+        .and_then(|h| h.split(',').position(|c| c == "room_active"));
+    let peak = lines
+        .filter_map(|l| l.split(',').nth(col?)?.parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    s["room_active_peak"] = serde_json::json!(peak);
     let state: serde_json::Value = common::raw_get(ecluse.admin, "/admin/state")
         .ok()
         .and_then(|(_, body)| serde_json::from_str(body.split("\r\n\r\n").last()?).ok())
         .unwrap_or_default();
-    eprintln!("surge replay, auto room ({out_name}):\n{s:#}");
+    eprintln!("surge replay, calibrated {calibrated} ({out_name}):\n{s:#}");
+    // The room's moves and their causes, for a look when a floor is missed.
+    let moves: Vec<String> = ecluse
+        .stderr_text()
+        .lines()
+        .filter(|l| l.contains("auto capacity"))
+        .map(str::to_string)
+        .collect();
+    eprintln!("auto room moves ({}):\n{}", moves.len(), moves.join("\n"));
     (s, state["rooms"][0].clone())
 }
 
@@ -321,10 +374,18 @@ fn assert_served_without_errors(s: &serde_json::Value, room: &serde_json::Value,
 fn surge_through_an_auto_room_needs_no_calibration() {
     let (s, room) = replay_auto(&[], "surge-auto");
     assert_served_without_errors(&s, &room, 1.0);
-    // A floor, not the figure: the calibrated room reaches 90% (above); the auto room
-    // measured 20-47% at this quick scale on a loaded 2-core machine (its latency
-    // signal also sees a CPU-starved debug proxy). It must at least leave its lower
-    // bound and use the ENT.
+    // Sized like the calibrated room, without a number: that room holds about 240
+    // students at this scale. The first law, which cut on raw latency (a CPU-starved
+    // debug proxy's), never passed 33 on a loaded machine.
+    assert!(
+        s["room_active_peak"].as_f64().is_some_and(|p| p >= 100.0),
+        "the room grew to at least 100 sessions at once by itself: {}",
+        s["room_active_peak"]
+    );
+    // A floor, not the figure: on a quiet machine the calibrated room reaches 90%
+    // (above). On the loaded 2-core machine (load 15-30: eight builds) the machine, not
+    // the room, bounds it: the calibrated room measured 0.18 in the same conditions as
+    // auto runs of 0.10-0.20 (docs/benchmarks.md). It must at least use the ENT.
     assert!(
         s["admission_efficiency"].as_f64().is_some_and(|e| e >= 0.1),
         "admission efficiency >= 10% without any number: {} over {} s",
@@ -343,9 +404,33 @@ fn an_auto_room_follows_the_ent_losing_half_its_servers() {
     // Those inside get no error while half the ENT is gone; most are served within the
     // replay's deadline (admissions slow down while it is half).
     assert_served_without_errors(&s, &room, 0.8);
+    assert!(
+        s["room_active_peak"].as_f64().is_some_and(|p| p >= 100.0),
+        "the room grew to at least 100 sessions at once by itself: {}",
+        s["room_active_peak"]
+    );
     let changes = room["auto"]["last_change"]["reason"].as_str().unwrap_or("");
     assert!(
         !changes.is_empty(),
         "the room says why it moved last: {room:#}"
+    );
+}
+
+/// The calibrated (fixed) room when half the ENT dies: what the `auto` room is compared
+/// with (issue #23). Ignored in `make test`: on a loaded 2-core machine the calibrated
+/// room overloads the debug proxy even in the standard scenario, so the comparison is
+/// not a property of the rooms there. Run it with `cargo test --test surge
+/// a_fixed_room -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement: depends on the machine's spare CPU"]
+fn a_fixed_room_overloads_the_ent_losing_half_its_servers() {
+    let (s, _) = replay_room(
+        &["--lose-half-at", "8s", "--recover-at", "30s"],
+        "surge-fixed-half",
+        true,
+    );
+    assert!(
+        s["student_errors"].as_u64().is_some_and(|e| e > 0),
+        "the room sized for the whole ENT overloads its half: {s:#}"
     );
 }

@@ -4,19 +4,26 @@
 //! [`Sizer::pace`] at its next tick. All times are unix milliseconds passed in, so tests
 //! drive a fake clock. The law and why it is stable: `docs/room-sizing.md`.
 //!
-//! In short, each step classifies the origin:
-//! - **congested** (errors over 5%, median latency over `tolerance` × its unloaded
-//!   latency, or requests in flight at 95% of the adaptive limit): the capacity drops at
-//!   once to 90% of the sessions inside (`min(capacity, 0.9 × active)`, idempotent while
-//!   the sessions stay, so it never ratchets down faster than sessions leave), and the pace
-//!   halves (at most once per [`PACE_CUT_EVERY_MS`]). Nobody is thrown out: a capacity under
-//!   the sessions inside only stops admissions.
+//! In short, each step classifies the origin, like the adaptive limit does
+//! (`concurrency.rs`): against its own unloaded latency and the knee, not raw latency.
+//! - **congested** (errors over 5%; requests in flight at 95% of the limit in force; or,
+//!   once the origin is loaded (in flight over half its limit, or no limit), median
+//!   latency over `tolerance` × its unloaded latency *with* a queue to explain it: Vegas's
+//!   estimate `in flight × (1 − unloaded / p50)` at least [`QUEUED_CONGESTED`]): the
+//!   capacity drops at once to 90% of the sessions inside (`min(capacity, 0.9 × active)`,
+//!   idempotent while the sessions stay, so it never ratchets down faster than sessions
+//!   leave), and the pace halves (at most once per [`PACE_CUT_EVERY_MS`]). Nobody is
+//!   thrown out: a capacity under the sessions inside only stops admissions. Latency far
+//!   under the limit is not judged: it is then ecluse's own delay (a CPU-starved proxy
+//!   reads answers late) or too small to matter; a real slowdown raises in flight (Little's
+//!   law) into the judged band.
 //! - **headroom** (errors under 1%, latency under [`HEADROOM_LATENCY`] of the tolerated
-//!   ratio, in flight under 80% of the limit): the pace recovers additively; the capacity
-//!   grows only when it is in use and people wait, not within [`CALM_AFTER_CUT_MS`] of a
-//!   cut, at most once per [`SETTLE_MS`], by half the measured headroom (the sessions the
-//!   origin would serve at 80% of its limit, from its measured per-session load), at least
-//!   one and at most a fifth of the capacity.
+//!   ratio or in flight at most half the limit, in flight under 80% of the limit): the
+//!   pace recovers additively; the capacity grows only when it is in use and people wait,
+//!   not within [`CALM_AFTER_CUT_MS`] of a cut, at most once per [`SETTLE_MS`], by half the
+//!   measured headroom (the sessions the origin would serve at 80% of its limit, from its
+//!   measured per-session load), at least one and at most half the capacity (the whole
+//!   capacity, a slow start, while every origin is under half its limit).
 //! - **between the two**: nothing moves (the hysteresis band where the room settles).
 
 use serde::Serialize;
@@ -31,15 +38,25 @@ pub const ERRORS_CALM: f64 = 0.01;
 pub const SATURATED: f64 = 0.95;
 /// In flight / limit under which the origin has headroom.
 pub const UNSATURATED: f64 = 0.8;
-/// In flight / limit under which latency short of congestion does not hold growth back.
+/// In flight / limit at or under which the origin is lightly loaded: its latency is not
+/// judged (a rise there is the machine's noise, not the origin's queue), and the room may
+/// grow fast (up to [`SLOW_START_GROWTH`]).
 pub const LIGHT: f64 = 0.5;
+/// Fewest requests queueing at the origin (Vegas's estimate, `in flight × (1 − unloaded /
+/// p50)`) for its latency to count as congestion: one or two slow answers among a handful
+/// in flight are noise (a CPU-starved proxy, a slow page), not a queue. Vegas's α floor
+/// (`concurrency.rs`).
+pub const QUEUED_CONGESTED: f64 = 3.0;
+/// Largest increase while every guarded origin is lightly loaded ([`LIGHT`]): the room
+/// may double, like a slow start (the measured headroom still bounds the step).
+pub const SLOW_START_GROWTH: f64 = 1.0;
 /// Share of the tolerated latency excess under which the origin has headroom: with a
 /// tolerance of 2 (twice the unloaded latency is congested), 1.5 and under is headroom.
 pub const HEADROOM_LATENCY: f64 = 0.5;
 /// Sessions inside after a cut, as a share of those inside when the origin congested.
 pub const CUT: f64 = 0.9;
 /// Shortest time between two capacity increases (their effect must show first).
-pub const SETTLE_MS: u64 = 3_000;
+pub const SETTLE_MS: u64 = 2_000;
 /// No increase for this long after a cut: the measures must reflect the lighter load
 /// (the latency window is a few seconds) before the room grows again.
 pub const CALM_AFTER_CUT_MS: u64 = 10_000;
@@ -111,6 +128,10 @@ pub struct Sample {
     pub limit: Option<f64>,
     /// Sessions inside the room (active and admitted-not-yet-claimed).
     pub active: u64,
+    /// Of `active`, those admitted but not back yet (their holder's next poll): they
+    /// bring no load yet, so the load per session is measured without them (a room that
+    /// just doubled would otherwise read half the load per session and overshoot).
+    pub pending: u64,
     /// Tickets waiting.
     pub waiting: u64,
 }
@@ -292,20 +313,32 @@ impl Sizer {
                 .unwrap_or_default(),
             s.throughput
         );
+        // Far under its limit, the origin is not what slows answers down: the latency
+        // ecluse measures also holds its own delays (a CPU-starved proxy on a loaded
+        // machine, measured at 3x the origin's own time with 6 of 100 in flight),
+        // heavier pages, a slow client. Latency is judged only when the origin is loaded
+        // (or has no limit to say how loaded it is). A real slowdown of the origin shows
+        // anyway: at the same request rate, in flight grows with the latency (Little's
+        // law) and reaches this band, then the limit.
+        let light = util.is_some_and(|u| u <= LIGHT);
+        // Vegas's estimate of the requests queueing at the origin rather than being
+        // served (`concurrency.rs`): the excess latency must be explained by a queue.
+        let queued = ratio.map(|r| s.inflight * (1.0 - 1.0 / r).max(0.0));
         if error_rate > ERRORS_CONGESTED {
             return (Verdict::Congested(Reason::Errors), detail);
         }
-        if ratio.is_some_and(|r| r > tol) {
+        if !light && ratio.is_some_and(|r| r > tol) && queued.is_some_and(|q| q >= QUEUED_CONGESTED)
+        {
             return (Verdict::Congested(Reason::Latency), detail);
         }
         if util.is_some_and(|u| u >= SATURATED) {
             return (Verdict::Congested(Reason::Saturated), detail);
         }
-        // Far under its limit, the origin is not what slows answers down (a loaded
-        // machine's noise, heavier pages): latency short of congestion does not hold
-        // the room back then.
-        let light = util.is_some_and(|u| u <= LIGHT);
-        let calm_latency = light || ratio.is_none_or(|r| r <= 1.0 + (tol - 1.0) * HEADROOM_LATENCY);
+        // Lightly loaded, latency up to the tolerance does not hold growth back; over it,
+        // noise or not, the room does not grow on that measure (it holds, no cut): a
+        // second of doubt costs one step, a wrong increase costs errors.
+        let calm_latency =
+            ratio.is_none_or(|r| r <= 1.0 + (tol - 1.0) * HEADROOM_LATENCY || (light && r <= tol));
         if error_rate <= ERRORS_CALM && calm_latency && util.is_none_or(|u| u <= UNSATURATED) {
             return (Verdict::Headroom, detail);
         }
@@ -317,10 +350,11 @@ impl Sizer {
     /// = its request rate × the latency); `None` without a limit or a load to measure.
     fn target(s: &Sample) -> Option<f64> {
         let limit = s.limit.filter(|l| *l > 0.0)?;
-        if s.active == 0 || s.inflight <= 0.0 {
+        let clicking = s.active.saturating_sub(s.pending);
+        if clicking == 0 || s.inflight <= 0.0 {
             return None;
         }
-        let per_session = s.inflight / s.active as f64;
+        let per_session = s.inflight / clicking as f64;
         Some(UNSATURATED * limit / per_session)
     }
 
@@ -341,6 +375,9 @@ impl Sizer {
     ) -> Option<Change> {
         let (_, first) = samples.first()?;
         let (active, waiting) = (first.active, first.waiting);
+        // Sessions admitted but not back yet bring no load: an increase counts as in use
+        // (and the next may come) only once its sessions showed up.
+        let claimed = active.saturating_sub(first.pending);
         for (name, s) in samples {
             let measured = s.exchanges >= MIN_SAMPLES && s.p50_ms > 0.0;
             if !measured && s.inflight >= MIN_SAMPLES as f64 {
@@ -394,7 +431,7 @@ impl Sizer {
             }
             Verdict::Headroom => {
                 self.pace_factor = (self.pace_factor + PACE_RECOVERY).min(1.0);
-                let in_use = active as f64 >= self.capacity.floor() * 0.9;
+                let in_use = claimed as f64 >= self.capacity.floor() * 0.9;
                 let calm = self
                     .last_cut_ms
                     .is_none_or(|t| now_ms.saturating_sub(t) >= CALM_AFTER_CUT_MS);
@@ -408,7 +445,15 @@ impl Sizer {
                     let headroom = target
                         .map(|t| (t - cap) * GAIN)
                         .unwrap_or(cap * BLIND_GROWTH);
-                    let step = headroom.clamp(1.0, (cap * MAX_GROWTH).max(1.0));
+                    // Far from every limit, the room may double (a slow start): the
+                    // measured headroom still bounds the step.
+                    let light = samples.iter().all(|(_, s)| {
+                        s.limit
+                            .filter(|l| *l > 0.0)
+                            .is_some_and(|l| s.inflight / l <= LIGHT)
+                    });
+                    let most = if light { SLOW_START_GROWTH } else { MAX_GROWTH };
+                    let step = headroom.clamp(1.0, (cap * most).max(1.0));
                     self.capacity = p.capacity.clamp(cap + step);
                     self.last_increase_ms = now_ms;
                     Reason::Headroom
@@ -520,6 +565,7 @@ mod tests {
                 inflight,
                 limit: Some(2.0 * mu * 10.0 / 11.0 * self.service_ms / 1000.0),
                 active: active as u64,
+                pending: 0,
                 waiting: 0,
             }
         }
@@ -537,6 +583,10 @@ mod tests {
         actives: Vec<f64>,
         errors: Vec<f64>,
         admitted_while_congested: u32,
+        /// The machine's noise: every `.0` seconds the latency ecluse measures is `.1`
+        /// times the origin's (a CPU-starved proxy), and so are the requests it counts in
+        /// flight (Little's law: answers read late are still in flight for ecluse).
+        noise: Option<(u64, f64)>,
     }
 
     impl Sim {
@@ -553,6 +603,7 @@ mod tests {
                 actives: Vec::new(),
                 errors: Vec::new(),
                 admitted_while_congested: 0,
+                noise: None,
             }
         }
 
@@ -560,6 +611,12 @@ mod tests {
             for _ in 0..secs {
                 self.now += 1000;
                 let mut s = self.origin.second(self.active);
+                if let Some((every, x)) = self.noise {
+                    if (self.now / 1000) % every == 0 {
+                        s.p50_ms *= x;
+                        s.inflight *= x;
+                    }
+                }
                 s.waiting = 1_000_000;
                 self.sizer.step(&self.p, &s, self.now);
                 let cap = f64::from(self.sizer.capacity(&self.p));
@@ -674,6 +731,7 @@ mod tests {
             inflight: 1.0,
             limit: Some(100.0),
             active: 50,
+            pending: 0,
             waiting: 10,
         };
         for t in 1..100 {
@@ -728,11 +786,13 @@ mod tests {
         let p = params();
         let mut s = Sizer::new(&p, 0);
         s.capacity = 1000.0;
+        // 100 answers a second in 500 ms: 50 in flight (Little's law), 40 of them queueing.
         let slow = Sample {
             exchanges: 100,
             throughput: 100.0,
             p50_ms: 500.0,
             baseline_ms: Some(100.0),
+            inflight: 50.0,
             active: 800,
             waiting: 10,
             ..Sample::default()
@@ -756,6 +816,188 @@ mod tests {
             Some(Reason::Saturated)
         );
         assert_eq!(s.capacity(&p), 630);
+    }
+
+    #[test]
+    fn latency_far_under_the_limit_is_the_machines_noise() {
+        // Measured on the loaded 2-core machine of the quick surge: p50 3.4x the
+        // unloaded latency with 14 of 100 requests in flight and 8 answers a second: the
+        // origin answers in its own time, the debug proxy reads the answers late.
+        let p = params();
+        let mut s = Sizer::new(&p, 0);
+        let noisy = Sample {
+            exchanges: 24,
+            throughput: 8.0,
+            p50_ms: 778.0,
+            baseline_ms: Some(228.0),
+            inflight: 14.0,
+            limit: Some(100.0),
+            active: 10,
+            waiting: 500,
+            ..Sample::default()
+        };
+        let c = s.step(&p, &noisy, 5000);
+        assert_eq!(c, None, "no cut (and no growth on a doubtful second)");
+        assert_eq!(s.capacity(&p), 10);
+        // The next calm second, it grows.
+        let calm = Sample {
+            p50_ms: 228.0,
+            inflight: 4.0,
+            ..noisy
+        };
+        s.step(&p, &calm, 6000);
+        assert!(s.capacity(&p) > 10, "the room grows: {}", s.capacity(&p));
+        // Past half the limit, the same latency is the origin's queue: a cut.
+        let loaded = Sample {
+            inflight: 60.0,
+            active: u64::from(s.capacity(&p)),
+            ..noisy
+        };
+        assert_eq!(
+            s.step(&p, &loaded, 7000).map(|c| c.reason),
+            Some(Reason::Latency)
+        );
+    }
+
+    #[test]
+    fn a_slow_answer_without_a_queue_is_not_congestion() {
+        // No limit to say how loaded the origin is: the latency counts only when a queue
+        // explains it (Vegas's estimate, at least three requests waiting).
+        let p = params();
+        let mut s = Sizer::new(&p, 0);
+        s.capacity = 100.0;
+        let one_slow = Sample {
+            exchanges: 20,
+            throughput: 2.0,
+            p50_ms: 300.0,
+            baseline_ms: Some(100.0),
+            inflight: 1.0,
+            active: 80,
+            waiting: 10,
+            ..Sample::default()
+        };
+        let c = s.step(&p, &one_slow, 1000);
+        assert!(
+            c.as_ref().is_none_or(|c| !matches!(
+                c.reason,
+                Reason::Latency | Reason::Saturated | Reason::Errors
+            )),
+            "{c:?}"
+        );
+        assert_eq!(s.capacity(&p), 100);
+        // Ten in flight at three times the unloaded latency: seven wait, a cut.
+        let queue = Sample {
+            inflight: 10.0,
+            ..one_slow
+        };
+        assert_eq!(
+            s.step(&p, &queue, 2000).map(|c| c.reason),
+            Some(Reason::Latency)
+        );
+        assert_eq!(s.capacity(&p), 72);
+    }
+
+    #[test]
+    fn far_under_the_limit_the_room_doubles() {
+        let p = params();
+        let mut s = Sizer::new(&p, 0);
+        let calm = Sample {
+            exchanges: 30,
+            throughput: 10.0,
+            p50_ms: 200.0,
+            baseline_ms: Some(200.0),
+            inflight: 2.0,
+            limit: Some(100.0),
+            active: 10,
+            waiting: 500,
+            ..Sample::default()
+        };
+        s.step(&p, &calm, 5000);
+        assert_eq!(s.capacity(&p), 20, "a slow start: x2 far under the limit");
+        // Past half the limit, half the capacity at most (and half the headroom).
+        let busy = Sample {
+            inflight: 60.0,
+            active: 20,
+            ..calm
+        };
+        s.step(&p, &busy, 5000 + SETTLE_MS);
+        assert!(s.capacity(&p) <= 30, "{}", s.capacity(&p));
+    }
+
+    #[test]
+    fn sessions_not_back_yet_do_not_dilute_the_load_per_session() {
+        // 80 inside, 8 of them admitted a moment ago and not back yet: the 60 in flight
+        // are the other 72's (0.83 each), so the origin would serve 0.8 x 100 / 0.83 = 96
+        // at 80% of its limit: a step of (96 - 80) / 2 = 8 (counting the 8 as loaded:
+        // 0.75 each, 107 sessions, a step of 13).
+        let p = params();
+        let mut s = Sizer::new(&p, 0);
+        s.capacity = 80.0;
+        let fresh = Sample {
+            exchanges: 60,
+            throughput: 20.0,
+            p50_ms: 200.0,
+            baseline_ms: Some(200.0),
+            inflight: 60.0,
+            limit: Some(100.0),
+            active: 80,
+            pending: 8,
+            waiting: 500,
+            ..Sample::default()
+        };
+        s.step(&p, &fresh, 5000);
+        assert_eq!(s.capacity(&p), 88);
+    }
+
+    #[test]
+    fn an_increase_waits_for_its_sessions_to_show_up() {
+        // Measured in the quick surge: 80 -> 160 -> 320 in two seconds, the second step
+        // before the first 80 newcomers were back from their queue page; then 503s.
+        let p = params();
+        let mut s = Sizer::new(&p, 0);
+        s.capacity = 160.0;
+        let half_back = Sample {
+            exchanges: 60,
+            throughput: 20.0,
+            p50_ms: 200.0,
+            baseline_ms: Some(200.0),
+            inflight: 16.0,
+            limit: Some(100.0),
+            active: 160,
+            pending: 80,
+            waiting: 500,
+            ..Sample::default()
+        };
+        s.step(&p, &half_back, 5000);
+        assert_eq!(s.capacity(&p), 160, "not in use yet");
+        let back = Sample {
+            pending: 0,
+            ..half_back
+        };
+        s.step(&p, &back, 6000);
+        assert!(s.capacity(&p) > 160, "then it grows");
+    }
+
+    #[test]
+    fn latency_spikes_of_the_machine_do_not_hold_a_light_room_back() {
+        // A large origin (healthy for ~2,300 sessions) and a room bounded at 200: in
+        // flight stays far under the limit even when every other second the proxy reads
+        // answers three times late.
+        let mut sim = Sim::new(50.0);
+        sim.p.capacity.max = 200;
+        sim.noise = Some((2, 3.0));
+        sim.run(60);
+        assert_eq!(
+            sim.sizer.capacity(&sim.p),
+            200,
+            "grew to its bound within a minute: {:?}",
+            sim.caps
+        );
+        assert!(
+            sim.caps.windows(2).all(|w| w[1] >= w[0]),
+            "never cut on noise: {:?}",
+            sim.caps
+        );
     }
 
     mod props {
@@ -787,6 +1029,24 @@ mod tests {
                 prop_assert!(used >= 0.9 * half && used <= 1.1 * half + 10.0, "uses {used:.0} of {half:.0}");
                 prop_assert!(sim.sign_changes(300) <= 2, "oscillates after the loss");
                 prop_assert!(sim.errors[sim.errors.len() - 300..].iter().all(|e| *e == 0.0));
+            }
+
+            /// A busy machine reads the answers late (latency and in flight `noise` times
+            /// the origin's, one second in `every`) while the room stays far under the
+            /// origin's limit: the room never cuts and grows to its bound.
+            #[test]
+            fn noise_far_under_the_limit_never_cuts(servers in 20.0f64..400.0, per_session in 0.05f64..1.0, service in 20.0f64..400.0, noise in 1.5f64..4.0, every in 2u64..6) {
+                let mut sim = Sim::new(servers);
+                sim.origin.per_session = per_session;
+                sim.origin.service_ms = service;
+                sim.noise = Some((every, noise));
+                // Sessions whose requests, read `noise` times late, stay at 40% of the limit.
+                let limit = 2.0 * sim.origin.mu() * 10.0 / 11.0 * service / 1000.0;
+                let bound = 0.4 * limit / (per_session * service / 1000.0 * noise);
+                sim.p.capacity.max = (bound.floor() as u32).clamp(20, 100_000);
+                sim.run(600);
+                prop_assert_eq!(sim.sizer.capacity(&sim.p), sim.p.capacity.max, "{:?}", &sim.caps[..60]);
+                prop_assert!(sim.caps.windows(2).all(|w| w[1] >= w[0]), "cut on noise");
             }
         }
     }

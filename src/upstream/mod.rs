@@ -335,15 +335,25 @@ impl OriginShared {
         waiting: u64,
     ) -> crate::policy::room_sizing::Sample {
         const SECS: u64 = 3;
-        let (p50_ms, exchanges, error_rate) = {
+        let (p50_ms, exchanges, error_rate, mask) = {
             let w = self.window.lock().unwrap_or_else(|p| p.into_inner());
             // What single clients brought beyond the rest is left out, as for the
             // degradation signals: one client cannot shrink the room for everyone.
             let m = w.measure(now_ms, 0.5);
             let mask = m.client_outliers | self.client_outliers.load(Ordering::Relaxed);
             let (p50, n) = w.recent_quantile_ms_without(now_ms, 0.5, SECS, mask);
-            (p50, n, m.error_rate)
+            (p50, n, m.error_rate, mask)
         };
+        // The requests those clients hold open are left out too: the room judges the
+        // origin's load by its requests in flight, and one client holding many open
+        // (slow downloads, a slowloris) must not make the origin look full.
+        let excused: usize = self
+            .client_inflight
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| in_mask(mask, *k as u8))
+            .map(|(_, i)| i.load(Ordering::Relaxed))
+            .sum();
         let baseline_ms = self
             .adaptive
             .lock()
@@ -357,9 +367,14 @@ impl OriginShared {
             p50_ms,
             baseline_ms,
             error_rate,
-            inflight: self.inflight.load(Ordering::Relaxed) as f64,
+            inflight: self
+                .inflight
+                .load(Ordering::Relaxed)
+                .saturating_sub(excused) as f64,
             limit: self.current_limit(max_inflight).map(|l| l as f64),
             active,
+            // The room's to say (`Room::size`).
+            pending: 0,
             waiting,
         }
     }
@@ -772,6 +787,47 @@ mod tests {
             tokio::task::yield_now().await;
         }
         panic!("never happened: {what}");
+    }
+
+    #[test]
+    fn a_client_holding_requests_open_does_not_fill_the_auto_room_sample() {
+        // Four clients, ten answers each and one request in flight each; a fifth holds
+        // thirty open and gets no answer (a slowloris, a stalled download). The `auto`
+        // room judges the origin's load by its requests in flight: those thirty must not
+        // make it look full.
+        let reg = Registry::default();
+        let o = reg.origin("held-open");
+        let now = 100_000;
+        for i in 0..40u8 {
+            o.record(
+                now - 500,
+                &Exchange {
+                    latency_ms: 50.0,
+                    failure: None,
+                    client: i % 4,
+                    url: i % 8,
+                },
+            );
+        }
+        let mut permits = Vec::new();
+        for k in 0..4u8 {
+            let mut p = OriginPermit::try_acquire(&o, None).expect("no limit");
+            p.set_client(k);
+            permits.push(p);
+        }
+        for _ in 0..30 {
+            let mut p = OriginPermit::try_acquire(&o, None).expect("no limit");
+            p.set_client(9);
+            permits.push(p);
+        }
+        let _ = o.measure(now, None);
+        let s = o.room_sample(now, None, 10, 0);
+        assert!(
+            s.inflight <= 4.0,
+            "the held requests are left out: {}",
+            s.inflight
+        );
+        assert_eq!(s.exchanges, 40);
     }
 
     #[tokio::test]
