@@ -14,6 +14,8 @@
 #
 # The room is kept full (active_users: 1, a queue standing, new_users_per_minute: 1) so
 # every newcomer takes a ticket: one ARRIVE script on Redis each, the surge's hot path.
+# All the load comes from 127.0.0.1: the room's per-address cap on new tickets
+# (`ticket_rate`, 60/min by default) is lifted, as many pupils come from many addresses.
 # Traffic:
 #   arrivals : GET / without a cookie, spread evenly over the nodes (a browser arriving)
 #   polls    : GET /.ecluse/queue/status?room=ent with a waiting ticket, $POLLS per arrival
@@ -126,7 +128,7 @@ server: { threads: 1, watch_config: false, state_dir: $TMP/n$n/state }
 access_log: { enabled: false }
 cluster: { redis: "redis://127.0.0.1:$REDIS_PORT/", node_id: n$n, sync_interval: 250ms, timeout: 1s }
 waiting_rooms:
-  ent: { active_users: 1, new_users_per_minute: 1, secret_file: $TMP/keys, abandon_timeout: 30m, session_idle_timeout: 30m, poll_interval: 5s }
+  ent: { active_users: 1, new_users_per_minute: 1, secret_file: $TMP/keys, abandon_timeout: 30m, session_idle_timeout: 30m, poll_interval: 5s, ticket_rate: "1000000/s" }
 origins:
   ent: { servers: ["127.0.0.1:$ORIGIN_PORT"], health_check: { disabled: true } }
 routes:
