@@ -39,7 +39,7 @@ FIGURES = {
         32_799, "proxied requests/s on one core (1 KB, kept-alive origin)",
         "bench/proxy.sh", "docs/benchmarks.md, Proxy throughput (2026-11-30)"),
     "redis_cpu_us_per_arrival": (
-        42.8, "µs of Redis CPU per arrival (ARRIVE script, net of the nodes' syncs)",
+        18.6, "µs of Redis CPU per arrival (ARRIVE script, net of the nodes' syncs)",
         "bench/fleet.sh", "docs/benchmarks.md, Fleet ceilings (2026-12-08)"),
     "redis_sync_cpu_ms_per_node_s": (
         1.83, "ms of Redis CPU per second per idle node (its syncs)",
