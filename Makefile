@@ -47,7 +47,8 @@ test: deps deb-tools test-tools
 	@# (fleet mode: three nodes share state through it). The package test builds the
 	@# .deb with cargo-deb and checks it with dpkg-deb, lintian, systemd-analyze and a
 	@# real logrotate run. HAProxy stands in front of ecluse as the L4 load balancer
-	@# speaking the PROXY protocol (tests/proxy_protocol.rs).
+	@# speaking the PROXY protocol (tests/proxy_protocol.rs), and in front of a fleet
+	@# with the shipped config/haproxy/ecluse-fleet.cfg (tests/fleet_lb.rs).
 	@scripts/need.sh chromium chromedriver prometheus promtool redis-server lintian logrotate systemd-analyze dpkg-deb haproxy
 	@echo "== cargo fmt --check"
 	$(CARGO) fmt --all -- --check
@@ -66,6 +67,9 @@ check-configs:
 	@# The packaged policy reads its secrets from /etc/ecluse: checked without them, as a
 	@# config repository's CI would.
 	$(CARGO) run --quiet --bin ecluse -- check --skip-secrets pkg/ecluse.yaml
+	@echo "== haproxy -c config/haproxy/ecluse-fleet.cfg"
+	@scripts/need.sh haproxy
+	@$$(command -v haproxy || echo /usr/sbin/haproxy) -q -c -f config/haproxy/ecluse-fleet.cfg
 
 ## Formatting, clippy, and the supply chain (cargo deny: advisories, licences, duplicate
 ## versions, sources; cargo audit). Installs cargo-deny / cargo-audit when missing.

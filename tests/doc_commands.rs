@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const DOCS: &[&str] = &["README.md", "docs/operations.md"];
+const DOCS: &[&str] = &["README.md", "docs/operations.md", "docs/scale.md"];
 
 struct Block {
     file: &'static str,
@@ -178,4 +178,39 @@ async fn every_shell_block_in_the_docs_is_run_or_covered_by_a_named_test() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The capacity model of docs/scale.md (issue #24): its tables are what
+/// `bench/scale_model.py` computes, and every figure the script starts from is one
+/// docs/benchmarks.md shows. A changed measure or a hand-edited table fails here.
+#[test]
+fn the_capacity_model_in_docs_scale_md_is_recomputed_from_the_benchmarks() {
+    let out = Command::new("python3")
+        .args(["bench/scale_model.py", "--check", "docs/scale.md"])
+        .current_dir(root())
+        .output()
+        .expect("python3 (Debian's python3)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The model answers for other inputs too, and names what saturates first.
+    let out = Command::new("python3")
+        .args([
+            "bench/scale_model.py",
+            "--poll-interval",
+            "20",
+            "--file-mb",
+            "0.5",
+        ])
+        .current_dir(root())
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("Saturates first"),
+        "{text}"
+    );
 }
