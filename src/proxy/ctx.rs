@@ -1,5 +1,6 @@
-//! The request context (`Ctx`): what one request carries through every phase, and the
-//! two readings of the request every phase shares (a header's bytes, the policy path).
+//! The request context (`Ctx`): what one request carries through every phase, the two
+//! readings of the request every phase shares (a header's bytes, the policy path), and who
+//! the client is (`client_ip`, also read on the status fast path).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -189,4 +190,71 @@ pub(super) fn policy_path<'a>(ctx: &'a Ctx, req: &'a RequestHeader) -> &'a str {
 
 pub(super) fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
     req.headers.get(name).map(|v| v.as_bytes())
+}
+
+/// The client's address: the socket peer, or, when the peer is one of our trusted
+/// proxies, the right-most address in `X-Forwarded-For` that is not itself trusted
+/// (everything left of it could have been written by the client).
+pub(super) fn client_ip(
+    config: &Config,
+    peer: Option<IpAddr>,
+    xff: Option<&[u8]>,
+) -> Option<IpAddr> {
+    let peer = peer?;
+    if !config.server.is_trusted(peer) {
+        return Some(peer);
+    }
+    let Some(xff) = xff.and_then(|v| std::str::from_utf8(v).ok()) else {
+        return Some(peer);
+    };
+    let mut leftmost = None;
+    for part in xff.rsplit(',').take(32) {
+        let Ok(ip) = part.trim().parse::<IpAddr>() else {
+            // Garbage in the chain: stop believing it here.
+            return Some(leftmost.unwrap_or(peer));
+        };
+        if !config.server.is_trusted(ip) {
+            return Some(ip);
+        }
+        leftmost = Some(ip);
+    }
+    Some(leftmost.unwrap_or(peer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::check_text;
+    use crate::config::runtime::Retained;
+    use std::path::Path;
+
+    fn cfg(trusted: &str) -> Config {
+        let y = format!(
+            "listen: [\"127.0.0.1:0\"]\nserver: {{ trusted_proxies: [{trusted}] }}\norigins:\n  o: {{ servers: [\"127.0.0.1:1\"] }}\nroutes:\n  - {{ name: r, origin: o }}\n"
+        );
+        check_text(&y, Path::new("t.yaml"), &Retained::default(), 1).expect("valid")
+    }
+
+    #[test]
+    fn client_ip_from_socket_unless_trusted() {
+        let c = cfg("\"10.0.0.0/8\"");
+        let lb: IpAddr = "10.1.2.3".parse().expect("ip");
+        let stranger: IpAddr = "198.51.100.7".parse().expect("ip");
+        // Untrusted peer: its XFF is ignored.
+        assert_eq!(
+            client_ip(&c, Some(stranger), Some(b"1.2.3.4")),
+            Some(stranger)
+        );
+        // Trusted peer: right-most untrusted hop is the client.
+        assert_eq!(
+            client_ip(&c, Some(lb), Some(b"6.6.6.6, 203.0.113.9, 10.9.9.9")),
+            Some("203.0.113.9".parse().expect("ip"))
+        );
+        // Garbage in the chain stops at the last good hop.
+        assert_eq!(
+            client_ip(&c, Some(lb), Some(b"nonsense, 10.9.9.9")),
+            Some("10.9.9.9".parse().expect("ip"))
+        );
+        assert_eq!(client_ip(&c, Some(lb), None), Some(lb));
+    }
 }

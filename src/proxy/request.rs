@@ -1,7 +1,6 @@
 //! The request phase (`request_filter`), steps 0 to 4 of the request path: hygiene, the
 //! edge's forwarding headers, the one canonical path and host, the status URL, the route,
-//! then each step in its own file (limits, feature gate, room, request body). Also who the
-//! client is (`client_ip`).
+//! then each step in its own file (limits, feature gate, room, request body).
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -11,10 +10,9 @@ use pingora::prelude::*;
 use pingora::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora_http::{RequestHeader, ResponseHeader};
 
-use super::ctx::{header, policy_path};
+use super::ctx::{client_ip, header, policy_path};
 use super::queue_page::STATUS_PATH;
 use super::{conn_guard, hygiene, request_id, Ctx, EcluseProxy};
-use crate::config::Config;
 use crate::pages::{self, Problem};
 use crate::policy::forwarding;
 use crate::policy::route::host_without_port;
@@ -120,35 +118,6 @@ fn socket_ip(addr: Option<&PSocketAddr>) -> Option<IpAddr> {
                 .unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
         })
-}
-
-/// The client's address: the socket peer, or, when the peer is one of our trusted
-/// proxies, the right-most address in `X-Forwarded-For` that is not itself trusted
-/// (everything left of it could have been written by the client).
-pub(super) fn client_ip(
-    config: &Config,
-    peer: Option<IpAddr>,
-    xff: Option<&[u8]>,
-) -> Option<IpAddr> {
-    let peer = peer?;
-    if !config.server.is_trusted(peer) {
-        return Some(peer);
-    }
-    let Some(xff) = xff.and_then(|v| std::str::from_utf8(v).ok()) else {
-        return Some(peer);
-    };
-    let mut leftmost = None;
-    for part in xff.rsplit(',').take(32) {
-        let Ok(ip) = part.trim().parse::<IpAddr>() else {
-            // Garbage in the chain: stop believing it here.
-            return Some(leftmost.unwrap_or(peer));
-        };
-        if !config.server.is_trusted(ip) {
-            return Some(ip);
-        }
-        leftmost = Some(ip);
-    }
-    Some(leftmost.unwrap_or(peer))
 }
 
 fn request_has_body(session: &mut Session) -> bool {
@@ -396,43 +365,5 @@ impl EcluseProxy {
         // 5. Cache lookup happens next (pingora's `request_cache_filter` and friends);
         // 6. the origin permit is taken in `proxy_upstream_filter`, on a miss only.
         Ok(false)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::check_text;
-    use crate::config::runtime::Retained;
-    use std::path::Path;
-
-    fn cfg(trusted: &str) -> Config {
-        let y = format!(
-            "listen: [\"127.0.0.1:0\"]\nserver: {{ trusted_proxies: [{trusted}] }}\norigins:\n  o: {{ servers: [\"127.0.0.1:1\"] }}\nroutes:\n  - {{ name: r, origin: o }}\n"
-        );
-        check_text(&y, Path::new("t.yaml"), &Retained::default(), 1).expect("valid")
-    }
-
-    #[test]
-    fn client_ip_from_socket_unless_trusted() {
-        let c = cfg("\"10.0.0.0/8\"");
-        let lb: IpAddr = "10.1.2.3".parse().expect("ip");
-        let stranger: IpAddr = "198.51.100.7".parse().expect("ip");
-        // Untrusted peer: its XFF is ignored.
-        assert_eq!(
-            client_ip(&c, Some(stranger), Some(b"1.2.3.4")),
-            Some(stranger)
-        );
-        // Trusted peer: right-most untrusted hop is the client.
-        assert_eq!(
-            client_ip(&c, Some(lb), Some(b"6.6.6.6, 203.0.113.9, 10.9.9.9")),
-            Some("203.0.113.9".parse().expect("ip"))
-        );
-        // Garbage in the chain stops at the last good hop.
-        assert_eq!(
-            client_ip(&c, Some(lb), Some(b"nonsense, 10.9.9.9")),
-            Some("10.9.9.9".parse().expect("ip"))
-        );
-        assert_eq!(client_ip(&c, Some(lb), None), Some(lb));
     }
 }
