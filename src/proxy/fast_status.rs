@@ -1,5 +1,5 @@
 //! The queue page's status polls answered below pingora's HTTP layer, on the connection:
-//! `conn_guard.rs` hands over the bytes of a request head; here they are parsed
+//! `conn_guard/` hands over the bytes of a request head; here they are parsed
 //! (`status_poll_head`: a whole plain poll that passes the same hygiene checks, else
 //! pingora's path) and answered (`EcluseProxy::fast_status`) with the same answer and
 //! access-log line as the pingora path (`queue_page.rs`), without its per-request cost.
@@ -29,7 +29,7 @@ fn connection_polls() -> &'static prometheus::IntCounter {
 }
 
 impl EcluseProxy {
-    /// A status poll answered below pingora's HTTP layer (`conn_guard.rs`), in one-node mode:
+    /// A status poll answered below pingora's HTTP layer (`conn_guard/`), in one-node mode:
     /// the whole HTTP/1.1 response and its access-log line, exactly as the normal path
     /// would make them. `None`: take the normal path (fleet mode, unknown room).
     pub(crate) fn fast_status(

@@ -1,19 +1,27 @@
 //! The one `ProxyHttp` implementation. It arranges the phases and calls the policies; the
-//! decisions themselves live in `policy/*` and `upstream/*`.
+//! decisions themselves live in `policy/*` and `upstream/*`. Each hook below is one line
+//! calling the file of its step; the request context is `ctx.rs`.
 //!
 //! Request path, in order:
 //! 0. Hygiene (`hygiene.rs`), then the one canonical path (`policy::path`): the URI is
 //!    replaced by its canonical form, so every phase below reads it and the ENT receives
-//!    it; a target without one is a 400.
+//!    it; a target without one is a 400 (`request.rs`). Before it, on the connection:
+//!    `conn_guard/`, `proxy_protocol.rs`, and plain status polls (`fast_status.rs`).
 //! 1. Match the route: one `ArcSwap` load per request, kept in the context (`Ctx::config`)
-//!    so every phase of this request sees the same config, even across a reload.
-//! 2. Rate limit (cheapest rejection first) — issue #3.
-//! 3. Degradation gate: a switched-off feature answers 503 now — issue #5.
-//! 4. Waiting room: queue requests without a valid admission — issue #4.
-//! 5. Cache lookup — issue #6.
+//!    so every phase of this request sees the same config, even across a reload
+//!    (`request.rs`).
+//! 2. Rate limit (cheapest rejection first) — issue #3 (`limits.rs`).
+//! 3. Degradation gate: a switched-off feature answers 503 now — issue #5
+//!    (`feature_gate.rs`).
+//! 4. Waiting room: queue requests without a valid admission — issue #4 (`room.rs`, its
+//!    pages `queue_page.rs`); then the request body (`body.rs`).
+//! 5. Cache lookup — issue #6 (`cache_phase.rs`).
 //! 6. Origin concurrency limit (`max_inflight`, a permit held until the response ends),
-//!    then pick a server in rotation (round robin or least connections).
-//! 7. `logging`: metrics, one JSON access-log line, release every slot (Drop guards).
+//!    then pick a server in rotation (round robin or least connections), retries and
+//!    failures (`origin.rs`); what the origin receives (`forward.rs`); the response
+//!    (`response.rs`).
+//! 7. `logging`: metrics, one JSON access-log line, release every slot (Drop guards)
+//!    (`logging.rs`). The answers ecluse writes itself: `respond.rs`.
 //!
 //! Retry safety: a failure to *connect* is retried on another server for any method
 //! (nothing was sent). A failure on a *reused* pooled connection is retried only for

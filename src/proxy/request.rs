@@ -290,7 +290,7 @@ impl EcluseProxy {
         }
 
         // The queue page's status URL belongs to ecluse, whatever the routes say. (Its
-        // fast path below pingora, conn_guard.rs, only takes the exact canonical spelling, so
+        // fast path below pingora, fast_status.rs, only takes the exact canonical spelling, so
         // any other spelling of it arrives here normalized and gets the same answer.)
         if policy_path(ctx, session.req_header()) == STATUS_PATH {
             ctx.config = Some(config.clone());
