@@ -17,7 +17,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::Ecluse;
 
@@ -238,7 +238,14 @@ fn surge_through_ecluse_meets_the_targets() {
         out.display(),
         failed.join("\n  ")
     );
-    assert!(took < Duration::from_secs(100), "quick scale took {took:?}");
+    // The replay ended on its own, everyone done, before `--max-duration` (90 s) would
+    // have cut it: a property of the run. The wall time around it (calibration, start-up)
+    // is not asserted: on a loaded machine it measures the machine, not ecluse.
+    let ran = s["duration_s"].as_f64().unwrap_or(f64::INFINITY);
+    assert!(
+        ran < 90.0,
+        "the replay was cut by --max-duration: {ran} s (whole test {took:?})"
+    );
     drop(ecluse);
 }
 

@@ -3,9 +3,16 @@
 //! coalesces concurrent misses and the cache metrics.
 
 pub mod auth;
+mod disk_plan;
+mod engine;
+mod gauges;
 mod guard;
+mod key;
+mod object;
 pub mod space;
+mod storage;
 pub mod store;
+mod tombstones;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -7,11 +7,15 @@ use std::time::SystemTime;
 use pingora::prelude::*;
 use pingora_cache::key::CacheHashKey;
 use pingora_cache::key::HashBinary;
-use pingora_cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable};
+use pingora_cache::{
+    CacheKey, CacheMeta, CachePhase, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
+};
+use pingora_error::{ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 
-use super::{header, Ctx, EcluseProxy};
-use crate::cache::auth::{self, Version, VersionHasher};
+use super::ctx::header;
+use super::{Ctx, EcluseProxy};
+use crate::cache::auth::{self, VersionHasher};
 use crate::cache::{store, PurgeScope};
 use crate::policy::cache_rules::{credential_items, has_credentials, normalize_query, CacheMode};
 use crate::policy::route::host_without_port;
@@ -28,33 +32,6 @@ pub(super) fn request_host(req: &RequestHeader) -> String {
         .map(host_without_port)
         .unwrap_or("")
         .to_ascii_lowercase()
-}
-
-/// What a request on a `revalidate` route knows about the version it may get (see
-/// `cache::auth`): the stored copy it looked up, what it asked the origin, and the version
-/// the origin is answering it.
-#[derive(Default)]
-pub(super) struct Binding {
-    /// The object's primary key hash and URL form.
-    primary: Option<HashBinary>,
-    url: String,
-    /// The variance of this request's variant, when the response varies.
-    pub(super) variance: Option<HashBinary>,
-    /// The stored copy looked up: its version and whether it answered an anonymous
-    /// request (`None`: no copy, or one without a complete version).
-    stored: Option<(Version, bool)>,
-    /// The stored copy's strong `ETag`, if it has one.
-    stored_strong_etag: Option<Vec<u8>>,
-    /// Validators went to the origin (so a 304 names the stored version).
-    conditional_sent: bool,
-    /// The origin answered 304 to this revalidation.
-    revalidating_304: bool,
-    /// ...and that 304 does not say which bytes: the stored body is not served.
-    pub(super) untrusted_304: bool,
-    /// The origin's answer being hashed into its version, with its strong `ETag`.
-    hasher: Option<VersionHasher>,
-    answer_status: u16,
-    answer_strong_etag: Option<Vec<u8>>,
 }
 
 fn strong_etag(h: &http::HeaderMap) -> Option<Vec<u8>> {
@@ -679,6 +656,89 @@ impl EcluseProxy {
                 },
                 "invalidation",
             );
+        }
+    }
+}
+
+impl EcluseProxy {
+    pub(super) async fn cache_hit(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        ctx.stored_found = true;
+        let revalidate = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.cache.as_ref())
+            .is_some_and(|c| c.mode == CacheMode::Revalidate);
+        if !revalidate {
+            // A survival level keeps serving what is stored, however old, and spares the
+            // origin the refetch.
+            if !is_fresh && self.app.degrade.serve_stale() {
+                ctx.forced_stale = true;
+                return Ok(Some(ForcedFreshness::ForceFresh));
+            }
+            return Ok(None);
+        }
+        // Authorize-then-serve: every request asks the origin with its own credentials.
+        // No cache lock: one student's revalidation must not stand in for another's.
+        session.cache.set_cache_lock(None, None);
+        if self.bind_stored_copy(session, meta, ctx) {
+            // Its body differs by credential: the stored copy is nobody's to share.
+            return Ok(Some(ForcedFreshness::ForceMiss));
+        }
+        if is_fresh {
+            Ok(Some(ForcedFreshness::ForceExpiredServeStale {
+                expired_at: None,
+            }))
+        } else {
+            Ok(None)
+        }
+    }
+
+    pub(super) fn serve_stale(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        let mode = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.cache.as_ref())
+            .map(|c| c.mode);
+        match error {
+            // stale-while-revalidate: never in revalidate mode (no copy without the
+            // origin's say-so for this user).
+            None => mode != Some(CacheMode::Revalidate),
+            Some(e) => {
+                let origin_failed = e.esource() == &ErrorSource::Upstream
+                    || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500);
+                // In revalidate mode the origin cannot say yes or no now: the stored
+                // copy goes only to credentials it authorized for this object within the
+                // stale_if_error window (`cache::auth`). Anyone else gets the error.
+                // A copy looked up before a purge that came while the origin worked is
+                // what ops removed: never served after it.
+                let purged = self.purged_while_in_flight(session);
+                let serve = origin_failed
+                    && !purged
+                    && (mode != Some(CacheMode::Revalidate)
+                        || self.authorized_recently(session, ctx));
+                match (serve, e.etype()) {
+                    (true, ErrorType::HTTPStatus(s)) => ctx.stale_error_status = Some(*s),
+                    // The exchange with the origin broke: pingora will not reuse this
+                    // client's connection after the stale answer, so the answer must say
+                    // so (`Connection: close`), or the client's next request on it meets
+                    // a reset.
+                    (true, _) => session.set_keepalive(None),
+                    _ => {}
+                }
+                serve
+            }
         }
     }
 }

@@ -41,7 +41,7 @@ use http::{Method, Version};
 use pingora_http::RequestHeader;
 
 /// The parsed request head the checks read: pingora's [`RequestHeader`], or the fields of
-/// a status poll parsed below pingora (`conn_guard.rs`), checked by the same rules without
+/// a status poll parsed below pingora (`fast_status.rs`), checked by the same rules without
 /// building a header map.
 pub trait Head {
     fn method(&self) -> &Method;
