@@ -316,7 +316,10 @@ async fn a_tokenless_admin_refuses_other_sites_and_rebound_names() {
         ("sec-fetch-site", &[("sec-fetch-site", "cross-site")]),
         ("same-site", &[("sec-fetch-site", "same-site")]),
         ("rebound name", &[("host", "evil.example")]),
-        ("rebound name with port", &[("host", "127.0.0.1.evil.example:80")]),
+        (
+            "rebound name with port",
+            &[("host", "127.0.0.1.evil.example:80")],
+        ),
     ];
     for (what, headers) in cases {
         let mut req = client().post(&url);

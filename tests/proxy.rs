@@ -144,11 +144,13 @@ async fn dead_server_leaves_rotation_without_client_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_connections_avoids_the_busy_server() {
     use ecluse::demo::{DemoOrigin, OriginOptions};
-    // A slow origin (every request takes 300 ms) next to a fast one.
+    // A slow origin (every request takes 1.5 s) next to a fast one. The gap must stay
+    // wide when the machine is loaded: a CPU-starved fast origin still answers in well
+    // under a second, so the slow one, busy with one request, keeps losing the choice.
     let slow = DemoOrigin::start(
         "127.0.0.1:0".parse().expect("addr"),
         OriginOptions {
-            base_latency: Duration::from_millis(300),
+            base_latency: Duration::from_millis(1500),
             ..OriginOptions::default()
         },
     )
@@ -160,11 +162,15 @@ async fn least_connections_avoids_the_busy_server() {
     )
     .await
     .expect("origin");
-    let e = Ecluse::start(&yaml_two_servers(
-        slow.addr(),
-        fast.addr(),
-        "least_connections",
-    ));
+    // No health check: its probes would be counted with the requests (and a probe
+    // slower than its time-out would take the slow server out of rotation).
+    let yaml = yaml_two_servers(slow.addr(), fast.addr(), "least_connections");
+    let probe = yaml
+        .lines()
+        .find(|l| l.trim_start().starts_with("health_check:"))
+        .expect("the shared policy has a health check")
+        .to_string();
+    let e = Ecluse::start(&yaml.replace(&format!("{probe}\n"), ""));
     let c = client();
     // 4 clients, each sending 10 requests one after the other: with round robin both
     // servers would get 20; least-connections keeps sending to the one that is free.
