@@ -14,6 +14,8 @@ pkg_for() {
     chromium) echo chromium ;;
     chromedriver) echo chromium-driver ;;
     hyperfine) echo hyperfine ;;
+    h2load) echo nghttp2-client ;;
+    perf) echo linux-perf ;;
     taskset) echo util-linux ;;
     systemd-analyze) echo systemd ;;
     dpkg-deb) echo dpkg ;;
