@@ -11,7 +11,7 @@
 #   hit      the day's assignment, 150,000 bytes, from the cache         (answered by the proxy)
 #   page     an admitted student's ENT page, proxied to the ENT (4 KB)   (reaches the origin)
 #
-#   origin : nginx, `return 200` for pages (4 KB) and the assignment as a static file,
+#   origin : nginx, pages (4 KB) and the assignment as static files,
 #            1 worker                                                      (cpu $ORIGIN_CPU)
 #   nginx  : 1 worker, access_log off, each kind at its best (closest equivalent):
 #            poll   `return 200` with the same JSON body (nginx cannot verify a ticket,
@@ -62,11 +62,24 @@ LOAD_CPU=${LOAD_CPU:-0}
 ECLUSE_BIN=${ECLUSE_BIN:-target/release/ecluse}
 
 # ---- The mix ------------------------------------------------------------------------
-# From the quick surge replay's own counts (bench/surge.sh with its defaults: 2,000
-# students over 20 s, an ENT of capacity 200, ARMS=ecluse; the ecluse arm's /metrics at
-# the end of the run, bench/out/surge-<stamp>/ecluse-metrics.txt, and its summary):
-MIX_SOURCE="@MIX_SOURCE@"
-MIX=${MIX:-"@MIX@"}
+# From the quick surge replay's own counts: `NO_BUILD=1 ARMS=ecluse bench/surge.sh`
+# (2,000 students over 20 s, an ENT of capacity 200, polls every 5 s), 2026-12-08, the
+# ecluse arm's /metrics at the end of the run and its summary (ecluse.json):
+#   poll    3,638  ecluse_queue_status_polls_total (717 connection + 2,921 http)
+#   queue   1,351  queue pages: the client's queue answers (4,989) less the polls; =
+#                  ecluse_room_issued_total (one queue page per ticket issued)
+#   limited     0  ecluse_ratelimit_decisions_total{result="limited"}: no student went
+#                  over 20/s in that replay (kept in the mix for MIX="… limited=N")
+#   off       494  ecluse_requests_total{route="visio",status_class="5xx"}
+#   hit     4,000  assignment downloads (ecluse_requests_total{route="assignments"}); in
+#                  the replay's policy each is revalidated with the ENT (mode:
+#                  revalidate), here a plain hit (`cache: {}`), like nginx's proxy_cache
+#   page   16,095  the origin's requests (20,095) less the 4,000 revalidations: pages,
+#                  logins, the 79 visio joins, the 4 uploads
+# At full scale (50,000 students, waits of minutes) polls weigh far more: try e.g.
+# MIX="poll=60 queue=5 limited=1 off=2 hit=8 page=24".
+MIX_SOURCE="quick surge replay, 2026-12-08: poll 3638, queue 1351, limited 0, off 494, hit 4000, page 16095"
+MIX=${MIX:-"poll=3638 queue=1351 limited=0 off=494 hit=4000 page=16095"}
 
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'bench/surge_mix.sh: %s\n' "$*" >&2; exit 1; }
@@ -109,7 +122,7 @@ ORIGIN_PORT=$(free_port)
 NGINX_PORT=$(free_port)
 mkdir -p "$TMP/www/files/assignments" "$TMP/pages"
 head -c 150000 /dev/urandom >"$TMP/www/files/assignments/day.pdf"
-PAGE=$(head -c 4096 /dev/zero | tr '\0' 'p')
+head -c 4096 /dev/zero | tr '\0' 'p' >"$TMP/www/page.html"
 chmod -R a+rX "$TMP/www"
 
 nginx_common() {
@@ -137,7 +150,7 @@ EOF
     listen 127.0.0.1:$ORIGIN_PORT backlog=4096;
     root $TMP/www;
     location /files/ { default_type application/pdf; add_header Cache-Control "max-age=3600"; }
-    location / { default_type text/html; add_header Cache-Control "private, no-store"; return 200 "$PAGE"; }
+    location / { default_type text/html; add_header Cache-Control "private, no-store"; try_files /page.html =404; }
   }
 }
 EOF
@@ -145,6 +158,8 @@ EOF
 taskset -c "$ORIGIN_CPU" "$NGINX" -p "$TMP" -e "$TMP/origin-error.log" -c "$TMP/origin.conf" \
   >"$OUT/origin.stdout" 2>&1 &
 PIDS+=($!)
+
+wait_code "http://127.0.0.1:$ORIGIN_PORT/files/assignments/day.pdf" 200
 
 # ---- ecluse -------------------------------------------------------------------------
 echo "k1:$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$TMP/keys"
@@ -221,10 +236,11 @@ fetch() { # name url expected-code [curl args]
 fetch poll "http://$EC/.ecluse/queue/status?room=ent" 200 -H "Cookie: $WAITING"
 fetch queue "http://$EC/cours/maths" 200 -H "Cookie: $WAITING"
 grep -qi 'ecluse' "$TMP/pages/queue.body" || die "the waiting student's page is not the queue page"
-fetch limited "http://$EC/api/notes" 429; fetch limited "http://$EC/api/notes" 429
+curl -s -o /dev/null "http://$EC/api/notes"   # the burst of 1
+fetch limited "http://$EC/api/notes" 429
 fetch off "http://$EC/visio/salle" 503 -H "Cookie: $ADMITTED"
 fetch page "http://$EC/cours/maths" 200 -H "Cookie: $ADMITTED"
-[ "$(cat "$TMP/pages/page.body")" = "$PAGE" ] || die "the admitted student's page is not the ENT's"
+cmp -s "$TMP/pages/page.body" "$TMP/www/page.html" || die "the admitted student's page is not the ENT's"
 fetch hit "http://$EC/files/assignments/day.pdf" 200 -H "Cookie: $ADMITTED"
 fetch hit "http://$EC/files/assignments/day.pdf" 200 -H "Cookie: $ADMITTED"
 grep -qi '^cache-status: ecluse; hit' "$TMP/pages/hit.head" ||
