@@ -79,6 +79,7 @@ ECLUSE_BIN=${ECLUSE_BIN:-target/release/ecluse}
 # At full scale (50,000 students, waits of minutes) polls weigh far more: try e.g.
 # MIX="poll=60 queue=5 limited=1 off=2 hit=8 page=24".
 MIX_SOURCE="quick surge replay, 2026-12-08: poll 3638, queue 1351, limited 0, off 494, hit 4000, page 16095"
+[ -z "${MIX:-}" ] || MIX_SOURCE="weights given in MIX"
 MIX=${MIX:-"poll=3638 queue=1351 limited=0 off=494 hit=4000 page=16095"}
 
 log() { printf '== %s\n' "$*" >&2; }
@@ -364,6 +365,10 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 cp "$TMP"/*-error.log "$OUT/" 2>/dev/null || true
+# Which layer answered ecluse's polls: below pingora (a kept-alive HTTP/1.1 connection)
+# or through it.
+curl -s "http://$ADMIN/metrics" >"$OUT/ecluse-metrics.txt" || true
+grep '^ecluse_queue_status_polls_total' "$OUT/ecluse-metrics.txt" >&2 || true
 
 python3 - "$OUT" "$ROUNDS" "$CONNS" "$DURATION" "$RATE" "$(getconf CLK_TCK)" "$MIX" \
   "$MIX_SOURCE" "$LAT_CONNS" <<'PY' | tee "$OUT/table.txt"
