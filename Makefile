@@ -14,8 +14,11 @@ build: deps
 	$(CARGO) build --release --bin ecluse
 
 ## Run the simulated ENT and ecluse in front of it; prints the URLs to open.
-demo: build
-	$(CARGO) run --release --quiet --bin ecluse -- demo $(if $(SURGE),--surge)
+## The `demo` profile (thin LTO, 16 codegen units): a first build from a clean clone should be
+## shorter than `release`'s fat LTO (its link alone took 17 min on one core; docs/benchmarks.md); packages and benchmarks
+## keep `release`. The binary is target/demo/ecluse.
+demo: deps
+	$(CARGO) run --profile demo --quiet --bin ecluse -- demo $(if $(SURGE),--surge)
 
 ## The Debian package (cargo-deb): target/debian/ecluse_<version>_<arch>.deb with the
 ## optimised binary, /etc/ecluse/ecluse.yaml, the systemd unit and logrotate.

@@ -16,6 +16,7 @@ pkg_for() {
     hyperfine) echo hyperfine ;;
     h2load) echo nghttp2-client ;;
     haproxy) echo haproxy ;;
+    perf) echo linux-perf ;;
     taskset) echo util-linux ;;
     systemd-analyze) echo systemd ;;
     dpkg-deb) echo dpkg ;;
