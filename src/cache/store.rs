@@ -163,6 +163,12 @@ fn split_url(url: &str) -> Option<(&str, &str, &str)> {
     Some((rest, &rest[..slash], &rest[slash..]))
 }
 
+/// The host of a key without its port (`ent.fr:8443` → `ent.fr`, `[::1]:8443` → `[::1]`):
+/// what purges name, so a purge by host covers every port.
+fn host_name(host: &str) -> &str {
+    crate::policy::route::host_without_port(host)
+}
+
 /// foyer key of a pingora key.
 fn hash_key<K: CacheHashKey>(key: &K) -> u128 {
     u128::from_be_bytes(key.combined_bin())
@@ -431,11 +437,16 @@ impl TombSet {
             return false;
         };
         let before = |t: Option<&SystemTime>| t.is_some_and(|t| created < *t);
+        // Purges name hosts without a port and cover every port the key may hold
+        // (`proxy::cache_phase::request_host`): `ent.fr:8443` is looked up as `ent.fr`.
+        let name = host_name(host);
         before(self.by_url.get(host_path))
+            || (name.len() != host.len()
+                && before(self.by_url.get(format!("{name}{path}").as_str())))
             || before(self.by_path.get(path))
             || self.prefixes.iter().any(|p| {
                 created < p.at
-                    && p.host.as_deref().is_none_or(|h| h == host)
+                    && p.host.as_deref().is_none_or(|h| h == name)
                     && path.starts_with(&*p.prefix)
             })
     }
@@ -1400,7 +1411,7 @@ impl Store {
                 path_and_query,
             } => {
                 let path = normalize_path(path_and_query);
-                let host = host.as_deref().map(str::to_ascii_lowercase);
+                let host = host.as_deref().map(|h| host_name(h).to_ascii_lowercase());
                 self.tombstones.add_url(host.as_deref(), &path, now);
                 match &host {
                     Some(host) => {
@@ -1410,6 +1421,12 @@ impl Store {
                             keys.push(hash_key(&CacheKey::new(url.as_str(), "")));
                             keys.extend(self.shared.index_take(&url));
                         }
+                        // The same URL on the other ports the key may hold.
+                        keys.extend(self.shared.index_take_matching(|url| {
+                            split_url(url).is_some_and(|(_, h, p)| {
+                                p == path && h.len() != host.len() && host_name(h) == host
+                            })
+                        }));
                         keys
                     }
                     None => self.shared.index_take_matching(|url| {
@@ -1418,12 +1435,12 @@ impl Store {
                 }
             }
             PurgeScope::Prefix { host, path_prefix } => {
-                let host = host.as_deref().map(str::to_ascii_lowercase);
+                let host = host.as_deref().map(|h| host_name(h).to_ascii_lowercase());
                 self.tombstones
                     .add_prefix(host.as_deref(), path_prefix, now);
                 self.shared.index_take_matching(|url| {
                     split_url(url).is_some_and(|(_, h, p)| {
-                        host.as_deref().is_none_or(|host| host == h)
+                        host.as_deref().is_none_or(|host| host == host_name(h))
                             && p.starts_with(path_prefix.as_str())
                     })
                 })
@@ -2219,6 +2236,39 @@ mod tests {
         assert_eq!(removed, 2);
         assert!(get(store, &a).await.is_none());
         assert!(get(store, &b).await.is_none());
+        assert!(get(store, &other).await.is_some());
+    }
+
+    /// A key may hold a port this deployment allows (`ent.fr:8443`); purges name the host
+    /// without one and cover every port, now and by tombstone.
+    #[tokio::test]
+    async fn purge_by_host_covers_every_port() {
+        let store = memory_store(4 << 20, 1 << 20);
+        let created = SystemTime::now() - std::time::Duration::from_secs(1);
+        let plain = key("https", "ent.fr", "/x");
+        let ported = key("https", "ent.fr:8443", "/x");
+        let v6 = key("https", "[::1]:8443", "/x");
+        let other = key("https", "ent.fr.evil:8443", "/x");
+        for k in [&plain, &ported, &v6, &other] {
+            put(store, k, b"x").await;
+        }
+        let removed = store.purge(&PurgeScope::Url {
+            host: Some("ENT.fr:443".into()),
+            path_and_query: "/x".into(),
+        });
+        assert_eq!(removed, 2);
+        assert!(get(store, &plain).await.is_none());
+        assert!(get(store, &ported).await.is_none());
+        assert!(get(store, &other).await.is_some());
+        assert!(store.purged_since("https://ent.fr:8443/x", created));
+        assert!(!store.purged_since("https://ent.fr.evil:8443/x", created));
+
+        store.purge(&PurgeScope::Prefix {
+            host: Some("[::1]".into()),
+            path_prefix: "/".into(),
+        });
+        assert!(get(store, &v6).await.is_none());
+        assert!(store.purged_since("https://[::1]:8443/y", created));
         assert!(get(store, &other).await.is_some());
     }
 

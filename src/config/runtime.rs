@@ -130,6 +130,9 @@ impl std::fmt::Debug for Secret {
 pub struct Server {
     pub threads: usize,
     pub trusted_proxies: Vec<IpNet>,
+    /// `server.public_ports`: the ports a request's host may name besides the scheme's
+    /// default and the listeners' (`policy::host::Ports`).
+    pub public_ports: Vec<u16>,
     pub grace_period: Duration,
     pub shutdown_timeout: Duration,
     pub upgrade_sock: PathBuf,
@@ -916,9 +919,21 @@ pub fn build(
             ),
         }
     }
+    let mut public_ports = Vec::new();
+    for (i, &port) in sf.public_ports.iter().enumerate() {
+        if port == 0 {
+            p.at(
+                path!["server", "public_ports", i],
+                "`0` is no port a client reaches: write the port of your load balancer, like `8443`",
+            );
+        } else if !public_ports.contains(&port) {
+            public_ports.push(port);
+        }
+    }
     let mut server = Server {
         threads,
         trusted_proxies,
+        public_ports,
         grace_period: match &sf.grace_period {
             Some(s) => match parse_duration(&s.0) {
                 Ok(d) => d,
