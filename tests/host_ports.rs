@@ -176,6 +176,16 @@ async fn an_allowed_port_is_part_of_the_cache_key_and_purges_cover_every_port() 
 /// One HTTP/2 (prior knowledge) GET of `http://{authority}{path}` to `addr`: the
 /// `:authority` exactly as written. Status and body.
 async fn h2_get(addr: SocketAddr, authority: &str, path: &str) -> (u16, String) {
+    h2_get_with_host(addr, authority, None, path).await
+}
+
+/// Same, with a `Host` field beside `:authority`.
+async fn h2_get_with_host(
+    addr: SocketAddr,
+    authority: &str,
+    host: Option<&str>,
+    path: &str,
+) -> (u16, String) {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -184,9 +194,11 @@ async fn h2_get(addr: SocketAddr, authority: &str, path: &str) -> (u16, String) 
             .await
             .expect("h2 handshake");
     tokio::spawn(conn);
-    let req = http::Request::get(format!("http://{authority}{path}"))
-        .body(Empty::<bytes::Bytes>::new())
-        .expect("request");
+    let mut req = http::Request::get(format!("http://{authority}{path}"));
+    if let Some(h) = host {
+        req = req.header("host", h);
+    }
+    let req = req.body(Empty::<bytes::Bytes>::new()).expect("request");
     let r = send.send_request(req).await.expect("h2 request");
     let status = r.status().as_u16();
     let body = r.into_body().collect().await.expect("body").to_bytes();
@@ -231,6 +243,13 @@ async fn over_http2_the_authority_reaches_the_ent_in_its_one_spelling() {
     for authority in ["ent.example:1234", "ent.example:443", "[::1]:81"] {
         let (s, body) = h2_get(e.proxy, authority, "/pub/home").await;
         assert_eq!(s, 421, "{authority}: {body}");
+    }
+    // A `Host` beside `:authority` naming another port (or spelled otherwise): pingora's
+    // own 400 (RFC 9113 §8.3.1), before ecluse; nothing forwarded either way.
+    let ours = format!("ent.example:{port}");
+    for host in ["ent.example:1234", "ent.example", "ENT.example"] {
+        let (s, body) = h2_get_with_host(e.proxy, &ours, Some(host), "/pub/home").await;
+        assert_eq!(s, 400, "{host}: {body}");
     }
     assert_eq!(ent.seen().len(), before);
 }
