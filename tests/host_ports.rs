@@ -61,10 +61,15 @@ async fn get(addr: SocketAddr, path: &str, host: &str, extra: &str) -> (u16, Str
 
 /// The host the ENT echoed (what it would build links from).
 fn echoed_host(answer: &str) -> String {
+    echoed(answer, "host")
+}
+
+/// A field of the ENT's JSON echo (`host`, `port`: its `X-Forwarded-Port`).
+fn echoed(answer: &str, field: &str) -> String {
     let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     let v: serde_json::Value =
         serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {answer}"));
-    v["host"].as_str().unwrap_or_default().to_string()
+    v[field].as_str().unwrap_or_default().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,16 +111,23 @@ async fn a_port_of_another_server_is_misdirected_and_never_reaches_the_ent() {
     assert_eq!(s, 200, "{answer}");
     assert_eq!(echoed_host(&answer), e.proxy.to_string());
     // Spellings of the listener's own port and of the default are one host each.
-    for (host, one) in [
-        (format!("127.0.0.1.:{port}"), format!("127.0.0.1:{port}")),
-        ("127.0.0.1:80".to_string(), "127.0.0.1".to_string()),
-        ("127.0.0.1:080".to_string(), "127.0.0.1".to_string()),
-        ("127.0.0.1:".to_string(), "127.0.0.1".to_string()),
-        ("[::1]:80".to_string(), "[::1]".to_string()),
+    // `X-Forwarded-Port` is the port of that host (80 when it names none), not the
+    // listener's: it follows the cache key like `Host`.
+    for (host, one, xfp) in [
+        (
+            format!("127.0.0.1.:{port}"),
+            format!("127.0.0.1:{port}"),
+            port,
+        ),
+        ("127.0.0.1:80".to_string(), "127.0.0.1".to_string(), 80),
+        ("127.0.0.1:080".to_string(), "127.0.0.1".to_string(), 80),
+        ("127.0.0.1:".to_string(), "127.0.0.1".to_string(), 80),
+        ("[::1]:80".to_string(), "[::1]".to_string(), 80),
     ] {
         let (s, answer) = get(e.proxy, "/echo", &host, "").await;
         assert_eq!(s, 200, "{host}: {answer}");
         assert_eq!(echoed_host(&answer), one, "{host}");
+        assert_eq!(echoed(&answer, "port"), xfp.to_string(), "{host}");
     }
     // A port that is no port stays a bad host (400), ecluse's page too.
     for host in ["127.0.0.1:65536", "127.0.0.1:8o", "127.0.0.1:-1"] {
@@ -134,10 +146,12 @@ async fn an_allowed_port_is_part_of_the_cache_key_and_purges_cover_every_port() 
     let (s, ported) = get(e.proxy, "/pub/home", "127.0.0.1:8443", "").await;
     assert_eq!(s, 200, "{ported}");
     assert_eq!(echoed_host(&ported), "127.0.0.1:8443");
+    assert_eq!(echoed(&ported, "port"), "8443");
     // ...and is never what a client of another port gets.
     let (s, plain) = get(e.proxy, "/pub/home", &own, "").await;
     assert_eq!(s, 200, "{plain}");
     assert_eq!(echoed_host(&plain), own);
+    assert_eq!(echoed(&plain, "port"), e.proxy.port().to_string());
     assert_eq!(ent.hits_on("/pub/home"), 2);
     // Each is stored under its own key, whatever the spelling of the port.
     for (host, want) in [

@@ -139,13 +139,17 @@ pub struct Ports<'a> {
     pub listening: &'a [u16],
     /// `server.public_ports`.
     pub public: &'a [u16],
+    /// Any port: ecluse's own warm request (token checked), keyed under the host ops
+    /// named (`POST /admin/cache/warm`), whatever listener it came through.
+    pub any: bool,
 }
 
 impl Ports<'_> {
     /// Whether a host naming `port` is for this deployment.
     pub fn allows(&self, port: u16) -> bool {
         port != 0
-            && (port == self.default
+            && (self.any
+                || port == self.default
                 || self.local == Some(port)
                 || self.listening.contains(&port)
                 || self.public.contains(&port))
@@ -180,6 +184,13 @@ pub fn admit(value: &[u8], ports: &Ports) -> Result<String, Refusal> {
         Some(port) if !ports.allows(port) => Err(Refusal::Misdirected { port }),
         _ => Ok(a.spelled(ports.default)),
     }
+}
+
+/// The port a host names, or the scheme's default (443 for https, else 80) when it
+/// names none or cannot be read: what `X-Forwarded-Port` says to the ENT.
+pub fn port_of(host: &[u8], https: bool) -> u16 {
+    let default = if https { 443 } else { 80 };
+    parse(host).ok().and_then(|a| a.port).unwrap_or(default)
 }
 
 #[cfg(test)]
@@ -275,6 +286,7 @@ mod tests {
             local: Some(18080),
             listening: &listening,
             public: &public,
+            any: false,
         };
         let admit = |v: &str| admit(v.as_bytes(), &ports);
         // The default port is spelled away, however it is written.
@@ -316,11 +328,16 @@ mod tests {
             local: Some(8443),
             listening: &[],
             public: &[],
+            any: false,
         };
         assert_eq!(super::admit(b"ent.fr:443", &tls).as_deref(), Ok("ent.fr"));
         assert_eq!(
             super::admit(b"ent.fr:80", &tls),
             Err(Refusal::Misdirected { port: 80 })
         );
+        assert_eq!(port_of(b"ent.fr", true), 443);
+        assert_eq!(port_of(b"ent.fr", false), 80);
+        assert_eq!(port_of(b"ent.fr:8443", false), 8443);
+        assert_eq!(port_of(b"[::1]:8080", true), 8080);
     }
 }

@@ -112,15 +112,23 @@ mod tunnel;
 
 /// The ports a request's host may name on this connection (`policy::host::Ports`): the
 /// default of the scheme the cache key uses (`https` on a TLS listener or from a trusted
-/// proxy that says so), this connection's local port, the listeners' and `public_ports`.
+/// proxy that says so), this connection's local port, the listeners', the
+/// `X-Forwarded-Port` of a trusted proxy and `public_ports`; any port on ecluse's own warm
+/// request.
 fn host_ports<'c>(
     config: &'c Config,
     session: &Session,
     tls: bool,
     trusted_peer: bool,
+    warm: bool,
     listening: &'c mut Vec<u16>,
 ) -> crate::policy::host::Ports<'c> {
+    let scheme = |name: &str| header(session.req_header(), name);
+    let warm_https = warm
+        && scheme(crate::admin::WARM_SCHEME_HEADER)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"https"));
     let https = tls
+        || warm_https
         || (trusted_peer
             && header(session.req_header(), "x-forwarded-proto")
                 .is_some_and(|p| p.eq_ignore_ascii_case(b"https")));
@@ -134,6 +142,12 @@ fn host_ports<'c>(
         config.listen.as_slice()
     };
     listening.extend(addrs.iter().map(|a| a.port()));
+    // Behind a trusted proxy, the port it says the client reached (`X-Forwarded-Port`).
+    if trusted_peer {
+        let said = header(session.req_header(), "x-forwarded-port")
+            .and_then(|p| std::str::from_utf8(p).ok()?.trim().parse::<u16>().ok());
+        listening.extend(said);
+    }
     crate::policy::host::Ports {
         default: if https { 443 } else { 80 },
         local: session
@@ -142,6 +156,7 @@ fn host_ports<'c>(
             .map(|a| a.port()),
         listening,
         public: &config.server.public_ports,
+        any: warm,
     }
 }
 
@@ -1636,7 +1651,15 @@ impl ProxyHttp for EcluseProxy {
         // A port that is not this deployment's is another server's: 421 (the ENT would
         // write it into links the shared cache serves to everyone).
         let mut listening = Vec::new();
-        let ports = host_ports(&config, session, self.tls, trusted_peer, &mut listening);
+        let warm = self.is_warm_request(session, ctx);
+        let ports = host_ports(
+            &config,
+            session,
+            self.tls,
+            trusted_peer,
+            warm,
+            &mut listening,
+        );
         if let Err(r) = hygiene::spell_host(session.req_header_mut(), &ports) {
             ctx.config = Some(config.clone());
             let problem = match r.status {
@@ -2102,6 +2125,7 @@ impl ProxyHttp for EcluseProxy {
             Some(s) => s.to_string(),
             None => proto_in.unwrap_or_else(|| hop_proto.to_string()),
         };
+        let https = proto == "https";
         upstream_request.insert_header("x-forwarded-proto", proto)?;
         // The client's address as every ecluse policy saw it (behind a trusted proxy:
         // the right-most untrusted address of its X-Forwarded-For).
@@ -2125,10 +2149,18 @@ impl ProxyHttp for EcluseProxy {
             }
         }
         if !(trusted_peer && req.headers.contains_key("x-forwarded-port")) {
-            let port = session
-                .server_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.port());
+            // The port of the host the client named (its default when it names none), not
+            // the listener's: what the ENT reads here must follow the cache key, or a client
+            // on another listener would get its port written into a shared page.
+            let port = host
+                .as_deref()
+                .map(|h| crate::policy::host::port_of(h.as_bytes(), https))
+                .or_else(|| {
+                    session
+                        .server_addr()
+                        .and_then(|a| a.as_inet())
+                        .map(|a| a.port())
+                });
             if let Some(port) = port {
                 upstream_request.insert_header("x-forwarded-port", port.to_string())?;
             }
