@@ -105,6 +105,19 @@ async fn a_port_of_another_server_is_misdirected_and_never_reaches_the_ent() {
         .await;
         assert_eq!(s, 421, "absolute-form {host}: {answer}");
     }
+    // Other orders and headers: HTTP/1.0 absolute form without `Host`; an IPv4-mapped or
+    // numeric host; an untrusted `X-Forwarded-Port` naming the port (removed, not
+    // believed); the queue's status path (answered by ecluse, but after the host check).
+    for head in [
+        "GET http://127.0.0.1:1234/pub/home HTTP/1.0\r\n".to_string(),
+        "GET /pub/home HTTP/1.1\r\nHost: [::ffff:127.0.0.1]:1234\r\n".to_string(),
+        "GET /pub/home HTTP/1.1\r\nHost: 2130706433:1234\r\n".to_string(),
+        "GET /pub/home HTTP/1.1\r\nHost: 127.0.0.1:1234\r\nX-Forwarded-Port: 1234\r\n".to_string(),
+        "GET /.ecluse/queue/status HTTP/1.1\r\nHost: 127.0.0.1:1234\r\n".to_string(),
+    ] {
+        let (s, answer) = raw(e.proxy, head.clone()).await;
+        assert_eq!(s, 421, "{head}: {answer}");
+    }
     assert!(ent.seen().is_empty(), "{:?}", ent.seen());
     // The page everyone gets names the port they reached.
     let (s, answer) = get(e.proxy, "/pub/home", &e.proxy.to_string(), "").await;
