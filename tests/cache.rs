@@ -576,7 +576,14 @@ async fn disk_tier_serves_after_a_restart_without_the_origin() {
     );
     let cfg = yaml(o.addr, &storage, FILES_ROUTE);
     let mut e = Ecluse::start(&cfg);
-    let r = client().get(e.url("/files/exam.pdf")).send().await.unwrap();
+    // One host for both processes: the key holds a non-default port (#17), and the
+    // restarted process listens on another one.
+    let r = client()
+        .get(e.url("/files/exam.pdf"))
+        .header("host", "ent.test")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.bytes().await.unwrap().len(), 300_000);
     e.signal(libc::SIGTERM);
     assert!(
@@ -588,6 +595,7 @@ async fn disk_tier_serves_after_a_restart_without_the_origin() {
     let e2 = Ecluse::start(&cfg);
     let r = client()
         .get(e2.url("/files/exam.pdf"))
+        .header("host", "ent.test")
         .send()
         .await
         .unwrap();
@@ -765,7 +773,8 @@ async fn admin_warm_and_purge_and_reupload_invalidation() {
     // Warm before 08:00.
     let r = c
         .post(e.admin_url("/admin/cache/warm"))
-        .body(r#"{"host": "127.0.0.1", "urls": ["/files/exam.pdf", "/files/other.pdf", "/files/missing.pdf"]}"#)
+        // The host students use, port included (a non-default port is part of the key).
+        .body(format!(r#"{{"host": "{}", "urls": ["/files/exam.pdf", "/files/other.pdf", "/files/missing.pdf"]}}"#, e.proxy))
         .send()
         .await
         .unwrap();
@@ -1006,10 +1015,18 @@ async fn warming_an_https_url_serves_students_arriving_over_tls() {
     assert_eq!(v["results"][1]["scheme"], "https", "{v}");
     assert_eq!(o.counts("/files/exam.pdf").full, 1);
     // A student over TLS: a hit, no origin fetch.
-    let s = cert.client(tls_addr);
+    // Their browser reaches `https://localhost/`: the default port, no port in `Host`
+    // (HTTP/1.1, where `Host` may be written apart from the URL's port).
+    let s = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert_pem.as_bytes()).unwrap())
+        .resolve("localhost", tls_addr)
+        .http1_only()
+        .build()
+        .unwrap();
     for path in ["/files/exam.pdf", "/files/notes.pdf"] {
         let r = s
             .get(format!("https://localhost:{}{path}", tls_addr.port()))
+            .header("host", "localhost")
             .send()
             .await
             .unwrap();
@@ -1028,6 +1045,7 @@ async fn warming_an_https_url_serves_students_arriving_over_tls() {
             "http://localhost:{}/files/exam.pdf",
             e.proxy.port()
         ))
+        .header("host", "localhost")
         .send()
         .await
         .unwrap();

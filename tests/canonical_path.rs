@@ -644,7 +644,9 @@ async fn send_head(addr: SocketAddr, head: &str) -> (u16, String) {
 }
 
 fn host_yaml(origin: SocketAddr) -> String {
-    yaml(origin, "").replacen(
+    // 8080: a public port (a balancer's), kept in what the ENT receives (`host_ports.rs`
+    // tests the ports that are not).
+    yaml(origin, ", public_ports: [8080]").replacen(
         "routes:\n",
         "routes:\n  - name: visio-host\n    match: { hosts: [visio.ent.fr] }\n    origin: ent\n    feature: visio\n",
         1,
@@ -766,4 +768,50 @@ async fn every_spelling_of_a_host_is_one_host() {
             .any(|(k, v)| k == "host" && v == "ent.fr:8080"),
         "{last:?}"
     );
+}
+
+/// In front of a Windows ENT (`case_insensitive: true`), an 8.3 short name or a character
+/// Windows reads as ASCII is another spelling of a protected path: refused (400), never
+/// forwarded. In front of a case-sensitive ENT (the default) they are names of their own,
+/// forwarded as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_short_names_and_lookalikes_are_refused_in_front_of_a_windows_ent() {
+    let ent = LenientEnt::start().await;
+    ent.set_case_insensitive(true);
+    ent.set_windows_lookalikes(true);
+    let e = start(ent.addr, ", paths: { case_insensitive: true }");
+    let addr = e.proxy;
+    let lookalikes = [
+        "/VISIO~1/room",
+        "/vis~1/room",
+        "/visio~1.x/room",
+        "/%56ISIO%7E1/room",
+        "/visio%EF%BC%8Froom",
+        "/%EF%BD%96isio/room",
+        "/%EF%BC%B6%EF%BC%A9%EF%BC%B3%EF%BC%A9%EF%BC%AF/room",
+        "/x%EF%BC%8F%EF%BC%8E%EF%BC%8E%EF%BC%8Fvisio/room",
+        "/x/..%EF%BC%8Fvisio/room",
+    ];
+    for t in lookalikes {
+        let (s, body) = get(addr, t).await;
+        assert_eq!(s, 400, "{t}: {body}");
+    }
+    // The switched-off feature was never reached, by any of them.
+    assert_eq!(ent.hits_on("/visio/room"), 0, "{:?}", ent.seen());
+    // Names that only look close still pass.
+    for t in ["/~user/page", "/v1/page", "/caf%C3%A9/page"] {
+        let (s, body) = get(addr, t).await;
+        assert_eq!(s, 200, "{t}: {body}");
+    }
+    drop(e);
+
+    // Default (case-sensitive, not Windows): other names, forwarded as sent.
+    let ent2 = LenientEnt::start().await;
+    let e = start(ent2.addr, "");
+    for t in ["/SECRET~1/page", "/a%EF%BC%8Fb"] {
+        let (s, body) = get(e.proxy, t).await;
+        assert_eq!(s, 200, "{t}: {body}");
+    }
+    let raws: Vec<String> = ent2.seen().into_iter().map(|s| s.raw).collect();
+    assert_eq!(raws, ["/SECRET~1/page", "/a%EF%BC%8Fb"]);
 }

@@ -597,3 +597,51 @@ routes:
     match: { path_prefix: / }
     origin: ent
 "#;
+
+/// A Windows backend's reading on top of the lenient one (as `LenientEnt`'s
+/// `set_windows_lookalikes`): fullwidth forms are their ASCII character (NFKC, best-fit),
+/// a segment `NAME~N` (8.3) is the long name it abbreviates, and case is ignored.
+fn windows_reading(path: &[u8]) -> Vec<u8> {
+    let ascii: String = String::from_utf8_lossy(&lenient(path))
+        .chars()
+        .map(|c| match c as u32 {
+            0xFF01..=0xFF5E => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+            _ => c,
+        })
+        .collect();
+    let long: Vec<String> = ascii
+        .split('/')
+        .map(|seg| {
+            let base = seg.split('.').next().unwrap_or_default();
+            match base.rsplit_once('~') {
+                Some((_, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                    "the-long-name".to_string()
+                }
+                _ => seg.to_string(),
+            }
+        })
+        .collect();
+    lenient(long.join("/").as_bytes()).to_ascii_lowercase()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    #[test]
+    fn a_windows_backend_reads_what_ecluse_matched_under_case_insensitive(
+        text in "(/|\\.|~|[0-9]|[a-zA-Z]|%7[eE]|%EF%BC%8F|%EF%BC%8E|%EF%BC%BC|%EF%BD%96|%EF%BC%B6|%ef%bc%8f|%C2%A5|%C3%A9){0,24}",
+    ) {
+        // Under `case_insensitive` (a Windows ENT), whatever ecluse accepts a Windows
+        // backend reads as the path ecluse matched: no fullwidth character or 8.3 name
+        // makes it another one.
+        let input = format!("/{text}");
+        let p = PathPolicy { case_insensitive: true, ..PathPolicy::default() };
+        if let Some(c) = canon(input.as_bytes(), &p) {
+            prop_assert_eq!(
+                windows_reading(&c),
+                lenient(&c).to_ascii_lowercase(),
+                "{} → {}", input, String::from_utf8_lossy(&c)
+            );
+        }
+    }
+}

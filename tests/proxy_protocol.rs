@@ -114,6 +114,24 @@ impl Drop for Haproxy {
 }
 
 /// A client on its own loopback address.
+/// Clients write the balancer's port in `Host` (`127.0.0.1:FRONT`): ops declare it as a
+/// public port (#17: any other port is 421), here once HAProxy has its ports.
+async fn declare_balancer_ports(e: &Ecluse, yaml: &str, lb: &Haproxy) {
+    let declared = format!(
+        "server: {{ public_ports: [{}, {}], grace_period",
+        lb.v2.port(),
+        lb.v1.port()
+    );
+    assert!(yaml.contains("server: { grace_period"), "{yaml}");
+    e.write_config(&yaml.replacen("server: { grace_period", &declared, 1));
+    let r = reqwest::Client::new()
+        .post(e.admin_url("/admin/reload"))
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+}
+
 fn client_from(ip: &str) -> reqwest::Client {
     reqwest::Client::builder()
         .local_address(ip.parse::<IpAddr>().expect("ip"))
@@ -162,6 +180,7 @@ async fn behind_haproxy_the_client_address_is_the_real_one_everywhere() {
     let ent = LenientEnt::start().await;
     let e = Ecluse::start(&yaml(ent.addr));
     let lb = Haproxy::start(e.proxy);
+    declare_balancer_ports(&e, &yaml(ent.addr), &lb).await;
     for (front, version) in [(lb.v2, "v2"), (lb.v1, "v1")] {
         let path = format!("/page/{version}");
         let r = client_from("127.0.0.3")
@@ -382,6 +401,7 @@ routes:
     let tls = e.tls.expect("tls listener");
     // HAProxy in TCP mode passes the TLS bytes through, after its PROXY header.
     let lb = Haproxy::start(tls);
+    declare_balancer_ports(&e, &yaml, &lb).await;
     for (front, version) in [(lb.v2, "v2"), (lb.v1, "v1")] {
         for (sni, pem) in [("a.test", &a), ("b.test", &b)] {
             let path = format!("/tls/{version}/{sni}");

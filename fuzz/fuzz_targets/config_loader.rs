@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Once;
 
 use ecluse::config::check_text;
-use ecluse::config::runtime::Shared;
+use ecluse::config::runtime::Retained;
 use libfuzzer_sys::fuzz_target;
 
 static ENV: Once = Once::new();
@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let text = text.as_str();
     // A fresh registry per input, as `ecluse check` uses: nothing carries over.
-    let registry = Shared::default();
+    let registry = Retained::default();
     if let Err(problems) = check_text(text, Path::new("/nonexistent/fuzz.yaml"), &registry, 1) {
         assert!(!problems.is_empty(), "an error without a problem");
         // YAML line breaks: CRLF, LF, and a lone CR too (YAML 1.2 §5.4), as the parser

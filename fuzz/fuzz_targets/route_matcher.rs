@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use ecluse::config::runtime::Shared;
+use ecluse::config::runtime::Retained;
 use ecluse::config::{check_text, Config};
 use ecluse::policy::route::{host_without_port, HostPattern, Matcher};
 use http::Method;
@@ -96,7 +96,7 @@ fn loaded() -> &'static Config {
         check_text(
             POLICY,
             Path::new("/nonexistent/fuzz.yaml"),
-            &Shared::default(),
+            &Retained::default(),
             1,
         )
         .expect("the fuzz policy is valid")

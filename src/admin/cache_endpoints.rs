@@ -56,6 +56,16 @@ fn scheme_word(s: &str) -> Option<&'static str> {
     }
 }
 
+/// `host` in the one spelling of `policy::host` for `scheme` (as it is as written, lower
+/// case, when it is no host: the proxy then refuses the warm request, and a purge matches
+/// nothing).
+fn spell_host(host: &str, scheme: &str) -> String {
+    let default = if scheme == "https" { 443 } else { 80 };
+    crate::policy::host::parse(host.as_bytes())
+        .map(|a| a.spelled(default))
+        .unwrap_or_else(|_| host.to_ascii_lowercase())
+}
+
 /// Split `https://host/path?q` or `/path?q`.
 fn split_url(u: &str) -> Result<Target, String> {
     let uri: http::Uri = u
@@ -76,10 +86,13 @@ fn split_url(u: &str) -> Result<Target, String> {
     }
     Ok(Target {
         scheme,
-        // Spelled like a request's host (`proxy::cache::request_host`): no root dot.
+        // Spelled like a request's host in the cache key (`proxy::cache_phase::
+        // request_host`): lower case, no root dot, no default port, another port kept (a
+        // warm of `https://ent.fr:8443/x` stores what students of that port get; a purge
+        // covers every port anyway).
         host: uri
-            .host()
-            .map(|h| crate::policy::route::host_without_port(h).to_ascii_lowercase()),
+            .authority()
+            .map(|a| spell_host(a.as_str(), scheme.unwrap_or("http"))),
         path_and_query: pq,
     })
 }
@@ -110,7 +123,11 @@ fn key_path_and_query(
     };
     let mode = config
         .router
-        .find(host.unwrap_or(""), path.as_bytes(), &http::Method::GET)
+        .find(
+            crate::policy::route::host_without_port(host.unwrap_or("")),
+            path.as_bytes(),
+            &http::Method::GET,
+        )
         .and_then(|r| r.cache.as_ref().map(|c| c.query))
         .unwrap_or(QueryMode::Sort);
     let q = normalize_query(query, mode);
@@ -273,7 +290,10 @@ pub async fn warm(app: &App, req: Request<Incoming>) -> Resp {
         };
         match split_url(s) {
             Ok(t) => match t.host.or_else(|| host.clone()) {
-                Some(h) => targets.push((t.scheme.unwrap_or(default_scheme), h, t.path_and_query)),
+                Some(h) => {
+                    let scheme = t.scheme.unwrap_or(default_scheme);
+                    targets.push((scheme, spell_host(&h, scheme), t.path_and_query))
+                }
                 None => {
                     return error(
                         StatusCode::BAD_REQUEST,
@@ -467,7 +487,10 @@ async fn fetch(
                     .await
                     .map_err(|e| format!("connect {addr}: {e}"))?;
                 // The name only fills SNI: the certificate is pinned, not matched by name.
-                let name = pingora::tls::ServerName::try_from(host.to_string())
+                let name = crate::policy::route::host_without_port(host)
+                    .trim_matches(['[', ']'])
+                    .to_string();
+                let name = pingora::tls::ServerName::try_from(name)
                     .unwrap_or_else(|_| pingora::tls::ServerName::IpAddress(addr.ip().into()));
                 let tls = connector
                     .connect(name, stream)

@@ -40,6 +40,12 @@ pub(super) fn split_url(url: &str) -> Option<(&str, &str, &str)> {
     Some((rest, &rest[..slash], &rest[slash..]))
 }
 
+/// The host of a key without its port (`ent.fr:8443` → `ent.fr`, `[::1]:8443` → `[::1]`):
+/// what purges name, so a purge by host covers every port.
+pub(super) fn host_name(host: &str) -> &str {
+    crate::policy::route::host_without_port(host)
+}
+
 /// foyer key of a pingora key.
 pub(super) fn hash_key<K: CacheHashKey>(key: &K) -> u128 {
     u128::from_be_bytes(key.combined_bin())

@@ -33,7 +33,7 @@ use super::disk_plan::{shard_count, DiskPlan};
 use super::engine::{Gen, GenPlan, Shared};
 use super::guard::DiskGuard;
 pub use super::key::primary_key;
-use super::key::{hash_key, normalize_path, split_url};
+use super::key::{hash_key, host_name, normalize_path, split_url};
 use super::object::{empty_header_bytes, CachedObject};
 use super::space;
 use super::tombstones::{Tombstones, TOMBSTONES_FILE};
@@ -379,7 +379,7 @@ impl Store {
                 path_and_query,
             } => {
                 let path = normalize_path(path_and_query);
-                let host = host.as_deref().map(str::to_ascii_lowercase);
+                let host = host.as_deref().map(|h| host_name(h).to_ascii_lowercase());
                 self.tombstones.add_url(host.as_deref(), &path, now);
                 match &host {
                     Some(host) => {
@@ -389,6 +389,12 @@ impl Store {
                             keys.push(hash_key(&CacheKey::new(url.as_str(), "")));
                             keys.extend(self.shared.index_take(&url));
                         }
+                        // The same URL on the other ports the key may hold.
+                        keys.extend(self.shared.index_take_matching(|url| {
+                            split_url(url).is_some_and(|(_, h, p)| {
+                                p == path && h.len() != host.len() && host_name(h) == host
+                            })
+                        }));
                         keys
                     }
                     None => self.shared.index_take_matching(|url| {
@@ -397,12 +403,12 @@ impl Store {
                 }
             }
             PurgeScope::Prefix { host, path_prefix } => {
-                let host = host.as_deref().map(str::to_ascii_lowercase);
+                let host = host.as_deref().map(|h| host_name(h).to_ascii_lowercase());
                 self.tombstones
                     .add_prefix(host.as_deref(), path_prefix, now);
                 self.shared.index_take_matching(|url| {
                     split_url(url).is_some_and(|(_, h, p)| {
-                        host.as_deref().is_none_or(|host| host == h)
+                        host.as_deref().is_none_or(|host| host == host_name(h))
                             && p.starts_with(path_prefix.as_str())
                     })
                 })

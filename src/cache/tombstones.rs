@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 
-use super::key::split_url;
+use super::key::{host_name, split_url};
 
 // ---------------------------------------------------------------------------------------
 // Tombstones.
@@ -102,11 +102,16 @@ impl TombSet {
             return false;
         };
         let before = |t: Option<&SystemTime>| t.is_some_and(|t| created < *t);
+        // Purges name hosts without a port and cover every port the key may hold
+        // (`proxy::cache_phase::request_host`): `ent.fr:8443` is looked up as `ent.fr`.
+        let name = host_name(host);
         before(self.by_url.get(host_path))
+            || (name.len() != host.len()
+                && before(self.by_url.get(format!("{name}{path}").as_str())))
             || before(self.by_path.get(path))
             || self.prefixes.iter().any(|p| {
                 created < p.at
-                    && p.host.as_deref().is_none_or(|h| h == host)
+                    && p.host.as_deref().is_none_or(|h| h == name)
                     && path.starts_with(&*p.prefix)
             })
     }

@@ -103,6 +103,9 @@ pub enum Problem {
     /// This client's address already holds its share of the body budgets
     /// (`max_per_client`): its other uploads must end first.
     ClientBodyCap,
+    /// The request names a port of another server (`Host: ent.fr:1234`): 421 (RFC 9110
+    /// §15.5.20), not proxied, so no page the ENT builds from that host is made or stored.
+    Misdirected,
 }
 
 /// A page's words: what happened, why (and that it is not the pupil's fault), what
@@ -147,6 +150,7 @@ impl Problem {
             Problem::LengthRequired => 411,
             Problem::NoBodySpace => 503,
             Problem::ClientBodyCap => 503,
+            Problem::Misdirected => 421,
         }
     }
 
@@ -163,6 +167,7 @@ impl Problem {
             Problem::LengthRequired => "length_required",
             Problem::NoBodySpace => "body_storage_full",
             Problem::ClientBodyCap => "client_uploads_full",
+            Problem::Misdirected => "misdirected_request",
         }
     }
 
@@ -172,7 +177,7 @@ impl Problem {
             Problem::RateLimited => PageKind::RateLimited,
             Problem::OriginBusy | Problem::NoBodySpace | Problem::ClientBodyCap => PageKind::Shed,
             Problem::BadGateway | Problem::GatewayTimeout => PageKind::OriginError,
-            Problem::BadRequest => PageKind::BadRequest,
+            Problem::BadRequest | Problem::Misdirected => PageKind::BadRequest,
             Problem::NoRoute
             | Problem::Internal
             | Problem::PayloadTooLarge
@@ -287,6 +292,20 @@ impl Problem {
                 "It is not your fault: a broken link or an old cookie can cause this.",
                 "Go back to the home page and try again. If it happens again, close the browser and open it again.",
                 "Go back to the home page and try again. If it happens again, close the browser and open it again.",
+            ),
+            (Problem::Misdirected, Lang::Fr) => w(
+                "Cette adresse n'est pas la bonne",
+                "L'adresse demandée contient un numéro de port qui ne mène pas à ce site.",
+                "Ce n'est pas de votre faute : le lien que vous avez suivi est sans doute mal écrit.",
+                "Tapez l'adresse du site sans numéro de port (sans « :1234 » après le nom), ou passez par le lien de votre établissement.",
+                "Tapez l'adresse du site sans numéro de port (sans « :1234 » après le nom), ou passez par le lien de votre établissement.",
+            ),
+            (Problem::Misdirected, Lang::En) => w(
+                "This address is not the right one",
+                "The address asked for has a port number that does not lead to this site.",
+                "It is not your fault: the link you followed is probably mistyped.",
+                "Type the site's address without a port number (no “:1234” after the name), or use your school's link.",
+                "Type the site's address without a port number (no “:1234” after the name), or use your school's link.",
             ),
             (Problem::NoRoute, Lang::Fr) => w(
                 "Page introuvable",

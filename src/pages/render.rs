@@ -499,6 +499,7 @@ impl Pages {
                         | Problem::LengthRequired
                         | Problem::NoRoute
                         | Problem::BadRequest
+                        | Problem::Misdirected
                 ) {
                     ""
                 } else {

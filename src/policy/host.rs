@@ -119,6 +119,80 @@ pub fn parse(value: &[u8]) -> Result<Authority, HostError> {
     })
 }
 
+/// Which ports a request's host may name: the scheme's default (80 for http, 443 for
+/// https), the port the connection reached, the ports ecluse listens on for that scheme,
+/// and the public ports ops declare (`server.public_ports`, a balancer on another port).
+///
+/// Why: the port is part of what the ENT receives (`Host`, `X-Forwarded-Host`), and an
+/// ENT that builds absolute links from `Host` writes it into pages. A port no client of
+/// this deployment can use (`ent.fr:1234`) is a request for another server (RFC 9110
+/// §15.5.20, 421 Misdirected Request); the ports that stay are bounded and part of the
+/// cache key, so a page built for one never answers another.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports<'a> {
+    /// The scheme's default port: spelled away.
+    pub default: u16,
+    /// The local port of the connection, when known.
+    pub local: Option<u16>,
+    /// The ports of ecluse's listeners for this scheme (0, a port picked at bind time,
+    /// never matches: `local` covers it).
+    pub listening: &'a [u16],
+    /// `server.public_ports`.
+    pub public: &'a [u16],
+    /// Any port: ecluse's own warm request (token checked), keyed under the host ops
+    /// named (`POST /admin/cache/warm`), whatever listener it came through.
+    pub any: bool,
+}
+
+impl Ports<'_> {
+    /// Whether a host naming `port` is for this deployment.
+    pub fn allows(&self, port: u16) -> bool {
+        port != 0
+            && (self.any
+                || port == self.default
+                || self.local == Some(port)
+                || self.listening.contains(&port)
+                || self.public.contains(&port))
+    }
+}
+
+/// Why a host is not admitted: a bad spelling (400) or a port that is not this
+/// deployment's (421).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    Bad(HostError),
+    #[error("port {port} is not a port of this server")]
+    Misdirected { port: u16 },
+}
+
+impl Refusal {
+    /// The access log's decision.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Bad(_) => "bad_host",
+            Refusal::Misdirected { .. } => "misdirected_host",
+        }
+    }
+}
+
+/// Check a host value and spell it once, for `ports`: `Err(Misdirected)` when it names a
+/// port that is not this deployment's. Pure; never panics.
+pub fn admit(value: &[u8], ports: &Ports) -> Result<String, Refusal> {
+    let a = parse(value).map_err(Refusal::Bad)?;
+    match a.port {
+        Some(port) if !ports.allows(port) => Err(Refusal::Misdirected { port }),
+        _ => Ok(a.spelled(ports.default)),
+    }
+}
+
+/// The port a host names, or the scheme's default (443 for https, else 80) when it
+/// names none or cannot be read: what `X-Forwarded-Port` says to the ENT.
+pub fn port_of(host: &[u8], https: bool) -> u16 {
+    let default = if https { 443 } else { 80 };
+    parse(host).ok().and_then(|a| a.port).unwrap_or(default)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,5 +275,69 @@ mod tests {
         }
         assert_eq!(parse(&[b'a'; 254]), Err(HostError::TooLong));
         assert!(parse(&[b'a'; 253]).is_ok());
+    }
+
+    #[test]
+    fn only_this_deployments_ports_are_admitted() {
+        let public = [8443u16];
+        let listening = [0u16, 8080];
+        let ports = Ports {
+            default: 80,
+            local: Some(18080),
+            listening: &listening,
+            public: &public,
+            any: false,
+        };
+        let admit = |v: &str| admit(v.as_bytes(), &ports);
+        // The default port is spelled away, however it is written.
+        for v in [
+            "ent.fr",
+            "ent.fr:80",
+            "ent.fr:080",
+            "ent.fr:00080",
+            "ent.fr:",
+            "ENT.fr.:80",
+        ] {
+            assert_eq!(admit(v).as_deref(), Ok("ent.fr"), "{v}");
+        }
+        assert_eq!(admit("[::1]:80").as_deref(), Ok("[::1]"));
+        // The ports of this deployment stay, spelled once.
+        assert_eq!(admit("ENT.fr:18080").as_deref(), Ok("ent.fr:18080"));
+        assert_eq!(admit("ent.fr:08080").as_deref(), Ok("ent.fr:8080"));
+        assert_eq!(admit("ent.fr.:8443").as_deref(), Ok("ent.fr:8443"));
+        assert_eq!(admit("[::1]:8443").as_deref(), Ok("[::1]:8443"));
+        // Any other port is another server's: 421, whatever its spelling.
+        for (v, port) in [
+            ("ent.fr:1234", 1234),
+            ("ent.fr:01234", 1234),
+            ("ent.fr:443", 443),
+            ("ent.fr:0", 0),
+            ("ent.fr:00000", 0),
+            ("[::1]:81", 81),
+            ("127.0.0.1:65535", 65535),
+        ] {
+            assert_eq!(admit(v), Err(Refusal::Misdirected { port }), "{v}");
+        }
+        // A port that is no port stays a bad host (400), not a misdirected one.
+        for v in ["ent.fr:65536", "ent.fr:1234x", "ent.fr:+80", "ent.fr::80"] {
+            assert!(matches!(admit(v), Err(Refusal::Bad(_))), "{v}");
+        }
+        // Over https the default is 443, and 80 is another server's.
+        let tls = Ports {
+            default: 443,
+            local: Some(8443),
+            listening: &[],
+            public: &[],
+            any: false,
+        };
+        assert_eq!(super::admit(b"ent.fr:443", &tls).as_deref(), Ok("ent.fr"));
+        assert_eq!(
+            super::admit(b"ent.fr:80", &tls),
+            Err(Refusal::Misdirected { port: 80 })
+        );
+        assert_eq!(port_of(b"ent.fr", true), 443);
+        assert_eq!(port_of(b"ent.fr", false), 80);
+        assert_eq!(port_of(b"ent.fr:8443", false), 8443);
+        assert_eq!(port_of(b"[::1]:8080", true), 8080);
     }
 }

@@ -16,3 +16,4 @@ pub mod route;
 pub mod signals;
 pub mod ticket;
 pub mod waiting_room;
+pub mod windows_lookalikes;

@@ -148,6 +148,8 @@ pub enum PathError {
     DoubleEncoded { at: usize },
     #[error("a path segment of only dots and spaces (`...`, `..%20`) or an NTFS stream (`::$DATA`): a Windows backend reads it as `.` or `..`")]
     DotsAndSpaces,
+    #[error("an 8.3 short name (`SECRET~1`) or a character Windows reads as ASCII (fullwidth `／`, `＼`, `．`, letters; best-fit `¥`) in the path (`server.paths.case_insensitive: true`)")]
+    WindowsName,
 }
 
 impl PathError {
@@ -162,6 +164,7 @@ impl PathError {
             PathError::NotAPath => "bad_path_form",
             PathError::DoubleEncoded { .. } => "bad_path_double_encoded",
             PathError::DotsAndSpaces => "bad_path_dots_and_spaces",
+            PathError::WindowsName => "bad_path_windows_name",
         }
     }
 }
@@ -336,6 +339,75 @@ fn already_canonical(path: &[u8], policy: &PathPolicy) -> bool {
 /// The canonical form of a path (no query, no fragment; starts with `/` or is refused).
 /// Borrowed when `path` is canonical already.
 pub fn canonical_path<'a>(path: &'a [u8], policy: &PathPolicy) -> Result<Cow<'a, [u8]>, PathError> {
+    let c = canonical_path_spelled(path, policy)?;
+    if policy.case_insensitive {
+        windows_names(&c)?;
+    }
+    Ok(c)
+}
+
+/// In front of a Windows ENT (`case_insensitive`), refuse the names Windows reads as
+/// another one: a canonical path is ASCII, but Windows still maps
+///
+/// - an 8.3 short name (`/SECRET~1/` is `/secretfolder/` to NTFS, and IIS serves it):
+///   a segment whose name before its first `.` ends in `~` and digits;
+/// - a character it (or the .NET, Java or Python code behind IIS) reads as ASCII: NFKC
+///   (`%EF%BC%8F`, U+FF0F, is `/`; U+FF0E `.`, U+FF3C `\`, fullwidth letters) or its
+///   best-fit conversion to the ANSI code page (`¥` is `\` in Japanese, `Ā` is `A`)
+///   ([`super::windows_lookalikes`]).
+///
+/// Either would let `/visio` be spelled past its route, so both are a 400 rather than a
+/// mapping (no mapping is exact: which short name a folder has depends on the disk).
+/// Elsewhere they are only other names (a case-sensitive, non-Windows ENT reads
+/// `/ＶＩＳＩＯ/` and `/SECRET~1/` as files of their own) and pass as usual.
+fn windows_names(canonical: &[u8]) -> Result<(), PathError> {
+    for seg in canonical.split(|&b| b == b'/') {
+        let base = seg.split(|&b| b == b'.').next().unwrap_or_default();
+        if let Some(t) = base.iter().rposition(|&b| b == b'~') {
+            let digits = &base[t + 1..];
+            if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) {
+                return Err(PathError::WindowsName);
+            }
+        }
+    }
+    // The runs of escaped bytes above 0x7F, decoded: each one's characters.
+    let mut run = Vec::new();
+    let mut i = 0;
+    while i <= canonical.len() {
+        let byte = match canonical.get(i..i + 3) {
+            Some([b'%', h, l]) => match (hex(*h), hex(*l)) {
+                (Some(h), Some(l)) if h >= 8 => Some((h << 4) | l),
+                _ => None,
+            },
+            _ => None,
+        };
+        match byte {
+            Some(b) => {
+                run.push(b);
+                i += 3;
+            }
+            None => {
+                if !run.is_empty() {
+                    if String::from_utf8_lossy(&run)
+                        .chars()
+                        .any(super::windows_lookalikes::is_lookalike)
+                    {
+                        return Err(PathError::WindowsName);
+                    }
+                    run.clear();
+                }
+                i += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`canonical_path`] without the Windows names check.
+fn canonical_path_spelled<'a>(
+    path: &'a [u8],
+    policy: &PathPolicy,
+) -> Result<Cow<'a, [u8]>, PathError> {
     if path.first() != Some(&b'/') {
         return Err(PathError::NotAPath);
     }
@@ -900,6 +972,66 @@ mod tests {
         );
         assert!(!canonical_target(b"/files/a", &ci).unwrap().rewritten());
         assert!(canonical_target(b"/Files/a", &ci).unwrap().rewritten());
+    }
+
+    #[test]
+    fn windows_names_are_refused_in_front_of_a_case_insensitive_ent() {
+        let ci = PathPolicy {
+            case_insensitive: true,
+            ..PathPolicy::default()
+        };
+        for p in [
+            // 8.3 short names, any case, with or without an extension, any number.
+            "/SECRET~1/",
+            "/secret~1/x",
+            "/visio/ROOM~12.HTM",
+            "/a/VISIO~1",
+            "/%53ECRET%7E1/",
+            "/x~0123456",
+            // Fullwidth `/`, `.`, `\`, letters; small and other forms that NFKC reads as
+            // ASCII; best-fit `\` and `/`.
+            "/visio%EF%BC%8Froom",
+            "/%EF%BC%8E%EF%BC%8E/visio",
+            "/visio%EF%BC%BCroom",
+            "/%EF%BD%96isio/room",
+            "/%EF%BC%B6%EF%BC%A9%EF%BC%B3%EF%BC%A9%EF%BC%AF/room",
+            "/visio%EF%B9%A8room",
+            "/visio%E2%80%A4%E2%80%A4",
+            "/a%C2%A0b",
+            "/%C2%A5..%C2%A5visio",
+            "/visio%E2%88%95room",
+            "/visio%E2%81%84room",
+            "/%C4%80dmin",
+            "/%C5%82ogin",
+            "/%EF%AC%81les",
+            "/%F0%9D%90%AFisio",
+            "/visio%E2%84%A2",
+        ] {
+            assert_eq!(
+                canon_with(p, &ci),
+                Err(PathError::WindowsName),
+                "{p}: {:?}",
+                canon_with(p, &ci)
+            );
+            // A case-sensitive, non-Windows ENT reads them as names of their own.
+            assert!(canon(p).is_ok(), "{p}");
+        }
+        // What is not one: `~` without digits, digits without `~`, a `~1` in the
+        // extension only, French letters, quotes and the euro sign of Windows-1252.
+        for p in [
+            "/~user/",
+            "/a~b/",
+            "/a~/",
+            "/v1/",
+            "/a.b~1/",
+            "/%C3%A9l%C3%A8ve/",
+            "/c%C5%93ur/",
+            "/l%E2%80%99%C3%A9cole",
+            "/prix-%E2%82%AC",
+            "/%E4%B8%AD%E6%96%87",
+        ] {
+            assert!(canon_with(p, &ci).is_ok(), "{p}: {:?}", canon_with(p, &ci));
+        }
     }
 
     #[test]

@@ -20,16 +20,20 @@ use crate::cache::{store, PurgeScope};
 use crate::policy::cache_rules::{credential_items, has_credentials, normalize_query, CacheMode};
 use crate::policy::route::host_without_port;
 
-/// The request's host, lowercased, without port.
+/// The request's host as the cache key holds it: its one spelling (`hygiene::spell_host`
+/// has rewritten it, lower-case, no root dot, no default port), so a port this deployment
+/// allows besides the default (`server.public_ports`, a listener's) is in the key: the ENT
+/// receives that port and may write it into links, so its pages are not another port's.
+/// Purges by host cover every port (`Store::purge`).
 pub(super) fn request_host(req: &RequestHeader) -> String {
     req.uri
-        .host()
+        .authority()
+        .map(|a| a.as_str())
         .or_else(|| {
             req.headers
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
         })
-        .map(host_without_port)
         .unwrap_or("")
         .to_ascii_lowercase()
 }
@@ -629,7 +633,9 @@ impl EcluseProxy {
             let Ok(uri) = v.parse::<http::Uri>() else {
                 continue;
             };
-            let same_host = uri.host().is_none_or(|h| h.eq_ignore_ascii_case(&host));
+            let same_host = uri
+                .host()
+                .is_none_or(|h| h.eq_ignore_ascii_case(host_without_port(&host)));
             // The path in the canonical form keys are made of (`/files/%61.pdf` is the
             // stored `/files/a.pdf`); one without a canonical form was never stored.
             let config = self.app.config();

@@ -46,6 +46,7 @@ impl EcluseProxy {
             Some(s) => s.to_string(),
             None => proto_in.unwrap_or_else(|| hop_proto.to_string()),
         };
+        let https = proto == "https";
         upstream_request.insert_header("x-forwarded-proto", proto)?;
         // The client's address as every ecluse policy saw it (behind a trusted proxy:
         // the right-most untrusted address of its X-Forwarded-For).
@@ -69,10 +70,18 @@ impl EcluseProxy {
             }
         }
         if !(trusted_peer && req.headers.contains_key("x-forwarded-port")) {
-            let port = session
-                .server_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.port());
+            // The port of the host the client named (its default when it names none), not
+            // the listener's: what the ENT reads here must follow the cache key, or a client
+            // on another listener would get its port written into a shared page.
+            let port = host
+                .as_deref()
+                .map(|h| crate::policy::host::port_of(h.as_bytes(), https))
+                .or_else(|| {
+                    session
+                        .server_addr()
+                        .and_then(|a| a.as_inet())
+                        .map(|a| a.port())
+                });
             if let Some(port) = port {
                 upstream_request.insert_header("x-forwarded-port", port.to_string())?;
             }

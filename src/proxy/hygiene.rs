@@ -205,6 +205,64 @@ pub fn is_host_problem(r: &Reject) -> bool {
     matches!(r.reason, "missing_host" | "duplicate_host" | "bad_host")
 }
 
+/// Check the request's host against this deployment's ports and rewrite it into its one
+/// spelling (`policy::host::admit`), where every later reader finds it: the `Host` header
+/// over HTTP/1; over HTTP/2 the URI's authority (`:authority`, from which pingora writes
+/// the `Host` an HTTP/1 ENT receives) and a `Host` beside it, which must name the same
+/// host. So the route, the cache key, the access log and the ENT read one spelling over
+/// HTTP/1 and HTTP/2 alike. `Err`: 400 (bad or conflicting host) or 421 (a port that is
+/// not this deployment's), with the access log's decision.
+pub fn spell_host(
+    req: &mut RequestHeader,
+    ports: &crate::policy::host::Ports,
+) -> Result<(), Reject> {
+    use crate::policy::host::{admit, Refusal};
+    let refuse = |r: Refusal| match r {
+        Refusal::Bad(_) => reject(400, r.code()),
+        Refusal::Misdirected { .. } => reject(421, r.code()),
+    };
+    let bad = || reject(400, "bad_host");
+    if let Some(a) = req
+        .uri
+        .authority()
+        .filter(|_| req.version == Version::HTTP_2)
+    {
+        let one = admit(a.as_str().as_bytes(), ports).map_err(refuse)?;
+        let mut hosts = req.headers.get_all(HOST).iter();
+        if let Some(h) = hosts.next() {
+            if hosts.next().is_some() {
+                return Err(reject(400, "duplicate_host"));
+            }
+            // RFC 9113 §8.3.1: a `Host` naming another host than `:authority` (port
+            // included) is malformed.
+            if admit(h.as_bytes(), ports).map_err(refuse)? != one {
+                return Err(reject(400, "host_mismatch"));
+            }
+        }
+        if a.as_str() != one {
+            let mut parts = req.uri.clone().into_parts();
+            parts.authority =
+                Some(http::uri::Authority::try_from(one.as_str()).map_err(|_| bad())?);
+            let uri = http::Uri::from_parts(parts).map_err(|_| bad())?;
+            req.set_uri(uri);
+        }
+        if req.headers.contains_key(HOST) {
+            req.insert_header(HOST, one.as_str()).map_err(|_| bad())?;
+        }
+        return Ok(());
+    }
+    let Some(h) = req.headers.get(HOST).filter(|h| !h.is_empty()) else {
+        // HTTP/1.0 without a host, or an empty one: nothing to spell (`check_request`
+        // refuses a missing one on HTTP/1.1).
+        return Ok(());
+    };
+    let one = admit(h.as_bytes(), ports).map_err(refuse)?;
+    if one.as_bytes() != h.as_bytes() {
+        req.insert_header(HOST, one.as_str()).map_err(|_| bad())?;
+    }
+    Ok(())
+}
+
 /// What the raw head says that the parsed header may no longer show.
 struct RawFacts {
     content_length: bool,

@@ -13,6 +13,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use super::ctx::{client_ip, header, policy_path};
 use super::queue_page::STATUS_PATH;
 use super::{conn_guard, hygiene, request_id, Ctx, EcluseProxy};
+use crate::config::Config;
 use crate::pages::{self, Problem};
 use crate::policy::forwarding;
 use crate::policy::route::host_without_port;
@@ -66,47 +67,54 @@ fn canonicalize(
     Ok(())
 }
 
-/// Rewrite the request's host into its one spelling (`policy::host::Authority::spelled`):
-/// the `Host` header over HTTP/1, checked against `:authority` over HTTP/2. `Err` is the
-/// access log's decision for a 400.
-fn spell_host(req: &mut RequestHeader, tls: bool) -> std::result::Result<(), &'static str> {
-    use crate::policy::host;
-    let default_port = if tls { 443 } else { 80 };
-    let spelled = |v: &[u8]| host::parse(v).map(|a| a.spelled(default_port));
-    if let Some(a) = req
-        .uri
-        .authority()
-        .filter(|_| req.version == http::Version::HTTP_2)
-    {
-        // HTTP/2: `:authority` is the host; a `Host` beside it must name the same one.
-        let auth = spelled(a.as_str().as_bytes()).map_err(|_| "bad_host")?;
-        let mut hosts = req.headers.get_all(http::header::HOST).iter();
-        if let Some(h) = hosts.next() {
-            if hosts.next().is_some() {
-                return Err("duplicate_host");
-            }
-            if spelled(h.as_bytes()).map_err(|_| "bad_host")? != auth {
-                return Err("host_mismatch");
-            }
-        }
-        return Ok(());
-    }
-    let Some(h) = req
-        .headers
-        .get(http::header::HOST)
-        .filter(|h| !h.is_empty())
-    else {
-        // HTTP/1.0 without a host, or an empty one: nothing to spell (hygiene refuses a
-        // missing one on HTTP/1.1).
-        return Ok(());
+/// The ports a request's host may name on this connection (`policy::host::Ports`): the
+/// default of the scheme the cache key uses (`https` on a TLS listener or from a trusted
+/// proxy that says so), this connection's local port, the listeners', the
+/// `X-Forwarded-Port` of a trusted proxy and `public_ports`; any port on ecluse's own warm
+/// request.
+fn host_ports<'c>(
+    config: &'c Config,
+    session: &Session,
+    tls: bool,
+    trusted_peer: bool,
+    warm: bool,
+    listening: &'c mut Vec<u16>,
+) -> crate::policy::host::Ports<'c> {
+    let scheme = |name: &str| header(session.req_header(), name);
+    let warm_https = warm
+        && scheme(crate::admin::WARM_SCHEME_HEADER)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"https"));
+    let https = tls
+        || warm_https
+        || (trusted_peer
+            && header(session.req_header(), "x-forwarded-proto")
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"https")));
+    let addrs = if tls {
+        config
+            .tls
+            .as_ref()
+            .map(|t| t.listen.as_slice())
+            .unwrap_or_default()
+    } else {
+        config.listen.as_slice()
     };
-    let one = spelled(h.as_bytes()).map_err(|_| "bad_host")?;
-    if one.as_bytes() != h.as_bytes() {
-        let v = http::HeaderValue::from_str(&one).map_err(|_| "bad_host")?;
-        req.insert_header(http::header::HOST, v)
-            .map_err(|_| "bad_host")?;
+    listening.extend(addrs.iter().map(|a| a.port()));
+    // Behind a trusted proxy, the port it says the client reached (`X-Forwarded-Port`).
+    if trusted_peer {
+        let said = header(session.req_header(), "x-forwarded-port")
+            .and_then(|p| std::str::from_utf8(p).ok()?.trim().parse::<u16>().ok());
+        listening.extend(said);
     }
-    Ok(())
+    crate::policy::host::Ports {
+        default: if https { 443 } else { 80 },
+        local: session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.port()),
+        listening,
+        public: &config.server.public_ports,
+        any: warm,
+    }
 }
 
 fn socket_ip(addr: Option<&PSocketAddr>) -> Option<IpAddr> {
@@ -266,11 +274,27 @@ impl EcluseProxy {
         // no trailing dot, no default port, so the route, the cache key, the access log and
         // the ENT read one host. Over HTTP/2 a `Host` naming another host than
         // `:authority` is refused (RFC 9113 §8.3.1).
-        if let Err(reason) = spell_host(session.req_header_mut(), self.tls) {
+        // A port that is not this deployment's is another server's: 421 (the ENT would
+        // write it into links the shared cache serves to everyone).
+        let mut listening = Vec::new();
+        let warm = self.is_warm_request(session, ctx);
+        let ports = host_ports(
+            &config,
+            session,
+            self.tls,
+            trusted_peer,
+            warm,
+            &mut listening,
+        );
+        if let Err(r) = hygiene::spell_host(session.req_header_mut(), &ports) {
             ctx.config = Some(config.clone());
-            self.respond_problem(session, ctx, Problem::BadRequest, None, &[])
+            let problem = match r.status {
+                421 => Problem::Misdirected,
+                _ => Problem::BadRequest,
+            };
+            self.respond_problem(session, ctx, problem, None, &[])
                 .await?;
-            ctx.decision = Some(reason);
+            ctx.decision = Some(r.reason);
             return Ok(true);
         }
         // The form every policy decision compares: case folded, trailing dots and spaces

@@ -24,6 +24,10 @@
 //!   dots, spaces and NTFS streams ignored in each segment (`/visio./room`,
 //!   `/visio%20/room`, `/visio::$INDEX_ALLOCATION/room`), and a PHP
 //!   front controller routing by PATH_INFO (`/index.php/visio/room` is `/visio/room`).
+//! - **Windows' other names on command**: `set_windows_lookalikes(true)` reads fullwidth
+//!   characters as their ASCII letter (`／` U+FF0F is `/`, `ｖ` is `v`, as NFKC and
+//!   best-fit do) and an 8.3 short name segment (`VISIO~1`, `VIS~2.X`) as the first of
+//!   its directories (`visio`, `exam`, `files`, `private`) it abbreviates, as NTFS does.
 //! - **slow on command**: `/slow/MS/...` answers after MS milliseconds (at most 30 s; a
 //!   heavy search); `set_delay(d)` makes every answer wait `d` first (the ENT is slow);
 //!   `set_holding(true)` holds every answer (once recorded in `seen()`) until
@@ -101,6 +105,7 @@ struct State {
     edition: Mutex<String>,
     failing: AtomicBool,
     case_insensitive: AtomicBool,
+    windows_lookalikes: AtomicBool,
     habits: Mutex<Habits>,
     /// Every answer waits this long first (ms).
     delay_ms: std::sync::atomic::AtomicU64,
@@ -199,6 +204,7 @@ impl LenientEnt {
             edition: Mutex::new(String::new()),
             failing: AtomicBool::new(false),
             case_insensitive: AtomicBool::new(false),
+            windows_lookalikes: AtomicBool::new(false),
             habits: Mutex::new(Habits::default()),
             delay_ms: std::sync::atomic::AtomicU64::new(0),
             cache_control: Mutex::new("public, max-age=60".to_string()),
@@ -247,6 +253,12 @@ impl LenientEnt {
 
     pub fn set_case_insensitive(&self, on: bool) {
         self.state.case_insensitive.store(on, Ordering::SeqCst);
+    }
+
+    /// Fullwidth characters and 8.3 short names read as the names they stand for (see
+    /// the module's doc).
+    pub fn set_windows_lookalikes(&self, on: bool) {
+        self.state.windows_lookalikes.store(on, Ordering::SeqCst);
     }
 
     /// Every later answer waits `d` before it is sent (the ENT is slow for everyone).
@@ -365,6 +377,32 @@ async fn answer(
                 None => seg,
             })
             .map(|seg| seg.trim_end_matches(['.', ' ']))
+            .collect::<Vec<_>>()
+            .join("/");
+    }
+    if st.windows_lookalikes.load(Ordering::SeqCst) {
+        let ascii: String = path
+            .chars()
+            .map(|c| match c as u32 {
+                0xFF01..=0xFF5E => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+                _ => c,
+            })
+            .collect();
+        path = lenient_normalize(&ascii)
+            .split('/')
+            .map(|seg| {
+                let base = seg.split('.').next().unwrap_or_default().to_lowercase();
+                match base.rsplit_once('~') {
+                    Some((prefix, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                        ["visio", "exam", "files", "private"]
+                            .into_iter()
+                            .find(|d| d.starts_with(prefix))
+                            .unwrap_or(seg)
+                            .to_string()
+                    }
+                    _ => seg.to_string(),
+                }
+            })
             .collect::<Vec<_>>()
             .join("/");
     }

@@ -352,6 +352,39 @@ async fn purge_url_host_specific_and_any_host() {
     assert!(get(store, &other).await.is_some());
 }
 
+/// A key may hold a port this deployment allows (`ent.fr:8443`); purges name the host
+/// without one and cover every port, now and by tombstone.
+#[tokio::test]
+async fn purge_by_host_covers_every_port() {
+    let store = memory_store(4 << 20, 1 << 20);
+    let created = SystemTime::now() - std::time::Duration::from_secs(1);
+    let plain = key("https", "ent.fr", "/x");
+    let ported = key("https", "ent.fr:8443", "/x");
+    let v6 = key("https", "[::1]:8443", "/x");
+    let other = key("https", "ent.fr.evil:8443", "/x");
+    for k in [&plain, &ported, &v6, &other] {
+        put(store, k, b"x").await;
+    }
+    let removed = store.purge(&PurgeScope::Url {
+        host: Some("ENT.fr:443".into()),
+        path_and_query: "/x".into(),
+    });
+    assert_eq!(removed, 2);
+    assert!(get(store, &plain).await.is_none());
+    assert!(get(store, &ported).await.is_none());
+    assert!(get(store, &other).await.is_some());
+    assert!(store.purged_since("https://ent.fr:8443/x", created));
+    assert!(!store.purged_since("https://ent.fr.evil:8443/x", created));
+
+    store.purge(&PurgeScope::Prefix {
+        host: Some("[::1]".into()),
+        path_prefix: "/".into(),
+    });
+    assert!(get(store, &v6).await.is_none());
+    assert!(store.purged_since("https://[::1]:8443/y", created));
+    assert!(get(store, &other).await.is_some());
+}
+
 #[tokio::test]
 async fn purge_prefix_host_specific_and_any_host() {
     let store = memory_store(4 << 20, 1 << 20);

@@ -15,6 +15,12 @@ pub struct ServerFile {
     /// other peer the client IP is the socket's address.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Ports clients reach this deployment on besides the scheme's default and ecluse's
+    /// own listeners, e.g. `[8443]` for a load balancer on `https://ent.fr:8443`. A
+    /// request whose `Host` (or `:authority`) names any other port is answered 421 (see
+    /// `docs/policy.md`).
+    #[serde(default)]
+    pub public_ports: Vec<u16>,
     /// On SIGTERM: how long to keep serving (while `/readyz` says 503 so that the load
     /// balancer moves away) before closing the listeners. Default `5s`.
     #[serde(default)]

@@ -285,9 +285,21 @@ pub fn build(
             ),
         }
     }
+    let mut public_ports = Vec::new();
+    for (i, &port) in sf.public_ports.iter().enumerate() {
+        if port == 0 {
+            p.at(
+                path!["server", "public_ports", i],
+                "`0` is no port a client reaches: write the port of your load balancer, like `8443`",
+            );
+        } else if !public_ports.contains(&port) {
+            public_ports.push(port);
+        }
+    }
     let mut server = Server {
         threads,
         trusted_proxies,
+        public_ports,
         grace_period: match &sf.grace_period {
             Some(s) => match parse_duration(&s.0) {
                 Ok(d) => d,

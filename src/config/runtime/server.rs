@@ -17,6 +17,9 @@ use crate::path;
 pub struct Server {
     pub threads: usize,
     pub trusted_proxies: Vec<IpNet>,
+    /// `server.public_ports`: the ports a request's host may name besides the scheme's
+    /// default and the listeners' (`policy::host::Ports`).
+    pub public_ports: Vec<u16>,
     pub grace_period: Duration,
     pub shutdown_timeout: Duration,
     pub upgrade_sock: PathBuf,
