@@ -51,7 +51,7 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-3s}
 CONNS=${CONNS:-50}
 OHA_CONNS=${OHA_CONNS:-50}
-RATES=${RATES:-"2000 5000"}
+RATES=${RATES-"2000 5000"}  # RATES="": no oha runs
 ROUNDS=${ROUNDS:-3}
 ORIGIN_CPU=${ORIGIN_CPU:-1}
 PROXY_CPU=${PROXY_CPU:-1}
@@ -66,7 +66,8 @@ FLEET=${FLEET:-0}
 FLEET_SYNC=${FLEET_SYNC:-250ms}
 [ "$FLEET" = 0 ] || scripts/need.sh redis-server
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-if ! command -v oha >/dev/null 2>&1; then
+# oha only for the fixed-rate latencies (RATES="" measures throughput alone, with wrk).
+if [ -n "$RATES" ] && ! command -v oha >/dev/null 2>&1; then
   if [ -x "$HOME/.cargo/bin/oha" ]; then
     PATH="$HOME/.cargo/bin:$PATH"
   else
@@ -116,9 +117,10 @@ free_port() {
 }
 
 # Poll URL until it answers 200, or fail after 20 s.
-wait_200() {
-  local url=$1 deadline=$((SECONDS + 20))
-  until [ "$(curl -s -o /dev/null -w '%{http_code}' "$url" || true)" = 200 ]; do
+wait_200() { # url [header]
+  local url=$1 deadline=$((SECONDS + 20)) h=()
+  [ -z "${2:-}" ] || h=(-H "$2")
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' "${h[@]}" "$url" || true)" = 200 ]; do
     [ $SECONDS -lt $deadline ] || die "$url never answered 200"
     sleep 0.1
   done
@@ -345,7 +347,7 @@ for spec in $EXTRAS; do
   URL[$label]=$(sed -n 's/^listening proxy \(http:[^ ]*\)$/\1/p' "$OUT/$label.stdout" | head -1)
   ADMIN[$label]=$(sed -n 's/^listening admin \(http:[^ ]*\)$/\1/p' "$OUT/$label.stdout" | head -1)
   wait_200 "${ADMIN[$label]}readyz"
-  wait_200 "${URL[$label]}"
+  wait_200 "${URL[$label]}" "${HDR[$label]:-}"
   TARGETS+=("$label")
   log "$label ($bin) on ${URL[$label]}: ready"
 done
