@@ -30,6 +30,17 @@
 #   port (cpu $ORIGIN_CPU, no persistence). One fleet node: per-node throughput, with the
 #   fleet share applied to the limit on every request. Reports fleet / ratelim and the Redis
 #   commands per proxied request (ecluse_cluster_redis_commands_total around each of its runs).
+#   PINGORA_ARM=1 adds a "pingora" arm: pingora's floor (examples/pingora_floor.rs, the
+#   smallest ProxyHttp on the same pingora, allocator and release profile), so the table
+#   separates the framework's cost from ecluse's. EXTRA_PINGORA="label=flag,flag ..." adds
+#   more floor arms with its knobs (--ctx-bytes=1024, --compression, --no-steal).
+#   FULL_ARM=1 adds a "full" arm: ecluse with every policy of the reference config on the
+#   path (route, a never-triggering rate limit, a waiting room whose session cookie every
+#   request carries, metrics, the access log written to a file). Target: >= 0.95x pingora.
+#   ROUTES_ARM=N (e.g. 2000) adds a "routesN" arm: N per-school host routes
+#   (school1.ent.example.fr … schoolN…), every request for the last school; against
+#   the one-route "ecluse" arm (target >= 0.97x). ROUTES_BASE_BIN=/path/to/ecluse adds
+#   "routesN-base", the same config on another build (the scan before the index).
 # Needs: nginx, wrk, taskset (installed through scripts/need.sh), oha (cargo install).
 set -euo pipefail
 
@@ -40,7 +51,7 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-3s}
 CONNS=${CONNS:-50}
 OHA_CONNS=${OHA_CONNS:-50}
-RATES=${RATES:-"2000 5000"}
+RATES=${RATES-"2000 5000"}  # RATES="": no oha runs
 ROUNDS=${ROUNDS:-3}
 ORIGIN_CPU=${ORIGIN_CPU:-1}
 PROXY_CPU=${PROXY_CPU:-1}
@@ -55,7 +66,8 @@ FLEET=${FLEET:-0}
 FLEET_SYNC=${FLEET_SYNC:-250ms}
 [ "$FLEET" = 0 ] || scripts/need.sh redis-server
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-if ! command -v oha >/dev/null 2>&1; then
+# oha only for the fixed-rate latencies (RATES="" measures throughput alone, with wrk).
+if [ -n "$RATES" ] && ! command -v oha >/dev/null 2>&1; then
   if [ -x "$HOME/.cargo/bin/oha" ]; then
     PATH="$HOME/.cargo/bin:$PATH"
   else
@@ -66,9 +78,16 @@ if ! command -v oha >/dev/null 2>&1; then
   fi
 fi
 
+PINGORA_ARM=${PINGORA_ARM:-0}
+PINGORA_BIN=${PINGORA_BIN:-target/release/examples/pingora_floor}
 if [ -z "${NO_BUILD:-}" ]; then
-  log "cargo build --release --bin ecluse"
-  cargo build --release --bin ecluse
+  if [ "$PINGORA_ARM" != 0 ] || [ -n "${EXTRA_PINGORA:-}" ]; then
+    log "cargo build --release --bin ecluse --example pingora_floor"
+    cargo build --release --bin ecluse --example pingora_floor
+  else
+    log "cargo build --release --bin ecluse"
+    cargo build --release --bin ecluse
+  fi
 fi
 [ -x "$ECLUSE_BIN" ] || die "no ecluse binary at $ECLUSE_BIN"
 
@@ -98,9 +117,10 @@ free_port() {
 }
 
 # Poll URL until it answers 200, or fail after 20 s.
-wait_200() {
-  local url=$1 deadline=$((SECONDS + 20))
-  until [ "$(curl -s -o /dev/null -w '%{http_code}' "$url" || true)" = 200 ]; do
+wait_200() { # url [header]
+  local url=$1 deadline=$((SECONDS + 20)) h=()
+  [ -z "${2:-}" ] || h=(-H "$2")
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' "${h[@]}" "$url" || true)" = 200 ]; do
     [ $SECONDS -lt $deadline ] || die "$url never answered 200"
     sleep 0.1
   done
@@ -211,6 +231,8 @@ ADMIN_URL=$(sed -n 's/^listening admin \(http:[^ ]*\)$/\1/p' "$OUT/ecluse.stdout
 [ -n "$ECLUSE_URL" ] && [ -n "$ADMIN_URL" ] || die "cannot read ecluse addresses"
 
 declare -A ADMIN=()
+# One extra request header per arm (the routes arm's Host, the full arm's room cookie).
+declare -A HDR=()
 declare -A URL=(
   [direct]="http://127.0.0.1:$ORIGIN_PORT/"
   [nginx]="http://127.0.0.1:$NGINX_PORT/"
@@ -257,6 +279,57 @@ fi
 if [ "${LIMIT_ARM:-1}" != 0 ]; then
   EXTRAS="ratelim=$ECLUSE_BIN@$TMP/ecluse-ratelim.yaml $EXTRAS"
 fi
+# Every policy of the reference config on the path (issue #25: >= 0.95x pingora's floor).
+FULL_ARM=${FULL_ARM:-0}
+if [ "$FULL_ARM" != 0 ]; then
+  export ECLUSE_TICKET_KEYS="k1:$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  cat >"$TMP/ecluse-full.yaml" <<EOF2
+listen: ["127.0.0.1:0"]
+admin: { listen: "127.0.0.1:0" }
+server: { threads: 1, watch_config: false }
+access_log: { enabled: true, path: "$TMP/access-full.log" }
+origins:
+  origin: { servers: ["127.0.0.1:$ORIGIN_PORT"] }
+waiting_rooms:
+  ent:
+    active_users: 1000000
+    new_users_per_minute: 1000000
+    secret_env: ECLUSE_TICKET_KEYS
+routes:
+  - name: all
+    origin: origin
+    waiting_room: ent
+    rate_limits:
+      - { name: per_ip, key: client_ip, rate: 100000000/s, burst: 100000000 }
+EOF2
+  cp "$TMP/ecluse-full.yaml" "$OUT/"
+  EXTRAS="$EXTRAS full=$ECLUSE_BIN@$TMP/ecluse-full.yaml"
+fi
+# N per-school host routes, the request for the last one (issue #25: >= 0.97x one route).
+ROUTES_ARM=${ROUTES_ARM:-0}
+if [ "$ROUTES_ARM" != 0 ]; then
+  {
+    cat <<EOF2
+listen: ["127.0.0.1:0"]
+admin: { listen: "127.0.0.1:0" }
+server: { threads: 1, watch_config: false }
+access_log: { enabled: false }
+origins:
+  origin: { servers: ["127.0.0.1:$ORIGIN_PORT"] }
+routes:
+EOF2
+    for i in $(seq "$ROUTES_ARM"); do
+      echo "  - { name: school$i, origin: origin, match: { host: school$i.ent.example.fr } }"
+    done
+  } >"$TMP/ecluse-routes.yaml"
+  cp "$TMP/ecluse-routes.yaml" "$OUT/"
+  EXTRAS="$EXTRAS routes$ROUTES_ARM=$ECLUSE_BIN@$TMP/ecluse-routes.yaml"
+  HDR[routes$ROUTES_ARM]="Host: school$ROUTES_ARM.ent.example.fr"
+  if [ -n "${ROUTES_BASE_BIN:-}" ]; then
+    EXTRAS="$EXTRAS routes$ROUTES_ARM-base=$ROUTES_BASE_BIN@$TMP/ecluse-routes.yaml"
+    HDR[routes$ROUTES_ARM-base]="Host: school$ROUTES_ARM.ent.example.fr"
+  fi
+fi
 
 # Other ecluse builds or configs (label=BIN or label=BIN@CONFIG), measured in the same run.
 for spec in $EXTRAS; do
@@ -274,9 +347,36 @@ for spec in $EXTRAS; do
   URL[$label]=$(sed -n 's/^listening proxy \(http:[^ ]*\)$/\1/p' "$OUT/$label.stdout" | head -1)
   ADMIN[$label]=$(sed -n 's/^listening admin \(http:[^ ]*\)$/\1/p' "$OUT/$label.stdout" | head -1)
   wait_200 "${ADMIN[$label]}readyz"
-  wait_200 "${URL[$label]}"
+  wait_200 "${URL[$label]}" "${HDR[$label]:-}"
   TARGETS+=("$label")
   log "$label ($bin) on ${URL[$label]}: ready"
+done
+# pingora's floor, and its knobs (label=flag,flag).
+FLOORS="${EXTRA_PINGORA:-}"
+[ "$PINGORA_ARM" = 0 ] || FLOORS="pingora= $FLOORS"
+for spec in $FLOORS; do
+  label=${spec%%=*} flags=${spec#*=}
+  [ -x "$PINGORA_BIN" ] || die "no pingora floor binary at $PINGORA_BIN"
+  port=$(free_port)
+  # shellcheck disable=SC2086 # the flags are words
+  taskset -c "$PROXY_CPU" "$PINGORA_BIN" "127.0.0.1:$ORIGIN_PORT" "127.0.0.1:$port" ${flags//,/ } \
+    >"$OUT/$label.stdout" 2>"$OUT/$label.stderr" &
+  PIDS+=($!)
+  URL[$label]="http://127.0.0.1:$port/"
+  wait_200 "${URL[$label]}"
+  TARGETS+=("$label")
+  log "$label (pingora floor ${flags//,/ }) on ${URL[$label]}: ready"
+done
+# The full arm's requests carry an admitted session's cookie, as a pupil's inside does.
+if [ -n "${URL[full]:-}" ]; then
+  cookie=$(curl -s -o /dev/null -D - "${URL[full]}" | tr -d '\r' |
+    sed -n 's/^[Ss]et-[Cc]ookie: \(ecluse_ent=[^;]*\).*/\1/p' | head -1)
+  [ -n "$cookie" ] || die "the full arm set no room cookie"
+  HDR[full]="Cookie: $cookie"
+fi
+for t in "${!HDR[@]}"; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "${HDR[$t]}" "${URL[$t]}")
+  [ "$code" = 200 ] || die "$t answered $code with ${HDR[$t]}"
 done
 wait_200 "${URL[direct]}"
 wait_200 "${URL[nginx]}"
@@ -308,7 +408,9 @@ run_wrk() { # target round
   local t=$1 r=$2 a0 a1 c0 c1
   a0=$(origin_accepts)
   c0=$(redis_cmds "$t")
-  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${URL[$t]}" \
+  local h=()
+  [ -z "${HDR[$t]:-}" ] || h=(-H "${HDR[$t]}")
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${h[@]}" "${URL[$t]}" \
     >"$OUT/wrk-$t-$r.txt" 2>&1
   c1=$(redis_cmds "$t")
   a1=$(origin_accepts)
@@ -324,7 +426,9 @@ fi
 
 log "warm-up: wrk $WARMUP on each target"
 for t in "${TARGETS[@]}"; do
-  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$WARMUP" "${URL[$t]}" >"$OUT/warmup-$t.txt" 2>&1
+  h=()
+  [ -z "${HDR[$t]:-}" ] || h=(-H "${HDR[$t]}")
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$WARMUP" "${h[@]}" "${URL[$t]}" >"$OUT/warmup-$t.txt" 2>&1
 done
 
 for r in $(seq "$ROUNDS"); do
@@ -338,7 +442,9 @@ for q in $RATES; do
     for t in "${TARGETS[@]}"; do
       log "round $r/$ROUNDS: oha -q $q -c $OHA_CONNS -z $DURATION $t"
       c0=$(redis_cmds "$t")
-      taskset -c "$LOAD_CPU" oha --no-tui --latency-correction \
+      h=()
+      [ -z "${HDR[$t]:-}" ] || h=(-H "${HDR[$t]}")
+      taskset -c "$LOAD_CPU" oha --no-tui --latency-correction "${h[@]}" \
         -q "$q" -c "$OHA_CONNS" -z "$DURATION" --output-format json "${URL[$t]}" \
         >"$OUT/oha-$t-$q-$r.json" 2>"$OUT/oha-$t-$q-$r.err" || true
       c1=$(redis_cmds "$t")
@@ -433,6 +539,8 @@ pairs += [(f"{x} / nginx", x, "nginx") for x in extras]
 pairs += [(f"{x} / ecluse", x, "ecluse") for x in extras]
 if "fleet" in targets and "ratelim" in targets:
     pairs += [("fleet / ratelim", "fleet", "ratelim")]
+if "pingora" in targets:
+    pairs += [(f"{x} / pingora", x, "pingora") for x in ["ecluse"] + extras if x != "pingora"]
 pairs += [("ecluse / direct", "ecluse", "direct"), ("nginx  / direct", "nginx", "direct")]
 for name, a, b in pairs:
     line = f"{name:28} {f(ratio(rps[a], rps[b]), '{:.2f}x'):>6}"
@@ -457,6 +565,21 @@ for x in ["ecluse"] + extras:
     vp = [ratio(lat[(x, q)][2], lat[("nginx", q)][2]) for q in rates]
     ok = vr is not None and vr >= 1.0 and all(v is not None and v <= 1.0 for v in vp)
     print(f"target for {x} (>= 1.0x nginx req/s and p99 <= nginx): {'MET' if ok else 'NOT MET'}")
+if "full" in targets and "pingora" in targets:
+    v = ratio(rps["full"], rps["pingora"])
+    print(f"target for full (>= 0.95x pingora req/s): {'MET' if v is not None and v >= 0.95 else 'NOT MET'}")
+for x in extras:
+    if re.fullmatch(r"routes\d+", x):
+        v = ratio(rps[x], rps["ecluse"])
+        print(f"target for {x} (>= 0.97x one-route ecluse req/s): {'MET' if v is not None and v >= 0.97 else 'NOT MET'}")
+# The same ratio round by round (arms interleaved): median and spread.
+def per_round(a, b):
+    return [x / y for x, y in zip(rps_all[a], rps_all[b]) if x and y]
+for name, a, b in pairs:
+    rs = per_round(a, b)
+    if len(rs) > 1 and b != "direct":
+        print(f"per-round {name}: " + " ".join(f"{v:.2f}" for v in rs)
+              + f" (median {statistics.median(rs):.2f}, spread {min(rs):.2f}-{max(rs):.2f})")
 if "fleet" in targets and "ratelim" in targets:
     v = ratio(rps["fleet"], rps["ratelim"])
     print(f"target for fleet (>= 0.9x ratelim req/s, per node): {'MET' if v is not None and v >= 0.9 else 'NOT MET'}")
