@@ -917,7 +917,7 @@ mod tests {
 
     #[test]
     fn the_status_path_is_canonical_under_every_policy() {
-        // conn_guard.rs answers `/.ecluse/queue/status` below pingora without normalizing:
+        // conn_guard/ and fast_status.rs answer `/.ecluse/queue/status` below pingora without normalizing:
         // that is only the same decision if the path is its own canonical form.
         for pol in PathPolicy::all() {
             let p = crate::proxy::STATUS_PATH.as_bytes();

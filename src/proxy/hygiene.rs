@@ -26,7 +26,7 @@
 //! more lenient pingora (its `patched_http1` feature parses with `parse_unchecked`, or a
 //! future httparse config) cannot silently reopen them.
 //!
-//! This file only holds pure functions. `ProxyHttp::request_filter` (src/proxy/mod.rs)
+//! This file only holds pure functions. `ProxyHttp::request_filter` (src/proxy/request.rs)
 //! calls [`check_request`] first, before the in-flight gauge, routing or anything else; a
 //! refusal is answered with its status, `Connection: close`, and keep-alive off (whatever
 //! follows the head on that connection is unframed, so it is never read). Pipelined
