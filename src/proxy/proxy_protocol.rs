@@ -39,35 +39,50 @@ pub enum ProxyHeaderError {
     Io(IpAddr, String),
 }
 
-/// What a complete header says: the client's address, or `None` when the balancer speaks
-/// for itself (v2 `LOCAL`, its health checks; v1 `UNKNOWN`; a Unix or unspecified
-/// family), where the socket's peer stays the address.
-pub fn client_of_v2(bytes: &[u8]) -> Result<Option<SocketAddr>, ()> {
+/// What a PROXY header says about the connection it carries: the client's address, and
+/// the address the client reached (the balancer's front end). That second one stands for
+/// the connection's local address, so the port a client typed in its URL (`Host:
+/// ent.fr:8443` through a balancer listening on 8443) is this connection's own port
+/// (`proxy::request::host_ports`), not another server's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Carried {
+    pub client: SocketAddr,
+    pub reached: SocketAddr,
+}
+
+/// What a complete v2 header says: the connection it carries, or `None` when the balancer
+/// speaks for itself (v2 `LOCAL`, its health checks; a Unix or unspecified family), where
+/// the socket's addresses stay.
+pub fn client_of_v2(bytes: &[u8]) -> Result<Option<Carried>, ()> {
     let h = ppp::v2::Header::try_from(bytes).map_err(|_| ())?;
     if h.command == ppp::v2::Command::Local {
         return Ok(None);
     }
     Ok(match h.addresses {
-        ppp::v2::Addresses::IPv4(a) => {
-            Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
-        }
-        ppp::v2::Addresses::IPv6(a) => {
-            Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
-        }
+        ppp::v2::Addresses::IPv4(a) => Some(Carried {
+            client: SocketAddr::new(IpAddr::V4(a.source_address), a.source_port),
+            reached: SocketAddr::new(IpAddr::V4(a.destination_address), a.destination_port),
+        }),
+        ppp::v2::Addresses::IPv6(a) => Some(Carried {
+            client: SocketAddr::new(IpAddr::V6(a.source_address), a.source_port),
+            reached: SocketAddr::new(IpAddr::V6(a.destination_address), a.destination_port),
+        }),
         ppp::v2::Addresses::Unix(_) | ppp::v2::Addresses::Unspecified => None,
     })
 }
 
-/// Same for a v1 line (CRLF included).
-pub fn client_of_v1(line: &[u8]) -> Result<Option<SocketAddr>, ()> {
+/// Same for a v1 line (CRLF included); `UNKNOWN` is `None`.
+pub fn client_of_v1(line: &[u8]) -> Result<Option<Carried>, ()> {
     let h = ppp::v1::Header::try_from(line).map_err(|_| ())?;
     Ok(match h.addresses {
-        ppp::v1::Addresses::Tcp4(a) => {
-            Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
-        }
-        ppp::v1::Addresses::Tcp6(a) => {
-            Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
-        }
+        ppp::v1::Addresses::Tcp4(a) => Some(Carried {
+            client: SocketAddr::new(IpAddr::V4(a.source_address), a.source_port),
+            reached: SocketAddr::new(IpAddr::V4(a.destination_address), a.destination_port),
+        }),
+        ppp::v1::Addresses::Tcp6(a) => Some(Carried {
+            client: SocketAddr::new(IpAddr::V6(a.source_address), a.source_port),
+            reached: SocketAddr::new(IpAddr::V6(a.destination_address), a.destination_port),
+        }),
         ppp::v1::Addresses::Unknown => None,
     })
 }
@@ -78,7 +93,7 @@ pub async fn read_header<S: AsyncRead + Unpin>(
     stream: &mut S,
     peer: IpAddr,
     deadline: Instant,
-) -> Result<Option<SocketAddr>, ProxyHeaderError> {
+) -> Result<Option<Carried>, ProxyHeaderError> {
     let read = async {
         let mut head = [0u8; 16];
         stream.read_exact(&mut head[..12]).await?;
@@ -127,9 +142,35 @@ mod tests {
     }
 
     async fn read(bytes: &[u8]) -> (Result<Option<SocketAddr>, ProxyHeaderError>, Vec<u8>) {
+        let (r, rest) = read_carried(bytes).await;
+        (r.map(|c| c.map(|c| c.client)), rest)
+    }
+
+    async fn read_carried(bytes: &[u8]) -> (Result<Option<Carried>, ProxyHeaderError>, Vec<u8>) {
         let mut s = bytes;
         let r = read_header(&mut s, peer(), Instant::now() + Duration::from_secs(5)).await;
         (r, s.to_vec())
+    }
+
+    /// The address the client reached (the balancer's front end) comes with the client's:
+    /// it stands for the connection's local address.
+    #[tokio::test]
+    async fn both_versions_say_which_front_end_the_client_reached() {
+        let (r, _) = read_carried(b"PROXY TCP4 192.0.2.7 10.0.0.2 51234 8443\r\n").await;
+        assert_eq!(
+            r.expect("v1").expect("carried").reached,
+            "10.0.0.2:8443".parse::<SocketAddr>().expect("addr")
+        );
+        let h = v2(
+            1,
+            0x11,
+            &[192, 0, 2, 9, 10, 0, 0, 2, 0x10, 0x92, 0x20, 0xfb],
+        );
+        let (r, _) = read_carried(&h).await;
+        assert_eq!(
+            r.expect("v2").expect("carried").reached,
+            "10.0.0.2:8443".parse::<SocketAddr>().expect("addr")
+        );
     }
 
     fn v2(command: u8, family: u8, addrs: &[u8]) -> Vec<u8> {

@@ -35,7 +35,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -149,10 +149,10 @@ async fn tls_accept(
     }
 }
 
-/// Make `client` the connection's peer address for everything above (pingora's
-/// `client_addr`, hence the rate limits, the access log and forwarding headers): a new
-/// socket digest on the same socket, its local address kept.
-fn set_peer(stream: &mut Stream, client: SocketAddr) {
+/// Make the carried client the connection's peer address for everything above (pingora's
+/// `client_addr`, hence the rate limits, the access log and forwarding headers), and the
+/// front end it reached the local address: a new socket digest on the same socket.
+fn set_peer(stream: &mut Stream, carried: super::proxy_protocol::Carried) {
     use std::os::unix::io::AsRawFd;
     let Some(fd) = stream
         .as_any()
@@ -162,16 +162,19 @@ fn set_peer(stream: &mut Stream, client: SocketAddr) {
         log::error!("PROXY protocol: accepted stream is not a TCP stream");
         return;
     };
-    let old = stream.get_socket_digest();
     let digest = SocketDigest::from_raw_fd(fd);
     let _ = digest
         .peer_addr
         .set(Some(pingora::protocols::l4::socket::SocketAddr::Inet(
-            client,
+            carried.client,
         )));
-    if let Some(local) = old.as_ref().and_then(|d| d.local_addr().cloned()) {
-        let _ = digest.local_addr.set(Some(local));
-    }
+    // The front end the client reached stands for the local address: the port in the
+    // client's `Host` is checked against it (`proxy::request::host_ports`).
+    let _ = digest
+        .local_addr
+        .set(Some(pingora::protocols::l4::socket::SocketAddr::Inet(
+            carried.reached,
+        )));
     stream.set_socket_digest(digest);
 }
 
@@ -197,9 +200,9 @@ impl ServerApp for Edge {
             if from.iter().any(|n| n.contains(&peer)) {
                 let deadline = Instant::now() + limits.header_timeout;
                 match super::proxy_protocol::read_header(&mut stream, peer, deadline).await {
-                    Ok(Some(client)) => {
-                        set_peer(&mut stream, client);
-                        ip = Some(canonical(client.ip()));
+                    Ok(Some(carried)) => {
+                        set_peer(&mut stream, carried);
+                        ip = Some(canonical(carried.client.ip()));
                     }
                     // The balancer's own connection (LOCAL, UNKNOWN): its address stays.
                     Ok(None) => {}
