@@ -14,11 +14,14 @@ build: deps
 	$(CARGO) build --release --bin ecluse
 
 ## Run the simulated ENT and ecluse in front of it; prints the URLs to open.
-## The `demo` profile (thin LTO, 16 codegen units): a first build from a clean clone should be
-## shorter than `release`'s fat LTO (its link alone took 17 min on one core; docs/benchmarks.md); packages and benchmarks
-## keep `release`. The binary is target/demo/ecluse.
+## The `demo` profile (thin LTO, 16 codegen units): a first build from a clean clone should
+## be shorter than `release`'s fat LTO (its link alone took 17 min on one core;
+## docs/benchmarks.md); packages and benchmarks keep `release`. The binary is
+## target/demo/ecluse. The build is not quiet: a first one takes minutes, and a newcomer
+## should see it progress.
 demo: deps
-	$(CARGO) run --profile demo --quiet --bin ecluse -- demo $(if $(SURGE),--surge)
+	$(CARGO) build --profile demo --bin ecluse
+	target/demo/ecluse demo $(if $(SURGE),--surge)
 
 ## The Debian package (cargo-deb): target/debian/ecluse_<version>_<arch>.deb with the
 ## optimised binary, /etc/ecluse/ecluse.yaml, the systemd unit and logrotate.
