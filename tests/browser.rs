@@ -1150,37 +1150,7 @@ async fn the_status_page_passes_axe_with_a_full_room_a_feature_off_and_a_server_
     let axe_js = axe_source();
     let origin = EchoOrigin::start("ent").await;
     let dead = closed_port();
-    let yaml = format!(
-        r#"listen: ["127.0.0.1:0"]
-admin: {{ listen: "127.0.0.1:0", token_file: admin.token }}
-server: {{ state_dir: state, grace_period: 0s, shutdown_timeout: 2s }}
-access_log: {{ enabled: false }}
-waiting_rooms:
-  ent: {{ active_users: 1, new_users_per_minute: 600, poll_interval: 1s, abandon_timeout: 10m, secret_file: keys }}
-degradation:
-  levels:
-    - name: normal
-    - {{ name: busy, disable: [visio], enter: {{ error_rate: 0.9 }}, exit: {{ error_rate: 0.5 }} }}
-cache: {{ memory: 1MiB }}
-origins:
-  ent: {{ servers: ["{o}"], max_inflight: 40, health_check: {{ disabled: true }} }}
-  files: {{ servers: ["{o}", "{dead}"], health_check: {{ path: /, interval: 200ms, unhealthy_threshold: 1 }} }}
-routes:
-  - {{ name: visio, match: {{ path_prefix: /visio/ }}, origin: ent, feature: visio }}
-  - {{ name: files, match: {{ path_prefix: /files/ }}, origin: files }}
-  - {{ name: search, match: {{ path_prefix: /search/ }}, origin: ent, rate_limits: [{{ key: route, rate: 1/h, burst: 1 }}] }}
-  - {{ name: ent, origin: ent, waiting_room: ent }}
-"#,
-        o = origin.addr
-    );
-    let e = Ecluse::start_with(
-        &yaml,
-        &[
-            ("keys", KEY.as_bytes()),
-            ("admin.token", ADMIN_TOKEN.as_bytes()),
-        ],
-        |_| {},
-    );
+    let e = status_page_policy(origin.addr, dead, ADMIN_TOKEN, KEY);
     let _inside = fill_the_room(&e).await;
     let queued = cookie_client();
     let r = queued.get(e.url("/")).send().await.expect("queued");

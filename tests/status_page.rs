@@ -12,38 +12,7 @@ const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 const KEY: &str = "k1:0123456789abcdef0123456789abcdef0123\n";
 
 fn start(origin: std::net::SocketAddr, dead: std::net::SocketAddr) -> Ecluse {
-    let yaml = format!(
-        r#"listen: ["127.0.0.1:0"]
-admin: {{ listen: "127.0.0.1:0", token_file: admin.token }}
-server: {{ state_dir: state, grace_period: 0s, shutdown_timeout: 2s }}
-access_log: {{ enabled: false }}
-waiting_rooms:
-  ent: {{ active_users: 1, new_users_per_minute: 600, poll_interval: 1s, abandon_timeout: 10m, secret_file: keys }}
-degradation:
-  levels:
-    - name: normal
-    - {{ name: busy, disable: [visio], enter: {{ error_rate: 0.9 }}, exit: {{ error_rate: 0.5 }} }}
-cache: {{ memory: 1MiB }}
-origins:
-  ent: {{ servers: ["{origin}"], max_inflight: 40, health_check: {{ disabled: true }} }}
-  files:
-    servers: ["{origin}", "{dead}"]
-    health_check: {{ path: /, interval: 200ms, unhealthy_threshold: 1 }}
-routes:
-  - {{ name: visio, match: {{ path_prefix: /visio/ }}, origin: ent, feature: visio }}
-  - {{ name: files, match: {{ path_prefix: /files/ }}, origin: files, cache: {{ mode: public }} }}
-  - name: search
-    match: {{ path_prefix: /search/ }}
-    origin: ent
-    rate_limits: [{{ key: route, rate: 1/h, burst: 1 }}]
-  - {{ name: ent, origin: ent, waiting_room: ent }}
-"#
-    );
-    Ecluse::start_with(
-        &yaml,
-        &[("keys", KEY.as_bytes()), ("admin.token", TOKEN.as_bytes())],
-        |_| {},
-    )
+    status_page_policy(origin, dead, TOKEN, KEY)
 }
 
 fn admin_client() -> reqwest::Client {

@@ -825,3 +825,47 @@ impl SelfSigned {
             .expect("client")
     }
 }
+
+/// ecluse with every section of the admin status page in use (issue #26): a room of one,
+/// a feature that can go off, an origin with a dead server beside a live one, a cached
+/// route and a rate-limited one; `token` and the ticket `keys` written beside the policy.
+/// Shared by the status page's own tests and its accessibility audit.
+pub fn status_page_policy(
+    origin: std::net::SocketAddr,
+    dead: std::net::SocketAddr,
+    token: &str,
+    keys: &str,
+) -> Ecluse {
+    let yaml = format!(
+        r#"listen: ["127.0.0.1:0"]
+admin: {{ listen: "127.0.0.1:0", token_file: admin.token }}
+server: {{ state_dir: state, grace_period: 0s, shutdown_timeout: 2s }}
+access_log: {{ enabled: false }}
+waiting_rooms:
+  ent: {{ active_users: 1, new_users_per_minute: 600, poll_interval: 1s, abandon_timeout: 10m, secret_file: keys }}
+degradation:
+  levels:
+    - name: normal
+    - {{ name: busy, disable: [visio], enter: {{ error_rate: 0.9 }}, exit: {{ error_rate: 0.5 }} }}
+cache: {{ memory: 1MiB }}
+origins:
+  ent: {{ servers: ["{origin}"], max_inflight: 40, health_check: {{ disabled: true }} }}
+  files:
+    servers: ["{origin}", "{dead}"]
+    health_check: {{ path: /, interval: 200ms, unhealthy_threshold: 1 }}
+routes:
+  - {{ name: visio, match: {{ path_prefix: /visio/ }}, origin: ent, feature: visio }}
+  - {{ name: files, match: {{ path_prefix: /files/ }}, origin: files, cache: {{ mode: public }} }}
+  - name: search
+    match: {{ path_prefix: /search/ }}
+    origin: ent
+    rate_limits: [{{ key: route, rate: 1/h, burst: 1 }}]
+  - {{ name: ent, origin: ent, waiting_room: ent }}
+"#
+    );
+    Ecluse::start_with(
+        &yaml,
+        &[("keys", keys.as_bytes()), ("admin.token", token.as_bytes())],
+        |_| {},
+    )
+}
