@@ -355,8 +355,6 @@ async fn a_purge_is_normalized_like_the_requests() {
 
 #[test]
 fn check_refuses_a_prefix_that_is_not_canonical() {
-    let dir = TempDir::new("canon-check");
-    let file = dir.path().join("ecluse.yaml");
     let text = r#"listen: ["127.0.0.1:0"]
 origins:
   ent: { servers: ["127.0.0.1:9"] }
@@ -371,14 +369,7 @@ routes:
     match: { path_prefix: "/c%2Fd" }
     origin: ent
 "#;
-    std::fs::write(&file, text).expect("write");
-    let out = std::process::Command::new(bin())
-        .arg("check")
-        .arg(&file)
-        .output()
-        .expect("run check");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = check_refuses(text);
     assert!(
         err.contains(":6:") && err.contains("write `/visio/`"),
         "{err}"
@@ -592,8 +583,6 @@ async fn front_controllers_windows_names_and_path_parameters_meet_the_policy() {
 
 #[test]
 fn check_refuses_bad_front_controllers_and_dots_only_prefixes() {
-    let dir = TempDir::new("canon-check-fc");
-    let file = dir.path().join("ecluse.yaml");
     let text = r#"listen: ["127.0.0.1:0"]
 server:
   paths:
@@ -605,14 +594,7 @@ routes:
     match: { path_prefix: "/a/.../" }
     origin: ent
 "#;
-    std::fs::write(&file, text).expect("write");
-    let out = std::process::Command::new(bin())
-        .arg("check")
-        .arg(&file)
-        .output()
-        .expect("run check");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = check_refuses(text);
     assert!(err.contains(":4:") && err.contains("no trailing"), "{err}");
     assert!(err.contains("must start with `/`"), "{err}");
     assert!(err.contains("write `/app.php`"), "{err}");

@@ -283,8 +283,6 @@ async fn over_http2_the_authority_reaches_the_ent_in_its_one_spelling() {
 
 #[test]
 fn check_reports_bad_public_ports_with_positions() {
-    let dir = TempDir::new("host-ports-check");
-    let file = dir.path().join("ecluse.yaml");
     let text = r#"listen: ["127.0.0.1:0"]
 server:
   public_ports: [8443, 0, 70000, "x"]
@@ -295,14 +293,7 @@ routes:
     match: { path_prefix: / }
     origin: ent
 "#;
-    std::fs::write(&file, text).expect("write");
-    let out = std::process::Command::new(bin())
-        .arg("check")
-        .arg(&file)
-        .output()
-        .expect("run check");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = check_refuses(text);
     assert!(
         err.contains(":3:24: server.public_ports[1]") && err.contains("no port a client reaches"),
         "{err}"

@@ -869,3 +869,19 @@ routes:
         |_| {},
     )
 }
+
+/// `ecluse check` on a policy file holding `text`, which must be refused: its stderr
+/// (every `FILE:LINE:COL: message` and the count of problems).
+pub fn check_refuses(text: &str) -> String {
+    let dir = TempDir::new("check-refuses");
+    let file = dir.path().join("ecluse.yaml");
+    std::fs::write(&file, text).expect("write");
+    let out = std::process::Command::new(bin())
+        .arg("check")
+        .arg(&file)
+        .output()
+        .expect("run check");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "check accepted the file: {err}");
+    err
+}
