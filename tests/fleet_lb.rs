@@ -4,9 +4,6 @@
 //! loopback ports chosen by binding port 0. Pupils connect from 127.0.0.3, HAProxy
 //! reaches the nodes from 127.0.0.2 (the only address in `proxy_protocol_from`).
 
-// pre_exec to hand HAProxy its listening sockets; the crate denies unsafe code.
-#![allow(unsafe_code)]
-
 mod common;
 
 use common::*;
@@ -14,9 +11,8 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 const LB: &str = "127.0.0.2";
@@ -94,32 +90,7 @@ impl Haproxy {
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, &cfg).expect("write cfg");
         let (fh, fs) = (lh.as_raw_fd(), ls.as_raw_fd());
-        let bin = ["/usr/sbin/haproxy", "haproxy"]
-            .into_iter()
-            .find(|b| Command::new(b).arg("-v").output().is_ok())
-            .expect("haproxy installed (make test installs it: scripts/need.sh haproxy)");
-        let mut cmd = Command::new(bin);
-        cmd.arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Copies above 3 and 4 first, so neither dup2 overwrites the other's
-                // source; dup2's copies do not close on exec.
-                let (a, b) = (
-                    libc::fcntl(fh, libc::F_DUPFD, 10),
-                    libc::fcntl(fs, libc::F_DUPFD, 10),
-                );
-                if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("spawn haproxy");
+        let child = spawn_haproxy(&path, [fh, fs]);
         drop((lh, ls));
         Haproxy {
             child,

@@ -4,9 +4,6 @@
 //! from 127.0.0.2 (the only address in `proxy_protocol_from`), direct clients come from
 //! 127.0.0.1.
 
-// kill(2) and pre_exec on the processes under test; the crate denies unsafe code.
-#![allow(unsafe_code)]
-
 mod common;
 
 use common::lenient_ent::LenientEnt;
@@ -14,8 +11,7 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::io::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 const LB: &str = "127.0.0.2";
@@ -69,32 +65,7 @@ backend v1\n  server ecluse {ecluse} source {LB} send-proxy\n"
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, cfg).expect("write cfg");
         let (f2, f1) = (l2.as_raw_fd(), l1.as_raw_fd());
-        let bin = ["/usr/sbin/haproxy", "haproxy"]
-            .into_iter()
-            .find(|b| Command::new(b).arg("-v").output().is_ok())
-            .expect("haproxy installed (make test installs it: scripts/need.sh haproxy)");
-        let mut cmd = Command::new(bin);
-        cmd.arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Copies above 3 and 4 first, so neither dup2 overwrites the other's
-                // source; dup2's copies do not close on exec.
-                let (a, b) = (
-                    libc::fcntl(f2, libc::F_DUPFD, 10),
-                    libc::fcntl(f1, libc::F_DUPFD, 10),
-                );
-                if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("spawn haproxy");
+        let child = spawn_haproxy(&path, [f2, f1]);
         // The sockets live on in HAProxy.
         drop((l2, l1));
         Haproxy {

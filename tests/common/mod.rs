@@ -885,3 +885,42 @@ pub fn check_refuses(text: &str) -> String {
     assert!(!out.status.success(), "check accepted the file: {err}");
     err
 }
+
+/// Start Debian's HAProxy on the config file `cfg`, its two front ends bound by the test
+/// (on port 0, so never a fixed port) and handed over as `fd@3` and `fd@4`. The caller
+/// keeps nothing open: HAProxy holds the sockets once this returns.
+#[allow(unsafe_code)] // pre_exec (dup2 between fork and exec); the crate denies unsafe code
+pub fn spawn_haproxy(
+    cfg: &std::path::Path,
+    fds: [std::os::unix::io::RawFd; 2],
+) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let bin = ["/usr/sbin/haproxy", "haproxy"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("-v").output().is_ok())
+        .expect("haproxy installed (make test installs it: scripts/need.sh haproxy)");
+    let mut cmd = Command::new(bin);
+    cmd.arg("-db")
+        .arg("-f")
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let [first, second] = fds;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Copies above 3 and 4 first, so neither dup2 overwrites the other's
+            // source; dup2's copies do not close on exec.
+            let (a, b) = (
+                libc::fcntl(first, libc::F_DUPFD, 10),
+                libc::fcntl(second, libc::F_DUPFD, 10),
+            );
+            if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn haproxy")
+}
