@@ -134,9 +134,11 @@ pub struct Ports<'a> {
     pub default: u16,
     /// The local port of the connection, when known.
     pub local: Option<u16>,
-    /// The ports of ecluse's listeners for this scheme (0, a port picked at bind time,
-    /// never matches: `local` covers it).
-    pub listening: &'a [u16],
+    /// ecluse's listeners for this scheme (port 0, picked at bind time, never matches:
+    /// `local` covers it).
+    pub listening: &'a [std::net::SocketAddr],
+    /// The port a trusted proxy's `X-Forwarded-Port` says the client reached.
+    pub forwarded: Option<u16>,
     /// `server.public_ports`.
     pub public: &'a [u16],
     /// Any port: ecluse's own warm request (token checked), keyed under the host ops
@@ -151,7 +153,8 @@ impl Ports<'_> {
             && (self.any
                 || port == self.default
                 || self.local == Some(port)
-                || self.listening.contains(&port)
+                || self.forwarded == Some(port)
+                || self.listening.iter().any(|a| a.port() == port)
                 || self.public.contains(&port))
     }
 }
@@ -280,11 +283,15 @@ mod tests {
     #[test]
     fn only_this_deployments_ports_are_admitted() {
         let public = [8443u16];
-        let listening = [0u16, 8080];
+        let listening: [std::net::SocketAddr; 2] = [
+            "127.0.0.1:0".parse().expect("addr"),
+            "127.0.0.1:8080".parse().expect("addr"),
+        ];
         let ports = Ports {
             default: 80,
             local: Some(18080),
             listening: &listening,
+            forwarded: None,
             public: &public,
             any: false,
         };
@@ -327,6 +334,7 @@ mod tests {
             default: 443,
             local: Some(8443),
             listening: &[],
+            forwarded: None,
             public: &[],
             any: false,
         };

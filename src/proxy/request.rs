@@ -78,18 +78,14 @@ fn host_ports<'c>(
     tls: bool,
     trusted_peer: bool,
     warm: bool,
-    listening: &'c mut Vec<u16>,
 ) -> crate::policy::host::Ports<'c> {
-    let scheme = |name: &str| header(session.req_header(), name);
-    let warm_https = warm
-        && scheme(crate::admin::WARM_SCHEME_HEADER)
-            .is_some_and(|p| p.eq_ignore_ascii_case(b"https"));
+    let req = session.req_header();
+    let says_https =
+        |name: &str| header(req, name).is_some_and(|p| p.eq_ignore_ascii_case(b"https"));
     let https = tls
-        || warm_https
-        || (trusted_peer
-            && header(session.req_header(), "x-forwarded-proto")
-                .is_some_and(|p| p.eq_ignore_ascii_case(b"https")));
-    let addrs = if tls {
+        || (warm && says_https(crate::admin::WARM_SCHEME_HEADER))
+        || (trusted_peer && says_https("x-forwarded-proto"));
+    let listening = if tls {
         config
             .tls
             .as_ref()
@@ -98,13 +94,11 @@ fn host_ports<'c>(
     } else {
         config.listen.as_slice()
     };
-    listening.extend(addrs.iter().map(|a| a.port()));
     // Behind a trusted proxy, the port it says the client reached (`X-Forwarded-Port`).
-    if trusted_peer {
-        let said = header(session.req_header(), "x-forwarded-port")
-            .and_then(|p| std::str::from_utf8(p).ok()?.trim().parse::<u16>().ok());
-        listening.extend(said);
-    }
+    let forwarded = trusted_peer
+        .then(|| header(req, "x-forwarded-port"))
+        .flatten()
+        .and_then(|p| std::str::from_utf8(p).ok()?.trim().parse::<u16>().ok());
     crate::policy::host::Ports {
         default: if https { 443 } else { 80 },
         local: session
@@ -112,6 +106,7 @@ fn host_ports<'c>(
             .and_then(|a| a.as_inet())
             .map(|a| a.port()),
         listening,
+        forwarded,
         public: &config.server.public_ports,
         any: warm,
     }
@@ -276,16 +271,8 @@ impl EcluseProxy {
         // `:authority` is refused (RFC 9113 §8.3.1).
         // A port that is not this deployment's is another server's: 421 (the ENT would
         // write it into links the shared cache serves to everyone).
-        let mut listening = Vec::new();
         let warm = self.is_warm_request(session, ctx);
-        let ports = host_ports(
-            &config,
-            session,
-            self.tls,
-            trusted_peer,
-            warm,
-            &mut listening,
-        );
+        let ports = host_ports(&config, session, self.tls, trusted_peer, warm);
         if let Err(r) = hygiene::spell_host(session.req_header_mut(), &ports) {
             ctx.config = Some(config.clone());
             let problem = match r.status {
