@@ -70,11 +70,10 @@ fn authorized(app: &App, req: &Request<Incoming>, peer: Option<SocketAddr>) -> b
     let Some(token) = cfg.admin.token.as_ref() else {
         // Without a token, a loopback peer may be a browser steered by another site:
         // its cross-site posts and rebound host names are refused (`browser_guard`).
-        let from_a_page_of_ours = browser_guard::same_origin(req.headers())
-            && (cfg.admin.insecure_open_network || browser_guard::loopback_host(req.headers()));
-        return from_a_page_of_ours
-            && (cfg.admin.insecure_open_network
-                || peer.is_some_and(|p| crate::config::runtime::is_loopback(p.ip())));
+        let on_this_machine = browser_guard::loopback_host(req.headers())
+            && peer.is_some_and(|p| crate::config::runtime::is_loopback(p.ip()));
+        return browser_guard::same_origin(req.headers())
+            && (cfg.admin.insecure_open_network || on_this_machine);
     };
     let Some(given) = req
         .headers()
